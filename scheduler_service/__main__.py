@@ -1,0 +1,95 @@
+"""``python -m scheduler_service``: run the scheduler."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from clients.wsi.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from scheduler_service import convert
+from scheduler_service.dispatcher import Dispatcher
+from scheduler_service.policy import SchedulingPolicy
+from scheduler_service.service import SchedulerServicer
+from scheduler_service.store import JobRecord, Store, WorkflowRecord
+from wsi_runtime import serving, settings
+
+log = logging.getLogger("wsi.scheduler")
+SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="wsi-scheduler", description="WSI workflow scheduler")
+    settings.add(parser, "--host", "127.0.0.1", "address to bind")
+    settings.add(parser, "--scheduler-port", 50051, "gRPC port (0 picks a free one)")
+    settings.add(
+        parser,
+        "--worker-addresses",
+        "127.0.0.1:50052",
+        "comma-separated worker addresses (host:port)",
+    )
+    settings.add(parser, "--max-workers", 4, "jobs running at once, all users")
+    settings.add(parser, "--max-active-users", 3, "users holding an active slot at once")
+    settings.add(parser, "--max-attempts", 3, "runs of a job before a lost worker fails it")
+    settings.add(parser, "--max-jobs-per-workflow", 1000, "jobs one workflow may hold")
+    settings.add(
+        parser,
+        "--slide-roots",
+        [Path("slides")],
+        "colon-separated folders slides may be read from",
+        type=settings.path_list,
+    )
+    settings.add(parser, "--grace", 2.0, "seconds running calls get on shutdown")
+    settings.add(parser, "--log-level", "INFO", "logging level")
+    return parser.parse_args(argv)
+
+
+def build(args: argparse.Namespace) -> tuple[Store, Dispatcher, SchedulerServicer]:
+    policy = SchedulingPolicy(args.max_workers, args.max_active_users, args.max_attempts)
+    clock = time.time
+    store_ref: list[Store] = []
+
+    def publish(wf: WorkflowRecord, kind: str, job: JobRecord | None) -> None:
+        if job is not None:
+            wf.feed.publish(convert.change_event(store_ref[0], wf, kind, job, clock()))
+
+    store = Store(policy, clock, publish)
+    store_ref.append(store)
+    addresses = [a.strip() for a in args.worker_addresses.split(",") if a.strip()]
+    dispatcher = Dispatcher(store, addresses)
+    servicer = SchedulerServicer(store, dispatcher, args.slide_roots, args.max_jobs_per_workflow)
+    return store, dispatcher, servicer
+
+
+async def serve(args: argparse.Namespace) -> None:
+    _, dispatcher, servicer = build(args)
+    server = grpc.aio.server()
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
+    health = serving.add_health_and_reflection(server, [SERVICE_NAME])
+    port = server.add_insecure_port(settings.address(args.host, args.scheduler_port))
+    await server.start()
+    dispatcher.start()
+    await serving.mark_serving(health, [SERVICE_NAME])
+    log.info(
+        "scheduler listening on %s (workers %s, max %d jobs, %d active users)",
+        settings.address(args.host, port),
+        args.worker_addresses,
+        args.max_workers,
+        args.max_active_users,
+    )
+    await serving.run_until_signalled(server, health, args.grace, dispatcher.close)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    serving.configure_logging(args.log_level)
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

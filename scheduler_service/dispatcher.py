@@ -1,0 +1,226 @@
+"""Runs the policy's picks on workers over gRPC.
+
+Each worker address gets a channel; its slot count comes from ``GetInfo``. A
+job runs as one ``RunJob`` stream, which is its lease: if the stream breaks,
+the worker is marked lost (and probed again with backoff) and the job goes back
+to the head of its branch. Cancelling a running job cancels its stream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from clients.wsi.worker.v1 import worker_pb2 as wpb
+from clients.wsi.worker.v1 import worker_pb2_grpc as wpb_grpc
+from scheduler_service.store import JobRecord, Store
+
+log = logging.getLogger("wsi.scheduler.dispatch")
+
+# Statuses that mean "the lease broke" (retry elsewhere) rather than "the job is wrong".
+_LOST = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+@dataclass
+class WorkerLink:
+    address: str
+    channel: grpc.aio.Channel
+    stub: wpb_grpc.WorkerAsyncStub
+    slots: int = 0
+    busy: int = 0
+    connected: bool = False
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def free(self) -> int:
+        return max(0, self.slots - self.busy) if self.connected else 0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        worker_addresses: Sequence[str],
+        retry_initial: float = 0.2,
+        retry_max: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.links = [
+            WorkerLink(
+                a, ch := grpc.aio.insecure_channel(a, CHANNEL_OPTIONS), wpb_grpc.WorkerStub(ch)
+            )
+            for a in worker_addresses
+        ]
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self._calls: dict[str, grpc.aio.UnaryStreamCall[wpb.RunJobRequest, wpb.JobUpdate]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._kick_pending = False
+        self._closing = False
+
+    @staticmethod
+    def _link(address: str) -> WorkerLink:
+        channel = grpc.aio.insecure_channel(address, CHANNEL_OPTIONS)
+        return WorkerLink(address, channel, wpb_grpc.WorkerStub(channel))
+
+    # ---- capacity --------------------------------------------------------------
+
+    @property
+    def slots_total(self) -> int:
+        return sum(link.slots for link in self.links if link.connected)
+
+    @property
+    def slots_busy(self) -> int:
+        return sum(link.busy for link in self.links if link.connected)
+
+    @property
+    def workers_connected(self) -> int:
+        return sum(1 for link in self.links if link.connected)
+
+    def free_slots(self) -> int:
+        return sum(link.free for link in self.links)
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        for link in self.links:
+            self._spawn(self._keep_connected(link))
+
+    async def close(self) -> None:
+        self._closing = True
+        for call in list(self._calls.values()):
+            call.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for link in self.links:
+            await link.channel.close(grace=None)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _keep_connected(self, link: WorkerLink) -> None:
+        """Learns the worker's slots; after a loss, probes it again with backoff."""
+        delay = self.retry_initial
+        while not self._closing:
+            try:
+                info = await link.stub.GetInfo(wpb.GetInfoRequest(), timeout=2.0)
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "worker %s unreachable (%s); retry in %.1fs",
+                    link.address,
+                    exc.code().name,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+                continue
+            delay = self.retry_initial
+            link.slots, link.connected = max(0, info.slots), True
+            link.lost.clear()
+            log.info("worker %s connected: %d slots", link.address, link.slots)
+            self.kick()
+            await link.lost.wait()
+
+    def _mark_lost(self, link: WorkerLink) -> None:
+        if link.connected:
+            log.warning("worker %s lost", link.address)
+            link.connected = False
+            link.lost.set()
+
+    # ---- dispatch --------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Asks for a dispatch pass soon; many kicks in one loop turn make one pass."""
+        if not self._kick_pending and not self._closing:
+            self._kick_pending = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._kick_pending = False
+        if self._closing:
+            return
+        for job in self.store.take_dispatches(self.free_slots()):
+            link = max(self.links, key=lambda candidate: candidate.free)
+            link.busy += 1
+            self.store.record_worker(job, link.address)
+            self._spawn(self._run(job, link))
+
+    def stop_job(self, job_id: str) -> None:
+        call = self._calls.get(job_id)
+        if call is not None:
+            call.cancel()
+
+    async def _run(self, job: JobRecord, link: WorkerLink) -> None:
+        job_id = job.job_id
+        request = wpb.RunJobRequest(
+            job_id=job_id,
+            job_type=job.job_type,
+            wsi_path=job.slide_file,
+            params=job.params,
+            attempt=job.attempt,
+        )
+        call = link.stub.RunJob(request)
+        self._calls[job_id] = call
+        finished = False
+        try:
+            async for update in call:
+                which = update.WhichOneof("update")
+                if which == "progress":
+                    self.store.progress(
+                        job_id, update.progress.tiles_done, update.progress.tiles_total
+                    )
+                elif which == "result":
+                    self.store.succeed(job_id, dict(update.result.files), update.result.summary)
+                    finished = True
+                elif which == "error":
+                    self.store.fail(job_id, update.error.message)
+                    finished = True
+            if not finished:
+                self._end_unfinished(job_id, link, "worker ended the job without a result")
+        except asyncio.CancelledError:
+            if self._closing:
+                raise
+            self._end_unfinished(job_id, link, "job stream cancelled")
+        except grpc.aio.AioRpcError as exc:
+            if finished:
+                return
+            if exc.code() in _LOST:
+                if exc.code() is not grpc.StatusCode.CANCELLED:
+                    self._mark_lost(link)
+                self._end_unfinished(job_id, link, f"worker {link.address} lost: {exc.details()}")
+            else:
+                self.store.fail(job_id, f"worker refused the job: {exc.details()}")
+        finally:
+            self._calls.pop(job_id, None)
+            link.busy -= 1
+            self.kick()
+
+    def _end_unfinished(self, job_id: str, link: WorkerLink, reason: str) -> None:
+        if self.store.policy.cancel_requested(job_id):
+            self.store.finish_cancelled(job_id)
+        else:
+            log.warning("job %s: %s", job_id, reason)
+            self.store.lose(job_id, reason)

@@ -1,0 +1,255 @@
+"""The public gRPC API: a thin shell that authenticates, validates, calls the
+store and translates its answers and errors to protobuf and status codes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import grpc
+
+from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from scheduler_service import convert
+from scheduler_service.dispatcher import Dispatcher
+from scheduler_service.store import (
+    AlreadyFinished,
+    InvalidPageToken,
+    JobRecord,
+    NotFound,
+    Store,
+    WorkflowRecord,
+)
+from scheduler_service.validation import (
+    MAX_NAME_LENGTH,
+    InvalidSpec,
+    JobInput,
+    normalise_jobs,
+    valid_user_id,
+)
+from wsi_runtime.slide_paths import SlidePathError, resolve_slide
+
+if TYPE_CHECKING:
+    from wsi_runtime.serving import Context
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+MAX_ID_LENGTH = 128
+
+
+async def _abort(context: Context, code: grpc.StatusCode, msg: str) -> NoReturn:
+    await context.abort(code, msg)
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+async def authenticate(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-user-id":
+            user = value if isinstance(value, str) else value.decode(errors="replace")
+            if valid_user_id(user):
+                return user
+            await _abort(
+                context,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "metadata x-user-id must be 1 to 64 characters of A-Z a-z 0-9 . _ -",
+            )
+    await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "metadata x-user-id is required")
+
+
+class SchedulerServicer(pb_grpc.SchedulerServicer):
+    def __init__(
+        self,
+        store: Store,
+        dispatcher: Dispatcher,
+        slide_roots: Sequence[Path],
+        max_jobs_per_workflow: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.slide_roots = list(slide_roots)
+        self.max_jobs_per_workflow = max_jobs_per_workflow
+        self.clock = clock
+
+    # ---- helpers ---------------------------------------------------------------
+
+    async def _workflow(self, context: Context, user: str, wid: str) -> WorkflowRecord:
+        try:
+            return self.store.workflow(user, wid[:MAX_ID_LENGTH])
+        except NotFound as exc:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+
+    async def _job(self, context: Context, user: str, job_id: str) -> JobRecord:
+        try:
+            return self.store.job(user, job_id[:MAX_ID_LENGTH])
+        except NotFound as exc:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+
+    def _resolve_slides(self, jobs: Sequence[JobInput]) -> list[str]:
+        resolved: dict[str, str] = {}
+        for job in jobs:
+            if job.wsi_path not in resolved:
+                try:
+                    resolved[job.wsi_path] = str(resolve_slide(job.wsi_path, self.slide_roots))
+                except SlidePathError as exc:
+                    raise SlidePathError(
+                        f"job {job.key!r}: {exc}", permission=exc.permission
+                    ) from exc
+        return [resolved[job.wsi_path] for job in jobs]
+
+    # ---- RPCs ------------------------------------------------------------------
+
+    async def CreateWorkflow(
+        self, request: pb.CreateWorkflowRequest, context: Context
+    ) -> pb.Workflow:
+        user = await authenticate(context)
+        if len(request.name) > MAX_NAME_LENGTH or len(request.request_id) > MAX_ID_LENGTH:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"name may be at most {MAX_NAME_LENGTH} and request_id {MAX_ID_LENGTH} characters",
+            )
+        try:
+            jobs = normalise_jobs(
+                [
+                    JobInput(
+                        key=spec.key,
+                        branch=spec.branch,
+                        job_type=pb.JobType.Name(spec.job_type)
+                        if spec.job_type in pb.JobType.values()
+                        else str(spec.job_type),
+                        wsi_path=spec.wsi_path,
+                        depends_on=tuple(spec.depends_on),
+                        params=dict(spec.params),
+                    )
+                    for spec in request.jobs
+                ],
+                self.max_jobs_per_workflow,
+            )
+            slide_files = self._resolve_slides(jobs)
+        except InvalidSpec as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except SlidePathError as exc:
+            code = (
+                grpc.StatusCode.PERMISSION_DENIED
+                if exc.permission
+                else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            await _abort(context, code, str(exc))
+        wf, _ = self.store.create_workflow(
+            user, request.name or "workflow", jobs, slide_files, request.request_id
+        )
+        self.dispatcher.kick()
+        return convert.workflow_message(self.store, wf)
+
+    async def GetWorkflow(self, request: pb.GetWorkflowRequest, context: Context) -> pb.Workflow:
+        user = await authenticate(context)
+        wf = await self._workflow(context, user, request.workflow_id)
+        return convert.workflow_message(self.store, wf)
+
+    async def ListWorkflows(
+        self, request: pb.ListWorkflowsRequest, context: Context
+    ) -> pb.ListWorkflowsResponse:
+        user = await authenticate(context)
+        if request.page_size < 0:
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "page_size must not be negative"
+            )
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        try:
+            page, token = self.store.list_workflows(user, size, request.page_token)
+        except InvalidPageToken as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return pb.ListWorkflowsResponse(
+            workflows=[convert.workflow_message(self.store, wf) for wf in page],
+            next_page_token=token,
+        )
+
+    async def CancelWorkflow(
+        self, request: pb.CancelWorkflowRequest, context: Context
+    ) -> pb.Workflow:
+        user = await authenticate(context)
+        await self._workflow(context, user, request.workflow_id)
+        try:
+            wf, to_stop = self.store.cancel_workflow(user, request.workflow_id)
+        except AlreadyFinished as exc:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        for job_id in to_stop:
+            self.dispatcher.stop_job(job_id)
+        self.dispatcher.kick()
+        return convert.workflow_message(self.store, wf)
+
+    async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
+        user = await authenticate(context)
+        return convert.job_message(self.store, await self._job(context, user, request.job_id))
+
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
+        user = await authenticate(context)
+        await self._job(context, user, request.job_id)
+        try:
+            job, running = self.store.cancel_job(user, request.job_id)
+        except AlreadyFinished as exc:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        if running:
+            self.dispatcher.stop_job(job.job_id)
+        self.dispatcher.kick()
+        return convert.job_message(self.store, job)
+
+    async def WatchWorkflow(
+        self, request: pb.WatchWorkflowRequest, context: Context
+    ) -> AsyncIterator[pb.WorkflowEvent]:
+        user = await authenticate(context)
+        wf = await self._workflow(context, user, request.workflow_id)
+        subscription = wf.feed.subscribe()
+        try:
+            replay = None
+            if request.after_sequence:
+                replay = wf.feed.replay_after(request.after_sequence)
+                if request.after_sequence > wf.feed.sequence:
+                    replay = None
+            first = replay if replay is not None else [self._snapshot(wf)]
+            last = request.after_sequence if replay is not None else first[0].sequence
+            for event in first:
+                yield event
+                last = event.sequence
+            if wf.terminal:
+                return
+            while True:
+                event = await subscription.next()
+                if event is None:  # fell behind: resynchronise
+                    event = self._snapshot(wf)
+                elif event.sequence <= last:
+                    continue
+                yield event
+                last = event.sequence
+                if event.workflow_state in convert.TERMINAL_WORKFLOW_STATES:
+                    return
+        finally:
+            subscription.close()
+
+    def _snapshot(self, wf: WorkflowRecord) -> pb.WorkflowEvent:
+        return convert.snapshot_event(self.store, wf, self.clock())
+
+    async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.SchedulerStats:
+        user = await authenticate(context)
+        policy = self.store.policy
+        depths = policy.lane_depths(user)
+        return pb.SchedulerStats(
+            branches=[
+                pb.BranchDepth(workflow_id=wid, branch=branch, pending=p, running=r)
+                for (_, wid, branch), (p, r) in depths.items()
+            ],
+            running_jobs=policy.running_count,
+            pending_jobs=policy.pending_count,
+            active_users=len(policy.active_users),
+            waiting_users=len(policy.waiting_users),
+            worker_slots_busy=self.dispatcher.slots_busy,
+            worker_slots_total=self.dispatcher.slots_total,
+            workers_connected=self.dispatcher.workers_connected,
+            my_running_jobs=sum(r for _, r in depths.values()),
+            my_pending_jobs=sum(p for p, _ in depths.values()),
+            max_workers=policy.max_workers,
+            max_active_users=policy.max_active_users,
+        )

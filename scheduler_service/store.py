@@ -1,0 +1,374 @@
+"""The scheduler's state machine: workflows and jobs of every user, around the
+pure policy. It stamps times, keeps progress and results, numbers every change
+of a workflow and hands the change to its watchers. Single-threaded: it runs on
+the scheduler's event loop and never blocks."""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from scheduler_service import progress
+from scheduler_service.events import Subscription, WorkflowFeed
+from scheduler_service.policy import NewJob, SchedulingPolicy, State, Transition, WaitKind
+from scheduler_service.validation import JobInput
+
+log = logging.getLogger("wsi.scheduler.jobs")
+
+Clock = Callable[[], float]
+
+
+class NotFound(LookupError):
+    """Unknown id, or an id owned by another user (never say which)."""
+
+
+class AlreadyFinished(RuntimeError):
+    """A cancel of a job or workflow that has already ended."""
+
+
+class InvalidPageToken(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class JobRecord:
+    job_id: str
+    workflow_id: str
+    user: str
+    key: str
+    branch: str
+    job_type: str
+    wsi_path: str
+    slide_file: str
+    depends_on: tuple[str, ...]
+    depends_on_ids: tuple[str, ...]
+    params: dict[str, str]
+    create_time: float
+    state: State = State.PENDING
+    tiles_done: int = 0
+    tiles_total: int = 0
+    attempt: int = 0
+    error: str = ""
+    result_files: dict[str, str] = field(default_factory=dict)
+    result_summary: str = ""
+    start_time: float = 0.0
+    end_time: float = 0.0
+    worker: str = ""
+    pending_reason: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return progress.job_fraction(self.state, self.tiles_done, self.tiles_total)
+
+
+@dataclass(slots=True)
+class WorkflowRecord:
+    workflow_id: str
+    user: str
+    name: str
+    create_time: float
+    order: int
+    jobs: list[JobRecord]
+    state_counts: dict[State, int]
+    fraction_sum: float = 0.0
+    tiles_done: int = 0
+    tiles_total: int = 0
+    state: str = progress.WorkflowState.PENDING
+    feed: WorkflowFeed = field(default_factory=WorkflowFeed)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in progress.WorkflowState.TERMINAL
+
+    @property
+    def percent(self) -> float:
+        return progress.workflow_percent(self.fraction_sum, len(self.jobs))
+
+
+@dataclass(slots=True)
+class _UserIndex:
+    workflow_orders: list[int] = field(default_factory=list)
+    workflow_ids: list[str] = field(default_factory=list)
+    requests: dict[str, str] = field(default_factory=dict)
+
+
+EventSink = Callable[[WorkflowRecord, str, JobRecord | None], None]
+"""Called on every change: (workflow, kind, job). The service turns it into a
+numbered event; kept abstract so the store does not import protobuf."""
+
+
+class Store:
+    def __init__(
+        self,
+        policy: SchedulingPolicy,
+        clock: Clock,
+        on_event: EventSink,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self.policy = policy
+        self._clock = clock
+        self._on_event = on_event
+        self._new_id = new_id
+        self._jobs: dict[str, JobRecord] = {}
+        self._workflows: dict[str, WorkflowRecord] = {}
+        self._users: dict[str, _UserIndex] = {}
+        self._order = 0
+        self.free_slots = 0
+
+    # ---- reads ----------------------------------------------------------------
+
+    def workflow(self, user: str, workflow_id: str) -> WorkflowRecord:
+        wf = self._workflows.get(workflow_id)
+        if wf is None or wf.user != user:
+            raise NotFound(f"workflow {workflow_id!r} not found")
+        return wf
+
+    def job(self, user: str, job_id: str) -> JobRecord:
+        record = self._jobs.get(job_id)
+        if record is None or record.user != user:
+            raise NotFound(f"job {job_id!r} not found")
+        return record
+
+    def job_by_id(self, job_id: str) -> JobRecord:
+        return self._jobs[job_id]
+
+    def workflow_of(self, job: JobRecord) -> WorkflowRecord:
+        return self._workflows[job.workflow_id]
+
+    def list_workflows(
+        self, user: str, page_size: int, page_token: str
+    ) -> tuple[list[WorkflowRecord], str]:
+        """Newest first. The token is the creation order of the last workflow
+        returned, so pages stay stable while new workflows arrive."""
+        index = self._users.get(user) or _UserIndex()
+        end = len(index.workflow_orders)
+        if page_token:
+            before = _decode_token(page_token)
+            end = bisect.bisect_left(index.workflow_orders, before)
+        start = max(0, end - page_size)
+        ids = index.workflow_ids[start:end]
+        page = [self._workflows[i] for i in reversed(ids)]
+        token = _encode_token(page[-1].order) if start > 0 and page else ""
+        return page, token
+
+    def pending_reason(self, job: JobRecord) -> str:
+        reason = self.policy.wait_reason(job.job_id, self.free_slots)
+        if reason is None:
+            return ""
+        if reason.kind is WaitKind.DEPENDENCY:
+            dep = self._jobs[reason.job_id]
+            return f"waiting for dependency {dep.key!r} ({dep.state.value})"
+        if reason.kind is WaitKind.BRANCH:
+            ahead = self._jobs[reason.job_id]
+            verb = "running" if ahead.state is State.RUNNING else "queued"
+            return f"branch {job.branch!r} busy: job {ahead.key!r} is {verb} ahead of it"
+        if reason.kind is WaitKind.USER_SLOT:
+            return (
+                f"waiting for an active-user slot ({self.policy.max_active_users} users "
+                f"active; you are number {reason.position} in line)"
+            )
+        if self.policy.running_count >= self.policy.max_workers:
+            return f"waiting for a free worker slot (all {self.policy.max_workers} busy)"
+        if self.free_slots <= 0 and self.policy.running_count == 0:
+            return "waiting for a worker to connect"
+        return "waiting for a free worker slot"
+
+    # ---- commands ---------------------------------------------------------------
+
+    def create_workflow(
+        self,
+        user: str,
+        name: str,
+        jobs: Sequence[JobInput],
+        slide_files: Sequence[str],
+        request_id: str = "",
+    ) -> tuple[WorkflowRecord, bool]:
+        """Returns the workflow and whether it is new (False on a repeated request_id)."""
+        index = self._users.setdefault(user, _UserIndex())
+        if request_id and request_id in index.requests:
+            return self._workflows[index.requests[request_id]], False
+        now = self._clock()
+        self._order += 1
+        workflow_id = self._new_id()
+        ids = {job.key: self._new_id() for job in jobs}
+        records = [
+            JobRecord(
+                job_id=ids[job.key],
+                workflow_id=workflow_id,
+                user=user,
+                key=job.key,
+                branch=job.branch,
+                job_type=job.job_type,
+                wsi_path=job.wsi_path,
+                slide_file=slide_file,
+                depends_on=job.depends_on,
+                depends_on_ids=tuple(ids[d] for d in job.depends_on),
+                params=job.params,
+                create_time=now,
+            )
+            for job, slide_file in zip(jobs, slide_files, strict=True)
+        ]
+        wf = WorkflowRecord(
+            workflow_id=workflow_id,
+            user=user,
+            name=name,
+            create_time=now,
+            order=self._order,
+            jobs=records,
+            state_counts={State.PENDING: len(records)},
+        )
+        self.policy.submit(
+            [NewJob(r.job_id, user, workflow_id, r.branch, r.depends_on_ids) for r in records]
+        )
+        self._workflows[workflow_id] = wf
+        for record in records:
+            self._jobs[record.job_id] = record
+        index.workflow_orders.append(wf.order)
+        index.workflow_ids.append(workflow_id)
+        if request_id:
+            index.requests[request_id] = workflow_id
+        for record in records:
+            log.info(
+                "job %s (%s/%s) of user %s: -> PENDING", record.job_id, wf.name, record.key, user
+            )
+        return wf, True
+
+    def take_dispatches(self, free_slots: int) -> list[JobRecord]:
+        """Marks the jobs the policy picks as RUNNING and returns them."""
+        self.free_slots = free_slots
+        started = []
+        now = self._clock()
+        for job_id in self.policy.next_dispatches(free_slots):
+            job = self._jobs[job_id]
+            job.attempt = self.policy.attempt(job_id)
+            job.start_time = now
+            job.end_time = 0.0
+            job.error = ""
+            self._set_tiles(job, 0, job.tiles_total)
+            self._set_state(job, State.RUNNING, "")
+            started.append(job)
+        self.free_slots = max(0, free_slots - len(started))
+        return started
+
+    def record_worker(self, job: JobRecord, worker: str) -> None:
+        job.worker = worker
+
+    def progress(self, job_id: str, tiles_done: int, tiles_total: int) -> None:
+        job = self._jobs.get(job_id)
+        if job is None or job.state is not State.RUNNING:
+            return
+        self._set_tiles(job, tiles_done, tiles_total)
+        self._on_event(self._workflows[job.workflow_id], "progress", job)
+
+    def succeed(self, job_id: str, files: dict[str, str], summary: str) -> None:
+        job = self._jobs[job_id]
+        job.result_files, job.result_summary = dict(files), summary
+        self._set_tiles(job, job.tiles_total, job.tiles_total)
+        self._apply(self.policy.finish(job_id, State.SUCCEEDED))
+
+    def fail(self, job_id: str, error: str) -> None:
+        self._apply(self.policy.finish(job_id, State.FAILED, error))
+
+    def finish_cancelled(self, job_id: str) -> None:
+        self._apply(self.policy.finish(job_id, State.CANCELLED, "cancelled by user"))
+
+    def lose(self, job_id: str, reason: str) -> None:
+        """The job's worker stream broke: retry it, or fail it after max attempts."""
+        self._apply(self.policy.lose(job_id, reason))
+
+    def cancel_job(self, user: str, job_id: str) -> tuple[JobRecord, bool]:
+        """Returns the job and whether its running stream must be stopped."""
+        job = self.job(user, job_id)
+        if job.state.terminal:
+            raise AlreadyFinished(f"job {job.key!r} has already ended {job.state.value}")
+        running = job.state is State.RUNNING
+        self._apply(self.policy.cancel(job_id))
+        return job, running
+
+    def cancel_workflow(self, user: str, workflow_id: str) -> tuple[WorkflowRecord, list[str]]:
+        """Cancels every unfinished job; returns the running ones to stop."""
+        wf = self.workflow(user, workflow_id)
+        if wf.terminal:
+            raise AlreadyFinished(f"workflow {wf.workflow_id!r} has already ended {wf.state}")
+        to_stop = []
+        for job in wf.jobs:
+            if job.state is State.RUNNING:
+                to_stop.append(job.job_id)
+            if not job.state.terminal:
+                self._apply(self.policy.cancel(job.job_id))
+        return wf, to_stop
+
+    def all_jobs(self) -> Iterable[JobRecord]:
+        return self._jobs.values()
+
+    def subscribe(self, wf: WorkflowRecord) -> Subscription:
+        return wf.feed.subscribe()
+
+    # ---- internals -------------------------------------------------------------
+
+    def _set_tiles(self, job: JobRecord, done: int, total: int) -> None:
+        wf = self._workflows[job.workflow_id]
+        before = job.fraction
+        wf.tiles_done += done - job.tiles_done
+        wf.tiles_total += total - job.tiles_total
+        job.tiles_done, job.tiles_total = done, total
+        wf.fraction_sum += job.fraction - before
+
+    def _apply(self, transitions: Iterable[Transition]) -> None:
+        for transition in transitions:
+            self._set_state(self._jobs[transition.job_id], transition.state, transition.reason)
+
+    def _set_state(self, job: JobRecord, state: State, reason: str) -> None:
+        wf = self._workflows[job.workflow_id]
+        before_state, before_fraction = job.state, job.fraction
+        job.state = state
+        if state.terminal:
+            job.end_time = self._clock()
+            if state is not State.SUCCEEDED:
+                job.error = reason
+        elif state is State.PENDING:
+            job.error = reason  # why it is being retried
+        wf.state_counts[before_state] -= 1
+        wf.state_counts[state] = wf.state_counts.get(state, 0) + 1
+        wf.fraction_sum += job.fraction - before_fraction
+        wf.state = progress.workflow_state(wf.state_counts)
+        log.info(
+            "job %s (%s/%s) of user %s: %s -> %s%s",
+            job.job_id,
+            wf.name,
+            job.key,
+            job.user,
+            before_state.value,
+            state.value,
+            f" ({reason})" if reason else "",
+        )
+        self._on_event(wf, "state", job)
+
+
+def _encode_token(order: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{order}".encode()).decode()
+
+
+def _decode_token(token: str) -> int:
+    try:
+        prefix, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        order = int(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidPageToken(f"page_token {token!r} is not one this server issued") from exc
+    if prefix != "v1" or order < 0:
+        raise InvalidPageToken(f"page_token {token!r} is not one this server issued")
+    return order
+
+
+__all__ = [
+    "AlreadyFinished",
+    "InvalidPageToken",
+    "JobRecord",
+    "NotFound",
+    "Store",
+    "WorkflowRecord",
+]

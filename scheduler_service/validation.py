@@ -1,0 +1,116 @@
+"""Checks a workflow submission before anything is queued. Pure: no file system
+(slide paths are resolved by ``slide_paths``), no gRPC."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+JOB_TYPES = ("TISSUE_MASK", "CELL_SEGMENTATION")
+USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+MAX_NAME_LENGTH = 256
+MAX_KEY_LENGTH = 128
+MAX_PATH_LENGTH = 4096
+MAX_PARAMS = 32
+MAX_PARAM_LENGTH = 256
+
+
+class InvalidSpec(ValueError):
+    """The submission is malformed; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class JobInput:
+    key: str
+    branch: str
+    job_type: str
+    wsi_path: str
+    depends_on: tuple[str, ...] = ()
+    params: dict[str, str] = field(default_factory=dict)
+
+
+def valid_user_id(user_id: str | None) -> bool:
+    return bool(user_id) and USER_ID_PATTERN.match(user_id or "") is not None
+
+
+def normalise_jobs(jobs: Sequence[JobInput], max_jobs: int) -> list[JobInput]:
+    """Fills default keys and branches, and rejects anything malformed:
+    empty workflows, unknown job types, duplicate or unknown keys, cycles."""
+    if not jobs:
+        raise InvalidSpec("a workflow needs at least one job")
+    if len(jobs) > max_jobs:
+        raise InvalidSpec(f"a workflow may have at most {max_jobs} jobs, got {len(jobs)}")
+    out: list[JobInput] = []
+    seen: set[str] = set()
+    for index, job in enumerate(jobs):
+        key = job.key or str(index)
+        where = f"job {key!r}"
+        if len(key) > MAX_KEY_LENGTH or len(job.branch) > MAX_KEY_LENGTH:
+            raise InvalidSpec(f"{where}: key and branch may be at most {MAX_KEY_LENGTH} characters")
+        if key in seen:
+            raise InvalidSpec(f"{where}: duplicate job key")
+        seen.add(key)
+        if job.job_type not in JOB_TYPES:
+            raise InvalidSpec(
+                f"{where}: unknown job type {job.job_type!r}; use one of {', '.join(JOB_TYPES)}"
+            )
+        if not job.wsi_path:
+            raise InvalidSpec(f"{where}: wsi_path is required")
+        if len(job.wsi_path) > MAX_PATH_LENGTH:
+            raise InvalidSpec(f"{where}: wsi_path is longer than {MAX_PATH_LENGTH} characters")
+        if len(job.params) > MAX_PARAMS or any(
+            len(k) > MAX_PARAM_LENGTH or len(v) > MAX_PARAM_LENGTH for k, v in job.params.items()
+        ):
+            raise InvalidSpec(
+                f"{where}: at most {MAX_PARAMS} params of at most {MAX_PARAM_LENGTH} characters"
+            )
+        out.append(
+            JobInput(
+                key=key,
+                branch=job.branch or "default",
+                job_type=job.job_type,
+                wsi_path=job.wsi_path,
+                depends_on=tuple(dict.fromkeys(job.depends_on)),
+                params=dict(job.params),
+            )
+        )
+    for job in out:
+        for dep in job.depends_on:
+            if dep not in seen:
+                raise InvalidSpec(f"job {job.key!r} depends on unknown job key {dep!r}")
+            if dep == job.key:
+                raise InvalidSpec(f"job {job.key!r} depends on itself")
+    _reject_cycles(out)
+    return out
+
+
+def _reject_cycles(jobs: Sequence[JobInput]) -> None:
+    """A job waits for its dependencies and for the jobs before it in its
+    branch; a cycle in those edges would wait forever."""
+    edges: dict[str, list[str]] = {job.key: list(job.depends_on) for job in jobs}
+    last_in_branch: dict[str, str] = {}
+    for job in jobs:
+        if job.branch in last_in_branch:
+            edges[job.key].append(last_in_branch[job.branch])
+        last_in_branch[job.branch] = job.key
+    indegree = {key: 0 for key in edges}
+    dependents: dict[str, list[str]] = {key: [] for key in edges}
+    for key, prerequisites in edges.items():
+        for pre in prerequisites:
+            indegree[key] += 1
+            dependents[pre].append(key)
+    ready = [key for key, degree in indegree.items() if degree == 0]
+    visited = 0
+    while ready:
+        key = ready.pop()
+        visited += 1
+        for nxt in dependents[key]:
+            indegree[nxt] -= 1
+            if indegree[nxt] == 0:
+                ready.append(nxt)
+    if visited != len(edges):
+        stuck = sorted(key for key, degree in indegree.items() if degree > 0)
+        raise InvalidSpec(
+            "dependency cycle (counting branch order) among jobs: " + ", ".join(stuck[:10])
+        )

@@ -1,0 +1,72 @@
+"""``python -m worker_service``: run a worker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from clients.wsi.worker.v1 import worker_pb2, worker_pb2_grpc
+from worker_service.service import WorkerServicer
+from wsi_runtime import serving, settings
+
+log = logging.getLogger("wsi.worker")
+SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="wsi-worker", description="WSI analysis worker")
+    settings.add(parser, "--host", "127.0.0.1", "address to bind")
+    settings.add(parser, "--worker-port", 50052, "gRPC port (0 picks a free one)")
+    settings.add(parser, "--slots", os.cpu_count() or 1, "jobs run at once")
+    settings.add(parser, "--results-dir", Path("results"), "where job results are written")
+    settings.add(
+        parser,
+        "--slide-roots",
+        [Path("slides")],
+        "colon-separated folders slides may be read from",
+        type=settings.path_list,
+    )
+    settings.add(parser, "--progress-interval", 0.2, "seconds between progress reports")
+    settings.add(parser, "--grace", 5.0, "seconds running calls get on shutdown")
+    settings.add(parser, "--log-level", "INFO", "logging level")
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    servicer = WorkerServicer(
+        slots=max(1, args.slots),
+        results_dir=args.results_dir.resolve(),
+        slide_roots=args.slide_roots,
+        progress_interval=args.progress_interval,
+    )
+    server = grpc.aio.server()
+    worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
+    health = serving.add_health_and_reflection(server, [SERVICE_NAME])
+    port = server.add_insecure_port(settings.address(args.host, args.worker_port))
+    await server.start()
+    await serving.mark_serving(health, [SERVICE_NAME])
+    log.info(
+        "worker listening on %s (%d slots, results in %s)",
+        settings.address(args.host, port),
+        servicer.slots,
+        servicer.results_dir,
+    )
+
+    await serving.run_until_signalled(server, health, args.grace)
+    servicer.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    serving.configure_logging(args.log_level)
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""The worker's gRPC face: RunJob streams a job's progress and outcome.
+
+The tile loop runs in a thread pool; the handler only relays. Cancelling the
+call (the scheduler's cancel, or a broken stream) stops the loop at the next
+tile."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+
+from clients.wsi.worker.v1 import worker_pb2 as pb
+from clients.wsi.worker.v1 import worker_pb2_grpc as pb_grpc
+from worker_service.throttle import ProgressThrottle
+from worker_service.tile_walk import JobCancelled, JobFailed, JobOutcome, JobSpec, run_tile_walk
+from wsi_runtime.slide_paths import SlidePathError, resolve_slide
+
+if TYPE_CHECKING:
+    from wsi_runtime.serving import Context
+
+log = logging.getLogger("wsi.worker")
+
+JOB_TYPES = ("TISSUE_MASK", "CELL_SEGMENTATION")
+VERSION = "0.1.0"
+
+
+class WorkerServicer(pb_grpc.WorkerServicer):
+    def __init__(
+        self,
+        slots: int,
+        results_dir: Path,
+        slide_roots: Sequence[Path],
+        progress_interval: float = 0.2,
+    ) -> None:
+        self.slots = slots
+        self.results_dir = results_dir
+        self.slide_roots = list(slide_roots)
+        self.progress_interval = progress_interval
+        self.executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="tiles")
+        self.active = 0
+
+    async def GetInfo(self, request: pb.GetInfoRequest, context: Context) -> pb.WorkerInfo:
+        return pb.WorkerInfo(slots=self.slots, job_types=JOB_TYPES, version=VERSION)
+
+    async def RunJob(
+        self, request: pb.RunJobRequest, context: Context
+    ) -> AsyncIterator[pb.JobUpdate]:
+        if request.job_type not in JOB_TYPES:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"unknown job type {request.job_type!r}"
+            )
+        try:
+            slide = resolve_slide(request.wsi_path, self.slide_roots)
+        except SlidePathError as exc:
+            yield pb.JobUpdate(error=pb.JobError(message=str(exc)))
+            return
+        spec = JobSpec(request.job_id, request.job_type, str(slide), dict(request.params))
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
+        stop = threading.Event()
+        throttle = ProgressThrottle(self.progress_interval)
+
+        def report(done: int, total: int) -> None:
+            if throttle.should_emit(time.monotonic(), done, total):
+                loop.call_soon_threadsafe(updates.put_nowait, (done, total))
+
+        def work() -> JobOutcome:
+            try:
+                return run_tile_walk(spec, self.results_dir, stop.is_set, report)
+            finally:
+                loop.call_soon_threadsafe(updates.put_nowait, None)
+
+        log.info("job %s attempt %d: %s on %s", spec.job_id, request.attempt, spec.job_type, slide)
+        self.active += 1
+        future = loop.run_in_executor(self.executor, work)
+        try:
+            while (item := await updates.get()) is not None:
+                done, total = item
+                yield pb.JobUpdate(progress=pb.TileProgress(tiles_done=done, tiles_total=total))
+            try:
+                outcome = await future
+            except JobFailed as exc:
+                log.info("job %s failed: %s", spec.job_id, exc)
+                yield pb.JobUpdate(error=pb.JobError(message=str(exc)))
+                return
+            except JobCancelled:
+                return
+            result = pb.JobOutput(
+                files=outcome.files,
+                summary=json.dumps(outcome.summary),
+            )
+            log.info("job %s succeeded", spec.job_id)
+            yield pb.JobUpdate(result=result)
+        finally:
+            # Reached on success, on error, and when the caller cancels the call.
+            stop.set()
+            self.active -= 1
+            if not future.done():
+                log.info("job %s: call ended, stopping its tiles", spec.job_id)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,64 @@
+"""What every gRPC server of the project does the same way: health checking,
+server reflection, and a graceful stop on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger("wsi.serving")
+
+if TYPE_CHECKING:
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def add_health_and_reflection(
+    server: grpc.aio.Server, service_names: Sequence[str]
+) -> health_aio.HealthServicer:
+    servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    return servicer
+
+
+async def mark_serving(servicer: health_aio.HealthServicer, service_names: Sequence[str]) -> None:
+    for name in ["", *service_names]:
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def run_until_signalled(
+    server: grpc.aio.Server,
+    health_servicer: health_aio.HealthServicer,
+    grace: float,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Waits for SIGTERM/SIGINT, then reports NOT_SERVING, lets ``on_stop`` wind
+    down background work and gives in-flight calls ``grace`` seconds."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (grace %.1fs)", grace)
+    await health_servicer.enter_graceful_shutdown()
+    if on_stop is not None:
+        await on_stop()
+    await server.stop(grace)
+    log.info("stopped")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

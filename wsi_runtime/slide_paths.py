@@ -1,0 +1,47 @@
+"""Resolves a user's slide path inside the configured slide roots."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class SlidePathError(ValueError):
+    """``permission`` is True when the path points outside the slide roots."""
+
+    def __init__(self, message: str, *, permission: bool = False) -> None:
+        super().__init__(message)
+        self.permission = permission
+
+
+def resolve_slide(path: str, roots: Sequence[Path]) -> Path:
+    """The real path of a regular file inside one of ``roots``. A relative path
+    is looked up in each root in turn; symlinks are followed before the check,
+    so a link that escapes a root is refused."""
+    if "\x00" in path:
+        raise SlidePathError("slide path contains a NUL byte")
+    if not roots:
+        raise SlidePathError("no slide roots are configured", permission=True)
+    real_roots = [Path(os.path.realpath(root)) for root in roots]
+    candidates = [Path(path)] if os.path.isabs(path) else [root / path for root in real_roots]
+    outside = False
+    for candidate in candidates:
+        real = Path(os.path.realpath(candidate))
+        if not any(real == root or root in real.parents for root in real_roots):
+            outside = True
+            continue
+        try:
+            mode = real.stat().st_mode
+        except OSError:
+            continue
+        if not stat.S_ISREG(mode):
+            raise SlidePathError(f"slide path {path!r} is not a regular file")
+        return real
+    if outside:
+        raise SlidePathError(
+            f"slide path {path!r} is outside the slide roots ({', '.join(map(str, roots))})",
+            permission=True,
+        )
+    raise SlidePathError(f"slide {path!r} not found under the slide roots")
