@@ -76,6 +76,7 @@ def workflow_message(store: Store, wf: WorkflowRecord) -> pb.Workflow:
         progress=workflow_progress(wf),
         jobs=[job_message(store, job) for job in wf.jobs],
         create_time=timestamp(wf.create_time),
+        sequence=wf.feed.sequence,
     )
 
 

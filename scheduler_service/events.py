@@ -46,7 +46,7 @@ class Subscription:
 
 class WorkflowFeed:
     def __init__(self) -> None:
-        self.sequence = 0
+        self.sequence = 1  # the workflow as created
         self.retained: deque[Any] = deque(maxlen=RETAINED)
         self.subscribers: set[Subscription] = set()
 

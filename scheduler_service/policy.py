@@ -68,11 +68,13 @@ class WaitReason:
 
 @dataclass(frozen=True)
 class Transition:
-    """A job changed state; ``reason`` says why it failed or was cancelled."""
+    """A job changed state. ``reason`` says why it failed or was cancelled;
+    ``cause`` names the job whose end caused it, if another job did."""
 
     job_id: str
     state: State
     reason: str = ""
+    cause: str = ""
 
 
 @dataclass(frozen=True)
@@ -267,9 +269,9 @@ class SchedulingPolicy:
                     if dependent.unmet_deps == 0:
                         self._refresh_lane(dependent.lane)
         else:
-            out.extend(self._cascade_dependents(job, f"dependency {job_id} {state.value}"))
+            out.extend(self._cascade_dependents(job))
             if state is State.FAILED:
-                out.extend(self._fail_lane(job.lane, f"branch stopped: job {job_id} failed"))
+                out.extend(self._fail_lane(job.lane, job_id))
         if job.lane in self._lanes:
             self._refresh_lane(job.lane)
         return out
@@ -391,7 +393,7 @@ class SchedulingPolicy:
         self._pending -= 1
         self._running += 1
 
-    def _end(self, job: _Job, state: State, reason: str) -> Transition:
+    def _end(self, job: _Job, state: State, reason: str, cause: str = "") -> Transition:
         if job.state is State.PENDING:
             self._pending -= 1
         job.state = state
@@ -399,7 +401,7 @@ class SchedulingPolicy:
         user.unfinished -= 1
         if user.unfinished == 0:
             self._release(job.user)
-        return Transition(job.job_id, state, reason)
+        return Transition(job.job_id, state, reason, cause)
 
     def _release(self, user: str) -> None:
         if user in self._active_set:
@@ -414,22 +416,23 @@ class SchedulingPolicy:
             del self._lanes[lane_key]
         record.lanes.clear()
 
-    def _cancel_pending(self, job: _Job, reason: str) -> list[Transition]:
-        out = [self._end(job, State.CANCELLED, reason)]
-        out.extend(self._cascade_dependents(job, f"dependency {job.job_id} CANCELLED"))
+    def _cancel_pending(self, job: _Job, reason: str, cause: str = "") -> list[Transition]:
+        out = [self._end(job, State.CANCELLED, reason, cause)]
+        out.extend(self._cascade_dependents(job))
         if job.lane in self._lanes and not self._lanes[job.lane].failed:
             self._refresh_lane(job.lane)
         return out
 
-    def _cascade_dependents(self, job: _Job, reason: str) -> list[Transition]:
+    def _cascade_dependents(self, job: _Job) -> list[Transition]:
         out: list[Transition] = []
+        reason = f"dependency ended {job.state.value}"
         for dep_id in job.dependents:
             dependent = self._jobs[dep_id]
             if dependent.state is State.PENDING:
-                out.extend(self._cancel_pending(dependent, reason))
+                out.extend(self._cancel_pending(dependent, reason, job.job_id))
         return out
 
-    def _fail_lane(self, lane_key: LaneKey, reason: str) -> list[Transition]:
+    def _fail_lane(self, lane_key: LaneKey, failed_job: str) -> list[Transition]:
         lane = self._lanes.get(lane_key)
         out: list[Transition] = []
         if lane is None:
@@ -437,7 +440,8 @@ class SchedulingPolicy:
         for job_id in list(lane.queue):
             job = self._jobs[job_id]
             if job.state is State.PENDING:
-                out.extend(self._cancel_pending(job, reason))
+                reason = "branch stopped after a failed job"
+                out.extend(self._cancel_pending(job, reason, failed_job))
         lane.queue.clear()
         return out
 

@@ -320,7 +320,10 @@ class Store:
 
     def _apply(self, transitions: Iterable[Transition]) -> None:
         for transition in transitions:
-            self._set_state(self._jobs[transition.job_id], transition.state, transition.reason)
+            reason = transition.reason
+            if transition.cause:
+                reason = f"{reason}: {self._jobs[transition.cause].key!r}"
+            self._set_state(self._jobs[transition.job_id], transition.state, reason)
 
     def _set_state(self, job: JobRecord, state: State, reason: str) -> None:
         wf = self._workflows[job.workflow_id]

@@ -16,7 +16,7 @@ import numpy as np
 import openslide
 
 from worker_service.slide_access import SlideError, describe, open_slide
-from worker_service.tiling import choose_level, tile_grid
+from worker_service.tiling import choose_level, tile_grid, usable_mpp
 
 DEFAULT_TILE_SIZE = 512
 DEFAULT_OVERLAP = 64
@@ -78,7 +78,8 @@ def run_tile_walk(
         raise JobFailed(str(exc)) from exc
     with slide:
         info = describe(slide)
-        level = choose_level(info.level_downsamples, info.mpp, target_mpp)
+        mpp = usable_mpp(info.mpp)
+        level = choose_level(info.level_downsamples, mpp, target_mpp)
         downsample = info.level_downsamples[level]
         level_w, level_h = info.level_dimensions[level]
         tiles = tile_grid(level_w, level_h, tile_size, overlap)
@@ -117,8 +118,8 @@ def run_tile_walk(
         },
         "level": level,
         "downsample": downsample,
-        "mpp_used": info.mpp * downsample if info.mpp else None,
-        "mpp_note": "" if info.mpp else "slide has no pixel size metadata: read level 0",
+        "mpp_used": mpp * downsample if mpp else None,
+        "mpp_note": "" if mpp else "slide has no usable pixel size metadata: read level 0",
         "tile_size": tile_size,
         "overlap": overlap,
         "tiles_total": len(tiles),

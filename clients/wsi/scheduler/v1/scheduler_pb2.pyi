@@ -352,9 +352,15 @@ class Workflow(_message.Message):
     PROGRESS_FIELD_NUMBER: _builtins.int
     JOBS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     name: _builtins.str
     state: Global___WorkflowState.ValueType
+    sequence: _builtins.int
+    """The sequence number of the last change this message includes (1 at
+    creation). WatchWorkflow with after_sequence set to it streams every later
+    change, so nothing is missed between a read and a watch.
+    """
     @_builtins.property
     def progress(self) -> Global___Progress: ...
     @_builtins.property
@@ -370,10 +376,11 @@ class Workflow(_message.Message):
         progress: Global___Progress | None = ...,
         jobs: _abc.Iterable[Global___Job] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "jobs", b"jobs", "name", b"name", "progress", b"progress", "state", b"state", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "jobs", b"jobs", "name", b"name", "progress", b"progress", "sequence", b"sequence", "state", b"state", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,141 @@
+"""Starts real scheduler and worker processes on free loopback ports for tests
+and benchmarks, and always stops them."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from wsi_runtime.health_wait import wait_serving
+
+ROOT = Path(__file__).resolve().parent.parent
+SLIDES = (ROOT.parent / "shared" / "slides").resolve()
+CMU = "CMU-1-Small-Region.svs"
+LISTENING = re.compile(r"listening on (\S+)")
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    address: str = ""
+    log_offset: int = field(default=0)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=15)
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL if it does not exit within 15 s."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _start(
+    module: str, name: str, workdir: Path, args: Sequence[str], env: Mapping[str, str]
+) -> Service:
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / f"{name}.log"
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    service = Service(name, process, log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = LISTENING.search(service.log())
+        if match:
+            service.address = match.group(1)
+            break
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{service.log()}")
+        time.sleep(0.05)
+    else:
+        service.kill()
+        raise RuntimeError(f"{name} did not start:\n{service.log()}")
+    wait_serving(service.address, alive=lambda: process.poll() is None)
+    return service
+
+
+def start_worker(workdir: Path, name: str = "worker", slots: int = 2, **extra: str) -> Service:
+    args = ["--worker-port", "0", "--slots", str(slots), "--results-dir", str(workdir / "results")]
+    args += ["--slide-roots", str(SLIDES), "--progress-interval", "0.05"]
+    for key, value in extra.items():
+        args += [f"--{key.replace('_', '-')}", value]
+    return _start("worker_service", name, workdir, args, {})
+
+
+def start_scheduler(workdir: Path, workers: Sequence[Service], **extra: int | str) -> Service:
+    args = ["--scheduler-port", "0", "--slide-roots", str(SLIDES)]
+    args += ["--worker-addresses", ",".join(w.address for w in workers)]
+    for key, value in extra.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return _start("scheduler_service", "scheduler", workdir, args, {})
+
+
+@dataclass
+class Cluster:
+    scheduler: Service
+    workers: list[Service]
+    channel: grpc.Channel
+    stub: pb_grpc.SchedulerStub
+
+    def wait_workers(self, count: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stats = self.stub.GetStats(pb.GetStatsRequest(), metadata=user("probe"))
+            if stats.workers_connected >= count:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"only {stats.workers_connected} of {count} workers connected")
+
+
+@contextmanager
+def cluster(
+    workdir: Path, worker_slots: Sequence[int] = (4,), **scheduler_settings: int | str
+) -> Iterator[Cluster]:
+    with ExitStack() as stack:
+        workers = []
+        for index, slots in enumerate(worker_slots):
+            worker = start_worker(workdir, f"worker{index}", slots)
+            stack.callback(worker.stop)
+            workers.append(worker)
+        scheduler = start_scheduler(workdir, workers, **scheduler_settings)
+        stack.callback(scheduler.stop)
+        channel = stack.enter_context(grpc.insecure_channel(scheduler.address))
+        result = Cluster(scheduler, workers, channel, pb_grpc.SchedulerStub(channel))
+        result.wait_workers(len(workers))
+        yield result
+
+
+def user(name: str) -> tuple[tuple[str, str]]:
+    return (("x-user-id", name),)

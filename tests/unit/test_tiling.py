@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker_service.tiling import choose_level, tile_grid, usable_mpp
+
+
+def test_grid_covers_image_with_overlap() -> None:
+    tiles = tile_grid(1000, 600, tile_size=512, overlap=64)
+    assert [(t.x, t.y) for t in tiles] == [
+        (0, 0),
+        (448, 0),
+        (488, 0),
+        (0, 88),
+        (448, 88),
+        (488, 88),
+    ]
+    assert all(t.width == 512 and t.height == 512 for t in tiles)
+
+
+def test_image_smaller_than_a_tile_is_one_tile() -> None:
+    (tile,) = tile_grid(16, 16, 512, 64)
+    assert (tile.x, tile.y, tile.width, tile.height) == (0, 0, 16, 16)
+    assert (tile.core_x0, tile.core_y0, tile.core_x1, tile.core_y1) == (0, 0, 16, 16)
+
+
+@settings(deadline=None)
+@given(
+    width=st.integers(1, 3000),
+    height=st.integers(1, 3000),
+    tile=st.integers(8, 700),
+    overlap_fraction=st.floats(0, 0.49),
+)
+def test_cores_partition_the_image_and_lie_inside_their_tiles(
+    width: int, height: int, tile: int, overlap_fraction: float
+) -> None:
+    overlap = int(tile * overlap_fraction)
+    tiles = tile_grid(width, height, tile, overlap)
+    area = 0
+    for t in tiles:
+        assert t.x >= 0 and t.x + t.width <= width and t.y >= 0 and t.y + t.height <= height
+        assert t.x <= t.core_x0 < t.core_x1 <= t.x + t.width
+        assert t.y <= t.core_y0 < t.core_y1 <= t.y + t.height
+        area += (t.core_x1 - t.core_x0) * (t.core_y1 - t.core_y0)
+    assert area == width * height
+    # Any pixel is in exactly one core.
+    for px, py in itertools.product({0, width // 2, width - 1}, {0, height // 3, height - 1}):
+        assert sum(t.core_contains(px + 0.5, py + 0.5) for t in tiles) == 1
+
+
+def test_bad_geometry_is_refused() -> None:
+    with pytest.raises(ValueError):
+        tile_grid(0, 10)
+    with pytest.raises(ValueError):
+        tile_grid(10, 10, tile_size=64, overlap=64)
+
+
+def test_choose_level_closest_on_log_scale() -> None:
+    downsamples = [1.0, 4.0, 16.0]
+    assert choose_level(downsamples, 0.25, 0.5) == 0  # 0.25 vs 1.0: 2x off either way -> lowest
+    assert choose_level(downsamples, 0.25, 1.0) == 1
+    assert choose_level(downsamples, 0.25, 8.0) == 2
+    assert choose_level(downsamples, None, 0.5) == 0  # no pixel size: level 0
+    assert choose_level(downsamples, 0.5, 0.5) == 0
+
+
+def test_implausible_pixel_sizes_are_ignored() -> None:
+    assert usable_mpp(0.25) == 0.25
+    assert usable_mpp(352.78) is None  # a 72 dpi screen resolution, not a microscope
+    assert usable_mpp(None) is None

@@ -1,0 +1,68 @@
+"""``make run``: starts a worker and the scheduler on loopback with the default
+settings (or the ``WSI_*`` environment), prints where they are, and stops both
+cleanly on Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from wsi_runtime.health_wait import wait_serving
+
+
+def _address(port_var: str, default: int) -> str:
+    host = os.environ.get("WSI_HOST", "127.0.0.1")
+    return f"{host}:{os.environ.get(port_var, default)}"
+
+
+def main() -> int:
+    slide_roots = os.environ.setdefault("WSI_SLIDE_ROOTS", "slides")
+    for root in slide_roots.split(":"):
+        Path(root).mkdir(parents=True, exist_ok=True)
+    worker_address = _address("WSI_WORKER_PORT", 50052)
+    scheduler_address = _address("WSI_SCHEDULER_PORT", 50051)
+    os.environ.setdefault("WSI_WORKER_ADDRESSES", worker_address)
+    children: list[subprocess.Popen[bytes]] = []
+
+    def stop(*_: object) -> None:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for module, address in (
+            ("worker_service", worker_address),
+            ("scheduler_service", scheduler_address),
+        ):
+            child = subprocess.Popen([sys.executable, "-m", module], start_new_session=True)
+            children.append(child)
+            wait_serving(address, timeout=30, alive=lambda child=child: child.poll() is None)
+        print(
+            f"\n  scheduler  grpc://{scheduler_address}   (public API, reflection, health)\n"
+            f"  worker     grpc://{worker_address}\n"
+            f"  slides     {':'.join(str(Path(r).resolve()) for r in slide_roots.split(':'))}\n"
+            f"  try: grpcurl -plaintext {scheduler_address} list\n"
+            "  Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        while all(child.poll() is None for child in children):
+            time.sleep(0.2)
+        return 1  # a service died on its own
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop()
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
