@@ -75,7 +75,7 @@ async def serve(args: argparse.Namespace) -> None:
     await server.start()
     dispatcher.start()
     await serving.mark_serving(health, [SERVICE_NAME])
-    log.info(
+    serving.announce(
         "scheduler listening on %s (workers %s, max %d jobs, %d active users)",
         settings.address(args.host, port),
         args.worker_addresses,

@@ -110,7 +110,7 @@ class _Lane:
 @dataclass
 class _User:
     unfinished: int = 0
-    ready: list[tuple[int, str]] = field(default_factory=list)
+    ready: list[int] = field(default_factory=list)  # heap of submission orders
     lanes: set[LaneKey] = field(default_factory=set)
 
 
@@ -135,6 +135,7 @@ class SchedulingPolicy:
         self._running = 0
         self._pending = 0
         self._order = 0
+        self._by_order: dict[int, str] = {}
 
     # ---- queries -------------------------------------------------------------
 
@@ -218,6 +219,7 @@ class SchedulingPolicy:
             self._order += 1
             lane_key = (spec.user, spec.workflow_id, spec.branch)
             job = _Job(spec.job_id, spec.user, lane_key, self._order, tuple(spec.depends_on))
+            self._by_order[self._order] = spec.job_id
             job.unmet_deps = len(set(job.depends_on))
             self._jobs[spec.job_id] = job
             self._lanes.setdefault(lane_key, _Lane()).queue.append(spec.job_id)
@@ -334,7 +336,7 @@ class SchedulingPolicy:
             return
         job = self._jobs[head]
         if job.unmet_deps == 0:
-            heapq.heappush(self._users[job.user].ready, (job.order, head))
+            heapq.heappush(self._users[job.user].ready, job.order)
 
     def _is_ready(self, job_id: str) -> bool:
         job = self._jobs[job_id]
@@ -346,7 +348,7 @@ class SchedulingPolicy:
     def _peek_ready(self, user: str) -> str | None:
         heap = self._users[user].ready
         while heap:
-            job_id = heap[0][1]
+            job_id = self._by_order[heap[0]]
             if self._is_ready(job_id):
                 return job_id
             heapq.heappop(heap)
@@ -384,7 +386,7 @@ class SchedulingPolicy:
         job = self._jobs[job_id]
         lane = self._lanes[job.lane]
         heap = self._users[job.user].ready
-        if heap and heap[0][1] == job_id:
+        if heap and heap[0] == job.order:
             heapq.heappop(heap)
         lane.queue.popleft()
         lane.running = job_id

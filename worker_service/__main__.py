@@ -51,7 +51,7 @@ async def serve(args: argparse.Namespace) -> None:
     port = server.add_insecure_port(settings.address(args.host, args.worker_port))
     await server.start()
     await serving.mark_serving(health, [SERVICE_NAME])
-    log.info(
+    serving.announce(
         "worker listening on %s (%d slots, results in %s)",
         settings.address(args.host, port),
         servicer.slots,

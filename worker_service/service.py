@@ -20,6 +20,7 @@ import grpc
 
 from clients.wsi.worker.v1 import worker_pb2 as pb
 from clients.wsi.worker.v1 import worker_pb2_grpc as pb_grpc
+from worker_service.slide_access import SlideCache
 from worker_service.throttle import ProgressThrottle
 from worker_service.tile_walk import JobCancelled, JobFailed, JobOutcome, JobSpec, run_tile_walk
 from wsi_runtime.slide_paths import SlidePathError, resolve_slide
@@ -46,6 +47,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.slide_roots = list(slide_roots)
         self.progress_interval = progress_interval
         self.executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="tiles")
+        self.slides = SlideCache()
         self.active = 0
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: Context) -> pb.WorkerInfo:
@@ -75,11 +77,11 @@ class WorkerServicer(pb_grpc.WorkerServicer):
 
         def work() -> JobOutcome:
             try:
-                return run_tile_walk(spec, self.results_dir, stop.is_set, report)
+                return run_tile_walk(spec, self.results_dir, stop.is_set, report, self.slides)
             finally:
                 loop.call_soon_threadsafe(updates.put_nowait, None)
 
-        log.info("job %s attempt %d: %s on %s", spec.job_id, request.attempt, spec.job_type, slide)
+        log.debug("job %s attempt %d: %s on %s", spec.job_id, request.attempt, spec.job_type, slide)
         self.active += 1
         future = loop.run_in_executor(self.executor, work)
         try:
@@ -98,7 +100,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 files=outcome.files,
                 summary=json.dumps(outcome.summary),
             )
-            log.info("job %s succeeded", spec.job_id)
+            log.debug("job %s succeeded", spec.job_id)
             yield pb.JobUpdate(result=result)
         finally:
             # Reached on success, on error, and when the caller cancels the call.

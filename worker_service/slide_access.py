@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import openslide
@@ -29,6 +32,37 @@ def open_slide(path: str) -> openslide.OpenSlide:
         raise SlideError(f"unsupported slide format: {path}") from exc
     except (openslide.OpenSlideError, OSError) as exc:
         raise SlideError(f"cannot open slide {path}: {exc}") from exc
+
+
+class SlideCache:
+    """A few open slides per thread, reused across jobs: opening parses the
+    whole TIFF directory, which costs more than reading a small slide. Keyed by
+    path, size and modification time, so a replaced file is opened afresh."""
+
+    def __init__(self, per_thread: int = 4) -> None:
+        if per_thread < 1:
+            raise ValueError("per_thread must be at least 1")
+        self.per_thread = per_thread
+        self._local = threading.local()
+
+    def get(self, path: str) -> openslide.OpenSlide:
+        try:
+            stat = os.stat(path)
+        except OSError as exc:
+            raise SlideError(f"cannot open slide {path}: {exc.strerror}") from exc
+        key = (path, stat.st_size, stat.st_mtime_ns)
+        handles: OrderedDict[tuple[str, int, int], openslide.OpenSlide] = (
+            getattr(self._local, "handles", None) or OrderedDict()
+        )
+        self._local.handles = handles
+        slide = handles.get(key)
+        if slide is None:
+            slide = open_slide(path)
+            handles[key] = slide
+            while len(handles) > self.per_thread:
+                handles.popitem(last=False)[1].close()
+        handles.move_to_end(key)
+        return slide
 
 
 def describe(slide: openslide.OpenSlide) -> SlideInfo:

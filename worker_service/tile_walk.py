@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import openslide
 
-from worker_service.slide_access import SlideError, describe, open_slide
+from worker_service.slide_access import SlideCache, SlideError, describe
 from worker_service.tiling import choose_level, tile_grid, usable_mpp
 
 DEFAULT_TILE_SIZE = 512
@@ -65,6 +65,7 @@ def run_tile_walk(
     results_dir: Path,
     cancelled: Callable[[], bool],
     report: Callable[[int, int], None],
+    slides: SlideCache,
 ) -> JobOutcome:
     started = time.perf_counter()
     tile_size = _int_param(spec.params, "tile_size", DEFAULT_TILE_SIZE)
@@ -73,37 +74,36 @@ def run_tile_walk(
     if tile_size < 16 or tile_size > 8192 or not 0 <= overlap < tile_size // 2:
         raise JobFailed("need 16 <= tile_size <= 8192 and 0 <= overlap < tile_size / 2")
     try:
-        slide = open_slide(spec.slide_path)
+        slide = slides.get(spec.slide_path)
     except SlideError as exc:
         raise JobFailed(str(exc)) from exc
-    with slide:
-        info = describe(slide)
-        mpp = usable_mpp(info.mpp)
-        level = choose_level(info.level_downsamples, mpp, target_mpp)
-        downsample = info.level_downsamples[level]
-        level_w, level_h = info.level_dimensions[level]
-        tiles = tile_grid(level_w, level_h, tile_size, overlap)
-        report(0, len(tiles))
-        pixels = 0
-        foreground = 0
-        rgb_sum = np.zeros(3, dtype=np.float64)
-        for done, tile in enumerate(tiles, start=1):
-            if cancelled():
-                raise JobCancelled()
-            location = (int(tile.x * downsample), int(tile.y * downsample))
-            try:
-                region = slide.read_region(location, level, (tile.width, tile.height))
-            except openslide.OpenSlideError as exc:
-                raise JobFailed(
-                    f"cannot read tile at level-0 ({location[0]}, {location[1]}): {exc}"
-                ) from exc
-            rgba = np.asarray(region)
-            opaque = rgba[..., 3] > 0
-            rgb = rgba[..., :3][opaque]
-            pixels += int(rgb.shape[0])
-            foreground += int(np.count_nonzero(rgb.min(axis=1) < BACKGROUND_LEVEL))
-            rgb_sum += rgb.sum(axis=0, dtype=np.float64)
-            report(done, len(tiles))
+    info = describe(slide)
+    mpp = usable_mpp(info.mpp)
+    level = choose_level(info.level_downsamples, mpp, target_mpp)
+    downsample = info.level_downsamples[level]
+    level_w, level_h = info.level_dimensions[level]
+    tiles = tile_grid(level_w, level_h, tile_size, overlap)
+    report(0, len(tiles))
+    pixels = 0
+    foreground = 0
+    rgb_sum = np.zeros(3, dtype=np.float64)
+    for done, tile in enumerate(tiles, start=1):
+        if cancelled():
+            raise JobCancelled()
+        location = (int(tile.x * downsample), int(tile.y * downsample))
+        try:
+            region = slide.read_region(location, level, (tile.width, tile.height))
+        except openslide.OpenSlideError as exc:
+            raise JobFailed(
+                f"cannot read tile at level-0 ({location[0]}, {location[1]}): {exc}"
+            ) from exc
+        rgba = np.asarray(region)
+        opaque = rgba[..., 3] > 0
+        rgb = rgba[..., :3][opaque]
+        pixels += int(rgb.shape[0])
+        foreground += int(np.count_nonzero(rgb.min(axis=1) < BACKGROUND_LEVEL))
+        rgb_sum += rgb.sum(axis=0, dtype=np.float64)
+        report(done, len(tiles))
     summary: dict[str, object] = {
         "job_id": spec.job_id,
         "job_type": spec.job_type,
@@ -139,7 +139,7 @@ def write_json_atomically(path: Path, document: object) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle, indent=2)
+            handle.write(json.dumps(document))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

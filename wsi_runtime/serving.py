@@ -57,6 +57,12 @@ async def run_until_signalled(
     log.info("stopped")
 
 
+def announce(message: str, *args: object) -> None:
+    """The start-up line (address and settings) goes to stdout whatever the log
+    level, so launchers and tests can always find where a server listens."""
+    print(message % args, flush=True)
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),

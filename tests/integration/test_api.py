@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import SLIDES, Cluster, start_worker, user
-from tests.integration.conftest import create, follow, rpc_error, spec
+from tests.integration.conftest import create, follow, get, rpc_error, spec
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 
@@ -234,3 +235,28 @@ def test_services_stop_gracefully_on_sigterm(tmp_path: Path) -> None:
         assert "stopped" in worker.log()
     finally:
         worker.stop()
+
+
+def test_scheduler_stops_gracefully_with_a_running_job_and_a_watcher(tmp_path: Path) -> None:
+    from tests.harness import cluster
+    from tests.integration.conftest import LONG, Watcher
+
+    with cluster(tmp_path, worker_slots=(1,)) as c:
+        wf = create(c, "stopper", [spec("long", params=LONG)])
+        watcher = Watcher(c, "stopper", wf.workflow_id, after=wf.sequence)
+        deadline = time.monotonic() + 10
+        while not get(c, "stopper", wf.workflow_id).jobs[0].progress.tiles_done:
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.02)
+        started = time.monotonic()
+        c.scheduler.kill(signal.SIGTERM)
+        assert c.scheduler.process.returncode == 0
+        assert time.monotonic() - started < 10
+        assert "stopped" in c.scheduler.log()
+        with pytest.raises(grpc.RpcError):
+            watcher.join()  # the stream ends with an error, not a hang
+        # The worker noticed the broken lease and stopped the job's tiles.
+        deadline = time.monotonic() + 10
+        while "stopping its tiles" not in c.workers[0].log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "stopping its tiles" in c.workers[0].log()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import SLIDES
+from worker_service.slide_access import SlideCache
 from worker_service.tile_walk import JobCancelled, JobFailed, JobSpec, run_tile_walk
 
 
@@ -18,6 +19,7 @@ def run(tmp_path: Path, slide: str, **params: str):
         tmp_path,
         lambda: False,
         lambda d, t: reports.append((d, t)),
+        SlideCache(),
     )
     return outcome, reports
 
@@ -71,5 +73,6 @@ def test_cancellation_stops_between_tiles(tmp_path: Path) -> None:
             tmp_path,
             lambda: len(seen) > 3,
             lambda d, t: seen.append(d),
+            SlideCache(),
         )
     assert seen[-1] == 3

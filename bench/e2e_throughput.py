@@ -1,0 +1,161 @@
+"""End-to-end job throughput: submit -> SUCCEEDED through the real scheduler and
+worker processes, on tiny slides, beside a bare grpc.aio echo baseline.
+
+    python -m bench.e2e_throughput [--jobs 3000] [--jobs-per-workflow 50] [--slots 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import grpc
+
+from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from tests.harness import start_scheduler, start_worker
+
+OUT = Path(__file__).resolve().parent / "out"  # results land here, not in /tmp (slower here)
+TERMINAL = {pb.WORKFLOW_STATE_SUCCEEDED, pb.WORKFLOW_STATE_FAILED, pb.WORKFLOW_STATE_CANCELLED}
+
+
+async def run_workflows(
+    address: str, jobs: int, per_workflow: int, concurrency: int
+) -> dict[str, float]:
+    """Submits ``jobs`` jobs in workflows of ``per_workflow`` (one branch each)
+    and waits, through WatchWorkflow, until every one has SUCCEEDED."""
+    metadata = (("x-user-id", "bench"),)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.SchedulerStub(channel)
+        semaphore = asyncio.Semaphore(concurrency)
+        succeeded = 0
+
+        async def one_workflow(index: int, size: int) -> None:
+            nonlocal succeeded
+            async with semaphore:
+                request = pb.CreateWorkflowRequest(
+                    name=f"bench-{index}",
+                    jobs=[
+                        pb.JobSpec(
+                            key=str(i),
+                            branch=f"b{i}",
+                            job_type=pb.TISSUE_MASK,
+                            wsi_path="small.svs",
+                        )
+                        for i in range(size)
+                    ],
+                )
+                wf = await stub.CreateWorkflow(request, metadata=metadata)
+                stream = stub.WatchWorkflow(
+                    pb.WatchWorkflowRequest(workflow_id=wf.workflow_id, after_sequence=wf.sequence),
+                    metadata=metadata,
+                )
+                async for event in stream:
+                    if (
+                        event.kind == pb.WorkflowEvent.JOB_STATE
+                        and event.job.state == pb.JOB_STATE_SUCCEEDED
+                    ):
+                        succeeded += 1
+                    if event.workflow_state in TERMINAL:
+                        if event.workflow_state != pb.WORKFLOW_STATE_SUCCEEDED:
+                            raise RuntimeError(f"workflow ended {event.workflow_state}")
+                        break
+
+        sizes = [per_workflow] * (jobs // per_workflow)
+        started = time.perf_counter()
+        await asyncio.gather(*(one_workflow(i, n) for i, n in enumerate(sizes)))
+        elapsed = time.perf_counter() - started
+    return {"jobs": succeeded, "seconds": elapsed, "jobs_per_s": succeeded / elapsed}
+
+
+async def echo_baseline(calls: int, concurrency: int) -> dict[str, float]:
+    """A bare grpc.aio unary echo on loopback: the floor any gRPC service pays."""
+
+    async def echo(request: bytes, context: object) -> bytes:
+        return request
+
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(
+                "/bench.Echo/Echo", request_serializer=None, response_deserializer=None
+            )
+            semaphore = asyncio.Semaphore(concurrency)
+
+            async def one() -> None:
+                async with semaphore:
+                    await call(b"x" * 64)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(calls)))
+            elapsed = time.perf_counter() - started
+    finally:
+        await server.stop(None)
+    return {"calls": calls, "seconds": elapsed, "calls_per_s": calls / elapsed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=3000)
+    parser.add_argument("--jobs-per-workflow", type=int, default=50)
+    parser.add_argument("--slots", type=int, default=32, help="worker slots = scheduler cap")
+    parser.add_argument("--concurrency", type=int, default=16, help="workflows in flight")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--log-level", default="INFO", help="services' log level")
+    args = parser.parse_args()
+    runs: list[dict[str, float]] = []
+    echoes: list[dict[str, float]] = []
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=OUT) as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
+        worker = start_worker(workdir, slots=args.slots, log_level=args.log_level)
+        stack.callback(worker.stop)
+        scheduler = start_scheduler(
+            workdir,
+            [worker],
+            max_workers=args.slots,
+            max_jobs_per_workflow=1000,
+            log_level=args.log_level,
+        )
+        stack.callback(scheduler.stop)
+        time.sleep(1.0)  # let the scheduler learn the worker's slots
+        for _ in range(args.rounds):
+            echoes.append(asyncio.run(echo_baseline(args.jobs, args.concurrency * 4)))
+            runs.append(
+                asyncio.run(
+                    run_workflows(
+                        scheduler.address, args.jobs, args.jobs_per_workflow, args.concurrency
+                    )
+                )
+            )
+    e2e = statistics.median(r["jobs_per_s"] for r in runs)
+    echo = statistics.median(r["calls_per_s"] for r in echoes)
+    print(
+        json.dumps(
+            {
+                "e2e_jobs_per_s_median": round(e2e, 1),
+                "echo_calls_per_s_median": round(echo, 1),
+                "e2e_over_echo": round(e2e / echo, 4),
+                "runs": runs,
+                "echo_runs": echoes,
+                "settings": vars(args),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
