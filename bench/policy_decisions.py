@@ -55,14 +55,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--max-workers", type=int, default=4)
     args = parser.parse_args()
-    results = {}
-    for size in args.sizes:
-        samples = []
-        for _ in range(args.rounds):
+    decisions_per_job(build(args.sizes[0], args.max_workers), args.decisions)  # warm-up
+    samples: dict[int, list[float]] = {size: [] for size in args.sizes}
+    # Sizes interleave within each round, so the machine's noise hits them alike.
+    for _ in range(args.rounds):
+        for size in args.sizes:
             policy = build(size, args.max_workers)
             assert policy.pending_count >= size - args.max_workers
-            samples.append(decisions_per_job(policy, args.decisions))
-        results[size] = statistics.median(samples)
+            samples[size].append(decisions_per_job(policy, args.decisions))
+    results = {size: statistics.median(values) for size, values in samples.items()}
     base = results[args.sizes[0]]
     print(
         json.dumps(
