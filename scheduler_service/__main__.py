@@ -7,7 +7,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import grpc
 
@@ -25,7 +24,6 @@ SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="wsi-scheduler", description="WSI workflow scheduler")
-    settings.add(parser, "--host", "127.0.0.1", "address to bind")
     settings.add(parser, "--scheduler-port", 50051, "gRPC port (0 picks a free one)")
     settings.add(
         parser,
@@ -37,15 +35,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     settings.add(parser, "--max-active-users", 3, "users holding an active slot at once")
     settings.add(parser, "--max-attempts", 3, "runs of a job before a lost worker fails it")
     settings.add(parser, "--max-jobs-per-workflow", 1000, "jobs one workflow may hold")
-    settings.add(
-        parser,
-        "--slide-roots",
-        [Path("slides")],
-        "colon-separated folders slides may be read from",
-        type=settings.path_list,
-    )
-    settings.add(parser, "--grace", 2.0, "seconds running calls get on shutdown")
-    settings.add(parser, "--log-level", "INFO", "logging level")
+    settings.add_common(parser, grace=2.0)
     return parser.parse_args(argv)
 
 
@@ -70,14 +60,11 @@ async def serve(args: argparse.Namespace) -> None:
     _, dispatcher, servicer = build(args)
     server = grpc.aio.server()
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
-    health = serving.add_health_and_reflection(server, [SERVICE_NAME])
-    port = server.add_insecure_port(settings.address(args.host, args.scheduler_port))
-    await server.start()
+    health, address = await serving.start(server, SERVICE_NAME, args.host, args.scheduler_port)
     dispatcher.start()
-    await serving.mark_serving(health, [SERVICE_NAME])
     serving.announce(
         "scheduler listening on %s (workers %s, max %d jobs, %d active users)",
-        settings.address(args.host, port),
+        address,
         args.worker_addresses,
         args.max_workers,
         args.max_active_users,

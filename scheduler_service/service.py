@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -17,7 +18,6 @@ from scheduler_service.dispatcher import Dispatcher
 from scheduler_service.store import (
     AlreadyFinished,
     InvalidPageToken,
-    JobRecord,
     NotFound,
     Store,
     WorkflowRecord,
@@ -39,9 +39,43 @@ MAX_PAGE_SIZE = 1000
 MAX_ID_LENGTH = 128
 
 
-async def _abort(context: Context, code: grpc.StatusCode, msg: str) -> NoReturn:
-    await context.abort(code, msg)
-    raise AssertionError("unreachable")  # context.abort raises
+class BadRequest(ValueError):
+    """A malformed request the store never sees."""
+
+
+def status_for(exc: Exception) -> grpc.StatusCode | None:
+    """The status code of a domain error; None for anything unexpected."""
+    if isinstance(exc, NotFound):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, AlreadyFinished):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, SlidePathError):
+        return (
+            grpc.StatusCode.PERMISSION_DENIED
+            if exc.permission
+            else grpc.StatusCode.INVALID_ARGUMENT
+        )
+    if isinstance(exc, InvalidSpec | InvalidPageToken | BadRequest):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return None
+
+
+@asynccontextmanager
+async def domain_errors(context: Context) -> AsyncIterator[None]:
+    """Ends the call with the status code that fits a domain error."""
+    try:
+        yield
+    except (
+        NotFound,
+        AlreadyFinished,
+        SlidePathError,
+        InvalidSpec,
+        InvalidPageToken,
+        BadRequest,
+    ) as exc:
+        code = status_for(exc)
+        assert code is not None
+        await context.abort(code, str(exc))
 
 
 async def authenticate(context: Context) -> str:
@@ -50,12 +84,12 @@ async def authenticate(context: Context) -> str:
             user = value if isinstance(value, str) else value.decode(errors="replace")
             if valid_user_id(user):
                 return user
-            await _abort(
-                context,
+            await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "metadata x-user-id must be 1 to 64 characters of A-Z a-z 0-9 . _ -",
             )
-    await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "metadata x-user-id is required")
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "metadata x-user-id is required")
+    raise AssertionError("unreachable")  # context.abort raises
 
 
 class SchedulerServicer(pb_grpc.SchedulerServicer):
@@ -73,20 +107,6 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         self.max_jobs_per_workflow = max_jobs_per_workflow
         self.clock = clock
 
-    # ---- helpers ---------------------------------------------------------------
-
-    async def _workflow(self, context: Context, user: str, wid: str) -> WorkflowRecord:
-        try:
-            return self.store.workflow(user, wid[:MAX_ID_LENGTH])
-        except NotFound as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
-
-    async def _job(self, context: Context, user: str, job_id: str) -> JobRecord:
-        try:
-            return self.store.job(user, job_id[:MAX_ID_LENGTH])
-        except NotFound as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
-
     def _resolve_slides(self, jobs: Sequence[JobInput]) -> list[str]:
         resolved: dict[str, str] = {}
         for job in jobs:
@@ -99,19 +119,23 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                     ) from exc
         return [resolved[job.wsi_path] for job in jobs]
 
+    def _stop(self, running_job_ids: Sequence[str]) -> None:
+        for job_id in running_job_ids:
+            self.dispatcher.stop_job(job_id)
+        self.dispatcher.kick()
+
     # ---- RPCs ------------------------------------------------------------------
 
     async def CreateWorkflow(
         self, request: pb.CreateWorkflowRequest, context: Context
     ) -> pb.Workflow:
         user = await authenticate(context)
-        if len(request.name) > MAX_NAME_LENGTH or len(request.request_id) > MAX_ID_LENGTH:
-            await _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"name may be at most {MAX_NAME_LENGTH} and request_id {MAX_ID_LENGTH} characters",
-            )
-        try:
+        async with domain_errors(context):
+            if len(request.name) > MAX_NAME_LENGTH or len(request.request_id) > MAX_ID_LENGTH:
+                raise BadRequest(
+                    f"name may be at most {MAX_NAME_LENGTH} and request_id "
+                    f"{MAX_ID_LENGTH} characters"
+                )
             jobs = normalise_jobs(
                 [
                     JobInput(
@@ -129,39 +153,27 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                 self.max_jobs_per_workflow,
             )
             slide_files = self._resolve_slides(jobs)
-        except InvalidSpec as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except SlidePathError as exc:
-            code = (
-                grpc.StatusCode.PERMISSION_DENIED
-                if exc.permission
-                else grpc.StatusCode.INVALID_ARGUMENT
+            wf, _ = self.store.create_workflow(
+                user, request.name or "workflow", jobs, slide_files, request.request_id
             )
-            await _abort(context, code, str(exc))
-        wf, _ = self.store.create_workflow(
-            user, request.name or "workflow", jobs, slide_files, request.request_id
-        )
         self.dispatcher.kick()
         return convert.workflow_message(self.store, wf)
 
     async def GetWorkflow(self, request: pb.GetWorkflowRequest, context: Context) -> pb.Workflow:
         user = await authenticate(context)
-        wf = await self._workflow(context, user, request.workflow_id)
+        async with domain_errors(context):
+            wf = self.store.workflow(user, request.workflow_id[:MAX_ID_LENGTH])
         return convert.workflow_message(self.store, wf)
 
     async def ListWorkflows(
         self, request: pb.ListWorkflowsRequest, context: Context
     ) -> pb.ListWorkflowsResponse:
         user = await authenticate(context)
-        if request.page_size < 0:
-            await _abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, "page_size must not be negative"
-            )
-        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        try:
+        async with domain_errors(context):
+            if request.page_size < 0:
+                raise BadRequest("page_size must not be negative")
+            size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             page, token = self.store.list_workflows(user, size, request.page_token)
-        except InvalidPageToken as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return pb.ListWorkflowsResponse(
             workflows=[convert.workflow_message(self.store, wf) for wf in page],
             next_page_token=token,
@@ -171,37 +183,30 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         self, request: pb.CancelWorkflowRequest, context: Context
     ) -> pb.Workflow:
         user = await authenticate(context)
-        await self._workflow(context, user, request.workflow_id)
-        try:
-            wf, to_stop = self.store.cancel_workflow(user, request.workflow_id)
-        except AlreadyFinished as exc:
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        for job_id in to_stop:
-            self.dispatcher.stop_job(job_id)
-        self.dispatcher.kick()
+        async with domain_errors(context):
+            wf, to_stop = self.store.cancel_workflow(user, request.workflow_id[:MAX_ID_LENGTH])
+        self._stop(to_stop)
         return convert.workflow_message(self.store, wf)
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
         user = await authenticate(context)
-        return convert.job_message(self.store, await self._job(context, user, request.job_id))
+        async with domain_errors(context):
+            job = self.store.job(user, request.job_id[:MAX_ID_LENGTH])
+        return convert.job_message(self.store, job)
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
         user = await authenticate(context)
-        await self._job(context, user, request.job_id)
-        try:
-            job, running = self.store.cancel_job(user, request.job_id)
-        except AlreadyFinished as exc:
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        if running:
-            self.dispatcher.stop_job(job.job_id)
-        self.dispatcher.kick()
+        async with domain_errors(context):
+            job, running = self.store.cancel_job(user, request.job_id[:MAX_ID_LENGTH])
+        self._stop([job.job_id] if running else [])
         return convert.job_message(self.store, job)
 
     async def WatchWorkflow(
         self, request: pb.WatchWorkflowRequest, context: Context
     ) -> AsyncIterator[pb.WorkflowEvent]:
         user = await authenticate(context)
-        wf = await self._workflow(context, user, request.workflow_id)
+        async with domain_errors(context):
+            wf = self.store.workflow(user, request.workflow_id[:MAX_ID_LENGTH])
         subscription = wf.feed.subscribe()
         try:
             replay = None

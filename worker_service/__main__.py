@@ -21,20 +21,11 @@ SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="wsi-worker", description="WSI analysis worker")
-    settings.add(parser, "--host", "127.0.0.1", "address to bind")
     settings.add(parser, "--worker-port", 50052, "gRPC port (0 picks a free one)")
     settings.add(parser, "--slots", os.cpu_count() or 1, "jobs run at once")
     settings.add(parser, "--results-dir", Path("results"), "where job results are written")
-    settings.add(
-        parser,
-        "--slide-roots",
-        [Path("slides")],
-        "colon-separated folders slides may be read from",
-        type=settings.path_list,
-    )
     settings.add(parser, "--progress-interval", 0.2, "seconds between progress reports")
-    settings.add(parser, "--grace", 5.0, "seconds running calls get on shutdown")
-    settings.add(parser, "--log-level", "INFO", "logging level")
+    settings.add_common(parser, grace=5.0)
     return parser.parse_args(argv)
 
 
@@ -47,13 +38,10 @@ async def serve(args: argparse.Namespace) -> None:
     )
     server = grpc.aio.server()
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
-    health = serving.add_health_and_reflection(server, [SERVICE_NAME])
-    port = server.add_insecure_port(settings.address(args.host, args.worker_port))
-    await server.start()
-    await serving.mark_serving(health, [SERVICE_NAME])
+    health, address = await serving.start(server, SERVICE_NAME, args.host, args.worker_port)
     serving.announce(
         "worker listening on %s (%d slots, results in %s)",
-        settings.address(args.host, port),
+        address,
         servicer.slots,
         servicer.results_dir,
     )

@@ -31,9 +31,17 @@ def add_health_and_reflection(
     return servicer
 
 
-async def mark_serving(servicer: health_aio.HealthServicer, service_names: Sequence[str]) -> None:
-    for name in ["", *service_names]:
-        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+async def start(
+    server: grpc.aio.Server, service_name: str, host: str, port: int
+) -> tuple[health_aio.HealthServicer, str]:
+    """Adds health and reflection, binds, starts, reports SERVING; returns the
+    health servicer and the bound address (port 0 picks a free port)."""
+    health_servicer = add_health_and_reflection(server, [service_name])
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    for name in ("", service_name):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return health_servicer, f"{host}:{bound}"
 
 
 async def run_until_signalled(

@@ -21,5 +21,15 @@ def path_list(value: str) -> list[Path]:
     return [Path(p) for p in value.split(":") if p]
 
 
-def address(host: str, port: int) -> str:
-    return f"{host}:{port}"
+def add_common(parser: argparse.ArgumentParser, grace: float) -> None:
+    """The settings every server has."""
+    add(parser, "--host", "127.0.0.1", "address to bind")
+    add(
+        parser,
+        "--slide-roots",
+        [Path("slides")],
+        "colon-separated folders slides may be read from",
+        type=path_list,
+    )
+    add(parser, "--grace", grace, "seconds in-flight calls get on shutdown")
+    add(parser, "--log-level", "INFO", "logging level")
