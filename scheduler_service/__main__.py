@@ -44,9 +44,8 @@ def build(args: argparse.Namespace) -> tuple[Store, Dispatcher, SchedulerService
     clock = time.time
     store_ref: list[Store] = []
 
-    def publish(wf: WorkflowRecord, kind: str, job: JobRecord | None) -> None:
-        if job is not None:
-            wf.feed.publish(convert.change_event(store_ref[0], wf, kind, job, clock()))
+    def publish(wf: WorkflowRecord, kind: str, job: JobRecord) -> None:
+        wf.feed.publish(convert.change_event(store_ref[0], wf, kind, job, clock()))
 
     store = Store(policy, clock, publish)
     store_ref.append(store)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 import heapq
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -446,8 +446,3 @@ class SchedulingPolicy:
                 out.extend(self._cancel_pending(job, reason, failed_job))
         lane.queue.clear()
         return out
-
-
-def states_of(policy: SchedulingPolicy, job_ids: Iterable[str]) -> dict[str, State]:
-    """Convenience for tests and stats: the state of each job."""
-    return {job_id: policy.state(job_id) for job_id in job_ids}

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from scheduler_service import progress
-from scheduler_service.events import Subscription, WorkflowFeed
+from scheduler_service.events import WorkflowFeed
 from scheduler_service.policy import NewJob, SchedulingPolicy, State, Transition, WaitKind
 from scheduler_service.validation import JobInput
 
@@ -58,7 +58,6 @@ class JobRecord:
     start_time: float = 0.0
     end_time: float = 0.0
     worker: str = ""
-    pending_reason: str = ""
 
     @property
     def fraction(self) -> float:
@@ -96,7 +95,7 @@ class _UserIndex:
     requests: dict[str, str] = field(default_factory=dict)
 
 
-EventSink = Callable[[WorkflowRecord, str, JobRecord | None], None]
+EventSink = Callable[[WorkflowRecord, str, JobRecord], None]
 """Called on every change: (workflow, kind, job). The service turns it into a
 numbered event; kept abstract so the store does not import protobuf."""
 
@@ -132,12 +131,6 @@ class Store:
         if record is None or record.user != user:
             raise NotFound(f"job {job_id!r} not found")
         return record
-
-    def job_by_id(self, job_id: str) -> JobRecord:
-        return self._jobs[job_id]
-
-    def workflow_of(self, job: JobRecord) -> WorkflowRecord:
-        return self._workflows[job.workflow_id]
 
     def list_workflows(
         self, user: str, page_size: int, page_token: str
@@ -302,12 +295,6 @@ class Store:
             if not job.state.terminal:
                 self._apply(self.policy.cancel(job.job_id))
         return wf, to_stop
-
-    def all_jobs(self) -> Iterable[JobRecord]:
-        return self._jobs.values()
-
-    def subscribe(self, wf: WorkflowRecord) -> Subscription:
-        return wf.feed.subscribe()
 
     # ---- internals -------------------------------------------------------------
 
