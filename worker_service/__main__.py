@@ -13,6 +13,7 @@ import grpc
 
 from clients.wsi.worker.v1 import worker_pb2, worker_pb2_grpc
 from worker_service.service import WorkerServicer
+from worker_service.tile_pool import TilePool
 from wsi_runtime import serving, settings
 
 log = logging.getLogger("wsi.worker")
@@ -23,6 +24,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="wsi-worker", description="WSI analysis worker")
     settings.add(parser, "--worker-port", 50052, "gRPC port (0 picks a free one)")
     settings.add(parser, "--slots", os.cpu_count() or 1, "jobs run at once")
+    settings.add(parser, "--processes", os.cpu_count() or 1, "tile-processing processes")
     settings.add(parser, "--results-dir", Path("results"), "where job results are written")
     settings.add(parser, "--progress-interval", 0.2, "seconds between progress reports")
     settings.add_common(parser, grace=5.0)
@@ -30,10 +32,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    pool = TilePool(args.processes)
+    await asyncio.get_running_loop().run_in_executor(None, pool.warm_up)
     servicer = WorkerServicer(
         slots=max(1, args.slots),
         results_dir=args.results_dir.resolve(),
         slide_roots=args.slide_roots,
+        pool=pool,
         progress_interval=args.progress_interval,
     )
     server = grpc.aio.server()
@@ -48,6 +53,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     await serving.run_until_signalled(server, health, args.grace)
     servicer.close()
+    pool.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,6 +1,7 @@
 """The worker's gRPC face: RunJob streams a job's progress and outcome.
 
-The tile loop runs in a thread pool; the handler only relays. Cancelling the
+A job runs in a thread (its tiles in the shared process pool); the handler only
+relays. Cancelling the
 call (the scheduler's cancel, or a broken stream) stops the loop at the next
 tile."""
 
@@ -20,9 +21,10 @@ import grpc
 
 from clients.wsi.worker.v1 import worker_pb2 as pb
 from clients.wsi.worker.v1 import worker_pb2_grpc as pb_grpc
+from worker_service.pipeline import JobCancelled, JobFailed, JobOutcome, JobSpec, run_job
 from worker_service.slide_access import SlideCache
 from worker_service.throttle import ProgressThrottle
-from worker_service.tile_walk import JobCancelled, JobFailed, JobOutcome, JobSpec, run_tile_walk
+from worker_service.tile_pool import TilePool
 from wsi_runtime.slide_paths import SlidePathError, resolve_slide
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         slots: int,
         results_dir: Path,
         slide_roots: Sequence[Path],
+        pool: TilePool,
         progress_interval: float = 0.2,
     ) -> None:
         self.slots = slots
@@ -48,6 +51,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.progress_interval = progress_interval
         self.executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="tiles")
         self.slides = SlideCache()
+        self.pool = pool
         self.active = 0
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: Context) -> pb.WorkerInfo:
@@ -77,7 +81,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
 
         def work() -> JobOutcome:
             try:
-                return run_tile_walk(spec, self.results_dir, stop.is_set, report, self.slides)
+                return run_job(spec, self.results_dir, stop.is_set, report, self.slides, self.pool)
             finally:
                 loop.call_soon_threadsafe(updates.put_nowait, None)
 

@@ -14,9 +14,10 @@ from tests.harness import CMU, SLIDES, Cluster, cluster, user
 
 pytestmark = pytest.mark.integration
 
-# 16 px tiles over CMU-1-Small-Region: ~26k tile reads, long enough (~1 s) to act mid-job.
-LONG = {"tile_size": "16", "overlap": "0"}
-SHORT = {"tile_size": "512", "overlap": "0"}
+# Nucleus segmentation of CMU-1-Small-Region in 256 px tiles: ~100 tissue tiles, a few
+# seconds with progress all along, long enough to act mid-job.
+LONG = {"tile_size": "256", "overlap": "32"}
+SHORT: dict[str, str] = {}
 
 TERMINAL = {pb.WORKFLOW_STATE_SUCCEEDED, pb.WORKFLOW_STATE_FAILED, pb.WORKFLOW_STATE_CANCELLED}
 
@@ -27,8 +28,11 @@ def spec(
     deps: Sequence[str] = (),
     params: dict[str, str] | None = None,
     slide: str = CMU,
-    job_type: int = pb.TISSUE_MASK,
+    job_type: int | None = None,
 ) -> pb.JobSpec:
+    """A TISSUE_MASK job (quick), or with ``params=LONG`` a CELL_SEGMENTATION job."""
+    if job_type is None:
+        job_type = pb.CELL_SEGMENTATION if params is LONG else pb.TISSUE_MASK
     return pb.JobSpec(
         key=key,
         branch=branch,

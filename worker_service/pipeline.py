@@ -1,0 +1,270 @@
+"""A job from slide to results: pick the level, find the tissue, segment the
+tissue tiles in the process pool, stream the nuclei to disk, write the
+summary. Runs in a worker thread; ``cancelled`` is polled between tiles."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from worker_service import results, tile_tasks
+from worker_service.nuclei import NucleusParams, stain_reference
+from worker_service.slide_access import SlideCache, SlideError, SlideInfo, describe
+from worker_service.tile_pool import Cancelled, TilePool
+from worker_service.tiling import Tile, choose_level, tile_grid, usable_mpp
+from worker_service.tissue import TissueMask, detect_tissue, tile_tissue_fractions, tissue_polygons
+
+DEFAULT_TILE_SIZE = 512
+DEFAULT_OVERLAP = 64
+DEFAULT_TARGET_MPP = 0.5
+DEFAULT_MIN_TISSUE = 0.05  # tiles with less tissue than this share are skipped
+THUMBNAIL_SIZE = 1024  # longest side of the image tissue is detected on (and the preview)
+REFERENCE_TILES = 8  # tissue tiles sampled for the slide's stain reference
+
+
+class JobCancelled(Exception):
+    pass
+
+
+class JobFailed(Exception):
+    """The job cannot succeed; the message tells the user why."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job_id: str
+    job_type: str
+    slide_path: str
+    params: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    files: dict[str, str]
+    summary: dict[str, object]
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    tile_size: int
+    overlap: int
+    target_mpp: float
+    min_tissue: float
+    backend: str
+
+    @staticmethod
+    def parse(params: Mapping[str, str]) -> JobSettings:
+        def number(name: str, default: float, kind: type = float) -> float:
+            raw = params.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return kind(raw)  # type: ignore[no-any-return]
+            except ValueError:
+                raise JobFailed(f"param {name}={raw!r} is not a valid {kind.__name__}") from None
+
+        settings = JobSettings(
+            tile_size=int(number("tile_size", DEFAULT_TILE_SIZE, int)),
+            overlap=int(number("overlap", DEFAULT_OVERLAP, int)),
+            target_mpp=number("target_mpp", DEFAULT_TARGET_MPP),
+            min_tissue=number("min_tissue", DEFAULT_MIN_TISSUE),
+            backend=params.get("backend", "classical") or "classical",
+        )
+        if (
+            not 16 <= settings.tile_size <= 8192
+            or not 0 <= settings.overlap < settings.tile_size // 2
+        ):
+            raise JobFailed("need 16 <= tile_size <= 8192 and 0 <= overlap < tile_size / 2")
+        if settings.target_mpp <= 0 or not 0 <= settings.min_tissue <= 1:
+            raise JobFailed("need target_mpp > 0 and 0 <= min_tissue <= 1")
+        if settings.backend != "classical":
+            raise JobFailed(
+                f"unknown segmentation backend {settings.backend!r}; this worker offers 'classical'"
+            )
+        return settings
+
+
+@dataclass
+class _Timings:
+    started: float = field(default_factory=time.perf_counter)
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = round(time.perf_counter() - self.started, 4)
+
+
+def run_job(
+    spec: JobSpec,
+    results_dir: Path,
+    cancelled: Callable[[], bool],
+    report: Callable[[int, int], None],
+    slides: SlideCache,
+    pool: TilePool,
+) -> JobOutcome:
+    timings = _Timings()
+    settings = JobSettings.parse(spec.params)
+    out_dir = results_dir / spec.job_id
+    try:
+        slide = slides.get(spec.slide_path)
+        info = describe(slide)
+        thumbnail = np.asarray(slide.get_thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE)).convert("RGB"))
+    except (SlideError, OSError) as exc:
+        raise JobFailed(str(exc)) from exc
+    except Exception as exc:  # OpenSlideError while decoding the thumbnail
+        raise JobFailed(f"cannot read slide {spec.slide_path}: {exc}") from exc
+    mpp = usable_mpp(info.mpp)
+    level = choose_level(info.level_downsamples, mpp, settings.target_mpp)
+    downsample = info.level_downsamples[level]
+    tissue = detect_tissue(thumbnail, info.width / thumbnail.shape[1])
+    timings.mark("tissue_s")
+    files = _write_tissue(out_dir, tissue, mpp)
+    level_w, level_h = info.level_dimensions[level]
+    tiles = tile_grid(level_w, level_h, settings.tile_size, settings.overlap)
+    fractions = tile_tissue_fractions(tissue, tiles, downsample)
+    tissue_tiles = [t for t, f in zip(tiles, fractions, strict=True) if f >= settings.min_tissue]
+    preview = Image.fromarray(thumbnail).copy()
+    preview_scale = preview.width / info.width  # preview pixels per level-0 pixel
+    _draw_tissue(preview, tissue, preview_scale)
+    summary: dict[str, object] = {
+        "job_id": spec.job_id,
+        "job_type": spec.job_type,
+        "slide": {
+            "path": spec.slide_path,
+            "vendor": info.vendor,
+            "width": info.width,
+            "height": info.height,
+            "levels": info.level_count,
+            "mpp": info.mpp,
+        },
+        "level": level,
+        "downsample": downsample,
+        "mpp_used": round(mpp * downsample, 4) if mpp else None,
+        "mpp_note": "" if mpp else "slide has no usable pixel size metadata: read level 0",
+        "tile_size": settings.tile_size,
+        "overlap": settings.overlap,
+        "min_tissue": settings.min_tissue,
+        "tissue_fraction": round(float(tissue.mask.mean()), 4),
+        "tiles_total": len(tiles),
+        "tiles_tissue": len(tissue_tiles),
+        "tiles_skipped": len(tiles) - len(tissue_tiles),
+    }
+    if spec.job_type == "TISSUE_MASK":
+        report(1, 1)
+        summary["tiles_processed"] = 0
+    else:
+        summary.update(
+            _segment(
+                spec,
+                settings,
+                info,
+                level,
+                downsample,
+                tissue_tiles,
+                preview,
+                preview_scale,
+                out_dir,
+                files,
+                cancelled,
+                report,
+                pool,
+                mpp,
+            )
+        )
+        timings.mark("segmentation_s")
+    files["preview.png"] = str(results.write_png(out_dir / "preview.png", preview))
+    timings.mark("total_s")
+    summary["timings"] = timings.marks
+    files["summary.json"] = str(results.write_json(out_dir / "summary.json", summary))
+    return JobOutcome(files=files, summary=summary)
+
+
+def _write_tissue(out_dir: Path, tissue: TissueMask, mpp: float | None) -> dict[str, str]:
+    collection = results.FeatureCollectionWriter(out_dir / "tissue.geojson")
+    for polygon in tissue_polygons(tissue):
+        area_um2 = polygon.area * mpp * mpp if mpp else None
+        collection.add(
+            results.tissue_feature(
+                list(polygon.exterior.coords), [list(r.coords) for r in polygon.interiors], area_um2
+            )
+        )
+    return {
+        "tissue.geojson": str(collection.close()),
+        "tissue_mask.png": str(
+            results.write_png(out_dir / "tissue_mask.png", results.mask_image(tissue.mask))
+        ),
+    }
+
+
+def _draw_tissue(preview: Image.Image, tissue: TissueMask, scale: float) -> None:
+    draw = ImageDraw.Draw(preview)
+    for polygon in tissue_polygons(tissue):
+        for ring in (polygon.exterior, *polygon.interiors):
+            draw.line([(x * scale, y * scale) for x, y in ring.coords], fill=(0, 160, 0), width=2)
+
+
+def _segment(
+    spec: JobSpec,
+    settings: JobSettings,
+    info: SlideInfo,
+    level: int,
+    downsample: float,
+    tissue_tiles: list[Tile],
+    preview: Image.Image,
+    preview_scale: float,
+    out_dir: Path,
+    files: dict[str, str],
+    cancelled: Callable[[], bool],
+    report: Callable[[int, int], None],
+    pool: TilePool,
+    mpp: float | None,
+) -> dict[str, object]:
+    total = len(tissue_tiles)
+    report(0, total)
+    tasks = [tile_tasks.TileTask(spec.slide_path, level, downsample, t) for t in tissue_tiles]
+    step = max(1, total // REFERENCE_TILES)
+    samples = pool.map_all(tile_tasks.read_tile, tasks[::step][:REFERENCE_TILES], ())
+    reference = stain_reference(samples)
+    params = NucleusParams(mpp=(mpp or 0.5) * downsample)
+    level0_px_um2 = mpp * mpp if mpp else None
+    draw = ImageDraw.Draw(preview)
+    cells = results.FeatureCollectionWriter(out_dir / "cells.geojson")
+    done = 0
+    ok = False
+    try:
+        for _, found in pool.imap(tile_tasks.segment_tile, tasks, (reference, params), cancelled):
+            for nucleus in found:
+                area_px0 = nucleus.area_px * downsample * downsample
+                cells.add(
+                    results.nucleus_feature(
+                        nucleus.polygon,
+                        nucleus.centroid,
+                        area_px0 * level0_px_um2 if level0_px_um2 else None,
+                        area_px0,
+                    )
+                )
+                x, y = nucleus.centroid[0] * preview_scale, nucleus.centroid[1] * preview_scale
+                draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill=(255, 220, 0))
+            done += 1
+            report(done, total)
+        ok = True
+    except Cancelled:
+        raise JobCancelled() from None
+    except tile_tasks.TileReadError as exc:
+        raise JobFailed(str(exc)) from exc
+    finally:
+        path = cells.close(ok)
+    files["cells.geojson"] = str(path)
+    return {
+        "tiles_processed": done,
+        "nuclei": cells.count,
+        "backend": settings.backend,
+        "stain_reference": {
+            "threshold": round(reference.threshold, 4),
+            "h_p99": round(reference.h_high, 4),
+        },
+    }

@@ -1,0 +1,130 @@
+"""Writing a job's results: QuPath-importable GeoJSON streamed feature by
+feature (memory does not grow with the number of nuclei), PNG images and the
+JSON summary. Every file appears atomically (written aside, then renamed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+NUCLEUS_COLOR = [200, 0, 0]
+TISSUE_COLOR = [0, 160, 0]
+
+
+class AtomicFile:
+    """A text file that appears under its name only when closed without error."""
+
+    def __init__(self, path: Path, mode: str = "w") -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        self.handle: IO[Any] = os.fdopen(fd, mode)
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.handle.close()
+        if kind is None:
+            os.replace(self._tmp, self.path)
+        else:
+            Path(self._tmp).unlink(missing_ok=True)
+
+
+def write_json(path: Path, document: object) -> Path:
+    with AtomicFile(path) as out:
+        out.handle.write(json.dumps(document, indent=1))
+    return path.resolve()
+
+
+def write_png(path: Path, image: Image.Image) -> Path:
+    with AtomicFile(path, "wb") as out:
+        image.save(out.handle, format="PNG")
+    return path.resolve()
+
+
+def mask_image(mask: npt.NDArray[np.bool_]) -> Image.Image:
+    return Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L")
+
+
+class FeatureCollectionWriter:
+    """Streams a GeoJSON FeatureCollection to disk one feature at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = AtomicFile(path)
+        self._file.handle.write('{"type": "FeatureCollection", "features": [\n')
+        self.count = 0
+
+    def add(self, feature: dict[str, object]) -> None:
+        if self.count:
+            self._file.handle.write(",\n")
+        self._file.handle.write(json.dumps(feature, separators=(",", ":")))
+        self.count += 1
+
+    def close(self, ok: bool = True) -> Path:
+        self._file.handle.write("\n]}\n")
+        self._file.__exit__(None if ok else RuntimeError, None, None)
+        return self._file.path.resolve()
+
+
+def _ring(points: Iterable[Sequence[float]]) -> list[list[float]]:
+    ring = [[round(float(x), 2), round(float(y), 2)] for x, y in points]
+    if ring and ring[0] != ring[-1]:
+        ring.append(ring[0])
+    return ring
+
+
+def nucleus_feature(
+    polygon: Sequence[Sequence[float]],
+    centroid: Sequence[float],
+    area_um2: float | None,
+    area_px: float,
+) -> dict[str, object]:
+    """A QuPath detection: objectType, classification and measurements."""
+    measurements: dict[str, float] = {
+        "Centroid X px": round(float(centroid[0]), 2),
+        "Centroid Y px": round(float(centroid[1]), 2),
+        "Area px^2": round(float(area_px), 2),
+    }
+    if area_um2 is not None:
+        measurements["Area µm^2"] = round(area_um2, 3)
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [_ring(polygon)]},
+        "properties": {
+            "objectType": "detection",
+            "classification": {"name": "Nucleus", "color": NUCLEUS_COLOR},
+            "measurements": measurements,
+        },
+    }
+
+
+def tissue_feature(
+    exterior: Sequence[Sequence[float]],
+    holes: Sequence[Sequence[Sequence[float]]],
+    area_um2: float | None,
+) -> dict[str, object]:
+    measurements = {"Area µm^2": round(area_um2, 1)} if area_um2 is not None else {}
+    return {
+        "type": "Feature",
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [_ring(exterior), *(_ring(h) for h in holes)],
+        },
+        "properties": {
+            "objectType": "annotation",
+            "classification": {"name": "Tissue", "color": TISSUE_COLOR},
+            "measurements": measurements,
+        },
+    }

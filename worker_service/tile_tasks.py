@@ -1,0 +1,62 @@
+"""What a pool process does with one tile: read it with its own OpenSlide
+handle, segment it, keep the nuclei its core owns. Functions here run in the
+worker's process pool, so their arguments and results are small and picklable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import openslide
+
+from worker_service.merge import SlideNucleus, keep_owned
+from worker_service.nuclei import (
+    RGB,
+    NucleusParams,
+    StainReference,
+    nuclei_from_labels,
+    segment_nuclei,
+)
+from worker_service.slide_access import SlideCache
+from worker_service.tiling import Tile
+
+_slides = SlideCache(per_thread=2)  # one cache per pool process
+
+
+class TileReadError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class TileTask:
+    slide_path: str
+    level: int
+    downsample: float
+    tile: Tile
+
+
+def read_tile(task: TileTask) -> RGB:
+    """The tile as RGB; transparent areas (outside the scanned region) become white."""
+    slide = _slides.get(task.slide_path)
+    tile = task.tile
+    location = (round(tile.x * task.downsample), round(tile.y * task.downsample))
+    try:
+        region = slide.read_region(location, task.level, (tile.width, tile.height))
+    except openslide.OpenSlideError as exc:
+        raise TileReadError(f"cannot read tile at level-0 {location}: {exc}") from exc
+    rgba = np.asarray(region)
+    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+    rgb: RGB = (rgba[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return rgb
+
+
+def segment_tile(
+    task: TileTask, reference: StainReference, params: NucleusParams
+) -> list[SlideNucleus]:
+    labels = segment_nuclei(read_tile(task), reference, params)
+    return keep_owned(task.tile, nuclei_from_labels(labels), task.downsample)
+
+
+def warm_up() -> None:
+    """Imports done and caches ready before the first real tile."""
+    segment_nuclei(np.full((8, 8, 3), 255, np.uint8), StainReference(0.1, 0.3), NucleusParams())

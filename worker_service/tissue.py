@@ -1,0 +1,116 @@
+"""Tissue detection on a low-resolution RGB image of the whole slide. Pure:
+arrays in, arrays and polygons out (no OpenSlide, no gRPC).
+
+Stained tissue is coloured and glass is grey-white, so the HSV saturation
+separates them well: median blur, Otsu threshold on saturation (with a floor,
+so an all-white slide yields no tissue), then morphological clean-up and
+removal of small specks and holes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import reduce
+
+import numpy as np
+import numpy.typing as npt
+import skimage.morphology as morphology
+from scipy import ndimage
+from shapely.geometry import Polygon
+from shapely.geometry.base import BaseGeometry
+from skimage import (
+    color,
+    filters,
+    measure,
+)
+
+from worker_service.tiling import Tile
+
+MIN_SATURATION = 0.05  # below this nothing is tissue, whatever Otsu says
+MIN_OBJECT_FRACTION = 0.0005  # specks smaller than this share of the image are dropped
+
+
+@dataclass(frozen=True)
+class TissueMask:
+    mask: npt.NDArray[np.bool_]  # True on tissue, at thumbnail resolution
+    downsample: float  # level-0 pixels per mask pixel
+    threshold: float
+
+
+def detect_tissue(rgb: npt.NDArray[np.uint8], downsample: float) -> TissueMask:
+    """``rgb`` is the whole slide at ``downsample`` (level-0 px per pixel)."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
+        raise ValueError(f"expected an RGB image, got shape {rgb.shape}")
+    saturation = color.rgb2hsv(rgb)[..., 1]
+    # Pure black (no data, outside scanned area) is saturation 0 as well, but dark:
+    # keep it out of tissue explicitly.
+    saturation[rgb.max(axis=2) < 20] = 0
+    smooth = ndimage.median_filter(saturation, size=5)
+    if float(smooth.max()) - float(smooth.min()) < 1e-6:
+        threshold = 1.0
+    else:
+        threshold = max(float(filters.threshold_otsu(smooth)), MIN_SATURATION)
+    mask = smooth > threshold
+    radius = max(1, round(min(mask.shape) / 300))
+    disk = morphology.disk(radius)
+    mask = ndimage.binary_closing(mask, structure=disk, border_value=0)
+    mask = ndimage.binary_opening(mask, structure=disk)
+    min_size = max(16, int(MIN_OBJECT_FRACTION * mask.size))
+    mask = _drop_small_components(mask, min_size)
+    mask = ~_drop_small_components(~mask, min_size)  # fill small holes
+    return TissueMask(mask=mask.astype(bool), downsample=downsample, threshold=threshold)
+
+
+def _drop_small_components(mask: npt.NDArray[np.bool_], min_size: int) -> npt.NDArray[np.bool_]:
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_size
+    keep[0] = False
+    result: npt.NDArray[np.bool_] = keep[labels]
+    return result
+
+
+def tissue_polygons(tissue: TissueMask, simplify: float = 1.0) -> list[Polygon]:
+    """Tissue regions as polygons (with holes) in level-0 pixel coordinates."""
+    padded = np.pad(tissue.mask, 1).astype(np.uint8)
+    rings = []
+    for contour in measure.find_contours(padded, 0.5):
+        if len(contour) < 4:
+            continue
+        ring = Polygon((contour[:, ::-1] - 1) * tissue.downsample)  # (row, col) -> (x, y)
+        if ring.is_valid and ring.area > 0:
+            rings.append(ring)
+        elif ring.area > 0:
+            rings.append(ring.buffer(0))
+    if not rings:
+        return []
+    # Outer boundaries and holes alternate in nesting: even-odd fill is their XOR.
+    merged: BaseGeometry = reduce(lambda a, b: a.symmetric_difference(b), rings)
+    merged = merged.simplify(simplify * tissue.downsample, preserve_topology=True)
+    parts = getattr(merged, "geoms", [merged])
+    return [p for p in parts if isinstance(p, Polygon) and not p.is_empty]
+
+
+def tile_tissue_fractions(
+    tissue: TissueMask, tiles: Sequence[Tile], level_downsample: float
+) -> list[float]:
+    """Share of each tile (given in level coordinates) covered by tissue, from
+    an integral image of the mask: O(1) per tile."""
+    integral = np.pad(tissue.mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    height, width = tissue.mask.shape
+    scale = level_downsample / tissue.downsample  # mask pixels per level pixel
+    fractions = []
+    for tile in tiles:
+        x0 = min(width, max(0, int(tile.x * scale)))
+        y0 = min(height, max(0, int(tile.y * scale)))
+        x1 = min(width, max(x0 + 1, int(np.ceil((tile.x + tile.width) * scale))))
+        y1 = min(height, max(y0 + 1, int(np.ceil((tile.y + tile.height) * scale))))
+        area = (x1 - x0) * (y1 - y0)
+        if area <= 0:
+            fractions.append(0.0)
+            continue
+        inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+        fractions.append(float(inside) / area)
+    return fractions
