@@ -3,6 +3,7 @@ and benchmarks, and always stops them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -41,6 +42,12 @@ class Service:
         if self.process.poll() is None:
             self.process.send_signal(sig)
             self.process.wait(timeout=15)
+        self._reap_group()
+
+    def _reap_group(self) -> None:
+        """Ends anything the service left in its session (its process pool)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def stop(self) -> int:
         """SIGTERM, then SIGKILL if it does not exit within 15 s."""
@@ -51,6 +58,7 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._reap_group()
         return self.process.returncode
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from shapely.geometry import Polygon
 
 from worker_service import results, tile_tasks
 from worker_service.nuclei import NucleusParams, stain_reference
@@ -121,15 +122,16 @@ def run_job(
     level = choose_level(info.level_downsamples, mpp, settings.target_mpp)
     downsample = info.level_downsamples[level]
     tissue = detect_tissue(thumbnail, info.width / thumbnail.shape[1])
+    polygons = tissue_polygons(tissue)
     timings.mark("tissue_s")
-    files = _write_tissue(out_dir, tissue, mpp)
+    files = _write_tissue(out_dir, tissue, polygons, mpp)
     level_w, level_h = info.level_dimensions[level]
     tiles = tile_grid(level_w, level_h, settings.tile_size, settings.overlap)
     fractions = tile_tissue_fractions(tissue, tiles, downsample)
     tissue_tiles = [t for t, f in zip(tiles, fractions, strict=True) if f >= settings.min_tissue]
     preview = Image.fromarray(thumbnail).copy()
     preview_scale = preview.width / info.width  # preview pixels per level-0 pixel
-    _draw_tissue(preview, tissue, preview_scale)
+    _draw_tissue(preview, polygons, preview_scale)
     summary: dict[str, object] = {
         "job_id": spec.job_id,
         "job_type": spec.job_type,
@@ -183,9 +185,11 @@ def run_job(
     return JobOutcome(files=files, summary=summary)
 
 
-def _write_tissue(out_dir: Path, tissue: TissueMask, mpp: float | None) -> dict[str, str]:
+def _write_tissue(
+    out_dir: Path, tissue: TissueMask, polygons: list[Polygon], mpp: float | None
+) -> dict[str, str]:
     collection = results.FeatureCollectionWriter(out_dir / "tissue.geojson")
-    for polygon in tissue_polygons(tissue):
+    for polygon in polygons:
         area_um2 = polygon.area * mpp * mpp if mpp else None
         collection.add(
             results.tissue_feature(
@@ -200,9 +204,9 @@ def _write_tissue(out_dir: Path, tissue: TissueMask, mpp: float | None) -> dict[
     }
 
 
-def _draw_tissue(preview: Image.Image, tissue: TissueMask, scale: float) -> None:
+def _draw_tissue(preview: Image.Image, polygons: list[Polygon], scale: float) -> None:
     draw = ImageDraw.Draw(preview)
-    for polygon in tissue_polygons(tissue):
+    for polygon in polygons:
         for ring in (polygon.exterior, *polygon.interiors):
             draw.line([(x * scale, y * scale) for x, y in ring.coords], fill=(0, 160, 0), width=2)
 

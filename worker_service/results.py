@@ -45,13 +45,13 @@ class AtomicFile:
 def write_json(path: Path, document: object) -> Path:
     with AtomicFile(path) as out:
         out.handle.write(json.dumps(document, indent=1))
-    return path.resolve()
+    return path
 
 
 def write_png(path: Path, image: Image.Image) -> Path:
     with AtomicFile(path, "wb") as out:
         image.save(out.handle, format="PNG")
-    return path.resolve()
+    return path
 
 
 def mask_image(mask: npt.NDArray[np.bool_]) -> Image.Image:
@@ -75,7 +75,7 @@ class FeatureCollectionWriter:
     def close(self, ok: bool = True) -> Path:
         self._file.handle.write("\n]}\n")
         self._file.__exit__(None if ok else RuntimeError, None, None)
-        return self._file.path.resolve()
+        return self._file.path
 
 
 def _ring(points: Iterable[Sequence[float]]) -> list[list[float]]:

@@ -9,6 +9,7 @@ a slide has."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -28,7 +29,10 @@ class TilePool:
     def __init__(self, processes: int) -> None:
         self.processes = max(1, processes)
         self._executor = ProcessPoolExecutor(
-            self.processes, mp_context=multiprocessing.get_context("spawn")
+            self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=tile_tasks.exit_with_parent,
+            initargs=(os.getpid(),),
         )
         self._lock = threading.Lock()
         self._jobs = 0

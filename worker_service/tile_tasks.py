@@ -4,6 +4,9 @@ worker's process pool, so their arguments and results are small and picklable.""
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +58,18 @@ def segment_tile(
 ) -> list[SlideNucleus]:
     labels = segment_nuclei(read_tile(task), reference, params)
     return keep_owned(task.tile, nuclei_from_labels(labels), task.downsample)
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Pool initializer: a pool process ends when its worker dies, even by
+    SIGKILL, instead of lingering as an orphan."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def warm_up() -> None:
