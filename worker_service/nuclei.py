@@ -87,7 +87,9 @@ def segment_nuclei(rgb: RGB, reference: StainReference, params: NucleusParams) -
         return np.zeros(rgb.shape[:2], np.int32)
     distance = ndimage.distance_transform_edt(foreground)
     distance = ndimage.gaussian_filter(distance, 1.0)
-    markers, _ = ndimage.label(morphology.h_maxima(distance, params.marker_h_um / params.mpp))
+    maxima = morphology.h_maxima(distance, params.marker_h_um / params.mpp)
+    # 8-connected: a plateau's pixels that touch only diagonally are still one marker.
+    markers, _ = ndimage.label(maxima, structure=np.ones((3, 3), bool))
     labels = segmentation.watershed(-distance, markers, mask=foreground).astype(np.int32)
     keep = np.zeros(labels.max() + 1, bool)
     for region in measure.regionprops(labels):

@@ -1,0 +1,201 @@
+"""Cell segmentation and tissue detection, judged against known ground truth."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from shapely.geometry import Point, shape
+
+from tests.harness import SLIDES
+from tests.pipeline.conftest import centroids, f1, match, run
+from worker_service.pipeline import JobCancelled, JobFailed, JobSpec, run_job
+from worker_service.slide_access import SlideCache
+from worker_service.tile_pool import TilePool
+from wsi_runtime.synthetic_slides import SyntheticSlide
+
+
+def truth(slide: SyntheticSlide) -> np.ndarray:
+    return np.array([[n.x, n.y] for n in slide.nuclei])
+
+
+def test_every_synthetic_nucleus_found_exactly_once(
+    pool: TilePool, synthetic: SyntheticSlide, tmp_path: Path
+) -> None:
+    outcome = run(pool, tmp_path, str(synthetic.path))
+    found = centroids(outcome)
+    tp, fp, fn = match(found, truth(synthetic), radius=3.0 / synthetic.mpp)
+    assert f1(tp, fp, fn) >= 0.95, (tp, fp, fn)
+    assert outcome.summary["nuclei"] == len(found)
+
+
+def test_nuclei_on_tile_seams_are_neither_lost_nor_doubled(
+    pool: TilePool, synthetic: SyntheticSlide, tmp_path: Path
+) -> None:
+    from worker_service.tiling import tile_grid
+
+    seams_x = {t.core_x1 for t in tile_grid(synthetic.width, 1, 512, 64)[:-1]}
+    seams_y = {t.core_x1 for t in tile_grid(synthetic.height, 1, 512, 64)[:-1]}
+    on_seams = [n for n in synthetic.nuclei if n.x in seams_x or n.y in seams_y]
+    assert len(on_seams) >= 10
+    found = centroids(run(pool, tmp_path, str(synthetic.path), tile_size="512", overlap="64"))
+    radius = 3.0 / synthetic.mpp
+    for nucleus in on_seams:
+        near = np.hypot(found[:, 0] - nucleus.x, found[:, 1] - nucleus.y) < radius
+        assert near.sum() == 1, f"nucleus at ({nucleus.x}, {nucleus.y}) found {near.sum()} times"
+    # Whole, not cut: the seam nuclei have the area of their ellipse, not half of it.
+    with open(tmp_path / "job" / "cells.geojson") as handle:
+        features = json.load(handle)["features"]
+    for nucleus in on_seams[:20]:
+        feature = min(
+            features,
+            key=lambda f: np.hypot(
+                f["properties"]["measurements"]["Centroid X px"] - nucleus.x,
+                f["properties"]["measurements"]["Centroid Y px"] - nucleus.y,
+            ),
+        )
+        expected = np.pi * nucleus.rx * nucleus.ry
+        assert shape(feature["geometry"]).area == pytest.approx(expected, rel=0.35)
+
+
+def test_no_nuclei_in_the_white_background(
+    pool: TilePool, synthetic: SyntheticSlide, tmp_path: Path
+) -> None:
+    found = centroids(run(pool, tmp_path, str(synthetic.path)))
+    x0, y0, x1, y1 = synthetic.tissue_box
+    cx, cy, ax, ay = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+    inside = ((found[:, 0] - cx) / ax) ** 2 + ((found[:, 1] - cy) / ay) ** 2 <= 1.02
+    assert inside.all(), found[~inside][:5]
+
+
+def test_coordinates_are_level_0_when_a_lower_level_is_read(
+    pool: TilePool, synthetic: SyntheticSlide, tmp_path: Path
+) -> None:
+    outcome = run(pool, tmp_path, str(synthetic.path), target_mpp="1.0")
+    assert outcome.summary["level"] == 1 and outcome.summary["downsample"] == 2.0
+    assert outcome.summary["mpp_used"] == 1.0
+    tp, fp, fn = match(centroids(outcome), truth(synthetic), radius=3.0 / synthetic.mpp)
+    assert f1(tp, fp, fn) >= 0.9, (tp, fp, fn)
+
+
+def test_tissue_mask_covers_the_tissue_and_not_the_glass(
+    pool: TilePool, synthetic: SyntheticSlide, tmp_path: Path
+) -> None:
+    outcome = run(pool, tmp_path, str(synthetic.path), job_type="TISSUE_MASK")
+    assert "cells.geojson" not in outcome.files
+    mask = np.asarray(Image.open(outcome.files["tissue_mask.png"])) > 0
+    h, w = mask.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    x0, y0, x1, y1 = (v * w / synthetic.width for v in synthetic.tissue_box)
+    ellipse = (((xx + 0.5) - (x0 + x1) / 2) / ((x1 - x0) / 2)) ** 2 + (
+        ((yy + 0.5) - (y0 + y1) / 2) / ((y1 - y0) / 2)
+    ) ** 2 <= 1
+    iou = (mask & ellipse).sum() / (mask | ellipse).sum()
+    assert iou > 0.95
+    with open(outcome.files["tissue.geojson"]) as handle:
+        features = json.load(handle)["features"]
+    assert [f["properties"]["objectType"] for f in features] == ["annotation"]
+    area = shape(features[0]["geometry"]).area
+    expected = (
+        np.pi
+        * (synthetic.tissue_box[2] - synthetic.tissue_box[0])
+        * (synthetic.tissue_box[3] - synthetic.tissue_box[1])
+        / 4
+    )
+    assert area == pytest.approx(expected, rel=0.05)
+
+
+def test_cells_geojson_is_what_qupath_imports(
+    pool: TilePool, synthetic: SyntheticSlide, tmp_path: Path
+) -> None:
+    outcome = run(pool, tmp_path, str(synthetic.path))
+    with open(outcome.files["cells.geojson"]) as handle:
+        document = json.load(handle)
+    assert document["type"] == "FeatureCollection"
+    feature = document["features"][0]
+    assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
+    ring = feature["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and len(ring) >= 4
+    props = feature["properties"]
+    assert props["objectType"] == "detection"
+    assert props["classification"]["name"] == "Nucleus"
+    assert 20 < props["measurements"]["Area µm^2"] < 100  # ~7 um nuclei
+    summary = json.loads(Path(outcome.files["summary.json"]).read_text())
+    assert summary["nuclei"] == len(document["features"])
+    assert summary["tiles_processed"] + summary["tiles_skipped"] == summary["tiles_total"]
+    assert Image.open(outcome.files["preview.png"]).size[0] <= 1024
+
+
+def test_real_slide_finds_thousands_of_nuclei_inside_the_tissue(
+    pool: TilePool, tmp_path: Path
+) -> None:
+    outcome = run(pool, tmp_path, str(SLIDES / "CMU-1-Small-Region.svs"))
+    found = centroids(outcome)
+    assert 1000 < len(found) < 20000
+    with open(outcome.files["tissue.geojson"]) as handle:
+        tissue = [shape(f["geometry"]).buffer(20) for f in json.load(handle)["features"]]
+    inside = sum(any(t.contains(Point(x, y)) for t in tissue) for x, y in found[::10])
+    assert inside / len(found[::10]) > 0.95  # a few sit on faint wisps the coarse mask omits
+    # The top-left corner of this slide is glass: no nuclei there.
+    assert not ((found[:, 0] < 500) & (found[:, 1] < 500)).any()
+
+
+def test_cancellation_stops_the_job_within_a_second(
+    pool: TilePool, synthetic: SyntheticSlide, tmp_path: Path
+) -> None:
+    cancel = threading.Event()
+    progress: list[int] = []
+    errors: list[BaseException] = []
+
+    def report(done: int, total: int) -> None:
+        progress.append(done)
+        if done >= 2:
+            cancel.set()
+
+    def job() -> None:
+        try:
+            run_job(
+                JobSpec(
+                    "cancel-me",
+                    "CELL_SEGMENTATION",
+                    str(synthetic.path),
+                    {"tile_size": "128", "overlap": "16"},
+                ),
+                tmp_path,
+                cancel.is_set,
+                report,
+                SlideCache(),
+                pool,
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    assert cancel.wait(30)
+    cancelled_at = time.monotonic()
+    thread.join(10)
+    assert time.monotonic() - cancelled_at < 1.0
+    assert errors and isinstance(errors[0], JobCancelled)
+    assert not (tmp_path / "cancel-me" / "cells.geojson").exists()  # no half-written result
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"tile_size": "abc"}, "tile_size"),
+        ({"tile_size": "64", "overlap": "40"}, "overlap"),
+        ({"backend": "magic"}, "unknown segmentation backend"),
+        ({"min_tissue": "2"}, "min_tissue"),
+    ],
+)
+def test_bad_params_fail_clearly(
+    pool: TilePool, tmp_path: Path, params: dict[str, str], message: str
+) -> None:
+    with pytest.raises(JobFailed, match=message):
+        run(pool, tmp_path, str(SLIDES / "small.svs"), **params)
