@@ -4,6 +4,7 @@ summary. Runs in a worker thread; ``cancelled`` is polled between tiles."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -14,8 +15,15 @@ from PIL import Image, ImageDraw
 from shapely.geometry import Polygon
 
 from worker_service import results, tile_tasks
+from worker_service.backends import (
+    INSTANSEG_MPP,
+    BackendSpec,
+    BackendUnavailable,
+    check_instanseg,
+    instanseg_model_path,
+)
 from worker_service.nuclei import NucleusParams, stain_reference
-from worker_service.slide_access import SlideCache, SlideError, SlideInfo, describe
+from worker_service.slide_access import SlideCache, SlideError, describe
 from worker_service.tile_pool import Cancelled, TilePool
 from worker_service.tiling import Tile, choose_level, tile_grid, usable_mpp
 from worker_service.tissue import TissueMask, detect_tissue, tile_tissue_fractions, tissue_polygons
@@ -26,6 +34,7 @@ DEFAULT_TARGET_MPP = 0.5
 DEFAULT_MIN_TISSUE = 0.05  # tiles with less tissue than this share are skipped
 THUMBNAIL_SIZE = 1024  # longest side of the image tissue is detected on (and the preview)
 REFERENCE_TILES = 8  # tissue tiles sampled for the slide's stain reference
+BACKENDS = ("classical", "instanseg")
 
 
 class JobCancelled(Exception):
@@ -83,9 +92,10 @@ class JobSettings:
             raise JobFailed("need 16 <= tile_size <= 8192 and 0 <= overlap < tile_size / 2")
         if settings.target_mpp <= 0 or not 0 <= settings.min_tissue <= 1:
             raise JobFailed("need target_mpp > 0 and 0 <= min_tissue <= 1")
-        if settings.backend != "classical":
+        if settings.backend not in BACKENDS:
+            choices = ", ".join(BACKENDS)
             raise JobFailed(
-                f"unknown segmentation backend {settings.backend!r}; this worker offers 'classical'"
+                f"unknown segmentation backend {settings.backend!r}; use one of {choices}"
             )
         return settings
 
@@ -109,6 +119,15 @@ def run_job(
 ) -> JobOutcome:
     timings = _Timings()
     settings = JobSettings.parse(spec.params)
+    model_path = ""
+    if spec.job_type == "CELL_SEGMENTATION" and settings.backend == "instanseg":
+        path = instanseg_model_path()
+        try:
+            check_instanseg(path)
+        except BackendUnavailable as exc:
+            raise JobFailed(str(exc)) from exc
+        model_path = str(path)
+        settings = dataclasses.replace(settings, target_mpp=INSTANSEG_MPP)
     out_dir = results_dir / spec.job_id
     try:
         slide = slides.get(spec.slide_path)
@@ -159,24 +178,19 @@ def run_job(
         report(1, 1)
         summary["tiles_processed"] = 0
     else:
-        summary.update(
-            _segment(
-                spec,
-                settings,
-                info,
-                level,
-                downsample,
-                tissue_tiles,
-                preview,
-                preview_scale,
-                out_dir,
-                files,
-                cancelled,
-                report,
-                pool,
-                mpp,
-            )
+        run = _Segmentation(
+            slide_path=spec.slide_path,
+            level=level,
+            downsample=downsample,
+            mpp=mpp,
+            out_dir=out_dir,
+            preview=preview,
+            preview_scale=preview_scale,
         )
+        backend, backend_info = _backend(settings, run, tissue_tiles, pool, model_path)
+        outcome = run.segment(backend, tissue_tiles, pool, cancelled, report)
+        files["cells.geojson"] = outcome.pop("cells.geojson")  # type: ignore[assignment]
+        summary.update(outcome, backend=settings.backend, backend_details=backend_info)
         timings.mark("segmentation_s")
     files["preview.png"] = str(results.write_png(out_dir / "preview.png", preview))
     timings.mark("total_s")
@@ -211,64 +225,81 @@ def _draw_tissue(preview: Image.Image, polygons: list[Polygon], scale: float) ->
             draw.line([(x * scale, y * scale) for x, y in ring.coords], fill=(0, 160, 0), width=2)
 
 
-def _segment(
-    spec: JobSpec,
+def _backend(
     settings: JobSettings,
-    info: SlideInfo,
-    level: int,
-    downsample: float,
+    run: _Segmentation,
     tissue_tiles: list[Tile],
-    preview: Image.Image,
-    preview_scale: float,
-    out_dir: Path,
-    files: dict[str, str],
-    cancelled: Callable[[], bool],
-    report: Callable[[int, int], None],
     pool: TilePool,
-    mpp: float | None,
-) -> dict[str, object]:
-    total = len(tissue_tiles)
-    report(0, total)
-    tasks = [tile_tasks.TileTask(spec.slide_path, level, downsample, t) for t in tissue_tiles]
-    step = max(1, total // REFERENCE_TILES)
-    samples = pool.map_all(tile_tasks.read_tile, tasks[::step][:REFERENCE_TILES], ())
-    reference = stain_reference(samples)
-    params = NucleusParams(mpp=(mpp or 0.5) * downsample)
-    level0_px_um2 = mpp * mpp if mpp else None
-    draw = ImageDraw.Draw(preview)
-    cells = results.FeatureCollectionWriter(out_dir / "cells.geojson")
-    done = 0
-    ok = False
-    try:
-        for _, found in pool.imap(tile_tasks.segment_tile, tasks, (reference, params), cancelled):
-            for nucleus in found:
-                area_px0 = nucleus.area_px * downsample * downsample
-                cells.add(
-                    results.nucleus_feature(
-                        nucleus.polygon,
-                        nucleus.centroid,
-                        area_px0 * level0_px_um2 if level0_px_um2 else None,
-                        area_px0,
-                    )
-                )
-                x, y = nucleus.centroid[0] * preview_scale, nucleus.centroid[1] * preview_scale
-                draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill=(255, 220, 0))
-            done += 1
-            report(done, total)
-        ok = True
-    except Cancelled:
-        raise JobCancelled() from None
-    except tile_tasks.TileReadError as exc:
-        raise JobFailed(str(exc)) from exc
-    finally:
-        path = cells.close(ok)
-    files["cells.geojson"] = str(path)
-    return {
-        "tiles_processed": done,
-        "nuclei": cells.count,
-        "backend": settings.backend,
-        "stain_reference": {
-            "threshold": round(reference.threshold, 4),
-            "h_p99": round(reference.h_high, 4),
-        },
+    model_path: str,
+) -> tuple[BackendSpec, dict[str, object]]:
+    if settings.backend == "instanseg":
+        return BackendSpec("instanseg", model_path=model_path), {
+            "model": model_path,
+            "model_mpp": INSTANSEG_MPP,
+        }
+    # Classical: one haematoxylin threshold for the whole slide, from tiles spread over it.
+    step = max(1, len(tissue_tiles) // REFERENCE_TILES)
+    sample = [run.task(tile) for tile in tissue_tiles[::step][:REFERENCE_TILES]]
+    reference = stain_reference(pool.map_all(tile_tasks.read_tile, sample, ()))
+    params = NucleusParams(mpp=(run.mpp or DEFAULT_TARGET_MPP) * run.downsample)
+    return BackendSpec("classical", reference, params), {
+        "threshold": round(reference.threshold, 4),
+        "h_p99": round(reference.h_high, 4),
     }
+
+
+@dataclass
+class _Segmentation:
+    """One CELL_SEGMENTATION run over the tissue tiles of a slide."""
+
+    slide_path: str
+    level: int
+    downsample: float
+    mpp: float | None
+    out_dir: Path
+    preview: Image.Image
+    preview_scale: float
+
+    def task(self, tile: Tile) -> tile_tasks.TileTask:
+        return tile_tasks.TileTask(self.slide_path, self.level, self.downsample, tile)
+
+    def segment(
+        self,
+        backend: BackendSpec,
+        tiles: list[Tile],
+        pool: TilePool,
+        cancelled: Callable[[], bool],
+        report: Callable[[int, int], None],
+    ) -> dict[str, object]:
+        """Streams every owned nucleus to cells.geojson and the preview."""
+        total = len(tiles)
+        report(0, total)
+        um2_per_px0 = self.mpp * self.mpp if self.mpp else None
+        draw = ImageDraw.Draw(self.preview)
+        cells = results.FeatureCollectionWriter(self.out_dir / "cells.geojson")
+        done = 0
+        ok = False
+        try:
+            tasks = (self.task(tile) for tile in tiles)
+            for _, found in pool.imap(tile_tasks.segment_tile, tasks, (backend,), cancelled):
+                for nucleus in found:
+                    area_px0 = nucleus.area_px * self.downsample * self.downsample
+                    area_um2 = area_px0 * um2_per_px0 if um2_per_px0 else None
+                    cells.add(
+                        results.nucleus_feature(
+                            nucleus.polygon, nucleus.centroid, area_um2, area_px0
+                        )
+                    )
+                    x = nucleus.centroid[0] * self.preview_scale
+                    y = nucleus.centroid[1] * self.preview_scale
+                    draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill=(255, 220, 0))
+                done += 1
+                report(done, total)
+            ok = True
+        except Cancelled:
+            raise JobCancelled() from None
+        except tile_tasks.TileReadError as exc:
+            raise JobFailed(str(exc)) from exc
+        finally:
+            path = cells.close(ok)
+        return {"tiles_processed": done, "nuclei": cells.count, "cells.geojson": str(path)}

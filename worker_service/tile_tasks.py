@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import openslide
 
+from worker_service.backends import BackendSpec, build
 from worker_service.merge import SlideNucleus, keep_owned
 from worker_service.nuclei import (
     RGB,
@@ -53,10 +54,8 @@ def read_tile(task: TileTask) -> RGB:
     return rgb
 
 
-def segment_tile(
-    task: TileTask, reference: StainReference, params: NucleusParams
-) -> list[SlideNucleus]:
-    labels = segment_nuclei(read_tile(task), reference, params)
+def segment_tile(task: TileTask, backend: BackendSpec) -> list[SlideNucleus]:
+    labels = build(backend)(read_tile(task))
     return keep_owned(task.tile, nuclei_from_labels(labels), task.downsample)
 
 

@@ -1,6 +1,7 @@
 """``make run``: starts a worker and the scheduler on loopback with the default
 settings (or the ``WSI_*`` environment), prints where they are, and stops both
-cleanly on Ctrl-C or SIGTERM."""
+cleanly on Ctrl-C or SIGTERM. An empty slide folder gets a synthetic demo
+slide, so a first job can run straight after cloning."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import time
 from pathlib import Path
 
 from wsi_runtime.health_wait import wait_serving
+from wsi_runtime.synthetic_slides import synthetic_he_slide
+
+DEMO_SLIDE = "demo.tiff"
 
 
 def _address(port_var: str, default: int) -> str:
@@ -23,6 +27,10 @@ def main() -> int:
     slide_roots = os.environ.setdefault("WSI_SLIDE_ROOTS", "slides")
     for root in slide_roots.split(":"):
         Path(root).mkdir(parents=True, exist_ok=True)
+    first_root = Path(slide_roots.split(":")[0])
+    if not any(first_root.iterdir()):
+        print(f"writing a synthetic demo slide to {first_root / DEMO_SLIDE} ...", flush=True)
+        synthetic_he_slide(first_root / DEMO_SLIDE, width=4096, height=3072, seed=1)
     worker_address = _address("WSI_WORKER_PORT", 50052)
     scheduler_address = _address("WSI_SCHEDULER_PORT", 50051)
     os.environ.setdefault("WSI_WORKER_ADDRESSES", worker_address)
