@@ -11,7 +11,7 @@ import sys
 def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     print(f"# {platform.node()} ({machine}), Python {platform.python_version()}")
-    for module in ("bench.policy_decisions", "bench.e2e_throughput"):
+    for module in ("bench.policy_decisions", "bench.e2e_throughput", "bench.pipeline_bench"):
         print(f"\n## python -m {module}", flush=True)
         subprocess.run([sys.executable, "-m", module], check=True)
 

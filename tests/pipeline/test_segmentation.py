@@ -199,3 +199,38 @@ def test_bad_params_fail_clearly(
 ) -> None:
     with pytest.raises(JobFailed, match=message):
         run(pool, tmp_path, str(SLIDES / "small.svs"), **params)
+
+
+def test_two_jobs_share_the_pool_instead_of_queueing(
+    pool: TilePool, synthetic: SyntheticSlide, tmp_path: Path
+) -> None:
+    """The second job's tiles run while the first is still going, not after it."""
+    progress: dict[str, list[float]] = {"first": [], "second": []}
+
+    def job(name: str) -> None:
+        run_job(
+            JobSpec(
+                name,
+                "CELL_SEGMENTATION",
+                str(synthetic.path),
+                {"tile_size": "256", "overlap": "32"},
+            ),
+            tmp_path,
+            lambda: False,
+            lambda done, total: progress[name].append(time.monotonic()) if done else None,
+            SlideCache(),
+            pool,
+        )
+
+    first = threading.Thread(target=job, args=("first",))
+    first.start()
+    while not progress["first"]:
+        time.sleep(0.01)
+    second = threading.Thread(target=job, args=("second",))
+    second.start()
+    first.join(60)
+    second.join(60)
+    # Interleaved: the second job finished some tiles before the first job's last tile.
+    assert progress["second"][0] < progress["first"][-1]
+    during = [t for t in progress["second"] if t < progress["first"][-1]]
+    assert len(during) >= 3
