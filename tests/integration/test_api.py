@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import grpc
@@ -305,35 +305,28 @@ def test_three_job_workflow_through_grpcurl_streams_every_transition(shared: Clu
             },
         ],
     }
-    created = json.loads(
-        subprocess.run(
+
+    def grpcurl(method: str, request: Mapping[str, object]) -> str:
+        return subprocess.run(
             [
                 *base,
                 "-d",
-                json.dumps(body),
+                json.dumps(request),
                 shared.scheduler.address,
-                "wsi.scheduler.v1.Scheduler/CreateWorkflow",
+                f"wsi.scheduler.v1.Scheduler/{method}",
             ],
             capture_output=True,
             text=True,
             check=True,
+            timeout=60,
         ).stdout
+
+    created = json.loads(grpcurl("CreateWorkflow", body))
+    watched = grpcurl(
+        "WatchWorkflow",
+        {"workflow_id": created["workflow_id"], "after_sequence": created["sequence"]},
     )
-    request = {"workflow_id": created["workflow_id"], "after_sequence": created["sequence"]}
-    watched = subprocess.run(
-        [
-            *base,
-            "-d",
-            json.dumps(request),
-            shared.scheduler.address,
-            "wsi.scheduler.v1.Scheduler/WatchWorkflow",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    events = _json_stream(watched.stdout)
+    events = _json_stream(watched)
     states = [
         (e["job"]["key"], e["job"]["state"])  # type: ignore[index]
         for e in events
