@@ -115,8 +115,12 @@ def run_job(
     cancelled: Callable[[], bool],
     report: Callable[[int, int], None],
     slides: SlideCache,
-    pool: TilePool,
+    pool: TilePool | None,
 ) -> JobOutcome:
+    """``pool`` None runs everything in this thread (a TISSUE_MASK job in a pool process)."""
+    if spec.job_type == "TISSUE_MASK" and pool is not None:
+        # All of it is CPU work: keep it off this process's GIL, next to the tiles.
+        return pool.call(run_tissue_job, spec, results_dir)
     timings = _Timings()
     settings = JobSettings.parse(spec.params)
     model_path = ""
@@ -175,7 +179,6 @@ def run_job(
         "tiles_skipped": len(tiles) - len(tissue_tiles),
     }
     if spec.job_type == "TISSUE_MASK":
-        report(1, 1)
         summary["tiles_processed"] = 0
     else:
         run = _Segmentation(
@@ -187,6 +190,7 @@ def run_job(
             preview=preview,
             preview_scale=preview_scale,
         )
+        assert pool is not None, "cell segmentation needs the tile pool"
         backend, backend_info = _backend(settings, run, tissue_tiles, pool, model_path)
         outcome = run.segment(backend, tissue_tiles, pool, cancelled, report)
         files["cells.geojson"] = outcome.pop("cells.geojson")  # type: ignore[assignment]
@@ -197,6 +201,14 @@ def run_job(
     summary["timings"] = timings.marks
     files["summary.json"] = str(results.write_json(out_dir / "summary.json", summary))
     return JobOutcome(files=files, summary=summary)
+
+
+_slides = SlideCache(per_thread=2)
+
+
+def run_tissue_job(spec: JobSpec, results_dir: Path) -> JobOutcome:
+    """A TISSUE_MASK job, run inside a pool process."""
+    return run_job(spec, results_dir, lambda: False, lambda done, total: None, _slides, None)
 
 
 def _write_tissue(

@@ -82,6 +82,10 @@ class TilePool:
             with self._lock:
                 self._jobs -= 1
 
+    def call(self, fn: Callable[..., R], *args: Any) -> R:
+        """``fn(*args)`` in a pool process; blocks this thread (not the GIL) meanwhile."""
+        return self._executor.submit(fn, *args).result()
+
     def map_all(self, fn: Callable[..., R], items: Iterable[T], extra: tuple[Any, ...]) -> list[R]:
         """Results in the order of ``items``."""
         listed = list(items)
