@@ -24,7 +24,7 @@ from worker_service.backends import (
 )
 from worker_service.nuclei import NucleusParams, stain_reference
 from worker_service.slide_access import SlideCache, SlideError, describe
-from worker_service.tile_pool import Cancelled, TilePool
+from worker_service.tile_pool import Cancelled, PoolCrashed, TilePool
 from worker_service.tiling import Tile, choose_level, tile_grid, usable_mpp
 from worker_service.tissue import TissueMask, detect_tissue, tile_tissue_fractions, tissue_polygons
 
@@ -120,7 +120,10 @@ def run_job(
     """``pool`` None runs everything in this thread (a TISSUE_MASK job in a pool process)."""
     if spec.job_type == "TISSUE_MASK" and pool is not None:
         # All of it is CPU work: keep it off this process's GIL, next to the tiles.
-        return pool.call(run_tissue_job, spec, results_dir)
+        try:
+            return pool.call(run_tissue_job, spec, results_dir)
+        except PoolCrashed as exc:
+            raise JobFailed(str(exc)) from exc
     timings = _Timings()
     settings = JobSettings.parse(spec.params)
     model_path = ""
@@ -191,7 +194,10 @@ def run_job(
             preview_scale=preview_scale,
         )
         assert pool is not None, "cell segmentation needs the tile pool"
-        backend, backend_info = _backend(settings, run, tissue_tiles, pool, model_path)
+        try:
+            backend, backend_info = _backend(settings, run, tissue_tiles, pool, model_path)
+        except (tile_tasks.TileReadError, PoolCrashed) as exc:
+            raise JobFailed(str(exc)) from exc
         outcome = run.segment(backend, tissue_tiles, pool, cancelled, report)
         files["cells.geojson"] = outcome.pop("cells.geojson")  # type: ignore[assignment]
         summary.update(outcome, backend=settings.backend, backend_details=backend_info)
@@ -310,7 +316,7 @@ class _Segmentation:
             ok = True
         except Cancelled:
             raise JobCancelled() from None
-        except tile_tasks.TileReadError as exc:
+        except (tile_tasks.TileReadError, PoolCrashed) as exc:
             raise JobFailed(str(exc)) from exc
         finally:
             path = cells.close(ok)

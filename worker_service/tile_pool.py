@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from worker_service import tile_tasks
@@ -25,23 +26,52 @@ class Cancelled(Exception):
     pass
 
 
+class PoolCrashed(RuntimeError):
+    """A pool process died mid-task (a crash in native code, the OOM killer).
+    The pool has been replaced; only the jobs with tasks in flight fail."""
+
+
 class TilePool:
     def __init__(self, processes: int) -> None:
         self.processes = max(1, processes)
-        self._executor = ProcessPoolExecutor(
+        self._lock = threading.Lock()
+        self._jobs = 0
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
             self.processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=tile_tasks.exit_with_parent,
             initargs=(os.getpid(),),
         )
-        self._lock = threading.Lock()
-        self._jobs = 0
+
+    def _replace_broken(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._executor is broken:
+                self._executor = self._new_executor()
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    def _submit(self, fn: Callable[..., R], *args: Any) -> Future[R]:
+        executor = self._executor
+        try:
+            return executor.submit(fn, *args)
+        except BrokenProcessPool:
+            self._replace_broken(executor)
+            return self._executor.submit(fn, *args)
+
+    def _result(self, future: Future[R]) -> R:
+        try:
+            return future.result()
+        except BrokenProcessPool as exc:
+            self._replace_broken(self._executor)
+            raise PoolCrashed(f"a tile-processing process died: {exc}") from exc
 
     def warm_up(self) -> None:
         """Starts every process now (and imports the segmentation stack in it)."""
-        futures = [self._executor.submit(tile_tasks.warm_up) for _ in range(self.processes)]
+        futures = [self._submit(tile_tasks.warm_up) for _ in range(self.processes)]
         for future in futures:
-            future.result()
+            self._result(future)
 
     def window(self) -> int:
         with self._lock:
@@ -70,12 +100,12 @@ class TilePool:
                     if item is None:
                         exhausted = True
                         break
-                    pending[self._executor.submit(fn, item, *extra)] = item
+                    pending[self._submit(fn, item, *extra)] = item
                 if not pending:
                     return
                 done, _ = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
                 for future in done:
-                    yield pending.pop(future), future.result()
+                    yield pending.pop(future), self._result(future)
         finally:
             for future in pending:
                 future.cancel()
@@ -84,13 +114,12 @@ class TilePool:
 
     def call(self, fn: Callable[..., R], *args: Any) -> R:
         """``fn(*args)`` in a pool process; blocks this thread (not the GIL) meanwhile."""
-        return self._executor.submit(fn, *args).result()
+        return self._result(self._submit(fn, *args))
 
     def map_all(self, fn: Callable[..., R], items: Iterable[T], extra: tuple[Any, ...]) -> list[R]:
         """Results in the order of ``items``."""
-        listed = list(items)
-        columns = [[value] * len(listed) for value in extra]
-        return list(self._executor.map(fn, listed, *columns))
+        futures = [self._submit(fn, item, *extra) for item in items]
+        return [self._result(future) for future in futures]
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
