@@ -86,9 +86,12 @@ async def authenticate(context: Context) -> str:
                 return user
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
-                "metadata x-user-id must be 1 to 64 characters of A-Z a-z 0-9 . _ -",
+                "metadata x-user-id (HTTP header X-User-ID) must be 1 to 64 characters"
+                " of A-Z a-z 0-9 . _ -",
             )
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "metadata x-user-id is required")
+    await context.abort(
+        grpc.StatusCode.UNAUTHENTICATED, "metadata x-user-id (HTTP header X-User-ID) is required"
+    )
     raise AssertionError("unreachable")  # context.abort raises
 
 
@@ -106,6 +109,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         self.slide_roots = list(slide_roots)
         self.max_jobs_per_workflow = max_jobs_per_workflow
         self.clock = clock
+        self.watch_streams = 0
 
     def _resolve_slides(self, jobs: Sequence[JobInput]) -> list[str]:
         resolved: dict[str, str] = {}
@@ -208,6 +212,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         async with domain_errors(context):
             wf = self.store.workflow(user, request.workflow_id[:MAX_ID_LENGTH])
         subscription = wf.feed.subscribe()
+        self.watch_streams += 1
         try:
             replay = None
             if request.after_sequence:
@@ -233,6 +238,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                     return
         finally:
             subscription.close()
+            self.watch_streams -= 1
 
     def _snapshot(self, wf: WorkflowRecord) -> pb.WorkflowEvent:
         return convert.snapshot_event(self.store, wf, self.clock())
@@ -257,4 +263,5 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             my_pending_jobs=sum(p for p, _ in depths.values()),
             max_workers=policy.max_workers,
             max_active_users=policy.max_active_users,
+            watch_streams=self.watch_streams,
         )

@@ -19,7 +19,7 @@ import grpc
 
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from wsi_runtime.health_wait import wait_serving
+from wsi_runtime.health_wait import wait_http, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 SLIDES = (ROOT.parent / "shared" / "slides").resolve()
@@ -63,7 +63,12 @@ class Service:
 
 
 def _start(
-    module: str, name: str, workdir: Path, args: Sequence[str], env: Mapping[str, str]
+    module: str,
+    name: str,
+    workdir: Path,
+    args: Sequence[str],
+    env: Mapping[str, str],
+    health: bool = True,
 ) -> Service:
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{name}.log"
@@ -90,7 +95,10 @@ def _start(
     else:
         service.kill()
         raise RuntimeError(f"{name} did not start:\n{service.log()}")
-    wait_serving(service.address, alive=lambda: process.poll() is None)
+    if health:
+        wait_serving(service.address, alive=lambda: process.poll() is None)
+    else:
+        wait_http(service.address, alive=lambda: process.poll() is None)
     return service
 
 
@@ -108,6 +116,14 @@ def start_scheduler(workdir: Path, workers: Sequence[Service], **extra: int | st
     for key, value in extra.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     return _start("scheduler_service", "scheduler", workdir, args, {})
+
+
+def start_gateway(workdir: Path, scheduler: Service, results_dir: Path) -> Service:
+    args = ["--gateway-port", "0", "--scheduler-address", scheduler.address]
+    args += ["--results-dir", str(results_dir)]
+    service = _start("gateway", "gateway", workdir, args, {}, health=False)
+    service.address = "http://" + service.address
+    return service
 
 
 @dataclass

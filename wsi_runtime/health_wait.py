@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -27,3 +28,20 @@ def wait_serving(address: str, timeout: float = 20, alive: object = None) -> Non
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{address} was not SERVING within {timeout:.0f}s")
             time.sleep(0.05)
+
+
+def wait_http(address: str, timeout: float = 20, alive: object = None) -> None:
+    """Polls ``http://address/healthz`` until it answers 200 or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{address}/healthz", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        if callable(alive) and not alive():
+            raise RuntimeError(f"the server for {address} exited before it was serving")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"http://{address}/healthz did not answer within {timeout:.0f}s")
+        time.sleep(0.05)

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from wsi_runtime.health_wait import wait_serving
+from wsi_runtime.health_wait import wait_http, wait_serving
 from wsi_runtime.synthetic_slides import synthetic_he_slide
 
 DEMO_SLIDE = "demo.tiff"
@@ -33,7 +33,9 @@ def main() -> int:
         synthetic_he_slide(first_root / DEMO_SLIDE, width=4096, height=3072, seed=1)
     worker_address = _address("WSI_WORKER_PORT", 50052)
     scheduler_address = _address("WSI_SCHEDULER_PORT", 50051)
+    gateway_address = _address("WSI_GATEWAY_PORT", 8000)
     os.environ.setdefault("WSI_WORKER_ADDRESSES", worker_address)
+    os.environ.setdefault("WSI_SCHEDULER_ADDRESS", scheduler_address)
     children: list[subprocess.Popen[bytes]] = []
 
     def stop(*_: object) -> None:
@@ -50,8 +52,12 @@ def main() -> int:
             child = subprocess.Popen([sys.executable, "-m", module], start_new_session=True)
             children.append(child)
             wait_serving(address, timeout=30, alive=lambda child=child: child.poll() is None)
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway"], start_new_session=True)
+        children.append(gateway)
+        wait_http(gateway_address, timeout=30, alive=lambda: gateway.poll() is None)
         print(
-            f"\n  scheduler  grpc://{scheduler_address}   (public API, reflection, health)\n"
+            f"\n  web UI     http://{gateway_address}/   (REST + OpenAPI at /docs)\n"
+            f"  scheduler  grpc://{scheduler_address}   (public API, reflection, health)\n"
             f"  worker     grpc://{worker_address}\n"
             f"  slides     {':'.join(str(Path(r).resolve()) for r in slide_roots.split(':'))}\n"
             f"  try: grpcurl -plaintext {scheduler_address} list\n"

@@ -696,6 +696,7 @@ class SchedulerStats(_message.Message):
     MY_PENDING_JOBS_FIELD_NUMBER: _builtins.int
     MAX_WORKERS_FIELD_NUMBER: _builtins.int
     MAX_ACTIVE_USERS_FIELD_NUMBER: _builtins.int
+    WATCH_STREAMS_FIELD_NUMBER: _builtins.int
     running_jobs: _builtins.int
     """Jobs running now, all users."""
     pending_jobs: _builtins.int
@@ -712,6 +713,8 @@ class SchedulerStats(_message.Message):
     max_workers: _builtins.int
     """The configured caps."""
     max_active_users: _builtins.int
+    watch_streams: _builtins.int
+    """WatchWorkflow streams open now, all users."""
     @_builtins.property
     def branches(self) -> _containers.RepeatedCompositeFieldContainer[Global___BranchDepth]:
         """The caller's branches that have unfinished jobs."""
@@ -731,10 +734,11 @@ class SchedulerStats(_message.Message):
         my_pending_jobs: _builtins.int = ...,
         max_workers: _builtins.int = ...,
         max_active_users: _builtins.int = ...,
+        watch_streams: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_users", b"active_users", "branches", b"branches", "max_active_users", b"max_active_users", "max_workers", b"max_workers", "my_pending_jobs", b"my_pending_jobs", "my_running_jobs", b"my_running_jobs", "pending_jobs", b"pending_jobs", "running_jobs", b"running_jobs", "waiting_users", b"waiting_users", "worker_slots_busy", b"worker_slots_busy", "worker_slots_total", b"worker_slots_total", "workers_connected", b"workers_connected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_users", b"active_users", "branches", b"branches", "max_active_users", b"max_active_users", "max_workers", b"max_workers", "my_pending_jobs", b"my_pending_jobs", "my_running_jobs", b"my_running_jobs", "pending_jobs", b"pending_jobs", "running_jobs", b"running_jobs", "waiting_users", b"waiting_users", "watch_streams", b"watch_streams", "worker_slots_busy", b"worker_slots_busy", "worker_slots_total", b"worker_slots_total", "workers_connected", b"workers_connected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,54 @@
+"""``python -m gateway``: the HTTP gateway (uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+
+from gateway.app import create_app
+from wsi_runtime import serving, settings
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="wsi-gateway", description="HTTP gateway to the scheduler"
+    )
+    settings.add(parser, "--host", "127.0.0.1", "address to bind")
+    settings.add(parser, "--gateway-port", 8000, "HTTP port (0 picks a free one)")
+    settings.add(parser, "--scheduler-address", "127.0.0.1:50051", "the scheduler's gRPC address")
+    settings.add(
+        parser, "--results-dir", Path("results"), "the workers' results folder, to serve files"
+    )
+    settings.add(parser, "--log-level", "INFO", "logging level")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    serving.configure_logging(args.log_level)
+    # Bind first, so port 0 works and the address printed is the real one.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.gateway_port))
+    host, port = sock.getsockname()[:2]
+    app = create_app(args.scheduler_address, args.results_dir)
+    config = uvicorn.Config(app, log_level=args.log_level.lower(), timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    serving.announce(
+        "gateway listening on %s:%d (http://%s:%d/, scheduler %s)",
+        host,
+        port,
+        host,
+        port,
+        args.scheduler_address,
+    )
+    asyncio.run(server.serve(sockets=[sock]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""gRPC status codes to HTTP, and the JSON error body {"code", "message"}."""
+
+from __future__ import annotations
+
+import grpc
+
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+DEFAULT_RETRY_AFTER_S = 1
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    return HTTP_STATUS.get(code, 500)
+
+
+def error_body(code: grpc.StatusCode | str, message: str) -> dict[str, str]:
+    name = code if isinstance(code, str) else code.name
+    return {"code": name, "message": message}
+
+
+RETRY_AFTER_METADATA = "retry-after-seconds"
+
+
+def retry_after_seconds(trailing_metadata: object) -> int:
+    """The retry hint of a RESOURCE_EXHAUSTED status: trailing metadata
+    ``retry-after-seconds`` when the scheduler sends it, else 1 s."""
+    for key, value in trailing_metadata or ():  # type: ignore[attr-defined]
+        if key == RETRY_AFTER_METADATA:
+            try:
+                return max(1, round(float(value)))
+            except (TypeError, ValueError):
+                break
+    return DEFAULT_RETRY_AFTER_S

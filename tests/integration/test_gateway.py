@@ -1,0 +1,289 @@
+"""The HTTP gateway against a real scheduler and worker: every route, the
+status codes of the API table, tenancy, and Server-Sent Events."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from tests.harness import CMU, Cluster, Service, cluster, start_gateway, user
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Gateway:
+    cluster: Cluster
+    service: Service
+    http: httpx.Client
+
+    def as_user(self, who: str) -> dict[str, str]:
+        return {"X-User-ID": who}
+
+    def create(self, who: str, jobs: list[dict[str, object]], **extra: object) -> dict[str, Any]:
+        reply = self.http.post(
+            "/workflows", json={"jobs": jobs, **extra}, headers=self.as_user(who)
+        )
+        assert reply.status_code == 201, reply.text
+        return reply.json()  # type: ignore[no-any-return]
+
+    def wait_done(self, who: str, workflow_id: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            wf = self.http.get(f"/workflows/{workflow_id}", headers=self.as_user(who)).json()
+            if wf["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                return wf  # type: ignore[no-any-return]
+            time.sleep(0.1)
+        raise TimeoutError(workflow_id)
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    workdir = tmp_path_factory.mktemp("gateway")
+    with cluster(workdir, worker_slots=(2,), max_active_users=50) as c:
+        service = start_gateway(workdir, c.scheduler, workdir / "results")
+        try:
+            with httpx.Client(base_url=service.address, timeout=30) as http:
+                yield Gateway(c, service, http)
+        finally:
+            service.stop()
+
+
+def mask(branch: str = "a", slide: str = CMU, **extra: object) -> dict[str, object]:
+    return {"branch": branch, "job_type": "TISSUE_MASK", "wsi_path": slide, **extra}
+
+
+def cells(branch: str = "a", slide: str = CMU, **extra: object) -> dict[str, object]:
+    return {"branch": branch, "job_type": "CELL_SEGMENTATION", "wsi_path": slide, **extra}
+
+
+def sse_events(text: str) -> list[tuple[int, dict[str, Any]]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        lines = [line for line in block.splitlines() if not line.startswith(":")]
+        ids = [int(line[4:]) for line in lines if line.startswith("id: ")]
+        data = "\n".join(line[6:] for line in lines if line.startswith("data: "))
+        if data:
+            events.append((ids[0], json.loads(data)))
+    return events
+
+
+def test_readme_body_creates_and_every_read_route_answers(gw: Gateway) -> None:
+    wf = gw.create("alice", [{"branch": "a", "job_type": "CELL_SEGMENTATION", "wsi_path": CMU}])
+    assert (
+        wf["state"] in ("PENDING", "RUNNING") and wf["jobs"][0]["job_type"] == "CELL_SEGMENTATION"
+    )
+    done = gw.wait_done("alice", wf["workflow_id"])
+    assert done["state"] == "SUCCEEDED" and done["progress"]["percent"] == 100.0
+    headers = gw.as_user("alice")
+    listed = gw.http.get("/workflows", headers=headers).json()
+    assert wf["workflow_id"] in [w["workflow_id"] for w in listed["workflows"]]
+    progress = gw.http.get(f"/workflows/{wf['workflow_id']}/progress", headers=headers).json()
+    assert (
+        progress["jobs"][0]["progress"]["tiles_done"]
+        == progress["jobs"][0]["progress"]["tiles_total"]
+        > 0
+    )
+    job = gw.http.get(f"/jobs/{wf['jobs'][0]['job_id']}", headers=headers).json()
+    assert job["state"] == "SUCCEEDED" and json.loads(job["result"]["summary"])["nuclei"] > 1000
+    stats = gw.http.get("/stats", headers=headers).json()
+    assert stats["worker_slots_total"] == 2 and isinstance(stats["running_jobs"], int)
+    assert gw.http.get("/healthz").json() == {"status": "ok"}
+    docs = gw.http.get("/openapi.json").json()
+    for path in (
+        "/workflows",
+        "/workflows/{workflow_id}",
+        "/workflows/{workflow_id}/progress",
+        "/workflows/{workflow_id}/events",
+        "/workflows/{workflow_id}/cancel",
+        "/jobs/{job_id}",
+        "/jobs/{job_id}/cancel",
+        "/jobs/{job_id}/results/{name}",
+        "/stats",
+        "/healthz",
+    ):
+        assert path in docs["paths"], path
+    assert gw.http.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("name", "media_type"),
+    [
+        ("cells.geojson", "application/geo+json"),
+        ("tissue.geojson", "application/geo+json"),
+        ("tissue_mask.png", "image/png"),
+        ("preview.png", "image/png"),
+        ("summary.json", "application/json"),
+    ],
+)
+def test_result_files_are_served_to_their_owner_only(
+    gw: Gateway, name: str, media_type: str
+) -> None:
+    wf = gw.create("owner", [cells(slide="small.svs")])
+    gw.wait_done("owner", wf["workflow_id"])
+    job_id = wf["jobs"][0]["job_id"]
+    reply = gw.http.get(f"/jobs/{job_id}/results/{name}", headers=gw.as_user("owner"))
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith(media_type)
+    if name.endswith("json"):
+        assert reply.json()
+    else:
+        assert reply.content[:8] == b"\x89PNG\r\n\x1a\n"
+    stranger = gw.http.get(f"/jobs/{job_id}/results/{name}", headers=gw.as_user("stranger"))
+    assert stranger.status_code == 404 and stranger.json()["code"] == "NOT_FOUND"
+
+
+def test_unknown_result_name_and_path_tricks_are_refused(gw: Gateway) -> None:
+    wf = gw.create("paths", [mask(slide="small.svs")])
+    gw.wait_done("paths", wf["workflow_id"])
+    job_id = wf["jobs"][0]["job_id"]
+    for name in ("nope.txt", "..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd"):
+        reply = gw.http.get(f"/jobs/{job_id}/results/{name}", headers=gw.as_user("paths"))
+        assert reply.status_code == 404, name
+
+
+def test_other_users_ids_answer_404_on_every_route(gw: Gateway) -> None:
+    wf = gw.create("victim", [cells(params={"tile_size": "256", "overlap": "32"})])
+    wid, jid = wf["workflow_id"], wf["jobs"][0]["job_id"]
+    intruder = gw.as_user("intruder")
+    for method, path in [
+        ("GET", f"/workflows/{wid}"),
+        ("GET", f"/workflows/{wid}/progress"),
+        ("GET", f"/workflows/{wid}/events"),
+        ("POST", f"/workflows/{wid}/cancel"),
+        ("GET", f"/jobs/{jid}"),
+        ("POST", f"/jobs/{jid}/cancel"),
+        ("GET", f"/jobs/{jid}/results/summary.json"),
+    ]:
+        reply = gw.http.request(method, path, headers=intruder)
+        assert reply.status_code == 404, (method, path, reply.text)
+        assert reply.json()["code"] == "NOT_FOUND"
+    assert gw.wait_done("victim", wid)["state"] == "SUCCEEDED"  # untouched
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "code"),
+    [
+        ({}, {"jobs": [mask()]}, 401, "UNAUTHENTICATED"),
+        ({"X-User-ID": "bad user!"}, {"jobs": [mask()]}, 401, "UNAUTHENTICATED"),
+        ({"X-User-ID": "v"}, {"jobs": []}, 400, "INVALID_ARGUMENT"),
+        ({"X-User-ID": "v"}, {"jobs": [mask(job_type="SEGMENT")]}, 400, "INVALID_ARGUMENT"),
+        ({"X-User-ID": "v"}, {"jobs": [mask(depends_on=["ghost"])]}, 400, "INVALID_ARGUMENT"),
+        (
+            {"X-User-ID": "v"},
+            {
+                "jobs": [
+                    mask(key="x", depends_on=["y"]),
+                    mask(key="y", branch="b", depends_on=["x"]),
+                ]
+            },
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        ({"X-User-ID": "v"}, {"jobs": [{"branch": "a"}]}, 400, "INVALID_ARGUMENT"),
+        ({"X-User-ID": "v"}, {"jobs": [mask(slide="/etc/passwd")]}, 403, "PERMISSION_DENIED"),
+        ({"X-User-ID": "v"}, {"jobs": [mask(slide="missing.svs")]}, 400, "INVALID_ARGUMENT"),
+    ],
+)
+def test_status_codes_of_the_api_table(
+    gw: Gateway, headers: dict[str, str], body: dict[str, Any], status: int, code: str
+) -> None:
+    reply = gw.http.post("/workflows", json=body, headers=headers)
+    assert reply.status_code == status, reply.text
+    assert reply.json()["code"] == code and reply.json()["message"]
+
+
+def test_bad_page_token_cancel_of_finished_job_and_unknown_ids(gw: Gateway) -> None:
+    headers = gw.as_user("codes")
+    reply = gw.http.get("/workflows", params={"page_token": "garbage"}, headers=headers)
+    assert reply.status_code == 400
+    wf = gw.create("codes", [mask(slide="small.svs")])
+    gw.wait_done("codes", wf["workflow_id"])
+    reply = gw.http.post(f"/jobs/{wf['jobs'][0]['job_id']}/cancel", headers=headers)
+    assert reply.status_code == 409 and reply.json()["code"] == "FAILED_PRECONDITION"
+    reply = gw.http.post(f"/workflows/{wf['workflow_id']}/cancel", headers=headers)
+    assert reply.status_code == 409
+    assert gw.http.get("/jobs/does-not-exist", headers=headers).status_code == 404
+
+
+def test_cancel_routes(gw: Gateway) -> None:
+    headers = gw.as_user("canceller")
+    wf = gw.create("canceller", [cells(params={"tile_size": "256", "overlap": "32"}), mask()])
+    second = wf["jobs"][1]["job_id"]
+    reply = gw.http.post(f"/jobs/{second}/cancel", headers=headers)
+    assert reply.status_code == 200 and reply.json()["state"] == "CANCELLED"
+    reply = gw.http.post(f"/workflows/{wf['workflow_id']}/cancel", headers=headers)
+    assert reply.status_code == 200
+    assert gw.wait_done("canceller", wf["workflow_id"])["state"] == "CANCELLED"
+
+
+def test_sse_delivers_every_transition_in_order_and_resumes(gw: Gateway) -> None:
+    wf = gw.create(
+        "sse", [mask(key="m"), cells(key="c", depends_on=["m"]), mask(key="o", branch="b")]
+    )
+    headers = gw.as_user("sse")
+    url = f"/workflows/{wf['workflow_id']}/events"
+    with gw.http.stream("GET", url, params={"after": wf["sequence"]}, headers=headers) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        text = "".join(stream.iter_text())
+    events = sse_events(text)
+    ids = [i for i, _ in events]
+    assert ids == list(range(wf["sequence"] + 1, wf["sequence"] + 1 + len(ids)))
+    assert all(i == e["sequence"] for i, e in events)
+    states = [(e["job"]["key"], e["job"]["state"]) for _, e in events if e["kind"] == "JOB_STATE"]
+    for key in ("m", "c", "o"):
+        assert [s for k, s in states if k == key] == ["RUNNING", "SUCCEEDED"]
+    assert states.index(("m", "SUCCEEDED")) < states.index(("c", "RUNNING"))
+    assert events[-1][1]["workflow_state"] == "SUCCEEDED"
+    # Reconnect with Last-Event-ID from the middle: exactly the rest, nothing missed.
+    cut = len(events) // 2
+    resume = {**headers, "Last-Event-ID": str(events[cut][0])}
+    with gw.http.stream("GET", url, headers=resume) as stream:
+        rest = sse_events("".join(stream.iter_text()))
+    assert rest == events[cut + 1 :]
+
+
+def test_closing_the_sse_client_frees_the_grpc_stream(gw: Gateway) -> None:
+    wf = gw.create("leaver", [cells(params={"tile_size": "128", "overlap": "16"})])
+
+    def watch_streams() -> int:
+        stats = gw.cluster.stub.GetStats(pb.GetStatsRequest(), metadata=user("probe"))
+        return int(stats.watch_streams)
+
+    before = watch_streams()
+    url = f"{gw.service.address}/workflows/{wf['workflow_id']}/events"
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("GET", url, headers=gw.as_user("leaver")) as stream,
+    ):
+        next(stream.iter_lines())  # connected and streaming
+        assert watch_streams() == before + 1
+    deadline = time.monotonic() + 10
+    while watch_streams() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert watch_streams() == before
+    gw.http.post(f"/workflows/{wf['workflow_id']}/cancel", headers=gw.as_user("leaver"))
+
+
+def test_sse_of_unknown_workflow_is_a_json_404(gw: Gateway) -> None:
+    reply = gw.http.get("/workflows/nope/events", headers=gw.as_user("x"))
+    assert reply.status_code == 404 and reply.json()["code"] == "NOT_FOUND"
+
+
+def test_scheduler_down_is_503(tmp_path: Path) -> None:
+    with cluster(tmp_path, worker_slots=(1,)) as c:
+        gateway = start_gateway(tmp_path, c.scheduler, tmp_path / "results")
+        try:
+            c.scheduler.stop()
+            reply = httpx.get(f"{gateway.address}/stats", headers={"X-User-ID": "u"}, timeout=30)
+            assert reply.status_code == 503 and reply.json()["code"] == "UNAVAILABLE"
+        finally:
+            gateway.stop()
