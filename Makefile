@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := protos/wsi/scheduler/v1/scheduler.proto protos/wsi/worker/v1/worker.proto
 GEN    := clients/wsi
 
-.PHONY: all venv run test test-fast lint proto proto-check bench clean
+.PHONY: all venv run test test-fast lint proto proto-check bench clean browser
 
 all: test
 
@@ -26,8 +26,16 @@ run: $(STAMP)
 	$(BIN)/python -m wsi_runtime.launch
 
 ## Everything CI checks: generated code fresh, lint, the whole test suite.
-test: $(STAMP) proto-check lint
+test: $(STAMP) browser proto-check lint
 	$(BIN)/python -m pytest -q
+
+## Debian's Chromium for the browser tests (Playwright drives it; nothing is downloaded
+## by Playwright itself). Needs root, as on CI; without it the browser tests are skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else echo "chromium missing and not root: browser tests will be skipped"; fi; }
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"

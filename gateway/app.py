@@ -16,6 +16,7 @@ import grpc
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
@@ -25,6 +26,7 @@ from gateway.convert import to_json
 from gateway.errors import error_body, http_status, retry_after_seconds
 
 M = TypeVar("M")
+STATIC = Path(__file__).resolve().parent / "static"
 KEEPALIVE_S = 15.0
 RESULT_TYPES = {
     ".geojson": "application/geo+json",
@@ -251,6 +253,12 @@ def create_app(scheduler_address: str, results_dir: Path) -> FastAPI:
     @app.get("/stats", summary="Dashboard numbers for the caller")
     async def stats(user: UserHeader = None) -> Any:
         return to_json(await call(stub().GetStats(pb.GetStatsRequest(), metadata=_metadata(user))))
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:

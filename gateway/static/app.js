@@ -1,0 +1,252 @@
+// The web UI: plain JavaScript over the gateway's JSON API. Live updates come
+// from each workflow's Server-Sent Events stream (read with fetch, so the
+// X-User-ID header can be sent), not from polling.
+"use strict";
+
+const $ = (selector) => document.querySelector(selector);
+const state = { user: localStorage.getItem("wsi-user") || "", workflows: new Map(), streams: new Map() };
+const TERMINAL = new Set(["SUCCEEDED", "FAILED", "CANCELLED"]);
+
+async function api(method, path, body) {
+  const headers = { "X-User-ID": state.user };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const reply = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const data = reply.headers.get("content-type")?.includes("json") ? await reply.json() : null;
+  if (!reply.ok) throw new Error(data?.message || `${reply.status} ${reply.statusText}`);
+  return data;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+// ---- workflow form --------------------------------------------------------
+
+function addRow(values = {}) {
+  const row = $("#job-row-template").content.firstElementChild.cloneNode(true);
+  for (const [name, value] of Object.entries(values)) row.querySelector(`[name=${name}]`).value = value;
+  row.querySelector(".remove-row").addEventListener("click", () => row.remove());
+  $("#job-rows tbody").append(row);
+}
+
+async function submitWorkflow(event) {
+  event.preventDefault();
+  $("#create-error").textContent = "";
+  const jobs = [...$("#job-rows tbody").rows].map((row) => {
+    const get = (name) => row.querySelector(`[name=${name}]`).value.trim();
+    return {
+      key: get("key"),
+      branch: get("branch"),
+      job_type: get("job_type"),
+      wsi_path: get("wsi_path"),
+      depends_on: get("depends_on").split(",").map((s) => s.trim()).filter(Boolean),
+    };
+  });
+  try {
+    const workflow = await api("POST", "/workflows", { name: $("#wf-name").value.trim(), jobs });
+    upsert(workflow);
+    follow(workflow);
+  } catch (error) {
+    $("#create-error").textContent = error.message;
+  }
+}
+
+// ---- workflows and live updates --------------------------------------------
+
+function upsert(workflow) {
+  state.workflows.set(workflow.workflow_id, workflow);
+  render();
+}
+
+function applyEvent(event) {
+  if (event.kind === "SNAPSHOT") {
+    upsert(event.workflow);
+    return;
+  }
+  const workflow = state.workflows.get(event.job.workflow_id);
+  if (!workflow) return;
+  workflow.jobs = workflow.jobs.map((job) => (job.job_id === event.job.job_id ? event.job : job));
+  workflow.state = event.workflow_state;
+  workflow.progress = event.workflow_progress;
+  workflow.sequence = event.sequence;
+  render();
+  if (event.kind === "JOB_STATE") refreshStats();
+}
+
+async function follow(workflow) {
+  const id = workflow.workflow_id;
+  if (state.streams.has(id) || TERMINAL.has(workflow.state)) return;
+  const controller = new AbortController();
+  state.streams.set(id, controller);
+  let after = workflow.sequence || 0;
+  try {
+    while (!controller.signal.aborted) {
+      const reply = await fetch(`/workflows/${id}/events?after=${after}`, {
+        headers: { "X-User-ID": state.user }, signal: controller.signal,
+      });
+      if (!reply.ok) break;
+      const reader = reply.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+          if (!data) continue;
+          const event = JSON.parse(data);
+          after = event.sequence;
+          applyEvent(event);
+        }
+      }
+      if (TERMINAL.has(state.workflows.get(id)?.state)) break;
+      await new Promise((r) => setTimeout(r, 1000)); // dropped: resume after the last sequence
+    }
+  } catch (error) {
+    if (error.name !== "AbortError") console.warn("event stream", id, error.message);
+  } finally {
+    state.streams.delete(id);
+  }
+}
+
+function percent(progress) {
+  return Math.round(progress?.percent || 0);
+}
+
+function bar(progress) {
+  return el("div", { class: "bar", role: "progressbar", "aria-valuenow": String(percent(progress)) },
+    el("div", { style: `width:${percent(progress)}%` }));
+}
+
+function jobRow(job) {
+  const tiles = job.progress?.tiles_total ? `${job.progress.tiles_done} / ${job.progress.tiles_total} tiles` : "";
+  const actions = [];
+  if (!TERMINAL.has(job.state)) {
+    actions.push(el("button", { class: "cancel-job", onclick: () => act(() => api("POST", `/jobs/${job.job_id}/cancel`)) }, "Cancel"));
+  }
+  if (job.state === "SUCCEEDED") {
+    actions.push(el("button", { class: "show-result", onclick: () => showResult(job) }, "Result"));
+  }
+  return el("tr", { "data-job": job.key, "data-state": job.state },
+    el("td", {}, el("strong", {}, job.key), el("div", { class: "muted" }, `${job.branch} · ${job.job_type}`)),
+    el("td", {}, el("span", { class: `badge ${job.state}` }, job.state),
+      job.attempt > 1 ? el("div", { class: "muted" }, `attempt ${job.attempt}`) : null),
+    el("td", { class: "progress-cell" }, bar(job.progress), el("div", { class: "tiles" }, tiles ? `${tiles} · ${percent(job.progress)}%` : `${percent(job.progress)}%`),
+      job.state === "PENDING" && job.pending_reason ? el("div", { class: "reason muted" }, job.pending_reason) : null,
+      job.error ? el("div", { class: "err" }, job.error) : null),
+    el("td", {}, actions));
+}
+
+function render() {
+  const list = $("#workflow-list");
+  const workflows = [...state.workflows.values()].sort((a, b) => (b.create_time || "").localeCompare(a.create_time || ""));
+  $("#no-workflows").hidden = workflows.length > 0;
+  list.replaceChildren(...workflows.map((wf) =>
+    el("article", { class: "workflow", "data-workflow": wf.workflow_id, "data-state": wf.state },
+      el("div", { class: "workflow-head" },
+        el("span", { class: "name" }, wf.name || "workflow"),
+        el("span", { class: `badge ${wf.state}` }, wf.state),
+        el("span", { class: "spacer" }),
+        el("span", { class: "muted workflow-percent" }, `${percent(wf.progress)}%`),
+        TERMINAL.has(wf.state) ? null : el("button", { class: "cancel-workflow", onclick: () => act(() => api("POST", `/workflows/${wf.workflow_id}/cancel`)) }, "Cancel all")),
+      bar(wf.progress),
+      el("table", { class: "jobs" }, el("tbody", {}, wf.jobs.map(jobRow))))));
+}
+
+async function act(action) {
+  try {
+    await action();
+  } catch (error) {
+    alert(error.message);
+  }
+}
+
+// ---- results ----------------------------------------------------------------
+
+async function blobUrl(path) {
+  const reply = await fetch(path, { headers: { "X-User-ID": state.user } });
+  if (!reply.ok) throw new Error(`${reply.status} ${path}`);
+  return URL.createObjectURL(await reply.blob());
+}
+
+async function showResult(job) {
+  const dialog = $("#result-dialog");
+  $("#result-title").textContent = `${job.key} — ${job.job_type}`;
+  const summary = JSON.parse(job.result?.summary || "{}");
+  const facts = {
+    "nuclei": summary.nuclei ?? "–",
+    "tissue share": summary.tissue_fraction !== undefined ? `${Math.round(summary.tissue_fraction * 100)} %` : "–",
+    "tiles processed / skipped": `${summary.tiles_processed ?? 0} / ${summary.tiles_skipped ?? 0}`,
+    "pixel size used": summary.mpp_used ? `${summary.mpp_used} µm/px (level ${summary.level})` : `level ${summary.level ?? 0}`,
+    "backend": summary.backend || "–",
+    "time": summary.timings?.total_s ? `${summary.timings.total_s} s` : "–",
+  };
+  $("#result-summary").replaceChildren(...Object.entries(facts).flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-fact": k }, v)]));
+  const links = $("#result-links");
+  links.replaceChildren();
+  for (const name of Object.keys(job.result?.files || {}).sort()) {
+    const link = el("a", { href: "#", "data-file": name }, name);
+    link.addEventListener("click", async (event) => {
+      event.preventDefault();
+      const a = el("a", { href: await blobUrl(`/jobs/${job.job_id}/results/${name}`), download: name });
+      a.click();
+    });
+    links.append(link);
+  }
+  dialog.showModal();
+  $("#result-preview").src = await blobUrl(`/jobs/${job.job_id}/results/preview.png`);
+}
+
+// ---- dashboard ----------------------------------------------------------------
+
+async function refreshStats() {
+  if (!state.user) return;
+  try {
+    const stats = await api("GET", "/stats");
+    $("#stat-running").textContent = stats.running_jobs;
+    $("#stat-pending").textContent = stats.my_pending_jobs;
+    $("#stat-users").textContent = `${stats.active_users} / ${stats.waiting_users}`;
+    $("#stat-slots").textContent = `${stats.worker_slots_busy} / ${stats.worker_slots_total}`;
+    $("#stat-branches").replaceChildren(...stats.branches.map((b) => el("li", {}, `${b.branch}: ${b.pending} queued, ${b.running} running`)));
+  } catch (error) {
+    console.warn("stats", error.message);
+  }
+}
+
+// ---- start ----------------------------------------------------------------------
+
+async function useUser(user) {
+  for (const controller of state.streams.values()) controller.abort();
+  state.user = user;
+  state.workflows.clear();
+  localStorage.setItem("wsi-user", user);
+  $("#user-id").value = user;
+  render();
+  const page = await api("GET", "/workflows?page_size=50");
+  for (const wf of page.workflows) state.workflows.set(wf.workflow_id, wf);
+  render();
+  page.workflows.forEach(follow);
+  refreshStats();
+}
+
+$("#user-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  act(() => useUser($("#user-id").value.trim()));
+});
+$("#add-row").addEventListener("click", () => addRow());
+$("#create-form").addEventListener("submit", submitWorkflow);
+addRow();
+setInterval(refreshStats, 2000);
+if (state.user) act(() => useUser(state.user));
