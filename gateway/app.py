@@ -24,6 +24,7 @@ from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from gateway import sse
 from gateway.convert import to_json
 from gateway.errors import error_body, http_status, retry_after_seconds
+from gateway.metrics import HttpMetrics
 
 M = TypeVar("M")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -101,6 +102,9 @@ def create_app(scheduler_address: str, results_dir: Path) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+
+    metrics = HttpMetrics()
+    app.middleware("http")(metrics.middleware)
 
     def stub() -> pb_grpc.SchedulerAsyncStub:
         return state["stub"]  # type: ignore[no-any-return]
@@ -259,6 +263,10 @@ def create_app(scheduler_address: str, results_dir: Path) -> FastAPI:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/metrics", summary="Prometheus metrics of the gateway")
+    async def prometheus_metrics() -> Response:
+        return metrics.exposition()
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:

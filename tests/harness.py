@@ -145,15 +145,21 @@ class Cluster:
 
 @contextmanager
 def cluster(
-    workdir: Path, worker_slots: Sequence[int] = (4,), **scheduler_settings: int | str
+    workdir: Path,
+    worker_slots: Sequence[int] = (4,),
+    slide_roots: str = "",
+    **scheduler_settings: int | str,
 ) -> Iterator[Cluster]:
+    """Workers and a scheduler; ``slide_roots`` (colon-separated) replaces the
+    shared test slides as the roots of both."""
+    roots = {"slide_roots": slide_roots} if slide_roots else {}
     with ExitStack() as stack:
         workers = []
         for index, slots in enumerate(worker_slots):
-            worker = start_worker(workdir, f"worker{index}", slots)
+            worker = start_worker(workdir, f"worker{index}", slots, **roots)
             stack.callback(worker.stop)
             workers.append(worker)
-        scheduler = start_scheduler(workdir, workers, **scheduler_settings)
+        scheduler = start_scheduler(workdir, workers, **roots, **scheduler_settings)
         stack.callback(scheduler.stop)
         channel = stack.enter_context(grpc.insecure_channel(scheduler.address))
         result = Cluster(scheduler, workers, channel, pb_grpc.SchedulerStub(channel))

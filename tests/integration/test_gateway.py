@@ -97,6 +97,12 @@ def test_readme_body_creates_and_every_read_route_answers(gw: Gateway) -> None:
     stats = gw.http.get("/stats", headers=headers).json()
     assert stats["worker_slots_total"] == 2 and isinstance(stats["running_jobs"], int)
     assert gw.http.get("/healthz").json() == {"status": "ok"}
+    metrics = gw.http.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert (
+        'wsi_gateway_http_requests_total{method="POST",route="/workflows",status="201"}'
+        in metrics.text
+    )
     docs = gw.http.get("/openapi.json").json()
     for path in (
         "/workflows",
@@ -109,6 +115,7 @@ def test_readme_body_creates_and_every_read_route_answers(gw: Gateway) -> None:
         "/jobs/{job_id}/results/{name}",
         "/stats",
         "/healthz",
+        "/metrics",
     ):
         assert path in docs["paths"], path
     assert gw.http.get("/docs").status_code == 200
