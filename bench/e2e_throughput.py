@@ -127,6 +127,7 @@ def main() -> None:
             [worker],
             max_workers=args.slots,
             max_jobs_per_workflow=1000,
+            rate_limit=0,  # one user submits everything: measure scheduling, not the limiter
             log_level=args.log_level,
         )
         stack.callback(scheduler.stop)

@@ -13,6 +13,7 @@ import grpc
 from clients.wsi.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from scheduler_service import convert
 from scheduler_service.dispatcher import Dispatcher
+from scheduler_service.limits import RateLimiter
 from scheduler_service.policy import SchedulingPolicy
 from scheduler_service.service import SchedulerServicer
 from scheduler_service.store import JobRecord, Store, WorkflowRecord
@@ -35,6 +36,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     settings.add(parser, "--max-active-users", 3, "users holding an active slot at once")
     settings.add(parser, "--max-attempts", 3, "runs of a job before a lost worker fails it")
     settings.add(parser, "--max-jobs-per-workflow", 1000, "jobs one workflow may hold")
+    settings.add(parser, "--rate-limit", 20.0, "mutating calls per second per user (0: off)")
+    settings.add(parser, "--rate-burst", 40.0, "mutating calls a user may make at once")
+    settings.add(parser, "--max-pending-per-user", 10000, "PENDING jobs one user may have (0: off)")
     settings.add_common(parser, grace=2.0)
     return parser.parse_args(argv)
 
@@ -51,7 +55,14 @@ def build(args: argparse.Namespace) -> tuple[Store, Dispatcher, SchedulerService
     store_ref.append(store)
     addresses = [a.strip() for a in args.worker_addresses.split(",") if a.strip()]
     dispatcher = Dispatcher(store, addresses)
-    servicer = SchedulerServicer(store, dispatcher, args.slide_roots, args.max_jobs_per_workflow)
+    servicer = SchedulerServicer(
+        store,
+        dispatcher,
+        args.slide_roots,
+        args.max_jobs_per_workflow,
+        limiter=RateLimiter(args.rate_limit, max(1.0, args.rate_burst)),
+        max_pending_per_user=args.max_pending_per_user,
+    )
     return store, dispatcher, servicer
 
 

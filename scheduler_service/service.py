@@ -15,6 +15,7 @@ from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler_service import convert
 from scheduler_service.dispatcher import Dispatcher
+from scheduler_service.limits import RateLimiter, retry_after
 from scheduler_service.store import (
     AlreadyFinished,
     InvalidPageToken,
@@ -34,6 +35,7 @@ from wsi_runtime.slide_paths import SlidePathError, resolve_slide
 if TYPE_CHECKING:
     from wsi_runtime.serving import Context
 
+RETRY_AFTER_METADATA = "retry-after-seconds"
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_ID_LENGTH = 128
@@ -41,6 +43,14 @@ MAX_ID_LENGTH = 128
 
 class BadRequest(ValueError):
     """A malformed request the store never sees."""
+
+
+class LimitExceeded(RuntimeError):
+    """A per-user limit; ``retry_after`` is the hint in whole seconds (0: none)."""
+
+    def __init__(self, message: str, retry_after: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def status_for(exc: Exception) -> grpc.StatusCode | None:
@@ -57,6 +67,8 @@ def status_for(exc: Exception) -> grpc.StatusCode | None:
         )
     if isinstance(exc, InvalidSpec | InvalidPageToken | BadRequest):
         return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, LimitExceeded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
     return None
 
 
@@ -65,17 +77,14 @@ async def domain_errors(context: Context) -> AsyncIterator[None]:
     """Ends the call with the status code that fits a domain error."""
     try:
         yield
-    except (
-        NotFound,
-        AlreadyFinished,
-        SlidePathError,
-        InvalidSpec,
-        InvalidPageToken,
-        BadRequest,
-    ) as exc:
+    except Exception as exc:
         code = status_for(exc)
-        assert code is not None
-        await context.abort(code, str(exc))
+        if code is None:
+            raise
+        trailing: tuple[tuple[str, str], ...] = ()
+        if isinstance(exc, LimitExceeded) and exc.retry_after:
+            trailing = ((RETRY_AFTER_METADATA, str(exc.retry_after)),)
+        await context.abort(code, str(exc), trailing_metadata=trailing)
 
 
 async def authenticate(context: Context) -> str:
@@ -103,6 +112,8 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         slide_roots: Sequence[Path],
         max_jobs_per_workflow: int,
         clock: Callable[[], float] = time.time,
+        limiter: RateLimiter | None = None,
+        max_pending_per_user: int = 0,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
@@ -110,6 +121,30 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         self.max_jobs_per_workflow = max_jobs_per_workflow
         self.clock = clock
         self.watch_streams = 0
+        self.limiter = limiter or RateLimiter(rate=0, burst=0)
+        self.max_pending_per_user = max_pending_per_user
+
+    def _check_rate(self, user: str) -> None:
+        """Mutating calls only: reads and watches are never limited."""
+        now = time.monotonic()
+        wait = self.limiter.acquire(user, now)
+        if wait:
+            self.limiter.forget_idle(now)
+            raise LimitExceeded(
+                f"rate limit of {self.limiter.rate:g} requests/s per user reached;"
+                f" retry after {retry_after(wait)} s",
+                retry_after(wait),
+            )
+
+    def _check_pending(self, user: str, adding: int) -> None:
+        if not self.max_pending_per_user:
+            return
+        pending = sum(p for p, _ in self.store.policy.lane_depths(user).values())
+        if pending + adding > self.max_pending_per_user:
+            raise LimitExceeded(
+                f"{pending} jobs pending, and at most {self.max_pending_per_user} may be;"
+                " wait for some to finish or cancel them"
+            )
 
     def _resolve_slides(self, jobs: Sequence[JobInput]) -> list[str]:
         resolved: dict[str, str] = {}
@@ -135,6 +170,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     ) -> pb.Workflow:
         user = await authenticate(context)
         async with domain_errors(context):
+            self._check_rate(user)
             if len(request.name) > MAX_NAME_LENGTH or len(request.request_id) > MAX_ID_LENGTH:
                 raise BadRequest(
                     f"name may be at most {MAX_NAME_LENGTH} and request_id "
@@ -157,6 +193,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                 self.max_jobs_per_workflow,
             )
             slide_files = self._resolve_slides(jobs)
+            self._check_pending(user, len(jobs))
             wf, _ = self.store.create_workflow(
                 user, request.name or "workflow", jobs, slide_files, request.request_id
             )
@@ -188,6 +225,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     ) -> pb.Workflow:
         user = await authenticate(context)
         async with domain_errors(context):
+            self._check_rate(user)
             wf, to_stop = self.store.cancel_workflow(user, request.workflow_id[:MAX_ID_LENGTH])
         self._stop(to_stop)
         return convert.workflow_message(self.store, wf)
@@ -201,6 +239,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
         user = await authenticate(context)
         async with domain_errors(context):
+            self._check_rate(user)
             job, running = self.store.cancel_job(user, request.job_id[:MAX_ID_LENGTH])
         self._stop([job.job_id] if running else [])
         return convert.job_message(self.store, job)

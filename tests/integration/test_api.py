@@ -340,3 +340,28 @@ def test_three_job_workflow_through_grpcurl_streams_every_transition(shared: Clu
     assert sum(e["kind"] == "JOB_PROGRESS" for e in events) >= 6
     assert events[-1]["workflow_state"] == "WORKFLOW_STATE_SUCCEEDED"
     assert [e["sequence"] for e in events] == [str(n) for n in range(2, 2 + len(events))]
+
+
+def test_pending_job_cap_is_resource_exhausted(tmp_path: Path) -> None:
+    from tests.harness import cluster
+
+    with cluster(tmp_path, worker_slots=(1,), max_pending_per_user=3, rate_limit=0) as c:
+        first = create(
+            c,
+            "hoarder",
+            [
+                spec(
+                    f"j{i}",
+                    params={"tile_size": "256", "overlap": "32"},
+                    job_type=pb.CELL_SEGMENTATION,
+                )
+                for i in range(3)
+            ],
+        )
+        err = rpc_error(lambda: create(c, "hoarder", [spec("more"), spec("again")]))
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "at most 3" in (err.details() or "")
+        assert create(c, "someone-else", [spec("fine")]).jobs[0].key == "fine"
+        c.stub.CancelWorkflow(
+            pb.CancelWorkflowRequest(workflow_id=first.workflow_id), metadata=user("hoarder")
+        )

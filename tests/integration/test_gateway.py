@@ -294,3 +294,32 @@ def test_scheduler_down_is_503(tmp_path: Path) -> None:
             assert reply.status_code == 503 and reply.json()["code"] == "UNAVAILABLE"
         finally:
             gateway.stop()
+
+
+def test_rate_limit_is_429_with_retry_after_and_spares_other_users(tmp_path: Path) -> None:
+    with cluster(tmp_path, worker_slots=(1,), rate_limit=1, rate_burst=2) as c:
+        gateway = start_gateway(tmp_path, c.scheduler, tmp_path / "results")
+        try:
+            with httpx.Client(base_url=gateway.address, timeout=30) as http:
+                greedy = {"X-User-ID": "greedy"}
+                codes = [
+                    http.post(
+                        "/workflows", json={"jobs": [mask(slide="small.svs")]}, headers=greedy
+                    )
+                    for _ in range(4)
+                ]
+                assert [r.status_code for r in codes[:2]] == [201, 201]
+                limited = codes[-1]
+                assert limited.status_code == 429
+                assert limited.json()["code"] == "RESOURCE_EXHAUSTED"
+                assert int(limited.headers["Retry-After"]) >= 1
+                polite = http.post(
+                    "/workflows",
+                    json={"jobs": [mask(slide="small.svs")]},
+                    headers={"X-User-ID": "polite"},
+                )
+                assert polite.status_code == 201
+                # Reads are never limited.
+                assert http.get("/workflows", headers=greedy).status_code == 200
+        finally:
+            gateway.stop()

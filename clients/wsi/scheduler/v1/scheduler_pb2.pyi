@@ -5,7 +5,9 @@ Public API of the WSI workflow scheduler.
 
 Every RPC needs the metadata header `x-user-id` (1 to 64 characters of
 A-Z a-z 0-9 . _ -). A caller sees and touches only its own workflows and
-jobs: another user's ids answer NOT_FOUND.
+jobs: another user's ids answer NOT_FOUND. Mutating calls are rate limited
+per user; RESOURCE_EXHAUSTED then carries the trailing metadata
+`retry-after-seconds`.
 """
 
 from collections import abc as _abc

@@ -1,0 +1,49 @@
+"""Per-user request limits, pure: the caller passes the time.
+
+A token bucket per user: ``burst`` requests at once, refilled at ``rate`` per
+second. One user running out never touches another user's bucket."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+@dataclass
+class RateLimiter:
+    rate: float  # tokens per second; 0 disables the limit
+    burst: float
+    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+
+    def acquire(self, user: str, now: float) -> float:
+        """0 if the request may go ahead (and takes a token), else the seconds
+        to wait until a token is there."""
+        if self.rate <= 0:
+            return 0.0
+        bucket = self._buckets.get(user)
+        if bucket is None:
+            bucket = self._buckets[user] = _Bucket(self.burst, now)
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+        bucket.updated = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return 0.0
+        return (1 - bucket.tokens) / self.rate
+
+    def forget_idle(self, now: float) -> None:
+        """Drops full buckets (users idle long enough to have refilled), so the
+        table does not grow with every user ever seen."""
+        full_after = self.burst / self.rate if self.rate > 0 else 0
+        for user in [u for u, b in self._buckets.items() if now - b.updated >= full_after]:
+            del self._buckets[user]
+
+
+def retry_after(seconds: float) -> int:
+    """Whole seconds for a Retry-After hint, at least 1."""
+    return max(1, math.ceil(seconds))
