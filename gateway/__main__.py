@@ -24,6 +24,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     settings.add(
         parser, "--results-dir", Path("results"), "the workers' results folder, to serve files"
     )
+    settings.add(
+        parser, "--sse-keepalive", 15.0, "seconds between keep-alive comments on idle streams"
+    )
     settings.add(parser, "--log-level", "INFO", "logging level")
     return parser.parse_args(argv)
 
@@ -36,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.gateway_port))
     host, port = sock.getsockname()[:2]
-    app = create_app(args.scheduler_address, args.results_dir)
+    app = create_app(args.scheduler_address, args.results_dir, args.sse_keepalive)
     config = uvicorn.Config(app, log_level=args.log_level.lower(), timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     serving.announce(

@@ -85,7 +85,9 @@ def _result_file(job_dir: Path, path: str) -> Path | None:
     return real if job_dir in real.parents and real.is_file() else None
 
 
-def create_app(scheduler_address: str, results_dir: Path) -> FastAPI:
+def create_app(
+    scheduler_address: str, results_dir: Path, keepalive_s: float = KEEPALIVE_S
+) -> FastAPI:
     state: dict[str, Any] = {}
     results_root = results_dir.resolve()
 
@@ -243,7 +245,7 @@ def create_app(scheduler_address: str, results_dir: Path) -> FastAPI:
                     yield sse.event(to_json(message), message.sequence)
                     while True:
                         try:
-                            message = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                            message = await asyncio.wait_for(queue.get(), keepalive_s)
                             break
                         except TimeoutError:
                             yield sse.comment("keep-alive")

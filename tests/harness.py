@@ -118,9 +118,11 @@ def start_scheduler(workdir: Path, workers: Sequence[Service], **extra: int | st
     return _start("scheduler_service", "scheduler", workdir, args, {})
 
 
-def start_gateway(workdir: Path, scheduler: Service, results_dir: Path) -> Service:
+def start_gateway(
+    workdir: Path, scheduler: Service, results_dir: Path, keepalive: float = 15.0
+) -> Service:
     args = ["--gateway-port", "0", "--scheduler-address", scheduler.address]
-    args += ["--results-dir", str(results_dir)]
+    args += ["--results-dir", str(results_dir), "--sse-keepalive", str(keepalive)]
     service = _start("gateway", "gateway", workdir, args, {}, health=False)
     service.address = "http://" + service.address
     return service

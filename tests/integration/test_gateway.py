@@ -323,3 +323,31 @@ def test_rate_limit_is_429_with_retry_after_and_spares_other_users(tmp_path: Pat
                 assert http.get("/workflows", headers=greedy).status_code == 200
         finally:
             gateway.stop()
+
+
+def test_idle_event_stream_gets_keep_alive_comments(tmp_path: Path) -> None:
+    with cluster(tmp_path, worker_slots=(1,), max_workers=1) as c:
+        gateway = start_gateway(tmp_path, c.scheduler, tmp_path / "results", keepalive=0.2)
+        try:
+            with httpx.Client(base_url=gateway.address, timeout=30) as http:
+                headers = {"X-User-ID": "idle"}
+                busy = http.post(
+                    "/workflows",
+                    json={"jobs": [cells(params={"tile_size": "256", "overlap": "32"})]},
+                    headers=headers,
+                ).json()
+                waiting = http.post("/workflows", json={"jobs": [mask()]}, headers=headers).json()
+                url = f"/workflows/{waiting['workflow_id']}/events"
+                with http.stream(
+                    "GET", url, params={"after": waiting["sequence"]}, headers=headers
+                ) as stream:
+                    lines = []
+                    for line in stream.iter_lines():
+                        lines.append(line)
+                        if line.startswith(": keep-alive") or len(lines) > 50:
+                            break
+                assert ": keep-alive" in lines
+                http.post(f"/workflows/{busy['workflow_id']}/cancel", headers=headers)
+                http.post(f"/workflows/{waiting['workflow_id']}/cancel", headers=headers)
+        finally:
+            gateway.stop()

@@ -1,0 +1,60 @@
+"""The gateway's pure parts: protobuf to JSON, status mapping, SSE framing."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from gateway import sse
+from gateway.convert import to_json
+from gateway.errors import error_body, http_status, retry_after_seconds
+
+
+def test_job_json_has_plain_names_numbers_and_every_field() -> None:
+    created = Timestamp()
+    created.FromSeconds(1_700_000_000)
+    job = pb.Job(
+        job_id="j",
+        state=pb.JOB_STATE_RUNNING,
+        job_type=pb.CELL_SEGMENTATION,
+        progress=pb.Progress(tiles_done=3, tiles_total=10, percent=30.0),
+        params={"tile_size": "256"},
+        depends_on=["mask"],
+        create_time=created,
+    )
+    data = to_json(job)
+    assert data["state"] == "RUNNING" and data["job_type"] == "CELL_SEGMENTATION"
+    assert data["progress"] == {"tiles_done": 3, "tiles_total": 10, "percent": 30.0}
+    assert data["params"] == {"tile_size": "256"} and data["depends_on"] == ["mask"]
+    assert data["create_time"] == "2023-11-14T22:13:20Z"
+    assert data["start_time"] is None and data["error"] == "" and data["result"] is None
+    workflow = to_json(pb.Workflow(state=pb.WORKFLOW_STATE_SUCCEEDED, jobs=[job], sequence=7))
+    assert workflow["state"] == "SUCCEEDED" and workflow["sequence"] == 7
+    assert workflow["jobs"][0]["state"] == "RUNNING"
+    event = to_json(pb.WorkflowEvent(kind=pb.WorkflowEvent.JOB_STATE, sequence=9))
+    assert event["kind"] == "JOB_STATE" and event["workflow_state"] == "UNSPECIFIED"
+
+
+def test_status_mapping_and_bodies() -> None:
+    assert http_status(grpc.StatusCode.UNAUTHENTICATED) == 401
+    assert http_status(grpc.StatusCode.INVALID_ARGUMENT) == 400
+    assert http_status(grpc.StatusCode.PERMISSION_DENIED) == 403
+    assert http_status(grpc.StatusCode.NOT_FOUND) == 404
+    assert http_status(grpc.StatusCode.FAILED_PRECONDITION) == 409
+    assert http_status(grpc.StatusCode.RESOURCE_EXHAUSTED) == 429
+    assert http_status(grpc.StatusCode.UNAVAILABLE) == 503
+    assert http_status(grpc.StatusCode.INTERNAL) == 500
+    assert error_body(grpc.StatusCode.NOT_FOUND, "gone") == {"code": "NOT_FOUND", "message": "gone"}
+    assert retry_after_seconds((("retry-after-seconds", "3"),)) == 3
+    assert retry_after_seconds((("other", "x"),)) == 1
+    assert retry_after_seconds(None) == 1
+
+
+def test_sse_framing_and_resume_point() -> None:
+    assert sse.event({"a": 1}, 5) == 'id: 5\ndata: {"a": 1}\n\n'
+    assert sse.event([1], None, "x") == "event: x\ndata: [1]\n\n"
+    assert sse.comment("keep-alive") == ": keep-alive\n\n"
+    assert sse.resume_after("12", 3) == 12
+    assert sse.resume_after(None, 3) == 3
+    assert sse.resume_after("garbage", None) == 0
