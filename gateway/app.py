@@ -24,7 +24,7 @@ from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from gateway import sse
 from gateway.convert import to_json
 from gateway.errors import error_body, http_status, retry_after_seconds
-from gateway.metrics import HttpMetrics
+from gateway.metrics import HttpMetrics, MetricsMiddleware
 
 M = TypeVar("M")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -106,7 +106,7 @@ def create_app(
     )
 
     metrics = HttpMetrics()
-    app.middleware("http")(metrics.middleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     def stub() -> pb_grpc.SchedulerAsyncStub:
         return state["stub"]  # type: ignore[no-any-return]

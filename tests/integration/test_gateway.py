@@ -258,26 +258,36 @@ def test_sse_delivers_every_transition_in_order_and_resumes(gw: Gateway) -> None
     assert rest == events[cut + 1 :]
 
 
-def test_closing_the_sse_client_frees_the_grpc_stream(gw: Gateway) -> None:
-    wf = gw.create("leaver", [cells(params={"tile_size": "128", "overlap": "16"})])
+def test_closing_the_sse_client_frees_the_grpc_stream(tmp_path: Path) -> None:
+    # One worker slot, kept busy: the watched workflow stays PENDING while we look.
+    with cluster(tmp_path, worker_slots=(1,), max_workers=1) as c:
+        gateway = start_gateway(tmp_path, c.scheduler, tmp_path / "results")
+        try:
 
-    def watch_streams() -> int:
-        stats = gw.cluster.stub.GetStats(pb.GetStatsRequest(), metadata=user("probe"))
-        return int(stats.watch_streams)
+            def watch_streams() -> int:
+                stats = c.stub.GetStats(pb.GetStatsRequest(), metadata=user("probe"))
+                return int(stats.watch_streams)
 
-    before = watch_streams()
-    url = f"{gw.service.address}/workflows/{wf['workflow_id']}/events"
-    with (
-        httpx.Client(timeout=30) as client,
-        client.stream("GET", url, headers=gw.as_user("leaver")) as stream,
-    ):
-        next(stream.iter_lines())  # connected and streaming
-        assert watch_streams() == before + 1
-    deadline = time.monotonic() + 10
-    while watch_streams() > before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert watch_streams() == before
-    gw.http.post(f"/workflows/{wf['workflow_id']}/cancel", headers=gw.as_user("leaver"))
+            with httpx.Client(base_url=gateway.address, timeout=30) as http:
+                headers = {"X-User-ID": "leaver"}
+                long_job = cells(params={"tile_size": "128", "overlap": "16"})
+                busy = http.post("/workflows", json={"jobs": [long_job]}, headers=headers).json()
+                waiting = http.post(
+                    "/workflows", json={"jobs": [mask(branch="b")]}, headers=headers
+                ).json()
+                before = watch_streams()
+                url = f"/workflows/{waiting['workflow_id']}/events"
+                with http.stream("GET", url, headers=headers) as stream:
+                    next(stream.iter_lines())  # connected and streaming
+                    assert watch_streams() == before + 1
+                deadline = time.monotonic() + 10
+                while watch_streams() > before and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert watch_streams() == before
+                for wf in (busy, waiting):
+                    http.post(f"/workflows/{wf['workflow_id']}/cancel", headers=headers)
+        finally:
+            gateway.stop()
 
 
 def test_sse_of_unknown_workflow_is_a_json_404(gw: Gateway) -> None:
