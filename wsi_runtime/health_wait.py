@@ -1,47 +1,51 @@
-"""Waiting for a gRPC server to report SERVING."""
+"""Waiting for a server to be ready: gRPC health SERVING, or HTTP /healthz 200."""
 
 from __future__ import annotations
 
 import time
 import urllib.request
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
-def wait_serving(address: str, timeout: float = 20, alive: object = None) -> None:
-    """Polls ``grpc.health.v1.Health/Check`` until SERVING or ``timeout``.
-    ``alive``, if given, is a callable that returns False once the server's
-    process has died, so a crash fails fast instead of waiting out the timeout."""
+def _poll(ready: Callable[[], bool], what: str, timeout: float, alive: object) -> None:
+    """Calls ``ready`` until it is true or ``timeout``. ``alive``, if given, is a
+    callable that returns False once the server's process has died, so a crash
+    fails fast instead of waiting out the timeout."""
     deadline = time.monotonic() + timeout
+    while not ready():
+        if callable(alive) and not alive():
+            raise RuntimeError(f"the server for {what} exited before it was serving")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} was not ready within {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def wait_serving(address: str, timeout: float = 20, alive: object = None) -> None:
+    """Until ``grpc.health.v1.Health/Check`` answers SERVING."""
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while True:
+
+        def serving() -> bool:
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
             except grpc.RpcError:
-                pass
-            if callable(alive) and not alive():
-                raise RuntimeError(f"the server for {address} exited before it was serving")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{address} was not SERVING within {timeout:.0f}s")
-            time.sleep(0.05)
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+        _poll(serving, address, timeout, alive)
 
 
 def wait_http(address: str, timeout: float = 20, alive: object = None) -> None:
-    """Polls ``http://address/healthz`` until it answers 200 or ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """Until ``http://address/healthz`` answers 200."""
+
+    def healthy() -> bool:
         try:
             with urllib.request.urlopen(f"http://{address}/healthz", timeout=2) as reply:
-                if reply.status == 200:
-                    return
+                return bool(reply.status == 200)
         except OSError:
-            pass
-        if callable(alive) and not alive():
-            raise RuntimeError(f"the server for {address} exited before it was serving")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"http://{address}/healthz did not answer within {timeout:.0f}s")
-        time.sleep(0.05)
+            return False
+
+    _poll(healthy, f"http://{address}/healthz", timeout, alive)
