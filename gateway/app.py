@@ -151,27 +151,21 @@ def create_app(
         request = pb.ListWorkflowsRequest(page_size=page_size, page_token=page_token)
         return to_json(await call(stub().ListWorkflows(request, metadata=_metadata(user))))
 
-    @app.get("/workflows/{workflow_id}", summary="One workflow with its jobs")
-    async def get_workflow(workflow_id: str, user: UserHeader = None) -> Any:
+    async def workflow_json(workflow_id: str, user: str | None) -> Any:
         request = pb.GetWorkflowRequest(workflow_id=workflow_id)
         return to_json(await call(stub().GetWorkflow(request, metadata=_metadata(user))))
 
+    @app.get("/workflows/{workflow_id}", summary="One workflow with its jobs")
+    async def get_workflow(workflow_id: str, user: UserHeader = None) -> Any:
+        return await workflow_json(workflow_id, user)
+
     @app.get("/workflows/{workflow_id}/progress", summary="Progress of a workflow and its jobs")
     async def get_progress(workflow_id: str, user: UserHeader = None) -> Any:
-        request = pb.GetWorkflowRequest(workflow_id=workflow_id)
-        wf = await call(stub().GetWorkflow(request, metadata=_metadata(user)))
-        full = to_json(wf)
+        full = await workflow_json(workflow_id, user)
+        job_fields = ("job_id", "key", "branch", "state", "progress", "pending_reason")
         return {
-            "workflow_id": full["workflow_id"],
-            "state": full["state"],
-            "progress": full["progress"],
-            "jobs": [
-                {
-                    k: job[k]
-                    for k in ("job_id", "key", "branch", "state", "progress", "pending_reason")
-                }
-                for job in full["jobs"]
-            ],
+            **{k: full[k] for k in ("workflow_id", "state", "progress")},
+            "jobs": [{k: job[k] for k in job_fields} for job in full["jobs"]],
         }
 
     @app.post("/workflows/{workflow_id}/cancel", summary="Cancel every unfinished job")

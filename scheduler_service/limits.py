@@ -19,6 +19,7 @@ class _Bucket:
 class RateLimiter:
     rate: float  # tokens per second; 0 disables the limit
     burst: float
+    max_tracked: int = 10_000  # buckets kept before idle (full) ones are dropped
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
 
     def acquire(self, user: str, now: float) -> float:
@@ -28,6 +29,8 @@ class RateLimiter:
             return 0.0
         bucket = self._buckets.get(user)
         if bucket is None:
+            if len(self._buckets) >= self.max_tracked:
+                self.forget_idle(now)
             bucket = self._buckets[user] = _Bucket(self.burst, now)
         bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
         bucket.updated = now

@@ -110,6 +110,7 @@ class _Lane:
 @dataclass
 class _User:
     unfinished: int = 0
+    pending: int = 0
     ready: list[int] = field(default_factory=list)  # heap of submission orders
     lanes: set[LaneKey] = field(default_factory=set)
 
@@ -170,6 +171,11 @@ class SchedulingPolicy:
     def running_jobs(self) -> list[str]:
         return [j.job_id for j in self._jobs.values() if j.state is State.RUNNING]
 
+    def pending_of(self, user: str) -> int:
+        """The user's PENDING jobs, kept as a count: O(1) on the create path."""
+        record = self._users.get(user)
+        return record.pending if record else 0
+
     def lane_depths(self, user: str) -> dict[LaneKey, tuple[int, int]]:
         """(pending, running) per lane of ``user`` that has unfinished jobs."""
         depths: dict[LaneKey, tuple[int, int]] = {}
@@ -181,7 +187,7 @@ class SchedulingPolicy:
                 depths[key] = (pending, running)
         return depths
 
-    def wait_reason(self, job_id: str, free_slots: int) -> WaitReason | None:
+    def wait_reason(self, job_id: str) -> WaitReason | None:
         """Why a PENDING job is not running; None if it is not pending."""
         job = self._job(job_id)
         if job.state is not State.PENDING:
@@ -201,7 +207,7 @@ class SchedulingPolicy:
             position = self._waiting.index(job.user) + 1 if job.user in self._waiting_set else 0
             if len(self._active) >= self.max_active_users:
                 return WaitReason(WaitKind.USER_SLOT, position=position)
-        return WaitReason(WaitKind.WORKER_SLOT, position=free_slots)
+        return WaitReason(WaitKind.WORKER_SLOT)
 
     # ---- events --------------------------------------------------------------
 
@@ -226,6 +232,7 @@ class SchedulingPolicy:
             user = self._users.setdefault(spec.user, _User())
             user.lanes.add(lane_key)
             user.unfinished += 1
+            user.pending += 1
             self._pending += 1
             if spec.user not in self._active_set and spec.user not in self._waiting_set:
                 self._waiting.append(spec.user)
@@ -295,6 +302,7 @@ class SchedulingPolicy:
         self._running -= 1
         job.state = State.PENDING
         self._pending += 1
+        self._users[job.user].pending += 1
         lane.queue.appendleft(job_id)
         self._refresh_lane(job.lane)
         return [Transition(job_id, State.PENDING, reason)]
@@ -393,13 +401,15 @@ class SchedulingPolicy:
         job.state = State.RUNNING
         job.attempt += 1
         self._pending -= 1
+        self._users[job.user].pending -= 1
         self._running += 1
 
     def _end(self, job: _Job, state: State, reason: str, cause: str = "") -> Transition:
+        user = self._users[job.user]
         if job.state is State.PENDING:
             self._pending -= 1
+            user.pending -= 1
         job.state = state
-        user = self._users[job.user]
         user.unfinished -= 1
         if user.unfinished == 0:
             self._release(job.user)

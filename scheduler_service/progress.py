@@ -10,19 +10,17 @@ from scheduler_service.policy import State
 def job_fraction(state: State, tiles_done: int, tiles_total: int) -> float:
     """How far a job is, 0..1. A finished job counts as done whatever its outcome,
     so a workflow's bar reaches 100% exactly when it reaches a final state."""
-    if state.terminal:
-        return 1.0
-    if tiles_total <= 0:
-        return 0.0
-    return min(max(tiles_done / tiles_total, 0.0), 1.0)
+    return 1.0 if state.terminal else _tile_share(tiles_done, tiles_total)
+
+
+def _tile_share(tiles_done: int, tiles_total: int) -> float:
+    return min(max(tiles_done / tiles_total, 0.0), 1.0) if tiles_total > 0 else 0.0
 
 
 def job_percent(state: State, tiles_done: int, tiles_total: int) -> float:
     if state is State.SUCCEEDED:
         return 100.0
-    if tiles_total <= 0:
-        return 0.0
-    return round(100.0 * min(max(tiles_done / tiles_total, 0.0), 1.0), 2)
+    return round(100.0 * _tile_share(tiles_done, tiles_total), 2)
 
 
 def workflow_percent(fraction_sum: float, job_count: int) -> float:

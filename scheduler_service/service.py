@@ -126,10 +126,8 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
 
     def _check_rate(self, user: str) -> None:
         """Mutating calls only: reads and watches are never limited."""
-        now = time.monotonic()
-        wait = self.limiter.acquire(user, now)
+        wait = self.limiter.acquire(user, time.monotonic())
         if wait:
-            self.limiter.forget_idle(now)
             raise LimitExceeded(
                 f"rate limit of {self.limiter.rate:g} requests/s per user reached;"
                 f" retry after {retry_after(wait)} s",
@@ -139,7 +137,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     def _check_pending(self, user: str, adding: int) -> None:
         if not self.max_pending_per_user:
             return
-        pending = sum(p for p, _ in self.store.policy.lane_depths(user).values())
+        pending = self.store.policy.pending_of(user)
         if pending + adding > self.max_pending_per_user:
             raise LimitExceeded(
                 f"{pending} jobs pending, and at most {self.max_pending_per_user} may be;"
@@ -263,7 +261,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             for event in first:
                 yield event
                 last = event.sequence
-            if wf.terminal:
+            # Changes made while those were sent wait in the subscription: end only
+            # when the client already has the terminal state.
+            if wf.terminal and last >= wf.feed.sequence:
                 return
             while True:
                 event = await subscription.next()

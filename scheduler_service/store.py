@@ -149,7 +149,7 @@ class Store:
         return page, token
 
     def pending_reason(self, job: JobRecord) -> str:
-        reason = self.policy.wait_reason(job.job_id, self.free_slots)
+        reason = self.policy.wait_reason(job.job_id)
         if reason is None:
             return ""
         if reason.kind is WaitKind.DEPENDENCY:

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -33,7 +33,6 @@ class Service:
     process: subprocess.Popen[bytes]
     log_path: Path
     address: str = ""
-    log_offset: int = field(default=0)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

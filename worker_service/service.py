@@ -52,7 +52,6 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="tiles")
         self.slides = SlideCache()
         self.pool = pool
-        self.active = 0
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: Context) -> pb.WorkerInfo:
         return pb.WorkerInfo(slots=self.slots, job_types=JOB_TYPES, version=VERSION)
@@ -86,7 +85,6 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 loop.call_soon_threadsafe(updates.put_nowait, None)
 
         log.debug("job %s attempt %d: %s on %s", spec.job_id, request.attempt, spec.job_type, slide)
-        self.active += 1
         future = loop.run_in_executor(self.executor, work)
         try:
             while (item := await updates.get()) is not None:
@@ -109,7 +107,6 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         finally:
             # Reached on success, on error, and when the caller cancels the call.
             stop.set()
-            self.active -= 1
             if not future.done():
                 log.info("job %s: call ended, stopping its tiles", spec.job_id)
 

@@ -9,21 +9,23 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+Alive = Callable[[], bool] | None
 
-def _poll(ready: Callable[[], bool], what: str, timeout: float, alive: object) -> None:
+
+def _poll(ready: Callable[[], bool], what: str, timeout: float, alive: Alive) -> None:
     """Calls ``ready`` until it is true or ``timeout``. ``alive``, if given, is a
     callable that returns False once the server's process has died, so a crash
     fails fast instead of waiting out the timeout."""
     deadline = time.monotonic() + timeout
     while not ready():
-        if callable(alive) and not alive():
+        if alive is not None and not alive():
             raise RuntimeError(f"the server for {what} exited before it was serving")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} was not ready within {timeout:.0f}s")
         time.sleep(0.05)
 
 
-def wait_serving(address: str, timeout: float = 20, alive: object = None) -> None:
+def wait_serving(address: str, timeout: float = 20, alive: Alive = None) -> None:
     """Until ``grpc.health.v1.Health/Check`` answers SERVING."""
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -38,7 +40,7 @@ def wait_serving(address: str, timeout: float = 20, alive: object = None) -> Non
         _poll(serving, address, timeout, alive)
 
 
-def wait_http(address: str, timeout: float = 20, alive: object = None) -> None:
+def wait_http(address: str, timeout: float = 20, alive: Alive = None) -> None:
     """Until ``http://address/healthz`` answers 200."""
 
     def healthy() -> bool:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from wsi_runtime.health_wait import wait_http, wait_serving
@@ -21,6 +22,10 @@ DEMO_SLIDE = "demo.tiff"
 def _address(port_var: str, default: int) -> str:
     host = os.environ.get("WSI_HOST", "127.0.0.1")
     return f"{host}:{os.environ.get(port_var, default)}"
+
+
+def _running(process: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    return lambda: process.poll() is None
 
 
 def main() -> int:
@@ -51,10 +56,10 @@ def main() -> int:
         ):
             child = subprocess.Popen([sys.executable, "-m", module], start_new_session=True)
             children.append(child)
-            wait_serving(address, timeout=30, alive=lambda child=child: child.poll() is None)
+            wait_serving(address, timeout=30, alive=_running(child))
         gateway = subprocess.Popen([sys.executable, "-m", "gateway"], start_new_session=True)
         children.append(gateway)
-        wait_http(gateway_address, timeout=30, alive=lambda: gateway.poll() is None)
+        wait_http(gateway_address, timeout=30, alive=_running(gateway))
         print(
             f"\n  web UI     http://{gateway_address}/   (REST + OpenAPI at /docs)\n"
             f"  scheduler  grpc://{scheduler_address}   (public API, reflection, health)\n"

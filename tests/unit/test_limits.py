@@ -26,3 +26,10 @@ def test_disabled_and_idle_cleanup() -> None:
     limiter.forget_idle(10.0)
     assert limiter._buckets == {}
     assert retry_after(0.2) == 1 and retry_after(2.1) == 3
+
+
+def test_table_of_buckets_stays_bounded() -> None:
+    limiter = RateLimiter(rate=1.0, burst=1, max_tracked=3)
+    for index in range(10):
+        limiter.acquire(f"user{index}", float(index * 2))  # each older one is full again
+    assert len(limiter._buckets) <= 3

@@ -57,7 +57,7 @@ def test_fourth_user_waits_until_a_user_has_nothing_left() -> None:
         p.submit([job(f"{u}-1", user=u, wf=u), job(f"{u}-2", user=u, wf=u)])
     started = p.next_dispatches(8)
     assert started == ["u1-1", "u2-1", "u3-1"]
-    reason = p.wait_reason("u4-1", free_slots=5)
+    reason = p.wait_reason("u4-1")
     assert reason is not None and reason.kind is WaitKind.USER_SLOT and reason.position == 1
     p.finish("u1-1", State.SUCCEEDED)
     # u1 still has a pending job: it keeps its slot.
@@ -111,7 +111,7 @@ def test_dependency_waits_for_success_then_runs() -> None:
     p = SchedulingPolicy()
     p.submit([job("mask", branch="x"), job("seg", branch="y", deps=["mask"])])
     assert p.next_dispatches(4) == ["mask"]
-    reason = p.wait_reason("seg", 3)
+    reason = p.wait_reason("seg")
     assert reason is not None and reason.kind is WaitKind.DEPENDENCY and reason.job_id == "mask"
     p.finish("mask", State.SUCCEEDED)
     assert p.next_dispatches(4) == ["seg"]
@@ -206,11 +206,11 @@ def test_wait_reasons() -> None:
     p = SchedulingPolicy(max_workers=1)
     p.submit([job("a1"), job("a2"), job("b1", branch="other")])
     assert p.next_dispatches(1) == ["a1"]
-    r = p.wait_reason("a2", 0)
+    r = p.wait_reason("a2")
     assert r is not None and r.kind is WaitKind.BRANCH and r.job_id == "a1"
-    r = p.wait_reason("b1", 0)
+    r = p.wait_reason("b1")
     assert r is not None and r.kind is WaitKind.WORKER_SLOT
-    assert p.wait_reason("a1", 0) is None
+    assert p.wait_reason("a1") is None
 
 
 def test_bad_events_raise() -> None:

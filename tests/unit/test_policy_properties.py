@@ -113,6 +113,9 @@ class PolicyMachine(RuleBasedStateMachine):
     def counts_match(self) -> None:
         states = [self.policy.state(j) for j in self.jobs]
         assert states.count(State.PENDING) == self.policy.pending_count
+        for user in USERS:
+            mine = [self.policy.state(j) for j, spec in self.jobs.items() if spec.user == user]
+            assert mine.count(State.PENDING) == self.policy.pending_of(user)
         assert states.count(State.RUNNING) == self.policy.running_count
 
     def teardown(self) -> None:
@@ -156,7 +159,7 @@ class PolicyMachine(RuleBasedStateMachine):
         if self.policy.running_count >= MAX_WORKERS:
             return
         for job_id in self.jobs:
-            reason = self.policy.wait_reason(job_id, 1)
+            reason = self.policy.wait_reason(job_id)
             if reason is not None:
                 assert reason.kind is not WaitKind.WORKER_SLOT, f"{job_id} could have started"
 
