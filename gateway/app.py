@@ -19,11 +19,12 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from clients.json_format import to_json
+from clients.status import retry_after_seconds
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from gateway import sse
-from gateway.convert import to_json
-from gateway.errors import error_body, http_status, retry_after_seconds
+from gateway.errors import error_body, http_status
 from gateway.metrics import HttpMetrics, MetricsMiddleware
 
 M = TypeVar("M")

@@ -19,7 +19,6 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
-DEFAULT_RETRY_AFTER_S = 1
 
 
 def http_status(code: grpc.StatusCode) -> int:
@@ -29,18 +28,3 @@ def http_status(code: grpc.StatusCode) -> int:
 def error_body(code: grpc.StatusCode | str, message: str) -> dict[str, str]:
     name = code if isinstance(code, str) else code.name
     return {"code": name, "message": message}
-
-
-RETRY_AFTER_METADATA = "retry-after-seconds"
-
-
-def retry_after_seconds(trailing_metadata: object) -> int:
-    """The retry hint of a RESOURCE_EXHAUSTED status: trailing metadata
-    ``retry-after-seconds`` when the scheduler sends it, else 1 s."""
-    for key, value in trailing_metadata or ():  # type: ignore[attr-defined]
-        if key == RETRY_AFTER_METADATA:
-            try:
-                return max(1, round(float(value)))
-            except (TypeError, ValueError):
-                break
-    return DEFAULT_RETRY_AFTER_S

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from clients.status import RETRY_AFTER_METADATA
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler_service import convert
@@ -35,7 +36,6 @@ from wsi_runtime.slide_paths import SlidePathError, resolve_slide
 if TYPE_CHECKING:
     from wsi_runtime.serving import Context
 
-RETRY_AFTER_METADATA = "retry-after-seconds"
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_ID_LENGTH = 128

@@ -1,7 +1,7 @@
-"""Protobuf messages to the gateway's JSON: plain state names ("RUNNING", not
-"JOB_STATE_RUNNING"), integers as numbers, timestamps as RFC 3339 strings,
-every field present. Driven by the message descriptors, so new proto fields
-appear without code here."""
+"""Protobuf messages to the JSON of the gateway and of ``wsi --json``: plain
+state names ("RUNNING", not "JOB_STATE_RUNNING"), integers as numbers,
+timestamps as RFC 3339 strings, every field present. Driven by the message
+descriptors, so new proto fields appear without code here."""
 
 from __future__ import annotations
 

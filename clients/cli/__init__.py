@@ -1,0 +1,1 @@
+"""``wsi``, the command-line client."""

@@ -1,0 +1,135 @@
+"""``wsi``: the scheduler from a terminal or a script.
+
+Exit status: 0 success; 1 a call failed or a watched job FAILED; 2 bad usage;
+3 a watched workflow was CANCELLED (and nothing failed)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+
+from clients.cli import commands
+from clients.client import DEFAULT_ADDRESS, SchedulerClient, SchedulerError
+from clients.workflow_file import WorkflowFileError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+DEFAULT_GATEWAY = "http://127.0.0.1:8000"
+PIPE_WIDTH = 200
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsi",
+        description="Submit, follow and manage WSI analysis workflows.",
+        epilog="Exit status: 0 ok, 1 error or a FAILED job, 2 bad usage, 3 CANCELLED.",
+    )
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("WSI_ADDRESS", DEFAULT_ADDRESS),
+        help="scheduler gRPC address (env WSI_ADDRESS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--user",
+        default=os.environ.get("WSI_USER", ""),
+        help="your user id, sent as x-user-id (env WSI_USER)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="deadline of each call, s (default 10)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    submit = sub.add_parser(
+        "submit",
+        help="create a workflow",
+        description="Create a workflow from a file (JSON or YAML) or from slides and flags. "
+        "From flags, every slide gets its own branch running --type jobs in order.",
+    )
+    submit.add_argument("slides", nargs="*", metavar="SLIDE", help="slide paths (without --file)")
+    submit.add_argument("-f", "--file", help="workflow file, JSON or YAML ('-' for stdin)")
+    submit.add_argument(
+        "-t",
+        "--type",
+        dest="types",
+        action="append",
+        choices=("TISSUE_MASK", "CELL_SEGMENTATION"),
+        help="job type, repeatable, run in the order given (default: both)",
+    )
+    submit.add_argument("-b", "--branch", default="", help="one branch for all slides")
+    submit.add_argument(
+        "-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="job parameter"
+    )
+    submit.add_argument("--name", default=None, help="workflow name")
+    submit.add_argument("--request-id", default=None, help="idempotency key (default: random)")
+    submit.add_argument("-w", "--watch", action="store_true", help="then follow it like watch")
+
+    listing = sub.add_parser("list", help="your workflows, newest first")
+    listing.add_argument("-n", "--limit", type=int, default=20, help="at most N (0: all)")
+
+    status = sub.add_parser("status", help="one workflow (or job) with its jobs")
+    status.add_argument("id", help="workflow id or job id")
+
+    watch = sub.add_parser("watch", help="follow a workflow live until it ends")
+    watch.add_argument("workflow_id")
+    watch.add_argument("--after", type=int, default=0, help="resume after this sequence")
+
+    cancel = sub.add_parser("cancel", help="cancel a job, or a whole workflow")
+    target = cancel.add_mutually_exclusive_group(required=True)
+    target.add_argument("job_id", nargs="?", help="the job to cancel")
+    target.add_argument("--workflow", metavar="ID", help="cancel every unfinished job of it")
+
+    results = sub.add_parser("results", help="a job's result files: their paths, or download them")
+    results.add_argument("job_id")
+    results.add_argument("-d", "--download", metavar="DIR", help="save the files into DIR")
+    results.add_argument("--name", action="append", help="only this file (repeatable)")
+    results.add_argument(
+        "--gateway",
+        default=os.environ.get("WSI_GATEWAY", DEFAULT_GATEWAY),
+        help="HTTP gateway for downloads (env WSI_GATEWAY; default %(default)s)",
+    )
+
+    sub.add_parser("stats", help="queue and capacity numbers")
+    return parser
+
+
+async def run(args: argparse.Namespace, console: Console) -> int:
+    async with SchedulerClient(args.address, user=args.user, timeout=args.timeout) as client:
+        return await commands.COMMANDS[args.command](client, args, console)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Piped output is read by scripts and people alike: never cut ids short.
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=PIPE_WIDTH)
+    errors = Console(stderr=True, highlight=False)
+    if not args.user:
+        errors.print("wsi: error: no user id: pass --user or set WSI_USER")
+        return EXIT_USAGE
+    try:
+        return asyncio.run(run(args, console))
+    except SchedulerError as exc:
+        hint = f" (retry in {exc.retry_after} s)" if exc.retry_after else ""
+        errors.print(f"wsi: {exc.code.name}: {exc.message}{hint}", markup=False)
+    except (WorkflowFileError, commands.CommandError) as exc:
+        errors.print(f"wsi: error: {exc}", markup=False)
+        return EXIT_USAGE if isinstance(exc, WorkflowFileError) else EXIT_ERROR
+    except KeyboardInterrupt:
+        errors.print("wsi: interrupted")
+        return 130
+    return EXIT_ERROR
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

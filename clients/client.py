@@ -1,0 +1,239 @@
+"""A typed asyncio client for the scheduler.
+
+    async with SchedulerClient("127.0.0.1:50051", user="alice") as wsi:
+        workflow = await wsi.create_workflow([job("a", "TISSUE_MASK", "slide.svs")])
+        async for event in wsi.watch(workflow.workflow_id):
+            ...
+
+The address and user are given once. Unary calls carry a deadline. Calls that
+are safe to repeat (reads, and creates, which always carry a ``request_id``)
+are retried on UNAVAILABLE with backoff; nothing else is. ``watch`` resumes
+after a dropped connection from the last sequence it delivered. Failures raise
+``SchedulerError`` with the gRPC status and the server's message."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+
+from clients.backoff import Backoff
+from clients.status import retry_after_seconds
+from clients.watch_cursor import WatchCursor
+from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_TIMEOUT_S = 10.0
+# Reconnect quickly after a dropped connection instead of gRPC's default 1 s + backoff.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+)
+# A stream that broke for one of these is worth reopening.
+_RESUMABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+)
+
+R = TypeVar("R")
+
+
+class SchedulerError(Exception):
+    """A call failed: ``code`` is the gRPC status, ``message`` the server's words,
+    ``retry_after`` the suggested wait in seconds for RESOURCE_EXHAUSTED."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, retry_after: int | None = None):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    @classmethod
+    def from_rpc(cls, error: grpc.aio.AioRpcError) -> SchedulerError:
+        code = error.code()
+        retry_after = None
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            retry_after = retry_after_seconds(error.trailing_metadata())
+        return cls(code, error.details() or code.name.lower(), retry_after)
+
+
+def job(
+    branch: str,
+    job_type: str,
+    wsi_path: str,
+    *,
+    key: str = "",
+    depends_on: Iterable[str] = (),
+    params: Mapping[str, str] | None = None,
+) -> pb.JobSpec:
+    """One job of a workflow; ``job_type`` is ``TISSUE_MASK`` or ``CELL_SEGMENTATION``."""
+    try:
+        type_number = pb.JobType.Value(job_type)
+    except ValueError:
+        names = ", ".join(n for n, v in pb.JobType.items() if v)
+        raise ValueError(f"unknown job type {job_type!r}; use one of {names}") from None
+    return pb.JobSpec(
+        key=key,
+        branch=branch,
+        job_type=type_number,
+        wsi_path=wsi_path,
+        depends_on=list(depends_on),
+        params=dict(params or {}),
+    )
+
+
+class SchedulerClient:
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        user: str,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        backoff: Backoff | None = None,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        if not user:
+            raise ValueError("a user id is required (x-user-id)")
+        self.address = address
+        self.user = user
+        self.timeout = timeout
+        self.backoff = backoff or Backoff()
+        self._owns_channel = channel is None
+        self._channel = channel or grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.SchedulerStub(self._channel)
+        self._metadata = (("x-user-id", user),)
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    async def __aenter__(self) -> SchedulerClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Closes the channel if this client opened it."""
+        if self._owns_channel:
+            await self._channel.close(grace=None)
+
+    # ---- calls -----------------------------------------------------------------
+
+    async def create_workflow(
+        self, jobs: Sequence[pb.JobSpec], *, name: str = "", request_id: str | None = None
+    ) -> pb.Workflow:
+        """Creates the workflow once, even if a retry follows a lost reply: the
+        ``request_id`` (generated unless given) makes the server return the first."""
+        request = pb.CreateWorkflowRequest(
+            name=name, jobs=list(jobs), request_id=request_id or str(uuid.uuid4())
+        )
+        return await self._retrying(
+            lambda: self._stub.CreateWorkflow(
+                request, metadata=self._metadata, timeout=self.timeout
+            )
+        )
+
+    async def get_workflow(self, workflow_id: str) -> pb.Workflow:
+        request = pb.GetWorkflowRequest(workflow_id=workflow_id)
+        return await self._retrying(
+            lambda: self._stub.GetWorkflow(request, metadata=self._metadata, timeout=self.timeout)
+        )
+
+    async def list_workflows(
+        self, page_size: int = 0, page_token: str = ""
+    ) -> pb.ListWorkflowsResponse:
+        """One page, newest first; pass ``next_page_token`` on for the next."""
+        request = pb.ListWorkflowsRequest(page_size=page_size, page_token=page_token)
+        return await self._retrying(
+            lambda: self._stub.ListWorkflows(request, metadata=self._metadata, timeout=self.timeout)
+        )
+
+    async def iter_workflows(self, page_size: int = 100) -> AsyncIterator[pb.Workflow]:
+        """Every workflow of the user, newest first, page by page."""
+        token = ""
+        while True:
+            page = await self.list_workflows(page_size, token)
+            for workflow in page.workflows:
+                yield workflow
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def get_job(self, job_id: str) -> pb.Job:
+        request = pb.GetJobRequest(job_id=job_id)
+        return await self._retrying(
+            lambda: self._stub.GetJob(request, metadata=self._metadata, timeout=self.timeout)
+        )
+
+    async def stats(self) -> pb.SchedulerStats:
+        request = pb.GetStatsRequest()
+        return await self._retrying(
+            lambda: self._stub.GetStats(request, metadata=self._metadata, timeout=self.timeout)
+        )
+
+    async def cancel_job(self, job_id: str) -> pb.Job:
+        """Not retried: a repeated cancel of a job that the first one ended would
+        report FAILED_PRECONDITION instead of the outcome."""
+        request = pb.CancelJobRequest(job_id=job_id)
+        return await self._once(
+            self._stub.CancelJob(request, metadata=self._metadata, timeout=self.timeout)
+        )
+
+    async def cancel_workflow(self, workflow_id: str) -> pb.Workflow:
+        request = pb.CancelWorkflowRequest(workflow_id=workflow_id)
+        return await self._once(
+            self._stub.CancelWorkflow(request, metadata=self._metadata, timeout=self.timeout)
+        )
+
+    async def watch(
+        self, workflow_id: str, after_sequence: int = 0
+    ) -> AsyncIterator[pb.WorkflowEvent]:
+        """The workflow's events until it ends: a snapshot first (unless
+        resuming from ``after_sequence``), then every change once, in order.
+        A dropped connection is reopened from the last delivered sequence; the
+        backoff's attempts bound consecutive failures without any event."""
+        cursor = WatchCursor(after=after_sequence)
+        delays = self.backoff.delays()
+        while True:
+            request = pb.WatchWorkflowRequest(workflow_id=workflow_id, after_sequence=cursor.after)
+            call = self._stub.WatchWorkflow(request, metadata=self._metadata)
+            try:
+                async for event in call:
+                    if cursor.accept(event):
+                        delays = self.backoff.delays()
+                        yield event
+                return  # the server ends the stream after the terminal event
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in _RESUMABLE or cursor.finished:
+                    raise SchedulerError.from_rpc(error) from None
+                delay = next(delays, None)
+                if delay is None:
+                    raise SchedulerError.from_rpc(error) from None
+                await self.sleep(delay)
+            finally:
+                call.cancel()
+
+    # ---- plumbing --------------------------------------------------------------
+
+    async def _once(self, call: Awaitable[R]) -> R:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as error:
+            raise SchedulerError.from_rpc(error) from None
+
+    async def _retrying(self, make_call: Callable[[], Awaitable[R]]) -> R:
+        delays = self.backoff.delays()
+        while True:
+            try:
+                return await make_call()
+            except grpc.aio.AioRpcError as error:
+                delay = next(delays, None)
+                if error.code() is not grpc.StatusCode.UNAVAILABLE or delay is None:
+                    raise SchedulerError.from_rpc(error) from None
+                await self.sleep(delay)

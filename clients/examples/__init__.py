@@ -1,0 +1,1 @@
+"""Short scripts that use the Python client."""
