@@ -192,8 +192,8 @@ async def results(client: SchedulerClient, args: argparse.Namespace, console: Co
     if args.json:
         _print_json(console, {"job_id": job.job_id, "files": files})
     else:
-        for name, path in files.items():
-            console.print(f"{name}\t{path}", highlight=False, soft_wrap=True)
+        for name, path in files.items():  # tab-separated, for `cut` and friends
+            console.file.write(f"{name}\t{path}\n")
     return 0
 
 

@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(highlight=False)
     if not console.is_terminal:
         console = Console(highlight=False, width=PIPE_WIDTH)
-    errors = Console(stderr=True, highlight=False)
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
     if not args.user:
         errors.print("wsi: error: no user id: pass --user or set WSI_USER")
         return EXIT_USAGE

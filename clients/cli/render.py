@@ -9,7 +9,7 @@ from datetime import datetime
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from clients.workflow_view import (
@@ -143,9 +143,8 @@ class WatchDisplay:
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            TextColumn("{task.completed:.0f}/{task.total:.0f} tiles"),
+            TextColumn("{task.fields[tiles]:>13}"),
             TextColumn("{task.fields[state]}"),
-            TimeElapsedColumn(),
             console=console,
             disable=not self.live,
         )
@@ -170,12 +169,17 @@ class WatchDisplay:
         if self.live:
             note = escape(j.pending_reason) if state == "PENDING" else ""
             label = _label(j)
-            total = max(1, j.progress.tiles_total)
+            done, total = j.progress.tiles_done, j.progress.tiles_total
+            tiles = f"{done}/{total} tiles" if total else ""
+            if not total:  # a tissue mask has no tiles: a full bar once it succeeded
+                done, total = int(state == "SUCCEEDED"), 1
             shown = styled(state) + (f" {note}" if note else "")
             if j.job_id not in self._tasks:
-                self._tasks[j.job_id] = self._progress.add_task(label, total=total, state=shown)
+                self._tasks[j.job_id] = self._progress.add_task(
+                    label, total=total, state=shown, tiles=tiles
+                )
             self._progress.update(
-                self._tasks[j.job_id], total=total, completed=j.progress.tiles_done, state=shown
+                self._tasks[j.job_id], total=total, completed=done, state=shown, tiles=tiles
             )
         elif self._states.get(j.job_id) != j.state:
             stamp = datetime.now().strftime("%H:%M:%S")

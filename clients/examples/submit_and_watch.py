@@ -27,7 +27,8 @@ async def main(slide: str, address: str, user: str) -> int:
             name=f"example: {slide}",
         )
         print(f"workflow {workflow.workflow_id}")
-        async for event in wsi.watch(workflow.workflow_id):
+        # From the creation's sequence on: every change after it, none missed.
+        async for event in wsi.watch(workflow.workflow_id, after_sequence=workflow.sequence):
             if event.kind == pb.WorkflowEvent.JOB_STATE:
                 state = pb.JobState.Name(event.job.state).removeprefix("JOB_STATE_")
                 print(f"  {event.job.key}: {state} {event.job.error}".rstrip())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -134,6 +135,16 @@ def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         call()
     return info.value
+
+
+def json_documents(text: str) -> list[dict[str, object]]:
+    """The JSON documents of a stream printed one after another (grpcurl's output)."""
+    decoder, documents, rest = json.JSONDecoder(), [], text.strip()
+    while rest:
+        document, end = decoder.raw_decode(rest)
+        documents.append(document)
+        rest = rest[end:].strip()
+    return documents
 
 
 @pytest.fixture(scope="module")

