@@ -15,7 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import TypeVar
 
@@ -193,7 +201,7 @@ class SchedulerClient:
 
     async def watch(
         self, workflow_id: str, after_sequence: int = 0
-    ) -> AsyncIterator[pb.WorkflowEvent]:
+    ) -> AsyncGenerator[pb.WorkflowEvent, None]:
         """The workflow's events until it ends: a snapshot first (unless
         resuming from ``after_sequence``), then every change once, in order.
         A dropped connection is reopened from the last delivered sequence; the

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from clients.client import SchedulerClient, SchedulerError, job
+from clients.sync_client import SyncSchedulerClient
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import CMU, Cluster
 from tests.integration.conftest import LONG, Watcher, job_transitions
@@ -127,3 +128,24 @@ async def test_watch_across_dropped_connections_delivers_every_change_once(
         assert [s for k, s in transitions if k == key] == ["RUNNING", "SUCCEEDED"]
     assert changes[-1].workflow_state == pb.WORKFLOW_STATE_SUCCEEDED
     assert all(b.sequence > a.sequence for a, b in itertools.pairwise(received))
+
+
+def test_the_sync_client_does_the_same_without_asyncio(shared: Cluster) -> None:
+    with SyncSchedulerClient(shared.scheduler.address, user="client-sync") as wsi:
+        created = wsi.create_workflow([job("a", "TISSUE_MASK", CMU, key="m")], name="sync")
+        states = [
+            pb.JobState.Name(e.job.state)
+            for e in wsi.watch(created.workflow_id, created.sequence)
+            if e.kind == pb.WorkflowEvent.JOB_STATE
+        ]
+        assert states == ["JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]
+        assert wsi.get_workflow(created.workflow_id).state == pb.WORKFLOW_STATE_SUCCEEDED
+        assert wsi.list_workflows().workflows[0].name == "sync"
+        with pytest.raises(SchedulerError) as finished:
+            wsi.cancel_job(created.jobs[0].job_id)
+        assert finished.value.code is grpc.StatusCode.FAILED_PRECONDITION
+        # Leaving a watch early closes its stream.
+        second = wsi.create_workflow([job("a", "TISSUE_MASK", CMU)])
+        for _ in wsi.watch(second.workflow_id):
+            break
+        assert wsi.stats().max_workers == 4
