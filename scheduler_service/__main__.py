@@ -11,8 +11,9 @@ from collections.abc import Sequence
 import grpc
 
 from clients.wsi.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-from scheduler_service import convert
+from scheduler_service import convert, recovery, retention
 from scheduler_service.dispatcher import Dispatcher
+from scheduler_service.journal import MEMORY, SqliteJournal
 from scheduler_service.limits import RateLimiter
 from scheduler_service.policy import SchedulingPolicy
 from scheduler_service.service import SchedulerServicer
@@ -20,6 +21,7 @@ from scheduler_service.store import JobRecord, Store, WorkflowRecord
 from wsi_runtime import serving, settings
 
 log = logging.getLogger("wsi.scheduler")
+RETENTION_CHECK_S = 60.0
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 
 
@@ -39,20 +41,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     settings.add(parser, "--rate-limit", 20.0, "mutating calls per second per user (0: off)")
     settings.add(parser, "--rate-burst", 40.0, "mutating calls a user may make at once")
     settings.add(parser, "--max-pending-per-user", 10000, "PENDING jobs one user may have (0: off)")
+    settings.add(
+        parser,
+        "--journal",
+        "state/scheduler-journal.sqlite",
+        f"SQLite journal the state survives restarts in ({MEMORY}: none)",
+    )
+    settings.add(
+        parser,
+        "--retention-hours",
+        0.0,
+        "prune finished workflows and their results this long after they end (0: keep)",
+    )
     settings.add_common(parser, grace=2.0)
     return parser.parse_args(argv)
 
 
-def build(args: argparse.Namespace) -> tuple[Store, Dispatcher, SchedulerServicer]:
+def build(
+    args: argparse.Namespace,
+) -> tuple[Store, Dispatcher, SchedulerServicer, SqliteJournal]:
     policy = SchedulingPolicy(args.max_workers, args.max_active_users, args.max_attempts)
-    clock = time.time
     store_ref: list[Store] = []
 
     def publish(wf: WorkflowRecord, kind: str, job: JobRecord) -> None:
-        wf.feed.publish(convert.change_event(store_ref[0], wf, kind, job, clock()))
+        store = store_ref[0]
+        wf.feed.publish(convert.change_event(store, wf, kind, job, store.now()))
 
-    store = Store(policy, clock, publish)
+    store = Store(policy, time.time, publish)
     store_ref.append(store)
+    journal = SqliteJournal(args.journal)
+    started = time.perf_counter()
+    recovered = recovery.recover(store, journal.records(), journal)
+    if recovered.records:
+        log.info(
+            "journal %s: %d records replayed in %.2fs, %d workflows, %d running jobs requeued%s",
+            args.journal,
+            recovered.records,
+            time.perf_counter() - started,
+            recovered.workflows,
+            recovered.requeued,
+            f", {recovered.skipped} records skipped" if recovered.skipped else "",
+        )
     addresses = [a.strip() for a in args.worker_addresses.split(",") if a.strip()]
     dispatcher = Dispatcher(store, addresses)
     servicer = SchedulerServicer(
@@ -63,11 +92,27 @@ def build(args: argparse.Namespace) -> tuple[Store, Dispatcher, SchedulerService
         limiter=RateLimiter(args.rate_limit, max(1.0, args.rate_burst)),
         max_pending_per_user=args.max_pending_per_user,
     )
-    return store, dispatcher, servicer
+    return store, dispatcher, servicer, journal
+
+
+async def prune_periodically(store: Store, journal: SqliteJournal, hours: float) -> None:
+    interval = min(RETENTION_CHECK_S, hours * 3600 / 10)
+    while True:
+        retention.prune_expired(store, journal, time.time() - hours * 3600)
+        await asyncio.sleep(interval)
 
 
 async def serve(args: argparse.Namespace) -> None:
-    _, dispatcher, servicer = build(args)
+    store, dispatcher, servicer, journal = build(args)
+    tasks = []
+    if args.retention_hours > 0:
+        tasks.append(asyncio.create_task(prune_periodically(store, journal, args.retention_hours)))
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+        await dispatcher.close()
+
     server = grpc.aio.server()
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
     health, address = await serving.start(server, SERVICE_NAME, args.host, args.scheduler_port)
@@ -79,7 +124,8 @@ async def serve(args: argparse.Namespace) -> None:
         args.max_workers,
         args.max_active_users,
     )
-    await serving.run_until_signalled(server, health, args.grace, dispatcher.close)
+    await serving.run_until_signalled(server, health, args.grace, stop)
+    journal.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

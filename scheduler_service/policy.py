@@ -256,6 +256,54 @@ class SchedulingPolicy:
             budget -= 1
         return started
 
+    def dispatch(self, job_id: str) -> bool:
+        """Starts this job, as a recorded earlier pick (journal replay). The
+        normal pick is tried first, so an exact replay keeps the round-robin and
+        admission order exactly; otherwise the job starts if it could run at
+        all, its user taking a free active slot. False if it cannot start."""
+        if self._running >= self.max_workers:
+            return False
+        if self._pick_matches(job_id):
+            return True
+        if job_id not in self._jobs or not self._is_ready(job_id):
+            return False
+        user = self._jobs[job_id].user
+        if user not in self._active_set:
+            if len(self._active) >= self.max_active_users:
+                return False
+            self._waiting.remove(user)
+            self._waiting_set.discard(user)
+            self._active.append(user)
+            self._active_set.add(user)
+        self._rotate_to_back(user)
+        self._start(job_id)
+        return True
+
+    def _pick_matches(self, job_id: str) -> bool:
+        """Runs the normal pick if it would choose ``job_id``; leaves every
+        structure as it was otherwise."""
+        saved = (deque(self._active), set(self._active_set), deque(self._waiting))
+        saved_waiting_set = set(self._waiting_set)
+        if self._pick() == job_id:
+            self._start(job_id)
+            return True
+        self._active, self._active_set, self._waiting = saved
+        self._waiting_set = saved_waiting_set
+        return False
+
+    def forget(self, job_ids: Sequence[str]) -> None:
+        """Drops finished jobs for good (retention): their memory is freed."""
+        for job_id in job_ids:
+            job = self._job(job_id)
+            if not job.state.terminal:
+                raise PolicyError(f"job {job_id} is {job.state.value}, not finished")
+        for job_id in job_ids:
+            job = self._jobs.pop(job_id)
+            self._by_order.pop(job.order, None)
+            self._lanes.pop(job.lane, None)  # every job of a finished workflow's lanes is done
+            if job.user in self._users:
+                self._users[job.user].lanes.discard(job.lane)
+
     def finish(self, job_id: str, state: State, reason: str = "") -> list[Transition]:
         """A running job ended SUCCEEDED, FAILED or CANCELLED. Returns the
         transitions this caused, the job's own first."""
@@ -356,8 +404,8 @@ class SchedulingPolicy:
     def _peek_ready(self, user: str) -> str | None:
         heap = self._users[user].ready
         while heap:
-            job_id = self._by_order[heap[0]]
-            if self._is_ready(job_id):
+            job_id = self._by_order.get(heap[0])
+            if job_id is not None and self._is_ready(job_id):
                 return job_id
             heapq.heappop(heap)
         return None

@@ -16,6 +16,7 @@ from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler_service import convert
 from scheduler_service.dispatcher import Dispatcher
+from scheduler_service.journal import JournalError
 from scheduler_service.limits import RateLimiter, retry_after
 from scheduler_service.store import (
     AlreadyFinished,
@@ -69,6 +70,8 @@ def status_for(exc: Exception) -> grpc.StatusCode | None:
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, LimitExceeded):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, JournalError):
+        return grpc.StatusCode.UNAVAILABLE  # nothing was changed; the caller may retry
     return None
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 from scheduler_service import progress
 from scheduler_service.events import WorkflowFeed
+from scheduler_service.journal import Journal, NullJournal, Record
 from scheduler_service.policy import NewJob, SchedulingPolicy, State, Transition, WaitKind
 from scheduler_service.validation import JobInput
 
@@ -107,11 +109,14 @@ class Store:
         clock: Clock,
         on_event: EventSink,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        journal: Journal | None = None,
     ) -> None:
         self.policy = policy
-        self._clock = clock
+        self.clock = clock
         self._on_event = on_event
         self._new_id = new_id
+        self.journal: Journal = journal or NullJournal()
+        self._now = 0.0  # the time of the command being applied
         self._jobs: dict[str, JobRecord] = {}
         self._workflows: dict[str, WorkflowRecord] = {}
         self._users: dict[str, _UserIndex] = {}
@@ -179,18 +184,41 @@ class Store:
         jobs: Sequence[JobInput],
         slide_files: Sequence[str],
         request_id: str = "",
+        ids: tuple[str, Sequence[str]] | None = None,
     ) -> tuple[WorkflowRecord, bool]:
-        """Returns the workflow and whether it is new (False on a repeated request_id)."""
-        index = self._users.setdefault(user, _UserIndex())
-        if request_id and request_id in index.requests:
+        """Returns the workflow and whether it is new (False on a repeated
+        request_id). ``ids`` (workflow id, job ids) are given when replaying."""
+        index = self._users.get(user)
+        if request_id and index is not None and request_id in index.requests:
             return self._workflows[index.requests[request_id]], False
-        now = self._clock()
+        now = self._stamp()
+        if ids is None:
+            workflow_id, job_ids = self._new_id(), [self._new_id() for _ in jobs]
+        else:
+            workflow_id, job_ids = ids[0], list(ids[1])
+        self.journal.append(
+            Record(
+                "create",
+                workflow_id,
+                1,
+                now,
+                {
+                    "user": user,
+                    "name": name,
+                    "request_id": request_id,
+                    "jobs": [
+                        {**dataclasses.asdict(job), "job_id": job_id, "slide_file": slide_file}
+                        for job, job_id, slide_file in zip(jobs, job_ids, slide_files, strict=True)
+                    ],
+                },
+            )
+        )
+        index = self._users.setdefault(user, _UserIndex())
         self._order += 1
-        workflow_id = self._new_id()
-        ids = {job.key: self._new_id() for job in jobs}
+        ids_by_key = dict(zip((job.key for job in jobs), job_ids, strict=True))
         records = [
             JobRecord(
-                job_id=ids[job.key],
+                job_id=ids_by_key[job.key],
                 workflow_id=workflow_id,
                 user=user,
                 key=job.key,
@@ -199,7 +227,7 @@ class Store:
                 wsi_path=job.wsi_path,
                 slide_file=slide_file,
                 depends_on=job.depends_on,
-                depends_on_ids=tuple(ids[d] for d in job.depends_on),
+                depends_on_ids=tuple(ids_by_key[d] for d in job.depends_on),
                 params=job.params,
                 create_time=now,
             )
@@ -237,42 +265,116 @@ class Store:
         chooses for each, and returns them."""
         self.free_slots = free_slots
         started = []
-        now = self._clock()
         for job_id in self.policy.next_dispatches(free_slots):
             job = self._jobs[job_id]
-            job.attempt = self.policy.attempt(job_id)
-            job.start_time = now
-            job.end_time = 0.0
-            job.error = ""
-            job.worker = place(job)
-            self._set_tiles(job, 0, job.tiles_total)
-            self._set_state(job, State.RUNNING, "")
+            worker = place(job)
+            self._record("dispatch", job, {"job_id": job_id, "worker": worker})
+            self._mark_running(job, worker, self._now)
             started.append(job)
         self.free_slots = max(0, free_slots - len(started))
         return started
+
+    def replay_dispatch(self, job_id: str, worker: str) -> bool:
+        """Starts the job a journal says was dispatched; False if it cannot run
+        now (the journal and the rebuilt state disagree: it stays PENDING)."""
+        if not self.policy.dispatch(job_id):
+            return False
+        self._mark_running(self._jobs[job_id], worker, self._stamp())
+        return True
+
+    def _mark_running(self, job: JobRecord, worker: str, now: float) -> None:
+        job.attempt = self.policy.attempt(job.job_id)
+        job.start_time = now
+        job.end_time = 0.0
+        job.error = ""
+        job.worker = worker
+        self._set_tiles(job, 0, job.tiles_total)
+        self._set_state(job, State.RUNNING, "")
 
     def progress(self, job_id: str, tiles_done: int, tiles_total: int) -> None:
         job = self._jobs.get(job_id)
         if job is None or job.state is not State.RUNNING:
             return
+        self._record("progress", job, {"job_id": job_id, "done": tiles_done, "total": tiles_total})
         self._set_tiles(job, tiles_done, tiles_total)
         self._on_event(self._workflows[job.workflow_id], "progress", job)
 
-    def succeed(self, job_id: str, files: dict[str, str], summary: str) -> None:
+    def succeed(
+        self, job_id: str, files: dict[str, str], summary: str, tiles_total: int | None = None
+    ) -> None:
         job = self._jobs[job_id]
+        total = job.tiles_total if tiles_total is None else tiles_total
+        self._record(
+            "succeed",
+            job,
+            {"job_id": job_id, "files": files, "summary": summary, "tiles_total": total},
+        )
         job.result_files, job.result_summary = dict(files), summary
-        self._set_tiles(job, job.tiles_total, job.tiles_total)
+        self._set_tiles(job, total, total)
         self._apply(self.policy.finish(job_id, State.SUCCEEDED))
 
     def fail(self, job_id: str, error: str) -> None:
+        self._record("fail", self._jobs[job_id], {"job_id": job_id, "error": error})
         self._apply(self.policy.finish(job_id, State.FAILED, error))
 
     def finish_cancelled(self, job_id: str) -> None:
+        self._record("finish_cancelled", self._jobs[job_id], {"job_id": job_id})
         self._apply(self.policy.finish(job_id, State.CANCELLED, "cancelled by user"))
 
     def lose(self, job_id: str, reason: str) -> None:
         """The job's worker stream broke: retry it, or fail it after max attempts."""
+        self._record("lose", self._jobs[job_id], {"job_id": job_id, "reason": reason})
         self._apply(self.policy.lose(job_id, reason))
+
+    def advance_sequence(self, workflow_id: str, sequence: int) -> None:
+        """Replay: the next event of the workflow gets ``sequence`` (numbers of
+        progress events, which are not journaled, are skipped)."""
+        feed = self._workflows[workflow_id].feed
+        feed.sequence = max(feed.sequence, sequence - 1)
+
+    def running_jobs(self) -> list[JobRecord]:
+        return [self._jobs[job_id] for job_id in self.policy.running_jobs()]
+
+    def finished_before(self, cutoff: float) -> list[WorkflowRecord]:
+        """Finished workflows whose last job ended before ``cutoff``, oldest first."""
+        return [
+            wf
+            for wf in self._workflows.values()
+            if wf.terminal and max((j.end_time for j in wf.jobs), default=0.0) < cutoff
+        ]
+
+    def prune(self, workflow_id: str) -> WorkflowRecord:
+        """Forgets a finished workflow (retention). Its ids answer NOT_FOUND after."""
+        wf = self._workflows[workflow_id]
+        if not wf.terminal:
+            raise AlreadyFinished(f"workflow {workflow_id!r} has not finished")
+        self._record("prune", wf.jobs[0], {"workflow_id": workflow_id})
+        self.policy.forget([job.job_id for job in wf.jobs])
+        del self._workflows[workflow_id]
+        for job in wf.jobs:
+            del self._jobs[job.job_id]
+        index = self._users[wf.user]
+        at = bisect.bisect_left(index.workflow_orders, wf.order)
+        del index.workflow_orders[at], index.workflow_ids[at]
+        for request_id in [r for r, w in index.requests.items() if w == workflow_id]:
+            del index.requests[request_id]
+        return wf
+
+    def now(self) -> float:
+        """The time of the change being applied: one command, one time, so a
+        replay (which runs at the recorded times) stamps exactly the same."""
+        return self._now
+
+    def _stamp(self) -> float:
+        self._now = self.clock()
+        return self._now
+
+    def _record(self, kind: str, job: JobRecord, payload: dict[str, object]) -> None:
+        """Journals a command before it is applied, at a fresh command time."""
+        wf = self._workflows[job.workflow_id]
+        self.journal.append(
+            Record(kind, wf.workflow_id, wf.feed.sequence + 1, self._stamp(), payload)
+        )
 
     def cancel_job(self, user: str, job_id: str) -> tuple[JobRecord, bool]:
         """Returns the job and whether its running stream must be stopped."""
@@ -280,6 +382,7 @@ class Store:
         if job.state.terminal:
             raise AlreadyFinished(f"job {job.key!r} has already ended {job.state.value}")
         running = job.state is State.RUNNING
+        self._record("cancel_job", job, {"user": user, "job_id": job_id})
         self._apply(self.policy.cancel(job_id))
         return job, running
 
@@ -288,6 +391,7 @@ class Store:
         wf = self.workflow(user, workflow_id)
         if wf.terminal:
             raise AlreadyFinished(f"workflow {wf.workflow_id!r} has already ended {wf.state}")
+        self._record("cancel_workflow", wf.jobs[0], {"user": user, "workflow_id": workflow_id})
         to_stop = []
         for job in wf.jobs:
             if job.state is State.RUNNING:
@@ -318,7 +422,8 @@ class Store:
         before_state, before_fraction = job.state, job.fraction
         job.state = state
         if state.terminal:
-            job.end_time = self._clock()
+            self.journal.forget_progress(job.job_id)  # its final record supersedes them
+            job.end_time = self._now
             if state is not State.SUCCEEDED:
                 job.error = reason
         elif state is State.PENDING:

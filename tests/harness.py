@@ -110,6 +110,9 @@ def start_worker(workdir: Path, name: str = "worker", slots: int = 2, **extra: s
 
 
 def start_scheduler(workdir: Path, workers: Sequence[Service], **extra: int | str) -> Service:
+    """The journal lives in ``workdir`` unless ``journal=`` says otherwise, so a
+    scheduler started again on the same workdir recovers its state."""
+    extra.setdefault("journal", str(workdir / "scheduler-journal.sqlite"))
     args = ["--scheduler-port", "0", "--slide-roots", str(SLIDES)]
     args += ["--worker-addresses", ",".join(w.address for w in workers)]
     for key, value in extra.items():

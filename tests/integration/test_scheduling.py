@@ -216,7 +216,12 @@ def test_worker_killed_mid_job_is_retried_on_the_other_worker(workdir: Path) -> 
 
         events = follow(c, "crash", wf, on_event=kill_its_worker)
         final = get(c, "crash", wf.workflow_id).jobs[0]
+        undisturbed = create(c, "crash", [spec("reference", params=LONG)])
+        follow(c, "crash", undisturbed)
+        reference = get(c, "crash", undisturbed.workflow_id).jobs[0]
     assert killed, "the job finished before its worker could be killed"
+    found = json.loads(final.result.summary)["nuclei"]
+    assert found == json.loads(reference.result.summary)["nuclei"] > 1000
     assert final.state == pb.JOB_STATE_SUCCEEDED
     assert final.attempt == 2
     assert final.worker != killed[0]

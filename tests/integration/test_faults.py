@@ -1,0 +1,137 @@
+"""Faults with real processes and SIGKILL: the scheduler (and its workers) die
+mid-run and come back on the same journal; nothing is lost or duplicated."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from tests.harness import Cluster, Service, cluster, start_scheduler, start_worker, user
+from tests.integration.conftest import LONG, create, get, job_transitions, spec, watch
+
+pytestmark = pytest.mark.integration
+
+
+def restart_scheduler(c: Cluster, workdir: Path, workers: list[Service]) -> Service:
+    """A new scheduler process on the same journal (and a new port)."""
+    scheduler = start_scheduler(workdir, workers)
+    c.scheduler = scheduler
+    c.channel = grpc.insecure_channel(scheduler.address)
+    c.stub = pb_grpc.SchedulerStub(c.channel)
+    return scheduler
+
+
+def wait_until(condition: object, timeout: float = 30, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def comparable(wf: pb.Workflow) -> list[tuple[object, ...]]:
+    """What must come back unchanged for a job that had finished."""
+    return [
+        (
+            j.job_id,
+            j.key,
+            j.state,
+            j.attempt,
+            dict(j.result.files),
+            j.result.summary,
+            j.error,
+            j.start_time.ToNanoseconds(),
+            j.end_time.ToNanoseconds(),
+        )
+        for j in wf.jobs
+    ]
+
+
+def nuclei(job: pb.Job) -> int:
+    return int(json.loads(job.result.summary)["nuclei"])
+
+
+def seg_running(c: Cluster, who: str, wf: pb.Workflow) -> bool:
+    job = get(c, who, wf.workflow_id).jobs[1]
+    return job.state == pb.JOB_STATE_RUNNING and job.progress.tiles_done > 2
+
+
+@pytest.mark.parametrize("kill_workers_too", [False, True], ids=["scheduler", "both"])
+def test_a_killed_scheduler_comes_back_with_everything(
+    workdir: Path, kill_workers_too: bool
+) -> None:
+    with cluster(workdir, worker_slots=(2,), max_workers=2) as c:
+        # A finished workflow, a reference run, and one caught mid-run.
+        done = create(c, "alice", [spec("mask"), spec("seg", params=LONG)], name="done")
+        watch(c, "alice", done.workflow_id)
+        retried = c.stub.CreateWorkflow(
+            pb.CreateWorkflowRequest(
+                name="mid",
+                request_id="req-1",
+                jobs=[spec("mask"), spec("seg", params=LONG), spec("after")],
+            ),
+            metadata=user("alice"),
+        )
+        other = create(c, "bob", [spec("queued", params=LONG, branch="z")], name="bob's")
+        wait_until(lambda: seg_running(c, "alice", retried), what="the segmentation to run")
+        before = {
+            wf.workflow_id: get(c, owner, wf.workflow_id)
+            for owner, wf in (("alice", done), ("alice", retried), ("bob", other))
+        }
+        last_sequence = before[retried.workflow_id].sequence
+
+        c.scheduler.kill(signal.SIGKILL)
+        worker = c.workers[0]
+        if kill_workers_too:
+            worker.kill(signal.SIGKILL)
+            worker = start_worker(workdir, "worker-again", 2)
+        else:  # the worker notices the broken stream and stops the job's tiles
+            wait_until(lambda: "stopping its tiles" in worker.log(), 10, "the worker to stop")
+        scheduler = restart_scheduler(c, workdir, [worker])
+        try:
+            c.wait_workers(1)
+            assert "running jobs requeued" in scheduler.log()
+            # Every workflow is back; the finished one exactly as it was.
+            assert comparable(get(c, "alice", done.workflow_id)) == comparable(
+                before[done.workflow_id]
+            )
+            listed = c.stub.ListWorkflows(pb.ListWorkflowsRequest(), metadata=user("alice"))
+            assert [w.workflow_id for w in listed.workflows] == [
+                retried.workflow_id,
+                done.workflow_id,
+            ]
+            # The create is still idempotent: no duplicate from a retried request.
+            again = c.stub.CreateWorkflow(
+                pb.CreateWorkflowRequest(name="mid", request_id="req-1", jobs=[spec("x")]),
+                metadata=user("alice"),
+            )
+            assert again.workflow_id == retried.workflow_id
+            # A watcher resumes from what it had seen, without a gap or a repeat.
+            events = watch(c, "alice", retried.workflow_id, after=last_sequence)
+            assert [e.sequence for e in events] == list(
+                range(last_sequence + 1, last_sequence + 1 + len(events))
+            )
+            transitions = job_transitions(events)
+            assert transitions[0] == ("seg", "PENDING")  # requeued by the restart ...
+            assert [s for k, s in transitions if k == "seg"] == ["PENDING", "RUNNING", "SUCCEEDED"]
+            assert [s for k, s in transitions if k == "after"] == ["RUNNING", "SUCCEEDED"]
+            assert not [
+                t for t in transitions if t[0] == "mask"
+            ]  # ... the finished job was not rerun
+            final = get(c, "alice", retried.workflow_id)
+            seg = final.jobs[1]
+            assert seg.attempt == 2 and final.state == pb.WORKFLOW_STATE_SUCCEEDED
+            assert final.progress.tiles_done == final.progress.tiles_total  # not counted twice
+            assert nuclei(seg) == nuclei(get(c, "alice", done.workflow_id).jobs[1])
+            assert (
+                watch(c, "bob", other.workflow_id)[-1].workflow_state == pb.WORKFLOW_STATE_SUCCEEDED
+            )
+        finally:
+            scheduler.stop()
+            worker.stop()

@@ -1,0 +1,267 @@
+"""The journal and its replay: a store rebuilt from the records of another is
+the same store (states, results, times, sequence numbers, user slots and their
+order), whatever happened; a restart requeues the running jobs; pruning
+forgets workflows for good."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scheduler_service.journal import JournalError, Record, SqliteJournal
+from scheduler_service.policy import SchedulingPolicy, State
+from scheduler_service.recovery import RESTART_REASON, recover, replay
+from scheduler_service.store import AlreadyFinished, JobRecord, NotFound, Store, WorkflowRecord
+from scheduler_service.validation import JobInput
+
+
+def publish(wf: WorkflowRecord, kind: str, job: JobRecord) -> None:
+    wf.feed.publish((wf.feed.next_sequence(), kind, job.job_id, job.state.value))
+
+
+def new_store(journal: SqliteJournal | None, max_workers: int = 2, users: int = 2) -> Store:
+    ticks = itertools.count(1000)
+    ids = (f"id{n}" for n in itertools.count())
+    return Store(
+        SchedulingPolicy(max_workers, users, max_attempts=2),
+        clock=lambda: float(next(ticks)),
+        on_event=publish,
+        new_id=lambda: next(ids),
+        journal=journal,
+    )
+
+
+def fingerprint(store: Store) -> dict[str, Any]:
+    """Everything a user or the scheduler can observe of a store."""
+    workflows = {}
+    for user in ("u0", "u1", "u2", "u3"):
+        page, _ = store.list_workflows(user, 1000, "")
+        for wf in page:
+            workflows[wf.workflow_id] = (
+                wf.user,
+                wf.state,
+                wf.feed.sequence,
+                round(wf.percent, 6),
+                [
+                    (
+                        j.key,
+                        j.state.value,
+                        j.attempt,
+                        j.error,
+                        j.result_files,
+                        j.result_summary,
+                        j.create_time,
+                        j.start_time,
+                        j.end_time,
+                        j.worker,
+                        j.tiles_total if j.state is State.SUCCEEDED else None,
+                        store.pending_reason(j),
+                    )
+                    for j in wf.jobs
+                ],
+            )
+    policy = store.policy
+    return {
+        "workflows": workflows,
+        "active": policy.active_users,
+        "waiting": policy.waiting_users,
+        "running": sorted(policy.running_jobs()),
+        "pending": policy.pending_count,
+    }
+
+
+Op = tuple[str, int, int]
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["create", "dispatch", "succeed", "fail", "lose", "cancel", "cancel_wf", "progress"]
+        ),
+        st.integers(0, 3),
+        st.integers(0, 50),
+    ),
+    max_size=60,
+)
+
+
+def drive(store: Store, script: list[Op]) -> None:
+    """Applies a random but valid series of commands to ``store``."""
+    for op, who, pick in script:
+        user = f"u{who}"
+        running = store.running_jobs()
+        if op == "create":
+            specs = [
+                JobInput(
+                    f"k{i}",
+                    f"b{(pick + i) % 3}",
+                    "TISSUE_MASK",
+                    "s.svs",
+                    (f"k{i - 1}",) if i and (pick + i) % 4 == 0 else (),
+                )
+                for i in range(1 + pick % 4)
+            ]
+            store.create_workflow(
+                user,
+                f"wf{pick}",
+                specs,
+                ["/s.svs"] * len(specs),
+                request_id=f"r{pick % 7}" if pick % 2 else "",
+            )
+        elif op == "dispatch":
+            store.take_dispatches(1 + pick % 2, (lambda w: lambda job: w)(f"worker{pick % 2}"))
+        elif running and op in ("succeed", "fail", "lose", "progress"):
+            job = running[pick % len(running)]
+            if op == "succeed":
+                store.succeed(job.job_id, {"summary.json": f"/r/{job.job_id}/s"}, "{}", pick)
+            elif op == "fail":
+                store.fail(job.job_id, f"boom {pick}")
+            elif op == "lose":
+                store.lose(job.job_id, "worker lost")
+            else:
+                store.progress(job.job_id, pick % 5, 5)
+        elif op in ("cancel", "cancel_wf"):
+            page, _ = store.list_workflows(user, 1000, "")
+            if not page:
+                continue
+            wf = page[pick % len(page)]
+            try:
+                if op == "cancel_wf":
+                    store.cancel_workflow(user, wf.workflow_id)
+                else:
+                    job, was_running = store.cancel_job(user, wf.jobs[pick % len(wf.jobs)].job_id)
+                    if was_running:
+                        store.finish_cancelled(job.job_id)
+            except AlreadyFinished:
+                pass
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops)
+def test_a_replayed_store_is_the_store(script: list[Op]) -> None:
+    journal = SqliteJournal(":memory:")
+    original = new_store(journal)
+    drive(original, script)
+    rebuilt = new_store(None)
+    outcome = replay(rebuilt, journal.records())
+    assert outcome.skipped == 0
+    rebuilt.free_slots = original.free_slots  # the dispatcher's, not journaled state
+    assert fingerprint(rebuilt) == fingerprint(original)
+    # And both go on alike: the next picks are the same jobs.
+    assert [j.job_id for j in rebuilt.take_dispatches(2, lambda job: "w")] == [
+        j.job_id for j in original.take_dispatches(2, lambda job: "w")
+    ]
+
+
+def test_recover_requeues_running_jobs_as_a_new_attempt_and_journals_that() -> None:
+    journal = SqliteJournal(":memory:")
+    store = new_store(journal)
+    wf, _ = store.create_workflow(
+        "u0",
+        "w",
+        [JobInput("a", "x", "TISSUE_MASK", "s"), JobInput("b", "x", "TISSUE_MASK", "s")],
+        ["/s", "/s"],
+    )
+    store.take_dispatches(2, lambda job: "w1")
+    store.progress(wf.jobs[0].job_id, 3, 10)
+    rebuilt = new_store(None)
+    outcome = recover(rebuilt, journal.records(), journal)
+    assert outcome.requeued == 1
+    a, b = rebuilt.workflow("u0", wf.workflow_id).jobs
+    assert a.state is State.PENDING and a.attempt == 1 and a.error == RESTART_REASON
+    assert rebuilt.pending_reason(b) == "branch 'x' busy: job 'a' is queued ahead of it"
+    assert rebuilt.policy.active_users == ["u0"]  # the slot survives
+    # Numbering goes on after the last event watchers saw (the requeue is one more).
+    assert rebuilt.workflow("u0", wf.workflow_id).feed.sequence == wf.feed.sequence + 1
+    [started] = rebuilt.take_dispatches(1, lambda job: "w2")
+    assert started.job_id == a.job_id and started.attempt == 2
+    assert started.tiles_done == 0  # tiles of the broken run are not counted twice
+    # A second restart during its second (last allowed) attempt fails it.
+    again = new_store(None)
+    recover(again, journal.records(), SqliteJournal(":memory:"))
+    final = again.workflow("u0", wf.workflow_id).jobs[0]
+    assert final.state is State.FAILED and "gave up after 2 attempts" in final.error
+
+
+def test_the_waiting_line_of_users_survives_in_order() -> None:
+    journal = SqliteJournal(":memory:")
+    store = new_store(journal, max_workers=4, users=1)
+    for user in ("u0", "u1", "u2", "u3"):
+        store.create_workflow(user, "w", [JobInput("a", "x", "TISSUE_MASK", "s")], ["/s"])
+    store.take_dispatches(4, lambda job: "w1")
+    assert store.policy.active_users == ["u0"]
+    rebuilt = new_store(None, max_workers=4, users=1)
+    recover(rebuilt, journal.records(), journal)
+    assert rebuilt.policy.active_users == ["u0"]
+    assert rebuilt.policy.waiting_users == ["u1", "u2", "u3"]
+
+
+def test_pruning_forgets_the_workflow_and_its_records() -> None:
+    journal = SqliteJournal(":memory:")
+    store = new_store(journal)
+    done, _ = store.create_workflow(
+        "u0", "old", [JobInput("a", "x", "TISSUE_MASK", "s")], ["/s"], "req"
+    )
+    store.take_dispatches(1, lambda job: "w")
+    store.succeed(done.jobs[0].job_id, {}, "{}", 1)
+    live, _ = store.create_workflow("u0", "new", [JobInput("a", "x", "TISSUE_MASK", "s")], ["/s"])
+    with pytest.raises(AlreadyFinished):
+        store.prune(live.workflow_id)
+    assert [wf.workflow_id for wf in store.finished_before(1e12)] == [done.workflow_id]
+    store.prune(done.workflow_id)
+    journal.forget_workflow(done.workflow_id)
+    with pytest.raises(NotFound):
+        store.workflow("u0", done.workflow_id)
+    assert [w.workflow_id for w in store.list_workflows("u0", 10, "")[0]] == [live.workflow_id]
+    again, created = store.create_workflow(
+        "u0", "x", [JobInput("a", "x", "TISSUE_MASK", "s")], ["/s"], "req"
+    )
+    assert created  # the request id was forgotten with its workflow
+    rebuilt = new_store(None)
+    replay(rebuilt, journal.records())
+    assert {w.workflow_id for w in rebuilt.list_workflows("u0", 10, "")[0]} == {
+        live.workflow_id,
+        again.workflow_id,
+    }
+    [started] = rebuilt.take_dispatches(1, lambda job: "w")
+    assert started.workflow_id == live.workflow_id
+
+
+def test_a_torn_journal_is_read_up_to_its_last_complete_record(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    journal = SqliteJournal(path)
+    store = new_store(journal)
+    for n in range(50):
+        store.create_workflow("u0", f"w{n}", [JobInput("a", "x", "TISSUE_MASK", "s")], ["/s"])
+    wal = Path(f"{path}-wal")
+    size = wal.stat().st_size
+    # Simulate a crash in the middle of writing the last record: copy the
+    # database files as a crash would leave them, then cut the WAL mid-frame.
+    crashed = tmp_path / "crashed.sqlite"
+    crashed.write_bytes(path.read_bytes())
+    Path(f"{crashed}-wal").write_bytes(wal.read_bytes()[: size - 700])
+    journal.close()
+    recovered = SqliteJournal(crashed)
+    records = list(recovered.records())
+    assert 0 < len(records) < 50
+    assert [r.payload["name"] for r in records] == [f"w{n}" for n in range(len(records))]
+    rebuilt = new_store(None)
+    assert replay(rebuilt, records).skipped == 0
+    recovered.append(Record("create", "next", 1, 0.0, {}))  # and it can be written again
+
+
+def test_a_journal_that_is_not_one_is_refused_with_its_path(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("not a database, just text " * 100)
+    with pytest.raises(JournalError, match=r"notes\.txt"):
+        SqliteJournal(bogus)
+    newer = tmp_path / "newer.sqlite"
+    SqliteJournal(newer).close()
+    with sqlite3.connect(newer) as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    with pytest.raises(JournalError, match="schema 99"):
+        SqliteJournal(newer)
