@@ -8,8 +8,6 @@ import logging
 import time
 from collections.abc import Sequence
 
-import grpc
-
 from clients.wsi.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from scheduler_service import convert, recovery, retention
 from scheduler_service.dispatcher import Dispatcher
@@ -113,7 +111,7 @@ async def serve(args: argparse.Namespace) -> None:
             task.cancel()
         await dispatcher.close()
 
-    server = grpc.aio.server()
+    server = serving.new_server()
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
     health, address = await serving.start(server, SERVICE_NAME, args.host, args.scheduler_port)
     dispatcher.start()

@@ -33,9 +33,11 @@ _LOST = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
+# A worker that dies without closing its connection (power, network) is noticed
+# within about keepalive_time + keepalive_timeout on a running job's stream.
 CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_time_ms", 5_000),
+    ("grpc.keepalive_timeout_ms", 3_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
@@ -49,6 +51,8 @@ class WorkerLink:
     slots: int = 0
     busy: int = 0
     connected: bool = False
+    error: str = ""
+    failed_probes: int = 0
     lost: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -128,6 +132,8 @@ class Dispatcher:
             try:
                 info = await link.stub.GetInfo(wpb.GetInfoRequest(), timeout=2.0)
             except grpc.aio.AioRpcError as exc:
+                link.failed_probes += 1
+                link.error = f"{exc.code().name}: {exc.details()}"
                 log.warning(
                     "worker %s unreachable (%s); retry in %.1fs",
                     link.address,
@@ -138,16 +144,18 @@ class Dispatcher:
                 delay = min(delay * 2, self.retry_max)
                 continue
             delay = self.retry_initial
+            link.error, link.failed_probes = "", 0
             link.slots, link.connected = max(0, info.slots), True
             link.lost.clear()
             log.info("worker %s connected: %d slots", link.address, link.slots)
             self.kick()
             await link.lost.wait()
 
-    def _mark_lost(self, link: WorkerLink) -> None:
+    def _mark_lost(self, link: WorkerLink, error: str = "") -> None:
         if link.connected:
             log.warning("worker %s lost", link.address)
             link.connected = False
+            link.error = error
             link.lost.set()
             self.kick()  # pending reasons and capacity change
 
@@ -215,7 +223,7 @@ class Dispatcher:
                 return
             if exc.code() in _LOST:
                 if exc.code() is not grpc.StatusCode.CANCELLED:
-                    self._mark_lost(link)
+                    self._mark_lost(link, f"{exc.code().name}: {exc.details()}")
                 self._end_unfinished(job_id, link, f"worker {link.address} lost: {exc.details()}")
             else:
                 self.store.fail(job_id, f"worker refused the job: {exc.details()}")

@@ -29,10 +29,11 @@ from scheduler_service.validation import (
     MAX_NAME_LENGTH,
     InvalidSpec,
     JobInput,
+    TooManyJobs,
     normalise_jobs,
     valid_user_id,
 )
-from wsi_runtime.slide_paths import SlidePathError, resolve_slide
+from wsi_runtime.slide_paths import SlidePathError, check_slide_format, resolve_slide
 
 if TYPE_CHECKING:
     from wsi_runtime.serving import Context
@@ -68,7 +69,7 @@ def status_for(exc: Exception) -> grpc.StatusCode | None:
         )
     if isinstance(exc, InvalidSpec | InvalidPageToken | BadRequest):
         return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, LimitExceeded):
+    if isinstance(exc, LimitExceeded | TooManyJobs):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(exc, JournalError):
         return grpc.StatusCode.UNAVAILABLE  # nothing was changed; the caller may retry
@@ -152,7 +153,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         for job in jobs:
             if job.wsi_path not in resolved:
                 try:
-                    resolved[job.wsi_path] = str(resolve_slide(job.wsi_path, self.slide_roots))
+                    real = resolve_slide(job.wsi_path, self.slide_roots)
+                    check_slide_format(real, job.wsi_path)
+                    resolved[job.wsi_path] = str(real)
                 except SlidePathError as exc:
                     raise SlidePathError(
                         f"job {job.key!r}: {exc}", permission=exc.permission
@@ -306,4 +309,15 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             max_workers=policy.max_workers,
             max_active_users=policy.max_active_users,
             watch_streams=self.watch_streams,
+            workers=[
+                pb.WorkerStatus(
+                    address=link.address,
+                    connected=link.connected,
+                    slots=link.slots,
+                    busy=link.busy,
+                    error=link.error,
+                    failed_probes=link.failed_probes,
+                )
+                for link in self.dispatcher.links
+            ],
         )

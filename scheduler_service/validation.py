@@ -20,6 +20,10 @@ class InvalidSpec(ValueError):
     """The submission is malformed; the message says what to fix."""
 
 
+class TooManyJobs(ValueError):
+    """The workflow holds more jobs than the configured cap (a quota)."""
+
+
 @dataclass(frozen=True)
 class JobInput:
     key: str
@@ -40,7 +44,10 @@ def normalise_jobs(jobs: Sequence[JobInput], max_jobs: int) -> list[JobInput]:
     if not jobs:
         raise InvalidSpec("a workflow needs at least one job")
     if len(jobs) > max_jobs:
-        raise InvalidSpec(f"a workflow may have at most {max_jobs} jobs, got {len(jobs)}")
+        raise TooManyJobs(
+            f"a workflow may have at most {max_jobs} jobs, got {len(jobs)}: "
+            "split it into several workflows"
+        )
     out: list[JobInput] = []
     seen: set[str] = set()
     for index, job in enumerate(jobs):

@@ -9,8 +9,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import grpc
-
 from clients.wsi.worker.v1 import worker_pb2, worker_pb2_grpc
 from worker_service.service import WorkerServicer
 from worker_service.tile_pool import TilePool
@@ -41,7 +39,7 @@ async def serve(args: argparse.Namespace) -> None:
         pool=pool,
         progress_interval=args.progress_interval,
     )
-    server = grpc.aio.server()
+    server = serving.new_server()
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
     health, address = await serving.start(server, SERVICE_NAME, args.host, args.worker_port)
     serving.announce(

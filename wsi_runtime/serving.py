@@ -20,6 +20,22 @@ if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
 
 
+# Both ends of a long stream ping: the server notices a vanished client (a
+# killed scheduler) within seconds and tolerates the clients' frequent pings.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 5_000),
+    ("grpc.keepalive_timeout_ms", 3_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+]
+
+
+def new_server() -> grpc.aio.Server:
+    return grpc.aio.server(options=SERVER_OPTIONS)
+
+
 def add_health_and_reflection(
     server: grpc.aio.Server, service_names: Sequence[str]
 ) -> health_aio.HealthServicer:

@@ -45,3 +45,20 @@ def resolve_slide(path: str, roots: Sequence[Path]) -> Path:
             permission=True,
         )
     raise SlidePathError(f"slide {path!r} not found under the slide roots")
+
+
+def check_slide_format(path: Path, shown_as: str) -> str:
+    """The OpenSlide vendor of ``path`` (a cheap header check, no decoding), so
+    a file that is no slide at all is refused before it is queued. A slide
+    whose pixels turn out to be broken still fails later, in its job."""
+    import openslide  # deferred: only the scheduler's create path needs it
+
+    try:
+        vendor = openslide.OpenSlide.detect_format(str(path))
+    except openslide.OpenSlideError as exc:
+        raise SlidePathError(f"slide {shown_as!r} cannot be read: {exc}") from None
+    if vendor is None:
+        raise SlidePathError(
+            f"{shown_as!r} is not a slide format OpenSlide reads (Aperio .svs, TIFF, DICOM, ...)"
+        )
+    return str(vendor)

@@ -98,6 +98,13 @@ def stats_table(stats: pb.SchedulerStats) -> Table:
     ]
     for label, value in rows:
         table.add_row(label, str(value))
+    for w in stats.workers:
+        state = (
+            f"{w.busy}/{w.slots} slots busy"
+            if w.connected
+            else f"[red]unreachable[/] ({w.failed_probes} probes: {escape(w.error)})"
+        )
+        table.add_row(f"worker {w.address}", state)
     for b in stats.branches:
         table.add_row(
             f"branch {escape(b.branch)} of {b.workflow_id}", f"{b.running} run, {b.pending} wait"

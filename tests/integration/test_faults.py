@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -134,4 +135,51 @@ def test_a_killed_scheduler_comes_back_with_everything(
             )
         finally:
             scheduler.stop()
+            worker.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_worker_unreachable_at_start_is_retried_and_reported(workdir: Path) -> None:
+    port = free_port()
+    absent = Service("absent", None, workdir / "none.log", f"127.0.0.1:{port}")  # type: ignore[arg-type]
+    scheduler = start_scheduler(workdir, [absent])
+    worker: Service | None = None
+    try:
+        with grpc.insecure_channel(scheduler.address) as channel:
+            stub = pb_grpc.SchedulerStub(channel)
+            wf = stub.CreateWorkflow(
+                pb.CreateWorkflowRequest(jobs=[spec("waits")]), metadata=user("patient")
+            )
+            assert wf.jobs[0].pending_reason == "waiting for a worker to connect"
+
+            def stats() -> pb.SchedulerStats:
+                return stub.GetStats(pb.GetStatsRequest(), metadata=user("patient"))
+
+            wait_until(lambda: stats().workers[0].failed_probes >= 2, 10, "probes")
+            [status] = stats().workers
+            assert status.address == absent.address and not status.connected
+            assert status.error.startswith("UNAVAILABLE")
+            time.sleep(1.0)
+            job = stub.GetJob(pb.GetJobRequest(job_id=wf.jobs[0].job_id), metadata=user("patient"))
+            assert job.state == pb.JOB_STATE_PENDING  # waits instead of failing
+
+            worker = start_worker(workdir, "late", 1, worker_port=str(port))
+            done = list(
+                stub.WatchWorkflow(
+                    pb.WatchWorkflowRequest(workflow_id=wf.workflow_id, after_sequence=wf.sequence),
+                    metadata=user("patient"),
+                    timeout=60,
+                )
+            )
+            assert done[-1].workflow_state == pb.WORKFLOW_STATE_SUCCEEDED
+            [status] = stats().workers
+            assert status.connected and status.slots == 1 and not status.error
+    finally:
+        scheduler.stop()
+        if worker is not None:
             worker.stop()

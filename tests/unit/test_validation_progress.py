@@ -10,7 +10,13 @@ from scheduler_service.progress import (
     workflow_percent,
     workflow_state,
 )
-from scheduler_service.validation import InvalidSpec, JobInput, normalise_jobs, valid_user_id
+from scheduler_service.validation import (
+    InvalidSpec,
+    JobInput,
+    TooManyJobs,
+    normalise_jobs,
+    valid_user_id,
+)
 from worker_service.throttle import ProgressThrottle
 
 
@@ -38,12 +44,16 @@ def test_defaults_and_dedup() -> None:
         ([ji("a", "x", ("b",)), ji("b", "x")], "cycle"),
         ([ji("k" * 200)], "at most"),
         ([JobInput("a", "b", "TISSUE_MASK", "")], "wsi_path"),
-        ([ji(str(i)) for i in range(11)], "at most 10 jobs"),
     ],
 )
 def test_invalid_specs(jobs: list[JobInput], message: str) -> None:
     with pytest.raises(InvalidSpec, match=message):
         normalise_jobs(jobs, 10)
+
+
+def test_too_many_jobs_is_a_quota_not_a_malformed_request() -> None:
+    with pytest.raises(TooManyJobs, match="at most 10 jobs, got 11: split it"):
+        normalise_jobs([ji(str(i)) for i in range(11)], 10)
 
 
 def test_dependency_on_a_later_job_in_another_branch_is_fine() -> None:

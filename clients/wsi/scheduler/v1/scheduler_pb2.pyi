@@ -699,6 +699,7 @@ class SchedulerStats(_message.Message):
     MAX_WORKERS_FIELD_NUMBER: _builtins.int
     MAX_ACTIVE_USERS_FIELD_NUMBER: _builtins.int
     WATCH_STREAMS_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
     running_jobs: _builtins.int
     """Jobs running now, all users."""
     pending_jobs: _builtins.int
@@ -721,6 +722,10 @@ class SchedulerStats(_message.Message):
     def branches(self) -> _containers.RepeatedCompositeFieldContainer[Global___BranchDepth]:
         """The caller's branches that have unfinished jobs."""
 
+    @_builtins.property
+    def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerStatus]:
+        """Every configured worker: reachable or not, and why not."""
+
     def __init__(
         self,
         *,
@@ -737,11 +742,52 @@ class SchedulerStats(_message.Message):
         max_workers: _builtins.int = ...,
         max_active_users: _builtins.int = ...,
         watch_streams: _builtins.int = ...,
+        workers: _abc.Iterable[Global___WorkerStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_users", b"active_users", "branches", b"branches", "max_active_users", b"max_active_users", "max_workers", b"max_workers", "my_pending_jobs", b"my_pending_jobs", "my_running_jobs", b"my_running_jobs", "pending_jobs", b"pending_jobs", "running_jobs", b"running_jobs", "waiting_users", b"waiting_users", "watch_streams", b"watch_streams", "worker_slots_busy", b"worker_slots_busy", "worker_slots_total", b"worker_slots_total", "workers_connected", b"workers_connected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_users", b"active_users", "branches", b"branches", "max_active_users", b"max_active_users", "max_workers", b"max_workers", "my_pending_jobs", b"my_pending_jobs", "my_running_jobs", b"my_running_jobs", "pending_jobs", b"pending_jobs", "running_jobs", b"running_jobs", "waiting_users", b"waiting_users", "watch_streams", b"watch_streams", "worker_slots_busy", b"worker_slots_busy", "worker_slots_total", b"worker_slots_total", "workers", b"workers", "workers_connected", b"workers_connected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SchedulerStats: _TypeAlias = SchedulerStats  # noqa: Y015
+
+@_typing.final
+class WorkerStatus(_message.Message):
+    """A worker as the scheduler sees it. An unreachable worker is probed again
+    with growing delays; its jobs wait (pending) instead of failing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
+    BUSY_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    FAILED_PROBES_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    connected: _builtins.bool
+    slots: _builtins.int
+    busy: _builtins.int
+    error: _builtins.str
+    """The last connection error, empty while connected."""
+    failed_probes: _builtins.int
+    """Connection attempts that failed in a row."""
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        connected: _builtins.bool = ...,
+        slots: _builtins.int = ...,
+        busy: _builtins.int = ...,
+        error: _builtins.str = ...,
+        failed_probes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "busy", b"busy", "connected", b"connected", "error", b"error", "failed_probes", b"failed_probes", "slots", b"slots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerStatus: _TypeAlias = WorkerStatus  # noqa: Y015
