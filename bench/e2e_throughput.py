@@ -140,6 +140,11 @@ def main() -> None:
         default=DEFAULT_RESULTS_PARENT,
         help="folder that holds the run's scratch results folder",
     )
+    parser.add_argument(
+        "--journal",
+        default="",
+        help="the scheduler's journal file (default: in the scratch folder; :memory: for none)",
+    )
     args = parser.parse_args()
     runs: list[dict[str, float]] = []
     echoes: list[dict[str, float]] = []
@@ -156,6 +161,7 @@ def main() -> None:
             max_jobs_per_workflow=1000,
             rate_limit=0,  # one user submits everything: measure scheduling, not the limiter
             log_level=args.log_level,
+            **({"journal": args.journal} if args.journal else {}),
         )
         stack.callback(scheduler.stop)
         time.sleep(1.0)  # let the scheduler learn the worker's slots

@@ -16,7 +16,7 @@ from scheduler_service.limits import RateLimiter
 from scheduler_service.policy import SchedulingPolicy
 from scheduler_service.service import SchedulerServicer
 from scheduler_service.store import JobRecord, Store, WorkflowRecord
-from wsi_runtime import serving, settings
+from wsi_runtime import memory, serving, settings
 
 log = logging.getLogger("wsi.scheduler")
 RETENTION_CHECK_S = 60.0
@@ -129,6 +129,7 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     serving.configure_logging(args.log_level)
+    memory.limit_malloc_arenas()
     asyncio.run(serve(args))
 
 

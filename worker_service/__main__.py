@@ -12,7 +12,7 @@ from pathlib import Path
 from clients.wsi.worker.v1 import worker_pb2, worker_pb2_grpc
 from worker_service.service import WorkerServicer
 from worker_service.tile_pool import TilePool
-from wsi_runtime import serving, settings
+from wsi_runtime import memory, serving, settings
 
 log = logging.getLogger("wsi.worker")
 SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
@@ -57,6 +57,7 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     serving.configure_logging(args.log_level)
+    memory.limit_malloc_arenas()
     asyncio.run(serve(args))
 
 

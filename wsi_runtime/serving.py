@@ -14,6 +14,8 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from wsi_runtime import memory
+
 log = logging.getLogger("wsi.serving")
 
 if TYPE_CHECKING:
@@ -72,13 +74,21 @@ async def run_until_signalled(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    trimming = asyncio.ensure_future(_trim_memory_periodically())
     await stop.wait()
+    trimming.cancel()
     log.info("shutting down (grace %.1fs)", grace)
     await health_servicer.enter_graceful_shutdown()
     if on_stop is not None:
         await on_stop()
     await server.stop(grace)
     log.info("stopped")
+
+
+async def _trim_memory_periodically() -> None:
+    while True:
+        await asyncio.sleep(memory.TRIM_INTERVAL_S)
+        memory.trim()
 
 
 def announce(message: str, *args: object) -> None:
