@@ -35,9 +35,12 @@ _LOST = frozenset(
 )
 # A worker that dies without closing its connection (power, network) is noticed
 # within about keepalive_time + keepalive_timeout on a running job's stream.
+# (gRPC also sends pings of its own for flow control; ping_timeout bounds how
+# long any of them may go unanswered, else a frozen peer is never noticed.)
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 5_000),
     ("grpc.keepalive_timeout_ms", 3_000),
+    ("grpc.http2.ping_timeout_ms", 3_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]

@@ -183,3 +183,29 @@ def test_a_worker_unreachable_at_start_is_retried_and_reported(workdir: Path) ->
         scheduler.stop()
         if worker is not None:
             worker.stop()
+
+
+def test_a_frozen_worker_is_noticed_within_seconds_by_keepalive(workdir: Path) -> None:
+    """SIGSTOP keeps the worker's connections open but silent (a hung host, a
+    cut cable): only keep-alive pings can tell. The job moves to the other worker."""
+    with cluster(workdir, worker_slots=(1, 1), max_workers=2) as c:
+        wf = create(c, "frozen", [spec("victim", params=LONG)])
+        wait_until(
+            lambda: get(c, "frozen", wf.workflow_id).jobs[0].progress.tiles_done > 0, 30, "start"
+        )
+        address = get(c, "frozen", wf.workflow_id).jobs[0].worker
+        victim = next(w for w in c.workers if w.address == address)
+        victim.process.send_signal(signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        try:
+            wait_until(
+                lambda: get(c, "frozen", wf.workflow_id).jobs[0].attempt == 2, 30, "the retry"
+            )
+            noticed_after = time.monotonic() - frozen_at
+            follow_up = watch(c, "frozen", wf.workflow_id)
+        finally:
+            victim.process.send_signal(signal.SIGCONT)
+        final = get(c, "frozen", wf.workflow_id).jobs[0]
+        assert final.state == pb.JOB_STATE_SUCCEEDED and final.worker != address
+        assert noticed_after < 15, f"the frozen worker was noticed after {noticed_after:.1f} s"
+        assert follow_up[-1].workflow_state == pb.WORKFLOW_STATE_SUCCEEDED

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from scheduler_service.journal import JournalError, Record, SqliteJournal
 from scheduler_service.policy import SchedulingPolicy, State
 from scheduler_service.recovery import RESTART_REASON, recover, replay
+from scheduler_service.retention import prune_expired
 from scheduler_service.store import AlreadyFinished, JobRecord, NotFound, Store, WorkflowRecord
 from scheduler_service.validation import JobInput
 
@@ -265,3 +266,26 @@ def test_a_journal_that_is_not_one_is_refused_with_its_path(tmp_path: Path) -> N
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
     with pytest.raises(JournalError, match="schema 99"):
         SqliteJournal(newer)
+
+
+def test_retention_prunes_old_workflows_with_their_result_folders(tmp_path: Path) -> None:
+    journal = SqliteJournal(tmp_path / "journal.sqlite")
+    store = new_store(journal)
+    folders = []
+    for name in ("old", "new"):
+        wf, _ = store.create_workflow("u0", name, [JobInput("a", "x", "TISSUE_MASK", "s")], ["/s"])
+        [job] = store.take_dispatches(1, lambda job: "w")
+        folder = tmp_path / "results" / job.job_id
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text("{}")
+        store.succeed(job.job_id, {"summary.json": str(folder / "summary.json")}, "{}", 1)
+        folders.append((wf, folder))
+    (old, old_folder), (new, new_folder) = folders
+    unrelated = tmp_path / "results" / "not-a-job"
+    unrelated.mkdir()
+    cutoff = (old.jobs[0].end_time + new.jobs[0].end_time) / 2
+    assert prune_expired(store, journal, cutoff) == 1
+    assert not old_folder.exists() and new_folder.exists() and unrelated.exists()
+    with pytest.raises(NotFound):
+        store.workflow("u0", old.workflow_id)
+    assert {r.workflow_id for r in journal.records()} == {new.workflow_id}
