@@ -27,13 +27,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     settings.add(
         parser, "--sse-keepalive", 15.0, "seconds between keep-alive comments on idle streams"
     )
-    settings.add(parser, "--log-level", "INFO", "logging level")
+    settings.add_logging(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    serving.configure_logging(args.log_level)
+    serving.configure_logging(args.log_level, args.log_format)
     # Bind first, so port 0 works and the address printed is the real one.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -8,15 +8,19 @@ import logging
 import time
 from collections.abc import Sequence
 
+from prometheus_client import CollectorRegistry
+
 from clients.wsi.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from scheduler_service import convert, recovery, retention
 from scheduler_service.dispatcher import Dispatcher
 from scheduler_service.journal import MEMORY, SqliteJournal
 from scheduler_service.limits import RateLimiter
+from scheduler_service.observability import SchedulerMetrics, TransitionLog
 from scheduler_service.policy import SchedulingPolicy
 from scheduler_service.service import SchedulerServicer
-from scheduler_service.store import JobRecord, Store, WorkflowRecord
+from scheduler_service.store import JobRecord, JobTransition, Store, WorkflowRecord
 from wsi_runtime import memory, serving, settings
+from wsi_runtime.metrics import RpcMetrics
 
 log = logging.getLogger("wsi.scheduler")
 RETENTION_CHECK_S = 60.0
@@ -51,14 +55,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         0.0,
         "prune finished workflows and their results this long after they end (0: keep)",
     )
+    settings.add_metrics(parser, 9101)
     settings.add_common(parser, grace=2.0)
     return parser.parse_args(argv)
 
 
 def build(
-    args: argparse.Namespace,
+    args: argparse.Namespace, registry: CollectorRegistry
 ) -> tuple[Store, Dispatcher, SchedulerServicer, SqliteJournal]:
     policy = SchedulingPolicy(args.max_workers, args.max_active_users, args.max_attempts)
+    metrics = SchedulerMetrics(registry)
+    transition_log = TransitionLog()
+
+    def on_transition(transition: JobTransition) -> None:
+        transition_log(transition)
+        metrics.observe(transition)
+
     store_ref: list[Store] = []
 
     def publish(wf: WorkflowRecord, kind: str, job: JobRecord) -> None:
@@ -69,7 +81,7 @@ def build(
     store_ref.append(store)
     journal = SqliteJournal(args.journal)
     started = time.perf_counter()
-    recovered = recovery.recover(store, journal.records(), journal)
+    recovered = recovery.recover(store, journal.records(), journal, on_transition)
     if recovered.records:
         log.info(
             "journal %s: %d records replayed in %.2fs, %d workflows, %d running jobs requeued%s",
@@ -90,6 +102,11 @@ def build(
         limiter=RateLimiter(args.rate_limit, max(1.0, args.rate_burst)),
         max_pending_per_user=args.max_pending_per_user,
     )
+    metrics.watch_state(
+        store,
+        lambda: (dispatcher.slots_busy, dispatcher.slots_total, dispatcher.workers_connected),
+        lambda: servicer.watch_streams,
+    )
     return store, dispatcher, servicer, journal
 
 
@@ -101,7 +118,8 @@ async def prune_periodically(store: Store, journal: SqliteJournal, hours: float)
 
 
 async def serve(args: argparse.Namespace) -> None:
-    store, dispatcher, servicer, journal = build(args)
+    registry = CollectorRegistry()
+    store, dispatcher, servicer, journal = build(args, registry)
     tasks = []
     if args.retention_hours > 0:
         tasks.append(asyncio.create_task(prune_periodically(store, journal, args.retention_hours)))
@@ -111,10 +129,11 @@ async def serve(args: argparse.Namespace) -> None:
             task.cancel()
         await dispatcher.close()
 
-    server = serving.new_server()
+    server = serving.new_server([RpcMetrics("wsi_scheduler", registry)])
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
     health, address = await serving.start(server, SERVICE_NAME, args.host, args.scheduler_port)
     dispatcher.start()
+    stop_metrics = serving.serve_metrics("scheduler", registry, args.host, args.metrics_port)
     serving.announce(
         "scheduler listening on %s (workers %s, max %d jobs, %d active users)",
         address,
@@ -123,12 +142,13 @@ async def serve(args: argparse.Namespace) -> None:
         args.max_active_users,
     )
     await serving.run_until_signalled(server, health, args.grace, stop)
+    stop_metrics()
     journal.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    serving.configure_logging(args.log_level)
+    serving.configure_logging(args.log_level, args.log_format)
     memory.limit_malloc_arenas()
     asyncio.run(serve(args))
 

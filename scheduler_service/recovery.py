@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from scheduler_service.journal import Journal, Record
 from scheduler_service.policy import PolicyError
-from scheduler_service.store import AlreadyFinished, NotFound, Store
+from scheduler_service.store import AlreadyFinished, NotFound, Store, TransitionSink
 from scheduler_service.validation import JobInput
 
 log = logging.getLogger("wsi.scheduler.recovery")
@@ -32,11 +32,19 @@ class Recovered:
     requeued: int = 0
 
 
-def recover(store: Store, records: Iterable[Record], journal: Journal) -> Recovered:
+def recover(
+    store: Store,
+    records: Iterable[Record],
+    journal: Journal,
+    on_transition: TransitionSink | None = None,
+) -> Recovered:
     """Replays ``records`` into an empty ``store``, then makes ``journal`` its
-    journal and requeues the jobs that were running."""
+    journal (and ``on_transition`` its observer: replayed history is neither
+    logged nor counted again) and requeues the jobs that were running."""
     outcome = replay(store, records)
     store.journal = journal
+    if on_transition is not None:
+        store.on_transition = on_transition
     for job in store.running_jobs():
         store.lose(job.job_id, RESTART_REASON)
         outcome.requeued += 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import bisect
 import dataclasses
-import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +17,6 @@ from scheduler_service.events import WorkflowFeed
 from scheduler_service.journal import Journal, NullJournal, Record
 from scheduler_service.policy import NewJob, SchedulingPolicy, State, Transition, WaitKind
 from scheduler_service.validation import JobInput
-
-log = logging.getLogger("wsi.scheduler.jobs")
 
 Clock = Callable[[], float]
 
@@ -60,6 +57,7 @@ class JobRecord:
     start_time: float = 0.0
     end_time: float = 0.0
     worker: str = ""
+    state_since: float = 0.0  # when it entered its current state
 
     @property
     def fraction(self) -> float:
@@ -97,6 +95,20 @@ class _UserIndex:
     requests: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class JobTransition:
+    """One job changed state (``from_state`` is "" when it was just created);
+    ``seconds`` is how long it spent in ``from_state``."""
+
+    job: JobRecord
+    from_state: str
+    to_state: str
+    reason: str
+    seconds: float
+    time: float
+
+
+TransitionSink = Callable[[JobTransition], None]
 EventSink = Callable[[WorkflowRecord, str, JobRecord], None]
 """Called on every change: (workflow, kind, job). The service turns it into a
 numbered event; kept abstract so the store does not import protobuf."""
@@ -110,8 +122,10 @@ class Store:
         on_event: EventSink,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         journal: Journal | None = None,
+        on_transition: TransitionSink | None = None,
     ) -> None:
         self.policy = policy
+        self.on_transition: TransitionSink = on_transition or (lambda transition: None)
         self.clock = clock
         self._on_event = on_event
         self._new_id = new_id
@@ -253,9 +267,8 @@ class Store:
         if request_id:
             index.requests[request_id] = workflow_id
         for record in records:
-            log.info(
-                "job %s (%s/%s) of user %s: -> PENDING", record.job_id, wf.name, record.key, user
-            )
+            record.state_since = now
+            self.on_transition(JobTransition(record, "", State.PENDING.value, "", 0.0, now))
         return wf, True
 
     def take_dispatches(
@@ -432,15 +445,10 @@ class Store:
         wf.state_counts[state] = wf.state_counts.get(state, 0) + 1
         wf.fraction_sum += job.fraction - before_fraction
         wf.state = progress.workflow_state(wf.state_counts)
-        log.info(
-            "job %s (%s/%s) of user %s: %s -> %s%s",
-            job.job_id,
-            wf.name,
-            job.key,
-            job.user,
-            before_state.value,
-            state.value,
-            f" ({reason})" if reason else "",
+        seconds = max(0.0, self._now - job.state_since)
+        job.state_since = self._now
+        self.on_transition(
+            JobTransition(job, before_state.value, state.value, reason, seconds, self._now)
         )
         self._on_event(wf, "state", job)
 

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SLIDES = (ROOT.parent / "shared" / "slides").resolve()
 CMU = "CMU-1-Small-Region.svs"
 LISTENING = re.compile(r"listening on (\S+)")
+METRICS = re.compile(r"metrics on (\S+)")
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Service:
     process: subprocess.Popen[bytes]
     log_path: Path
     address: str = ""
+    metrics_url: str = ""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -87,6 +89,8 @@ def _start(
         match = LISTENING.search(service.log())
         if match:
             service.address = match.group(1)
+            metrics = METRICS.search(service.log())
+            service.metrics_url = metrics.group(1) if metrics else ""
             break
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited with {process.returncode}:\n{service.log()}")
@@ -102,6 +106,7 @@ def _start(
 
 
 def start_worker(workdir: Path, name: str = "worker", slots: int = 2, **extra: str) -> Service:
+    extra.setdefault("metrics_port", "0")
     args = ["--worker-port", "0", "--slots", str(slots), "--results-dir", str(workdir / "results")]
     args += ["--slide-roots", str(SLIDES), "--progress-interval", "0.05"]
     for key, value in extra.items():
@@ -113,6 +118,7 @@ def start_scheduler(workdir: Path, workers: Sequence[Service], **extra: int | st
     """The journal lives in ``workdir`` unless ``journal=`` says otherwise, so a
     scheduler started again on the same workdir recovers its state."""
     extra.setdefault("journal", str(workdir / "scheduler-journal.sqlite"))
+    extra.setdefault("metrics_port", "0")
     args = ["--scheduler-port", "0", "--slide-roots", str(SLIDES)]
     args += ["--worker-addresses", ",".join(w.address for w in workers)]
     for key, value in extra.items():
@@ -169,6 +175,19 @@ def cluster(
         result = Cluster(scheduler, workers, channel, pb_grpc.SchedulerStub(channel))
         result.wait_workers(len(workers))
         yield result
+
+
+@contextmanager
+def cluster_with_gateway(
+    workdir: Path, **settings: int | str | Sequence[int]
+) -> Iterator[tuple[Cluster, Service]]:
+    """``cluster(...)`` plus a gateway serving the workers' results."""
+    with cluster(workdir, **settings) as c:  # type: ignore[arg-type]
+        gateway = start_gateway(workdir, c.scheduler, workdir / "results")
+        try:
+            yield c, gateway
+        finally:
+            gateway.stop()
 
 
 def user(name: str) -> tuple[tuple[str, str]]:

@@ -116,8 +116,10 @@ def run_job(
     report: Callable[[int, int], None],
     slides: SlideCache,
     pool: TilePool | None,
+    on_tile: Callable[[float], None] = lambda seconds: None,
 ) -> JobOutcome:
-    """``pool`` None runs everything in this thread (a TISSUE_MASK job in a pool process)."""
+    """``pool`` None runs everything in this thread (a TISSUE_MASK job in a pool
+    process). ``on_tile`` hears each segmented tile's processing time."""
     if spec.job_type == "TISSUE_MASK" and pool is not None:
         # All of it is CPU work: keep it off this process's GIL, next to the tiles.
         try:
@@ -198,7 +200,7 @@ def run_job(
             backend, backend_info = _backend(settings, run, tissue_tiles, pool, model_path)
         except (tile_tasks.TileReadError, PoolCrashed) as exc:
             raise JobFailed(str(exc)) from exc
-        outcome = run.segment(backend, tissue_tiles, pool, cancelled, report)
+        outcome = run.segment(backend, tissue_tiles, pool, cancelled, report, on_tile)
         files["cells.geojson"] = outcome.pop("cells.geojson")  # type: ignore[assignment]
         summary.update(outcome, backend=settings.backend, backend_details=backend_info)
         timings.mark("segmentation_s")
@@ -288,6 +290,7 @@ class _Segmentation:
         pool: TilePool,
         cancelled: Callable[[], bool],
         report: Callable[[int, int], None],
+        on_tile: Callable[[float], None],
     ) -> dict[str, object]:
         """Streams every owned nucleus to cells.geojson and the preview."""
         total = len(tiles)
@@ -300,7 +303,8 @@ class _Segmentation:
         try:
             tasks = (self.task(tile) for tile in tiles)
             for _, found in pool.imap(tile_tasks.segment_tile, tasks, (backend,), cancelled):
-                for nucleus in found:
+                on_tile(found.seconds)
+                for nucleus in found.nuclei:
                     area_px0 = nucleus.area_px * self.downsample * self.downsample
                     area_um2 = area_px0 * um2_per_px0 if um2_per_px0 else None
                     cells.add(

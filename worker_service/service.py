@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from clients.wsi.worker.v1 import worker_pb2 as pb
 from clients.wsi.worker.v1 import worker_pb2_grpc as pb_grpc
+from worker_service.observability import WorkerMetrics
 from worker_service.pipeline import JobCancelled, JobFailed, JobOutcome, JobSpec, run_job
 from worker_service.slide_access import SlideCache
 from worker_service.throttle import ProgressThrottle
@@ -44,6 +46,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         slide_roots: Sequence[Path],
         pool: TilePool,
         progress_interval: float = 0.2,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.slots = slots
         self.results_dir = results_dir
@@ -52,6 +55,9 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="tiles")
         self.slides = SlideCache()
         self.pool = pool
+        self.running = 0
+        self.metrics = metrics or WorkerMetrics(CollectorRegistry())
+        self.metrics.watch_slots(slots, lambda: self.running)
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: Context) -> pb.WorkerInfo:
         return pb.WorkerInfo(slots=self.slots, job_types=JOB_TYPES, version=VERSION)
@@ -78,14 +84,20 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             if throttle.should_emit(time.monotonic(), done, total):
                 loop.call_soon_threadsafe(updates.put_nowait, (done, total))
 
+        on_tile = self.metrics.tile_observer(spec.job_type)
+
         def work() -> JobOutcome:
             try:
-                return run_job(spec, self.results_dir, stop.is_set, report, self.slides, self.pool)
+                return run_job(
+                    spec, self.results_dir, stop.is_set, report, self.slides, self.pool, on_tile
+                )
             finally:
                 loop.call_soon_threadsafe(updates.put_nowait, None)
 
         log.debug("job %s attempt %d: %s on %s", spec.job_id, request.attempt, spec.job_type, slide)
         future = loop.run_in_executor(self.executor, work)
+        self.running += 1
+        outcome_name = "cancelled"
         try:
             while (item := await updates.get()) is not None:
                 done, total = item
@@ -94,6 +106,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 outcome = await future
             except JobFailed as exc:
                 log.info("job %s failed: %s", spec.job_id, exc)
+                outcome_name = "failed"
                 yield pb.JobUpdate(error=pb.JobError(message=str(exc)))
                 return
             except JobCancelled:
@@ -103,10 +116,13 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 summary=json.dumps(outcome.summary),
             )
             log.debug("job %s succeeded", spec.job_id)
+            outcome_name = "succeeded"
             yield pb.JobUpdate(result=result)
         finally:
             # Reached on success, on error, and when the caller cancels the call.
             stop.set()
+            self.running -= 1
+            self.metrics.job_ended(spec.job_type, outcome_name)
             if not future.done():
                 log.info("job %s: call ended, stopping its tiles", spec.job_id)
 

@@ -54,9 +54,17 @@ def read_tile(task: TileTask) -> RGB:
     return rgb
 
 
-def segment_tile(task: TileTask, backend: BackendSpec) -> list[SlideNucleus]:
+@dataclass(frozen=True)
+class TileResult:
+    nuclei: list[SlideNucleus]
+    seconds: float  # reading and segmenting it, in the pool process
+
+
+def segment_tile(task: TileTask, backend: BackendSpec) -> TileResult:
+    started = time.perf_counter()
     labels = build(backend)(read_tile(task))
-    return keep_owned(task.tile, nuclei_from_labels(labels), task.downsample)
+    nuclei = keep_owned(task.tile, nuclei_from_labels(labels), task.downsample)
+    return TileResult(nuclei, time.perf_counter() - started)
 
 
 def exit_with_parent(parent_pid: int) -> None:

@@ -39,22 +39,31 @@ def main() -> int:
     worker_address = _address("WSI_WORKER_PORT", 50052)
     scheduler_address = _address("WSI_SCHEDULER_PORT", 50051)
     gateway_address = _address("WSI_GATEWAY_PORT", 8000)
+    # The scheduler's Prometheus port; the worker's is the next one.
+    host = os.environ.get("WSI_HOST", "127.0.0.1")
+    metrics_port = int(os.environ.get("WSI_METRICS_PORT", 9101))
     os.environ.setdefault("WSI_WORKER_ADDRESSES", worker_address)
     os.environ.setdefault("WSI_SCHEDULER_ADDRESS", scheduler_address)
     children: list[subprocess.Popen[bytes]] = []
 
+    stopping: list[bool] = []
+
     def stop(*_: object) -> None:
+        stopping.append(True)
         for child in reversed(children):
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        for module, address in (
-            ("worker_service", worker_address),
-            ("scheduler_service", scheduler_address),
+        for module, address, metrics in (
+            ("worker_service", worker_address, metrics_port + 1),
+            ("scheduler_service", scheduler_address, metrics_port),
         ):
-            child = subprocess.Popen([sys.executable, "-m", module], start_new_session=True)
+            child = subprocess.Popen(
+                [sys.executable, "-m", module, "--metrics-port", str(metrics)],
+                start_new_session=True,
+            )
             children.append(child)
             wait_serving(address, timeout=30, alive=_running(child))
         gateway = subprocess.Popen([sys.executable, "-m", "gateway"], start_new_session=True)
@@ -64,6 +73,9 @@ def main() -> int:
             f"\n  web UI     http://{gateway_address}/   (REST + OpenAPI at /docs)\n"
             f"  scheduler  grpc://{scheduler_address}   (public API, reflection, health)\n"
             f"  worker     grpc://{worker_address}\n"
+            f"  metrics    http://{host}:{metrics_port}/metrics (scheduler), "
+            f"http://{host}:{metrics_port + 1}/metrics (worker), "
+            f"http://{gateway_address}/metrics (gateway)\n"
             f"  slides     {':'.join(str(Path(r).resolve()) for r in slide_roots.split(':'))}\n"
             f"  try: grpcurl -plaintext {scheduler_address} list\n"
             "  Ctrl-C stops everything.\n",
@@ -71,7 +83,7 @@ def main() -> int:
         )
         while all(child.poll() is None for child in children):
             time.sleep(0.2)
-        return 1  # a service died on its own
+        return 0 if stopping else 1  # asked to stop, or a service died on its own
     except KeyboardInterrupt:
         return 0
     finally:

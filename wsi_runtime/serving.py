@@ -13,8 +13,9 @@ import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
-from wsi_runtime import memory
+from wsi_runtime import logs, memory, metrics
 
 log = logging.getLogger("wsi.serving")
 
@@ -35,8 +36,8 @@ SERVER_OPTIONS = [
 ]
 
 
-def new_server() -> grpc.aio.Server:
-    return grpc.aio.server(options=SERVER_OPTIONS)
+def new_server(interceptors: Sequence[Any] = ()) -> grpc.aio.Server:
+    return grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors))
 
 
 def add_health_and_reflection(
@@ -92,14 +93,22 @@ async def _trim_memory_periodically() -> None:
         memory.trim()
 
 
+def serve_metrics(
+    name: str, registry: CollectorRegistry, host: str, port: int
+) -> Callable[[], None]:
+    """Starts the Prometheus endpoint unless ``port`` is negative; returns its stopper."""
+    if port < 0:
+        return lambda: None
+    url, stop = metrics.serve(registry, host, port)
+    announce("%s metrics on %s", name, url)
+    return stop
+
+
 def announce(message: str, *args: object) -> None:
     """The start-up line (address and settings) goes to stdout whatever the log
     level, so launchers and tests can always find where a server listens."""
     print(message % args, flush=True)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def configure_logging(level: str, fmt: str = "text") -> None:
+    logs.configure(level, fmt)

@@ -32,4 +32,19 @@ def add_common(parser: argparse.ArgumentParser, grace: float) -> None:
         type=path_list,
     )
     add(parser, "--grace", grace, "seconds in-flight calls get on shutdown")
+    add_logging(parser)
+
+
+def add_logging(parser: argparse.ArgumentParser) -> None:
     add(parser, "--log-level", "INFO", "logging level")
+    add(
+        parser,
+        "--log-format",
+        "text",
+        "text, or json: one JSON object per line",
+        choices=("text", "json"),
+    )
+
+
+def add_metrics(parser: argparse.ArgumentParser, port: int) -> None:
+    add(parser, "--metrics-port", port, "Prometheus /metrics port (0: pick a free one, -1: off)")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import CMU, Service, cluster, start_gateway
+from tests.harness import CMU, Service, cluster_with_gateway
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -33,12 +33,8 @@ ARGS = [
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     workdir = tmp_path_factory.mktemp("ui")
-    with cluster(workdir, worker_slots=(2,), max_workers=2) as c:
-        service = start_gateway(workdir, c.scheduler, workdir / "results")
-        try:
-            yield service
-        finally:
-            service.stop()
+    with cluster_with_gateway(workdir, worker_slots=(2,), max_workers=2) as (_, service):
+        yield service
 
 
 @pytest.fixture(scope="module")

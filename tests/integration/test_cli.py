@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import CMU, ROOT, Cluster, Service, cluster, start_gateway
+from tests.harness import CMU, ROOT, Cluster, Service, cluster_with_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -32,19 +32,15 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     workdir = tmp_path_factory.mktemp("cli")
-    with cluster(workdir, worker_slots=(4,), max_workers=4, max_active_users=50) as c:
-        results = workdir / "results"  # the harness's workers write here
-        gateway = start_gateway(workdir, c.scheduler, results)
+    settings = {"worker_slots": (4,), "max_workers": 4, "max_active_users": 50}
+    with cluster_with_gateway(workdir, **settings) as (c, gateway):  # type: ignore[arg-type]
         env = {
             **os.environ,
             "WSI_ADDRESS": c.scheduler.address,
             "WSI_GATEWAY": gateway.address,
             "WSI_USER": "cli-user",
         }
-        try:
-            yield Setup(c, gateway, results, env)
-        finally:
-            gateway.stop()
+        yield Setup(c, gateway, workdir / "results", env)
 
 
 def wsi(

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
-from tests.harness import CMU, Cluster, Service, cluster, start_gateway, user
+from tests.harness import CMU, Cluster, Service, cluster, cluster_with_gateway, start_gateway, user
 
 pytestmark = pytest.mark.integration
 
@@ -48,13 +48,11 @@ class Gateway:
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     workdir = tmp_path_factory.mktemp("gateway")
-    with cluster(workdir, worker_slots=(2,), max_active_users=50) as c:
-        service = start_gateway(workdir, c.scheduler, workdir / "results")
-        try:
-            with httpx.Client(base_url=service.address, timeout=30) as http:
-                yield Gateway(c, service, http)
-        finally:
-            service.stop()
+    with (
+        cluster_with_gateway(workdir, worker_slots=(2,), max_active_users=50) as (c, service),
+        httpx.Client(base_url=service.address, timeout=30) as http,
+    ):
+        yield Gateway(c, service, http)
 
 
 def mask(branch: str = "a", slide: str = CMU, **extra: object) -> dict[str, object]:
