@@ -129,7 +129,7 @@ async def serve(args: argparse.Namespace) -> None:
             task.cancel()
         await dispatcher.close()
 
-    server = serving.new_server([RpcMetrics("wsi_scheduler", registry)])
+    server = serving.new_server([RpcMetrics("wsi_scheduler", registry)], args.max_request_mb)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
     health, address = await serving.start(server, SERVICE_NAME, args.host, args.scheduler_port)
     dispatcher.start()

@@ -46,7 +46,7 @@ async def serve(args: argparse.Namespace) -> None:
         progress_interval=args.progress_interval,
         metrics=WorkerMetrics(registry),
     )
-    server = serving.new_server([RpcMetrics("wsi_worker", registry)])
+    server = serving.new_server([RpcMetrics("wsi_worker", registry)], args.max_request_mb)
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
     health, address = await serving.start(server, SERVICE_NAME, args.host, args.worker_port)
     stop_metrics = serving.serve_metrics("worker", registry, args.host, args.metrics_port)

@@ -32,12 +32,16 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 1_000),
     ("grpc.http2.max_ping_strikes", 0),
-    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
 ]
+DEFAULT_MAX_REQUEST_MB = 4.0
 
 
-def new_server(interceptors: Sequence[Any] = ()) -> grpc.aio.Server:
-    return grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors))
+def new_server(
+    interceptors: Sequence[Any] = (), max_request_mb: float = DEFAULT_MAX_REQUEST_MB
+) -> grpc.aio.Server:
+    """Requests larger than ``max_request_mb`` end RESOURCE_EXHAUSTED unread."""
+    options = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", int(max_request_mb * 2**20))]
+    return grpc.aio.server(options=options, interceptors=list(interceptors))
 
 
 def add_health_and_reflection(

@@ -32,6 +32,7 @@ def add_common(parser: argparse.ArgumentParser, grace: float) -> None:
         type=path_list,
     )
     add(parser, "--grace", grace, "seconds in-flight calls get on shutdown")
+    add(parser, "--max-request-mb", 4.0, "largest gRPC request accepted, MB")
     add_logging(parser)
 
 
