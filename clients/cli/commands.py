@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.message import Message
+import grpc
 from rich.console import Console
 
 from clients.cli import download
@@ -26,6 +26,7 @@ from clients.client import SchedulerClient, SchedulerError
 from clients.json_format import to_json
 from clients.workflow_file import jobs_from_flags, parse_params, parse_workflow
 from clients.workflow_view import WorkflowView, job_state_name
+from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 
 DEFAULT_TYPES = ("TISSUE_MASK", "CELL_SEGMENTATION")
 
@@ -38,9 +39,21 @@ def _print_json(console: Console, document: Any) -> None:
     console.file.write(json.dumps(document, indent=2) + "\n")
 
 
-def _emit(console: Console, args: argparse.Namespace, message: Message) -> None:
+def _show_workflow(console: Console, args: argparse.Namespace, workflow: pb.Workflow) -> None:
     if args.json:
-        _print_json(console, to_json(message))
+        _print_json(console, to_json(workflow))
+    else:
+        console.print(workflow_header(workflow))
+        console.print(jobs_table(workflow.jobs))
+
+
+def _show_job(console: Console, args: argparse.Namespace, job: pb.Job, title: str = "") -> None:
+    if args.json:
+        _print_json(console, to_json(job))
+        return
+    if title:
+        console.print(title, highlight=False)
+    console.print(jobs_table([job]))
 
 
 def _load_document(source: str) -> object:
@@ -77,11 +90,7 @@ async def submit(client: SchedulerClient, args: argparse.Namespace, console: Con
         if not args.json:
             console.print(f"created workflow {workflow.workflow_id}", highlight=False)
         return await _follow(client, args, console, workflow.workflow_id, 0)
-    if args.json:
-        _emit(console, args, workflow)
-    else:
-        console.print(workflow_header(workflow))
-        console.print(jobs_table(workflow.jobs))
+    _show_workflow(console, args, workflow)
     return 0
 
 
@@ -107,25 +116,17 @@ async def status(client: SchedulerClient, args: argparse.Namespace, console: Con
     try:
         workflow = await client.get_workflow(args.id)
     except SchedulerError as exc:
-        if exc.code.name != "NOT_FOUND":
+        if exc.code is not grpc.StatusCode.NOT_FOUND:
             raise
         try:
             job = await client.get_job(args.id)
         except SchedulerError as job_exc:
-            if job_exc.code.name != "NOT_FOUND":
+            if job_exc.code is not grpc.StatusCode.NOT_FOUND:
                 raise
             raise CommandError(f"no workflow or job {args.id!r} of user {client.user!r}") from None
-        if args.json:
-            _emit(console, args, job)
-        else:
-            console.print(f"job {job.job_id} of workflow {job.workflow_id}", highlight=False)
-            console.print(jobs_table([job]))
+        _show_job(console, args, job, f"job {job.job_id} of workflow {job.workflow_id}")
         return 0
-    if args.json:
-        _emit(console, args, workflow)
-    else:
-        console.print(workflow_header(workflow))
-        console.print(jobs_table(workflow.jobs))
+    _show_workflow(console, args, workflow)
     return 0
 
 
@@ -156,18 +157,9 @@ async def _follow(
 
 async def cancel(client: SchedulerClient, args: argparse.Namespace, console: Console) -> int:
     if args.workflow:
-        workflow = await client.cancel_workflow(args.workflow)
-        if args.json:
-            _emit(console, args, workflow)
-        else:
-            console.print(workflow_header(workflow))
-            console.print(jobs_table(workflow.jobs))
-        return 0
-    job = await client.cancel_job(args.job_id)
-    if args.json:
-        _emit(console, args, job)
+        _show_workflow(console, args, await client.cancel_workflow(args.workflow))
     else:
-        console.print(jobs_table([job]))
+        _show_job(console, args, await client.cancel_job(args.job_id))
     return 0
 
 
@@ -200,7 +192,7 @@ async def results(client: SchedulerClient, args: argparse.Namespace, console: Co
 async def stats(client: SchedulerClient, args: argparse.Namespace, console: Console) -> int:
     numbers = await client.stats()
     if args.json:
-        _emit(console, args, numbers)
+        _print_json(console, to_json(numbers))
     else:
         console.print(stats_table(numbers))
     return 0
