@@ -7,7 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from scheduler_service.journal import SqliteJournal
+from scheduler_service.journal import JournalError, SqliteJournal
 from scheduler_service.store import JobRecord, Store
 
 log = logging.getLogger("wsi.scheduler.retention")
@@ -25,7 +25,10 @@ def prune_expired(store: Store, journal: SqliteJournal | None, cutoff: float) ->
     for wf in store.finished_before(cutoff):
         store.prune(wf.workflow_id)
         if journal is not None:
-            journal.forget_workflow(wf.workflow_id)
+            try:
+                journal.forget_workflow(wf.workflow_id)
+            except JournalError:
+                log.exception("journal: records of pruned workflow %s kept", wf.workflow_id)
         for job in wf.jobs:
             for folder in result_folders(job):
                 shutil.rmtree(folder, ignore_errors=True)

@@ -8,17 +8,21 @@ from __future__ import annotations
 import base64
 import bisect
 import dataclasses
+import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from scheduler_service import progress
 from scheduler_service.events import WorkflowFeed
-from scheduler_service.journal import Journal, NullJournal, Record
+from scheduler_service.journal import Journal, JournalError, NullJournal, Record
 from scheduler_service.policy import NewJob, SchedulingPolicy, State, Transition, WaitKind
 from scheduler_service.validation import JobInput
 
+log = logging.getLogger("wsi.scheduler.store")
+
 Clock = Callable[[], float]
+USER_COMMANDS = frozenset({"cancel_job", "cancel_workflow"})
 
 
 class NotFound(LookupError):
@@ -383,11 +387,21 @@ class Store:
         return self._now
 
     def _record(self, kind: str, job: JobRecord, payload: dict[str, object]) -> None:
-        """Journals a command before it is applied, at a fresh command time."""
+        """Journals a command before it is applied, at a fresh command time.
+
+        A user's cancel is refused when the journal cannot take it (nothing
+        changes). What already happened on a worker is applied anyway: memory
+        runs ahead of the journal, and a restart would re-run that job."""
         wf = self._workflows[job.workflow_id]
-        self.journal.append(
-            Record(kind, wf.workflow_id, wf.feed.sequence + 1, self._stamp(), payload)
-        )
+        record = Record(kind, wf.workflow_id, wf.feed.sequence + 1, self._stamp(), payload)
+        try:
+            self.journal.append(record)
+        except JournalError:
+            if kind in USER_COMMANDS:
+                raise
+            log.exception(
+                "journal write failed: %s of job %s kept in memory only", kind, job.job_id
+            )
 
     def cancel_job(self, user: str, job_id: str) -> tuple[JobRecord, bool]:
         """Returns the job and whether its running stream must be stopped."""
@@ -435,7 +449,10 @@ class Store:
         before_state, before_fraction = job.state, job.fraction
         job.state = state
         if state.terminal:
-            self.journal.forget_progress(job.job_id)  # its final record supersedes them
+            try:
+                self.journal.forget_progress(job.job_id)  # its final record supersedes them
+            except JournalError:
+                log.exception("journal: progress records of job %s not dropped", job.job_id)
             job.end_time = self._now
             if state is not State.SUCCEEDED:
                 job.error = reason

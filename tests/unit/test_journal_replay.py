@@ -289,3 +289,35 @@ def test_retention_prunes_old_workflows_with_their_result_folders(tmp_path: Path
     with pytest.raises(NotFound):
         store.workflow("u0", old.workflow_id)
     assert {r.workflow_id for r in journal.records()} == {new.workflow_id}
+
+
+class BrokenJournal:
+    """A journal whose disk is full (the edge this test is about)."""
+
+    def append(self, record: Record) -> None:
+        raise JournalError("cannot write the journal /x: database or disk is full")
+
+    def forget_progress(self, job_id: str) -> None:
+        raise JournalError("cannot write the journal /x: database or disk is full")
+
+
+def test_a_failing_journal_refuses_user_changes_but_keeps_worker_outcomes() -> None:
+    store = new_store(None)
+    wf, _ = store.create_workflow(
+        "u0",
+        "w",
+        [JobInput("a", "x", "TISSUE_MASK", "s"), JobInput("b", "y", "TISSUE_MASK", "s")],
+        ["/s", "/s"],
+    )
+    store.journal = BrokenJournal()
+    with pytest.raises(JournalError):
+        store.create_workflow("u0", "refused", [JobInput("a", "x", "TISSUE_MASK", "s")], ["/s"])
+    assert [w.name for w in store.list_workflows("u0", 10, "")[0]] == ["w"]  # nothing changed
+    with pytest.raises(JournalError):
+        store.cancel_job("u0", wf.jobs[1].job_id)
+    assert wf.jobs[1].state is State.PENDING
+    started = store.take_dispatches(2, lambda job: "w1")  # a worker runs them regardless
+    assert len(started) == 2 and all(j.state is State.RUNNING for j in started)
+    store.succeed(started[0].job_id, {}, "{}", 1)
+    store.fail(started[1].job_id, "boom")
+    assert {j.state for j in wf.jobs} == {State.SUCCEEDED, State.FAILED}
