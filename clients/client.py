@@ -117,7 +117,6 @@ class SchedulerClient:
         self._channel = channel or grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.SchedulerStub(self._channel)
         self._metadata = (("x-user-id", user),)
-        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def __aenter__(self) -> SchedulerClient:
         return self
@@ -224,7 +223,7 @@ class SchedulerClient:
                 delay = next(delays, None)
                 if delay is None:
                     raise SchedulerError.from_rpc(error) from None
-                await self.sleep(delay)
+                await asyncio.sleep(delay)
             finally:
                 call.cancel()
 
@@ -245,4 +244,4 @@ class SchedulerClient:
                 delay = next(delays, None)
                 if error.code() is not grpc.StatusCode.UNAVAILABLE or delay is None:
                     raise SchedulerError.from_rpc(error) from None
-                await self.sleep(delay)
+                await asyncio.sleep(delay)

@@ -11,7 +11,7 @@ from pathlib import Path
 import uvicorn
 
 from gateway.app import create_app
-from wsi_runtime import serving, settings
+from wsi_runtime import logs, serving, settings
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -33,7 +33,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    serving.configure_logging(args.log_level, args.log_format)
+    logs.configure(args.log_level, args.log_format)
     # Bind first, so port 0 works and the address printed is the real one.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

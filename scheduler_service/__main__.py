@@ -19,7 +19,7 @@ from scheduler_service.observability import SchedulerMetrics, TransitionLog
 from scheduler_service.policy import SchedulingPolicy
 from scheduler_service.service import SchedulerServicer
 from scheduler_service.store import JobRecord, JobTransition, Store, WorkflowRecord
-from wsi_runtime import memory, serving, settings
+from wsi_runtime import logs, memory, serving, settings
 from wsi_runtime.metrics import RpcMetrics
 
 log = logging.getLogger("wsi.scheduler")
@@ -113,7 +113,8 @@ def build(
 async def prune_periodically(store: Store, journal: SqliteJournal, hours: float) -> None:
     interval = min(RETENTION_CHECK_S, hours * 3600 / 10)
     while True:
-        retention.prune_expired(store, journal, time.time() - hours * 3600)
+        folders = retention.prune_expired(store, journal, time.time() - hours * 3600)
+        await asyncio.to_thread(retention.delete_folders, folders)
         await asyncio.sleep(interval)
 
 
@@ -148,7 +149,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    serving.configure_logging(args.log_level, args.log_format)
+    logs.configure(args.log_level, args.log_format)
     memory.limit_malloc_arenas()
     asyncio.run(serve(args))
 

@@ -139,8 +139,5 @@ class SqliteJournal:
         except sqlite3.Error as exc:
             raise JournalError(f"cannot write the journal {self.path}: {exc}") from exc
 
-    def count(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM records").fetchone()[0])
-
     def close(self) -> None:
         self._db.close()

@@ -10,10 +10,12 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from scheduler_service.policy import State
 from scheduler_service.store import JobTransition, Store
+from scheduler_service.validation import JOB_TYPES
 
 TRANSITIONS_LOGGER = "wsi.scheduler.transitions"
-FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+FINAL_STATES = tuple(state.value for state in State if state.terminal)
 # Seconds: tiny test jobs up to multi-hour gigapixel segmentations.
 JOB_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 
@@ -87,7 +89,7 @@ class SchedulerMetrics:
             registry=registry,
             buckets=JOB_BUCKETS,
         )
-        for job_type in ("TISSUE_MASK", "CELL_SEGMENTATION"):  # series exist from the start
+        for job_type in JOB_TYPES:  # every series exists from the start
             self.submitted.labels(job_type)
             self.retries.labels(job_type)
             for state in FINAL_STATES:

@@ -18,10 +18,10 @@ def result_folders(job: JobRecord) -> set[Path]:
     return {Path(p).parent for p in job.result_files.values() if Path(p).parent.name == job.job_id}
 
 
-def prune_expired(store: Store, journal: SqliteJournal | None, cutoff: float) -> int:
-    """Forgets every workflow that finished before ``cutoff`` and deletes its
-    result folders where this host can reach them. Returns how many."""
-    pruned = 0
+def prune_expired(store: Store, journal: SqliteJournal | None, cutoff: float) -> list[Path]:
+    """Forgets every workflow that finished before ``cutoff``; returns their
+    result folders, for ``delete_folders`` to remove off the event loop."""
+    folders: list[Path] = []
     for wf in store.finished_before(cutoff):
         store.prune(wf.workflow_id)
         if journal is not None:
@@ -29,9 +29,12 @@ def prune_expired(store: Store, journal: SqliteJournal | None, cutoff: float) ->
                 journal.forget_workflow(wf.workflow_id)
             except JournalError:
                 log.exception("journal: records of pruned workflow %s kept", wf.workflow_id)
-        for job in wf.jobs:
-            for folder in result_folders(job):
-                shutil.rmtree(folder, ignore_errors=True)
-        pruned += 1
+        folders.extend(folder for job in wf.jobs for folder in result_folders(job))
         log.info("workflow %s of user %s pruned (retention)", wf.workflow_id, wf.user)
-    return pruned
+    return folders
+
+
+def delete_folders(folders: list[Path]) -> None:
+    """Where this host can reach them (a same-host deployment); blocking I/O."""
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)

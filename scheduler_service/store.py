@@ -344,8 +344,9 @@ class Store:
         self._apply(self.policy.lose(job_id, reason))
 
     def advance_sequence(self, workflow_id: str, sequence: int) -> None:
-        """Replay: the next event of the workflow gets ``sequence`` (numbers of
-        progress events, which are not journaled, are skipped)."""
+        """Replay: the next event of the workflow gets ``sequence``. The numbers
+        of progress events whose records were dropped (their job has ended) are
+        skipped, never reused."""
         feed = self._workflows[workflow_id].feed
         feed.sequence = max(feed.sequence, sequence - 1)
 

@@ -15,7 +15,7 @@ from clients.wsi.worker.v1 import worker_pb2, worker_pb2_grpc
 from worker_service.observability import WorkerMetrics
 from worker_service.service import WorkerServicer
 from worker_service.tile_pool import TilePool
-from wsi_runtime import memory, serving, settings
+from wsi_runtime import logs, memory, serving, settings
 from wsi_runtime.metrics import RpcMetrics
 
 log = logging.getLogger("wsi.worker")
@@ -64,7 +64,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    serving.configure_logging(args.log_level, args.log_format)
+    logs.configure(args.log_level, args.log_format)
     memory.limit_malloc_arenas()
     asyncio.run(serve(args))
 

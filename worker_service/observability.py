@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-JOB_TYPES = ("TISSUE_MASK", "CELL_SEGMENTATION")
+from worker_service.pipeline import JOB_TYPES
+
 OUTCOMES = ("succeeded", "failed", "cancelled")
 
 

@@ -35,6 +35,7 @@ DEFAULT_MIN_TISSUE = 0.05  # tiles with less tissue than this share are skipped
 THUMBNAIL_SIZE = 1024  # longest side of the image tissue is detected on (and the preview)
 REFERENCE_TILES = 8  # tissue tiles sampled for the slide's stain reference
 BACKENDS = ("classical", "instanseg")
+JOB_TYPES = ("TISSUE_MASK", "CELL_SEGMENTATION")
 
 
 class JobCancelled(Exception):

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from clients.wsi.worker.v1 import worker_pb2 as pb
 from clients.wsi.worker.v1 import worker_pb2_grpc as pb_grpc
 from worker_service.observability import WorkerMetrics
-from worker_service.pipeline import JobCancelled, JobFailed, JobOutcome, JobSpec, run_job
+from worker_service.pipeline import JOB_TYPES, JobCancelled, JobFailed, JobOutcome, JobSpec, run_job
 from worker_service.slide_access import SlideCache
 from worker_service.throttle import ProgressThrottle
 from worker_service.tile_pool import TilePool
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wsi.worker")
 
-JOB_TYPES = ("TISSUE_MASK", "CELL_SEGMENTATION")
 VERSION = "0.1.0"
 
 

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from wsi_runtime import logs, memory, metrics
+from wsi_runtime import memory, metrics
 
 log = logging.getLogger("wsi.serving")
 
@@ -112,7 +112,3 @@ def announce(message: str, *args: object) -> None:
     """The start-up line (address and settings) goes to stdout whatever the log
     level, so launchers and tests can always find where a server listens."""
     print(message % args, flush=True)
-
-
-def configure_logging(level: str, fmt: str = "text") -> None:
-    logs.configure(level, fmt)

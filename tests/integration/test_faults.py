@@ -7,6 +7,7 @@ import json
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -29,9 +30,9 @@ def restart_scheduler(c: Cluster, workdir: Path, workers: list[Service]) -> Serv
     return scheduler
 
 
-def wait_until(condition: object, timeout: float = 30, what: str = "") -> None:
+def wait_until(condition: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from scheduler_service.journal import JournalError, Record, SqliteJournal
 from scheduler_service.policy import SchedulingPolicy, State
 from scheduler_service.recovery import RESTART_REASON, recover, replay
-from scheduler_service.retention import prune_expired
+from scheduler_service.retention import delete_folders, prune_expired
 from scheduler_service.store import AlreadyFinished, JobRecord, NotFound, Store, WorkflowRecord
 from scheduler_service.validation import JobInput
 
@@ -36,6 +36,15 @@ def new_store(journal: SqliteJournal | None, max_workers: int = 2, users: int = 
         new_id=lambda: next(ids),
         journal=journal,
     )
+
+
+def submit(
+    store: Store, name: str = "w", branches: str = "x", user: str = "u0", request_id: str = ""
+) -> WorkflowRecord:
+    """One TISSUE_MASK job per letter of ``branches`` (keys a, b, ...), in that branch."""
+    jobs = [JobInput("abcdefgh"[i], b, "TISSUE_MASK", "s") for i, b in enumerate(branches)]
+    wf, _ = store.create_workflow(user, name, jobs, ["/s"] * len(jobs), request_id)
+    return wf
 
 
 def fingerprint(store: Store) -> dict[str, Any]:
@@ -161,12 +170,7 @@ def test_a_replayed_store_is_the_store(script: list[Op]) -> None:
 def test_recover_requeues_running_jobs_as_a_new_attempt_and_journals_that() -> None:
     journal = SqliteJournal(":memory:")
     store = new_store(journal)
-    wf, _ = store.create_workflow(
-        "u0",
-        "w",
-        [JobInput("a", "x", "TISSUE_MASK", "s"), JobInput("b", "x", "TISSUE_MASK", "s")],
-        ["/s", "/s"],
-    )
+    wf = submit(store, branches="xx")
     store.take_dispatches(2, lambda job: "w1")
     store.progress(wf.jobs[0].job_id, 3, 10)
     rebuilt = new_store(None)
@@ -192,7 +196,7 @@ def test_the_waiting_line_of_users_survives_in_order() -> None:
     journal = SqliteJournal(":memory:")
     store = new_store(journal, max_workers=4, users=1)
     for user in ("u0", "u1", "u2", "u3"):
-        store.create_workflow(user, "w", [JobInput("a", "x", "TISSUE_MASK", "s")], ["/s"])
+        submit(store, user=user)
     store.take_dispatches(4, lambda job: "w1")
     assert store.policy.active_users == ["u0"]
     rebuilt = new_store(None, max_workers=4, users=1)
@@ -204,12 +208,10 @@ def test_the_waiting_line_of_users_survives_in_order() -> None:
 def test_pruning_forgets_the_workflow_and_its_records() -> None:
     journal = SqliteJournal(":memory:")
     store = new_store(journal)
-    done, _ = store.create_workflow(
-        "u0", "old", [JobInput("a", "x", "TISSUE_MASK", "s")], ["/s"], "req"
-    )
+    done = submit(store, "old", request_id="req")
     store.take_dispatches(1, lambda job: "w")
     store.succeed(done.jobs[0].job_id, {}, "{}", 1)
-    live, _ = store.create_workflow("u0", "new", [JobInput("a", "x", "TISSUE_MASK", "s")], ["/s"])
+    live = submit(store, "new")
     with pytest.raises(AlreadyFinished):
         store.prune(live.workflow_id)
     assert [wf.workflow_id for wf in store.finished_before(1e12)] == [done.workflow_id]
@@ -218,10 +220,8 @@ def test_pruning_forgets_the_workflow_and_its_records() -> None:
     with pytest.raises(NotFound):
         store.workflow("u0", done.workflow_id)
     assert [w.workflow_id for w in store.list_workflows("u0", 10, "")[0]] == [live.workflow_id]
-    again, created = store.create_workflow(
-        "u0", "x", [JobInput("a", "x", "TISSUE_MASK", "s")], ["/s"], "req"
-    )
-    assert created  # the request id was forgotten with its workflow
+    again = submit(store, "again", request_id="req")
+    assert again.workflow_id != done.workflow_id  # the request id went with its workflow
     rebuilt = new_store(None)
     replay(rebuilt, journal.records())
     assert {w.workflow_id for w in rebuilt.list_workflows("u0", 10, "")[0]} == {
@@ -237,7 +237,7 @@ def test_a_torn_journal_is_read_up_to_its_last_complete_record(tmp_path: Path) -
     journal = SqliteJournal(path)
     store = new_store(journal)
     for n in range(50):
-        store.create_workflow("u0", f"w{n}", [JobInput("a", "x", "TISSUE_MASK", "s")], ["/s"])
+        submit(store, f"w{n}")
     wal = Path(f"{path}-wal")
     size = wal.stat().st_size
     # Simulate a crash in the middle of writing the last record: copy the
@@ -271,20 +271,22 @@ def test_a_journal_that_is_not_one_is_refused_with_its_path(tmp_path: Path) -> N
 def test_retention_prunes_old_workflows_with_their_result_folders(tmp_path: Path) -> None:
     journal = SqliteJournal(tmp_path / "journal.sqlite")
     store = new_store(journal)
-    folders = []
+    made = []
     for name in ("old", "new"):
-        wf, _ = store.create_workflow("u0", name, [JobInput("a", "x", "TISSUE_MASK", "s")], ["/s"])
+        wf = submit(store, name)
         [job] = store.take_dispatches(1, lambda job: "w")
         folder = tmp_path / "results" / job.job_id
         folder.mkdir(parents=True)
         (folder / "summary.json").write_text("{}")
         store.succeed(job.job_id, {"summary.json": str(folder / "summary.json")}, "{}", 1)
-        folders.append((wf, folder))
-    (old, old_folder), (new, new_folder) = folders
+        made.append((wf, folder))
+    (old, old_folder), (new, new_folder) = made
     unrelated = tmp_path / "results" / "not-a-job"
     unrelated.mkdir()
     cutoff = (old.jobs[0].end_time + new.jobs[0].end_time) / 2
-    assert prune_expired(store, journal, cutoff) == 1
+    to_delete = prune_expired(store, journal, cutoff)
+    assert to_delete == [old_folder] and old_folder.exists()  # forgotten, not yet deleted
+    delete_folders(to_delete)
     assert not old_folder.exists() and new_folder.exists() and unrelated.exists()
     with pytest.raises(NotFound):
         store.workflow("u0", old.workflow_id)
@@ -303,15 +305,10 @@ class BrokenJournal:
 
 def test_a_failing_journal_refuses_user_changes_but_keeps_worker_outcomes() -> None:
     store = new_store(None)
-    wf, _ = store.create_workflow(
-        "u0",
-        "w",
-        [JobInput("a", "x", "TISSUE_MASK", "s"), JobInput("b", "y", "TISSUE_MASK", "s")],
-        ["/s", "/s"],
-    )
+    wf = submit(store, branches="xy")
     store.journal = BrokenJournal()
     with pytest.raises(JournalError):
-        store.create_workflow("u0", "refused", [JobInput("a", "x", "TISSUE_MASK", "s")], ["/s"])
+        submit(store, "refused")
     assert [w.name for w in store.list_workflows("u0", 10, "")[0]] == ["w"]  # nothing changed
     with pytest.raises(JournalError):
         store.cancel_job("u0", wf.jobs[1].job_id)
