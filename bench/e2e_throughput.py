@@ -24,9 +24,10 @@ from pathlib import Path
 
 import grpc
 
+from bench.process_cpu import session_cpu_seconds
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from tests.harness import start_scheduler, start_worker
+from tests.harness import Service, start_scheduler, start_worker
 
 DEFAULT_RESULTS_PARENT = (
     Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
@@ -83,6 +84,23 @@ async def run_workflows(
     return {"jobs": succeeded, "seconds": elapsed, "jobs_per_s": succeeded / elapsed}
 
 
+def cpu_snapshot(scheduler: Service, worker: Service) -> dict[str, float]:
+    """CPU seconds so far of each process that takes part in a job."""
+    worker_cpu = session_cpu_seconds(worker.process.pid)
+    return {
+        "scheduler": session_cpu_seconds(scheduler.process.pid)["main"],
+        "worker_main": worker_cpu["main"],
+        "worker_pool": worker_cpu["children"],
+        "bench_client": time.process_time(),
+    }
+
+
+def cpu_ms_per_job(
+    before: dict[str, float], after: dict[str, float], jobs: float
+) -> dict[str, float]:
+    return {name: round((after[name] - before[name]) * 1000 / jobs, 3) for name in after}
+
+
 def file_create_us(parent: Path, count: int = 500) -> float:
     """Median cost of creating, writing and closing one small new file in ``parent``."""
     samples = []
@@ -132,6 +150,9 @@ def main() -> None:
     parser.add_argument("--jobs-per-workflow", type=int, default=50)
     parser.add_argument("--slots", type=int, default=32, help="worker slots = scheduler cap")
     parser.add_argument("--concurrency", type=int, default=16, help="workflows in flight")
+    parser.add_argument(
+        "--processes", type=int, default=0, help="worker pool processes (0: the worker's default)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--log-level", default="INFO", help="services' log level")
     parser.add_argument(
@@ -147,12 +168,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     runs: list[dict[str, float]] = []
+    cpu_runs: list[dict[str, float]] = []
     echoes: list[dict[str, float]] = []
     args.results_parent.mkdir(parents=True, exist_ok=True)
     create_us = file_create_us(args.results_parent)
     with tempfile.TemporaryDirectory(dir=args.results_parent) as tmp, ExitStack() as stack:
         workdir = Path(tmp)
-        worker = start_worker(workdir, slots=args.slots, log_level=args.log_level)
+        pool = {"processes": str(args.processes)} if args.processes else {}
+        worker = start_worker(workdir, slots=args.slots, log_level=args.log_level, **pool)
         stack.callback(worker.stop)
         scheduler = start_scheduler(
             workdir,
@@ -167,13 +190,14 @@ def main() -> None:
         time.sleep(1.0)  # let the scheduler learn the worker's slots
         for _ in range(args.rounds):
             echoes.append(asyncio.run(echo_baseline(args.jobs, args.concurrency * 4)))
-            runs.append(
-                asyncio.run(
-                    run_workflows(
-                        scheduler.address, args.jobs, args.jobs_per_workflow, args.concurrency
-                    )
+            before = cpu_snapshot(scheduler, worker)
+            run = asyncio.run(
+                run_workflows(
+                    scheduler.address, args.jobs, args.jobs_per_workflow, args.concurrency
                 )
             )
+            cpu_runs.append(cpu_ms_per_job(before, cpu_snapshot(scheduler, worker), run["jobs"]))
+            runs.append(run)
     e2e = statistics.median(r["jobs_per_s"] for r in runs)
     echo = statistics.median(r["calls_per_s"] for r in echoes)
     print(
@@ -183,8 +207,12 @@ def main() -> None:
                 "echo_calls_per_s_median": round(echo, 1),
                 "e2e_over_echo": round(e2e / echo, 4),
                 "file_create_us_median": round(create_us, 1),
+                "cpu_ms_per_job_median": {
+                    name: statistics.median(r[name] for r in cpu_runs) for name in cpu_runs[0]
+                },
                 "runs": runs,
                 "echo_runs": echoes,
+                "cpu_ms_per_job": cpu_runs,
                 "settings": {**vars(args), "results_parent": str(args.results_parent)},
             },
             indent=2,

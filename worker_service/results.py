@@ -25,8 +25,11 @@ class AtomicFile:
 
     def __init__(self, path: Path, mode: str = "w") -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            fd, self._tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        except FileNotFoundError:  # the job's first file: its folder is made once
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, self._tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         self.handle: IO[Any] = os.fdopen(fd, mode)
 
     def __enter__(self) -> AtomicFile:
@@ -48,9 +51,9 @@ def write_json(path: Path, document: object) -> Path:
     return path
 
 
-def write_png(path: Path, image: Image.Image) -> Path:
+def write_png(path: Path, image: Image.Image, compress_level: int = 6) -> Path:
     with AtomicFile(path, "wb") as out:
-        image.save(out.handle, format="PNG")
+        image.save(out.handle, format="PNG", compress_level=compress_level)
     return path
 
 

@@ -1,9 +1,8 @@
 """The worker's gRPC face: RunJob streams a job's progress and outcome.
 
-A job runs in a thread (its tiles in the shared process pool); the handler only
-relays. Cancelling the
-call (the scheduler's cancel, or a broken stream) stops the loop at the next
-tile."""
+A segmentation job runs in a thread (its tiles in the shared process pool), a
+tissue-mask job whole in the pool; the handler only relays. Cancelling the call
+(the scheduler's cancel, or a broken stream) stops the loop at the next tile."""
 
 from __future__ import annotations
 
@@ -23,10 +22,18 @@ from prometheus_client import CollectorRegistry
 from clients.wsi.worker.v1 import worker_pb2 as pb
 from clients.wsi.worker.v1 import worker_pb2_grpc as pb_grpc
 from worker_service.observability import WorkerMetrics
-from worker_service.pipeline import JOB_TYPES, JobCancelled, JobFailed, JobOutcome, JobSpec, run_job
+from worker_service.pipeline import (
+    JOB_TYPES,
+    JobCancelled,
+    JobFailed,
+    JobOutcome,
+    JobSpec,
+    run_job,
+    run_tissue_job,
+)
 from worker_service.slide_access import SlideCache
 from worker_service.throttle import ProgressThrottle
-from worker_service.tile_pool import TilePool
+from worker_service.tile_pool import PoolCrashed, TilePool
 from wsi_runtime.slide_paths import SlidePathError, resolve_slide
 
 if TYPE_CHECKING:
@@ -85,16 +92,27 @@ class WorkerServicer(pb_grpc.WorkerServicer):
 
         on_tile = self.metrics.tile_observer(spec.job_type)
 
-        def work() -> JobOutcome:
-            try:
-                return run_job(
-                    spec, self.results_dir, stop.is_set, report, self.slides, self.pool, on_tile
-                )
-            finally:
-                loop.call_soon_threadsafe(updates.put_nowait, None)
+        async def work() -> JobOutcome:
+            if spec.job_type == "TISSUE_MASK":
+                try:
+                    return await self.pool.run(run_tissue_job, spec, self.results_dir)
+                except PoolCrashed as exc:
+                    raise JobFailed(str(exc)) from exc
+            return await loop.run_in_executor(
+                self.executor,
+                run_job,
+                spec,
+                self.results_dir,
+                stop.is_set,
+                report,
+                self.slides,
+                self.pool,
+                on_tile,
+            )
 
         log.debug("job %s attempt %d: %s on %s", spec.job_id, request.attempt, spec.job_type, slide)
-        future = loop.run_in_executor(self.executor, work)
+        future = asyncio.ensure_future(work())
+        future.add_done_callback(lambda _: updates.put_nowait(None))
         self.running += 1
         outcome_name = "cancelled"
         try:
@@ -124,6 +142,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             self.metrics.job_ended(spec.job_type, outcome_name)
             if not future.done():
                 log.info("job %s: call ended, stopping its tiles", spec.job_id)
+                future.cancel()
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -8,6 +8,7 @@ a slide has."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import threading
@@ -64,8 +65,11 @@ class TilePool:
         try:
             return future.result()
         except BrokenProcessPool as exc:
-            self._replace_broken(self._executor)
-            raise PoolCrashed(f"a tile-processing process died: {exc}") from exc
+            raise self._crashed(exc) from exc
+
+    def _crashed(self, exc: BrokenProcessPool) -> PoolCrashed:
+        self._replace_broken(self._executor)
+        return PoolCrashed(f"a tile-processing process died: {exc}")
 
     def warm_up(self) -> None:
         """Starts every process now (and imports the segmentation stack in it)."""
@@ -115,6 +119,14 @@ class TilePool:
     def call(self, fn: Callable[..., R], *args: Any) -> R:
         """``fn(*args)`` in a pool process; blocks this thread (not the GIL) meanwhile."""
         return self._result(self._submit(fn, *args))
+
+    async def run(self, fn: Callable[..., R], *args: Any) -> R:
+        """``fn(*args)`` in a pool process, awaited on the event loop: no thread
+        waits for it. Cancelling the await drops the task if it has not started."""
+        try:
+            return await asyncio.wrap_future(self._submit(fn, *args))
+        except BrokenProcessPool as exc:
+            raise self._crashed(exc) from exc
 
     def map_all(self, fn: Callable[..., R], items: Iterable[T], extra: tuple[Any, ...]) -> list[R]:
         """Results in the order of ``items``."""

@@ -4,13 +4,15 @@ arrays in, arrays and polygons out (no OpenSlide, no gRPC).
 Stained tissue is coloured and glass is grey-white, so the HSV saturation
 separates them well: median blur, Otsu threshold on saturation (with a floor,
 so an all-white slide yields no tissue), then morphological clean-up and
-removal of small specks and holes."""
+removal of small specks and holes. Saturation is kept in 8 bits: Otsu bins it
+into 256 levels anyway, and an 8-bit median filter is a sliding histogram,
+several times faster than sorting floats on a 1024 px thumbnail."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import reduce
+from functools import lru_cache, reduce
 
 import numpy as np
 import numpy.typing as npt
@@ -18,41 +20,53 @@ import skimage.morphology as morphology
 from scipy import ndimage
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
-from skimage import (
-    color,
-    filters,
-    measure,
-)
+from skimage import filters, measure
+from skimage.filters import rank
 
 from worker_service.tiling import Tile
 
 MIN_SATURATION = 0.05  # below this nothing is tissue, whatever Otsu says
 MIN_OBJECT_FRACTION = 0.0005  # specks smaller than this share of the image are dropped
+DARK = 20  # pixels darker than this in every channel are no data, not tissue
+MEDIAN_WINDOW = np.ones((5, 5), dtype=bool)
 
 
 @dataclass(frozen=True)
 class TissueMask:
     mask: npt.NDArray[np.bool_]  # True on tissue, at thumbnail resolution
     downsample: float  # level-0 pixels per mask pixel
-    threshold: float
+    threshold: float  # on saturation in [0, 1]
+
+
+def saturation8(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """HSV saturation, (max - min) / max, rounded to 0..255; 0 where the pixel is
+    black or nearly (no data outside the scanned area is dark, not coloured)."""
+    high = rgb.max(axis=2).astype(np.uint16)
+    spread = high - rgb.min(axis=2)
+    saturation = (spread * 255 + high // 2) // np.maximum(high, 1)
+    saturation[high < DARK] = 0
+    result: npt.NDArray[np.uint8] = saturation.astype(np.uint8)
+    return result
+
+
+@lru_cache(maxsize=16)
+def _disk(radius: int) -> npt.NDArray[np.uint8]:
+    footprint: npt.NDArray[np.uint8] = morphology.disk(radius)
+    return footprint
 
 
 def detect_tissue(rgb: npt.NDArray[np.uint8], downsample: float) -> TissueMask:
     """``rgb`` is the whole slide at ``downsample`` (level-0 px per pixel)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
         raise ValueError(f"expected an RGB image, got shape {rgb.shape}")
-    saturation = color.rgb2hsv(rgb)[..., 1]
-    # Pure black (no data, outside scanned area) is saturation 0 as well, but dark:
-    # keep it out of tissue explicitly.
-    saturation[rgb.max(axis=2) < 20] = 0
-    smooth = ndimage.median_filter(saturation, size=5)
-    if float(smooth.max()) - float(smooth.min()) < 1e-6:
+    smooth = rank.median(saturation8(rgb), footprint=MEDIAN_WINDOW)
+    if int(smooth.max()) == int(smooth.min()):
         threshold = 1.0
     else:
-        threshold = max(float(filters.threshold_otsu(smooth)), MIN_SATURATION)
-    mask = smooth > threshold
+        threshold = max(float(filters.threshold_otsu(smooth)) / 255, MIN_SATURATION)
+    mask = smooth > threshold * 255
     radius = max(1, round(min(mask.shape) / 300))
-    disk = morphology.disk(radius)
+    disk = _disk(radius)
     mask = ndimage.binary_closing(mask, structure=disk, border_value=0)
     mask = ndimage.binary_opening(mask, structure=disk)
     min_size = max(16, int(MIN_OBJECT_FRACTION * mask.size))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 
@@ -24,7 +25,7 @@ def resolve_slide(path: str, roots: Sequence[Path]) -> Path:
         raise SlidePathError("slide path contains a NUL byte")
     if not roots:
         raise SlidePathError("no slide roots are configured", permission=True)
-    real_roots = [Path(os.path.realpath(root)) for root in roots]
+    real_roots = _real_roots(tuple(roots))
     candidates = [Path(path)] if os.path.isabs(path) else [root / path for root in real_roots]
     outside = False
     for candidate in candidates:
@@ -45,6 +46,14 @@ def resolve_slide(path: str, roots: Sequence[Path]) -> Path:
             permission=True,
         )
     raise SlidePathError(f"slide {path!r} not found under the slide roots")
+
+
+@lru_cache(maxsize=8)
+def _real_roots(roots: tuple[Path, ...]) -> tuple[Path, ...]:
+    """Resolved once per process: every job resolves its slide against the same
+    few roots, and resolving walks the path with one lstat per component. (A
+    root that is a symlink is followed at start; repointing it needs a restart.)"""
+    return tuple(Path(os.path.realpath(root)) for root in roots)
 
 
 def check_slide_format(path: Path, shown_as: str) -> str:

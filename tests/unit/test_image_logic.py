@@ -17,7 +17,13 @@ from worker_service.nuclei import (
     stain_reference,
 )
 from worker_service.tiling import tile_grid
-from worker_service.tissue import TissueMask, detect_tissue, tile_tissue_fractions, tissue_polygons
+from worker_service.tissue import (
+    TissueMask,
+    detect_tissue,
+    saturation8,
+    tile_tissue_fractions,
+    tissue_polygons,
+)
 from wsi_runtime.synthetic_slides import SyntheticNucleus, render_he
 
 
@@ -69,6 +75,17 @@ def test_tissue_found_on_a_rendered_slide_and_nothing_on_glass() -> None:
     assert polygon.bounds == pytest.approx((400, 320, 2000, 1280), abs=30)
     glass = np.full((200, 300, 3), 243, np.uint8)
     assert not detect_tissue(glass, 1.0).mask.any()
+
+
+@settings(deadline=None, max_examples=40)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_8_bit_saturation_is_hsv_saturation_rounded(seed: int) -> None:
+    from skimage.color import rgb2hsv
+
+    rgb = np.random.default_rng(seed).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    expected = rgb2hsv(rgb)[..., 1]
+    expected[rgb.max(axis=2) < 20] = 0  # nearly black: no data, never tissue
+    assert np.abs(saturation8(rgb) / 255 - expected).max() <= 0.5 / 255 + 1e-12
 
 
 def test_nuclei_segmented_one_to_one_on_a_rendered_tile() -> None:
