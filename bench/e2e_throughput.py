@@ -2,7 +2,11 @@
 worker processes, on tiny slides, beside a bare grpc.aio echo baseline.
 
     python -m bench.e2e_throughput [--jobs 3000] [--jobs-per-workflow 50] [--slots 32]
-        [--results-parent DIR]
+        [--results-parent DIR] [--processes N] [--journal FILE]
+
+Besides jobs/s it prints the CPU milliseconds one job costs in each process
+(scheduler, worker main, worker pool, this client), read from /proc: on two
+cores that split says where a faster rate has to come from.
 
 Every job writes four result files, so the results folder's file-creation cost
 is part of the number: the run measures it (``file_create_us``) and prints it
