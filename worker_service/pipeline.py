@@ -119,7 +119,8 @@ def run_job(
     pool: TilePool | None,
     on_tile: Callable[[float], None] = lambda seconds: None,
 ) -> JobOutcome:
-    """``pool`` None runs everything in this thread (a TISSUE_MASK job in a pool
+    """Runs in the calling thread; only segmentation tiles go to ``pool`` (None
+    is enough for TISSUE_MASK: the worker runs such a job whole in a pool
     process, see ``run_tissue_job``). ``on_tile`` hears each segmented tile's
     processing time."""
     timings = _Timings()

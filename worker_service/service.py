@@ -143,6 +143,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             if not future.done():
                 log.info("job %s: call ended, stopping its tiles", spec.job_id)
                 future.cancel()
+            elif not future.cancelled():
+                future.exception()  # seen: an outcome the ended call never awaited is no error
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
