@@ -27,7 +27,7 @@ run: $(STAMP)
 
 ## Everything CI checks: generated code fresh, lint, the whole test suite.
 test: $(STAMP) browser proto-check lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 ## Debian's Chromium for the browser tests (Playwright drives it; nothing is downloaded
 ## by Playwright itself). Needs root, as on CI; without it the browser tests are skipped.
