@@ -54,6 +54,7 @@ class NullJournal:
 class SqliteJournal:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
+        self._progress_jobs: set[str] = set()  # jobs that have progress records here
         try:
             if self.path != MEMORY:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +98,8 @@ class SqliteJournal:
             )
 
     def append(self, record: Record) -> None:
+        if record.kind == "progress":
+            self._progress_jobs.add(record.payload["job_id"])
         try:
             self._db.execute(
                 "INSERT INTO records (kind, workflow_id, job_id, sequence, time, payload)"
@@ -120,17 +123,25 @@ class SqliteJournal:
                 "SELECT kind, workflow_id, sequence, time, payload FROM records ORDER BY id"
             )
             for kind, workflow_id, sequence, time, payload in rows:
-                yield Record(kind, workflow_id, sequence, time, json.loads(payload))
+                record = Record(kind, workflow_id, sequence, time, json.loads(payload))
+                if kind == "progress":
+                    self._progress_jobs.add(record.payload["job_id"])
+                yield record
         except sqlite3.Error as exc:
             raise JournalError(f"cannot read the journal {self.path}: {exc}") from exc
 
     def forget_progress(self, job_id: str) -> None:
+        """A no-op for a job with no progress records (tissue masks and jobs
+        cancelled before they started report none): every job end calls this."""
+        if job_id not in self._progress_jobs:
+            return
         try:
             self._db.execute(
                 "DELETE FROM records WHERE kind = 'progress' AND job_id = ?", (job_id,)
             )
         except sqlite3.Error as exc:
             raise JournalError(f"cannot write the journal {self.path}: {exc}") from exc
+        self._progress_jobs.discard(job_id)
 
     def forget_workflow(self, workflow_id: str) -> None:
         """Drops a pruned workflow's records, so the journal does not grow forever."""

@@ -3,6 +3,7 @@ store and translates its answers and errors to protobuf and status codes."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -196,7 +197,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                 ],
                 self.max_jobs_per_workflow,
             )
-            slide_files = self._resolve_slides(jobs)
+            # Path lookups and the format check read the disk (perhaps a network
+            # share): not on the event loop, which serves every other call.
+            slide_files = await asyncio.to_thread(self._resolve_slides, jobs)
             self._check_pending(user, len(jobs))
             wf, _ = self.store.create_workflow(
                 user, request.name or "workflow", jobs, slide_files, request.request_id

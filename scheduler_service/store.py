@@ -81,6 +81,7 @@ class WorkflowRecord:
     tiles_done: int = 0
     tiles_total: int = 0
     state: str = progress.WorkflowState.PENDING
+    request_id: str = ""  # the create's idempotency key, if it had one
     feed: WorkflowFeed = field(default_factory=WorkflowFeed)
 
     @property
@@ -259,6 +260,7 @@ class Store:
             order=self._order,
             jobs=records,
             state_counts={State.PENDING: len(records)},
+            request_id=request_id,
         )
         self.policy.submit(
             [NewJob(r.job_id, user, workflow_id, r.branch, r.depends_on_ids) for r in records]
@@ -374,8 +376,7 @@ class Store:
         index = self._users[wf.user]
         at = bisect.bisect_left(index.workflow_orders, wf.order)
         del index.workflow_orders[at], index.workflow_ids[at]
-        for request_id in [r for r, w in index.requests.items() if w == workflow_id]:
-            del index.requests[request_id]
+        index.requests.pop(wf.request_id, None)
         return wf
 
     def now(self) -> float:

@@ -5,6 +5,7 @@ user ids, branch names or paths."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -99,6 +100,6 @@ def _code(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> st
     code = context.code()
     if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
         return code.name
-    if isinstance(exc, GeneratorExit) or type(exc).__name__ == "CancelledError":
+    if isinstance(exc, GeneratorExit | asyncio.CancelledError):
         return "CANCELLED"
     return "UNKNOWN"

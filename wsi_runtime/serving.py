@@ -94,7 +94,7 @@ async def run_until_signalled(
 async def _trim_memory_periodically() -> None:
     while True:
         await asyncio.sleep(memory.TRIM_INTERVAL_S)
-        memory.trim()
+        await asyncio.to_thread(memory.trim)  # walks the whole heap: not on the loop
 
 
 def serve_metrics(

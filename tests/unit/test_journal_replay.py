@@ -192,6 +192,34 @@ def test_recover_requeues_running_jobs_as_a_new_attempt_and_journals_that() -> N
     assert final.state is State.FAILED and "gave up after 2 attempts" in final.error
 
 
+def test_progress_records_go_when_their_job_ends_even_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+
+    def progress_records() -> int:
+        with sqlite3.connect(path) as db:
+            return int(
+                db.execute("SELECT COUNT(*) FROM records WHERE kind = 'progress'").fetchone()[0]
+            )
+
+    journal = SqliteJournal(path)
+    store = new_store(journal)
+    wf = submit(store, branches="xy")
+    store.take_dispatches(2, lambda job: "w1")
+    store.progress(wf.jobs[0].job_id, 3, 10)
+    store.progress(wf.jobs[1].job_id, 1, 10)
+    store.succeed(wf.jobs[1].job_id, {}, "{}")
+    assert progress_records() == 1  # the ended job's went, the running job's stay
+    journal.close()
+    # A new process: it learns which jobs have progress records from the replay.
+    reopened = SqliteJournal(path)
+    rebuilt = new_store(None)
+    recover(rebuilt, reopened.records(), reopened)
+    [again] = rebuilt.take_dispatches(1, lambda job: "w2")
+    rebuilt.succeed(again.job_id, {}, "{}")
+    assert progress_records() == 0
+    reopened.close()
+
+
 def test_the_waiting_line_of_users_survives_in_order() -> None:
     journal = SqliteJournal(":memory:")
     store = new_store(journal, max_workers=4, users=1)
