@@ -257,7 +257,8 @@ def test_sse_delivers_every_transition_in_order_and_resumes(gw: Gateway) -> None
 
 
 def test_closing_the_sse_client_frees_the_grpc_stream(tmp_path: Path) -> None:
-    # One worker slot, kept busy: the watched workflow stays PENDING while we look.
+    # One worker slot, kept busy by three long jobs submitted first: the watched
+    # workflow stays PENDING (its stream open, idle) while we look.
     with cluster(tmp_path, worker_slots=(1,), max_workers=1) as c:
         gateway = start_gateway(tmp_path, c.scheduler, tmp_path / "results")
         try:
@@ -269,34 +270,29 @@ def test_closing_the_sse_client_frees_the_grpc_stream(tmp_path: Path) -> None:
             with httpx.Client(base_url=gateway.address, timeout=30) as http:
                 headers = {"X-User-ID": "leaver"}
                 long_job = cells(params={"tile_size": "128", "overlap": "16"})
-                busy = http.post("/workflows", json={"jobs": [long_job]}, headers=headers).json()
+                busy = http.post("/workflows", json={"jobs": [long_job] * 3}, headers=headers)
                 waiting = http.post(
                     "/workflows", json={"jobs": [mask(branch="b")]}, headers=headers
                 ).json()
                 before = watch_streams()
                 url = f"/workflows/{waiting['workflow_id']}/events"
-                counted = []
-                # Known bug, not yet fixed: on a loaded machine uvicorn's h11 receive()
-                # can report http.disconnect milliseconds into a response, for every
-                # stream of that gateway process; Starlette then cancels the stream and the
-                # client has to resume with Last-Event-ID. Then this test cannot observe
-                # an open stream and says so instead of failing CI at random.
-                for _attempt in range(5):
-                    with (
-                        httpx.Client(base_url=gateway.address, timeout=30) as fresh,
-                        fresh.stream("GET", url, headers=headers) as stream,
-                    ):
-                        next(stream.iter_lines())  # connected and streaming
-                        counted.append(watch_streams())
-                    if counted[-1] == before + 1:
-                        break
-                if counted[-1] != before + 1:
-                    pytest.skip(f"the gateway cut every stream early (known bug): {counted}")
-                deadline = time.monotonic() + 10
+                with (
+                    httpx.Client(base_url=gateway.address, timeout=30) as fresh,
+                    fresh.stream("GET", url, headers=headers) as stream,
+                ):
+                    # Keep the iterator: dropping it closes the response (httpx
+                    # closes a half-read stream when its generator is discarded).
+                    lines = stream.iter_lines()
+                    assert next(lines).startswith("id: ")  # connected and streaming
+                    assert watch_streams() == before + 1
+                deadline = time.monotonic() + 5
                 while watch_streams() > before and time.monotonic() < deadline:
                     time.sleep(0.05)
                 assert watch_streams() == before
-                for wf in (busy, waiting):
+                # Freed because the client left, not because the workflow ended.
+                watched = http.get(f"/workflows/{waiting['workflow_id']}", headers=headers)
+                assert watched.json()["state"] == "PENDING"
+                for wf in (busy.json(), waiting):
                     http.post(f"/workflows/{wf['workflow_id']}/cancel", headers=headers)
         finally:
             gateway.stop()
