@@ -62,7 +62,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def build(
     args: argparse.Namespace, registry: CollectorRegistry
-) -> tuple[Store, Dispatcher, SchedulerServicer, SqliteJournal]:
+) -> tuple[Store, Dispatcher, SchedulerServicer, SqliteJournal, SchedulerMetrics]:
     policy = SchedulingPolicy(args.max_workers, args.max_active_users, args.max_attempts)
     metrics = SchedulerMetrics(registry)
     transition_log = TransitionLog()
@@ -93,7 +93,9 @@ def build(
             f", {recovered.skipped} records skipped" if recovered.skipped else "",
         )
     addresses = [a.strip() for a in args.worker_addresses.split(",") if a.strip()]
-    dispatcher = Dispatcher(store, addresses)
+    dispatcher = Dispatcher(
+        store, addresses, on_error=lambda task: metrics.background_errors.labels(task).inc()
+    )
     servicer = SchedulerServicer(
         store,
         dispatcher,
@@ -107,23 +109,31 @@ def build(
         lambda: (dispatcher.slots_busy, dispatcher.slots_total, dispatcher.workers_connected),
         lambda: servicer.watch_streams,
     )
-    return store, dispatcher, servicer, journal
+    return store, dispatcher, servicer, journal, metrics
 
 
-async def prune_periodically(store: Store, journal: SqliteJournal, hours: float) -> None:
+async def prune_periodically(
+    store: Store, journal: SqliteJournal, hours: float, metrics: SchedulerMetrics
+) -> None:
     interval = min(RETENTION_CHECK_S, hours * 3600 / 10)
     while True:
-        folders = retention.prune_expired(store, journal, time.time() - hours * 3600)
-        await asyncio.to_thread(retention.delete_folders, folders)
+        try:
+            folders = retention.prune_expired(store, journal, time.time() - hours * 3600)
+            await asyncio.to_thread(retention.delete_folders, folders)
+        except Exception:
+            log.exception("unexpected error in retention; trying again next round")
+            metrics.background_errors.labels("retention").inc()
         await asyncio.sleep(interval)
 
 
 async def serve(args: argparse.Namespace) -> None:
     registry = CollectorRegistry()
-    store, dispatcher, servicer, journal = build(args, registry)
+    store, dispatcher, servicer, journal, metrics = build(args, registry)
     tasks = []
     if args.retention_hours > 0:
-        tasks.append(asyncio.create_task(prune_periodically(store, journal, args.retention_hours)))
+        tasks.append(
+            asyncio.create_task(prune_periodically(store, journal, args.retention_hours, metrics))
+        )
 
     async def stop() -> None:
         for task in tasks:

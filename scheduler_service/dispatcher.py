@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,16 +21,15 @@ from scheduler_service.store import JobRecord, Store
 
 log = logging.getLogger("wsi.scheduler.dispatch")
 
-# Statuses that mean "the lease broke" (retry elsewhere) rather than "the job is wrong".
+# Statuses that mean "the lease broke" (the stream or the worker is gone: retry
+# elsewhere). Any other status is the worker's answer about this job (UNKNOWN:
+# its handler raised), so the job fails once and the worker stays connected.
 _LOST = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.CANCELLED,
         grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.UNKNOWN,
         grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
 # A worker that dies without closing its connection (power, network) is noticed
@@ -70,8 +69,10 @@ class Dispatcher:
         worker_addresses: Sequence[str],
         retry_initial: float = 0.2,
         retry_max: float = 5.0,
+        on_error: Callable[[str], None] = lambda task: None,
     ) -> None:
         self.store = store
+        self.on_error = on_error
         self.links = [
             WorkerLink(
                 a, ch := grpc.aio.insecure_channel(a, CHANNEL_OPTIONS), wpb_grpc.WorkerStub(ch)
@@ -111,7 +112,7 @@ class Dispatcher:
 
     def start(self) -> None:
         for link in self.links:
-            self._spawn(self._keep_connected(link))
+            self._spawn(self._keep_connected(link), f"probe {link.address}")
 
     async def close(self) -> None:
         self._closing = True
@@ -123,10 +124,22 @@ class Dispatcher:
         for link in self.links:
             await link.channel.close(grace=None)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._supervise)
+
+    def _supervise(self, task: asyncio.Task[None]) -> None:
+        """A background task that raised is a bug, never a reason to stop
+        dispatching: log it with its traceback, count it, and go on."""
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        self._report_error(task.get_name(), task.exception())
+
+    def _report_error(self, what: str, exc: BaseException | None) -> None:
+        log.error("unexpected error in %s", what, exc_info=exc)
+        self.on_error(what.split(" ", 1)[0])
 
     async def _keep_connected(self, link: WorkerLink) -> None:
         """Learns the worker's slots; after a loss, probes it again with backoff."""
@@ -174,6 +187,12 @@ class Dispatcher:
         self._kick_pending = False
         if self._closing:
             return
+        try:
+            self._dispatch_now()
+        except Exception as exc:
+            self._report_error("dispatch", exc)
+
+    def _dispatch_now(self) -> None:
         placed: dict[str, WorkerLink] = {}
 
         def place(job: JobRecord) -> str:
@@ -183,7 +202,7 @@ class Dispatcher:
             return link.address
 
         for job in self.store.take_dispatches(self.free_slots(), place):
-            self._spawn(self._run(job, placed[job.job_id]))
+            self._spawn(self._run(job, placed[job.job_id]), f"job {job.job_id}")
 
     def stop_job(self, job_id: str) -> None:
         call = self._calls.get(job_id)
@@ -229,7 +248,7 @@ class Dispatcher:
                     self._mark_lost(link, f"{exc.code().name}: {exc.details()}")
                 self._end_unfinished(job_id, link, f"worker {link.address} lost: {exc.details()}")
             else:
-                self.store.fail(job_id, f"worker refused the job: {exc.details()}")
+                self.store.fail(job_id, f"worker error ({exc.code().name}): {exc.details()}")
         finally:
             self._calls.pop(job_id, None)
             link.busy -= 1

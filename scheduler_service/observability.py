@@ -89,6 +89,15 @@ class SchedulerMetrics:
             registry=registry,
             buckets=JOB_BUCKETS,
         )
+        self.background_errors = Counter(
+            "wsi_scheduler_background_errors_total",
+            "Unexpected exceptions in background work (dispatch, job streams, worker"
+            " probes, retention), logged with their traceback; the work goes on.",
+            ["task"],
+            registry=registry,
+        )
+        for task in ("dispatch", "job", "probe", "retention"):
+            self.background_errors.labels(task)
         for job_type in JOB_TYPES:  # every series exists from the start
             self.submitted.labels(job_type)
             self.retries.labels(job_type)

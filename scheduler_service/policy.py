@@ -477,30 +477,42 @@ class SchedulingPolicy:
         record.lanes.clear()
 
     def _cancel_pending(self, job: _Job, reason: str, cause: str = "") -> list[Transition]:
-        out = [self._end(job, State.CANCELLED, reason, cause)]
-        out.extend(self._cascade_dependents(job))
-        if job.lane in self._lanes and not self._lanes[job.lane].failed:
-            self._refresh_lane(job.lane)
-        return out
+        return self._cancel_all([(job.job_id, reason, cause)])
 
     def _cascade_dependents(self, job: _Job) -> list[Transition]:
-        out: list[Transition] = []
         reason = f"dependency ended {job.state.value}"
-        for dep_id in job.dependents:
-            dependent = self._jobs[dep_id]
-            if dependent.state is State.PENDING:
-                out.extend(self._cancel_pending(dependent, reason, job.job_id))
-        return out
+        return self._cancel_all([(d, reason, job.job_id) for d in job.dependents])
 
     def _fail_lane(self, lane_key: LaneKey, failed_job: str) -> list[Transition]:
         lane = self._lanes.get(lane_key)
-        out: list[Transition] = []
         if lane is None:
-            return out
-        for job_id in list(lane.queue):
-            job = self._jobs[job_id]
-            if job.state is State.PENDING:
-                reason = "branch stopped after a failed job"
-                out.extend(self._cancel_pending(job, reason, failed_job))
+            return []
+        reason = "branch stopped after a failed job"
+        out = self._cancel_all([(job_id, reason, failed_job) for job_id in lane.queue])
         lane.queue.clear()
+        return out
+
+    def _cancel_all(self, seeds: Sequence[tuple[str, str, str]]) -> list[Transition]:
+        """Cancels each PENDING job of ``seeds`` (job, reason, cause) and, in
+        turn, every PENDING job that depends on one cancelled here.
+
+        An explicit stack rather than recursion: a chain of any length the caps
+        accept costs memory proportional to its length, never stack frames.
+        The order is the depth-first order a recursive walk would give."""
+        out: list[Transition] = []
+        touched: dict[LaneKey, None] = {}
+        stack = list(reversed(seeds))
+        while stack:
+            job_id, reason, cause = stack.pop()
+            job = self._jobs[job_id]
+            if job.state is not State.PENDING:
+                continue
+            out.append(self._end(job, State.CANCELLED, reason, cause))
+            touched[job.lane] = None
+            because = f"dependency ended {State.CANCELLED.value}"
+            stack.extend((d, because, job_id) for d in reversed(job.dependents))
+        for lane_key in touched:
+            lane = self._lanes.get(lane_key)
+            if lane is not None and not lane.failed:
+                self._refresh_lane(lane_key)
         return out

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from scheduler_service import progress
 from scheduler_service.events import WorkflowFeed
 from scheduler_service.journal import Journal, JournalError, NullJournal, Record
-from scheduler_service.policy import NewJob, SchedulingPolicy, State, Transition, WaitKind
+from scheduler_service.policy import (
+    NewJob,
+    PolicyError,
+    SchedulingPolicy,
+    State,
+    Transition,
+    WaitKind,
+)
 from scheduler_service.validation import JobInput
 
 log = logging.getLogger("wsi.scheduler.store")
@@ -321,7 +328,7 @@ class Store:
     def succeed(
         self, job_id: str, files: dict[str, str], summary: str, tiles_total: int | None = None
     ) -> None:
-        job = self._jobs[job_id]
+        job = self._running(job_id)
         total = job.tiles_total if tiles_total is None else tiles_total
         self._record(
             "succeed",
@@ -333,17 +340,25 @@ class Store:
         self._apply(self.policy.finish(job_id, State.SUCCEEDED))
 
     def fail(self, job_id: str, error: str) -> None:
-        self._record("fail", self._jobs[job_id], {"job_id": job_id, "error": error})
+        self._record("fail", self._running(job_id), {"job_id": job_id, "error": error})
         self._apply(self.policy.finish(job_id, State.FAILED, error))
 
     def finish_cancelled(self, job_id: str) -> None:
-        self._record("finish_cancelled", self._jobs[job_id], {"job_id": job_id})
+        self._record("finish_cancelled", self._running(job_id), {"job_id": job_id})
         self._apply(self.policy.finish(job_id, State.CANCELLED, "cancelled by user"))
 
     def lose(self, job_id: str, reason: str) -> None:
         """The job's worker stream broke: retry it, or fail it after max attempts."""
-        self._record("lose", self._jobs[job_id], {"job_id": job_id, "reason": reason})
+        self._record("lose", self._running(job_id), {"job_id": job_id, "reason": reason})
         self._apply(self.policy.lose(job_id, reason))
+
+    def _running(self, job_id: str) -> JobRecord:
+        """A worker's outcome must name a RUNNING job. Checked before anything is
+        journaled: a command applies whole or not at all."""
+        job = self._jobs.get(job_id)
+        if job is None or job.state is not State.RUNNING:
+            raise PolicyError(f"job {job_id} is not running")
+        return job
 
     def advance_sequence(self, workflow_id: str, sequence: int) -> None:
         """Replay: the next event of the workflow gets ``sequence``. The numbers
