@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Sequence
 
@@ -13,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from clients.wsi.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from scheduler_service import convert, recovery, retention
 from scheduler_service.dispatcher import Dispatcher
-from scheduler_service.journal import MEMORY, SqliteJournal
+from scheduler_service.journal import MEMORY, JournalDamaged, JournalError, SqliteJournal
 from scheduler_service.limits import RateLimiter
 from scheduler_service.observability import SchedulerMetrics, TransitionLog
 from scheduler_service.policy import SchedulingPolicy
@@ -49,6 +50,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "state/scheduler-journal.sqlite",
         f"SQLite journal the state survives restarts in ({MEMORY}: none)",
     )
+    settings.add_switch(
+        parser,
+        "--journal-quarantine",
+        "set damaged journal records aside (into the journal's quarantine table) and start"
+        " without them, instead of refusing to start",
+    )
     settings.add(
         parser,
         "--retention-hours",
@@ -81,7 +88,21 @@ def build(
     store_ref.append(store)
     journal = SqliteJournal(args.journal)
     started = time.perf_counter()
-    recovered = recovery.recover(store, journal.records(), journal, on_transition)
+    try:
+        recovered = recovery.recover(
+            store, journal.entries(), journal, on_transition, args.journal_quarantine
+        )
+    except recovery.DamagedInReplay as exc:
+        journal.close()
+        raise JournalDamaged(args.journal, exc.damaged) from None
+    if recovered.quarantined:
+        journal.quarantine(recovered.quarantined, time.time())
+        log.warning(
+            "journal %s: %d damaged records moved to its quarantine table: %s",
+            args.journal,
+            len(recovered.quarantined),
+            "; ".join(f"{d.describe()}: {d.problem}" for d in recovered.quarantined[:5]),
+        )
     if recovered.records:
         log.info(
             "journal %s: %d records replayed in %.2fs, %d workflows, %d running jobs requeued%s",
@@ -161,7 +182,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logs.configure(args.log_level, args.log_format)
     memory.limit_malloc_arenas()
-    asyncio.run(serve(args))
+    try:
+        asyncio.run(serve(args))
+    except (JournalError, serving.StartupError) as exc:
+        sys.exit(f"wsi-scheduler: error: {exc}")
 
 
 if __name__ == "__main__":

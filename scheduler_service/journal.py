@@ -9,9 +9,10 @@ record. ``:memory:`` gives a journal that lives as long as the process (tests)."
 
 from __future__ import annotations
 
+import enum
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,47 @@ class JournalError(RuntimeError):
     """The journal cannot be read or written; the message says which file and why."""
 
 
+class RecordKind(enum.StrEnum):
+    """What a record says happened; stored as its value."""
+
+    CREATE = "create"
+    DISPATCH = "dispatch"
+    PROGRESS = "progress"
+    SUCCEED = "succeed"
+    FAIL = "fail"
+    FINISH_CANCELLED = "finish_cancelled"
+    LOSE = "lose"
+    CANCEL_JOB = "cancel_job"
+    CANCEL_WORKFLOW = "cancel_workflow"
+    PRUNE = "prune"
+
+
+@dataclass(frozen=True)
+class DamagedRecord:
+    """A stored record that cannot be replayed: not JSON, an unknown kind, a
+    payload of the wrong shape. ``rowid`` names it in the journal file."""
+
+    rowid: int
+    kind: str
+    workflow_id: str
+    problem: str
+
+    def describe(self) -> str:
+        return f"record {self.rowid} ({self.kind!r} of workflow {self.workflow_id!r})"
+
+
+class JournalDamaged(JournalError):
+    """Replay met a damaged record; the message names it and the way out."""
+
+    def __init__(self, path: str, damaged: DamagedRecord) -> None:
+        super().__init__(
+            f"the journal {path} has a damaged {damaged.describe()}: {damaged.problem}; "
+            "start with --journal-quarantine (WSI_JOURNAL_QUARANTINE=1) to set damaged "
+            "records aside (kept in the journal's quarantine table) and start without them"
+        )
+        self.damaged = damaged
+
+
 @dataclass(frozen=True)
 class Record:
     kind: str
@@ -31,6 +73,7 @@ class Record:
     sequence: int  # the workflow's event sequence number the change starts at
     time: float
     payload: dict[str, Any]
+    rowid: int = 0  # where it is stored (0: not stored yet)
 
 
 class Journal(Protocol):
@@ -75,6 +118,18 @@ class SqliteJournal:
                 " payload TEXT NOT NULL)"
             )
             self._db.execute(
+                "CREATE TABLE IF NOT EXISTS quarantine ("
+                " id INTEGER PRIMARY KEY,"
+                " kind TEXT NOT NULL,"
+                " workflow_id TEXT NOT NULL,"
+                " job_id TEXT,"
+                " sequence INTEGER NOT NULL,"
+                " time REAL NOT NULL,"
+                " payload TEXT NOT NULL,"
+                " problem TEXT NOT NULL,"
+                " quarantined REAL NOT NULL)"
+            )
+            self._db.execute(
                 "CREATE INDEX IF NOT EXISTS records_by_workflow ON records (workflow_id)"
             )
             self._db.execute(
@@ -116,19 +171,51 @@ class SqliteJournal:
         except sqlite3.Error as exc:
             raise JournalError(f"cannot write the journal {self.path}: {exc}") from exc
 
-    def records(self) -> Iterator[Record]:
-        """Every record, oldest first."""
+    def entries(self) -> Iterator[Record | DamagedRecord]:
+        """Every stored record, oldest first; one that cannot be parsed comes as
+        a DamagedRecord, so the reader decides what to do with it."""
         try:
             rows = self._db.execute(
-                "SELECT kind, workflow_id, sequence, time, payload FROM records ORDER BY id"
+                "SELECT id, kind, workflow_id, sequence, time, payload FROM records ORDER BY id"
             )
-            for kind, workflow_id, sequence, time, payload in rows:
-                record = Record(kind, workflow_id, sequence, time, json.loads(payload))
-                if kind == "progress":
-                    self._progress_jobs.add(record.payload["job_id"])
-                yield record
+            for rowid, kind, workflow_id, sequence, time, text in rows:
+                try:
+                    payload = json.loads(text)
+                except (ValueError, TypeError) as exc:
+                    yield DamagedRecord(rowid, kind, workflow_id, f"payload is not JSON ({exc})")
+                    continue
+                if not isinstance(payload, dict):
+                    yield DamagedRecord(rowid, kind, workflow_id, "payload is not a JSON object")
+                    continue
+                if kind == "progress" and isinstance(payload.get("job_id"), str):
+                    self._progress_jobs.add(payload["job_id"])
+                yield Record(kind, workflow_id, sequence, time, payload, rowid)
         except sqlite3.Error as exc:
             raise JournalError(f"cannot read the journal {self.path}: {exc}") from exc
+
+    def records(self) -> Iterator[Record]:
+        """Every record, oldest first; JournalDamaged at the first damaged one."""
+        for entry in self.entries():
+            if isinstance(entry, DamagedRecord):
+                raise JournalDamaged(self.path, entry)
+            yield entry
+
+    def quarantine(self, damaged: Sequence[DamagedRecord], now: float) -> None:
+        """Moves damaged records out of the replayed table, keeping them (and why)
+        for a person to look at: nothing is deleted."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                for entry in damaged:
+                    self._db.execute(
+                        "INSERT INTO quarantine (kind, workflow_id, job_id, sequence, time,"
+                        " payload, problem, quarantined) SELECT kind, workflow_id, job_id,"
+                        " sequence, time, payload, ?, ? FROM records WHERE id = ?",
+                        (entry.problem, now, entry.rowid),
+                    )
+                    self._db.execute("DELETE FROM records WHERE id = ?", (entry.rowid,))
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot write the journal {self.path}: {exc}") from exc
 
     def forget_progress(self, job_id: str) -> None:
         """A no-op for a job with no progress records (tissue masks and jobs

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from scheduler_service.journal import Journal, Record
+from scheduler_service.journal import DamagedRecord, Journal, Record, RecordKind
 from scheduler_service.policy import PolicyError
 from scheduler_service.store import AlreadyFinished, NotFound, Store, TransitionSink
 from scheduler_service.validation import JobInput
@@ -23,6 +24,33 @@ log = logging.getLogger("wsi.scheduler.recovery")
 
 RESTART_REASON = "the scheduler restarted while the job ran"
 
+Shape = Mapping[str, type]
+_SHAPES: dict[RecordKind, Shape] = {
+    RecordKind.CREATE: {"user": str, "name": str, "request_id": str, "jobs": list},
+    RecordKind.DISPATCH: {"job_id": str, "worker": str},
+    RecordKind.PROGRESS: {"job_id": str, "done": int, "total": int},
+    RecordKind.SUCCEED: {"job_id": str, "files": dict, "summary": str, "tiles_total": int},
+    RecordKind.FAIL: {"job_id": str, "error": str},
+    RecordKind.FINISH_CANCELLED: {"job_id": str},
+    RecordKind.LOSE: {"job_id": str, "reason": str},
+    RecordKind.CANCEL_JOB: {"user": str, "job_id": str},
+    RecordKind.CANCEL_WORKFLOW: {"user": str, "workflow_id": str},
+    RecordKind.PRUNE: {"workflow_id": str},
+}
+_JOB_SHAPE: Shape = {
+    "job_id": str,
+    "key": str,
+    "branch": str,
+    "job_type": str,
+    "wsi_path": str,
+    "slide_file": str,
+    "depends_on": list,
+    "params": dict,
+}
+# Records that no longer fit the rebuilt state (a cancel of a job a later
+# record had already ended, say): skipped with a warning, as they change nothing.
+_STALE = (NotFound, AlreadyFinished, PolicyError)
+
 
 @dataclass
 class Recovered:
@@ -30,18 +58,26 @@ class Recovered:
     skipped: int = 0
     workflows: int = 0
     requeued: int = 0
+    quarantined: list[DamagedRecord] = field(default_factory=list)
+
+
+class Damaged(ValueError):
+    """A record whose payload does not have the shape its kind needs."""
 
 
 def recover(
     store: Store,
-    records: Iterable[Record],
+    records: Iterable[Record | DamagedRecord],
     journal: Journal,
     on_transition: TransitionSink | None = None,
+    quarantine: bool = False,
 ) -> Recovered:
     """Replays ``records`` into an empty ``store``, then makes ``journal`` its
     journal (and ``on_transition`` its observer: replayed history is neither
-    logged nor counted again) and requeues the jobs that were running."""
-    outcome = replay(store, records)
+    logged nor counted again) and requeues the jobs that were running.
+    A damaged record raises ``Damaged`` unless ``quarantine``: then it is left
+    out and listed in the outcome, for the caller to set aside."""
+    outcome = replay(store, records, quarantine)
     store.journal = journal
     if on_transition is not None:
         store.on_transition = on_transition
@@ -51,35 +87,92 @@ def recover(
     return outcome
 
 
-def replay(store: Store, records: Iterable[Record]) -> Recovered:
+class DamagedInReplay(Exception):
+    def __init__(self, damaged: DamagedRecord) -> None:
+        super().__init__(damaged.describe())
+        self.damaged = damaged
+
+
+def replay(
+    store: Store, records: Iterable[Record | DamagedRecord], quarantine: bool = False
+) -> Recovered:
     """Applies ``records`` to an empty ``store`` that journals nothing meanwhile.
-    Records that no longer fit are skipped with a warning."""
+    Stale records are skipped with a warning; a damaged one raises
+    ``DamagedInReplay`` unless ``quarantine`` (then it is left out and listed)."""
     outcome = Recovered()
     kinds: Counter[str] = Counter()
     live_clock: Callable[[], float] = store.clock
     now = [0.0]
     store.clock = lambda: now[0]
     try:
-        for record in records:
-            now[0] = record.time
+        for entry in records:
             outcome.records += 1
-            try:
-                _apply(store, record)
-                kinds[record.kind] += 1
-            except (KeyError, NotFound, AlreadyFinished, PolicyError, ValueError) as exc:
-                outcome.skipped += 1
-                log.warning(
-                    "journal record %s of %s skipped: %r", record.kind, record.workflow_id, exc
-                )
+            damaged = entry if isinstance(entry, DamagedRecord) else None
+            if isinstance(entry, Record):
+                now[0] = entry.time
+                try:
+                    kind = check_shape(entry)
+                    _apply(store, kind, entry)
+                    kinds[kind] += 1
+                except Damaged as exc:
+                    damaged = DamagedRecord(entry.rowid, entry.kind, entry.workflow_id, str(exc))
+                except _STALE as exc:
+                    outcome.skipped += 1
+                    log.warning(
+                        "journal record %s of %s skipped: %r", entry.kind, entry.workflow_id, exc
+                    )
+                except Exception as exc:  # a shape check missed it: damaged all the same
+                    damaged = DamagedRecord(
+                        entry.rowid, entry.kind, entry.workflow_id, f"{type(exc).__name__}: {exc}"
+                    )
+            if damaged is not None:
+                if not quarantine:
+                    raise DamagedInReplay(damaged)
+                log.warning("journal %s quarantined: %s", damaged.describe(), damaged.problem)
+                outcome.quarantined.append(damaged)
     finally:
         store.clock = live_clock
-    outcome.workflows = kinds["create"] - kinds["prune"]
+    outcome.workflows = kinds[RecordKind.CREATE] - kinds[RecordKind.PRUNE]
     return outcome
 
 
-def _apply(store: Store, record: Record) -> None:
+def check_shape(record: Record) -> RecordKind:
+    """The record's kind, once its payload has every field that kind needs,
+    each of the right JSON type; ``Damaged`` otherwise."""
+    try:
+        kind = RecordKind(record.kind)
+    except ValueError:
+        raise Damaged(f"unknown record kind {record.kind!r}") from None
+    _check_fields(record.payload, _SHAPES[kind], "payload")
+    if kind is RecordKind.CREATE:
+        for index, job in enumerate(record.payload["jobs"]):
+            where = f"jobs[{index}]"
+            if not isinstance(job, dict):
+                raise Damaged(f"{where} is not an object")
+            _check_fields(job, _JOB_SHAPE, where)
+            if not all(isinstance(d, str) for d in job["depends_on"]):
+                raise Damaged(f"{where}.depends_on holds a non-string")
+            if not all(isinstance(v, str) for v in job["params"].values()):
+                raise Damaged(f"{where}.params holds a non-string value")
+    if kind is RecordKind.SUCCEED and not all(
+        isinstance(v, str) for v in record.payload["files"].values()
+    ):
+        raise Damaged("payload.files holds a non-string path")
+    return kind
+
+
+def _check_fields(payload: Mapping[str, Any], shape: Shape, where: str) -> None:
+    for name, kind in shape.items():
+        if name not in payload:
+            raise Damaged(f"{where} has no {name!r}")
+        value = payload[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise Damaged(f"{where}.{name} is not {kind.__name__}")
+
+
+def _apply(store: Store, kind: RecordKind, record: Record) -> None:
     payload = record.payload
-    if record.kind == "create":
+    if kind is RecordKind.CREATE:
         jobs = payload["jobs"]
         store.create_workflow(
             payload["user"],
@@ -101,26 +194,24 @@ def _apply(store: Store, record: Record) -> None:
         )
         return
     store.advance_sequence(record.workflow_id, record.sequence)
-    if record.kind == "dispatch":
-        if not store.replay_dispatch(payload["job_id"], payload["worker"]):
-            raise PolicyError(f"job {payload['job_id']} cannot start now")
-    elif record.kind == "succeed":
-        store.succeed(
-            payload["job_id"], payload["files"], payload["summary"], payload["tiles_total"]
-        )
-    elif record.kind == "progress":
-        store.progress(payload["job_id"], payload["done"], payload["total"])
-    elif record.kind == "fail":
-        store.fail(payload["job_id"], payload["error"])
-    elif record.kind == "finish_cancelled":
-        store.finish_cancelled(payload["job_id"])
-    elif record.kind == "lose":
-        store.lose(payload["job_id"], payload["reason"])
-    elif record.kind == "cancel_job":
-        store.cancel_job(payload["user"], payload["job_id"])
-    elif record.kind == "cancel_workflow":
-        store.cancel_workflow(payload["user"], payload["workflow_id"])
-    elif record.kind == "prune":
-        store.prune(payload["workflow_id"])
-    else:
-        raise ValueError(f"unknown record kind {record.kind!r}")
+    job_id = payload.get("job_id", "")
+    match kind:
+        case RecordKind.DISPATCH:
+            if not store.replay_dispatch(job_id, payload["worker"]):
+                raise PolicyError(f"job {job_id} cannot start now")
+        case RecordKind.SUCCEED:
+            store.succeed(job_id, payload["files"], payload["summary"], payload["tiles_total"])
+        case RecordKind.PROGRESS:
+            store.progress(job_id, payload["done"], payload["total"])
+        case RecordKind.FAIL:
+            store.fail(job_id, payload["error"])
+        case RecordKind.FINISH_CANCELLED:
+            store.finish_cancelled(job_id)
+        case RecordKind.LOSE:
+            store.lose(job_id, payload["reason"])
+        case RecordKind.CANCEL_JOB:
+            store.cancel_job(payload["user"], job_id)
+        case RecordKind.CANCEL_WORKFLOW:
+            store.cancel_workflow(payload["user"], payload["workflow_id"])
+        case RecordKind.PRUNE:
+            store.prune(payload["workflow_id"])

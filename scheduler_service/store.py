@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from scheduler_service import progress
 from scheduler_service.events import WorkflowFeed
-from scheduler_service.journal import Journal, JournalError, NullJournal, Record
+from scheduler_service.journal import Journal, JournalError, NullJournal, Record, RecordKind
 from scheduler_service.policy import (
     NewJob,
     PolicyError,
@@ -29,7 +29,7 @@ from scheduler_service.validation import JobInput
 log = logging.getLogger("wsi.scheduler.store")
 
 Clock = Callable[[], float]
-USER_COMMANDS = frozenset({"cancel_job", "cancel_workflow"})
+USER_COMMANDS = frozenset({RecordKind.CANCEL_JOB, RecordKind.CANCEL_WORKFLOW})
 
 
 class NotFound(LookupError):
@@ -224,7 +224,7 @@ class Store:
             workflow_id, job_ids = ids[0], list(ids[1])
         self.journal.append(
             Record(
-                "create",
+                RecordKind.CREATE,
                 workflow_id,
                 1,
                 now,
@@ -294,7 +294,7 @@ class Store:
         for job_id in self.policy.next_dispatches(free_slots):
             job = self._jobs[job_id]
             worker = place(job)
-            self._record("dispatch", job, {"job_id": job_id, "worker": worker})
+            self._record(RecordKind.DISPATCH, job, {"job_id": job_id, "worker": worker})
             self._mark_running(job, worker, self._now)
             started.append(job)
         self.free_slots = max(0, free_slots - len(started))
@@ -321,7 +321,9 @@ class Store:
         job = self._jobs.get(job_id)
         if job is None or job.state is not State.RUNNING:
             return
-        self._record("progress", job, {"job_id": job_id, "done": tiles_done, "total": tiles_total})
+        self._record(
+            RecordKind.PROGRESS, job, {"job_id": job_id, "done": tiles_done, "total": tiles_total}
+        )
         self._set_tiles(job, tiles_done, tiles_total)
         self._on_event(self._workflows[job.workflow_id], "progress", job)
 
@@ -331,7 +333,7 @@ class Store:
         job = self._running(job_id)
         total = job.tiles_total if tiles_total is None else tiles_total
         self._record(
-            "succeed",
+            RecordKind.SUCCEED,
             job,
             {"job_id": job_id, "files": files, "summary": summary, "tiles_total": total},
         )
@@ -340,16 +342,16 @@ class Store:
         self._apply(self.policy.finish(job_id, State.SUCCEEDED))
 
     def fail(self, job_id: str, error: str) -> None:
-        self._record("fail", self._running(job_id), {"job_id": job_id, "error": error})
+        self._record(RecordKind.FAIL, self._running(job_id), {"job_id": job_id, "error": error})
         self._apply(self.policy.finish(job_id, State.FAILED, error))
 
     def finish_cancelled(self, job_id: str) -> None:
-        self._record("finish_cancelled", self._running(job_id), {"job_id": job_id})
+        self._record(RecordKind.FINISH_CANCELLED, self._running(job_id), {"job_id": job_id})
         self._apply(self.policy.finish(job_id, State.CANCELLED, "cancelled by user"))
 
     def lose(self, job_id: str, reason: str) -> None:
         """The job's worker stream broke: retry it, or fail it after max attempts."""
-        self._record("lose", self._running(job_id), {"job_id": job_id, "reason": reason})
+        self._record(RecordKind.LOSE, self._running(job_id), {"job_id": job_id, "reason": reason})
         self._apply(self.policy.lose(job_id, reason))
 
     def _running(self, job_id: str) -> JobRecord:
@@ -364,7 +366,10 @@ class Store:
         """Replay: the next event of the workflow gets ``sequence``. The numbers
         of progress events whose records were dropped (their job has ended) are
         skipped, never reused."""
-        feed = self._workflows[workflow_id].feed
+        wf = self._workflows.get(workflow_id)
+        if wf is None:
+            raise NotFound(f"workflow {workflow_id!r} not found")
+        feed = wf.feed
         feed.sequence = max(feed.sequence, sequence - 1)
 
     def running_jobs(self) -> list[JobRecord]:
@@ -383,7 +388,7 @@ class Store:
         wf = self._workflows[workflow_id]
         if not wf.terminal:
             raise AlreadyFinished(f"workflow {workflow_id!r} has not finished")
-        self._record("prune", wf.jobs[0], {"workflow_id": workflow_id})
+        self._record(RecordKind.PRUNE, wf.jobs[0], {"workflow_id": workflow_id})
         self.policy.forget([job.job_id for job in wf.jobs])
         del self._workflows[workflow_id]
         for job in wf.jobs:
@@ -403,7 +408,7 @@ class Store:
         self._now = self.clock()
         return self._now
 
-    def _record(self, kind: str, job: JobRecord, payload: dict[str, object]) -> None:
+    def _record(self, kind: RecordKind, job: JobRecord, payload: dict[str, object]) -> None:
         """Journals a command before it is applied, at a fresh command time.
 
         A user's cancel is refused when the journal cannot take it (nothing
@@ -426,7 +431,7 @@ class Store:
         if job.state.terminal:
             raise AlreadyFinished(f"job {job.key!r} has already ended {job.state.value}")
         running = job.state is State.RUNNING
-        self._record("cancel_job", job, {"user": user, "job_id": job_id})
+        self._record(RecordKind.CANCEL_JOB, job, {"user": user, "job_id": job_id})
         self._apply(self.policy.cancel(job_id))
         return job, running
 
@@ -435,7 +440,9 @@ class Store:
         wf = self.workflow(user, workflow_id)
         if wf.terminal:
             raise AlreadyFinished(f"workflow {wf.workflow_id!r} has already ended {wf.state}")
-        self._record("cancel_workflow", wf.jobs[0], {"user": user, "workflow_id": workflow_id})
+        self._record(
+            RecordKind.CANCEL_WORKFLOW, wf.jobs[0], {"user": user, "workflow_id": workflow_id}
+        )
         to_stop = []
         for job in wf.jobs:
             if job.state is State.RUNNING:

@@ -36,6 +36,11 @@ SERVER_OPTIONS = [
 DEFAULT_MAX_REQUEST_MB = 4.0
 
 
+class StartupError(RuntimeError):
+    """A server cannot start (a port in use, a bad setting); the message is
+    one line a person can act on, printed instead of a traceback."""
+
+
 def new_server(
     interceptors: Sequence[Any] = (), max_request_mb: float = DEFAULT_MAX_REQUEST_MB
 ) -> grpc.aio.Server:

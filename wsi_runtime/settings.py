@@ -17,6 +17,18 @@ def add(parser: argparse.ArgumentParser, flag: str, default: Any, help: str, **k
     parser.add_argument(flag, type=kind, default=value, help=f"{help} [env {env_name}]", **kw)
 
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+def add_switch(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """An on/off setting: the flag, or ``WSI_…=1`` (true, yes, on) in the environment."""
+    env_name = "WSI_" + flag.lstrip("-").replace("-", "_").upper()
+    default = os.environ.get(env_name, "").strip().lower() in TRUE_WORDS
+    parser.add_argument(
+        flag, action="store_true", default=default, help=f"{help} [env {env_name}=1]"
+    )
+
+
 def path_list(value: str) -> list[Path]:
     return [Path(p) for p in value.split(":") if p]
 
