@@ -9,11 +9,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.harness import ROOT, cluster, start_scheduler, user
 from tests.integration.conftest import create, get, spec
 
@@ -31,7 +34,7 @@ def states(wf: pb.Workflow) -> list[int]:
     return [job.state for job in wf.jobs]
 
 
-def wait_for(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -91,8 +94,6 @@ def test_long_chains_cancel_and_fail_within_seconds_and_survive_a_kill(tmp_path:
         again = start_scheduler(tmp_path, c.workers)
         try:
             with grpc.insecure_channel(again.address) as channel:
-                from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-
                 stub = pb_grpc.SchedulerStub(channel)
                 for workflow_id, (state, job_states) in before.items():
                     wf = stub.GetWorkflow(
