@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import uvicorn
 
 from gateway.app import create_app
-from wsi_runtime import logs, serving, settings
+from wsi_runtime import lifetime, logs, serving, settings
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -32,12 +33,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    lifetime.follow_launcher()
     args = parse_args(argv)
     logs.configure(args.log_level, args.log_format)
     # Bind first, so port 0 works and the address printed is the real one.
+    try:
+        serving.check_port_free(args.host, args.gateway_port, "gateway")
+    except serving.StartupError as exc:
+        sys.exit(f"wsi-gateway: error: {exc}")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.gateway_port))
+    try:
+        sock.bind((args.host, args.gateway_port))
+    except OSError as exc:
+        sys.exit(
+            f"wsi-gateway: error: cannot listen on {args.host}:{args.gateway_port}:"
+            f" {exc.strerror or exc}"
+        )
     host, port = sock.getsockname()[:2]
     app = create_app(args.scheduler_address, args.results_dir, args.sse_keepalive)
     config = uvicorn.Config(app, log_level=args.log_level.lower(), timeout_graceful_shutdown=5)

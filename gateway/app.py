@@ -17,7 +17,7 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictFloat, StrictInt, StrictStr
 
 from clients.json_format import to_json
 from clients.status import retry_after_seconds
@@ -44,7 +44,10 @@ class JobIn(BaseModel):
     job_type: str = Field(description="TISSUE_MASK or CELL_SEGMENTATION")
     wsi_path: str
     depends_on: list[str] = []
-    params: dict[str, str] = {}
+    params: dict[str, StrictStr | StrictInt | StrictFloat] = Field(
+        default={},
+        description='e.g. {"tile_size": 1024, "target_mpp": 0.5}: numbers or strings',
+    )
 
 
 class WorkflowIn(BaseModel):
@@ -75,8 +78,14 @@ def _job_spec(job: JobIn) -> pb.JobSpec:
         job_type=pb.JobType.Value(job.job_type),
         wsi_path=job.wsi_path,
         depends_on=job.depends_on,
-        params=job.params,
+        params={name: _param_text(value) for name, value in job.params.items()},
     )
+
+
+def _param_text(value: str | int | float) -> str:
+    """The API's params are strings; JSON numbers are taken as written (a float
+    keeps its full precision; 1e400 arrives as inf and is refused as such)."""
+    return value if isinstance(value, str) else repr(value)
 
 
 def _result_file(job_dir: Path, path: str) -> Path | None:

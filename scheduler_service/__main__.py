@@ -20,7 +20,7 @@ from scheduler_service.observability import SchedulerMetrics, TransitionLog
 from scheduler_service.policy import SchedulingPolicy
 from scheduler_service.service import SchedulerServicer
 from scheduler_service.store import JobRecord, JobTransition, Store, WorkflowRecord
-from wsi_runtime import logs, memory, serving, settings
+from wsi_runtime import lifetime, logs, memory, serving, settings
 from wsi_runtime.metrics import RpcMetrics
 
 log = logging.getLogger("wsi.scheduler")
@@ -41,6 +41,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     settings.add(parser, "--max-active-users", 3, "users holding an active slot at once")
     settings.add(parser, "--max-attempts", 3, "runs of a job before a lost worker fails it")
     settings.add(parser, "--max-jobs-per-workflow", 1000, "jobs one workflow may hold")
+    settings.add(
+        parser, "--min-tile-size", 128, "smallest tile_size a job may ask for, px (submit check)"
+    )
     settings.add(parser, "--rate-limit", 20.0, "mutating calls per second per user (0: off)")
     settings.add(parser, "--rate-burst", 40.0, "mutating calls a user may make at once")
     settings.add(parser, "--max-pending-per-user", 10000, "PENDING jobs one user may have (0: off)")
@@ -124,6 +127,7 @@ def build(
         args.max_jobs_per_workflow,
         limiter=RateLimiter(args.rate_limit, max(1.0, args.rate_burst)),
         max_pending_per_user=args.max_pending_per_user,
+        min_tile_size=args.min_tile_size,
     )
     metrics.watch_state(
         store,
@@ -148,7 +152,11 @@ async def prune_periodically(
 
 
 async def serve(args: argparse.Namespace) -> None:
+    serving.check_slide_roots(args.slide_roots)
     registry = CollectorRegistry()
+    server = serving.new_server([RpcMetrics("wsi_scheduler", registry)], args.max_request_mb)
+    address = serving.bind(server, args.host, args.scheduler_port)
+    stop_metrics = serving.serve_metrics("scheduler", registry, args.host, args.metrics_port)
     store, dispatcher, servicer, journal, metrics = build(args, registry)
     tasks = []
     if args.retention_hours > 0:
@@ -161,11 +169,9 @@ async def serve(args: argparse.Namespace) -> None:
             task.cancel()
         await dispatcher.close()
 
-    server = serving.new_server([RpcMetrics("wsi_scheduler", registry)], args.max_request_mb)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
-    health, address = await serving.start(server, SERVICE_NAME, args.host, args.scheduler_port)
+    health = await serving.start(server, SERVICE_NAME)
     dispatcher.start()
-    stop_metrics = serving.serve_metrics("scheduler", registry, args.host, args.metrics_port)
     serving.announce(
         "scheduler listening on %s (workers %s, max %d jobs, %d active users)",
         address,
@@ -179,6 +185,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    lifetime.follow_launcher()
     args = parse_args(argv)
     logs.configure(args.log_level, args.log_format)
     memory.limit_malloc_arenas()

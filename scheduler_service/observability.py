@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from scheduler_service.policy import State
 from scheduler_service.store import JobTransition, Store
-from scheduler_service.validation import JOB_TYPES
+from wsi_runtime.job_params import JOB_TYPES
 
 TRANSITIONS_LOGGER = "wsi.scheduler.transitions"
 FINAL_STATES = tuple(state.value for state in State if state.terminal)

@@ -119,7 +119,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         clock: Callable[[], float] = time.time,
         limiter: RateLimiter | None = None,
         max_pending_per_user: int = 0,
+        min_tile_size: int = 0,
     ) -> None:
+        self.min_tile_size = min_tile_size
         self.store = store
         self.dispatcher = dispatcher
         self.slide_roots = list(slide_roots)
@@ -196,6 +198,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                     for spec in request.jobs
                 ],
                 self.max_jobs_per_workflow,
+                self.min_tile_size,
             )
             # Path lookups and the format check read the disk (perhaps a network
             # share): not on the event loop, which serves every other call.

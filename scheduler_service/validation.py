@@ -7,7 +7,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-JOB_TYPES = ("TISSUE_MASK", "CELL_SEGMENTATION")
+from wsi_runtime import job_params
+from wsi_runtime.job_params import JOB_TYPES
+
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_NAME_LENGTH = 256
 MAX_KEY_LENGTH = 128
@@ -38,9 +40,12 @@ def valid_user_id(user_id: str | None) -> bool:
     return bool(user_id) and USER_ID_PATTERN.match(user_id or "") is not None
 
 
-def normalise_jobs(jobs: Sequence[JobInput], max_jobs: int) -> list[JobInput]:
+def normalise_jobs(
+    jobs: Sequence[JobInput], max_jobs: int, min_tile_size: int = 0
+) -> list[JobInput]:
     """Fills default keys and branches, and rejects anything malformed:
-    empty workflows, unknown job types, duplicate or unknown keys, cycles."""
+    empty workflows, unknown job types, parameters outside their schema
+    (``job_params``), duplicate or unknown keys, cycles."""
     if not jobs:
         raise InvalidSpec("a workflow needs at least one job")
     if len(jobs) > max_jobs:
@@ -72,6 +77,10 @@ def normalise_jobs(jobs: Sequence[JobInput], max_jobs: int) -> list[JobInput]:
             raise InvalidSpec(
                 f"{where}: at most {MAX_PARAMS} params of at most {MAX_PARAM_LENGTH} characters"
             )
+        try:
+            job_params.parse(job.job_type, job.params, min_tile_size)
+        except job_params.InvalidParams as exc:
+            raise InvalidSpec(f"{where}: {exc}") from None
         out.append(
             JobInput(
                 key=key,

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,20 +14,32 @@ from prometheus_client import CollectorRegistry
 
 from clients.wsi.worker.v1 import worker_pb2, worker_pb2_grpc
 from worker_service.observability import WorkerMetrics
+from worker_service.pipeline import DEFAULT_MAX_TILES
 from worker_service.service import WorkerServicer
 from worker_service.tile_pool import TilePool
-from wsi_runtime import logs, memory, serving, settings
+from wsi_runtime import lifetime, logs, memory, serving, settings
 from wsi_runtime.metrics import RpcMetrics
 
 log = logging.getLogger("wsi.worker")
+DEFAULT_SLOTS = 4  # the scheduler's default cap: out of the box, 4 jobs run on any machine
 SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="wsi-worker", description="WSI analysis worker")
     settings.add(parser, "--worker-port", 50052, "gRPC port (0 picks a free one)")
-    settings.add(parser, "--slots", os.cpu_count() or 1, "jobs run at once")
-    settings.add(parser, "--processes", os.cpu_count() or 1, "tile-processing processes")
+    settings.add(
+        parser,
+        "--slots",
+        DEFAULT_SLOTS,
+        "jobs run at once (they share the tile pool: slots are about concurrency, not cores)",
+    )
+    settings.add(
+        parser, "--processes", os.cpu_count() or 1, "tile-processing processes (default: cores)"
+    )
+    settings.add(
+        parser, "--max-tiles-per-job", DEFAULT_MAX_TILES, "tiles one job may cover; more: FAILED"
+    )
     settings.add(parser, "--results-dir", Path("results"), "where job results are written")
     settings.add(parser, "--progress-interval", 0.2, "seconds between progress reports")
     settings.add_metrics(parser, 9102)
@@ -35,7 +48,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    serving.check_slide_roots(args.slide_roots)
     registry = CollectorRegistry()
+    server = serving.new_server([RpcMetrics("wsi_worker", registry)], args.max_request_mb)
+    address = serving.bind(server, args.host, args.worker_port)
+    stop_metrics = serving.serve_metrics("worker", registry, args.host, args.metrics_port)
     pool = TilePool(args.processes)
     await asyncio.get_running_loop().run_in_executor(None, pool.warm_up)
     servicer = WorkerServicer(
@@ -45,11 +62,10 @@ async def serve(args: argparse.Namespace) -> None:
         pool=pool,
         progress_interval=args.progress_interval,
         metrics=WorkerMetrics(registry),
+        max_tiles=args.max_tiles_per_job,
     )
-    server = serving.new_server([RpcMetrics("wsi_worker", registry)], args.max_request_mb)
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
-    health, address = await serving.start(server, SERVICE_NAME, args.host, args.worker_port)
-    stop_metrics = serving.serve_metrics("worker", registry, args.host, args.metrics_port)
+    health = await serving.start(server, SERVICE_NAME)
     serving.announce(
         "worker listening on %s (%d slots, results in %s)",
         address,
@@ -63,10 +79,14 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    lifetime.follow_launcher()
     args = parse_args(argv)
     logs.configure(args.log_level, args.log_format)
     memory.limit_malloc_arenas()
-    asyncio.run(serve(args))
+    try:
+        asyncio.run(serve(args))
+    except serving.StartupError as exc:
+        sys.exit(f"wsi-worker: error: {exc}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw
 from shapely.geometry import Polygon
 
@@ -23,19 +22,25 @@ from worker_service.backends import (
     instanseg_model_path,
 )
 from worker_service.nuclei import NucleusParams, stain_reference
-from worker_service.slide_access import SlideCache, SlideError, describe
+from worker_service.slide_access import (
+    SlideCache,
+    SlideError,
+    ThumbnailCancelled,
+    describe,
+    read_thumbnail,
+)
 from worker_service.tile_pool import Cancelled, PoolCrashed, TilePool
-from worker_service.tiling import Tile, choose_level, tile_grid, usable_mpp
+from worker_service.tiling import Tile, TileGrid, choose_level, usable_mpp
 from worker_service.tissue import TissueMask, detect_tissue, tile_tissue_fractions, tissue_polygons
+from wsi_runtime import job_params
+from wsi_runtime.job_params import JobParams
 
-DEFAULT_TILE_SIZE = 512
-DEFAULT_OVERLAP = 64
-DEFAULT_TARGET_MPP = 0.5
-DEFAULT_MIN_TISSUE = 0.05  # tiles with less tissue than this share are skipped
 THUMBNAIL_SIZE = 1024  # longest side of the image tissue is detected on (and the preview)
 REFERENCE_TILES = 8  # tissue tiles sampled for the slide's stain reference
-BACKENDS = ("classical", "instanseg")
-JOB_TYPES = ("TISSUE_MASK", "CELL_SEGMENTATION")
+DEFAULT_MAX_TILES = 100_000  # tiles one job may cover (worker setting --max-tiles-per-job)
+DEFAULT_TARGET_MPP = JobParams().target_mpp
+BACKENDS = job_params.BACKENDS
+JOB_TYPES = job_params.JOB_TYPES
 
 
 class JobCancelled(Exception):
@@ -60,45 +65,13 @@ class JobOutcome:
     summary: dict[str, object]
 
 
-@dataclass(frozen=True)
-class JobSettings:
-    tile_size: int
-    overlap: int
-    target_mpp: float
-    min_tissue: float
-    backend: str
-
-    @staticmethod
-    def parse(params: Mapping[str, str]) -> JobSettings:
-        def number(name: str, default: float, kind: type = float) -> float:
-            raw = params.get(name)
-            if raw is None or raw == "":
-                return default
-            try:
-                return kind(raw)  # type: ignore[no-any-return]
-            except ValueError:
-                raise JobFailed(f"param {name}={raw!r} is not a valid {kind.__name__}") from None
-
-        settings = JobSettings(
-            tile_size=int(number("tile_size", DEFAULT_TILE_SIZE, int)),
-            overlap=int(number("overlap", DEFAULT_OVERLAP, int)),
-            target_mpp=number("target_mpp", DEFAULT_TARGET_MPP),
-            min_tissue=number("min_tissue", DEFAULT_MIN_TISSUE),
-            backend=params.get("backend", "classical") or "classical",
-        )
-        if (
-            not 16 <= settings.tile_size <= 8192
-            or not 0 <= settings.overlap < settings.tile_size // 2
-        ):
-            raise JobFailed("need 16 <= tile_size <= 8192 and 0 <= overlap < tile_size / 2")
-        if settings.target_mpp <= 0 or not 0 <= settings.min_tissue <= 1:
-            raise JobFailed("need target_mpp > 0 and 0 <= min_tissue <= 1")
-        if settings.backend not in BACKENDS:
-            choices = ", ".join(BACKENDS)
-            raise JobFailed(
-                f"unknown segmentation backend {settings.backend!r}; use one of {choices}"
-            )
-        return settings
+def parse_params(spec: JobSpec) -> JobParams:
+    """The job's parameters by the same schema the scheduler checked them with
+    (a worker may be called by other schedulers, or an older one)."""
+    try:
+        return job_params.parse(spec.job_type, spec.params)
+    except job_params.InvalidParams as exc:
+        raise JobFailed(str(exc)) from None
 
 
 @dataclass
@@ -118,13 +91,14 @@ def run_job(
     slides: SlideCache,
     pool: TilePool | None,
     on_tile: Callable[[float], None] = lambda seconds: None,
+    max_tiles: int = DEFAULT_MAX_TILES,
 ) -> JobOutcome:
     """Runs in the calling thread; only segmentation tiles go to ``pool`` (None
     is enough for TISSUE_MASK: the worker runs such a job whole in a pool
     process, see ``run_tissue_job``). ``on_tile`` hears each segmented tile's
-    processing time."""
+    processing time. ``cancelled`` is polled in every phase that can take long."""
     timings = _Timings()
-    settings = JobSettings.parse(spec.params)
+    settings = parse_params(spec)
     model_path = ""
     if spec.job_type == "CELL_SEGMENTATION" and settings.backend == "instanseg":
         path = instanseg_model_path()
@@ -138,7 +112,9 @@ def run_job(
     try:
         slide = slides.get(spec.slide_path)
         info = describe(slide)
-        thumbnail = np.asarray(slide.get_thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE)).convert("RGB"))
+        thumbnail = read_thumbnail(slide, THUMBNAIL_SIZE, cancelled)
+    except ThumbnailCancelled:
+        raise JobCancelled() from None
     except (SlideError, OSError) as exc:
         raise JobFailed(str(exc)) from exc
     except Exception as exc:  # OpenSlideError while decoding the thumbnail
@@ -146,14 +122,23 @@ def run_job(
     mpp = usable_mpp(info.mpp)
     level = choose_level(info.level_downsamples, mpp, settings.target_mpp)
     downsample = info.level_downsamples[level]
+    level_w, level_h = info.level_dimensions[level]
+    tiles = TileGrid(level_w, level_h, settings.tile_size, settings.overlap)
+    if len(tiles) > max_tiles:
+        raise JobFailed(
+            f"this job would cover {len(tiles):,} tiles ({level_w} x {level_h} px at level"
+            f" {level}, tile_size {settings.tile_size}); a job may cover at most {max_tiles:,}."
+            " Use a larger tile_size or target_mpp"
+        )
+    _check(cancelled)
     tissue = detect_tissue(thumbnail, info.width / thumbnail.shape[1])
     polygons = tissue_polygons(tissue)
     timings.mark("tissue_s")
+    _check(cancelled)
     files = _write_tissue(out_dir, tissue, polygons, mpp)
-    level_w, level_h = info.level_dimensions[level]
-    tiles = tile_grid(level_w, level_h, settings.tile_size, settings.overlap)
     fractions = tile_tissue_fractions(tissue, tiles, downsample)
     tissue_tiles = [t for t, f in zip(tiles, fractions, strict=True) if f >= settings.min_tissue]
+    _check(cancelled)
     preview = Image.fromarray(thumbnail).copy()
     preview_scale = preview.width / info.width  # preview pixels per level-0 pixel
     _draw_tissue(preview, polygons, preview_scale)
@@ -197,6 +182,7 @@ def run_job(
             backend, backend_info = _backend(settings, run, tissue_tiles, pool, model_path)
         except (tile_tasks.TileReadError, PoolCrashed) as exc:
             raise JobFailed(str(exc)) from exc
+        _check(cancelled)
         outcome = run.segment(backend, tissue_tiles, pool, cancelled, report, on_tile)
         files["cells.geojson"] = outcome.pop("cells.geojson")  # type: ignore[assignment]
         summary.update(outcome, backend=settings.backend, backend_details=backend_info)
@@ -212,10 +198,26 @@ def run_job(
 _slides = SlideCache(per_thread=2)
 
 
-def run_tissue_job(spec: JobSpec, results_dir: Path) -> JobOutcome:
+def run_tissue_job(
+    spec: JobSpec, results_dir: Path, cancel_token: int, max_tiles: int = DEFAULT_MAX_TILES
+) -> JobOutcome:
     """A TISSUE_MASK job, run whole inside a pool process: all of it is CPU work,
-    which would otherwise hold the worker's GIL against its event loop."""
-    return run_job(spec, results_dir, lambda: False, lambda done, total: None, _slides, None)
+    which would otherwise hold the worker's GIL against its event loop. The
+    worker cancels it through ``cancel_token`` (see ``tile_pool.CancelBoard``)."""
+    return run_job(
+        spec,
+        results_dir,
+        lambda: tile_tasks.is_cancelled(cancel_token),
+        lambda done, total: None,
+        _slides,
+        None,
+        max_tiles=max_tiles,
+    )
+
+
+def _check(cancelled: Callable[[], bool]) -> None:
+    if cancelled():
+        raise JobCancelled()
 
 
 def _write_tissue(
@@ -245,7 +247,7 @@ def _draw_tissue(preview: Image.Image, polygons: list[Polygon], scale: float) ->
 
 
 def _backend(
-    settings: JobSettings,
+    settings: JobParams,
     run: _Segmentation,
     tissue_tiles: list[Tile],
     pool: TilePool,

@@ -38,11 +38,12 @@ class AtomicFile:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.handle.close()
-        if kind is None:
-            os.replace(self._tmp, self.path)
-        else:
-            Path(self._tmp).unlink(missing_ok=True)
+        try:
+            self.handle.close()  # flushes: a full disk may show only here
+            if kind is None:
+                os.replace(self._tmp, self.path)
+        finally:
+            Path(self._tmp).unlink(missing_ok=True)  # gone after the rename, or discarded
 
 
 def write_json(path: Path, document: object) -> Path:
@@ -76,7 +77,14 @@ class FeatureCollectionWriter:
         self.count += 1
 
     def close(self, ok: bool = True) -> Path:
-        self._file.handle.write("\n]}\n")
+        """Publishes the file, or (``ok`` False, or the last write fails)
+        discards it: no temporary file is ever left behind."""
+        try:
+            if ok:
+                self._file.handle.write("\n]}\n")
+        except BaseException as exc:
+            self._file.__exit__(type(exc), exc, None)
+            raise
         self._file.__exit__(None if ok else RuntimeError, None, None)
         return self._file.path
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -23,6 +25,7 @@ from clients.wsi.worker.v1 import worker_pb2 as pb
 from clients.wsi.worker.v1 import worker_pb2_grpc as pb_grpc
 from worker_service.observability import WorkerMetrics
 from worker_service.pipeline import (
+    DEFAULT_MAX_TILES,
     JOB_TYPES,
     JobCancelled,
     JobFailed,
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsi.worker")
 
 VERSION = "0.1.0"
+JOB_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class WorkerServicer(pb_grpc.WorkerServicer):
@@ -53,8 +57,10 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         pool: TilePool,
         progress_interval: float = 0.2,
         metrics: WorkerMetrics | None = None,
+        max_tiles: int = DEFAULT_MAX_TILES,
     ) -> None:
         self.slots = slots
+        self.max_tiles = max_tiles
         self.results_dir = results_dir
         self.slide_roots = list(slide_roots)
         self.progress_interval = progress_interval
@@ -75,6 +81,12 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"unknown job type {request.job_type!r}"
             )
+        if not JOB_ID.fullmatch(request.job_id) or request.job_id in (".", ".."):
+            # It names the job's results folder: never a path.
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "job_id must be 1 to 128 characters of A-Z a-z 0-9 . _ -",
+            )
         try:
             slide = resolve_slide(request.wsi_path, self.slide_roots)
         except SlidePathError as exc:
@@ -92,12 +104,13 @@ class WorkerServicer(pb_grpc.WorkerServicer):
 
         on_tile = self.metrics.tile_observer(spec.job_type)
 
-        async def work() -> JobOutcome:
+        token = self.pool.cancel_board.new_token()
+
+        async def run() -> JobOutcome:
             if spec.job_type == "TISSUE_MASK":
-                try:
-                    return await self.pool.run(run_tissue_job, spec, self.results_dir)
-                except PoolCrashed as exc:
-                    raise JobFailed(str(exc)) from exc
+                return await self.pool.run(
+                    run_tissue_job, spec, self.results_dir, token, self.max_tiles
+                )
             return await loop.run_in_executor(
                 self.executor,
                 run_job,
@@ -108,7 +121,26 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 self.slides,
                 self.pool,
                 on_tile,
+                self.max_tiles,
             )
+
+        async def work() -> JobOutcome:
+            """A job's own trouble (a full disk, a crashed pool process, a bug in
+            the pipeline) ends it as JobFailed, never as a broken stream: only a
+            lost stream makes the scheduler retry a job elsewhere."""
+            try:
+                return await run()
+            except (JobFailed, JobCancelled, asyncio.CancelledError):
+                raise
+            except PoolCrashed as exc:
+                raise JobFailed(str(exc)) from exc
+            except OSError as exc:
+                raise JobFailed(f"cannot write the job's results: {exc.strerror or exc}") from exc
+            except Exception as exc:
+                log.exception("job %s: unexpected error", spec.job_id)
+                raise JobFailed(
+                    f"internal error in the worker: {type(exc).__name__}: {exc}"
+                ) from exc
 
         log.debug("job %s attempt %d: %s on %s", spec.job_id, request.attempt, spec.job_type, slide)
         future = asyncio.ensure_future(work())
@@ -124,9 +156,11 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             except JobFailed as exc:
                 log.info("job %s failed: %s", spec.job_id, exc)
                 outcome_name = "failed"
+                await self._discard_results(spec.job_id)
                 yield pb.JobUpdate(error=pb.JobError(message=str(exc)))
                 return
             except JobCancelled:
+                await self._discard_results(spec.job_id)
                 return
             result = pb.JobOutput(
                 files=outcome.files,
@@ -138,6 +172,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         finally:
             # Reached on success, on error, and when the caller cancels the call.
             stop.set()
+            self.pool.cancel_board.cancel(token)
             self.running -= 1
             self.metrics.job_ended(spec.job_type, outcome_name)
             if not future.done():
@@ -145,6 +180,12 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 future.cancel()
             elif not future.cancelled():
                 future.exception()  # seen: an outcome the ended call never awaited is no error
+
+    async def _discard_results(self, job_id: str) -> None:
+        """A job that did not succeed leaves no files behind (half-written
+        results, temporary files): its folder goes."""
+        folder = self.results_dir / job_id
+        await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

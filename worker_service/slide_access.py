@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 import openslide
+from PIL import Image
+
+# A thumbnail is made from the smallest pyramid level that is still at least as
+# large as the thumbnail, read in strips of at most STRIP_PIXELS; a slide whose
+# every level is larger than THUMBNAIL_SOURCE_MAX_PIXELS is refused (reading
+# it would take minutes: such a file needs a pyramid, or is crafted).
+STRIP_PIXELS = 4 * 2**20
+STRIP_MAX_PIXELS = 16 * 2**20  # a strip may grow to whole rows of tiles up to this
+THUMBNAIL_SOURCE_MAX_PIXELS = 512 * 2**20
 
 
 class SlideError(RuntimeError):
     """The slide cannot be opened or read; the message is OpenSlide's."""
+
+
+class ThumbnailCancelled(Exception):
+    pass
 
 
 @dataclass(frozen=True)
@@ -84,3 +101,70 @@ def describe(slide: openslide.OpenSlide) -> SlideInfo:
         vendor=props.get(openslide.PROPERTY_NAME_VENDOR) or "unknown",
         mpp=mpp,
     )
+
+
+def read_thumbnail(
+    slide: openslide.OpenSlide,
+    max_side: int,
+    cancelled: Callable[[], bool] = lambda: False,
+    max_source_pixels: int = THUMBNAIL_SOURCE_MAX_PIXELS,
+) -> npt.NDArray[np.uint8]:
+    """The whole slide as RGB, its longest side ``max_side`` at most, with
+    transparent areas white. Memory stays bounded whatever the pyramid: the
+    level is read in horizontal strips, each shrunk before the next is read,
+    and ``cancelled`` is polled between strips."""
+    width, height = slide.dimensions
+    scale0 = min(1.0, max_side / max(width, height))
+    out_w, out_h = max(1, round(width * scale0)), max(1, round(height * scale0))
+    level = slide.get_best_level_for_downsample(1 / scale0)
+    level_w, level_h = slide.level_dimensions[level]
+    if level_w * level_h > max_source_pixels:
+        raise SlideError(
+            f"slide has no pyramid level small enough for an overview: its smallest usable"
+            f" level is {level_w} x {level_h} px ({level_w * level_h / 1e6:,.0f} MP; at most"
+            f" {max_source_pixels / 1e6:,.0f} MP are read). Convert it to a pyramidal"
+            " format (for example: vips tiffsave IN OUT.tiff --tile --pyramid)"
+        )
+    downsample = slide.level_downsamples[level]
+    thumbnail = Image.new("RGB", (out_w, out_h), "white")
+    strip_rows = _strip_rows(slide, level, level_w)
+    for y0 in range(0, level_h, strip_rows):
+        if cancelled():
+            raise ThumbnailCancelled()
+        y1 = min(level_h, y0 + strip_rows)
+        top, bottom = math.floor(y0 * out_h / level_h), math.floor(y1 * out_h / level_h)
+        if y1 == level_h:
+            bottom = out_h
+        if bottom <= top:
+            continue
+        try:
+            region = slide.read_region((0, round(y0 * downsample)), level, (level_w, y1 - y0))
+        except openslide.OpenSlideError as exc:
+            raise SlideError(f"cannot read the slide's overview: {exc}") from exc
+        strip = Image.fromarray(_over_white(np.asarray(region)))
+        del region
+        thumbnail.paste(strip.resize((out_w, bottom - top), Image.Resampling.BOX), (0, top))
+    return np.asarray(thumbnail)
+
+
+def _strip_rows(slide: openslide.OpenSlide, level: int, level_w: int) -> int:
+    """Rows per strip: whole rows of the level's tiles where they fit in
+    STRIP_MAX_PIXELS (each tile is then decoded once), else STRIP_PIXELS worth."""
+    rows = max(1, STRIP_PIXELS // level_w)
+    try:
+        tile_h = int(slide.properties.get(f"openslide.level[{level}].tile-height", "0"))
+    except ValueError:
+        tile_h = 0
+    if tile_h > 0 and tile_h * level_w <= STRIP_MAX_PIXELS:
+        rows = max(tile_h, rows // tile_h * tile_h)
+    return rows
+
+
+def _over_white(rgba: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """RGB of an RGBA region with transparent parts (outside the scanned area) white."""
+    alpha = rgba[..., 3:4]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgba[..., :3])
+    a = alpha.astype(np.uint16)
+    blended = (rgba[..., :3] * a + 255 * (255 - a) + 127) // 255
+    return blended.astype(np.uint8)

@@ -9,6 +9,7 @@ a slide has."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 import os
 import threading
@@ -32,19 +33,41 @@ class PoolCrashed(RuntimeError):
     The pool has been replaced; only the jobs with tasks in flight fail."""
 
 
+class CancelBoard:
+    """Cancellation that a job running whole inside a pool process can see: a
+    small shared-memory array of tokens. Cancelling writes the job's token into
+    its slot; the process polls ``tile_tasks.is_cancelled(token)``. Tokens only
+    grow, so a slot reused by a later job never reads as an earlier one's."""
+
+    SLOTS = 4096
+
+    def __init__(self) -> None:
+        self.array = multiprocessing.get_context("spawn").RawArray("q", self.SLOTS)
+        self._tokens = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def new_token(self) -> int:
+        with self._lock:
+            return next(self._tokens)
+
+    def cancel(self, token: int) -> None:
+        self.array[token % self.SLOTS] = token
+
+
 class TilePool:
     def __init__(self, processes: int) -> None:
         self.processes = max(1, processes)
         self._lock = threading.Lock()
         self._jobs = 0
+        self.cancel_board = CancelBoard()
         self._executor = self._new_executor()
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             self.processes,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=tile_tasks.exit_with_parent,
-            initargs=(os.getpid(),),
+            initializer=tile_tasks.start_process,
+            initargs=(os.getpid(), self.cancel_board.array),
         )
 
     def _replace_broken(self, broken: ProcessPoolExecutor) -> None:

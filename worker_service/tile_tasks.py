@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import openslide
@@ -25,6 +26,7 @@ from worker_service.slide_access import SlideCache
 from worker_service.tiling import Tile
 
 _slides = SlideCache(per_thread=2)  # one cache per pool process
+_cancel_board: Any = None  # the worker's CancelBoard array, set when the process starts
 
 
 class TileReadError(RuntimeError):
@@ -67,9 +69,24 @@ def segment_tile(task: TileTask, backend: BackendSpec) -> TileResult:
     return TileResult(nuclei, time.perf_counter() - started)
 
 
+def start_process(parent_pid: int, cancel_board: Any) -> None:
+    """Pool initializer: keeps the worker's cancellation board and ends with
+    the worker."""
+    global _cancel_board
+    _cancel_board = cancel_board
+    exit_with_parent(parent_pid)
+
+
+def is_cancelled(token: int) -> bool:
+    """Whether the worker cancelled the job holding ``token`` (a shared-memory
+    read: cheap enough to poll between strips and phases)."""
+    board = _cancel_board
+    return board is not None and token > 0 and board[token % len(board)] == token
+
+
 def exit_with_parent(parent_pid: int) -> None:
-    """Pool initializer: a pool process ends when its worker dies, even by
-    SIGKILL, instead of lingering as an orphan."""
+    """A pool process ends when its worker dies, even by SIGKILL, instead of
+    lingering as an orphan."""
 
     def watch() -> None:
         while os.getppid() == parent_pid:

@@ -8,7 +8,7 @@ centroid: nothing is lost or counted twice at a seam."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 
@@ -29,50 +29,67 @@ class Tile:
         return self.core_x0 <= cx < self.core_x1 and self.core_y0 <= cy < self.core_y1
 
 
-def _starts(length: int, tile: int, stride: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    count = math.ceil((length - tile) / stride) + 1
-    return [min(i * stride, length - tile) for i in range(count)]
+def _axis_count(length: int, tile: int, stride: int) -> int:
+    return 1 if length <= tile else math.ceil((length - tile) / stride) + 1
 
 
-def _cores(starts: Sequence[int], tile: int, length: int) -> list[tuple[int, int]]:
-    """Core interval of each tile along one axis: the midpoint of each overlap."""
-    cores = []
-    for i, start in enumerate(starts):
+def _start(index: int, count: int, length: int, tile: int, stride: int) -> int:
+    """Where tile ``index`` of ``count`` begins along one axis: the last one is
+    shifted back to end at the image's edge (never padded)."""
+    return 0 if count == 1 else min(index * stride, length - tile)
+
+
+class TileGrid:
+    """Tiles covering a ``width`` x ``height`` image, row by row, made one at a
+    time as they are iterated: its size is known from arithmetic alone, so a
+    job can refuse a grid that is too large before building any of it."""
+
+    def __init__(self, width: int, height: int, tile_size: int = 512, overlap: int = 64) -> None:
+        if width <= 0 or height <= 0:
+            raise ValueError(f"image size must be positive, got {width}x{height}")
+        if tile_size <= 0 or overlap < 0 or overlap >= tile_size:
+            raise ValueError(
+                f"need 0 <= overlap < tile_size, got tile {tile_size}, overlap {overlap}"
+            )
+        self.width, self.height = width, height
+        self.tile_size, self.stride = tile_size, tile_size - overlap
+        self.cols = _axis_count(width, tile_size, self.stride)
+        self.rows = _axis_count(height, tile_size, self.stride)
+
+    def __len__(self) -> int:
+        return self.cols * self.rows
+
+    def __iter__(self) -> Iterator[Tile]:
+        for row in range(self.rows):
+            for col in range(self.cols):
+                yield self.tile(col, row)
+
+    def _span(self, index: int, count: int, length: int) -> tuple[int, int, int, int]:
+        """(start, end, core start, core end) of tile ``index`` along one axis.
+        A core runs between the midpoints of the overlaps with its neighbours."""
+        tile, stride = self.tile_size, self.stride
+        start = _start(index, count, length, tile, stride)
         end = min(start + tile, length)
-        lo = 0 if i == 0 else (start + min(starts[i - 1] + tile, length)) // 2
-        hi = length if i == len(starts) - 1 else (starts[i + 1] + end) // 2
-        cores.append((lo, hi))
-    return cores
+        if index == 0:
+            core_lo = 0
+        else:
+            before = _start(index - 1, count, length, tile, stride)
+            core_lo = (start + min(before + tile, length)) // 2
+        if index == count - 1:
+            core_hi = length
+        else:
+            core_hi = (_start(index + 1, count, length, tile, stride) + end) // 2
+        return start, end, core_lo, core_hi
+
+    def tile(self, col: int, row: int) -> Tile:
+        x, x_end, cx0, cx1 = self._span(col, self.cols, self.width)
+        y, y_end, cy0, cy1 = self._span(row, self.rows, self.height)
+        return Tile(col, row, x, y, x_end - x, y_end - y, cx0, cy0, cx1, cy1)
 
 
 def tile_grid(width: int, height: int, tile_size: int = 512, overlap: int = 64) -> list[Tile]:
-    """Tiles covering a ``width`` x ``height`` image, row by row. The last tile of a
-    row or column is shifted back to stay inside the image (never padded)."""
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
-    if tile_size <= 0 or overlap < 0 or overlap >= tile_size:
-        raise ValueError(f"need 0 <= overlap < tile_size, got tile {tile_size}, overlap {overlap}")
-    stride = tile_size - overlap
-    xs, ys = _starts(width, tile_size, stride), _starts(height, tile_size, stride)
-    x_cores, y_cores = _cores(xs, tile_size, width), _cores(ys, tile_size, height)
-    return [
-        Tile(
-            col=c,
-            row=r,
-            x=x,
-            y=y,
-            width=min(tile_size, width - x),
-            height=min(tile_size, height - y),
-            core_x0=x_cores[c][0],
-            core_y0=y_cores[r][0],
-            core_x1=x_cores[c][1],
-            core_y1=y_cores[r][1],
-        )
-        for r, y in enumerate(ys)
-        for c, x in enumerate(xs)
-    ]
+    """Every tile of a ``TileGrid``, as a list (for small images and tests)."""
+    return list(TileGrid(width, height, tile_size, overlap))
 
 
 PLAUSIBLE_MPP = (0.01, 100.0)

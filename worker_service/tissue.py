@@ -10,7 +10,7 @@ several times faster than sorting floats on a 1024 px thumbnail."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache, reduce
 
@@ -108,7 +108,7 @@ def tissue_polygons(tissue: TissueMask, simplify: float = 1.0) -> list[Polygon]:
 
 
 def tile_tissue_fractions(
-    tissue: TissueMask, tiles: Sequence[Tile], level_downsample: float
+    tissue: TissueMask, tiles: Iterable[Tile], level_downsample: float
 ) -> list[float]:
     """Share of each tile (given in level coordinates) covered by tissue, from
     an integral image of the mask: O(1) per tile."""

@@ -1,7 +1,15 @@
-"""``make run``: starts a worker and the scheduler on loopback with the default
-settings (or the ``WSI_*`` environment), prints where they are, and stops both
-cleanly on Ctrl-C or SIGTERM. An empty slide folder gets a synthetic demo
-slide, so a first job can run straight after cloning."""
+"""``make run``: starts a worker, the scheduler and the gateway on loopback with
+the default settings (or the ``WSI_*`` environment), prints where they are, and
+keeps them running until it is asked to stop (Ctrl-C, SIGTERM, SIGHUP).
+
+- The services die with the launcher whatever ends it, SIGKILL included (the
+  kernel sends each one SIGTERM when its parent goes): no orphan holds a port.
+- A service that exits on its own is started again with backoff; the others
+  go on (the scheduler keeps a lost worker's jobs and retries them).
+- A service that cannot start (a port in use) ends the launch with its own
+  one-line reason and a non-zero exit.
+- The default slide folder ``./slides`` is created, with a synthetic demo slide
+  when empty; a slide root named explicitly must exist."""
 
 from __future__ import annotations
 
@@ -10,89 +18,216 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from wsi_runtime.health_wait import wait_http, wait_serving
+from wsi_runtime.lifetime import LAUNCHER_PID_ENV
+from wsi_runtime.serving import StartupError, check_port_free
 from wsi_runtime.synthetic_slides import synthetic_he_slide
 
 DEMO_SLIDE = "demo.tiff"
+DEFAULT_SLIDE_ROOT = "slides"
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+STABLE_AFTER_S = 60.0  # a service up this long starts again with the shortest backoff
 
 
-def _address(port_var: str, default: int) -> str:
+class LaunchError(RuntimeError):
+    """Nothing could be started; the message is the one line to print."""
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    ports: list[tuple[str, int, str]]  # (host, port, what) it will listen on
+    ready: Callable[[Callable[[], bool]], None]  # waits until serving; given "still alive"
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    backoff: float = BACKOFF_FIRST_S
+    restart_at: float = 0.0
+    restarts: int = field(default=0)
+
+    def start(self) -> None:
+        # Its own session: Ctrl-C reaches only the launcher, which stops the
+        # services in order; LAUNCHER_PID_ENV makes each one die with it.
+        env = {**os.environ, LAUNCHER_PID_ENV: str(os.getpid())}
+        self.process = subprocess.Popen(self.argv, start_new_session=True, env=env)
+        self.started = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> None:
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def slide_roots() -> list[Path]:
+    """The slide roots, checked: an explicit root must exist; the default is
+    made (with a demo slide when empty), so a first job runs after cloning."""
+    explicit = os.environ.get("WSI_SLIDE_ROOTS", "")
+    if not explicit:
+        root = Path(DEFAULT_SLIDE_ROOT)
+        root.mkdir(parents=True, exist_ok=True)
+        if not any(root.iterdir()):
+            print(f"writing a synthetic demo slide to {root / DEMO_SLIDE} ...", flush=True)
+            synthetic_he_slide(root / DEMO_SLIDE, width=4096, height=3072, seed=1)
+        os.environ["WSI_SLIDE_ROOTS"] = DEFAULT_SLIDE_ROOT
+        return [root]
+    roots = [Path(r) for r in explicit.split(":") if r]
+    missing = [str(r) for r in roots if not r.is_dir()]
+    if missing:
+        raise LaunchError(
+            f"slide root {missing[0]!r} (WSI_SLIDE_ROOTS) is not a folder: fix the path,"
+            " or leave WSI_SLIDE_ROOTS unset to use ./slides"
+        )
+    return roots
+
+
+def services() -> list[Service]:
     host = os.environ.get("WSI_HOST", "127.0.0.1")
-    return f"{host}:{os.environ.get(port_var, default)}"
+    worker = f"{host}:{os.environ.get('WSI_WORKER_PORT', 50052)}"
+    scheduler = f"{host}:{os.environ.get('WSI_SCHEDULER_PORT', 50051)}"
+    gateway = f"{host}:{os.environ.get('WSI_GATEWAY_PORT', 8000)}"
+    metrics_port = int(os.environ.get("WSI_METRICS_PORT", 9101))  # the worker's is the next
+    os.environ.setdefault("WSI_WORKER_ADDRESSES", worker)
+    os.environ.setdefault("WSI_SCHEDULER_ADDRESS", scheduler)
+    python = sys.executable
+
+    def grpc_ready(address: str) -> Callable[[Callable[[], bool]], None]:
+        return lambda alive: wait_serving(address, timeout=60, alive=alive)
+
+    def port(address: str) -> int:
+        return int(address.rsplit(":", 1)[1])
+
+    return [
+        Service(
+            "worker",
+            [python, "-m", "worker_service", "--metrics-port", str(metrics_port + 1)],
+            [(host, port(worker), "worker"), (host, metrics_port + 1, "worker metrics")],
+            grpc_ready(worker),
+        ),
+        Service(
+            "scheduler",
+            [python, "-m", "scheduler_service", "--metrics-port", str(metrics_port)],
+            [(host, port(scheduler), "scheduler"), (host, metrics_port, "scheduler metrics")],
+            grpc_ready(scheduler),
+        ),
+        Service(
+            "gateway",
+            [python, "-m", "gateway"],
+            [(host, port(gateway), "gateway")],
+            lambda alive: wait_http(gateway, timeout=60, alive=alive),
+        ),
+    ]
 
 
-def _running(process: subprocess.Popen[bytes]) -> Callable[[], bool]:
-    return lambda: process.poll() is None
+def banner(roots: Sequence[Path]) -> str:
+    host = os.environ.get("WSI_HOST", "127.0.0.1")
+    metrics_port = int(os.environ.get("WSI_METRICS_PORT", 9101))
+    gateway = f"{host}:{os.environ.get('WSI_GATEWAY_PORT', 8000)}"
+    scheduler = os.environ["WSI_SCHEDULER_ADDRESS"]
+    return (
+        f"\n  web UI     http://{gateway}/   (REST + OpenAPI at /docs)\n"
+        f"  scheduler  grpc://{scheduler}   (public API, reflection, health)\n"
+        f"  worker     grpc://{os.environ['WSI_WORKER_ADDRESSES']}\n"
+        f"  metrics    http://{host}:{metrics_port}/metrics (scheduler), "
+        f"http://{host}:{metrics_port + 1}/metrics (worker), "
+        f"http://{gateway}/metrics (gateway)\n"
+        f"  slides     {':'.join(str(r.resolve()) for r in roots)}\n"
+        f"  try: grpcurl -plaintext {scheduler} list\n"
+        "  Ctrl-C stops everything.\n"
+    )
+
+
+def supervise(running: Sequence[Service], stopping: Callable[[], bool]) -> None:
+    """Until asked to stop: a service that exits is started again after its
+    backoff (doubling up to BACKOFF_MAX_S, reset once it has run a while)."""
+    while not stopping():
+        now = time.monotonic()
+        for service in running:
+            if service.alive() or stopping():
+                continue
+            if service.restart_at == 0.0:
+                code = service.process.returncode if service.process else None
+                if now - service.started > STABLE_AFTER_S:
+                    service.backoff = BACKOFF_FIRST_S
+                print(
+                    f"launcher: {service.name} exited (code {code});"
+                    f" starting it again in {service.backoff:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                service.restart_at = now + service.backoff
+                service.backoff = min(service.backoff * 2, BACKOFF_MAX_S)
+            elif now >= service.restart_at:
+                service.restart_at = 0.0
+                service.restarts += 1
+                service.start()
+        time.sleep(0.2)
 
 
 def main() -> int:
-    slide_roots = os.environ.setdefault("WSI_SLIDE_ROOTS", "slides")
-    for root in slide_roots.split(":"):
-        Path(root).mkdir(parents=True, exist_ok=True)
-    first_root = Path(slide_roots.split(":")[0])
-    if not any(first_root.iterdir()):
-        print(f"writing a synthetic demo slide to {first_root / DEMO_SLIDE} ...", flush=True)
-        synthetic_he_slide(first_root / DEMO_SLIDE, width=4096, height=3072, seed=1)
-    worker_address = _address("WSI_WORKER_PORT", 50052)
-    scheduler_address = _address("WSI_SCHEDULER_PORT", 50051)
-    gateway_address = _address("WSI_GATEWAY_PORT", 8000)
-    # The scheduler's Prometheus port; the worker's is the next one.
-    host = os.environ.get("WSI_HOST", "127.0.0.1")
-    metrics_port = int(os.environ.get("WSI_METRICS_PORT", 9101))
-    os.environ.setdefault("WSI_WORKER_ADDRESSES", worker_address)
-    os.environ.setdefault("WSI_SCHEDULER_ADDRESS", scheduler_address)
-    children: list[subprocess.Popen[bytes]] = []
+    stop_requested: list[int] = []
 
-    stopping: list[bool] = []
+    def request_stop(signum: int, _: object) -> None:
+        stop_requested.append(signum)
 
-    def stop(*_: object) -> None:
-        stopping.append(True)
-        for child in reversed(children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, request_stop)
     try:
-        for module, address, metrics in (
-            ("worker_service", worker_address, metrics_port + 1),
-            ("scheduler_service", scheduler_address, metrics_port),
-        ):
-            child = subprocess.Popen(
-                [sys.executable, "-m", module, "--metrics-port", str(metrics)],
-                start_new_session=True,
-            )
-            children.append(child)
-            wait_serving(address, timeout=30, alive=_running(child))
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway"], start_new_session=True)
-        children.append(gateway)
-        wait_http(gateway_address, timeout=30, alive=_running(gateway))
-        print(
-            f"\n  web UI     http://{gateway_address}/   (REST + OpenAPI at /docs)\n"
-            f"  scheduler  grpc://{scheduler_address}   (public API, reflection, health)\n"
-            f"  worker     grpc://{worker_address}\n"
-            f"  metrics    http://{host}:{metrics_port}/metrics (scheduler), "
-            f"http://{host}:{metrics_port + 1}/metrics (worker), "
-            f"http://{gateway_address}/metrics (gateway)\n"
-            f"  slides     {':'.join(str(Path(r).resolve()) for r in slide_roots.split(':'))}\n"
-            f"  try: grpcurl -plaintext {scheduler_address} list\n"
-            "  Ctrl-C stops everything.\n",
-            flush=True,
-        )
-        while all(child.poll() is None for child in children):
-            time.sleep(0.2)
-        return 0 if stopping else 1  # asked to stop, or a service died on its own
-    except KeyboardInterrupt:
+        roots = slide_roots()
+    except LaunchError as exc:
+        print(f"wsi launcher: error: {exc}", file=sys.stderr)
+        return 2
+    planned = services()
+    try:
+        # Before anything starts: another instance's services would otherwise
+        # answer the readiness checks of ours.
+        for service in planned:
+            for host, port, what in service.ports:
+                check_port_free(host, port, what)
+    except StartupError as exc:
+        print(f"wsi launcher: error: {exc}", file=sys.stderr)
+        return 1
+    started: list[Service] = []
+    try:
+        for service in planned:
+            service.start()
+            started.append(service)
+
+            def starting(service: Service = service) -> bool:
+                return service.alive() and not stop_requested
+
+            try:
+                service.ready(starting)
+            except (RuntimeError, TimeoutError) as exc:
+                if stop_requested:
+                    return 0
+                # The service printed its own reason (a port in use, say) above.
+                print(f"wsi launcher: error: {service.name} did not start: {exc}", file=sys.stderr)
+                return 1
+        print(banner(roots), flush=True)
+        supervise(started, lambda: bool(stop_requested))
         return 0
     finally:
-        stop()
-        for child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        for service in reversed(started):
+            service.stop()
+        for service in reversed(started):
+            service.wait(timeout=15)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -45,7 +47,13 @@ def new_server(
     interceptors: Sequence[Any] = (), max_request_mb: float = DEFAULT_MAX_REQUEST_MB
 ) -> grpc.aio.Server:
     """Requests larger than ``max_request_mb`` end RESOURCE_EXHAUSTED unread."""
-    options = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", int(max_request_mb * 2**20))]
+    options = [
+        *SERVER_OPTIONS,
+        ("grpc.max_receive_message_length", int(max_request_mb * 2**20)),
+        # gRPC's default lets a second server bind a port in use and share its
+        # calls: a second scheduler must fail instead.
+        ("grpc.so_reuseport", 0),
+    ]
     return grpc.aio.server(options=options, interceptors=list(interceptors))
 
 
@@ -60,17 +68,59 @@ def add_health_and_reflection(
     return servicer
 
 
-async def start(
-    server: grpc.aio.Server, service_name: str, host: str, port: int
-) -> tuple[health_aio.HealthServicer, str]:
-    """Adds health and reflection, binds, starts, reports SERVING; returns the
-    health servicer and the bound address (port 0 picks a free port)."""
+def check_port_free(host: str, port: int, what: str) -> None:
+    """StartupError, with one line to show, if ``host:port`` cannot be bound
+    (port 0 always can). Checked before gRPC tries, which would also log a
+    multi-line error of its own."""
+    if port == 0:
+        return
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            # As the servers bind: a port held only by closing connections is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {host}:{port} ({what}): {exc.strerror}") from None
+
+
+DEFAULT_SLIDE_ROOT = Path("slides")
+
+
+def check_slide_roots(roots: Sequence[Path]) -> None:
+    """A slide root named in the settings must be a folder (a typo would
+    otherwise refuse every job later); the default ``./slides`` may be missing."""
+    for root in roots:
+        if root.is_dir():
+            continue
+        if root == DEFAULT_SLIDE_ROOT:
+            log.warning("slide root %s does not exist (yet): no slide can be found", root)
+            continue
+        raise StartupError(
+            f"slide root {str(root)!r} (--slide-roots, WSI_SLIDE_ROOTS) is not a folder"
+        )
+
+
+def bind(server: grpc.aio.Server, host: str, port: int) -> str:
+    """Binds the port now, before any state is loaded: a second server on a
+    port in use stops here, having touched nothing. Port 0 picks a free port;
+    returns the bound address."""
+    check_port_free(host, port, "gRPC")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise StartupError(f"cannot listen on {host}:{port}: the address is in use or not local")
+    return f"{host}:{bound}"
+
+
+async def start(server: grpc.aio.Server, service_name: str) -> health_aio.HealthServicer:
+    """Adds health and reflection, starts, reports SERVING."""
     health_servicer = add_health_and_reflection(server, [service_name])
-    bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     for name in ("", service_name):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return health_servicer, f"{host}:{bound}"
+    return health_servicer
 
 
 async def run_until_signalled(
@@ -108,7 +158,14 @@ def serve_metrics(
     """Starts the Prometheus endpoint unless ``port`` is negative; returns its stopper."""
     if port < 0:
         return lambda: None
-    url, stop = metrics.serve(registry, host, port)
+    check_port_free(host, port, f"{name} metrics")
+    try:
+        url, stop = metrics.serve(registry, host, port)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot serve {name} metrics on {host}:{port}: {exc.strerror or exc}"
+            " (--metrics-port: another port, 0 for a free one, -1 for none)"
+        ) from None
     announce("%s metrics on %s", name, url)
     return stop
 

@@ -40,7 +40,7 @@ def calls_on(c: Cluster, wf: pb.Workflow) -> dict[str, Callable[[tuple[tuple[str
 
 
 def test_every_rpc_refuses_another_users_ids_with_not_found(shared: Cluster) -> None:
-    wf = create(shared, "owner", [spec("a", params={"tile_size": "16", "overlap": "0"})])
+    wf = create(shared, "owner", [spec("a", params={"tile_size": "128", "overlap": "0"})])
     for name, call in calls_on(shared, wf).items():
         err = rpc_error(lambda call=call: call(user("intruder")))  # type: ignore[misc]
         assert err.code() == grpc.StatusCode.NOT_FOUND, name

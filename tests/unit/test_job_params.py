@@ -1,0 +1,56 @@
+"""The parameter schema the scheduler checks at submit and the worker parses
+at run time: typed, finite, in range, known keys only."""
+
+from __future__ import annotations
+
+import pytest
+
+from wsi_runtime.job_params import InvalidParams, JobParams, parse
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({}, JobParams()),
+        ({"tile_size": "1024"}, JobParams(tile_size=1024)),
+        ({"tile_size": "1024.0", "overlap": " 32 "}, JobParams(tile_size=1024, overlap=32)),
+        ({"target_mpp": "0.25", "min_tissue": "0"}, JobParams(target_mpp=0.25, min_tissue=0.0)),
+        ({"backend": "instanseg", "overlap": ""}, JobParams(backend="instanseg")),
+    ],
+)
+def test_numbers_as_people_write_them(params: dict[str, str], expected: JobParams) -> None:
+    assert parse("CELL_SEGMENTATION", params) == expected
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"target_mpp": "inf"}, "finite"),
+        ({"target_mpp": "nan"}, "finite"),
+        ({"target_mpp": "-1"}, "out of range"),
+        ({"target_mpp": "0"}, "out of range"),
+        ({"tile_size": "huge"}, "tile_size='huge' is not a number"),
+        ({"tile_size": "512.5"}, "whole number"),
+        ({"tile_size": "16"}, "out of range: 64 to 8192"),
+        ({"tile_size": "1e9"}, "out of range"),
+        ({"overlap": "256"}, "less than half of tile_size"),
+        ({"overlap": "-1"}, "out of range"),
+        ({"min_tissue": "1.5"}, "out of range: 0 to 1"),
+        ({"tile_sise": "512"}, "unknown param 'tile_sise'.*known: backend, min_tissue"),
+        ({"backend": "magic"}, "unknown segmentation backend; use one of classical, instanseg"),
+    ],
+)
+def test_anything_else_is_refused_with_what_to_fix(params: dict[str, str], message: str) -> None:
+    with pytest.raises(InvalidParams, match=message):
+        parse("CELL_SEGMENTATION", params)
+
+
+def test_a_deployment_minimum_tile_size_narrows_the_schema() -> None:
+    assert parse("TISSUE_MASK", {"tile_size": "128", "overlap": "32"}, 128).tile_size == 128
+    with pytest.raises(InvalidParams, match="below this deployment's minimum of 128"):
+        parse("TISSUE_MASK", {"tile_size": "64"}, min_tile_size=128)
+
+
+def test_unknown_job_type() -> None:
+    with pytest.raises(InvalidParams, match="unknown job type 'SEGMENT'"):
+        parse("SEGMENT", {})

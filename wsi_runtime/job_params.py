@@ -1,0 +1,113 @@
+"""The parameters a job accepts, one typed schema per job type. Pure: the
+scheduler checks a submission against it (INVALID_ARGUMENT before anything is
+queued) and the worker parses the same strings with it at run time, so the two
+can never disagree about what a parameter means.
+
+Values travel as strings (the API's ``map<string, string>``); numbers are
+accepted as people write them: ``"512"``, ``"512.0"``, ``" 0.25 "``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+JOB_TYPES = ("TISSUE_MASK", "CELL_SEGMENTATION")
+BACKENDS = ("classical", "instanseg")
+
+# Hard bounds of the schema; a deployment narrows the tile size further with
+# its own minimum (the scheduler's --min-tile-size).
+TILE_SIZE_RANGE = (64, 8192)
+TARGET_MPP_RANGE = (0.05, 50.0)  # um/px: from oil immersion to a whole-slide overview
+
+
+class InvalidParams(ValueError):
+    """A parameter is unknown, malformed or out of range; the message says which."""
+
+
+@dataclass(frozen=True)
+class JobParams:
+    tile_size: int = 512
+    overlap: int = 64
+    target_mpp: float = 0.5
+    min_tissue: float = 0.05  # tiles with a smaller tissue share are skipped
+    backend: str = "classical"
+
+
+@dataclass(frozen=True)
+class _Field:
+    kind: type
+    low: float
+    high: float
+    help: str
+    choices: tuple[str, ...] = ()
+
+
+_TILING = {
+    "tile_size": _Field(int, *TILE_SIZE_RANGE, "tile edge in pixels at the level read"),
+    "overlap": _Field(int, 0, TILE_SIZE_RANGE[1] // 2, "pixels shared by neighbouring tiles"),
+    "target_mpp": _Field(float, *TARGET_MPP_RANGE, "pixel size to work at, um/px"),
+    "min_tissue": _Field(float, 0.0, 1.0, "tissue share below which a tile is skipped"),
+}
+_BACKEND = _Field(str, 0, 0, "segmentation backend", BACKENDS)
+FIELDS: dict[str, dict[str, _Field]] = {
+    # A mask segments nothing, but takes (and checks) ``backend`` too, so that
+    # one set of workflow defaults fits both job types of a slide.
+    "TISSUE_MASK": {**_TILING, "backend": _BACKEND},
+    "CELL_SEGMENTATION": {**_TILING, "backend": _BACKEND},
+}
+
+
+def parse(job_type: str, params: Mapping[str, str], min_tile_size: int = 0) -> JobParams:
+    """The typed parameters of a job of ``job_type``; defaults fill what is not
+    given (an empty string counts as not given)."""
+    fields = FIELDS.get(job_type)
+    if fields is None:
+        raise InvalidParams(f"unknown job type {job_type!r}; use one of {', '.join(JOB_TYPES)}")
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise InvalidParams(
+            f"unknown param {unknown[0]!r} for {job_type}; known: {', '.join(sorted(fields))}"
+        )
+    values: dict[str, object] = {}
+    for name, raw in params.items():
+        text = raw.strip()
+        if text:
+            values[name] = _value(name, text, fields[name])
+    parsed = JobParams(**values)  # type: ignore[arg-type]
+    if parsed.tile_size < min_tile_size:
+        raise InvalidParams(
+            f"param tile_size={parsed.tile_size} is below this deployment's minimum of"
+            f" {min_tile_size} px"
+        )
+    if not parsed.overlap < parsed.tile_size // 2:
+        raise InvalidParams(
+            f"param overlap={parsed.overlap} must be less than half of tile_size"
+            f" ({parsed.tile_size})"
+        )
+    return parsed
+
+
+def _value(name: str, text: str, field: _Field) -> object:
+    if field.choices:
+        if text not in field.choices:
+            raise InvalidParams(
+                f"param {name}={text!r}: unknown {field.help}; use one of"
+                f" {', '.join(field.choices)}"
+            )
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        raise InvalidParams(f"param {name}={text!r} is not a number ({field.help})") from None
+    if not math.isfinite(number):
+        raise InvalidParams(f"param {name}={text!r} must be a finite number")
+    if field.kind is int:
+        if not number.is_integer():
+            raise InvalidParams(f"param {name}={text!r} must be a whole number")
+        number = int(number)
+    if not field.low <= number <= field.high:
+        raise InvalidParams(
+            f"param {name}={text!r} is out of range: {field.low:g} to {field.high:g} ({field.help})"
+        )
+    return number
