@@ -172,6 +172,7 @@ def test_a_cancel_stops_the_workers_cpu_within_two_seconds(
     idle_from = cpu_seconds(worker)
     time.sleep(1.0)
     assert cpu_seconds(worker) - idle_from < 0.15
+    assert peak_rss_mb(worker) < 1024  # a 16384 px single-level overview read in strips
 
 
 def test_json_numbers_are_parameters_and_bad_ones_say_why(tmp_path: Path) -> None:
