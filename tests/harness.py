@@ -22,7 +22,7 @@ from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from wsi_runtime.health_wait import wait_http, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
-SLIDES = (ROOT.parent / "shared" / "slides").resolve()
+SLIDES = ROOT / "tests" / "fixtures" / "slides"  # small real slides, kept in the repo
 CMU = "CMU-1-Small-Region.svs"
 LISTENING = re.compile(r"listening on (\S+)")
 METRICS = re.compile(r"metrics on (\S+)")
@@ -161,7 +161,7 @@ def cluster(
     **scheduler_settings: int | str,
 ) -> Iterator[Cluster]:
     """Workers and a scheduler; ``slide_roots`` (colon-separated) replaces the
-    shared test slides as the roots of both."""
+    fixture slides as the roots of both."""
     roots = {"slide_roots": slide_roots} if slide_roots else {}
     with ExitStack() as stack:
         workers = []

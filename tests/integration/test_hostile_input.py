@@ -1,5 +1,5 @@
 """Hostile and careless input, as one table: every case gets the status code
-of ../shared/API.md and a message that says what is wrong, while another
+of the public API contract and a message that says what is wrong, while another
 user's workflow runs to the end untouched."""
 
 from __future__ import annotations
