@@ -17,7 +17,7 @@ import pytest
 
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import SLIDES, Cluster, start_worker, user
-from tests.integration.conftest import create, follow, get, json_documents, rpc_error, spec
+from tests.integration.support import create, follow, get, json_documents, rpc_error, spec
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 
@@ -245,7 +245,7 @@ def test_services_stop_gracefully_on_sigterm(tmp_path: Path) -> None:
 
 def test_scheduler_stops_gracefully_with_a_running_job_and_a_watcher(tmp_path: Path) -> None:
     from tests.harness import cluster
-    from tests.integration.conftest import LONG, Watcher
+    from tests.integration.support import LONG, Watcher
 
     with cluster(tmp_path, worker_slots=(1,)) as c:
         wf = create(c, "stopper", [spec("long", params=LONG)])

@@ -19,7 +19,7 @@ import pytest
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.crafted_slides import crafted_tiff
 from tests.harness import CMU, SLIDES, Cluster, cluster, cluster_with_gateway, user
-from tests.integration.conftest import LONG, create, get, rpc_error, spec
+from tests.integration.support import LONG, create, get, rpc_error, spec
 
 GIANT = (200_000, 200_000)
 

@@ -15,8 +15,6 @@ import pytest
 
 from tests.harness import CMU, ROOT, Cluster, Service, cluster_with_gateway
 
-pytestmark = pytest.mark.integration
-
 WSI = Path(sys.executable).parent / "wsi"
 EXAMPLE = ROOT / "clients" / "examples" / "submit_and_watch.py"
 

@@ -12,10 +12,8 @@ from clients.client import SchedulerClient, SchedulerError, job
 from clients.sync_client import SyncSchedulerClient
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import CMU, Cluster
-from tests.integration.conftest import LONG, Watcher, job_transitions
+from tests.integration.support import LONG, Watcher, job_transitions
 from tests.tcp_proxy import TcpProxy
-
-pytestmark = pytest.mark.integration
 
 
 def long_job(key: str, branch: str = "main") -> pb.JobSpec:

@@ -16,8 +16,6 @@ import pytest
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import CMU, Cluster, Service, cluster, cluster_with_gateway, start_gateway, user
 
-pytestmark = pytest.mark.integration
-
 
 @dataclass
 class Gateway:

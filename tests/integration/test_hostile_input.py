@@ -13,9 +13,7 @@ import pytest
 
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import SLIDES, Cluster, cluster, user
-from tests.integration.conftest import LONG, Watcher, create, follow, get, job_transitions, spec
-
-pytestmark = pytest.mark.integration
+from tests.integration.support import LONG, Watcher, create, follow, get, job_transitions, spec
 
 Code = grpc.StatusCode
 

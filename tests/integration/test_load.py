@@ -11,8 +11,6 @@ import pytest
 
 from bench.load_test import run
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.mark.timeout(300)
 def test_sixty_seconds_of_mixed_load(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import ROOT, Cluster, Service, cluster_with_gateway, user
-from tests.integration.conftest import (
+from tests.integration.support import (
     LONG,
     Watcher,
     create,
@@ -27,8 +27,6 @@ from tests.integration.conftest import (
     rpc_error,
     spec,
 )
-
-pytestmark = pytest.mark.integration
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "wsi-dashboard.json"
 SCRAPE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"

@@ -15,10 +15,9 @@ import pytest
 
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import CMU, ROOT, SLIDES, cluster, start_gateway, user
-from tests.integration.conftest import json_documents
+from tests.integration.support import json_documents
 from wsi_runtime.synthetic_slides import synthetic_he_slide
 
-pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent  # make installs grpcurl and wsi here
 
 

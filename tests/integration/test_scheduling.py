@@ -11,7 +11,7 @@ import grpc
 
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import Cluster, cluster, user
-from tests.integration.conftest import (
+from tests.integration.support import (
     LONG,
     Watcher,
     create,

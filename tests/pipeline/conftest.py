@@ -4,15 +4,9 @@ synthetic slides with known nuclei."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
 import pytest
-from scipy.spatial import cKDTree
 
-from worker_service.pipeline import JobOutcome, JobSpec, run_job
-from worker_service.slide_access import SlideCache
 from worker_service.tile_pool import TilePool
 from wsi_runtime.synthetic_slides import SyntheticSlide, synthetic_he_slide
 
@@ -28,52 +22,3 @@ def pool() -> Iterator[TilePool]:
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSlide:
     return synthetic_he_slide(tmp_path_factory.mktemp("slides") / "synthetic.tiff", seed=7)
-
-
-def run(
-    pool: TilePool, out: Path, slide: str, job_type: str = "CELL_SEGMENTATION", **params: str
-) -> JobOutcome:
-    return run_job(
-        JobSpec("job", job_type, slide, params),
-        out,
-        lambda: False,
-        lambda d, t: None,
-        SlideCache(),
-        pool,
-    )
-
-
-def centroids(outcome: JobOutcome) -> npt.NDArray[np.float64]:
-    import json
-
-    with open(outcome.files["cells.geojson"]) as handle:
-        features = json.load(handle)["features"]
-    return np.array(
-        [
-            [
-                f["properties"]["measurements"]["Centroid X px"],
-                f["properties"]["measurements"]["Centroid Y px"],
-            ]
-            for f in features
-        ]
-    ).reshape(-1, 2)
-
-
-def match(
-    predicted: npt.NDArray[np.float64], truth: npt.NDArray[np.float64], radius: float
-) -> tuple[int, int, int]:
-    """(true positives, false positives, false negatives), one-to-one, nearest first."""
-    if len(predicted) == 0 or len(truth) == 0:
-        return 0, len(predicted), len(truth)
-    distances, indices = cKDTree(truth).query(predicted, k=1, distance_upper_bound=radius)
-    taken: set[int] = set()
-    tp = 0
-    for p in np.argsort(distances):
-        if np.isfinite(distances[p]) and indices[p] not in taken:
-            taken.add(int(indices[p]))
-            tp += 1
-    return tp, len(predicted) - tp, len(truth) - tp
-
-
-def f1(tp: int, fp: int, fn: int) -> float:
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0

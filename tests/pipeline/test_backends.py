@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.harness import SLIDES
-from tests.pipeline.conftest import run
+from tests.pipeline.support import run
 from worker_service.backends import INSTANSEG_ENV, BackendSpec, build
 from worker_service.pipeline import JobFailed
 from worker_service.tile_pool import TilePool

@@ -13,7 +13,7 @@ from PIL import Image
 from shapely.geometry import Point, shape
 
 from tests.harness import SLIDES
-from tests.pipeline.conftest import centroids, f1, match, run
+from tests.pipeline.support import centroids, f1, match, run
 from worker_service.pipeline import JobCancelled, JobFailed, JobSpec, run_job
 from worker_service.slide_access import SlideCache
 from worker_service.tile_pool import TilePool
