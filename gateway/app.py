@@ -26,6 +26,8 @@ from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from gateway import sse
 from gateway.errors import error_body, http_status
 from gateway.metrics import HttpMetrics, MetricsMiddleware
+from wsi_runtime.job_params import JOB_TYPES
+from wsi_runtime.version import VERSION
 
 M = TypeVar("M")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -63,9 +65,6 @@ class GrpcFailure(Exception):
 
 def _metadata(user: str | None) -> tuple[tuple[str, str], ...]:
     return (("x-user-id", user),) if user is not None else ()
-
-
-JOB_TYPES = tuple(name for name, number in pb.JobType.items() if number)
 
 
 def _job_spec(job: JobIn) -> pb.JobSpec:
@@ -111,7 +110,7 @@ def create_app(
     app = FastAPI(
         title="WSI workflow scheduler",
         description="HTTP/JSON gateway to the scheduler. Every call needs the X-User-ID header.",
-        version="0.1.0",
+        version=VERSION,
         lifespan=lifespan,
     )
 

@@ -38,13 +38,13 @@ from worker_service.slide_access import SlideCache
 from worker_service.throttle import ProgressThrottle
 from worker_service.tile_pool import PoolCrashed, TilePool
 from wsi_runtime.slide_paths import SlidePathError, resolve_slide
+from wsi_runtime.version import VERSION
 
 if TYPE_CHECKING:
     from wsi_runtime.serving import Context
 
 log = logging.getLogger("wsi.worker")
 
-VERSION = "0.1.0"
 JOB_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 

@@ -1,4 +1,5 @@
-"""The parameters a job accepts, one typed schema per job type. Pure: the
+"""The parameters a job accepts, one typed schema per job type. Pure (only the
+generated enum of job types, no gRPC): the
 scheduler checks a submission against it (INVALID_ARGUMENT before anything is
 queued) and the worker parses the same strings with it at run time, so the two
 can never disagree about what a parameter means.
@@ -12,7 +13,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-JOB_TYPES = ("TISSUE_MASK", "CELL_SEGMENTATION")
+from clients.wsi.scheduler.v1 import scheduler_pb2
+
+# The names of the public API's JobType enum (its zero value, UNSPECIFIED, is no type).
+JOB_TYPES = tuple(name for name, number in scheduler_pb2.JobType.items() if number)
 BACKENDS = ("classical", "instanseg")
 
 # Hard bounds of the schema; a deployment narrows the tile size further with

@@ -28,7 +28,8 @@ from clients.workflow_file import jobs_from_flags, parse_params, parse_workflow
 from clients.workflow_view import WorkflowView, job_state_name
 from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 
-DEFAULT_TYPES = ("TISSUE_MASK", "CELL_SEGMENTATION")
+# Every job type of the API, in the enum's order (mask first): the default of `submit`.
+DEFAULT_TYPES = tuple(name for name, number in pb.JobType.items() if number)
 
 
 class CommandError(Exception):

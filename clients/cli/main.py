@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--type",
         dest="types",
         action="append",
-        choices=("TISSUE_MASK", "CELL_SEGMENTATION"),
+        choices=commands.DEFAULT_TYPES,
         help="job type, repeatable, run in the order given (default: both)",
     )
     submit.add_argument("-b", "--branch", default="", help="one branch for all slides")
