@@ -39,6 +39,7 @@ from worker_service.nuclei import (
 )
 from worker_service.pipeline import JobSpec, run_job
 from worker_service.slide_access import SlideCache
+from worker_service.stages import JobContext
 from worker_service.tile_pool import TilePool
 from worker_service.tile_tasks import TileTask, read_tile
 from worker_service.tiling import tile_grid
@@ -88,8 +89,7 @@ def floor(path: Path, processes: int) -> dict[str, float]:
             outcome = run_job(
                 JobSpec("floor", "CELL_SEGMENTATION", str(path), {}),
                 Path(tmp),
-                lambda: False,
-                lambda d, t: None,
+                JobContext(),
                 SlideCache(),
                 pool,
             )

@@ -16,15 +16,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from worker_service.errors import BackendUnavailable
 from worker_service.nuclei import RGB, Labels, NucleusParams, StainReference, segment_nuclei
 
 INSTANSEG_MPP = 0.5  # um/px the brightfield_nuclei model was trained at
 INSTANSEG_ENV = "WSI_INSTANSEG_MODEL"
 INSTANSEG_DEFAULT = Path("models/instanseg.pt")
-
-
-class BackendUnavailable(RuntimeError):
-    """The backend cannot run here; the message says what to install or where."""
 
 
 class Segmenter(Protocol):

@@ -23,20 +23,13 @@ from prometheus_client import CollectorRegistry
 
 from clients.wsi.worker.v1 import worker_pb2 as pb
 from clients.wsi.worker.v1 import worker_pb2_grpc as pb_grpc
+from worker_service.errors import JobCancelled, JobError
 from worker_service.observability import WorkerMetrics
-from worker_service.pipeline import (
-    DEFAULT_MAX_TILES,
-    JOB_TYPES,
-    JobCancelled,
-    JobFailed,
-    JobOutcome,
-    JobSpec,
-    run_job,
-    run_tissue_job,
-)
+from worker_service.pipeline import JOB_TYPES, JobOutcome, JobSpec, run_job, run_tissue_job
 from worker_service.slide_access import SlideCache
+from worker_service.stages import DEFAULT_MAX_TILES, JobContext
 from worker_service.throttle import ProgressThrottle
-from worker_service.tile_pool import PoolCrashed, TilePool
+from worker_service.tile_pool import TilePool
 from wsi_runtime.slide_paths import SlidePathError, resolve_slide
 from wsi_runtime.version import VERSION
 
@@ -102,8 +95,12 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             if throttle.should_emit(time.monotonic(), done, total):
                 loop.call_soon_threadsafe(updates.put_nowait, (done, total))
 
-        on_tile = self.metrics.tile_observer(spec.job_type)
-
+        ctx = JobContext(
+            cancelled=stop.is_set,
+            report=report,
+            on_tile=self.metrics.tile_observer(spec.job_type),
+            max_tiles=self.max_tiles,
+        )
         token = self.pool.cancel_board.new_token()
 
         async def run() -> JobOutcome:
@@ -112,35 +109,24 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                     run_tissue_job, spec, self.results_dir, token, self.max_tiles
                 )
             return await loop.run_in_executor(
-                self.executor,
-                run_job,
-                spec,
-                self.results_dir,
-                stop.is_set,
-                report,
-                self.slides,
-                self.pool,
-                on_tile,
-                self.max_tiles,
+                self.executor, run_job, spec, self.results_dir, ctx, self.slides, self.pool
             )
 
         async def work() -> JobOutcome:
-            """A job's own trouble (a full disk, a crashed pool process, a bug in
-            the pipeline) ends it as JobFailed, never as a broken stream: only a
-            lost stream makes the scheduler retry a job elsewhere."""
+            """The one place where what stopped a job becomes its outcome. A job's
+            own trouble (a bad slide, a full disk, a crashed pool process, a bug in
+            the pipeline) fails it, never breaks the stream: only a lost stream
+            makes the scheduler retry a job elsewhere."""
             try:
                 return await run()
-            except (JobFailed, JobCancelled, asyncio.CancelledError):
+            except (JobError, JobCancelled, asyncio.CancelledError):
                 raise
-            except PoolCrashed as exc:
-                raise JobFailed(str(exc)) from exc
             except OSError as exc:
-                raise JobFailed(f"cannot write the job's results: {exc.strerror or exc}") from exc
+                raise JobError(f"cannot write the job's results: {exc.strerror or exc}") from exc
             except Exception as exc:
                 log.exception("job %s: unexpected error", spec.job_id)
-                raise JobFailed(
-                    f"internal error in the worker: {type(exc).__name__}: {exc}"
-                ) from exc
+                name = type(exc).__name__
+                raise JobError(f"internal error in the worker: {name}: {exc}") from exc
 
         log.debug("job %s attempt %d: %s on %s", spec.job_id, request.attempt, spec.job_type, slide)
         future = asyncio.ensure_future(work())
@@ -153,7 +139,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 yield pb.JobUpdate(progress=pb.TileProgress(tiles_done=done, tiles_total=total))
             try:
                 outcome = await future
-            except JobFailed as exc:
+            except JobError as exc:
                 log.info("job %s failed: %s", spec.job_id, exc)
                 outcome_name = "failed"
                 await self._discard_results(spec.job_id)

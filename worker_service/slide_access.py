@@ -14,6 +14,8 @@ import numpy.typing as npt
 import openslide
 from PIL import Image
 
+from worker_service.errors import JobCancelled, SlideError
+
 # A thumbnail is made from the smallest pyramid level that is still at least as
 # large as the thumbnail, read in strips of at most STRIP_PIXELS; a slide whose
 # every level is larger than THUMBNAIL_SOURCE_MAX_PIXELS is refused (reading
@@ -21,14 +23,6 @@ from PIL import Image
 STRIP_PIXELS = 4 * 2**20
 STRIP_MAX_PIXELS = 16 * 2**20  # a strip may grow to whole rows of tiles up to this
 THUMBNAIL_SOURCE_MAX_PIXELS = 512 * 2**20
-
-
-class SlideError(RuntimeError):
-    """The slide cannot be opened or read; the message is OpenSlide's."""
-
-
-class ThumbnailCancelled(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -130,7 +124,7 @@ def read_thumbnail(
     strip_rows = _strip_rows(slide, level, level_w)
     for y0 in range(0, level_h, strip_rows):
         if cancelled():
-            raise ThumbnailCancelled()
+            raise JobCancelled()
         y1 = min(level_h, y0 + strip_rows)
         top, bottom = math.floor(y0 * out_h / level_h), math.floor(y1 * out_h / level_h)
         if y1 == level_h:

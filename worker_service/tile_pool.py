@@ -19,18 +19,10 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from worker_service import tile_tasks
+from worker_service.errors import JobCancelled, PoolCrashed
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class Cancelled(Exception):
-    pass
-
-
-class PoolCrashed(RuntimeError):
-    """A pool process died mid-task (a crash in native code, the OOM killer).
-    The pool has been replaced; only the jobs with tasks in flight fail."""
 
 
 class CancelBoard:
@@ -112,7 +104,7 @@ class TilePool:
         cancelled: Callable[[], bool],
     ) -> Iterator[tuple[T, R]]:
         """Runs ``fn(item, *extra)`` for every item, yielding (item, result) as they
-        complete. Stops submitting once ``cancelled()``; raises Cancelled then."""
+        complete. Stops submitting once ``cancelled()``; raises JobCancelled then."""
         with self._lock:
             self._jobs += 1
         pending: dict[Future[R], T] = {}
@@ -121,7 +113,7 @@ class TilePool:
         try:
             while True:
                 if cancelled():
-                    raise Cancelled()
+                    raise JobCancelled()
                 while not exhausted and len(pending) < self.window():
                     item = next(source, None)
                     if item is None:

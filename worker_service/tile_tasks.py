@@ -14,6 +14,7 @@ import numpy as np
 import openslide
 
 from worker_service.backends import BackendSpec, build
+from worker_service.errors import TileReadError
 from worker_service.merge import SlideNucleus, keep_owned
 from worker_service.nuclei import (
     RGB,
@@ -27,10 +28,6 @@ from worker_service.tiling import Tile
 
 _slides = SlideCache(per_thread=2)  # one cache per pool process
 _cancel_board: Any = None  # the worker's CancelBoard array, set when the process starts
-
-
-class TileReadError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)

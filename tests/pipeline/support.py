@@ -12,6 +12,7 @@ from scipy.spatial import cKDTree
 
 from worker_service.pipeline import JobOutcome, JobSpec, run_job
 from worker_service.slide_access import SlideCache
+from worker_service.stages import JobContext
 from worker_service.tile_pool import TilePool
 
 
@@ -21,8 +22,7 @@ def run(
     return run_job(
         JobSpec("job", job_type, slide, params),
         out,
-        lambda: False,
-        lambda d, t: None,
+        JobContext(),
         SlideCache(),
         pool,
     )

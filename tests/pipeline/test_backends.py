@@ -12,7 +12,7 @@ import pytest
 from tests.harness import SLIDES
 from tests.pipeline.support import run
 from worker_service.backends import INSTANSEG_ENV, BackendSpec, build
-from worker_service.pipeline import JobFailed
+from worker_service.errors import JobError
 from worker_service.tile_pool import TilePool
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -22,7 +22,7 @@ def test_instanseg_job_fails_saying_what_is_missing(
     pool: TilePool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(INSTANSEG_ENV, str(tmp_path / "nowhere" / "instanseg.pt"))
-    with pytest.raises(JobFailed) as info:
+    with pytest.raises(JobError) as info:
         run(pool, tmp_path, str(SLIDES / "small.svs"), backend="instanseg")
     message = str(info.value)
     if HAS_TORCH:

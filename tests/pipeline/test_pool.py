@@ -8,7 +8,8 @@ import signal
 
 import pytest
 
-from worker_service.tile_pool import PoolCrashed, TilePool
+from worker_service.errors import PoolCrashed
+from worker_service.tile_pool import TilePool
 
 
 def die() -> None:

@@ -14,8 +14,10 @@ from shapely.geometry import Point, shape
 
 from tests.harness import SLIDES
 from tests.pipeline.support import centroids, f1, match, run
-from worker_service.pipeline import JobCancelled, JobFailed, JobSpec, run_job
+from worker_service.errors import JobCancelled, JobError
+from worker_service.pipeline import JobSpec, run_job
 from worker_service.slide_access import SlideCache
+from worker_service.stages import JobContext
 from worker_service.tile_pool import TilePool
 from wsi_runtime.synthetic_slides import SyntheticSlide
 
@@ -167,8 +169,7 @@ def test_cancellation_stops_the_job_within_a_second(
                     {"tile_size": "128", "overlap": "16"},
                 ),
                 tmp_path,
-                cancel.is_set,
-                report,
+                JobContext(cancelled=cancel.is_set, report=report),
                 SlideCache(),
                 pool,
             )
@@ -197,7 +198,7 @@ def test_cancellation_stops_the_job_within_a_second(
 def test_bad_params_fail_clearly(
     pool: TilePool, tmp_path: Path, params: dict[str, str], message: str
 ) -> None:
-    with pytest.raises(JobFailed, match=message):
+    with pytest.raises(JobError, match=message):
         run(pool, tmp_path, str(SLIDES / "small.svs"), **params)
 
 
@@ -216,8 +217,9 @@ def test_two_jobs_share_the_pool_instead_of_queueing(
                 {"tile_size": "256", "overlap": "32"},
             ),
             tmp_path,
-            lambda: False,
-            lambda done, total: progress[name].append(time.monotonic()) if done else None,
+            JobContext(
+                report=lambda done, total: progress[name].append(time.monotonic()) if done else None
+            ),
             SlideCache(),
             pool,
         )

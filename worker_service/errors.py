@@ -1,0 +1,34 @@
+"""The worker's one exception hierarchy. Everything that can stop a job is a
+JobError (the job fails, with this message for the user) or JobCancelled; the
+worker's RunJob handler is the one place that turns them into job outcomes."""
+
+from __future__ import annotations
+
+
+class JobError(Exception):
+    """The job cannot succeed; the message tells the user why."""
+
+
+class JobFailed(JobError):
+    """A job's own check failed (too many tiles, a backend that is missing)."""
+
+
+class SlideError(JobError):
+    """The slide cannot be opened or read; the message is OpenSlide's."""
+
+
+class TileReadError(SlideError):
+    """One tile could not be read (corrupt tile data)."""
+
+
+class PoolCrashed(JobError):
+    """A pool process died mid-task (a crash in native code, the OOM killer).
+    The pool has been replaced; only the jobs with tasks in flight fail."""
+
+
+class BackendUnavailable(JobError):
+    """The segmentation backend cannot run here; the message says what to install or where."""
+
+
+class JobCancelled(Exception):
+    """The job was cancelled; it stops at the next check."""
