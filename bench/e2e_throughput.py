@@ -29,9 +29,9 @@ from pathlib import Path
 import grpc
 
 from bench.process_cpu import session_cpu_seconds
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
-from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.harness import Service, start_scheduler, start_worker
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 
 DEFAULT_RESULTS_PARENT = (
     Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())

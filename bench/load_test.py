@@ -28,9 +28,9 @@ from pathlib import Path
 
 import grpc
 
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
-from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.harness import Service, start_scheduler, start_worker
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 
 MAX_WORKERS = 4
 MAX_ACTIVE_USERS = 3

@@ -26,8 +26,6 @@ import grpc
 import openslide
 
 from bench.slide_generator import mosaic_slide, size_for
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
-from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.harness import Service, start_scheduler, start_worker
 from worker_service.merge import keep_owned
 from worker_service.nuclei import (
@@ -43,6 +41,8 @@ from worker_service.stages import JobContext
 from worker_service.tile_pool import TilePool
 from worker_service.tile_tasks import TileTask, read_tile
 from worker_service.tiling import tile_grid
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 
 OUT = Path(__file__).resolve().parent / "out"
 TERMINAL = {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED}

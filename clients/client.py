@@ -30,10 +30,11 @@ from typing import TypeVar
 import grpc
 
 from clients.backoff import Backoff
-from clients.status import retry_after_seconds
 from clients.watch_cursor import WatchCursor
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
-from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from wsi_protocol import metadata
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from wsi_protocol.status import retry_after_seconds
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 10.0
@@ -116,7 +117,7 @@ class SchedulerClient:
         self._owns_channel = channel is None
         self._channel = channel or grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.SchedulerStub(self._channel)
-        self._metadata = (("x-user-id", user),)
+        self._metadata = ((metadata.USER_ID, user),)
 
     async def __aenter__(self) -> SchedulerClient:
         return self

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from clients.client import DEFAULT_ADDRESS, SchedulerClient
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 R = TypeVar("R")
 

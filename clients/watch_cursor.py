@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 TERMINAL_WORKFLOW_STATES = frozenset(
     {pb.WORKFLOW_STATE_SUCCEEDED, pb.WORKFLOW_STATE_FAILED, pb.WORKFLOW_STATE_CANCELLED}

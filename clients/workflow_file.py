@@ -25,7 +25,7 @@ from pathlib import PurePath
 from typing import Any
 
 from clients.client import job
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 JOB_FIELDS = frozenset({"key", "branch", "job_type", "wsi_path", "depends_on", "params"})
 DEFAULT_FIELDS = frozenset({"wsi_path", "job_type", "params"})

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 # Exit statuses of `wsi watch` (and of `wsi submit --watch`).
 EXIT_SUCCEEDED = 0

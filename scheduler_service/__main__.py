@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
 
-from clients.wsi.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from scheduler_service import convert, recovery, retention
 from scheduler_service.dispatcher import Dispatcher
 from scheduler_service.journal import MEMORY, JournalDamaged, JournalError, SqliteJournal
@@ -20,6 +19,7 @@ from scheduler_service.observability import SchedulerMetrics, TransitionLog
 from scheduler_service.policy import SchedulingPolicy
 from scheduler_service.service import SchedulerServicer
 from scheduler_service.store import JobRecord, JobTransition, Store, WorkflowRecord
+from wsi_protocol.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from wsi_runtime import lifetime, logs, memory, serving, settings
 from wsi_runtime.metrics import RpcMetrics
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from scheduler_service import progress
 from scheduler_service.policy import State
 from scheduler_service.store import JobRecord, Store, WorkflowRecord
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 JOB_STATE = {
     State.PENDING: pb.JOB_STATE_PENDING,

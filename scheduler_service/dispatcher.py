@@ -15,9 +15,9 @@ from typing import Any
 
 import grpc
 
-from clients.wsi.worker.v1 import worker_pb2 as wpb
-from clients.wsi.worker.v1 import worker_pb2_grpc as wpb_grpc
 from scheduler_service.store import JobRecord, Store
+from wsi_protocol.worker.v1 import worker_pb2 as wpb
+from wsi_protocol.worker.v1 import worker_pb2_grpc as wpb_grpc
 
 log = logging.getLogger("wsi.scheduler.dispatch")
 

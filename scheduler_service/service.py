@@ -12,9 +12,6 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from clients.status import RETRY_AFTER_METADATA
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
-from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from scheduler_service import convert
 from scheduler_service.dispatcher import Dispatcher
 from scheduler_service.journal import JournalError
@@ -34,6 +31,10 @@ from scheduler_service.validation import (
     normalise_jobs,
     valid_user_id,
 )
+from wsi_protocol import metadata
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from wsi_protocol.status import RETRY_AFTER_METADATA
 from wsi_runtime.slide_paths import SlidePathError, check_slide_format, resolve_slide
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ async def domain_errors(context: Context) -> AsyncIterator[None]:
 
 async def authenticate(context: Context) -> str:
     for key, value in context.invocation_metadata() or ():
-        if key == "x-user-id":
+        if key == metadata.USER_ID:
             user = value if isinstance(value, str) else value.decode(errors="replace")
             if valid_user_id(user):
                 return user

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import grpc
 
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
-from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from wsi_protocol import metadata
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from wsi_runtime.health_wait import wait_http, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,4 +192,4 @@ def cluster_with_gateway(
 
 
 def user(name: str) -> tuple[tuple[str, str]]:
-    return (("x-user-id", name),)
+    return ((metadata.USER_ID, name),)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from clients.wsi.worker.v1 import worker_pb2, worker_pb2_grpc
 from worker_service.observability import WorkerMetrics
 from worker_service.service import WorkerServicer
 from worker_service.stages import DEFAULT_MAX_TILES
 from worker_service.tile_pool import TilePool
+from wsi_protocol.worker.v1 import worker_pb2, worker_pb2_grpc
 from wsi_runtime import lifetime, logs, memory, serving, settings
 from wsi_runtime.metrics import RpcMetrics
 

@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING
 import grpc
 from prometheus_client import CollectorRegistry
 
-from clients.wsi.worker.v1 import worker_pb2 as pb
-from clients.wsi.worker.v1 import worker_pb2_grpc as pb_grpc
 from worker_service.errors import JobCancelled, JobError
 from worker_service.observability import WorkerMetrics
 from worker_service.pipeline import JOB_TYPES, JobOutcome, JobSpec, run_job, run_tissue_job
@@ -30,6 +28,8 @@ from worker_service.slide_access import SlideCache
 from worker_service.stages import DEFAULT_MAX_TILES, JobContext
 from worker_service.throttle import ProgressThrottle
 from worker_service.tile_pool import TilePool
+from wsi_protocol.worker.v1 import worker_pb2 as pb
+from wsi_protocol.worker.v1 import worker_pb2_grpc as pb_grpc
 from wsi_runtime.slide_paths import SlidePathError, resolve_slide
 from wsi_runtime.version import VERSION
 

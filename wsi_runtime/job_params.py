@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from clients.wsi.scheduler.v1 import scheduler_pb2
+from wsi_protocol.scheduler.v1 import scheduler_pb2
 
 # The names of the public API's JobType enum (its zero value, UNSPECIFIED, is no type).
 JOB_TYPES = tuple(name for name, number in scheduler_pb2.JobType.items() if number)

@@ -23,10 +23,10 @@ from clients.cli.render import (
     workflows_table,
 )
 from clients.client import SchedulerClient, SchedulerError
-from clients.json_format import to_json
 from clients.workflow_file import jobs_from_flags, parse_params, parse_workflow
 from clients.workflow_view import WorkflowView, job_state_name
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.json_format import to_json
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 # Every job type of the API, in the enum's order (mask first): the default of `submit`.
 DEFAULT_TYPES = tuple(name for name, number in pb.JobType.items() if number)

@@ -18,7 +18,7 @@ from clients.workflow_view import (
     job_type_name,
     workflow_state_name,
 )
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 STATE_STYLE = {
     "PENDING": "yellow",

@@ -14,7 +14,7 @@ import json
 import sys
 
 from clients.client import SchedulerClient, SchedulerError, job
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 
 async def main(slide: str, address: str, user: str) -> int:

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 import grpc
 import pytest
 
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import CMU, Cluster, user
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 # Nucleus segmentation of CMU-1-Small-Region in 256 px tiles: ~100 tissue tiles, a few
 # seconds with progress all along, long enough to act mid-job.

@@ -15,9 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import SLIDES, Cluster, start_worker, user
 from tests.integration.support import create, follow, get, json_documents, rpc_error, spec
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 

@@ -16,10 +16,10 @@ import grpc
 import httpx
 import pytest
 
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.crafted_slides import crafted_tiff
 from tests.harness import CMU, SLIDES, Cluster, cluster, cluster_with_gateway, user
 from tests.integration.support import LONG, create, get, rpc_error, spec
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 GIANT = (200_000, 200_000)
 

@@ -10,10 +10,10 @@ import pytest
 
 from clients.client import SchedulerClient, SchedulerError, job
 from clients.sync_client import SyncSchedulerClient
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import CMU, Cluster
 from tests.integration.support import LONG, Watcher, job_transitions
 from tests.tcp_proxy import TcpProxy
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 
 def long_job(key: str, branch: str = "main") -> pb.JobSpec:

@@ -13,10 +13,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
-from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.harness import Cluster, Service, cluster, start_scheduler, start_worker, user
 from tests.integration.support import LONG, create, get, job_transitions, spec, watch
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 
 
 def restart_scheduler(c: Cluster, workdir: Path, workers: list[Service]) -> Service:

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import CMU, Cluster, Service, cluster, cluster_with_gateway, start_gateway, user
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 
 @dataclass

@@ -11,9 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import SLIDES, Cluster, cluster, user
 from tests.integration.support import LONG, Watcher, create, follow, get, job_transitions, spec
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 Code = grpc.StatusCode
 

@@ -20,11 +20,11 @@ from typing import Any
 import grpc
 import pytest
 
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
-from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from tests.harness import CMU, SLIDES, user
 from tests.integration.support import LONG, spec
 from tests.integration.test_bounded_work import pids_of
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 
 
 def free_port() -> int:

@@ -16,7 +16,6 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import ROOT, Cluster, Service, cluster_with_gateway, user
 from tests.integration.support import (
     LONG,
@@ -27,6 +26,7 @@ from tests.integration.support import (
     rpc_error,
     spec,
 )
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "wsi-dashboard.json"
 SCRAPE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import CMU, ROOT, SLIDES, cluster, start_gateway, user
 from tests.integration.support import json_documents
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_runtime.synthetic_slides import synthetic_he_slide
 
 BIN = Path(sys.executable).parent  # make installs grpcurl and wsi here

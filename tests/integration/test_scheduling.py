@@ -9,7 +9,6 @@ from pathlib import Path
 
 import grpc
 
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from tests.harness import Cluster, cluster, user
 from tests.integration.support import (
     LONG,
@@ -24,6 +23,7 @@ from tests.integration.support import (
     spec,
     watch,
 )
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 
 def test_same_branch_jobs_never_overlap_and_keep_fifo_order(shared: Cluster) -> None:

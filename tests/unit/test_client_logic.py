@@ -20,7 +20,7 @@ from clients.workflow_file import (
     parse_workflow,
 )
 from clients.workflow_view import EXIT_CANCELLED, EXIT_FAILED, EXIT_SUCCEEDED, WorkflowView
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 # ---- backoff -----------------------------------------------------------------
 

@@ -12,8 +12,8 @@ import pytest
 
 from clients.backoff import Backoff
 from clients.client import SchedulerClient, SchedulerError, job
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
-from clients.wsi.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 
 
 class Flaky(pb_grpc.SchedulerServicer):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from clients.json_format import to_json
-from clients.status import retry_after_seconds
-from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
 from gateway import sse
 from gateway.errors import error_body, http_status
+from wsi_protocol.json_format import to_json
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.status import retry_after_seconds
 
 
 def test_job_json_has_plain_names_numbers_and_every_field() -> None:

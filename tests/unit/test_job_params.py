@@ -57,7 +57,7 @@ def test_unknown_job_type() -> None:
 
 
 def test_every_job_type_of_the_api_has_a_schema() -> None:
-    from clients.wsi.scheduler.v1 import scheduler_pb2 as pb
+    from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
     from wsi_runtime.job_params import FIELDS, JOB_TYPES
 
     assert set(JOB_TYPES) == {name for name, n in pb.JobType.items() if n} == set(FIELDS)

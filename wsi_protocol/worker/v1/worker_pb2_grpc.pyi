@@ -10,7 +10,7 @@ caller cancels it, the worker stops at the next tile.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from clients.wsi.worker.v1 import worker_pb2 as _worker_pb2
+from wsi_protocol.worker.v1 import worker_pb2 as _worker_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -12,7 +12,7 @@ per user; RESOURCE_EXHAUSTED then carries the trailing metadata
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from clients.wsi.scheduler.v1 import scheduler_pb2 as _scheduler_pb2
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as _scheduler_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -1,0 +1,63 @@
+"""What every route needs: the scheduler stub (typed lifespan state), the
+caller's identity as gRPC metadata, and one exception for a scheduler status,
+which app.py maps to HTTP in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import grpc
+from fastapi import Depends, Header, Request
+
+from wsi_protocol import metadata
+from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
+
+M = TypeVar("M")
+
+
+@dataclass(frozen=True)
+class GatewayState:
+    """Made by the app's lifespan, once: the routes' view of the world."""
+
+    stub: pb_grpc.SchedulerAsyncStub
+    results_root: Path
+    keepalive_s: float
+
+
+class GrpcFailure(Exception):
+    """The scheduler answered with an error status."""
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        self.error = error
+
+
+class BadRequest(Exception):
+    """A request the gateway refuses before calling the scheduler (HTTP 400)."""
+
+
+async def call(awaitable: Awaitable[M]) -> M:
+    try:
+        return await awaitable
+    except grpc.aio.AioRpcError as error:
+        raise GrpcFailure(error) from error
+
+
+def gateway_state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+def caller(
+    user: Annotated[
+        str | None, Header(alias="X-User-ID", description="the caller's user id")
+    ] = None,
+) -> tuple[tuple[str, str], ...]:
+    """The caller's X-User-ID as gRPC metadata; the scheduler checks it."""
+    return ((metadata.USER_ID, user),) if user is not None else ()
+
+
+Gateway = Annotated[GatewayState, Depends(gateway_state)]
+Caller = Annotated[tuple[tuple[str, str], ...], Depends(caller)]

@@ -1,0 +1,52 @@
+"""Request bodies of the HTTP API and their translation to protobuf."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, StrictFloat, StrictInt, StrictStr
+
+from gateway.backend import BadRequest
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
+from wsi_runtime.job_params import JOB_TYPES
+
+
+class JobIn(BaseModel):
+    key: str = ""
+    branch: str = ""
+    job_type: str = Field(description="TISSUE_MASK or CELL_SEGMENTATION")
+    wsi_path: str
+    depends_on: list[str] = []
+    params: dict[str, StrictStr | StrictInt | StrictFloat] = Field(
+        default={},
+        description='e.g. {"tile_size": 1024, "target_mpp": 0.5}: numbers or strings',
+    )
+
+
+class WorkflowIn(BaseModel):
+    name: str = ""
+    jobs: list[JobIn]
+    request_id: str = ""
+
+    def message(self) -> pb.CreateWorkflowRequest:
+        return pb.CreateWorkflowRequest(
+            name=self.name, jobs=[job_spec(j) for j in self.jobs], request_id=self.request_id
+        )
+
+
+def job_spec(job: JobIn) -> pb.JobSpec:
+    if job.job_type not in JOB_TYPES:
+        names = ", ".join(JOB_TYPES)
+        raise BadRequest(f"unknown job_type {job.job_type!r}; use one of {names}")
+    return pb.JobSpec(
+        key=job.key,
+        branch=job.branch,
+        job_type=pb.JobType.Value(job.job_type),
+        wsi_path=job.wsi_path,
+        depends_on=job.depends_on,
+        params={name: param_text(value) for name, value in job.params.items()},
+    )
+
+
+def param_text(value: str | int | float) -> str:
+    """The API's params are strings; JSON numbers are taken as written (a float
+    keeps its full precision; 1e400 arrives as inf and is refused as such)."""
+    return value if isinstance(value, str) else repr(value)

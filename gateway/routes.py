@@ -1,0 +1,129 @@
+"""The HTTP routes: each one is one scheduler call with the caller's
+X-User-ID as metadata ``x-user-id``, its answer as JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from gateway import events, sse
+from gateway.backend import Caller, Gateway, call
+from gateway.bodies import WorkflowIn
+from gateway.errors import error_body
+from wsi_protocol.json_format import to_json
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
+
+RESULT_TYPES = {
+    ".geojson": "application/geo+json",
+    ".json": "application/json",
+    ".png": "image/png",
+}
+router = APIRouter()
+
+
+@router.post("/workflows", status_code=201, summary="Create a workflow")
+async def create_workflow(body: WorkflowIn, gateway: Gateway, caller: Caller) -> Any:
+    return to_json(await call(gateway.stub.CreateWorkflow(body.message(), metadata=caller)))
+
+
+@router.get("/workflows", summary="The caller's workflows, newest first")
+async def list_workflows(
+    gateway: Gateway, caller: Caller, page_size: int = 0, page_token: str = ""
+) -> Any:
+    request = pb.ListWorkflowsRequest(page_size=page_size, page_token=page_token)
+    return to_json(await call(gateway.stub.ListWorkflows(request, metadata=caller)))
+
+
+async def _workflow(gateway: Gateway, caller: Caller, workflow_id: str) -> Any:
+    request = pb.GetWorkflowRequest(workflow_id=workflow_id)
+    return to_json(await call(gateway.stub.GetWorkflow(request, metadata=caller)))
+
+
+@router.get("/workflows/{workflow_id}", summary="One workflow with its jobs")
+async def get_workflow(workflow_id: str, gateway: Gateway, caller: Caller) -> Any:
+    return await _workflow(gateway, caller, workflow_id)
+
+
+@router.get("/workflows/{workflow_id}/progress", summary="Progress of a workflow and its jobs")
+async def get_progress(workflow_id: str, gateway: Gateway, caller: Caller) -> Any:
+    full = await _workflow(gateway, caller, workflow_id)
+    job_fields = ("job_id", "key", "branch", "state", "progress", "pending_reason")
+    return {
+        **{k: full[k] for k in ("workflow_id", "state", "progress")},
+        "jobs": [{k: job[k] for k in job_fields} for job in full["jobs"]],
+    }
+
+
+@router.post("/workflows/{workflow_id}/cancel", summary="Cancel every unfinished job")
+async def cancel_workflow(workflow_id: str, gateway: Gateway, caller: Caller) -> Any:
+    request = pb.CancelWorkflowRequest(workflow_id=workflow_id)
+    return to_json(await call(gateway.stub.CancelWorkflow(request, metadata=caller)))
+
+
+@router.get("/jobs/{job_id}", summary="One job")
+async def get_job(job_id: str, gateway: Gateway, caller: Caller) -> Any:
+    request = pb.GetJobRequest(job_id=job_id)
+    return to_json(await call(gateway.stub.GetJob(request, metadata=caller)))
+
+
+@router.post("/jobs/{job_id}/cancel", summary="Cancel a job")
+async def cancel_job(job_id: str, gateway: Gateway, caller: Caller) -> Any:
+    request = pb.CancelJobRequest(job_id=job_id)
+    return to_json(await call(gateway.stub.CancelJob(request, metadata=caller)))
+
+
+@router.get("/jobs/{job_id}/results/{name}", summary="A result file of the caller's own job")
+async def get_result(job_id: str, name: str, gateway: Gateway, caller: Caller) -> Response:
+    job = await call(gateway.stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=caller))
+    path = job.result.files.get(name)
+    if not path:
+        available = ", ".join(sorted(job.result.files)) or "none yet"
+        return JSONResponse(
+            error_body("NOT_FOUND", f"job {job_id!r} has no result {name!r} ({available})"),
+            status_code=404,
+        )
+    real = await asyncio.to_thread(_result_file, gateway.results_root / job.job_id, path)
+    if real is None:
+        return JSONResponse(
+            error_body("NOT_FOUND", f"result {name!r} is not available from this gateway"),
+            status_code=404,
+        )
+    media = RESULT_TYPES.get(real.suffix) or mimetypes.guess_type(real.name)[0]
+    return FileResponse(real, media_type=media or "application/octet-stream", filename=name)
+
+
+def _result_file(job_dir: Path, path: str) -> Path | None:
+    """``path`` if it really is a regular file inside the job's own result folder
+    (after resolving links), else None: the gateway never serves anything else."""
+    real = Path(os.path.realpath(path))
+    return real if job_dir in real.parents and real.is_file() else None
+
+
+@router.get("/workflows/{workflow_id}/events", summary="Server-Sent Events of a workflow")
+async def workflow_events(
+    workflow_id: str,
+    gateway: Gateway,
+    caller: Caller,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    after: Annotated[int | None, Query(description="resume after this sequence")] = None,
+) -> Response:
+    watch = pb.WatchWorkflowRequest(
+        workflow_id=workflow_id, after_sequence=sse.resume_after(last_event_id, after)
+    )
+    return await events.event_stream(gateway.stub, watch, caller, gateway.keepalive_s)
+
+
+@router.get("/stats", summary="Dashboard numbers for the caller")
+async def stats(gateway: Gateway, caller: Caller) -> Any:
+    return to_json(await call(gateway.stub.GetStats(pb.GetStatsRequest(), metadata=caller)))
+
+
+@router.get("/healthz", summary="Liveness")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
