@@ -81,19 +81,19 @@ def build(
         transition_log(transition)
         metrics.observe(transition)
 
-    store_ref: list[Store] = []
-
-    def publish(wf: WorkflowRecord, kind: str, job: JobRecord) -> None:
-        store = store_ref[0]
+    def publish(store: Store, wf: WorkflowRecord, kind: str, job: JobRecord) -> None:
         wf.feed.publish(convert.change_event(store, wf, kind, job, store.now()))
 
-    store = Store(policy, time.time, publish)
-    store_ref.append(store)
     journal = SqliteJournal(args.journal)
     started = time.perf_counter()
     try:
-        recovered = recovery.recover(
-            store, journal.entries(), journal, on_transition, args.journal_quarantine
+        store, recovered = recovery.recover(
+            journal.entries(),
+            lambda replay_clock: Store(policy, replay_clock, publish),
+            time.time,
+            journal,
+            on_transition,
+            args.journal_quarantine,
         )
     except recovery.DamagedInReplay as exc:
         journal.close()

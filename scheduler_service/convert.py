@@ -1,12 +1,13 @@
-"""Store records to protobuf messages."""
+"""Store records to protobuf messages, with the API's wording of what the
+store keeps as facts (why a job waits)."""
 
 from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from scheduler_service import progress
-from scheduler_service.policy import State
-from scheduler_service.store import JobRecord, Store, WorkflowRecord
+from scheduler_service.policy import State, WaitKind
+from scheduler_service.store import JobRecord, Store, Waiting, WorkflowRecord
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 JOB_STATE = {
@@ -34,6 +35,27 @@ def timestamp(seconds: float) -> Timestamp | None:
     return ts
 
 
+def pending_reason(waiting: Waiting | None) -> str:
+    """Why a PENDING job waits, in the words users read in the API and UI."""
+    if waiting is None:
+        return ""
+    if waiting.kind is WaitKind.DEPENDENCY:
+        return f"waiting for dependency {waiting.on_key!r} ({waiting.on_state})"
+    if waiting.kind is WaitKind.BRANCH:
+        verb = "running" if waiting.on_state == State.RUNNING.value else "queued"
+        return f"branch {waiting.branch!r} busy: job {waiting.on_key!r} is {verb} ahead of it"
+    if waiting.kind is WaitKind.USER_SLOT:
+        return (
+            f"waiting for an active-user slot ({waiting.limit} users "
+            f"active; you are number {waiting.position} in line)"
+        )
+    if waiting.limit:
+        return f"waiting for a free worker slot (all {waiting.limit} busy)"
+    if waiting.no_worker:
+        return "waiting for a worker to connect"
+    return "waiting for a free worker slot"
+
+
 def job_message(store: Store, job: JobRecord) -> pb.Job:
     msg = pb.Job(
         job_id=job.job_id,
@@ -44,7 +66,7 @@ def job_message(store: Store, job: JobRecord) -> pb.Job:
         wsi_path=job.wsi_path,
         depends_on=job.depends_on,
         state=JOB_STATE[job.state],
-        pending_reason=store.pending_reason(job) if job.state is State.PENDING else "",
+        pending_reason=pending_reason(store.waiting(job)),
         progress=pb.Progress(
             tiles_done=job.tiles_done,
             tiles_total=job.tiles_total,

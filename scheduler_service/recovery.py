@@ -17,7 +17,7 @@ from typing import Any
 
 from scheduler_service.journal import DamagedRecord, Journal, Record, RecordKind
 from scheduler_service.policy import PolicyError
-from scheduler_service.store import AlreadyFinished, NotFound, Store, TransitionSink
+from scheduler_service.store import AlreadyFinished, Clock, NotFound, Store, TransitionSink
 from scheduler_service.validation import JobInput
 
 log = logging.getLogger("wsi.scheduler.recovery")
@@ -65,75 +65,74 @@ class Damaged(ValueError):
     """A record whose payload does not have the shape its kind needs."""
 
 
+StoreFactory = Callable[[Clock], Store]
+"""Makes an empty store on the given clock, with no journal and no observers."""
+
+
+def rebuild(
+    records: Iterable[Record | DamagedRecord], make_store: StoreFactory, quarantine: bool = False
+) -> tuple[Store, Recovered]:
+    """A store of its own, made by ``make_store`` on a clock that reads each
+    record's time, with ``records`` applied in order. Stale records are skipped
+    with a warning; a damaged one raises ``DamagedInReplay`` unless
+    ``quarantine`` (then it is left out and listed in the outcome)."""
+    now = [0.0]
+    store = make_store(lambda: now[0])
+    outcome = Recovered()
+    kinds: Counter[str] = Counter()
+    for entry in records:
+        outcome.records += 1
+        damaged = entry if isinstance(entry, DamagedRecord) else None
+        if isinstance(entry, Record):
+            now[0] = entry.time
+            try:
+                kind = check_shape(entry)
+                _APPLY[kind](store, entry)
+                kinds[kind] += 1
+            except Damaged as exc:
+                damaged = DamagedRecord(entry.rowid, entry.kind, entry.workflow_id, str(exc))
+            except _STALE as exc:
+                outcome.skipped += 1
+                log.warning(
+                    "journal record %s of %s skipped: %r", entry.kind, entry.workflow_id, exc
+                )
+            except Exception as exc:  # a shape check missed it: damaged all the same
+                damaged = DamagedRecord(
+                    entry.rowid, entry.kind, entry.workflow_id, f"{type(exc).__name__}: {exc}"
+                )
+        if damaged is not None:
+            if not quarantine:
+                raise DamagedInReplay(damaged)
+            log.warning("journal %s quarantined: %s", damaged.describe(), damaged.problem)
+            outcome.quarantined.append(damaged)
+    outcome.workflows = kinds[RecordKind.CREATE] - kinds[RecordKind.PRUNE]
+    return store, outcome
+
+
 def recover(
-    store: Store,
     records: Iterable[Record | DamagedRecord],
+    make_store: StoreFactory,
+    clock: Clock,
     journal: Journal,
-    on_transition: TransitionSink | None = None,
+    on_transition: TransitionSink = lambda transition: None,
     quarantine: bool = False,
-) -> Recovered:
-    """Replays ``records`` into an empty ``store``, then makes ``journal`` its
-    journal (and ``on_transition`` its observer: replayed history is neither
-    logged nor counted again) and requeues the jobs that were running.
-    A damaged record raises ``Damaged`` unless ``quarantine``: then it is left
-    out and listed in the outcome, for the caller to set aside."""
-    outcome = replay(store, records, quarantine)
-    store.journal = journal
-    if on_transition is not None:
-        store.on_transition = on_transition
+) -> tuple[Store, Recovered]:
+    """What a starting scheduler serves: the store rebuilt from ``records``,
+    switched live (``clock``, ``journal``, ``on_transition``: replayed history
+    is neither journaled nor counted again), with the jobs that were running
+    sent back to their branch as a new attempt."""
+    store, outcome = rebuild(records, make_store, quarantine)
+    store.go_live(clock, journal, on_transition)
     for job in store.running_jobs():
         store.lose(job.job_id, RESTART_REASON)
         outcome.requeued += 1
-    return outcome
+    return store, outcome
 
 
 class DamagedInReplay(Exception):
     def __init__(self, damaged: DamagedRecord) -> None:
         super().__init__(damaged.describe())
         self.damaged = damaged
-
-
-def replay(
-    store: Store, records: Iterable[Record | DamagedRecord], quarantine: bool = False
-) -> Recovered:
-    """Applies ``records`` to an empty ``store`` that journals nothing meanwhile.
-    Stale records are skipped with a warning; a damaged one raises
-    ``DamagedInReplay`` unless ``quarantine`` (then it is left out and listed)."""
-    outcome = Recovered()
-    kinds: Counter[str] = Counter()
-    live_clock: Callable[[], float] = store.clock
-    now = [0.0]
-    store.clock = lambda: now[0]
-    try:
-        for entry in records:
-            outcome.records += 1
-            damaged = entry if isinstance(entry, DamagedRecord) else None
-            if isinstance(entry, Record):
-                now[0] = entry.time
-                try:
-                    kind = check_shape(entry)
-                    _apply(store, kind, entry)
-                    kinds[kind] += 1
-                except Damaged as exc:
-                    damaged = DamagedRecord(entry.rowid, entry.kind, entry.workflow_id, str(exc))
-                except _STALE as exc:
-                    outcome.skipped += 1
-                    log.warning(
-                        "journal record %s of %s skipped: %r", entry.kind, entry.workflow_id, exc
-                    )
-                except Exception as exc:  # a shape check missed it: damaged all the same
-                    damaged = DamagedRecord(
-                        entry.rowid, entry.kind, entry.workflow_id, f"{type(exc).__name__}: {exc}"
-                    )
-            if damaged is not None:
-                if not quarantine:
-                    raise DamagedInReplay(damaged)
-                log.warning("journal %s quarantined: %s", damaged.describe(), damaged.problem)
-                outcome.quarantined.append(damaged)
-    finally:
-        store.clock = live_clock
-    outcome.workflows = kinds[RecordKind.CREATE] - kinds[RecordKind.PRUNE]
-    return outcome
 
 
 def check_shape(record: Record) -> RecordKind:
@@ -170,48 +169,58 @@ def _check_fields(payload: Mapping[str, Any], shape: Shape, where: str) -> None:
             raise Damaged(f"{where}.{name} is not {kind.__name__}")
 
 
-def _apply(store: Store, kind: RecordKind, record: Record) -> None:
+def _create(store: Store, record: Record) -> None:
     payload = record.payload
-    if kind is RecordKind.CREATE:
-        jobs = payload["jobs"]
-        store.create_workflow(
-            payload["user"],
-            payload["name"],
-            [
-                JobInput(
-                    key=j["key"],
-                    branch=j["branch"],
-                    job_type=j["job_type"],
-                    wsi_path=j["wsi_path"],
-                    depends_on=tuple(j["depends_on"]),
-                    params=dict(j["params"]),
-                )
-                for j in jobs
-            ],
-            [j["slide_file"] for j in jobs],
-            payload["request_id"],
-            ids=(record.workflow_id, [j["job_id"] for j in jobs]),
-        )
-        return
-    store.advance_sequence(record.workflow_id, record.sequence)
-    job_id = payload.get("job_id", "")
-    match kind:
-        case RecordKind.DISPATCH:
-            if not store.replay_dispatch(job_id, payload["worker"]):
-                raise PolicyError(f"job {job_id} cannot start now")
-        case RecordKind.SUCCEED:
-            store.succeed(job_id, payload["files"], payload["summary"], payload["tiles_total"])
-        case RecordKind.PROGRESS:
-            store.progress(job_id, payload["done"], payload["total"])
-        case RecordKind.FAIL:
-            store.fail(job_id, payload["error"])
-        case RecordKind.FINISH_CANCELLED:
-            store.finish_cancelled(job_id)
-        case RecordKind.LOSE:
-            store.lose(job_id, payload["reason"])
-        case RecordKind.CANCEL_JOB:
-            store.cancel_job(payload["user"], job_id)
-        case RecordKind.CANCEL_WORKFLOW:
-            store.cancel_workflow(payload["user"], payload["workflow_id"])
-        case RecordKind.PRUNE:
-            store.prune(payload["workflow_id"])
+    jobs = payload["jobs"]
+    store.create_workflow(
+        payload["user"],
+        payload["name"],
+        [
+            JobInput(
+                key=j["key"],
+                branch=j["branch"],
+                job_type=j["job_type"],
+                wsi_path=j["wsi_path"],
+                depends_on=tuple(j["depends_on"]),
+                params=dict(j["params"]),
+            )
+            for j in jobs
+        ],
+        [j["slide_file"] for j in jobs],
+        payload["request_id"],
+        ids=(record.workflow_id, [j["job_id"] for j in jobs]),
+    )
+
+
+def _command(apply: Callable[[Store, dict[str, Any]], object]) -> Callable[[Store, Record], None]:
+    """A record of a change to an existing workflow: its events are numbered
+    from the recorded sequence on, then the change is applied."""
+
+    def replay_one(store: Store, record: Record) -> None:
+        store.advance_sequence(record.workflow_id, record.sequence)
+        apply(store, record.payload)
+
+    return replay_one
+
+
+def _dispatch(store: Store, p: dict[str, Any]) -> None:
+    if not store.replay_dispatch(p["job_id"], p["worker"]):
+        raise PolicyError(f"job {p['job_id']} cannot start now")
+
+
+_APPLY: dict[RecordKind, Callable[[Store, Record], None]] = {
+    RecordKind.CREATE: _create,
+    RecordKind.DISPATCH: _command(_dispatch),
+    RecordKind.PROGRESS: _command(lambda s, p: s.progress(p["job_id"], p["done"], p["total"])),
+    RecordKind.SUCCEED: _command(
+        lambda s, p: s.succeed(p["job_id"], p["files"], p["summary"], p["tiles_total"])
+    ),
+    RecordKind.FAIL: _command(lambda s, p: s.fail(p["job_id"], p["error"])),
+    RecordKind.FINISH_CANCELLED: _command(lambda s, p: s.finish_cancelled(p["job_id"])),
+    RecordKind.LOSE: _command(lambda s, p: s.lose(p["job_id"], p["reason"])),
+    RecordKind.CANCEL_JOB: _command(lambda s, p: s.cancel_job(p["user"], p["job_id"])),
+    RecordKind.CANCEL_WORKFLOW: _command(
+        lambda s, p: s.cancel_workflow(p["user"], p["workflow_id"])
+    ),
+    RecordKind.PRUNE: _command(lambda s, p: s.prune(p["workflow_id"])),
+}

@@ -10,7 +10,7 @@ import bisect
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from scheduler_service import progress
@@ -121,9 +121,23 @@ class JobTransition:
 
 
 TransitionSink = Callable[[JobTransition], None]
-EventSink = Callable[[WorkflowRecord, str, JobRecord], None]
-"""Called on every change: (workflow, kind, job). The service turns it into a
-numbered event; kept abstract so the store does not import protobuf."""
+EventSink = Callable[["Store", WorkflowRecord, str, JobRecord], None]
+"""Called on every change: (store, workflow, kind, job). The service turns it
+into a numbered event; kept abstract so the store does not import protobuf."""
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """Why a PENDING job waits, as facts; the API's wording of it is made where
+    records become messages (``convert.pending_reason``)."""
+
+    kind: WaitKind
+    branch: str = ""
+    on_key: str = ""  # the job waited on: a dependency, or the one ahead in the branch
+    on_state: str = ""
+    position: int = 0  # in the line of users waiting for an active slot
+    limit: int = 0  # the cap that is full (active users or running jobs)
+    no_worker: bool = False  # no worker is connected at all
 
 
 class Store:
@@ -137,11 +151,12 @@ class Store:
         on_transition: TransitionSink | None = None,
     ) -> None:
         self.policy = policy
-        self.on_transition: TransitionSink = on_transition or (lambda transition: None)
-        self.clock = clock
+        self._on_transition: TransitionSink = on_transition or (lambda transition: None)
+        self._clock = clock
         self._on_event = on_event
         self._new_id = new_id
-        self.journal: Journal = journal or NullJournal()
+        self._journal: Journal = journal or NullJournal()
+        self._live = journal is not None
         self._now = 0.0  # the time of the command being applied
         self._jobs: dict[str, JobRecord] = {}
         self._workflows: dict[str, WorkflowRecord] = {}
@@ -179,27 +194,24 @@ class Store:
         token = _encode_token(page[-1].order) if start > 0 and page else ""
         return page, token
 
-    def pending_reason(self, job: JobRecord) -> str:
+    def waiting(self, job: JobRecord) -> Waiting | None:
+        """Why the job waits; None if it is not PENDING."""
         reason = self.policy.wait_reason(job.job_id)
         if reason is None:
-            return ""
-        if reason.kind is WaitKind.DEPENDENCY:
-            dep = self._jobs[reason.job_id]
-            return f"waiting for dependency {dep.key!r} ({dep.state.value})"
-        if reason.kind is WaitKind.BRANCH:
-            ahead = self._jobs[reason.job_id]
-            verb = "running" if ahead.state is State.RUNNING else "queued"
-            return f"branch {job.branch!r} busy: job {ahead.key!r} is {verb} ahead of it"
+            return None
+        if reason.kind in (WaitKind.DEPENDENCY, WaitKind.BRANCH):
+            on = self._jobs[reason.job_id]
+            return Waiting(reason.kind, job.branch, on.key, on.state.value)
         if reason.kind is WaitKind.USER_SLOT:
-            return (
-                f"waiting for an active-user slot ({self.policy.max_active_users} users "
-                f"active; you are number {reason.position} in line)"
+            return Waiting(
+                reason.kind, position=reason.position, limit=self.policy.max_active_users
             )
-        if self.policy.running_count >= self.policy.max_workers:
-            return f"waiting for a free worker slot (all {self.policy.max_workers} busy)"
-        if self.free_slots <= 0 and self.policy.running_count == 0:
-            return "waiting for a worker to connect"
-        return "waiting for a free worker slot"
+        full = self.policy.running_count >= self.policy.max_workers
+        return Waiting(
+            reason.kind,
+            limit=self.policy.max_workers if full else 0,
+            no_worker=self.free_slots <= 0 and self.policy.running_count == 0,
+        )
 
     # ---- commands ---------------------------------------------------------------
 
@@ -222,7 +234,7 @@ class Store:
             workflow_id, job_ids = self._new_id(), [self._new_id() for _ in jobs]
         else:
             workflow_id, job_ids = ids[0], list(ids[1])
-        self.journal.append(
+        self._journal.append(
             Record(
                 RecordKind.CREATE,
                 workflow_id,
@@ -281,7 +293,7 @@ class Store:
             index.requests[request_id] = workflow_id
         for record in records:
             record.state_since = now
-            self.on_transition(JobTransition(record, "", State.PENDING.value, "", 0.0, now))
+            self._on_transition(JobTransition(record, "", State.PENDING.value, "", 0.0, now))
         return wf, True
 
     def take_dispatches(
@@ -294,7 +306,7 @@ class Store:
         for job_id in self.policy.next_dispatches(free_slots):
             job = self._jobs[job_id]
             worker = place(job)
-            self._record(RecordKind.DISPATCH, job, {"job_id": job_id, "worker": worker})
+            self._record(RecordKind.DISPATCH, job.workflow_id, {"job_id": job_id, "worker": worker})
             self._mark_running(job, worker, self._now)
             started.append(job)
         self.free_slots = max(0, free_slots - len(started))
@@ -322,10 +334,12 @@ class Store:
         if job is None or job.state is not State.RUNNING:
             return
         self._record(
-            RecordKind.PROGRESS, job, {"job_id": job_id, "done": tiles_done, "total": tiles_total}
+            RecordKind.PROGRESS,
+            job.workflow_id,
+            {"job_id": job_id, "done": tiles_done, "total": tiles_total},
         )
         self._set_tiles(job, tiles_done, tiles_total)
-        self._on_event(self._workflows[job.workflow_id], "progress", job)
+        self._on_event(self, self._workflows[job.workflow_id], "progress", job)
 
     def succeed(
         self, job_id: str, files: dict[str, str], summary: str, tiles_total: int | None = None
@@ -334,7 +348,7 @@ class Store:
         total = job.tiles_total if tiles_total is None else tiles_total
         self._record(
             RecordKind.SUCCEED,
-            job,
+            job.workflow_id,
             {"job_id": job_id, "files": files, "summary": summary, "tiles_total": total},
         )
         job.result_files, job.result_summary = dict(files), summary
@@ -342,16 +356,22 @@ class Store:
         self._apply(self.policy.finish(job_id, State.SUCCEEDED))
 
     def fail(self, job_id: str, error: str) -> None:
-        self._record(RecordKind.FAIL, self._running(job_id), {"job_id": job_id, "error": error})
+        self._record(
+            RecordKind.FAIL, self._running(job_id).workflow_id, {"job_id": job_id, "error": error}
+        )
         self._apply(self.policy.finish(job_id, State.FAILED, error))
 
     def finish_cancelled(self, job_id: str) -> None:
-        self._record(RecordKind.FINISH_CANCELLED, self._running(job_id), {"job_id": job_id})
+        self._record(
+            RecordKind.FINISH_CANCELLED, self._running(job_id).workflow_id, {"job_id": job_id}
+        )
         self._apply(self.policy.finish(job_id, State.CANCELLED, "cancelled by user"))
 
     def lose(self, job_id: str, reason: str) -> None:
         """The job's worker stream broke: retry it, or fail it after max attempts."""
-        self._record(RecordKind.LOSE, self._running(job_id), {"job_id": job_id, "reason": reason})
+        self._record(
+            RecordKind.LOSE, self._running(job_id).workflow_id, {"job_id": job_id, "reason": reason}
+        )
         self._apply(self.policy.lose(job_id, reason))
 
     def _running(self, job_id: str) -> JobRecord:
@@ -388,7 +408,7 @@ class Store:
         wf = self._workflows[workflow_id]
         if not wf.terminal:
             raise AlreadyFinished(f"workflow {workflow_id!r} has not finished")
-        self._record(RecordKind.PRUNE, wf.jobs[0], {"workflow_id": workflow_id})
+        self._record(RecordKind.PRUNE, workflow_id, {"workflow_id": workflow_id})
         self.policy.forget([job.job_id for job in wf.jobs])
         del self._workflows[workflow_id]
         for job in wf.jobs:
@@ -405,25 +425,34 @@ class Store:
         return self._now
 
     def _stamp(self) -> float:
-        self._now = self.clock()
+        self._now = self._clock()
         return self._now
 
-    def _record(self, kind: RecordKind, job: JobRecord, payload: dict[str, object]) -> None:
-        """Journals a command before it is applied, at a fresh command time.
+    def _record(self, kind: RecordKind, workflow_id: str, payload: Mapping[str, object]) -> None:
+        """Journals a command of a workflow before it is applied, at a fresh
+        command time.
 
         A user's cancel is refused when the journal cannot take it (nothing
         changes). What already happened on a worker is applied anyway: memory
         runs ahead of the journal, and a restart would re-run that job."""
-        wf = self._workflows[job.workflow_id]
-        record = Record(kind, wf.workflow_id, wf.feed.sequence + 1, self._stamp(), payload)
+        wf = self._workflows[workflow_id]
+        record = Record(kind, workflow_id, wf.feed.sequence + 1, self._stamp(), dict(payload))
         try:
-            self.journal.append(record)
+            self._journal.append(record)
         except JournalError:
             if kind in USER_COMMANDS:
                 raise
             log.exception(
-                "journal write failed: %s of job %s kept in memory only", kind, job.job_id
+                "journal write failed: %s of workflow %s kept in memory only", kind, workflow_id
             )
+
+    def go_live(self, clock: Clock, journal: Journal, on_transition: TransitionSink) -> None:
+        """The one switch from being rebuilt (a replay clock, no journal, no
+        observers: history is neither journaled nor counted again) to serving."""
+        if self._live:
+            raise RuntimeError("the store is already live")
+        self._clock, self._journal, self._on_transition = clock, journal, on_transition
+        self._live = True
 
     def cancel_job(self, user: str, job_id: str) -> tuple[JobRecord, bool]:
         """Returns the job and whether its running stream must be stopped."""
@@ -431,7 +460,7 @@ class Store:
         if job.state.terminal:
             raise AlreadyFinished(f"job {job.key!r} has already ended {job.state.value}")
         running = job.state is State.RUNNING
-        self._record(RecordKind.CANCEL_JOB, job, {"user": user, "job_id": job_id})
+        self._record(RecordKind.CANCEL_JOB, job.workflow_id, {"user": user, "job_id": job_id})
         self._apply(self.policy.cancel(job_id))
         return job, running
 
@@ -441,7 +470,7 @@ class Store:
         if wf.terminal:
             raise AlreadyFinished(f"workflow {wf.workflow_id!r} has already ended {wf.state}")
         self._record(
-            RecordKind.CANCEL_WORKFLOW, wf.jobs[0], {"user": user, "workflow_id": workflow_id}
+            RecordKind.CANCEL_WORKFLOW, workflow_id, {"user": user, "workflow_id": workflow_id}
         )
         to_stop = []
         for job in wf.jobs:
@@ -474,7 +503,7 @@ class Store:
         job.state = state
         if state.terminal:
             try:
-                self.journal.forget_progress(job.job_id)  # its final record supersedes them
+                self._journal.forget_progress(job.job_id)  # its final record supersedes them
             except JournalError:
                 log.exception("journal: progress records of job %s not dropped", job.job_id)
             job.end_time = self._now
@@ -488,10 +517,10 @@ class Store:
         wf.state = progress.workflow_state(wf.state_counts)
         seconds = max(0.0, self._now - job.state_since)
         job.state_since = self._now
-        self.on_transition(
+        self._on_transition(
             JobTransition(job, before_state.value, state.value, reason, seconds, self._now)
         )
-        self._on_event(wf, "state", job)
+        self._on_event(self, wf, "state", job)
 
 
 def _encode_token(order: int) -> str:

@@ -13,21 +13,25 @@ from hypothesis import strategies as st
 
 from scheduler_service.journal import SqliteJournal
 from scheduler_service.policy import SchedulingPolicy, State
-from scheduler_service.recovery import recover, replay
+from scheduler_service.recovery import recover
 from scheduler_service.store import AlreadyFinished, Store
 from scheduler_service.validation import JobInput, normalise_jobs
-from tests.unit.test_journal_replay import fingerprint, publish
+from tests.unit.test_journal_replay import fingerprint, maker, publish, replayed
 
 MAX_JOBS = 1000
 _ticks = itertools.count(1000)
 _ids = itertools.count()
 
 
+def _clock() -> float:
+    return float(next(_ticks))
+
+
 def new_store(journal: SqliteJournal | None, max_workers: int = 4, users: int = 3) -> Store:
     """Ids and times go on across restarts, as uuids and the clock do."""
     return Store(
         SchedulingPolicy(max_workers, users, max_attempts=2),
-        clock=lambda: float(next(_ticks)),
+        clock=_clock,
         on_event=publish,
         new_id=lambda: f"id{next(_ids)}",
         journal=journal,
@@ -82,8 +86,7 @@ def step(store: Store, journal: SqliteJournal, op: str, pick: int) -> Store:
     user = f"u{pick % 4}"
     running = store.running_jobs()
     if op == "restart":
-        rebuilt = new_store(None)
-        recover(rebuilt, journal.records(), journal)
+        rebuilt, _ = recover(journal.records(), maker(4, 3), _clock, journal)
         return rebuilt
     if op == "create":
         create(store, user, ("chain", "fan", "diamond", "lane")[pick % 4], 1 + pick % MAX_JOBS)
@@ -114,8 +117,7 @@ def step(store: Store, journal: SqliteJournal, op: str, pick: int) -> Store:
 
 
 def assert_replay_matches(store: Store, journal: SqliteJournal) -> None:
-    rebuilt = new_store(None)
-    assert replay(rebuilt, journal.records()).skipped == 0
+    rebuilt = replayed(journal.records(), 4, 3)
     rebuilt.free_slots = store.free_slots  # the dispatcher's, not journaled state
     assert fingerprint(rebuilt) == fingerprint(store)
 
@@ -199,7 +201,6 @@ def test_cancelling_the_middle_of_a_chain_cancels_its_tail_and_frees_the_user() 
     store.finish_cancelled(second.job_id)
     [started] = store.take_dispatches(4, lambda job: "w")
     assert started.user == "u1"
-    rebuilt = new_store(None, users=1)
-    assert replay(rebuilt, journal.records()).skipped == 0
+    rebuilt = replayed(journal.records(), 4, 1)
     rebuilt.free_slots = store.free_slots
     assert fingerprint(rebuilt) == fingerprint(store)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +15,35 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler_service.journal import JournalError, Record, SqliteJournal
+from scheduler_service import convert
+from scheduler_service.journal import Journal, JournalError, Record, SqliteJournal
 from scheduler_service.policy import SchedulingPolicy, State
-from scheduler_service.recovery import RESTART_REASON, recover, replay
+from scheduler_service.recovery import RESTART_REASON, Recovered, StoreFactory, rebuild, recover
 from scheduler_service.retention import delete_folders, prune_expired
 from scheduler_service.store import AlreadyFinished, JobRecord, NotFound, Store, WorkflowRecord
 from scheduler_service.validation import JobInput
 
 
-def publish(wf: WorkflowRecord, kind: str, job: JobRecord) -> None:
+def publish(store: Store, wf: WorkflowRecord, kind: str, job: JobRecord) -> None:
     wf.feed.publish((wf.feed.next_sequence(), kind, job.job_id, job.state.value))
+
+
+def maker(max_workers: int = 2, users: int = 2) -> StoreFactory:
+    """How the scheduler makes the store a journal is replayed into."""
+    return lambda clock: Store(SchedulingPolicy(max_workers, users, max_attempts=2), clock, publish)
+
+
+def replayed(records: Iterable[Record], max_workers: int = 2, users: int = 2) -> Store:
+    store, outcome = rebuild(records, maker(max_workers, users))
+    assert outcome.skipped == 0
+    return store
+
+
+def restarted(
+    records: Iterable[Record], journal: Journal, max_workers: int = 2, users: int = 2
+) -> tuple[Store, Recovered]:
+    ticks = itertools.count(10_000)
+    return recover(records, maker(max_workers, users), lambda: float(next(ticks)), journal)
 
 
 def new_store(journal: SqliteJournal | None, max_workers: int = 2, users: int = 2) -> Store:
@@ -71,7 +91,7 @@ def fingerprint(store: Store) -> dict[str, Any]:
                         j.end_time,
                         j.worker,
                         j.tiles_total if j.state is State.SUCCEEDED else None,
-                        store.pending_reason(j),
+                        convert.pending_reason(store.waiting(j)),
                     )
                     for j in wf.jobs
                 ],
@@ -156,9 +176,7 @@ def test_a_replayed_store_is_the_store(script: list[Op]) -> None:
     journal = SqliteJournal(":memory:")
     original = new_store(journal)
     drive(original, script)
-    rebuilt = new_store(None)
-    outcome = replay(rebuilt, journal.records())
-    assert outcome.skipped == 0
+    rebuilt = replayed(journal.records())
     rebuilt.free_slots = original.free_slots  # the dispatcher's, not journaled state
     assert fingerprint(rebuilt) == fingerprint(original)
     # And both go on alike: the next picks are the same jobs.
@@ -173,12 +191,13 @@ def test_recover_requeues_running_jobs_as_a_new_attempt_and_journals_that() -> N
     wf = submit(store, branches="xx")
     store.take_dispatches(2, lambda job: "w1")
     store.progress(wf.jobs[0].job_id, 3, 10)
-    rebuilt = new_store(None)
-    outcome = recover(rebuilt, journal.records(), journal)
+    rebuilt, outcome = restarted(journal.records(), journal)
     assert outcome.requeued == 1
     a, b = rebuilt.workflow("u0", wf.workflow_id).jobs
     assert a.state is State.PENDING and a.attempt == 1 and a.error == RESTART_REASON
-    assert rebuilt.pending_reason(b) == "branch 'x' busy: job 'a' is queued ahead of it"
+    assert convert.pending_reason(rebuilt.waiting(b)) == (
+        "branch 'x' busy: job 'a' is queued ahead of it"
+    )
     assert rebuilt.policy.active_users == ["u0"]  # the slot survives
     # Numbering goes on after the last event watchers saw (the requeue is one more).
     assert rebuilt.workflow("u0", wf.workflow_id).feed.sequence == wf.feed.sequence + 1
@@ -186,8 +205,7 @@ def test_recover_requeues_running_jobs_as_a_new_attempt_and_journals_that() -> N
     assert started.job_id == a.job_id and started.attempt == 2
     assert started.tiles_done == 0  # tiles of the broken run are not counted twice
     # A second restart during its second (last allowed) attempt fails it.
-    again = new_store(None)
-    recover(again, journal.records(), SqliteJournal(":memory:"))
+    again, _ = restarted(journal.records(), SqliteJournal(":memory:"))
     final = again.workflow("u0", wf.workflow_id).jobs[0]
     assert final.state is State.FAILED and "gave up after 2 attempts" in final.error
 
@@ -212,8 +230,7 @@ def test_progress_records_go_when_their_job_ends_even_after_a_restart(tmp_path: 
     journal.close()
     # A new process: it learns which jobs have progress records from the replay.
     reopened = SqliteJournal(path)
-    rebuilt = new_store(None)
-    recover(rebuilt, reopened.records(), reopened)
+    rebuilt, _ = restarted(reopened.records(), reopened)
     [again] = rebuilt.take_dispatches(1, lambda job: "w2")
     rebuilt.succeed(again.job_id, {}, "{}")
     assert progress_records() == 0
@@ -227,8 +244,7 @@ def test_the_waiting_line_of_users_survives_in_order() -> None:
         submit(store, user=user)
     store.take_dispatches(4, lambda job: "w1")
     assert store.policy.active_users == ["u0"]
-    rebuilt = new_store(None, max_workers=4, users=1)
-    recover(rebuilt, journal.records(), journal)
+    rebuilt, _ = restarted(journal.records(), journal, max_workers=4, users=1)
     assert rebuilt.policy.active_users == ["u0"]
     assert rebuilt.policy.waiting_users == ["u1", "u2", "u3"]
 
@@ -250,8 +266,7 @@ def test_pruning_forgets_the_workflow_and_its_records() -> None:
     assert [w.workflow_id for w in store.list_workflows("u0", 10, "")[0]] == [live.workflow_id]
     again = submit(store, "again", request_id="req")
     assert again.workflow_id != done.workflow_id  # the request id went with its workflow
-    rebuilt = new_store(None)
-    replay(rebuilt, journal.records())
+    rebuilt = replayed(journal.records())
     assert {w.workflow_id for w in rebuilt.list_workflows("u0", 10, "")[0]} == {
         live.workflow_id,
         again.workflow_id,
@@ -278,8 +293,7 @@ def test_a_torn_journal_is_read_up_to_its_last_complete_record(tmp_path: Path) -
     records = list(recovered.records())
     assert 0 < len(records) < 50
     assert [r.payload["name"] for r in records] == [f"w{n}" for n in range(len(records))]
-    rebuilt = new_store(None)
-    assert replay(rebuilt, records).skipped == 0
+    replayed(records)
     recovered.append(Record("create", "next", 1, 0.0, {}))  # and it can be written again
 
 
@@ -321,20 +335,27 @@ def test_retention_prunes_old_workflows_with_their_result_folders(tmp_path: Path
     assert {r.workflow_id for r in journal.records()} == {new.workflow_id}
 
 
-class BrokenJournal:
-    """A journal whose disk is full (the edge this test is about)."""
+class FillingJournal:
+    """A journal whose disk fills up (the edge this test is about)."""
+
+    def __init__(self) -> None:
+        self.full = False
 
     def append(self, record: Record) -> None:
-        raise JournalError("cannot write the journal /x: database or disk is full")
+        if self.full:
+            raise JournalError("cannot write the journal /x: database or disk is full")
 
     def forget_progress(self, job_id: str) -> None:
-        raise JournalError("cannot write the journal /x: database or disk is full")
+        if self.full:
+            raise JournalError("cannot write the journal /x: database or disk is full")
 
 
 def test_a_failing_journal_refuses_user_changes_but_keeps_worker_outcomes() -> None:
+    journal = FillingJournal()
     store = new_store(None)
+    store.go_live(itertools.count(5000).__next__, journal, lambda transition: None)
     wf = submit(store, branches="xy")
-    store.journal = BrokenJournal()
+    journal.full = True
     with pytest.raises(JournalError):
         submit(store, "refused")
     assert [w.name for w in store.list_workflows("u0", 10, "")[0]] == ["w"]  # nothing changed

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from scheduler_service import convert
 from scheduler_service.policy import SchedulingPolicy, State
 from scheduler_service.store import (
     AlreadyFinished,
@@ -22,7 +23,7 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, str, str]] = []
 
-    def __call__(self, wf: WorkflowRecord, kind: str, job: JobRecord) -> None:
+    def __call__(self, store: Store, wf: WorkflowRecord, kind: str, job: JobRecord) -> None:
         self.events.append((kind, job.key, job.state.value))
 
 
@@ -49,19 +50,23 @@ def submit(store: Store, user: str, *specs: tuple[str, str, tuple[str, ...]]) ->
     return wf
 
 
+def reason(store: Store, job: JobRecord) -> str:
+    return convert.pending_reason(store.waiting(job))
+
+
 def test_pending_reasons_name_what_a_job_waits_for() -> None:
     store, _ = make_store(max_workers=1, max_active_users=1)
     wf = submit(store, "u1", ("a", "x", ()), ("b", "x", ()), ("c", "y", ("a",)), ("d", "z", ()))
     other = submit(store, "u2", ("e", "x", ()))
-    assert store.pending_reason(wf.jobs[0]) == "waiting for a worker to connect"
+    assert reason(store, wf.jobs[0]) == "waiting for a worker to connect"
     store.take_dispatches(1, lambda job: "w1")
     a, b, c, d = wf.jobs
     assert a.state is State.RUNNING and a.worker == "w1"
-    assert store.pending_reason(b) == "branch 'x' busy: job 'a' is running ahead of it"
-    assert store.pending_reason(c) == "waiting for dependency 'a' (RUNNING)"
-    assert store.pending_reason(d) == "waiting for a free worker slot (all 1 busy)"
-    assert "active-user slot" in store.pending_reason(other.jobs[0])
-    assert "number 1 in line" in store.pending_reason(other.jobs[0])
+    assert reason(store, b) == "branch 'x' busy: job 'a' is running ahead of it"
+    assert reason(store, c) == "waiting for dependency 'a' (RUNNING)"
+    assert reason(store, d) == "waiting for a free worker slot (all 1 busy)"
+    assert "active-user slot" in reason(store, other.jobs[0])
+    assert "number 1 in line" in reason(store, other.jobs[0])
 
 
 def test_progress_and_workflow_state_follow_the_jobs() -> None:
