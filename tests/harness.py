@@ -132,7 +132,7 @@ def start_gateway(
 ) -> Service:
     args = ["--gateway-port", "0", "--scheduler-address", scheduler.address]
     args += ["--results-dir", str(results_dir), "--sse-keepalive", str(keepalive)]
-    service = _start("gateway", "gateway", workdir, args, {}, health=False)
+    service = _start("wsi_gateway", "gateway", workdir, args, {}, health=False)
     service.address = "http://" + service.address
     return service
 

@@ -128,7 +128,7 @@ def services() -> list[Service]:
         ),
         Service(
             "gateway",
-            [python, "-m", "gateway"],
+            [python, "-m", "wsi_gateway"],
             [(host, port(gateway), "gateway")],
             lambda alive: wait_http(gateway, timeout=60, alive=alive),
         ),

@@ -13,7 +13,7 @@ import asyncio
 import json
 import sys
 
-from clients.client import SchedulerClient, SchedulerError, job
+from wsi_client.client import SchedulerClient, SchedulerError, job
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 

@@ -8,11 +8,11 @@ import itertools
 import grpc
 import pytest
 
-from clients.client import SchedulerClient, SchedulerError, job
-from clients.sync_client import SyncSchedulerClient
 from tests.harness import CMU, Cluster
 from tests.integration.support import LONG, Watcher, job_transitions
 from tests.tcp_proxy import TcpProxy
+from wsi_client.client import SchedulerClient, SchedulerError, job
+from wsi_client.sync_client import SyncSchedulerClient
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 

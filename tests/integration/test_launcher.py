@@ -136,7 +136,7 @@ def alive(pid: int) -> bool:
 def test_sigkill_of_the_launcher_leaves_no_service_behind(tmp_path: Path) -> None:
     with launched(tmp_path) as run:
         services = run.services()
-        assert set(services) == {"worker_service", "scheduler_service", "gateway"}
+        assert set(services) == {"worker_service", "scheduler_service", "wsi_gateway"}
         everything = [p for pid in services.values() for p in pids_of(pid)]  # pools too
         run.process.kill()
         run.process.wait()
@@ -220,7 +220,7 @@ def test_a_killed_worker_is_restarted_and_its_job_retried(tmp_path: Path) -> Non
         after = run.services()
         assert after["worker_service"] != before["worker_service"]
         assert after["scheduler_service"] == before["scheduler_service"]
-        assert after["gateway"] == before["gateway"]
+        assert after["wsi_gateway"] == before["wsi_gateway"]
         assert run.process.poll() is None
         assert "launcher: worker exited" in run.log.read_text()
 

@@ -11,15 +11,15 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clients.backoff import Backoff
-from clients.watch_cursor import WatchCursor
-from clients.workflow_file import (
+from wsi_client.backoff import Backoff
+from wsi_client.watch_cursor import WatchCursor
+from wsi_client.workflow_file import (
     WorkflowFileError,
     jobs_from_flags,
     parse_params,
     parse_workflow,
 )
-from clients.workflow_view import EXIT_CANCELLED, EXIT_FAILED, EXIT_SUCCEEDED, WorkflowView
+from wsi_client.workflow_view import EXIT_CANCELLED, EXIT_FAILED, EXIT_SUCCEEDED, WorkflowView
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 # ---- backoff -----------------------------------------------------------------

@@ -10,8 +10,8 @@ from typing import Any
 import grpc
 import pytest
 
-from clients.backoff import Backoff
-from clients.client import SchedulerClient, SchedulerError, job
+from wsi_client.backoff import Backoff
+from wsi_client.client import SchedulerClient, SchedulerError, job
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 

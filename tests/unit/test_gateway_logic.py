@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from gateway import sse
-from gateway.errors import error_body, http_status
+from wsi_gateway import sse
+from wsi_gateway.errors import error_body, http_status
 from wsi_protocol.json_format import to_json
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.status import retry_after_seconds

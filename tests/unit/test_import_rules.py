@@ -12,15 +12,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = (
-    "wsi_protocol",
-    "wsi_runtime",
-    "scheduler_service",
-    "worker_service",
-    "gateway",
-    "clients",
-)
-SERVERS = ("scheduler_service", "worker_service", "gateway", "wsi_runtime")
+# Package name -> its folder.
+FOLDERS = {
+    "wsi_protocol": "wsi_protocol",
+    "wsi_runtime": "wsi_runtime",
+    "scheduler_service": "scheduler_service",
+    "worker_service": "worker_service",
+    "wsi_gateway": "gateway/wsi_gateway",
+    "wsi_client": "clients/wsi_client",
+}
+PROJECT = tuple(FOLDERS)
+SERVERS = ("scheduler_service", "worker_service", "wsi_gateway", "wsi_runtime")
 PURE = (
     "scheduler_service/policy.py",
     "scheduler_service/validation.py",
@@ -30,8 +32,8 @@ PURE = (
     "worker_service/tissue.py",
     "worker_service/nuclei.py",
     "wsi_runtime/job_params.py",
-    "clients/backoff.py",
-    "clients/watch_cursor.py",
+    "clients/wsi_client/backoff.py",
+    "clients/wsi_client/watch_cursor.py",
 )
 IMPURE = ("grpc", "openslide", "threading", "time", "asyncio", "socket", "subprocess")
 
@@ -51,7 +53,7 @@ def top(module: str) -> str:
 
 
 def sources(package: str) -> list[Path]:
-    return sorted((ROOT / package).rglob("*.py"))
+    return sorted((ROOT / FOLDERS[package]).rglob("*.py"))
 
 
 @pytest.mark.parametrize("package", PROJECT)
@@ -75,7 +77,7 @@ def test_servers_do_not_import_the_client_package(package: str) -> None:
         (str(p.relative_to(ROOT)), m)
         for p in sources(package)
         for m in imports_of(p)
-        if top(m) == "clients"
+        if top(m) == "wsi_client"
     ]
     assert bad == []
 
@@ -83,7 +85,7 @@ def test_servers_do_not_import_the_client_package(package: str) -> None:
 def test_the_client_package_imports_no_server() -> None:
     bad = [
         (str(p.relative_to(ROOT)), m)
-        for p in sources("clients")
+        for p in sources("wsi_client")
         for m in imports_of(p)
         if top(m) in SERVERS
     ]
@@ -100,5 +102,5 @@ def test_pure_modules_import_no_io_threads_or_clock(module: str) -> None:
 def test_a_violation_is_seen(tmp_path: Path) -> None:
     """The reader of imports itself: a server file importing the client is caught."""
     bad = tmp_path / "bad.py"
-    bad.write_text("import os\nfrom clients.client import SchedulerClient\nimport grpc.aio\n")
-    assert list(imports_of(bad)) == ["os", "clients.client", "grpc.aio"]
+    bad.write_text("import os\nfrom wsi_client.client import SchedulerClient\nimport grpc.aio\n")
+    assert list(imports_of(bad)) == ["os", "wsi_client.client", "grpc.aio"]

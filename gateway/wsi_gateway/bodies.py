@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, StrictFloat, StrictInt, StrictStr
 
-from gateway.backend import BadRequest
+from wsi_gateway.backend import BadRequest
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_runtime.job_params import JOB_TYPES
 

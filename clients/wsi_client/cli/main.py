@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from clients.cli import commands
-from clients.client import DEFAULT_ADDRESS, SchedulerClient, SchedulerError
-from clients.workflow_file import WorkflowFileError
+from wsi_client.cli import commands
+from wsi_client.client import DEFAULT_ADDRESS, SchedulerClient, SchedulerError
+from wsi_client.workflow_file import WorkflowFileError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

@@ -14,17 +14,17 @@ from typing import Any
 import grpc
 from rich.console import Console
 
-from clients.cli import download
-from clients.cli.render import (
+from wsi_client.cli import download
+from wsi_client.cli.render import (
     WatchDisplay,
     jobs_table,
     stats_table,
     workflow_header,
     workflows_table,
 )
-from clients.client import SchedulerClient, SchedulerError
-from clients.workflow_file import jobs_from_flags, parse_params, parse_workflow
-from clients.workflow_view import WorkflowView, job_state_name
+from wsi_client.client import SchedulerClient, SchedulerError
+from wsi_client.workflow_file import jobs_from_flags, parse_params, parse_workflow
+from wsi_client.workflow_view import WorkflowView, job_state_name
 from wsi_protocol.json_format import to_json
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 

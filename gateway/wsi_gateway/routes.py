@@ -12,10 +12,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from gateway import events, sse
-from gateway.backend import Caller, Gateway, call
-from gateway.bodies import WorkflowIn
-from gateway.errors import error_body
+from wsi_gateway import events, sse
+from wsi_gateway.backend import Caller, Gateway, call
+from wsi_gateway.bodies import WorkflowIn
+from wsi_gateway.errors import error_body
 from wsi_protocol.json_format import to_json
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 

@@ -29,8 +29,8 @@ from typing import TypeVar
 
 import grpc
 
-from clients.backoff import Backoff
-from clients.watch_cursor import WatchCursor
+from wsi_client.backoff import Backoff
+from wsi_client.watch_cursor import WatchCursor
 from wsi_protocol import metadata
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc

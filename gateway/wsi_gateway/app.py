@@ -15,10 +15,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from gateway.backend import BadRequest, GatewayState, GrpcFailure
-from gateway.errors import error_body, http_status
-from gateway.metrics import HttpMetrics, MetricsMiddleware
-from gateway.routes import router
+from wsi_gateway.backend import BadRequest, GatewayState, GrpcFailure
+from wsi_gateway.errors import error_body, http_status
+from wsi_gateway.metrics import HttpMetrics, MetricsMiddleware
+from wsi_gateway.routes import router
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from wsi_protocol.status import retry_after_seconds
 from wsi_runtime.version import VERSION

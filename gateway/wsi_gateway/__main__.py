@@ -1,4 +1,4 @@
-"""``python -m gateway``: the HTTP gateway (uvicorn)."""
+"""``python -m wsi_gateway``: the HTTP gateway (uvicorn)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
-from gateway.app import create_app
+from wsi_gateway.app import create_app
 from wsi_runtime import lifetime, logs, serving, settings
 
 

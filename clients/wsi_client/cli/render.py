@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from clients.workflow_view import (
+from wsi_client.workflow_view import (
     WorkflowView,
     job_state_name,
     job_type_name,

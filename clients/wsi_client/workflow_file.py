@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
-from clients.client import job
+from wsi_client.client import job
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 JOB_FIELDS = frozenset({"key", "branch", "job_type", "wsi_path", "depends_on", "params"})

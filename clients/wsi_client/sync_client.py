@@ -16,7 +16,7 @@ from collections.abc import Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from clients.client import DEFAULT_ADDRESS, SchedulerClient
+from wsi_client.client import DEFAULT_ADDRESS, SchedulerClient
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 R = TypeVar("R")
