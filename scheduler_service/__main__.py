@@ -19,6 +19,7 @@ from scheduler_service.observability import SchedulerMetrics, TransitionLog
 from scheduler_service.policy import SchedulingPolicy
 from scheduler_service.service import SchedulerServicer
 from scheduler_service.store import JobRecord, JobTransition, Store, WorkflowRecord
+from wsi_protocol import addresses
 from wsi_protocol.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from wsi_runtime import lifetime, logs, memory, serving, settings
 from wsi_runtime.metrics import RpcMetrics
@@ -30,11 +31,11 @@ SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="wsi-scheduler", description="WSI workflow scheduler")
-    settings.add(parser, "--scheduler-port", 50051, "gRPC port (0 picks a free one)")
+    settings.add(parser, "--scheduler-port", addresses.SCHEDULER_PORT, "gRPC port (0: a free one)")
     settings.add(
         parser,
         "--worker-addresses",
-        "127.0.0.1:50052",
+        addresses.WORKER,
         "comma-separated worker addresses (host:port)",
     )
     settings.add(parser, "--max-workers", 4, "jobs running at once, all users")
@@ -65,7 +66,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         0.0,
         "prune finished workflows and their results this long after they end (0: keep)",
     )
-    settings.add_metrics(parser, 9101)
+    settings.add_metrics(parser, addresses.SCHEDULER_METRICS_PORT)
     settings.add_common(parser, grace=2.0)
     return parser.parse_args(argv)
 

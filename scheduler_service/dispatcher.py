@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from scheduler_service.store import JobRecord, Store
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as spb
 from wsi_protocol.worker.v1 import worker_pb2 as wpb
 from wsi_protocol.worker.v1 import worker_pb2_grpc as wpb_grpc
 
@@ -213,7 +214,7 @@ class Dispatcher:
         job_id = job.job_id
         request = wpb.RunJobRequest(
             job_id=job_id,
-            job_type=job.job_type,
+            job_type=spb.JobType.Value(job.job_type),
             wsi_path=job.slide_file,
             params=job.params,
             attempt=job.attempt,

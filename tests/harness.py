@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 
+from tests.timing import patience
 from wsi_protocol import metadata
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
@@ -85,7 +86,7 @@ def _start(
             start_new_session=True,
         )
     service = Service(name, process, log_path)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + patience(30)
     while time.monotonic() < deadline:
         match = LISTENING.search(service.log())
         if match:
@@ -145,7 +146,7 @@ class Cluster:
     stub: pb_grpc.SchedulerStub
 
     def wait_workers(self, count: int, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + patience(timeout)
         while time.monotonic() < deadline:
             stats = self.stub.GetStats(pb.GetStatsRequest(), metadata=user("probe"))
             if stats.workers_connected >= count:

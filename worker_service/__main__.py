@@ -16,6 +16,7 @@ from worker_service.observability import WorkerMetrics
 from worker_service.service import WorkerServicer
 from worker_service.stages import DEFAULT_MAX_TILES
 from worker_service.tile_pool import TilePool
+from wsi_protocol import addresses
 from wsi_protocol.worker.v1 import worker_pb2, worker_pb2_grpc
 from wsi_runtime import lifetime, logs, memory, serving, settings
 from wsi_runtime.metrics import RpcMetrics
@@ -27,7 +28,7 @@ SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="wsi-worker", description="WSI analysis worker")
-    settings.add(parser, "--worker-port", 50052, "gRPC port (0 picks a free one)")
+    settings.add(parser, "--worker-port", addresses.WORKER_PORT, "gRPC port (0: a free one)")
     settings.add(
         parser,
         "--slots",
@@ -42,7 +43,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     settings.add(parser, "--results-dir", Path("results"), "where job results are written")
     settings.add(parser, "--progress-interval", 0.2, "seconds between progress reports")
-    settings.add_metrics(parser, 9102)
+    settings.add_metrics(parser, addresses.WORKER_METRICS_PORT)
     settings.add_common(parser, grace=5.0)
     return parser.parse_args(argv)
 

@@ -28,6 +28,7 @@ from worker_service.slide_access import SlideCache
 from worker_service.stages import DEFAULT_MAX_TILES, JobContext
 from worker_service.throttle import ProgressThrottle
 from worker_service.tile_pool import TilePool
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as spb
 from wsi_protocol.worker.v1 import worker_pb2 as pb
 from wsi_protocol.worker.v1 import worker_pb2_grpc as pb_grpc
 from wsi_runtime.slide_paths import SlidePathError, resolve_slide
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsi.worker")
 
 JOB_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_KNOWN = frozenset(spb.JobType.values())
 
 
 class WorkerServicer(pb_grpc.WorkerServicer):
@@ -65,12 +67,15 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.metrics.watch_slots(slots, lambda: self.running)
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: Context) -> pb.WorkerInfo:
-        return pb.WorkerInfo(slots=self.slots, job_types=JOB_TYPES, version=VERSION)
+        return pb.WorkerInfo(
+            slots=self.slots, job_types=[spb.JobType.Value(t) for t in JOB_TYPES], version=VERSION
+        )
 
     async def RunJob(
         self, request: pb.RunJobRequest, context: Context
     ) -> AsyncIterator[pb.JobUpdate]:
-        if request.job_type not in JOB_TYPES:
+        job_type = spb.JobType.Name(request.job_type) if request.job_type in _KNOWN else ""
+        if job_type not in JOB_TYPES:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"unknown job type {request.job_type!r}"
             )
@@ -85,7 +90,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         except SlidePathError as exc:
             yield pb.JobUpdate(error=pb.JobError(message=str(exc)))
             return
-        spec = JobSpec(request.job_id, request.job_type, str(slide), dict(request.params))
+        spec = JobSpec(request.job_id, job_type, str(slide), dict(request.params))
         loop = asyncio.get_running_loop()
         updates: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
         stop = threading.Event()

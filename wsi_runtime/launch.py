@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wsi_protocol import addresses
 from wsi_runtime.health_wait import wait_http, wait_serving
 from wsi_runtime.lifetime import LAUNCHER_PID_ENV
 from wsi_runtime.serving import StartupError, check_port_free
@@ -98,11 +99,12 @@ def slide_roots() -> list[Path]:
 
 
 def services() -> list[Service]:
-    host = os.environ.get("WSI_HOST", "127.0.0.1")
-    worker = f"{host}:{os.environ.get('WSI_WORKER_PORT', 50052)}"
-    scheduler = f"{host}:{os.environ.get('WSI_SCHEDULER_PORT', 50051)}"
-    gateway = f"{host}:{os.environ.get('WSI_GATEWAY_PORT', 8000)}"
-    metrics_port = int(os.environ.get("WSI_METRICS_PORT", 9101))  # the worker's is the next
+    host = os.environ.get("WSI_HOST", addresses.HOST)
+    worker = f"{host}:{os.environ.get('WSI_WORKER_PORT', addresses.WORKER_PORT)}"
+    scheduler = f"{host}:{os.environ.get('WSI_SCHEDULER_PORT', addresses.SCHEDULER_PORT)}"
+    gateway = f"{host}:{os.environ.get('WSI_GATEWAY_PORT', addresses.GATEWAY_PORT)}"
+    # The scheduler's metrics port; the worker's is the next.
+    metrics_port = int(os.environ.get("WSI_METRICS_PORT", addresses.SCHEDULER_METRICS_PORT))
     os.environ.setdefault("WSI_WORKER_ADDRESSES", worker)
     os.environ.setdefault("WSI_SCHEDULER_ADDRESS", scheduler)
     python = sys.executable
@@ -136,9 +138,9 @@ def services() -> list[Service]:
 
 
 def banner(roots: Sequence[Path]) -> str:
-    host = os.environ.get("WSI_HOST", "127.0.0.1")
-    metrics_port = int(os.environ.get("WSI_METRICS_PORT", 9101))
-    gateway = f"{host}:{os.environ.get('WSI_GATEWAY_PORT', 8000)}"
+    host = os.environ.get("WSI_HOST", addresses.HOST)
+    metrics_port = int(os.environ.get("WSI_METRICS_PORT", addresses.SCHEDULER_METRICS_PORT))
+    gateway = f"{host}:{os.environ.get('WSI_GATEWAY_PORT', addresses.GATEWAY_PORT)}"
     scheduler = os.environ["WSI_SCHEDULER_ADDRESS"]
     return (
         f"\n  web UI     http://{gateway}/   (REST + OpenAPI at /docs)\n"

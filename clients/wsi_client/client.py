@@ -31,12 +31,12 @@ import grpc
 
 from wsi_client.backoff import Backoff
 from wsi_client.watch_cursor import WatchCursor
-from wsi_protocol import metadata
+from wsi_protocol import addresses, metadata
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from wsi_protocol.status import retry_after_seconds
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_ADDRESS = addresses.SCHEDULER
 DEFAULT_TIMEOUT_S = 10.0
 # Reconnect quickly after a dropped connection instead of gRPC's default 1 s + backoff.
 CHANNEL_OPTIONS = (

@@ -12,6 +12,7 @@ from pathlib import Path
 import uvicorn
 
 from wsi_gateway.app import create_app
+from wsi_protocol import addresses
 from wsi_runtime import lifetime, logs, serving, settings
 
 
@@ -20,8 +21,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="wsi-gateway", description="HTTP gateway to the scheduler"
     )
     settings.add(parser, "--host", "127.0.0.1", "address to bind")
-    settings.add(parser, "--gateway-port", 8000, "HTTP port (0 picks a free one)")
-    settings.add(parser, "--scheduler-address", "127.0.0.1:50051", "the scheduler's gRPC address")
+    settings.add(parser, "--gateway-port", addresses.GATEWAY_PORT, "HTTP port (0: a free one)")
+    settings.add(parser, "--scheduler-address", addresses.SCHEDULER, "the scheduler's address")
     settings.add(
         parser, "--results-dir", Path("results"), "the workers' results folder, to serve files"
     )

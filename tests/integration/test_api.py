@@ -17,6 +17,7 @@ import pytest
 
 from tests.harness import SLIDES, Cluster, start_worker, user
 from tests.integration.support import create, follow, get, json_documents, rpc_error, spec
+from tests.timing import patience
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
@@ -250,7 +251,7 @@ def test_scheduler_stops_gracefully_with_a_running_job_and_a_watcher(tmp_path: P
     with cluster(tmp_path, worker_slots=(1,)) as c:
         wf = create(c, "stopper", [spec("long", params=LONG)])
         watcher = Watcher(c, "stopper", wf.workflow_id, after=wf.sequence)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + patience(10)
         while not get(c, "stopper", wf.workflow_id).jobs[0].progress.tiles_done:
             assert time.monotonic() < deadline, "the job never started"
             time.sleep(0.02)
@@ -262,7 +263,7 @@ def test_scheduler_stops_gracefully_with_a_running_job_and_a_watcher(tmp_path: P
         with pytest.raises(grpc.RpcError):
             watcher.join()  # the stream ends with an error, not a hang
         # The worker noticed the broken lease and stopped the job's tiles.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + patience(10)
         while "stopping its tiles" not in c.workers[0].log() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert "stopping its tiles" in c.workers[0].log()

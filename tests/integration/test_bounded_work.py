@@ -19,6 +19,7 @@ import pytest
 from tests.crafted_slides import crafted_tiff
 from tests.harness import CMU, SLIDES, Cluster, cluster, cluster_with_gateway, user
 from tests.integration.support import LONG, create, get, rpc_error, spec
+from tests.timing import patience
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 GIANT = (200_000, 200_000)
@@ -80,7 +81,7 @@ def cpu_seconds(root: int) -> float:
 def wait_state(
     c: Cluster, who: str, workflow_id: str, job: int, states: Collection[pb.JobState.ValueType]
 ) -> pb.Job:
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + patience(90)
     while time.monotonic() < deadline:
         found = get(c, who, workflow_id).jobs[job]
         if found.state in states:

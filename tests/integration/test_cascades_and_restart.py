@@ -17,6 +17,7 @@ import grpc
 
 from tests.harness import ROOT, cluster, start_scheduler, user
 from tests.integration.support import create, get, spec
+from tests.timing import patience
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 
@@ -35,7 +36,7 @@ def states(wf: pb.Workflow) -> list[int]:
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while True:
         value = check()
         if value:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.harness import CMU, Cluster, Service, cluster, cluster_with_gateway, start_gateway, user
+from tests.timing import patience
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 
@@ -283,7 +284,7 @@ def test_closing_the_sse_client_frees_the_grpc_stream(tmp_path: Path) -> None:
                     lines = stream.iter_lines()
                     assert next(lines).startswith("id: ")  # connected and streaming
                     assert watch_streams() == before + 1
-                deadline = time.monotonic() + 5
+                deadline = time.monotonic() + patience(5)
                 while watch_streams() > before and time.monotonic() < deadline:
                     time.sleep(0.05)
                 assert watch_streams() == before

@@ -23,6 +23,7 @@ import pytest
 from tests.harness import CMU, SLIDES, user
 from tests.integration.support import LONG, spec
 from tests.integration.test_bounded_work import pids_of
+from tests.timing import patience
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 
@@ -54,7 +55,7 @@ class Launched:
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while True:
         value = check()
         if value:
@@ -140,7 +141,9 @@ def test_sigkill_of_the_launcher_leaves_no_service_behind(tmp_path: Path) -> Non
         everything = [p for pid in services.values() for p in pids_of(pid)]  # pools too
         run.process.kill()
         run.process.wait()
+        killed_at = time.monotonic()
         wait_for(lambda: not any(alive(pid) for pid in everything), 5, "every service to end")
+        assert time.monotonic() - killed_at < 5.0
 
 
 def test_a_port_in_use_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:

@@ -16,10 +16,11 @@ from rich.console import Console
 from wsi_client.cli import commands
 from wsi_client.client import DEFAULT_ADDRESS, SchedulerClient, SchedulerError
 from wsi_client.workflow_file import WorkflowFileError
+from wsi_protocol import addresses
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-DEFAULT_GATEWAY = "http://127.0.0.1:8000"
+DEFAULT_GATEWAY = addresses.GATEWAY_URL
 PIPE_WIDTH = 200
 
 

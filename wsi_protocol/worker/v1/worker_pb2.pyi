@@ -12,6 +12,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as _scheduler_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -53,8 +54,8 @@ class RunJobRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
-    job_type: _builtins.str
-    """"TISSUE_MASK" or "CELL_SEGMENTATION"."""
+    """Names the job's results folder on the worker: 1 to 128 of A-Z a-z 0-9 . _ -"""
+    job_type: _scheduler_pb2.JobType.ValueType
     wsi_path: _builtins.str
     """Absolute slide path, already checked against the slide roots."""
     attempt: _builtins.int
@@ -64,7 +65,7 @@ class RunJobRequest(_message.Message):
         self,
         *,
         job_id: _builtins.str = ...,
-        job_type: _builtins.str = ...,
+        job_type: _scheduler_pb2.JobType.ValueType = ...,
         wsi_path: _builtins.str = ...,
         params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         attempt: _builtins.int = ...,
@@ -220,12 +221,12 @@ class WorkerInfo(_message.Message):
     """How many jobs it runs at once."""
     version: _builtins.str
     @_builtins.property
-    def job_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def job_types(self) -> _containers.RepeatedScalarFieldContainer[_scheduler_pb2.JobType.ValueType]: ...
     def __init__(
         self,
         *,
         slots: _builtins.int = ...,
-        job_types: _abc.Iterable[_builtins.str] | None = ...,
+        job_types: _abc.Iterable[_scheduler_pb2.JobType.ValueType] | None = ...,
         version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
