@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Sequence
 
@@ -21,7 +20,7 @@ from scheduler_service.service import SchedulerServicer
 from scheduler_service.store import JobRecord, JobTransition, Store, WorkflowRecord
 from wsi_protocol import addresses
 from wsi_protocol.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-from wsi_runtime import lifetime, logs, memory, serving, settings
+from wsi_runtime import lifetime, serving, settings
 from wsi_runtime.metrics import RpcMetrics
 
 log = logging.getLogger("wsi.scheduler")
@@ -187,13 +186,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     lifetime.follow_launcher()
-    args = parse_args(argv)
-    logs.configure(args.log_level, args.log_format)
-    memory.limit_malloc_arenas()
-    try:
-        asyncio.run(serve(args))
-    except (JournalError, serving.StartupError) as exc:
-        sys.exit(f"wsi-scheduler: error: {exc}")
+    serving.run_main("wsi-scheduler", serve, parse_args(argv), (JournalError,))
 
 
 if __name__ == "__main__":

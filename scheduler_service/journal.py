@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 SCHEMA_VERSION = 1
+_RECORD_COLUMNS = (
+    "id INTEGER PRIMARY KEY, kind TEXT NOT NULL, workflow_id TEXT NOT NULL, job_id TEXT,"
+    " sequence INTEGER NOT NULL, time REAL NOT NULL, payload TEXT NOT NULL"
+)
 MEMORY = ":memory:"
 
 
@@ -107,27 +111,10 @@ class SqliteJournal:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
             )
+            self._db.execute(f"CREATE TABLE IF NOT EXISTS records ({_RECORD_COLUMNS})")
             self._db.execute(
-                "CREATE TABLE IF NOT EXISTS records ("
-                " id INTEGER PRIMARY KEY,"
-                " kind TEXT NOT NULL,"
-                " workflow_id TEXT NOT NULL,"
-                " job_id TEXT,"
-                " sequence INTEGER NOT NULL,"
-                " time REAL NOT NULL,"
-                " payload TEXT NOT NULL)"
-            )
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS quarantine ("
-                " id INTEGER PRIMARY KEY,"
-                " kind TEXT NOT NULL,"
-                " workflow_id TEXT NOT NULL,"
-                " job_id TEXT,"
-                " sequence INTEGER NOT NULL,"
-                " time REAL NOT NULL,"
-                " payload TEXT NOT NULL,"
-                " problem TEXT NOT NULL,"
-                " quarantined REAL NOT NULL)"
+                f"CREATE TABLE IF NOT EXISTS quarantine ({_RECORD_COLUMNS},"
+                " problem TEXT NOT NULL, quarantined REAL NOT NULL)"
             )
             self._db.execute(
                 "CREATE INDEX IF NOT EXISTS records_by_workflow ON records (workflow_id)"

@@ -6,6 +6,9 @@ within 2 s) keep their own bounds."""
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
+from typing import Any
 
 SCALE = float(os.environ.get("WSI_TEST_TIME_SCALE") or (2.0 if os.environ.get("CI") else 1.0))
 
@@ -13,3 +16,16 @@ SCALE = float(os.environ.get("WSI_TEST_TIME_SCALE") or (2.0 if os.environ.get("C
 def patience(seconds: float) -> float:
     """``seconds`` as the time to wait here: WSI_TEST_TIME_SCALE times it (2 on CI)."""
     return seconds * SCALE
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Polls ``check`` until it returns something true (returned), for
+    ``patience(timeout)`` at most."""
+    deadline = time.monotonic() + patience(timeout)
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {patience(timeout):g} s: {what}")
+        time.sleep(0.05)

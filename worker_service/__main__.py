@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from worker_service.stages import DEFAULT_MAX_TILES
 from worker_service.tile_pool import TilePool
 from wsi_protocol import addresses
 from wsi_protocol.worker.v1 import worker_pb2, worker_pb2_grpc
-from wsi_runtime import lifetime, logs, memory, serving, settings
+from wsi_runtime import lifetime, serving, settings
 from wsi_runtime.metrics import RpcMetrics
 
 log = logging.getLogger("wsi.worker")
@@ -81,13 +80,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     lifetime.follow_launcher()
-    args = parse_args(argv)
-    logs.configure(args.log_level, args.log_format)
-    memory.limit_malloc_arenas()
-    try:
-        asyncio.run(serve(args))
-    except serving.StartupError as exc:
-        sys.exit(f"wsi-worker: error: {exc}")
+    serving.run_main("wsi-worker", serve, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@ server reflection, and a graceful stop on SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from wsi_runtime import memory, metrics
+from wsi_runtime import logs, memory, metrics
 
 log = logging.getLogger("wsi.serving")
 
@@ -150,6 +152,24 @@ async def _trim_memory_periodically() -> None:
     while True:
         await asyncio.sleep(memory.TRIM_INTERVAL_S)
         await asyncio.to_thread(memory.trim)  # walks the whole heap: not on the loop
+
+
+def run_main(
+    prog: str,
+    serve: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
+    args: argparse.Namespace,
+    startup_errors: tuple[type[Exception], ...] = (),
+) -> None:
+    """What every server's main does once its flags are parsed: logging, the
+    malloc arena cap, the event loop. An error that stops the start (a port in
+    use, a damaged journal) is one line and exit status 1, not a traceback."""
+    logs.configure(args.log_level, args.log_format)
+    memory.limit_malloc_arenas()
+    fatal: tuple[type[Exception], ...] = (StartupError, *startup_errors)
+    try:
+        asyncio.run(serve(args))
+    except fatal as exc:
+        sys.exit(f"{prog}: error: {exc}")
 
 
 def serve_metrics(

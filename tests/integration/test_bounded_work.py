@@ -5,7 +5,6 @@ a job's own failure (a full disk) fails it once without touching the worker."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -19,6 +18,7 @@ import pytest
 from tests.crafted_slides import crafted_tiff
 from tests.harness import CMU, SLIDES, Cluster, cluster, cluster_with_gateway, user
 from tests.integration.support import LONG, create, get, rpc_error, spec
+from tests.processes import cpu_seconds, peak_rss_mb
 from tests.timing import patience
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
@@ -35,47 +35,6 @@ def hostile_slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
     crafted_tiff(folder / "slow-tiles.tiff", [(20000, 20000), (1250, 1250)], colour=(200, 120, 160))
     shutil.copy(SLIDES / CMU, folder / CMU)
     return folder
-
-
-def pids_of(root: int) -> list[int]:
-    """``root`` and every process below it (the worker and its tile pool)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def peak_rss_mb(root: int) -> float:
-    total = 0
-    for pid in pids_of(root):
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
-
-
-def cpu_seconds(root: int) -> float:
-    ticks = 0
-    for pid in pids_of(root):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime + stime
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def wait_state(

@@ -9,15 +9,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 
 from tests.harness import ROOT, cluster, start_scheduler, user
 from tests.integration.support import create, get, spec
-from tests.timing import patience
+from tests.timing import wait_for
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 
@@ -33,17 +31,6 @@ def chain(head_slide: str = "CMU-1-Small-Region.svs") -> list[pb.JobSpec]:
 
 def states(wf: pb.Workflow) -> list[int]:
     return [job.state for job in wf.jobs]
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + patience(timeout)
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 def test_long_chains_cancel_and_fail_within_seconds_and_survive_a_kill(tmp_path: Path) -> None:

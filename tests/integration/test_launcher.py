@@ -11,19 +11,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 
 from tests.harness import CMU, SLIDES, user
 from tests.integration.support import LONG, spec
-from tests.integration.test_bounded_work import pids_of
-from tests.timing import patience
+from tests.processes import pids_of
+from tests.timing import wait_for
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 
@@ -52,17 +51,6 @@ class Launched:
             if len(cmdline) > 2 and cmdline[1] == b"-m":
                 found[cmdline[2].decode()] = pid
         return found
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + patience(timeout)
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 def launcher_env(workdir: Path) -> dict[str, str]:
@@ -146,19 +134,26 @@ def test_sigkill_of_the_launcher_leaves_no_service_behind(tmp_path: Path) -> Non
         assert time.monotonic() - killed_at < 5.0
 
 
+def run_once(
+    workdir: Path, env: dict[str, str], module: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """A program that is expected to end by itself (refusing to start)."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_a_port_in_use_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
     env = launcher_env(tmp_path)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", int(env["WSI_GATEWAY_PORT"])))
         taken.listen()
-        done = subprocess.run(
-            [sys.executable, "-m", "wsi_runtime.launch"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = run_once(tmp_path, env, "wsi_runtime.launch")
     assert done.returncode != 0
     assert done.stderr.strip().splitlines() == [
         f"wsi launcher: error: cannot listen on 127.0.0.1:{env['WSI_GATEWAY_PORT']}"
@@ -169,14 +164,7 @@ def test_a_port_in_use_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        alone = subprocess.run(
-            [sys.executable, "-m", "scheduler_service", "--scheduler-port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        alone = run_once(tmp_path, env, "scheduler_service", "--scheduler-port", str(port))
     assert alone.returncode != 0
     assert len(alone.stderr.strip().splitlines()) == 1, alone.stderr
     assert "Address already in use" in alone.stderr
@@ -184,14 +172,7 @@ def test_a_port_in_use_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
 
 def test_a_missing_slide_root_is_refused(tmp_path: Path) -> None:
     env = {**launcher_env(tmp_path), "WSI_SLIDE_ROOTS": str(tmp_path / "typo")}
-    done = subprocess.run(
-        [sys.executable, "-m", "wsi_runtime.launch"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_once(tmp_path, env, "wsi_runtime.launch")
     assert done.returncode == 2 and "is not a folder" in done.stderr
     assert not (tmp_path / "typo").exists()
 
