@@ -12,11 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scheduler_service.journal import SqliteJournal
-from scheduler_service.policy import SchedulingPolicy, State
+from scheduler_service.policy import State
 from scheduler_service.recovery import recover
 from scheduler_service.store import AlreadyFinished, Store
 from scheduler_service.validation import JobInput, normalise_jobs
-from tests.unit.test_journal_replay import fingerprint, maker, publish, replayed
+from tests.unit.test_journal_replay import fingerprint, maker, replayed
+from tests.unit.test_journal_replay import new_store as store_with
 
 MAX_JOBS = 1000
 _ticks = itertools.count(1000)
@@ -29,13 +30,7 @@ def _clock() -> float:
 
 def new_store(journal: SqliteJournal | None, max_workers: int = 4, users: int = 3) -> Store:
     """Ids and times go on across restarts, as uuids and the clock do."""
-    return Store(
-        SchedulingPolicy(max_workers, users, max_attempts=2),
-        clock=_clock,
-        on_event=publish,
-        new_id=lambda: f"id{next(_ids)}",
-        journal=journal,
-    )
+    return store_with(journal, max_workers, users, _ticks, _ids)
 
 
 def shaped_jobs(shape: str, size: int) -> list[JobInput]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +46,22 @@ def restarted(
     return recover(records, maker(max_workers, users), lambda: float(next(ticks)), journal)
 
 
-def new_store(journal: SqliteJournal | None, max_workers: int = 2, users: int = 2) -> Store:
-    ticks = itertools.count(1000)
-    ids = (f"id{n}" for n in itertools.count())
+def new_store(
+    journal: SqliteJournal | None,
+    max_workers: int = 2,
+    users: int = 2,
+    ticks: Iterator[int] | None = None,
+    ids: Iterator[int] | None = None,
+) -> Store:
+    """A store on a ticking clock with readable ids; pass ``ticks`` and ``ids``
+    to go on numbering across stores (as a real clock and uuids do)."""
+    clock_ticks = ticks if ticks is not None else itertools.count(1000)
+    id_numbers = ids if ids is not None else itertools.count()
     return Store(
         SchedulingPolicy(max_workers, users, max_attempts=2),
-        clock=lambda: float(next(ticks)),
+        clock=lambda: float(next(clock_ticks)),
         on_event=publish,
-        new_id=lambda: next(ids),
+        new_id=lambda: f"id{next(id_numbers)}",
         journal=journal,
     )
 
