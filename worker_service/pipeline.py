@@ -49,11 +49,24 @@ class JobOutcome:
 
 @dataclass
 class _Timings:
-    started: float = field(default_factory=time.perf_counter)
-    marks: dict[str, float] = field(default_factory=dict)
+    """Seconds per phase of a job, for summary.json: where a job's time goes
+    (everything but the tiles is serial work)."""
 
-    def mark(self, name: str) -> None:
-        self.marks[name] = round(time.perf_counter() - self.started, 4)
+    started: float = field(default_factory=time.perf_counter)
+    last: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def phase(self, name: str) -> float:
+        """Ends the phase ``name`` now; returns its length."""
+        now = time.perf_counter()
+        seconds = now - (self.last or self.started)
+        self.last = now
+        self.phases[name] = round(seconds, 4)
+        return seconds
+
+    def total(self) -> dict[str, float]:
+        self.phases["total_s"] = round(time.perf_counter() - self.started, 4)
+        return self.phases
 
 
 def parse_params(spec: JobSpec) -> JobParams:
@@ -84,8 +97,9 @@ def run_job(
         params = dataclasses.replace(params, target_mpp=INSTANSEG_MPP)
     out_dir = results_dir / spec.job_id
     overview = read_overview(spec.slide_path, params, slides, ctx)
+    timings.phase("overview_s")  # opening the slide, reading its overview
     tissue = analyse_tissue(overview, params, out_dir, ctx)
-    timings.mark("tissue_s")
+    timings.phase("tissue_s")  # the mask, its polygons and files, the tile choice
     files = dict(tissue.files)
     preview = Preview(overview, tissue.polygons)
     cells: Cells | None = None
@@ -93,10 +107,12 @@ def run_job(
         assert pool is not None, "cell segmentation needs the tile pool"
         cells = segment_cells(overview, tissue, params, model_path, pool, out_dir, preview, ctx)
         files["cells.geojson"] = cells.cells_file
-        timings.mark("segmentation_s")
+        segmentation = timings.phase("segmentation_s")
+        timings.phases["reference_s"] = round(cells.reference_s, 4)  # the stain reference
+        timings.phases["tiles_s"] = round(segmentation - cells.reference_s, 4)
     files["preview.png"] = preview.write(out_dir)
-    timings.mark("total_s")
-    summary = _summary(spec, params, overview, tissue, cells, timings.marks)
+    timings.phase("preview_s")
+    summary = _summary(spec, params, overview, tissue, cells, timings.total())
     files["summary.json"] = str(results.write_json(out_dir / "summary.json", summary))
     return JobOutcome(files=files, summary=summary)
 

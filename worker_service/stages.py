@@ -5,6 +5,7 @@ raises only the worker's own errors (``errors.py``)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,7 @@ class Cells:
     tiles_processed: int
     cells_file: str
     backend_details: dict[str, object] = field(default_factory=dict)
+    reference_s: float = 0.0  # choosing the backend: the classical stain reference
 
 
 def read_overview(path: str, params: JobParams, slides: SlideCache, ctx: JobContext) -> Overview:
@@ -130,7 +132,9 @@ def segment_cells(
 ) -> Cells:
     """Segments the tissue tiles in the pool and streams every nucleus a tile's
     core owns to cells.geojson and the preview."""
+    started = time.perf_counter()
     backend, details = _backend(overview, tissue.tissue_tiles, params, model_path, pool)
+    reference_s = time.perf_counter() - started
     ctx.check()
     tiles = tissue.tissue_tiles
     total = len(tiles)
@@ -156,7 +160,7 @@ def segment_cells(
         ok = True
     finally:
         path = cells.close(ok)
-    return Cells(cells.count, done, str(path), details)
+    return Cells(cells.count, done, str(path), details, reference_s)
 
 
 def _backend(

@@ -236,3 +236,20 @@ def test_two_jobs_share_the_pool_instead_of_queueing(
     assert progress["second"][0] < progress["first"][-1]
     during = [t for t in progress["second"] if t < progress["first"][-1]]
     assert len(during) >= 3
+
+
+@pytest.mark.parametrize("job_type", ["TISSUE_MASK", "CELL_SEGMENTATION"])
+def test_the_summary_times_every_phase_of_the_job(
+    pool: TilePool, tmp_path: Path, job_type: str
+) -> None:
+    outcome = run(pool, tmp_path, str(SLIDES / "boxes.tiff"), job_type=job_type)
+    timings = outcome.summary["timings"]
+    assert isinstance(timings, dict)
+    serial = ["overview_s", "tissue_s", "preview_s"]
+    cells = ["reference_s", "tiles_s"] if job_type == "CELL_SEGMENTATION" else []
+    assert set(timings) == {*serial, *cells, "total_s"} | ({"segmentation_s"} if cells else set())
+    assert all(seconds >= 0 for seconds in timings.values())
+    # The phases cover the job: together they are its total, within rounding.
+    assert sum(timings[name] for name in serial + cells) == pytest.approx(
+        timings["total_s"], abs=0.01
+    )
