@@ -116,9 +116,9 @@ def build(
             recovered.requeued,
             f", {recovered.skipped} records skipped" if recovered.skipped else "",
         )
-    addresses = [a.strip() for a in args.worker_addresses.split(",") if a.strip()]
+    workers = [a.strip() for a in args.worker_addresses.split(",") if a.strip()]
     dispatcher = Dispatcher(
-        store, addresses, on_error=lambda task: metrics.background_errors.labels(task).inc()
+        store, workers, on_error=lambda task: metrics.background_errors.labels(task).inc()
     )
     servicer = SchedulerServicer(
         store,

@@ -113,7 +113,7 @@ class Dispatcher:
 
     def start(self) -> None:
         for link in self.links:
-            self._spawn(self._keep_connected(link), f"probe {link.address}")
+            self._spawn(self._keep_connected(link), "probe", link.address)
 
     async def close(self) -> None:
         self._closing = True
@@ -125,22 +125,23 @@ class Dispatcher:
         for link in self.links:
             await link.channel.close(grace=None)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+    def _spawn(self, coro: Coroutine[Any, Any, None], kind: str, subject: str) -> None:
+        """Runs ``coro`` supervised: a background task that raised is a bug,
+        never a reason to stop dispatching, so it is logged with its traceback,
+        counted under ``kind``, and the rest goes on."""
+        task = asyncio.get_running_loop().create_task(coro, name=f"{kind} {subject}")
         self._tasks.add(task)
-        task.add_done_callback(self._supervise)
 
-    def _supervise(self, task: asyncio.Task[None]) -> None:
-        """A background task that raised is a bug, never a reason to stop
-        dispatching: log it with its traceback, count it, and go on."""
-        self._tasks.discard(task)
-        if task.cancelled() or task.exception() is None:
-            return
-        self._report_error(task.get_name(), task.exception())
+        def supervise(done: asyncio.Task[None]) -> None:
+            self._tasks.discard(done)
+            if not done.cancelled() and done.exception() is not None:
+                self._report_error(kind, done.get_name(), done.exception())
 
-    def _report_error(self, what: str, exc: BaseException | None) -> None:
+        task.add_done_callback(supervise)
+
+    def _report_error(self, kind: str, what: str, exc: BaseException | None) -> None:
         log.error("unexpected error in %s", what, exc_info=exc)
-        self.on_error(what.split(" ", 1)[0])
+        self.on_error(kind)
 
     async def _keep_connected(self, link: WorkerLink) -> None:
         """Learns the worker's slots; after a loss, probes it again with backoff."""
@@ -191,7 +192,7 @@ class Dispatcher:
         try:
             self._dispatch_now()
         except Exception as exc:
-            self._report_error("dispatch", exc)
+            self._report_error("dispatch", "the dispatch pass", exc)
 
     def _dispatch_now(self) -> None:
         placed: dict[str, WorkerLink] = {}
@@ -203,7 +204,7 @@ class Dispatcher:
             return link.address
 
         for job in self.store.take_dispatches(self.free_slots(), place):
-            self._spawn(self._run(job, placed[job.job_id]), f"job {job.job_id}")
+            self._spawn(self._run(job, placed[job.job_id]), "job", job.job_id)
 
     def stop_job(self, job_id: str) -> None:
         call = self._calls.get(job_id)

@@ -140,7 +140,7 @@ class SqliteJournal:
             )
 
     def append(self, record: Record) -> None:
-        if record.kind == "progress":
+        if record.kind == RecordKind.PROGRESS:
             self._progress_jobs.add(record.payload["job_id"])
         try:
             self._db.execute(
@@ -174,7 +174,7 @@ class SqliteJournal:
                 if not isinstance(payload, dict):
                     yield DamagedRecord(rowid, kind, workflow_id, "payload is not a JSON object")
                     continue
-                if kind == "progress" and isinstance(payload.get("job_id"), str):
+                if kind == RecordKind.PROGRESS and isinstance(payload.get("job_id"), str):
                     self._progress_jobs.add(payload["job_id"])
                 yield Record(kind, workflow_id, sequence, time, payload, rowid)
         except sqlite3.Error as exc:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from worker_service import results, tile_tasks
 from worker_service.backends import INSTANSEG_MPP, check_instanseg, instanseg_model_path
-from worker_service.errors import JobFailed
 from worker_service.slide_access import SlideCache
 from worker_service.stages import (
     DEFAULT_MAX_TILES,
@@ -69,15 +68,6 @@ class _Timings:
         return self.phases
 
 
-def parse_params(spec: JobSpec) -> JobParams:
-    """The job's parameters by the same schema the scheduler checked them with
-    (a worker may be called by other schedulers, or an older one)."""
-    try:
-        return job_params.parse(spec.job_type, spec.params)
-    except job_params.InvalidParams as exc:
-        raise JobFailed(str(exc)) from None
-
-
 def run_job(
     spec: JobSpec,
     results_dir: Path,
@@ -88,7 +78,9 @@ def run_job(
     """Only segmentation tiles go to ``pool`` (None is enough for TISSUE_MASK,
     which the worker runs whole in a pool process: see ``run_tissue_job``)."""
     timings = _Timings()
-    params = parse_params(spec)
+    # Parsed again by the schema the scheduler checked them with: a worker may
+    # be called by another scheduler, or an older one.
+    params = job_params.parse(spec.job_type, spec.params)
     model_path = ""
     if spec.job_type == "CELL_SEGMENTATION" and params.backend == "instanseg":
         model = instanseg_model_path()

@@ -31,6 +31,7 @@ from worker_service.tile_pool import TilePool
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as spb
 from wsi_protocol.worker.v1 import worker_pb2 as pb
 from wsi_protocol.worker.v1 import worker_pb2_grpc as pb_grpc
+from wsi_runtime.job_params import InvalidParams
 from wsi_runtime.slide_paths import SlidePathError, resolve_slide
 from wsi_runtime.version import VERSION
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsi.worker")
 
 JOB_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-_KNOWN = frozenset(spb.JobType.values())
+_JOB_TYPE_NAMES = {spb.JobType.Value(name): name for name in JOB_TYPES}
 
 
 class WorkerServicer(pb_grpc.WorkerServicer):
@@ -67,15 +68,13 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.metrics.watch_slots(slots, lambda: self.running)
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: Context) -> pb.WorkerInfo:
-        return pb.WorkerInfo(
-            slots=self.slots, job_types=[spb.JobType.Value(t) for t in JOB_TYPES], version=VERSION
-        )
+        return pb.WorkerInfo(slots=self.slots, job_types=list(_JOB_TYPE_NAMES), version=VERSION)
 
     async def RunJob(
         self, request: pb.RunJobRequest, context: Context
     ) -> AsyncIterator[pb.JobUpdate]:
-        job_type = spb.JobType.Name(request.job_type) if request.job_type in _KNOWN else ""
-        if job_type not in JOB_TYPES:
+        job_type = _JOB_TYPE_NAMES.get(request.job_type, "")
+        if not job_type:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"unknown job type {request.job_type!r}"
             )
@@ -126,6 +125,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 return await run()
             except (JobError, JobCancelled, asyncio.CancelledError):
                 raise
+            except InvalidParams as exc:  # a scheduler that did not check them
+                raise JobError(str(exc)) from exc
             except OSError as exc:
                 raise JobError(f"cannot write the job's results: {exc.strerror or exc}") from exc
             except Exception as exc:
@@ -149,9 +150,6 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 outcome_name = "failed"
                 await self._discard_results(spec.job_id)
                 yield pb.JobUpdate(error=pb.JobError(message=str(exc)))
-                return
-            except JobCancelled:
-                await self._discard_results(spec.job_id)
                 return
             result = pb.JobOutput(
                 files=outcome.files,

@@ -135,7 +135,7 @@ def read_thumbnail(
             region = slide.read_region((0, round(y0 * downsample)), level, (level_w, y1 - y0))
         except openslide.OpenSlideError as exc:
             raise SlideError(f"cannot read the slide's overview: {exc}") from exc
-        strip = Image.fromarray(_over_white(np.asarray(region)))
+        strip = Image.fromarray(rgb_over_white(np.asarray(region)))
         del region
         thumbnail.paste(strip.resize((out_w, bottom - top), Image.Resampling.BOX), (0, top))
     return np.asarray(thumbnail)
@@ -154,8 +154,9 @@ def _strip_rows(slide: openslide.OpenSlide, level: int, level_w: int) -> int:
     return rows
 
 
-def _over_white(rgba: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """RGB of an RGBA region with transparent parts (outside the scanned area) white."""
+def rgb_over_white(rgba: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """RGB of an RGBA region read with OpenSlide, its transparent parts (outside
+    the scanned area) white. Opaque regions, the usual case, cost one copy."""
     alpha = rgba[..., 3:4]
     if alpha.min() == 255:
         return np.ascontiguousarray(rgba[..., :3])

@@ -23,7 +23,7 @@ from worker_service.nuclei import (
     nuclei_from_labels,
     segment_nuclei,
 )
-from worker_service.slide_access import SlideCache
+from worker_service.slide_access import SlideCache, rgb_over_white
 from worker_service.tiling import Tile
 
 _slides = SlideCache(per_thread=2)  # one cache per pool process
@@ -47,10 +47,7 @@ def read_tile(task: TileTask) -> RGB:
         region = slide.read_region(location, task.level, (tile.width, tile.height))
     except openslide.OpenSlideError as exc:
         raise TileReadError(f"cannot read tile at level-0 {location}: {exc}") from exc
-    rgba = np.asarray(region)
-    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
-    rgb: RGB = (rgba[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-    return rgb
+    return rgb_over_white(np.asarray(region))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,7 @@
-"""The parameters a job accepts, one typed schema per job type. Pure (only the
-generated enum of job types, no gRPC): the
-scheduler checks a submission against it (INVALID_ARGUMENT before anything is
-queued) and the worker parses the same strings with it at run time, so the two
-can never disagree about what a parameter means.
+"""The parameters a job accepts, as a typed schema. Pure (only the generated
+enum of job types, no gRPC): the scheduler checks a submission against it
+(INVALID_ARGUMENT before anything is queued) and the worker parses the same
+strings with it at run time, so the two never disagree about a parameter.
 
 Values travel as strings (the API's ``map<string, string>``); numbers are
 accepted as people write them: ``"512"``, ``"512.0"``, ``" 0.25 "``."""
@@ -47,37 +46,33 @@ class _Field:
     choices: tuple[str, ...] = ()
 
 
-_TILING = {
+# Both job types take the same parameters: a mask tiles the slide for its
+# summary and segments nothing, but takes (and checks) ``backend`` too, so that
+# one set of workflow defaults fits both jobs of a slide.
+FIELDS: dict[str, _Field] = {
     "tile_size": _Field(int, *TILE_SIZE_RANGE, "tile edge in pixels at the level read"),
     "overlap": _Field(int, 0, TILE_SIZE_RANGE[1] // 2, "pixels shared by neighbouring tiles"),
     "target_mpp": _Field(float, *TARGET_MPP_RANGE, "pixel size to work at, um/px"),
     "min_tissue": _Field(float, 0.0, 1.0, "tissue share below which a tile is skipped"),
-}
-_BACKEND = _Field(str, 0, 0, "segmentation backend", BACKENDS)
-FIELDS: dict[str, dict[str, _Field]] = {
-    # A mask segments nothing, but takes (and checks) ``backend`` too, so that
-    # one set of workflow defaults fits both job types of a slide.
-    "TISSUE_MASK": {**_TILING, "backend": _BACKEND},
-    "CELL_SEGMENTATION": {**_TILING, "backend": _BACKEND},
+    "backend": _Field(str, 0, 0, "segmentation backend", BACKENDS),
 }
 
 
 def parse(job_type: str, params: Mapping[str, str], min_tile_size: int = 0) -> JobParams:
     """The typed parameters of a job of ``job_type``; defaults fill what is not
     given (an empty string counts as not given)."""
-    fields = FIELDS.get(job_type)
-    if fields is None:
+    if job_type not in JOB_TYPES:
         raise InvalidParams(f"unknown job type {job_type!r}; use one of {', '.join(JOB_TYPES)}")
-    unknown = sorted(set(params) - set(fields))
+    unknown = sorted(set(params) - set(FIELDS))
     if unknown:
         raise InvalidParams(
-            f"unknown param {unknown[0]!r} for {job_type}; known: {', '.join(sorted(fields))}"
+            f"unknown param {unknown[0]!r} for {job_type}; known: {', '.join(sorted(FIELDS))}"
         )
     values: dict[str, object] = {}
     for name, raw in params.items():
         text = raw.strip()
         if text:
-            values[name] = _value(name, text, fields[name])
+            values[name] = _value(name, text, FIELDS[name])
     parsed = JobParams(**values)  # type: ignore[arg-type]
     if parsed.tile_size < min_tile_size:
         raise InvalidParams(

@@ -19,24 +19,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from wsi_protocol import addresses
+from wsi_runtime import settings
 from wsi_runtime.health_wait import wait_http, wait_serving
 from wsi_runtime.lifetime import LAUNCHER_PID_ENV
-from wsi_runtime.serving import StartupError, check_port_free
+from wsi_runtime.serving import StartupError, check_port_free, check_slide_roots
 from wsi_runtime.synthetic_slides import synthetic_he_slide
 
 DEMO_SLIDE = "demo.tiff"
-DEFAULT_SLIDE_ROOT = "slides"
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 60.0  # a service up this long starts again with the shortest backoff
-
-
-class LaunchError(RuntimeError):
-    """Nothing could be started; the message is the one line to print."""
 
 
 @dataclass
@@ -49,7 +45,6 @@ class Service:
     started: float = 0.0
     backoff: float = BACKOFF_FIRST_S
     restart_at: float = 0.0
-    restarts: int = field(default=0)
 
     def start(self) -> None:
         # Its own session: Ctrl-C reaches only the launcher, which stops the
@@ -80,34 +75,52 @@ def slide_roots() -> list[Path]:
     """The slide roots, checked: an explicit root must exist; the default is
     made (with a demo slide when empty), so a first job runs after cloning."""
     explicit = os.environ.get("WSI_SLIDE_ROOTS", "")
-    if not explicit:
-        root = Path(DEFAULT_SLIDE_ROOT)
-        root.mkdir(parents=True, exist_ok=True)
-        if not any(root.iterdir()):
-            print(f"writing a synthetic demo slide to {root / DEMO_SLIDE} ...", flush=True)
-            synthetic_he_slide(root / DEMO_SLIDE, width=4096, height=3072, seed=1)
-        os.environ["WSI_SLIDE_ROOTS"] = DEFAULT_SLIDE_ROOT
-        return [root]
-    roots = [Path(r) for r in explicit.split(":") if r]
-    missing = [str(r) for r in roots if not r.is_dir()]
-    if missing:
-        raise LaunchError(
-            f"slide root {missing[0]!r} (WSI_SLIDE_ROOTS) is not a folder: fix the path,"
-            " or leave WSI_SLIDE_ROOTS unset to use ./slides"
+    if explicit:
+        roots = settings.path_list(explicit)
+        check_slide_roots(roots)
+        return roots
+    root = settings.DEFAULT_SLIDE_ROOT
+    root.mkdir(parents=True, exist_ok=True)
+    if not any(root.iterdir()):
+        print(f"writing a synthetic demo slide to {root / DEMO_SLIDE} ...", flush=True)
+        synthetic_he_slide(root / DEMO_SLIDE, width=4096, height=3072, seed=1)
+    os.environ["WSI_SLIDE_ROOTS"] = str(root)
+    return [root]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where each service listens, from the ``WSI_*`` environment or the defaults."""
+
+    host: str
+    worker: str
+    scheduler: str
+    gateway: str
+    metrics_port: int  # the scheduler's; the worker's is the next
+
+    @staticmethod
+    def from_env() -> Plan:
+        host = os.environ.get("WSI_HOST", addresses.HOST)
+
+        def at(variable: str, default: int) -> str:
+            return f"{host}:{os.environ.get(variable, default)}"
+
+        plan = Plan(
+            host,
+            at("WSI_WORKER_PORT", addresses.WORKER_PORT),
+            at("WSI_SCHEDULER_PORT", addresses.SCHEDULER_PORT),
+            at("WSI_GATEWAY_PORT", addresses.GATEWAY_PORT),
+            int(os.environ.get("WSI_METRICS_PORT", addresses.SCHEDULER_METRICS_PORT)),
         )
-    return roots
+        # What the scheduler and the gateway will call, unless set otherwise.
+        os.environ.setdefault("WSI_WORKER_ADDRESSES", plan.worker)
+        os.environ.setdefault("WSI_SCHEDULER_ADDRESS", plan.scheduler)
+        return plan
 
 
-def services() -> list[Service]:
-    host = os.environ.get("WSI_HOST", addresses.HOST)
-    worker = f"{host}:{os.environ.get('WSI_WORKER_PORT', addresses.WORKER_PORT)}"
-    scheduler = f"{host}:{os.environ.get('WSI_SCHEDULER_PORT', addresses.SCHEDULER_PORT)}"
-    gateway = f"{host}:{os.environ.get('WSI_GATEWAY_PORT', addresses.GATEWAY_PORT)}"
-    # The scheduler's metrics port; the worker's is the next.
-    metrics_port = int(os.environ.get("WSI_METRICS_PORT", addresses.SCHEDULER_METRICS_PORT))
-    os.environ.setdefault("WSI_WORKER_ADDRESSES", worker)
-    os.environ.setdefault("WSI_SCHEDULER_ADDRESS", scheduler)
+def services(plan: Plan) -> list[Service]:
     python = sys.executable
+    host, metrics_port = plan.host, plan.metrics_port
 
     def grpc_ready(address: str) -> Callable[[Callable[[], bool]], None]:
         return lambda alive: wait_serving(address, timeout=60, alive=alive)
@@ -119,28 +132,26 @@ def services() -> list[Service]:
         Service(
             "worker",
             [python, "-m", "worker_service", "--metrics-port", str(metrics_port + 1)],
-            [(host, port(worker), "worker"), (host, metrics_port + 1, "worker metrics")],
-            grpc_ready(worker),
+            [(host, port(plan.worker), "worker"), (host, metrics_port + 1, "worker metrics")],
+            grpc_ready(plan.worker),
         ),
         Service(
             "scheduler",
             [python, "-m", "scheduler_service", "--metrics-port", str(metrics_port)],
-            [(host, port(scheduler), "scheduler"), (host, metrics_port, "scheduler metrics")],
-            grpc_ready(scheduler),
+            [(host, port(plan.scheduler), "scheduler"), (host, metrics_port, "scheduler metrics")],
+            grpc_ready(plan.scheduler),
         ),
         Service(
             "gateway",
             [python, "-m", "wsi_gateway"],
-            [(host, port(gateway), "gateway")],
-            lambda alive: wait_http(gateway, timeout=60, alive=alive),
+            [(host, port(plan.gateway), "gateway")],
+            lambda alive: wait_http(plan.gateway, timeout=60, alive=alive),
         ),
     ]
 
 
-def banner(roots: Sequence[Path]) -> str:
-    host = os.environ.get("WSI_HOST", addresses.HOST)
-    metrics_port = int(os.environ.get("WSI_METRICS_PORT", addresses.SCHEDULER_METRICS_PORT))
-    gateway = f"{host}:{os.environ.get('WSI_GATEWAY_PORT', addresses.GATEWAY_PORT)}"
+def banner(plan: Plan, roots: Sequence[Path]) -> str:
+    host, metrics_port, gateway = plan.host, plan.metrics_port, plan.gateway
     scheduler = os.environ["WSI_SCHEDULER_ADDRESS"]
     return (
         f"\n  web UI     http://{gateway}/   (REST + OpenAPI at /docs)\n"
@@ -177,7 +188,6 @@ def supervise(running: Sequence[Service], stopping: Callable[[], bool]) -> None:
                 service.backoff = min(service.backoff * 2, BACKOFF_MAX_S)
             elif now >= service.restart_at:
                 service.restart_at = 0.0
-                service.restarts += 1
                 service.start()
         time.sleep(0.2)
 
@@ -192,10 +202,11 @@ def main() -> int:
         signal.signal(sig, request_stop)
     try:
         roots = slide_roots()
-    except LaunchError as exc:
+    except StartupError as exc:
         print(f"wsi launcher: error: {exc}", file=sys.stderr)
         return 2
-    planned = services()
+    plan = Plan.from_env()
+    planned = services(plan)
     try:
         # Before anything starts: another instance's services would otherwise
         # answer the readiness checks of ours.
@@ -222,7 +233,7 @@ def main() -> int:
                 # The service printed its own reason (a port in use, say) above.
                 print(f"wsi launcher: error: {service.name} did not start: {exc}", file=sys.stderr)
                 return 1
-        print(banner(roots), flush=True)
+        print(banner(plan, roots), flush=True)
         supervise(started, lambda: bool(stop_requested))
         return 0
     finally:

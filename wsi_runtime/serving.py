@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from wsi_runtime import logs, memory, metrics
+from wsi_runtime import logs, memory, metrics, settings
 
 log = logging.getLogger("wsi.serving")
 
@@ -85,16 +85,13 @@ def check_port_free(host: str, port: int, what: str) -> None:
         raise StartupError(f"cannot listen on {host}:{port} ({what}): {exc.strerror}") from None
 
 
-DEFAULT_SLIDE_ROOT = Path("slides")
-
-
 def check_slide_roots(roots: Sequence[Path]) -> None:
     """A slide root named in the settings must be a folder (a typo would
     otherwise refuse every job later); the default ``./slides`` may be missing."""
     for root in roots:
         if root.is_dir():
             continue
-        if root == DEFAULT_SLIDE_ROOT:
+        if root == settings.DEFAULT_SLIDE_ROOT:
             log.warning("slide root %s does not exist (yet): no slide can be found", root)
             continue
         raise StartupError(
@@ -178,7 +175,6 @@ def serve_metrics(
     """Starts the Prometheus endpoint unless ``port`` is negative; returns its stopper."""
     if port < 0:
         return lambda: None
-    check_port_free(host, port, f"{name} metrics")
     try:
         url, stop = metrics.serve(registry, host, port)
     except OSError as exc:

@@ -8,13 +8,20 @@ import os
 from pathlib import Path
 from typing import Any
 
+DEFAULT_SLIDE_ROOT = Path("slides")
+
+
+def env_name(flag: str) -> str:
+    """``--foo-bar`` -> ``WSI_FOO_BAR``."""
+    return "WSI_" + flag.lstrip("-").replace("-", "_").upper()
+
 
 def add(parser: argparse.ArgumentParser, flag: str, default: Any, help: str, **kw: Any) -> None:
-    env_name = "WSI_" + flag.lstrip("-").replace("-", "_").upper()
+    env = env_name(flag)
     kind = kw.pop("type", type(default) if default is not None else str)
-    raw = os.environ.get(env_name)
+    raw = os.environ.get(env)
     value = kind(raw) if raw not in (None, "") else default
-    parser.add_argument(flag, type=kind, default=value, help=f"{help} [env {env_name}]", **kw)
+    parser.add_argument(flag, type=kind, default=value, help=f"{help} [env {env}]", **kw)
 
 
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -22,11 +29,9 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 
 def add_switch(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
     """An on/off setting: the flag, or ``WSI_…=1`` (true, yes, on) in the environment."""
-    env_name = "WSI_" + flag.lstrip("-").replace("-", "_").upper()
-    default = os.environ.get(env_name, "").strip().lower() in TRUE_WORDS
-    parser.add_argument(
-        flag, action="store_true", default=default, help=f"{help} [env {env_name}=1]"
-    )
+    env = env_name(flag)
+    default = os.environ.get(env, "").strip().lower() in TRUE_WORDS
+    parser.add_argument(flag, action="store_true", default=default, help=f"{help} [env {env}=1]")
 
 
 def path_list(value: str) -> list[Path]:
@@ -39,7 +44,7 @@ def add_common(parser: argparse.ArgumentParser, grace: float) -> None:
     add(
         parser,
         "--slide-roots",
-        [Path("slides")],
+        [DEFAULT_SLIDE_ROOT],
         "colon-separated folders slides may be read from",
         type=path_list,
     )

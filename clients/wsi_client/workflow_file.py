@@ -25,6 +25,7 @@ from pathlib import PurePath
 from typing import Any
 
 from wsi_client.client import job
+from wsi_protocol.params import param_text
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 JOB_FIELDS = frozenset({"key", "branch", "job_type", "wsi_path", "depends_on", "params"})
@@ -162,15 +163,7 @@ def _job(where: str, fields: Mapping[str, Any]) -> pb.JobSpec:
             str(fields["wsi_path"]),
             key=str(fields.get("key") or ""),
             depends_on=[str(d) for d in depends_on],
-            params={str(k): _param_text(v) for k, v in params.items()},
+            params={str(k): param_text(v) for k, v in params.items()},
         )
     except ValueError as exc:
         raise WorkflowFileError(f"{where}: {exc}") from None
-
-
-def _param_text(value: object) -> str:
-    """YAML reads ``tile_size: 512`` as a number and ``flag: true`` as a bool;
-    the API takes strings."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, StrictFloat, StrictInt, StrictStr
 
 from wsi_gateway.backend import BadRequest
+from wsi_protocol.params import param_text
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_runtime.job_params import JOB_TYPES
 
@@ -44,9 +45,3 @@ def job_spec(job: JobIn) -> pb.JobSpec:
         depends_on=job.depends_on,
         params={name: param_text(value) for name, value in job.params.items()},
     )
-
-
-def param_text(value: str | int | float) -> str:
-    """The API's params are strings; JSON numbers are taken as written (a float
-    keeps its full precision; 1e400 arrives as inf and is refused as such)."""
-    return value if isinstance(value, str) else repr(value)

@@ -14,11 +14,12 @@ from shapely.geometry import Point, shape
 
 from tests.harness import SLIDES
 from tests.pipeline.support import centroids, f1, match, run
-from worker_service.errors import JobCancelled, JobError
+from worker_service.errors import JobCancelled
 from worker_service.pipeline import JobSpec, run_job
 from worker_service.slide_access import SlideCache
 from worker_service.stages import JobContext
 from worker_service.tile_pool import TilePool
+from wsi_runtime.job_params import InvalidParams
 from wsi_runtime.synthetic_slides import SyntheticSlide
 
 
@@ -195,10 +196,11 @@ def test_cancellation_stops_the_job_within_a_second(
         ({"min_tissue": "2"}, "min_tissue"),
     ],
 )
-def test_bad_params_fail_clearly(
+def test_the_pipeline_checks_params_again(
     pool: TilePool, tmp_path: Path, params: dict[str, str], message: str
 ) -> None:
-    with pytest.raises(JobError, match=message):
+    """A worker may be called by a scheduler that did not check them."""
+    with pytest.raises(InvalidParams, match=message):
         run(pool, tmp_path, str(SLIDES / "small.svs"), **params)
 
 

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from scheduler_service.journal import SqliteJournal
 from scheduler_service.policy import State
 from scheduler_service.recovery import recover
-from scheduler_service.store import AlreadyFinished, Store
+from scheduler_service.store import Store
 from scheduler_service.validation import JobInput, normalise_jobs
-from tests.unit.test_journal_replay import fingerprint, maker, replayed
+from tests.unit.test_journal_replay import cancel_some, fingerprint, maker, replayed
 from tests.unit.test_journal_replay import new_store as store_with
 
 MAX_JOBS = 1000
@@ -96,18 +96,7 @@ def step(store: Store, journal: SqliteJournal, op: str, pick: int) -> Store:
         else:
             store.lose(job.job_id, "worker lost")
     elif op in ("cancel", "cancel_wf"):
-        page, _ = store.list_workflows(user, 1000, "")
-        if page:
-            wf = page[pick % len(page)]
-            try:
-                if op == "cancel_wf":
-                    store.cancel_workflow(user, wf.workflow_id)
-                else:
-                    job, was_running = store.cancel_job(user, wf.jobs[pick % len(wf.jobs)].job_id)
-                    if was_running:
-                        store.finish_cancelled(job.job_id)
-            except AlreadyFinished:
-                pass
+        cancel_some(store, user, whole=op == "cancel_wf", pick=pick)
     return store
 
 

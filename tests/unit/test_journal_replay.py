@@ -163,19 +163,25 @@ def drive(store: Store, script: list[Op]) -> None:
             else:
                 store.progress(job.job_id, pick % 5, 5)
         elif op in ("cancel", "cancel_wf"):
-            page, _ = store.list_workflows(user, 1000, "")
-            if not page:
-                continue
-            wf = page[pick % len(page)]
-            try:
-                if op == "cancel_wf":
-                    store.cancel_workflow(user, wf.workflow_id)
-                else:
-                    job, was_running = store.cancel_job(user, wf.jobs[pick % len(wf.jobs)].job_id)
-                    if was_running:
-                        store.finish_cancelled(job.job_id)
-            except AlreadyFinished:
-                pass
+            cancel_some(store, user, whole=op == "cancel_wf", pick=pick)
+
+
+def cancel_some(store: Store, user: str, whole: bool, pick: int) -> None:
+    """Cancels one of the user's workflows (``whole``) or one of its jobs, as a
+    user would, the cancelled running job then stopping on its worker."""
+    page, _ = store.list_workflows(user, 1000, "")
+    if not page:
+        return
+    wf = page[pick % len(page)]
+    try:
+        if whole:
+            store.cancel_workflow(user, wf.workflow_id)
+        else:
+            job, was_running = store.cancel_job(user, wf.jobs[pick % len(wf.jobs)].job_id)
+            if was_running:
+                store.finish_cancelled(job.job_id)
+    except AlreadyFinished:
+        pass
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
