@@ -210,6 +210,12 @@ def test_two_jobs_share_the_pool_instead_of_queueing(
     """The second job's tiles run while the first is still going, not after it."""
     progress: dict[str, list[float]] = {"first": [], "second": []}
 
+    def report(name: str, done: int) -> None:
+        if done:
+            progress[name].append(time.monotonic())
+        if name == "first":
+            time.sleep(0.05)  # a first job long enough to overlap, however fast tiles are
+
     def job(name: str) -> None:
         run_job(
             JobSpec(
@@ -219,9 +225,7 @@ def test_two_jobs_share_the_pool_instead_of_queueing(
                 {"tile_size": "256", "overlap": "32"},
             ),
             tmp_path,
-            JobContext(
-                report=lambda done, total: progress[name].append(time.monotonic()) if done else None
-            ),
+            JobContext(report=lambda done, total: report(name, done)),
             SlideCache(),
             pool,
         )

@@ -1,0 +1,169 @@
+"""Shape measures and outlines of every object of a label image at once: one
+OpenCV contour trace over the whole image, then array arithmetic over all the
+contours together, instead of one crop and one trace per object.
+
+Outlines follow the pixel edges the way marching squares at level 0.5 does
+(``skimage.measure.find_contours``): each traced boundary pixel centre moves
+half a pixel outwards, across the pixel edge, so an outline encloses about as
+many square units as the object has pixels. Solidity is scikit-image's:
+pixels over the pixels of the convex hull."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+Labels = npt.NDArray[np.int32]
+Ring = npt.NDArray[np.float64]  # (n, 2) of (x, y), closed: first point repeated last
+Ints = npt.NDArray[np.int64]
+
+_DIAMOND = np.array([(1, 0), (-1, 0), (0, 1), (0, -1)], np.int32)  # in half pixels
+
+
+@dataclass(frozen=True)
+class Traced:
+    """The objects of a label image with their outer boundaries: ``labels[i]``
+    has ``boundaries[i]`` (its largest piece's boundary pixels, in order) and
+    ``areas[i]`` pixels centred on ``centroids[i]`` (x, y)."""
+
+    labels: Ints
+    boundaries: list[npt.NDArray[np.int32]]
+    areas: Ints
+    centroids: npt.NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def trace(labels: Labels) -> Traced:
+    """Every labelled object's boundary, pixel count and centroid."""
+    contours, _ = cv2.findContours(labels, cv2.RETR_FLOODFILL, cv2.CHAIN_APPROX_NONE)
+    largest: dict[int, npt.NDArray[np.int32]] = {}
+    for contour in contours:
+        x, y = contour[0, 0]
+        label = int(labels[y, x])  # traced around the region it starts in
+        if label and len(contour) > len(largest.get(label, ())):
+            largest[label] = contour.reshape(-1, 2)
+    order = np.array(sorted(largest), np.int64)
+    flat = labels.ravel()
+    inside = np.flatnonzero(flat)
+    owners = flat[inside]
+    size = int(order.max(initial=0)) + 1
+    counts = np.bincount(owners, minlength=size)
+    width = labels.shape[1]
+    xs = np.bincount(owners, weights=inside % width, minlength=size)
+    ys = np.bincount(owners, weights=inside // width, minlength=size)
+    areas = counts[order]
+    centroids = np.stack([xs[order], ys[order]], axis=1) / np.maximum(areas, 1)[:, None]
+    return Traced(order, [largest[int(label)] for label in order], areas, centroids)
+
+
+def convex_area_px(boundary: npt.NDArray[np.int32]) -> int:
+    """scikit-image's ``area_convex`` of an object with this outer boundary:
+    the pixel centres in the convex hull of its pixels, each pixel taken as
+    the diamond through its edge midpoints. (Of the object's largest piece:
+    all of it but for the rare watershed region in two pieces.)"""
+    return _lattice_points_in(_grown_hull(boundary))
+
+
+def convex_area_bounds(traced: Traced) -> npt.NDArray[np.float64]:
+    """A cheap first cut at ``convex_areas``: the grown hull's area, from the
+    hull of the pixel centres by the Minkowski sum (hull area, half the longer
+    side of each edge, the diamond's half unit). Measured over thousands of
+    nuclei it runs 0.04-6 % under the pixel count; it is used only where that
+    margin cannot change a decision."""
+    hulls = [cv2.convexHull(b).reshape(-1, 2) for b in traced.boundaries]
+    if not hulls:
+        return np.zeros(0)
+    points = np.concatenate(hulls).astype(np.float64)
+    nxt = _next_in_ring(np.array([len(h) for h in hulls]))
+    starts = np.cumsum([0] + [len(h) for h in hulls[:-1]])
+    step = points[nxt] - points
+    cross = points[:, 0] * points[nxt, 1] - points[nxt, 0] * points[:, 1]
+    hull_area = np.abs(np.add.reduceat(cross, starts)) / 2
+    rim = np.add.reduceat(np.abs(step).max(axis=1), starts) / 2
+    result: npt.NDArray[np.float64] = hull_area + rim + 0.5
+    return result
+
+
+def _next_in_ring(lengths: Ints) -> Ints:
+    """For points of rings laid end to end, the index of each one's successor."""
+    index = np.arange(int(lengths.sum()))
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    nxt: Ints = starts + (index - starts + 1) % np.repeat(np.maximum(lengths, 1), lengths)
+    return nxt
+
+
+def _grown_hull(boundary: npt.NDArray[np.int32]) -> Ints:
+    hull = cv2.convexHull(boundary).reshape(-1, 1, 2)
+    tips = (hull * 2 + _DIAMOND[None]).reshape(-1, 2).astype(np.int32)
+    grown: Ints = cv2.convexHull(tips).reshape(-1, 2).astype(np.int64)
+    return grown
+
+
+def _lattice_points_in(polygon: Ints) -> int:
+    """Points with even coordinates inside or on a convex polygon given in
+    half units, counted row by row between where the row meets its edges."""
+    start, end = polygon, np.roll(polygon, -1, axis=0)
+    rows = np.arange(-(-polygon[:, 1].min() // 2) * 2, polygon[:, 1].max() + 1, 2)
+    low = np.minimum(start[:, 1], end[:, 1])[None, :]
+    high = np.maximum(start[:, 1], end[:, 1])[None, :]
+    meets = (rows[:, None] >= low) & (rows[:, None] <= high)
+    dy = (end[:, 1] - start[:, 1]).astype(np.float64)
+    flat = dy == 0
+    t = np.where(flat, 0.0, (rows[:, None] - start[:, 1]) / np.where(flat, 1.0, dy))
+    x = start[:, 0] + t * (end[:, 0] - start[:, 0])
+    sloped = meets & ~flat
+    lefts = np.where(sloped, x, np.inf).min(axis=1)
+    rights = np.where(sloped, x, -np.inf).max(axis=1)
+    for edge in np.flatnonzero(flat):  # a horizontal edge spans its row whole
+        on_row = rows == start[edge, 1]
+        lefts[on_row] = np.minimum(lefts[on_row], min(start[edge, 0], end[edge, 0]))
+        rights[on_row] = np.maximum(rights[on_row], max(start[edge, 0], end[edge, 0]))
+    first = np.ceil(lefts / 2 - 1e-9)
+    last = np.floor(rights / 2 + 1e-9)
+    return int(np.maximum(last - first + 1, 0).sum())
+
+
+def outlines(traced: Traced) -> list[Ring]:
+    """Each object's outline, a closed ring in image coordinates, as marching
+    squares draws it: every traced boundary pixel centre moved half a pixel
+    across the edges it leaves and reaches (0.35 px across a diagonal one), so
+    straight runs sit on the pixel edge, diagonal runs on the midpoints, and
+    a corner is cut between the midpoints of its two edges."""
+    if not len(traced):
+        return []
+    lengths = np.array([len(b) for b in traced.boundaries])
+    points = np.concatenate(traced.boundaries).astype(np.float64)
+    nxt = _next_in_ring(lengths)
+    prev = np.empty_like(nxt)
+    prev[nxt] = np.arange(len(nxt))
+    starts = np.cumsum(lengths) - lengths
+    edges = points[nxt] - points
+    cross = points[:, 0] * points[nxt, 1] - points[nxt, 0] * points[:, 1]
+    orientation = np.repeat(np.where(np.add.reduceat(cross, starts) >= 0, 1.0, -1.0), lengths)
+    normals = np.stack([edges[:, 1], -edges[:, 0]], axis=1) * orientation[:, None]
+    across = 0.5 * normals / np.maximum((normals**2).sum(axis=1, keepdims=True), 1.0)
+    # Two candidate points per boundary pixel, one per edge; one where they agree.
+    moved = np.stack([points + across[prev], points + across], axis=1)
+    distinct = np.ones((len(points), 2), bool)
+    distinct[:, 1] = np.any(across != across[prev], axis=1)
+    kept_per_ring = np.add.reduceat(distinct.sum(axis=1), starts)
+    flat = moved[distinct]
+    rings = []
+    offset = 0
+    for start, length, kept in zip(
+        starts.tolist(), lengths.tolist(), kept_per_ring.tolist(), strict=True
+    ):
+        if length <= 2:  # one or two pixels: the box around their squares
+            raw = points[start : start + length]
+            (x0, y0), (x1, y1) = raw.min(axis=0) - 0.5, raw.max(axis=0) + 0.5
+            ring = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+        else:
+            ring = flat[offset : offset + kept]
+        offset += kept
+        rings.append(np.concatenate([ring, ring[:1]]))
+    return rings
