@@ -21,12 +21,13 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import grpc
 import openslide
 
-from bench.slide_generator import mosaic_slide, size_for
-from tests.harness import Service, start_scheduler, start_worker
+from bench.slide_generator import slide_path
+from tests.harness import ROOT, Service, start_scheduler, start_worker
 from worker_service.merge import keep_owned
 from worker_service.nuclei import (
     NucleusParams,
@@ -49,11 +50,7 @@ TERMINAL = {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED}
 
 
 def slide_of(megapixels: float) -> Path:
-    width, height = size_for(megapixels)
-    path = OUT / f"mosaic-{width}x{height}.tiff"
-    if not path.exists():
-        mosaic_slide(path, width, height)
-    return path
+    return slide_path(OUT, megapixels)
 
 
 def naive(path: Path) -> dict[str, float]:
@@ -122,13 +119,25 @@ def peak_rss_mb(service: Service) -> dict[str, float]:
     }
 
 
-def through_services(path: Path, job_type: int, workdir: Path) -> dict[str, float]:
-    """Submit -> SUCCEEDED through a fresh scheduler and worker."""
+def through_services(
+    path: Path, job_type: int, workdir: Path, root: Path = ROOT, **worker_flags: str
+) -> dict[str, Any]:
+    """Submit -> SUCCEEDED through a fresh scheduler and worker (of the
+    checkout at ``root``); the job's seconds, nuclei, phase timings and the
+    worker's peak RSS."""
     with ExitStack() as stack:
-        worker = start_worker(workdir, slide_roots=str(path.parent), log_level="WARNING")
+        worker = start_worker(
+            workdir,
+            "worker",
+            2,
+            root=str(root),
+            slide_roots=str(path.parent),
+            log_level="WARNING",
+            **worker_flags,
+        )
         stack.callback(worker.stop)
         scheduler = start_scheduler(
-            workdir, [worker], slide_roots=str(path.parent), log_level="WARNING"
+            workdir, [worker], root=str(root), slide_roots=str(path.parent), log_level="WARNING"
         )
         stack.callback(scheduler.stop)
         channel = stack.enter_context(grpc.insecure_channel(scheduler.address))
@@ -155,7 +164,12 @@ def through_services(path: Path, job_type: int, workdir: Path) -> dict[str, floa
         if job.state != pb.JOB_STATE_SUCCEEDED:
             raise RuntimeError(f"job ended {pb.JobState.Name(job.state)}: {job.error}")
         summary = json.loads(job.result.summary)
-        return {"seconds": seconds, "nuclei": summary.get("nuclei", 0), **peak_rss_mb(worker)}
+        return {
+            "seconds": seconds,
+            "nuclei": summary.get("nuclei", 0),
+            "timings": summary.get("timings", {}),
+            **peak_rss_mb(worker),
+        }
 
 
 def main() -> None:

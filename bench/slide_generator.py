@@ -1,8 +1,9 @@
 """Large test slides for benchmarks, generated, never stored: a mosaic of
-CMU-1-Small-Region (a real H&E scan) over white glass, upsampled 2x to a 40x
-pixel size (0.25 um/px), as a pyramidal JPEG TIFF of any size.
+CMU-1-Small-Region (a real H&E scan at about 0.5 um/px) over white glass, as a
+pyramidal JPEG TIFF of any size, at 0.5 um/px (the scan as it is) or 0.25
+um/px (upsampled 2x, a 40x scan's pixel size).
 
-    python -m bench.slide_generator OUT.tiff --megapixels 320
+    python -m bench.slide_generator OUT.tiff --megapixels 320 [--mpp 0.5]
 """
 
 from __future__ import annotations
@@ -18,20 +19,25 @@ from tests.harness import SLIDES
 from wsi_runtime.synthetic_slides import RGB, downsample, write_pyramid
 
 SOURCE = SLIDES / "CMU-1-Small-Region.svs"
-MPP = 0.25
-GAP = 600  # level-0 pixels of glass between copies
+SOURCE_MPP = 0.5
+PIXEL_SIZES = (0.25, 0.5)
+GAP_UM = 150  # glass between copies
 
 
-def _source_levels(levels: int) -> list[RGB]:
+def _source_levels(levels: int, mpp: float) -> list[RGB]:
     with openslide.OpenSlide(str(SOURCE)) as slide:
         rgba = np.asarray(slide.read_region((0, 0), 0, slide.dimensions))
-    base = rgba[..., :3].repeat(2, axis=0).repeat(2, axis=1)  # 0.5 -> 0.25 um/px
+    factor = round(SOURCE_MPP / mpp)
+    base = rgba[..., :3].repeat(factor, axis=0).repeat(factor, axis=1)
     return [downsample(base, 2**k) for k in range(levels)]
 
 
-def mosaic_slide(path: Path, width: int, height: int, levels: int = 4) -> Path:
-    sources = _source_levels(levels)
-    cell_h, cell_w = sources[0].shape[0] + GAP, sources[0].shape[1] + GAP
+def mosaic_slide(path: Path, width: int, height: int, levels: int = 4, mpp: float = 0.25) -> Path:
+    if mpp not in PIXEL_SIZES:
+        raise ValueError(f"mpp must be one of {PIXEL_SIZES}")
+    sources = _source_levels(levels, mpp)
+    gap = round(GAP_UM / mpp)
+    cell_h, cell_w = sources[0].shape[0] + gap, sources[0].shape[1] + gap
 
     def read(level: int, x: int, y: int, w: int, h: int) -> RGB:
         scale = 2**level
@@ -49,7 +55,7 @@ def mosaic_slide(path: Path, width: int, height: int, levels: int = 4) -> Path:
                     ]
         return out
 
-    write_pyramid(path, width, height, read, MPP, levels=levels, tile=512)
+    write_pyramid(path, width, height, read, mpp, levels=levels, tile=512)
     return path
 
 
@@ -58,14 +64,28 @@ def size_for(megapixels: float, aspect: float = 4 / 3) -> tuple[int, int]:
     return width, int(megapixels * 1e6 / width)
 
 
+def slide_path(folder: Path, megapixels: float, mpp: float = 0.25) -> Path:
+    """The generated slide of this size and pixel size in ``folder``, made once."""
+    width, height = size_for(megapixels)
+    suffix = "" if mpp == 0.25 else f"-{mpp}um"
+    path = folder / f"mosaic-{width}x{height}{suffix}.tiff"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.tiff")
+        mosaic_slide(partial, width, height, mpp=mpp)
+        partial.rename(path)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", type=Path)
     parser.add_argument("--megapixels", type=float, default=320)
+    parser.add_argument("--mpp", type=float, default=0.25, choices=PIXEL_SIZES)
     args = parser.parse_args()
     width, height = size_for(args.megapixels)
-    mosaic_slide(args.out, width, height)
-    print(f"{args.out}: {width} x {height} px ({width * height / 1e6:.0f} MP) at {MPP} um/px")
+    mosaic_slide(args.out, width, height, mpp=args.mpp)
+    print(f"{args.out}: {width} x {height} px ({width * height / 1e6:.0f} MP) at {args.mpp} um/px")
 
 
 if __name__ == "__main__":

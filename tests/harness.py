@@ -72,14 +72,21 @@ def _start(
     args: Sequence[str],
     env: Mapping[str, str],
     health: bool = True,
+    root: Path = ROOT,
 ) -> Service:
+    """``root``: the checkout whose code runs (another commit's worktree for
+    an A/B benchmark), ahead of the installed packages."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{name}.log"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    if root != ROOT:
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            [str(root), str(root / "clients"), str(root / "gateway")]
+        )
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", module, *args],
-            cwd=ROOT,
+            cwd=root,
             env=full_env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -108,24 +115,28 @@ def _start(
 
 
 def start_worker(workdir: Path, name: str = "worker", slots: int = 2, **extra: str) -> Service:
+    """``root=``: the checkout to run (see ``_start``); other keywords are flags."""
+    root = Path(extra.pop("root", str(ROOT)))
     extra.setdefault("metrics_port", "0")
     args = ["--worker-port", "0", "--slots", str(slots), "--results-dir", str(workdir / "results")]
     args += ["--slide-roots", str(SLIDES), "--progress-interval", "0.05"]
     for key, value in extra.items():
         args += [f"--{key.replace('_', '-')}", value]
-    return _start("worker_service", name, workdir, args, {})
+    return _start("worker_service", name, workdir, args, {}, root=root)
 
 
 def start_scheduler(workdir: Path, workers: Sequence[Service], **extra: int | str) -> Service:
-    """The journal lives in ``workdir`` unless ``journal=`` says otherwise, so a
+    """``root=``: the checkout to run (see ``_start``); other keywords are flags.
+    The journal lives in ``workdir`` unless ``journal=`` says otherwise, so a
     scheduler started again on the same workdir recovers its state."""
+    root = Path(str(extra.pop("root", ROOT)))
     extra.setdefault("journal", str(workdir / "scheduler-journal.sqlite"))
     extra.setdefault("metrics_port", "0")
     args = ["--scheduler-port", "0", "--slide-roots", str(SLIDES)]
     args += ["--worker-addresses", ",".join(w.address for w in workers)]
     for key, value in extra.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
-    return _start("scheduler_service", "scheduler", workdir, args, {})
+    return _start("scheduler_service", "scheduler", workdir, args, {}, root=root)
 
 
 def start_gateway(

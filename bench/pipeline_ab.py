@@ -1,0 +1,130 @@
+"""A/B of one CELL_SEGMENTATION job through the real services: this checkout
+against another commit (checked out once as a ``git worktree`` under
+bench/out/worktrees/), on a generated slide at 0.5 um/px, alternating which
+side goes first each round, each run on a fresh scheduler and worker.
+
+    python -m bench.pipeline_ab --baseline c584a48 [--megapixels 320] [--rounds 3]
+
+Prints, per side, every run's seconds, the median, the per-phase timings of
+the job's summary.json (where that commit writes them) and the worker's peak
+RSS (with its pool), then the ratio of the medians (baseline / this).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.pipeline_bench import OUT, through_services
+from bench.slide_generator import slide_path
+from tests.harness import ROOT
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
+
+WORKTREES = OUT / "worktrees"
+
+
+def worktree(revision: str) -> tuple[Path, str]:
+    """The commit's worktree (made on first use) and its full hash."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{revision}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    path = WORKTREES / commit[:12]
+    if not (path / ".git").exists():
+        WORKTREES.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), commit],
+            check=True,
+            capture_output=True,
+        )
+    return path, commit
+
+
+def _median_phases(runs: list[dict[str, Any]]) -> dict[str, float]:
+    names = {name for run in runs for name in run["timings"]}
+    return {
+        name: round(
+            statistics.median(run["timings"][name] for run in runs if name in run["timings"]), 3
+        )
+        for name in sorted(names)
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--baseline", required=True, help="commit to compare with (hash, tag, branch)"
+    )
+    parser.add_argument("--megapixels", type=float, default=320)
+    parser.add_argument("--mpp", type=float, default=0.5, choices=(0.25, 0.5))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--processes", type=int, default=0, help="worker pool processes (default: one per core)"
+    )
+    args = parser.parse_args()
+    slide = slide_path(OUT, args.megapixels, args.mpp)
+    baseline_root, baseline_commit = worktree(args.baseline)
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    sides = {"baseline": baseline_root, "this": ROOT}
+    flags = {"processes": str(args.processes)} if args.processes else {}
+    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "this": []}
+    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+        for round_ in range(args.rounds):
+            order = ["baseline", "this"] if round_ % 2 == 0 else ["this", "baseline"]
+            for side in order:
+                run = through_services(
+                    slide,
+                    pb.CELL_SEGMENTATION,
+                    Path(tmp) / f"{side}-{round_}",
+                    sides[side],
+                    **flags,
+                )
+                runs[side].append(run)
+                print(
+                    f"round {round_ + 1} {side}: {run['seconds']:.1f} s, {run['nuclei']} nuclei",
+                    flush=True,
+                )
+    report: dict[str, Any] = {
+        "machine": f"{platform.node()} {platform.machine()}",
+        "slide": f"{slide.name} at {args.mpp} um/px",
+        "baseline": baseline_commit[:12],
+        "this": head[:12] + (" (+ uncommitted changes)" if _dirty() else ""),
+    }
+    for side, side_runs in runs.items():
+        report[side + "_runs"] = {
+            "seconds": [round(r["seconds"], 2) for r in side_runs],
+            "median_s": round(statistics.median(r["seconds"] for r in side_runs), 2),
+            "nuclei": [r["nuclei"] for r in side_runs],
+            "phases_median_s": _median_phases(side_runs),
+            "worker_and_pool_peak_mb": max(r["worker_and_pool_mb"] for r in side_runs),
+        }
+    report["speedup_median"] = round(
+        report["baseline_runs"]["median_s"] / report["this_runs"]["median_s"], 2
+    )
+    print(json.dumps(report, indent=2))
+
+
+def _dirty() -> bool:
+    status = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return bool(status.stdout.strip())
+
+
+if __name__ == "__main__":
+    main()
