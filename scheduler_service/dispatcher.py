@@ -15,7 +15,9 @@ from typing import Any
 
 import grpc
 
+from scheduler_service.policy import State
 from scheduler_service.store import JobRecord, Store
+from scheduler_service.tissue_reuse import RecentMasks, mask_source
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as spb
 from wsi_protocol.worker.v1 import worker_pb2 as wpb
 from wsi_protocol.worker.v1 import worker_pb2_grpc as wpb_grpc
@@ -86,6 +88,8 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._kick_pending = False
         self._closing = False
+        # Masks of finished TISSUE_MASK jobs, handed to dependent jobs on the same slide.
+        self.tissue_masks: RecentMasks[wpb.TissueMask] = RecentMasks()
 
     @staticmethod
     def _link(address: str) -> WorkerLink:
@@ -220,6 +224,10 @@ class Dispatcher:
             params=job.params,
             attempt=job.attempt,
         )
+        source = mask_source(job, self.store.dependencies(job), State.SUCCEEDED)
+        mask = self.tissue_masks.get(source) if source else None
+        if mask is not None:
+            request.tissue_mask.CopyFrom(mask)
         call = link.stub.RunJob(request)
         self._calls[job_id] = call
         finished = False
@@ -232,6 +240,8 @@ class Dispatcher:
                     )
                 elif which == "result":
                     self.store.succeed(job_id, dict(update.result.files), update.result.summary)
+                    if update.result.HasField("tissue_mask"):
+                        self.tissue_masks.put(job_id, update.result.tissue_mask)
                     finished = True
                 elif which == "error":
                     self.store.fail(job_id, update.error.message)

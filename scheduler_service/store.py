@@ -178,6 +178,10 @@ class Store:
             raise NotFound(f"job {job_id!r} not found")
         return record
 
+    def dependencies(self, job: JobRecord) -> list[JobRecord]:
+        """The jobs ``job`` waits for (same workflow, so same user)."""
+        return [self._jobs[d] for d in job.depends_on_ids if d in self._jobs]
+
     def list_workflows(
         self, user: str, page_size: int, page_token: str
     ) -> tuple[list[WorkflowRecord], str]:

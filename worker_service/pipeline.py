@@ -26,6 +26,8 @@ from worker_service.stages import (
     segment_cells,
 )
 from worker_service.tile_pool import TilePool
+from worker_service.tissue import TissueMask
+from worker_service.tissue_codec import ReusedTissue
 from wsi_runtime import job_params
 from wsi_runtime.job_params import JobParams
 
@@ -38,12 +40,14 @@ class JobSpec:
     job_type: str
     slide_path: str
     params: Mapping[str, str]
+    tissue: ReusedTissue | None = None  # found by an earlier job on this slide
 
 
 @dataclass(frozen=True)
 class JobOutcome:
     files: dict[str, str]
     summary: dict[str, object]
+    tissue_mask: TissueMask | None = None  # a TISSUE_MASK job's, for later jobs to reuse
 
 
 @dataclass
@@ -90,7 +94,7 @@ def run_job(
     out_dir = results_dir / spec.job_id
     overview = read_overview(spec.slide_path, params, slides, ctx)
     timings.phase("overview_s")  # opening the slide, reading its overview
-    tissue = analyse_tissue(overview, params, out_dir, ctx)
+    tissue = analyse_tissue(overview, params, out_dir, ctx, spec.tissue)
     timings.phase("tissue_s")  # the mask, its polygons and files, the tile choice
     files = dict(tissue.files)
     preview = Preview(overview, tissue.polygons)
@@ -106,7 +110,8 @@ def run_job(
     timings.phase("preview_s")
     summary = _summary(spec, params, overview, tissue, cells, timings.total())
     files["summary.json"] = str(results.write_json(out_dir / "summary.json", summary))
-    return JobOutcome(files=files, summary=summary)
+    mask = tissue.mask if spec.job_type == "TISSUE_MASK" else None
+    return JobOutcome(files=files, summary=summary, tissue_mask=mask)
 
 
 def _summary(
@@ -138,6 +143,8 @@ def _summary(
         "overlap": params.overlap,
         "min_tissue": params.min_tissue,
         "tissue_fraction": round(float(tissue.mask.mask.mean()), 4),
+        # The TISSUE_MASK job whose mask this job took instead of finding it again.
+        "tissue_mask_from": tissue.reused_from or None,
         "tiles_total": tiles_total,
         "tiles_tissue": len(tissue.tissue_tiles),
         "tiles_skipped": tiles_total - len(tissue.tissue_tiles),

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import grpc
 from prometheus_client import CollectorRegistry
 
+from worker_service import tissue_codec
 from worker_service.errors import JobCancelled, JobError
 from worker_service.observability import WorkerMetrics
 from worker_service.pipeline import JOB_TYPES, JobOutcome, JobSpec, run_job, run_tissue_job
@@ -28,6 +29,8 @@ from worker_service.slide_access import SlideCache
 from worker_service.stages import DEFAULT_MAX_TILES, JobContext
 from worker_service.throttle import ProgressThrottle
 from worker_service.tile_pool import TilePool
+from worker_service.tissue import TissueMask
+from worker_service.tissue_codec import ReusedTissue
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as spb
 from wsi_protocol.worker.v1 import worker_pb2 as pb
 from wsi_protocol.worker.v1 import worker_pb2_grpc as pb_grpc
@@ -89,7 +92,9 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         except SlidePathError as exc:
             yield pb.JobUpdate(error=pb.JobError(message=str(exc)))
             return
-        spec = JobSpec(request.job_id, job_type, str(slide), dict(request.params))
+        spec = JobSpec(
+            request.job_id, job_type, str(slide), dict(request.params), _reused_tissue(request)
+        )
         loop = asyncio.get_running_loop()
         updates: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
         stop = threading.Event()
@@ -151,10 +156,9 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 await self._discard_results(spec.job_id)
                 yield pb.JobUpdate(error=pb.JobError(message=str(exc)))
                 return
-            result = pb.JobOutput(
-                files=outcome.files,
-                summary=json.dumps(outcome.summary),
-            )
+            result = pb.JobOutput(files=outcome.files, summary=json.dumps(outcome.summary))
+            if outcome.tissue_mask is not None:
+                result.tissue_mask.CopyFrom(_tissue_message(outcome.tissue_mask, spec.job_id))
             log.debug("job %s succeeded", spec.job_id)
             outcome_name = "succeeded"
             yield pb.JobUpdate(result=result)
@@ -178,3 +182,28 @@ class WorkerServicer(pb_grpc.WorkerServicer):
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _reused_tissue(request: pb.RunJobRequest) -> ReusedTissue | None:
+    """The earlier job's mask the scheduler sent, if any and readable: a
+    mask that cannot be read is not an error, the job finds its own."""
+    if not request.HasField("tissue_mask"):
+        return None
+    sent = request.tissue_mask
+    try:
+        mask = tissue_codec.decode(sent.mask_png, sent.downsample, sent.threshold)
+    except ValueError as exc:
+        log.warning(
+            "job %s: tissue mask of job %s not used: %s", request.job_id, sent.source_job_id, exc
+        )
+        return None
+    return ReusedTissue(mask, sent.source_job_id)
+
+
+def _tissue_message(mask: TissueMask, job_id: str) -> pb.TissueMask:
+    return pb.TissueMask(
+        mask_png=tissue_codec.encode(mask),
+        downsample=mask.downsample,
+        threshold=mask.threshold,
+        source_job_id=job_id,
+    )

@@ -15,7 +15,7 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw
 from shapely.geometry import Polygon
 
-from worker_service import results, tile_tasks
+from worker_service import results, tile_tasks, tissue_codec
 from worker_service.backends import INSTANSEG_MPP, BackendSpec
 from worker_service.errors import JobCancelled, JobFailed
 from worker_service.nuclei import NucleusParams, stain_reference
@@ -23,6 +23,7 @@ from worker_service.slide_access import SlideCache, SlideInfo, describe, read_th
 from worker_service.tile_pool import TilePool
 from worker_service.tiling import Tile, TileGrid, choose_level, usable_mpp
 from worker_service.tissue import TissueMask, detect_tissue, tile_tissue_fractions, tissue_polygons
+from worker_service.tissue_codec import ReusedTissue
 from wsi_runtime.job_params import JobParams
 
 OVERVIEW_SIZE = 1024  # longest side of the image tissue is found on (and the preview)
@@ -76,6 +77,7 @@ class TissueAnalysis:
     grid: TileGrid
     tissue_tiles: list[Tile]  # the tiles with at least min_tissue tissue
     files: dict[str, str]  # tissue.geojson, tissue_mask.png
+    reused_from: str = ""  # the job whose mask this is, when not found here
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,14 @@ def read_overview(path: str, params: JobParams, slides: SlideCache, ctx: JobCont
 
 
 def analyse_tissue(
-    overview: Overview, params: JobParams, out_dir: Path, ctx: JobContext
+    overview: Overview,
+    params: JobParams,
+    out_dir: Path,
+    ctx: JobContext,
+    reused: ReusedTissue | None = None,
 ) -> TissueAnalysis:
-    """Finds the tissue, writes it out, and picks the tiles worth segmenting.
+    """Finds the tissue (or takes ``reused``, an earlier job's mask of this
+    slide's overview), writes it out, and picks the tiles worth segmenting.
     A grid over ``ctx.max_tiles`` fails the job before any tile is made."""
     width, height = overview.level_size
     grid = TileGrid(width, height, params.tile_size, params.overlap)
@@ -110,14 +117,18 @@ def analyse_tissue(
             f" {ctx.max_tiles:,}. Use a larger tile_size or target_mpp"
         )
     ctx.check()
-    mask = detect_tissue(overview.image, overview.info.width / overview.image.shape[1])
+    scale = overview.info.width / overview.image.shape[1]
+    if reused is not None and tissue_codec.fits(reused.mask, overview.image.shape[:2], scale):
+        mask, reused_from = reused.mask, reused.source_job_id
+    else:
+        mask, reused_from = detect_tissue(overview.image, scale), ""
     polygons = tissue_polygons(mask)
     ctx.check()
     files = _write_tissue(out_dir, mask, polygons, overview.mpp)
     fractions = tile_tissue_fractions(mask, grid, overview.downsample)
     tissue_tiles = [t for t, f in zip(grid, fractions, strict=True) if f >= params.min_tissue]
     ctx.check()
-    return TissueAnalysis(mask, polygons, grid, tissue_tiles, files)
+    return TissueAnalysis(mask, polygons, grid, tissue_tiles, files, reused_from)
 
 
 def segment_cells(

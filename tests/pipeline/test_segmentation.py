@@ -12,13 +12,16 @@ import pytest
 from PIL import Image
 from shapely.geometry import Point, shape
 
-from tests.harness import SLIDES
+from tests.harness import CMU, SLIDES
 from tests.pipeline.support import centroids, f1, match, run
+from worker_service import stages
 from worker_service.errors import JobCancelled
 from worker_service.pipeline import JobSpec, run_job
 from worker_service.slide_access import SlideCache
 from worker_service.stages import JobContext
 from worker_service.tile_pool import TilePool
+from worker_service.tissue import TissueMask
+from worker_service.tissue_codec import ReusedTissue
 from wsi_runtime.job_params import InvalidParams
 from wsi_runtime.synthetic_slides import SyntheticSlide
 
@@ -259,3 +262,43 @@ def test_the_summary_times_every_phase_of_the_job(
     assert sum(timings[name] for name in serial + cells) == pytest.approx(
         timings["total_s"], abs=0.01
     )
+
+
+def test_a_segmentation_job_reuses_a_tissue_mask_instead_of_finding_it(
+    pool: TilePool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given the mask of a TISSUE_MASK job of the same slide, the job does not
+    look for tissue; given a mask of another size, it does."""
+    slide = str(SLIDES / CMU)
+    found = run_job(
+        JobSpec("mask", "TISSUE_MASK", slide, {}), tmp_path, JobContext(), SlideCache(), None
+    )
+    assert found.tissue_mask is not None
+    reused = ReusedTissue(found.tissue_mask, "mask")
+
+    def no_detection(*args: object) -> None:
+        raise AssertionError("the tissue was found again")
+
+    monkeypatch.setattr(stages, "detect_tissue", no_detection)
+    cells = run_job(
+        JobSpec("cells", "CELL_SEGMENTATION", slide, {}, reused),
+        tmp_path,
+        JobContext(),
+        SlideCache(),
+        pool,
+    )
+    assert cells.summary["tissue_mask_from"] == "mask"
+    assert cells.tissue_mask is None  # only a TISSUE_MASK job hands its mask on
+    for name in ("tissue.geojson", "tissue_mask.png"):
+        assert Path(cells.files[name]).read_bytes() == Path(found.files[name]).read_bytes()
+
+    monkeypatch.undo()
+    small = TissueMask(found.tissue_mask.mask[:10, :10], found.tissue_mask.downsample, 0.1)
+    again = run_job(
+        JobSpec("again", "TISSUE_MASK", slide, {}, ReusedTissue(small, "mask")),
+        tmp_path,
+        JobContext(),
+        SlideCache(),
+        None,
+    )
+    assert again.summary["tissue_mask_from"] is None

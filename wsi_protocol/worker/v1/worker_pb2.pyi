@@ -53,6 +53,7 @@ class RunJobRequest(_message.Message):
     WSI_PATH_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    TISSUE_MASK_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Names the job's results folder on the worker: 1 to 128 of A-Z a-z 0-9 . _ -"""
     job_type: _scheduler_pb2.JobType.ValueType
@@ -61,6 +62,13 @@ class RunJobRequest(_message.Message):
     attempt: _builtins.int
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def tissue_mask(self) -> Global___TissueMask:
+        """The tissue a finished TISSUE_MASK job found on this slide, when this job
+        depends on one: the worker uses it instead of finding the tissue again
+        (unless it does not fit this slide's overview).
+        """
+
     def __init__(
         self,
         *,
@@ -69,14 +77,48 @@ class RunJobRequest(_message.Message):
         wsi_path: _builtins.str = ...,
         params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         attempt: _builtins.int = ...,
+        tissue_mask: Global___TissueMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tissue_mask", b"tissue_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "job_type", b"job_type", "params", b"params", "wsi_path", b"wsi_path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "job_type", b"job_type", "params", b"params", "tissue_mask", b"tissue_mask", "wsi_path", b"wsi_path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunJobRequest: _TypeAlias = RunJobRequest  # noqa: Y015
+
+@_typing.final
+class TissueMask(_message.Message):
+    """A tissue mask at the job's overview scale, as a 1-bit PNG of a few KB."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MASK_PNG_FIELD_NUMBER: _builtins.int
+    DOWNSAMPLE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    SOURCE_JOB_ID_FIELD_NUMBER: _builtins.int
+    mask_png: _builtins.bytes
+    downsample: _builtins.float
+    """Level-0 pixels per mask pixel."""
+    threshold: _builtins.float
+    """The saturation threshold that found it."""
+    source_job_id: _builtins.str
+    """The job that found it."""
+    def __init__(
+        self,
+        *,
+        mask_png: _builtins.bytes = ...,
+        downsample: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        source_job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["downsample", b"downsample", "mask_png", b"mask_png", "source_job_id", b"source_job_id", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TissueMask: _TypeAlias = TissueMask  # noqa: Y015
 
 @_typing.final
 class TileProgress(_message.Message):
@@ -126,21 +168,27 @@ class JobOutput(_message.Message):
 
     FILES_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    TISSUE_MASK_FIELD_NUMBER: _builtins.int
     summary: _builtins.str
     """JSON summary of the job."""
     @_builtins.property
     def files(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Result file name -> path."""
 
+    @_builtins.property
+    def tissue_mask(self) -> Global___TissueMask:
+        """A TISSUE_MASK job's mask, for later jobs on the same slide."""
+
     def __init__(
         self,
         *,
         files: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         summary: _builtins.str = ...,
+        tissue_mask: Global___TissueMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tissue_mask", b"tissue_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "summary", b"summary", "tissue_mask", b"tissue_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
