@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := protos/wsi/scheduler/v1/scheduler.proto protos/wsi/worker/v1/worker.proto
 GEN    := wsi_protocol/scheduler wsi_protocol/worker
 
-.PHONY: all venv run test test-fast lint proto proto-check bench clean browser
+.PHONY: all venv run test test-fast lint proto proto-check bench clean browser torch
 
 all: test
 
@@ -26,7 +26,7 @@ run: $(STAMP)
 	$(BIN)/python -m wsi_runtime.launch
 
 ## Everything CI checks: generated code fresh, lint, the whole test suite.
-test: $(STAMP) browser proto-check lint
+test: $(STAMP) browser torch proto-check lint
 	$(BIN)/python -m pytest -q -rs
 
 ## Debian's Chromium for the browser tests (Playwright drives it; nothing is downloaded
@@ -36,6 +36,17 @@ browser:
 		if [ "$$(id -u)" = 0 ]; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else echo "chromium missing and not root: browser tests will be skipped"; fi; }
+
+## PyTorch's CPU build, for the tests of the InstanSeg backend (batched inference on a
+## scripted model), when a local wheel of it is at hand: this workplace keeps one where
+## PIP_FIND_LINKS points. Elsewhere those tests are skipped; `pip install '.[instanseg]'`
+## installs PyTorch for real use.
+TORCH_CPU := 2.13.0+cpu
+torch: $(STAMP)
+	@$(BIN)/python -c "import torch" 2>/dev/null || { \
+		if ls $${PIP_FIND_LINKS:-/nonexistent}/torch-$(TORCH_CPU)-*.whl >/dev/null 2>&1; then \
+			$(BIN)/python -m pip install --quiet "torch==$(TORCH_CPU)"; \
+		else echo "no local CPU wheel of torch $(TORCH_CPU): InstanSeg model tests will be skipped"; fi; }
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"

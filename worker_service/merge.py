@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from worker_service.nuclei import Nucleus
+from worker_service.shapes import Ring
 from worker_service.tiling import Tile
 
 
@@ -15,7 +18,7 @@ class SlideNucleus:
     """A nucleus in level-0 pixel coordinates."""
 
     centroid: tuple[float, float]
-    polygon: tuple[tuple[float, float], ...]
+    polygon: Ring  # closed ring of (x, y), shape (n, 2)
     area_px: int  # at the level it was segmented
 
 
@@ -30,10 +33,7 @@ def keep_owned(tile: Tile, found: Iterable[Nucleus], downsample: float) -> list[
         owned.append(
             SlideNucleus(
                 centroid=(cx * downsample, cy * downsample),
-                polygon=tuple(
-                    ((x + tile.x) * downsample, (y + tile.y) * downsample)
-                    for x, y in nucleus.polygon
-                ),
+                polygon=(nucleus.polygon + np.array([tile.x, tile.y])) * downsample,
                 area_px=nucleus.area_px,
             )
         )

@@ -92,6 +92,20 @@ def stain_reference(samples: Sequence[RGB], floor: float = 0.05) -> StainReferen
 
 def segment_nuclei(rgb: RGB, reference: StainReference, params: NucleusParams) -> Labels:
     """Labelled nuclei (0 is background) of an RGB tile."""
+    labels, _ = _segment(rgb, reference, params)
+    return labels
+
+
+def find_nuclei(rgb: RGB, reference: StainReference, params: NucleusParams) -> list[Nucleus]:
+    """The nuclei of an RGB tile with their outlines: ``segment_nuclei``
+    without tracing the kept objects a second time."""
+    _, traced = _segment(rgb, reference, params)
+    return _nuclei(traced)
+
+
+def _segment(
+    rgb: RGB, reference: StainReference, params: NucleusParams
+) -> tuple[Labels, shapes.Traced]:
     px_area = params.mpp * params.mpp
     min_area = max(4, int(params.min_area_um2 / px_area))
     max_area = int(params.max_area_um2 / px_area)
@@ -100,30 +114,33 @@ def segment_nuclei(rgb: RGB, reference: StainReference, params: NucleusParams) -
     foreground = ((h > reference.threshold) & tissue_pixels(rgb)).astype(np.uint8)
     foreground = morphology.fill_holes(morphology.open_cross(foreground))
     if not foreground.any():
-        return np.zeros(rgb.shape[:2], np.int32)
+        labels: Labels = np.zeros(rgb.shape[:2], np.int32)
+        return labels, shapes.trace(labels)
     distance = morphology.gaussian(morphology.distance_to_background(foreground), 1.0)
     maxima = morphology.h_maxima(distance, params.marker_h_um / params.mpp)
     # 8-connected: a plateau's pixels that touch only diagonally are still one marker.
     _, markers = cv2.connectedComponents(maxima, connectivity=8, ltype=cv2.CV_32S)
     labels = morphology.flood(-distance, markers, foreground)
-    return _kept(labels, min_area, max_area, params.min_solidity)
-
-
-def _kept(labels: Labels, min_area: int, max_area: int, min_solidity: float) -> Labels:
-    """Objects within the size bounds and solid enough, numbered 1..n."""
     traced = shapes.trace(labels)
+    keep = _sized_and_solid(traced, min_area, max_area, params.min_solidity)
+    new_label = np.zeros(int(labels.max()) + 1, np.int32)
+    new_label[traced.labels[keep]] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return new_label[labels], traced.subset(keep)
+
+
+def _sized_and_solid(
+    traced: shapes.Traced, min_area: int, max_area: int, min_solidity: float
+) -> npt.NDArray[np.bool_]:
+    """Which objects are within the size bounds and solid enough."""
     sized = (traced.areas >= min_area) & (traced.areas <= max_area)
     # The cheap bound decides clear cases; pixels are counted where it cannot.
     bound = np.maximum(shapes.convex_area_bounds(traced), 1.0)
-    solid = sized & (traced.areas >= min_solidity * bound)
+    solid: npt.NDArray[np.bool_] = sized & (traced.areas >= min_solidity * bound)
     unsure = solid & (traced.areas < 1.07 * min_solidity * bound)
     for index in np.flatnonzero(unsure):
         exact = shapes.convex_area_px(traced.boundaries[index])
         solid[index] = traced.areas[index] >= min_solidity * exact
-    new_label = np.zeros(int(labels.max()) + 1, np.int32)
-    new_label[traced.labels[solid]] = np.arange(1, int(solid.sum()) + 1, dtype=np.int32)
-    result: Labels = new_label[labels]
-    return result
+    return solid
 
 
 @dataclass(frozen=True)
@@ -131,15 +148,18 @@ class Nucleus:
     """One nucleus in the coordinates of the image it was found in."""
 
     centroid: tuple[float, float]  # (x, y)
-    polygon: tuple[tuple[float, float], ...]  # closed ring of (x, y)
+    polygon: shapes.Ring  # closed ring of (x, y), shape (n, 2)
     area_px: int
 
 
 def nuclei_from_labels(labels: Labels) -> list[Nucleus]:
-    traced = shapes.trace(labels)
+    return _nuclei(shapes.trace(labels))
+
+
+def _nuclei(traced: shapes.Traced) -> list[Nucleus]:
     rings = shapes.outlines(traced)
     return [
-        Nucleus((float(x), float(y)), tuple(map(tuple, ring.tolist())), int(area))
+        Nucleus((x, y), ring, area)
         for (x, y), ring, area in zip(
             traced.centroids.tolist(), rings, traced.areas.tolist(), strict=True
         )

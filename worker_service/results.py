@@ -71,9 +71,13 @@ class FeatureCollectionWriter:
         self.count = 0
 
     def add(self, feature: dict[str, object]) -> None:
+        self.add_text(json.dumps(feature, separators=(",", ":")))
+
+    def add_text(self, feature: str) -> None:
+        """A feature already encoded as JSON."""
         if self.count:
             self._file.handle.write(",\n")
-        self._file.handle.write(json.dumps(feature, separators=(",", ":")))
+        self._file.handle.write(feature)
         self.count += 1
 
     def close(self, ok: bool = True) -> Path:
@@ -97,12 +101,13 @@ def _ring(points: Iterable[Sequence[float]]) -> list[list[float]]:
 
 
 def nucleus_feature(
-    polygon: Sequence[Sequence[float]],
+    polygon: npt.NDArray[np.float64],
     centroid: Sequence[float],
     area_um2: float | None,
     area_px: float,
 ) -> dict[str, object]:
-    """A QuPath detection: objectType, classification and measurements."""
+    """A QuPath detection: objectType, classification and measurements.
+    ``polygon``: a closed ring, (n, 2) of (x, y)."""
     measurements: dict[str, float] = {
         "Centroid X px": round(float(centroid[0]), 2),
         "Centroid Y px": round(float(centroid[1]), 2),
@@ -112,13 +117,23 @@ def nucleus_feature(
         measurements["Area µm^2"] = round(area_um2, 3)
     return {
         "type": "Feature",
-        "geometry": {"type": "Polygon", "coordinates": [_ring(polygon)]},
+        "geometry": {"type": "Polygon", "coordinates": [np.round(polygon, 2).tolist()]},
         "properties": {
             "objectType": "detection",
             "classification": {"name": "Nucleus", "color": NUCLEUS_COLOR},
             "measurements": measurements,
         },
     }
+
+
+def nucleus_feature_text(
+    polygon: npt.NDArray[np.float64],
+    centroid: Sequence[float],
+    area_um2: float | None,
+    area_px: float,
+) -> str:
+    """``nucleus_feature`` as the compact JSON that cells.geojson holds."""
+    return json.dumps(nucleus_feature(polygon, centroid, area_um2, area_px), separators=(",", ":"))
 
 
 def tissue_feature(

@@ -37,6 +37,14 @@ class Traced:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def subset(self, keep: npt.NDArray[np.bool_]) -> Traced:
+        return Traced(
+            self.labels[keep],
+            [b for b, kept in zip(self.boundaries, keep.tolist(), strict=True) if kept],
+            self.areas[keep],
+            self.centroids[keep],
+        )
+
 
 def trace(labels: Labels) -> Traced:
     """Every labelled object's boundary, pixel count and centroid."""
@@ -151,8 +159,9 @@ def outlines(traced: Traced) -> list[Ring]:
     moved = np.stack([points + across[prev], points + across], axis=1)
     distinct = np.ones((len(points), 2), bool)
     distinct[:, 1] = np.any(across != across[prev], axis=1)
-    kept_per_ring = np.add.reduceat(distinct.sum(axis=1), starts)
-    flat = moved[distinct]
+    flat, kept_per_ring = _without_straight_through(
+        moved[distinct], np.add.reduceat(distinct.sum(axis=1), starts)
+    )
     rings = []
     offset = 0
     for start, length, kept in zip(
@@ -167,3 +176,17 @@ def outlines(traced: Traced) -> list[Ring]:
         offset += kept
         rings.append(np.concatenate([ring, ring[:1]]))
     return rings
+
+
+def _without_straight_through(points: Ring, lengths: Ints) -> tuple[Ring, Ints]:
+    """Rings laid end to end, less every point that lies on the straight line
+    through its neighbours: the same polygons in about half the points."""
+    nxt = _next_in_ring(lengths)
+    prev = np.empty_like(nxt)
+    prev[nxt] = np.arange(len(nxt))
+    before, after = points - points[prev], points[nxt] - points
+    turn = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    onward = (before * after).sum(axis=1) > 0
+    keep = ~((np.abs(turn) < 1e-9) & onward) | (np.repeat(lengths, lengths) <= 4)
+    ring_of = np.repeat(np.arange(len(lengths)), lengths)
+    return points[keep], np.bincount(ring_of[keep], minlength=len(lengths))

@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw
 from shapely.geometry import Polygon
 
 from worker_service import results, tile_tasks, tissue_codec
-from worker_service.backends import INSTANSEG_MPP, BackendSpec
-from worker_service.errors import JobCancelled, JobFailed
+from worker_service.backends import INSTANSEG_MPP, BackendSpec, instanseg_settings
+from worker_service.errors import BackendUnavailable, JobCancelled, JobFailed
 from worker_service.nuclei import NucleusParams, stain_reference
 from worker_service.slide_access import SlideCache, SlideInfo, describe, read_thumbnail
 from worker_service.tile_pool import TilePool
@@ -67,7 +67,7 @@ class Overview:
         return round(self.mpp * self.downsample, 4) if self.mpp else None
 
     def task(self, tile: Tile) -> tile_tasks.TileTask:
-        return tile_tasks.TileTask(self.path, self.level, self.downsample, tile)
+        return tile_tasks.TileTask(self.path, self.level, self.downsample, tile, self.mpp)
 
 
 @dataclass(frozen=True)
@@ -150,23 +150,21 @@ def segment_cells(
     tiles = tissue.tissue_tiles
     total = len(tiles)
     ctx.report(0, total)
-    um2_per_px0 = overview.mpp * overview.mpp if overview.mpp else None
-    scale = overview.downsample * overview.downsample
     cells = results.FeatureCollectionWriter(out_dir / "cells.geojson")
     done = 0
     ok = False
     try:
-        tasks = (overview.task(tile) for tile in tiles)
-        for _, found in pool.imap(tile_tasks.segment_tile, tasks, (backend,), ctx.cancelled):
-            ctx.on_tile(found.seconds)
-            for nucleus in found.nuclei:
-                area_px0 = nucleus.area_px * scale
-                area_um2 = area_px0 * um2_per_px0 if um2_per_px0 else None
-                cells.add(
-                    results.nucleus_feature(nucleus.polygon, nucleus.centroid, area_um2, area_px0)
-                )
-                preview.nucleus(nucleus.centroid)
-            done += 1
+        # One tile per pool task (a batch for a model): every process busy to the last tile.
+        size = backend.batch_size
+        chunks = ([overview.task(t) for t in tiles[i : i + size]] for i in range(0, total, size))
+        for _, chunk in pool.imap(tile_tasks.segment_tiles, chunks, (backend,), ctx.cancelled):
+            for found in chunk:
+                ctx.on_tile(found.seconds)
+                for feature in found.features:
+                    cells.add_text(feature)
+                for centroid in found.centroids:
+                    preview.nucleus(centroid)
+                done += 1
             ctx.report(done, total)
         ok = True
     finally:
@@ -182,9 +180,16 @@ def _backend(
     pool: TilePool,
 ) -> tuple[BackendSpec, dict[str, object]]:
     if params.backend == "instanseg":
-        return BackendSpec("instanseg", model_path=model_path), {
+        try:
+            device, batch_size = instanseg_settings()
+        except ValueError as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        spec = BackendSpec("instanseg", model_path=model_path, device=device, batch_size=batch_size)
+        return spec, {
             "model": model_path,
             "model_mpp": INSTANSEG_MPP,
+            "device": device,
+            "batch_size": batch_size,
         }
     # Classical: one haematoxylin threshold for the whole slide, from tiles spread over it.
     step = max(1, len(tissue_tiles) // REFERENCE_TILES)

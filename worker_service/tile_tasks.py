@@ -7,20 +7,22 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import openslide
 
-from worker_service.backends import BackendSpec, build
+from worker_service import results
+from worker_service.backends import BackendSpec, Segmenter, build
 from worker_service.errors import TileReadError
 from worker_service.merge import SlideNucleus, keep_owned
 from worker_service.nuclei import (
     RGB,
     NucleusParams,
     StainReference,
-    nuclei_from_labels,
     segment_nuclei,
 )
 from worker_service.slide_access import SlideCache, rgb_over_white
@@ -36,6 +38,7 @@ class TileTask:
     level: int
     downsample: float
     tile: Tile
+    mpp: float | None = None  # level-0 um per pixel, for nucleus areas in um^2
 
 
 def read_tile(task: TileTask) -> RGB:
@@ -52,15 +55,58 @@ def read_tile(task: TileTask) -> RGB:
 
 @dataclass(frozen=True)
 class TileResult:
-    nuclei: list[SlideNucleus]
+    """A tile's nuclei as GeoJSON features ready to write (encoded here, in
+    the pool, not in the worker's one main process) and their level-0
+    centroids, for the preview."""
+
+    features: list[str]
+    centroids: list[tuple[float, float]]
     seconds: float  # reading and segmenting it, in the pool process
 
 
-def segment_tile(task: TileTask, backend: BackendSpec) -> TileResult:
-    started = time.perf_counter()
-    labels = build(backend)(read_tile(task))
-    nuclei = keep_owned(task.tile, nuclei_from_labels(labels), task.downsample)
-    return TileResult(nuclei, time.perf_counter() - started)
+def segment_tiles(tasks: Sequence[TileTask], backend: BackendSpec) -> list[TileResult]:
+    """Reads and segments ``tasks`` in order, ``backend.batch_size`` tiles per
+    pass of the segmenter. With more than one pass, a reader thread decodes
+    the next batch while the segmenter works on this one (OpenSlide and
+    PyTorch both release the GIL)."""
+    segmenter = build(backend)
+    size = max(1, backend.batch_size)
+    batches = [tasks[i : i + size] for i in range(0, len(tasks), size)]
+    if len(batches) == 1:
+        started = time.perf_counter()
+        return _segmented(segmenter, batches[0], [read_tile(t) for t in batches[0]], started)
+    results: list[TileResult] = []
+    with ThreadPoolExecutor(1, thread_name_prefix="tile-reader") as reader:
+        pending = [reader.submit(_read_all, batch) for batch in batches]
+        for batch, decoded in zip(batches, pending, strict=True):
+            started = time.perf_counter()
+            results += _segmented(segmenter, batch, decoded.result(), started)
+    return results
+
+
+def _read_all(tasks: Sequence[TileTask]) -> list[RGB]:
+    return [read_tile(task) for task in tasks]
+
+
+def _segmented(
+    segmenter: Segmenter, tasks: Sequence[TileTask], tiles: list[RGB], started: float
+) -> list[TileResult]:
+    owned = [
+        keep_owned(task.tile, nuclei, task.downsample)
+        for task, nuclei in zip(tasks, segmenter.find(tiles), strict=True)
+    ]
+    encoded = [
+        ([_feature(nucleus, task) for nucleus in nuclei], [n.centroid for n in nuclei])
+        for task, nuclei in zip(tasks, owned, strict=True)
+    ]
+    per_tile = (time.perf_counter() - started) / max(1, len(tasks))
+    return [TileResult(features, centroids, per_tile) for features, centroids in encoded]
+
+
+def _feature(nucleus: SlideNucleus, task: TileTask) -> str:
+    area_px0 = nucleus.area_px * task.downsample * task.downsample
+    area_um2 = area_px0 * task.mpp * task.mpp if task.mpp else None
+    return results.nucleus_feature_text(nucleus.polygon, nucleus.centroid, area_um2, area_px0)
 
 
 def start_process(parent_pid: int, cancel_board: Any) -> None:

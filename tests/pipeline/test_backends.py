@@ -4,6 +4,7 @@ the adapter itself on a tiny TorchScript module built here when torch exists."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,15 @@ import pytest
 
 from tests.harness import SLIDES
 from tests.pipeline.support import run
-from worker_service.backends import INSTANSEG_ENV, BackendSpec, build
+from worker_service.backends import (
+    BATCH_ENV,
+    DEVICE_ENV,
+    INSTANSEG_ENV,
+    BackendSpec,
+    InstanSegSegmenter,
+    build,
+    instanseg_settings,
+)
 from worker_service.errors import JobError
 from worker_service.tile_pool import TilePool
 
@@ -55,3 +64,89 @@ def test_instanseg_adapter_runs_a_torchscript_model(tmp_path: Path) -> None:
     labels = build(BackendSpec("instanseg", model_path=str(path)))(image)
     assert labels.shape == (64, 64) and labels.dtype == np.int32
     assert labels[25, 25] == 1 and labels[5, 5] == 0
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is an optional extra (pip install '.[instanseg]')")
+def test_batched_inference_gives_the_labels_of_one_tile_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the CPU, tiles stacked into one forward pass (edge tiles of another
+    size in a pass of their own) come out as each alone would."""
+    import torch
+
+    class ConvBlobs(torch.nn.Module):  # type: ignore[misc]
+        """A convolution, a threshold and a label per 8 px block: batch-sized
+        work like the real model's, with labels that depend on every pixel."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 5, padding=2)
+            torch.nn.init.normal_(
+                self.conv.weight, std=0.2, generator=torch.Generator().manual_seed(1)
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            response = self.conv(x).sum(dim=1, keepdim=True)
+            blocks = (
+                torch.arange(x.shape[2] * x.shape[3]).view(1, 1, x.shape[2], x.shape[3]) // 8 + 1
+            )
+            return torch.where(response > 0.5, blocks, torch.zeros_like(blocks)).to(torch.float32)
+
+    path = tmp_path / "conv.pt"
+    torch.jit.script(ConvBlobs()).save(str(path))
+    rng = np.random.default_rng(7)
+    tiles = [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(5)]
+    tiles.insert(2, rng.integers(0, 256, (40, 96, 3), dtype=np.uint8))  # an edge tile
+    segmenter = InstanSegSegmenter(str(path), "cpu")
+    batched = segmenter.segment_batch(tiles)
+    alone = [segmenter(tile) for tile in tiles]
+    assert [labels.shape for labels in batched] == [tile.shape[:2] for tile in tiles]
+    for together, single in zip(batched, alone, strict=True):
+        assert together.dtype == np.int32
+        assert np.array_equal(together, single)
+    assert any(labels.any() for labels in batched) and not all(labels.all() for labels in batched)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is an optional extra (pip install '.[instanseg]')")
+def test_a_job_in_batches_finds_what_it_finds_tile_by_tile(
+    pool: TilePool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the pool: tiles taken 3 at a time (read ahead by a thread,
+    segmented in one pass) give the cells of one tile at a time."""
+    import torch
+
+    class DarkBlobs(torch.nn.Module):  # type: ignore[misc]
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x.mean(dim=1, keepdim=True) < 0.35).to(torch.float32)
+
+    model = tmp_path / "dark.pt"
+    torch.jit.script(DarkBlobs()).save(str(model))
+    monkeypatch.setenv(INSTANSEG_ENV, str(model))
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    cells = {}
+    for batch in ("1", "3"):
+        monkeypatch.setenv(BATCH_ENV, batch)
+        outcome = run(
+            pool, tmp_path / batch, str(SLIDES / "CMU-1-Small-Region.svs"), backend="instanseg"
+        )
+        assert outcome.summary["backend_details"]["batch_size"] == int(batch)  # type: ignore[index]
+        features = json.loads(Path(outcome.files["cells.geojson"]).read_text())["features"]
+        # Sorted: tiles (and batches) are written in the order they finish.
+        cells[batch] = sorted(json.dumps(feature, sort_keys=True) for feature in features)
+    assert cells["1"] == cells["3"]
+    assert len(cells["1"]) > 10
+
+
+def test_instanseg_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DEVICE_ENV, "tpu")
+    with pytest.raises(ValueError, match=DEVICE_ENV):
+        instanseg_settings()
+    monkeypatch.setenv(DEVICE_ENV, "cuda:1")
+    monkeypatch.setenv(BATCH_ENV, "0")
+    with pytest.raises(ValueError, match=BATCH_ENV):
+        instanseg_settings()
+    monkeypatch.setenv(BATCH_ENV, "16")
+    assert instanseg_settings() == ("cuda:1", 16)
+    monkeypatch.delenv(DEVICE_ENV)
+    monkeypatch.delenv(BATCH_ENV)
+    assert instanseg_settings() == ("auto", 8)

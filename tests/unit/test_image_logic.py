@@ -37,7 +37,9 @@ def test_any_centroid_is_owned_by_exactly_one_tile(cx: float, cy: float, overlap
     tiles = tile_grid(2000, 1500, 512, overlap)
     owners = 0
     for tile in tiles:
-        local = Nucleus((cx - tile.x, cy - tile.y), ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0)), 10)
+        local = Nucleus(
+            (cx - tile.x, cy - tile.y), np.array([(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]), 10
+        )
         if not (0 <= local.centroid[0] < tile.width and 0 <= local.centroid[1] < tile.height):
             continue
         owners += len(keep_owned(tile, [local], downsample=1.0))
@@ -47,11 +49,14 @@ def test_any_centroid_is_owned_by_exactly_one_tile(cx: float, cy: float, overlap
 def test_keep_owned_moves_to_level_0() -> None:
     tile = tile_grid(1024, 1024, 512, 64)[1]  # x = 448
     (kept,) = keep_owned(
-        tile, [Nucleus((100.0, 50.0), ((100.0, 40.0), (110.0, 50.0), (100.0, 60.0)), 7)], 4.0
+        tile,
+        [Nucleus((100.0, 50.0), np.array([(100.0, 40.0), (110.0, 50.0), (100.0, 60.0)]), 7)],
+        4.0,
     )
     assert kept.centroid == ((448 + 100) * 4.0, 50 * 4.0)
-    assert kept.polygon[0] == ((448 + 100) * 4.0, 40 * 4.0)
-    assert keep_owned(tile, [Nucleus((5.0, 5.0), ((5.0, 5.0),), 1)], 1.0) == []  # in the overlap
+    assert tuple(kept.polygon[0]) == ((448 + 100) * 4.0, 40 * 4.0)
+    in_the_overlap = Nucleus((5.0, 5.0), np.array([(5.0, 5.0)]), 1)
+    assert keep_owned(tile, [in_the_overlap], 1.0) == []
 
 
 def test_tile_tissue_fractions_from_the_mask() -> None:
