@@ -168,6 +168,7 @@ def through_services(
             "seconds": seconds,
             "nuclei": summary.get("nuclei", 0),
             "timings": summary.get("timings", {}),
+            "files": dict(job.result.files),
             **peak_rss_mb(worker),
         }
 
