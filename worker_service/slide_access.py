@@ -50,7 +50,7 @@ def open_slide(path: str) -> openslide.OpenSlide:
 # once each here (a job's tiles go round the pool's processes; an overview is
 # read in strips of whole tile rows), so a small cache saves that memory in
 # every process for nothing.
-TILE_CACHE_BYTES = 4 * 2**20
+TILE_CACHE_BYTES = 8 * 2**20
 
 
 class SlideCache:

@@ -29,6 +29,7 @@ from wsi_runtime.job_params import JobParams
 OVERVIEW_SIZE = 1024  # longest side of the image tissue is found on (and the preview)
 REFERENCE_TILES = 8  # tissue tiles sampled for the slide's stain reference
 DEFAULT_MAX_TILES = 100_000  # tiles one job may cover (worker setting --max-tiles-per-job)
+CLASSICAL_CHUNK = 4
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ def _backend(
     nucleus_params = NucleusParams(
         mpp=(overview.mpp or JobParams().target_mpp) * overview.downsample
     )
-    return BackendSpec("classical", reference, nucleus_params), {
+    return BackendSpec("classical", reference, nucleus_params, batch_size=CLASSICAL_CHUNK), {
         "threshold": round(reference.threshold, 4),
         "h_p99": round(reference.h_high, 4),
     }
