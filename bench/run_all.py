@@ -11,9 +11,16 @@ import sys
 def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     print(f"# {platform.node()} ({machine}), Python {platform.python_version()}")
-    for module in ("bench.policy_decisions", "bench.e2e_throughput", "bench.pipeline_bench"):
-        print(f"\n## python -m {module}", flush=True)
-        subprocess.run([sys.executable, "-m", module], check=True)
+    for command in (
+        ["bench.policy_decisions"],
+        ["bench.e2e_throughput"],
+        ["bench.pipeline_bench"],
+        ["bench.segmenter_profile"],
+        ["bench.pipeline_scaling"],
+        ["bench.pipeline_ab", "--baseline", "c584a48"],  # before the segmenter of issue #14
+    ):
+        print(f"\n## python -m {' '.join(command)}", flush=True)
+        subprocess.run([sys.executable, "-m", *command], check=True)
 
 
 if __name__ == "__main__":

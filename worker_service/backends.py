@@ -55,7 +55,8 @@ class BackendSpec:
     params: NucleusParams | None = None
     model_path: str = ""
     device: str = "auto"
-    batch_size: int = 1  # tiles a pool process takes at once
+    batch_size: int = 1  # tiles per pass of the segmenter
+    tiles_per_task: int = 1  # tiles a pool process takes at once (whole batches)
 
 
 def instanseg_settings() -> tuple[str, int]:

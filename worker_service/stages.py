@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 from shapely.geometry import Polygon
 
 from worker_service import results, tile_tasks, tissue_codec
@@ -29,7 +29,11 @@ from wsi_runtime.job_params import JobParams
 OVERVIEW_SIZE = 1024  # longest side of the image tissue is found on (and the preview)
 REFERENCE_TILES = 8  # tissue tiles sampled for the slide's stain reference
 DEFAULT_MAX_TILES = 100_000  # tiles one job may cover (worker setting --max-tiles-per-job)
-CLASSICAL_CHUNK = 4
+# Tiles per pool task. Classical: four row neighbours share decoded slide tiles
+# in one process's cache. InstanSeg: four batches, so that a reader thread
+# decodes each next batch while the model runs on one.
+CLASSICAL_TILES_PER_TASK = 4
+BATCHES_PER_TASK = 4
 
 
 @dataclass(frozen=True)
@@ -156,15 +160,14 @@ def segment_cells(
     ok = False
     try:
         # One tile per pool task (a batch for a model): every process busy to the last tile.
-        size = backend.batch_size
+        size = backend.tiles_per_task
         chunks = ([overview.task(t) for t in tiles[i : i + size]] for i in range(0, total, size))
         for _, chunk in pool.imap(tile_tasks.segment_tiles, chunks, (backend,), ctx.cancelled):
             for found in chunk:
                 ctx.on_tile(found.seconds)
                 for feature in found.features:
                     cells.add_text(feature)
-                for centroid in found.centroids:
-                    preview.nucleus(centroid)
+                preview.nuclei(found.centroids)
                 done += 1
             ctx.report(done, total)
         ok = True
@@ -185,7 +188,13 @@ def _backend(
             device, batch_size = instanseg_settings()
         except ValueError as exc:
             raise BackendUnavailable(str(exc)) from exc
-        spec = BackendSpec("instanseg", model_path=model_path, device=device, batch_size=batch_size)
+        spec = BackendSpec(
+            "instanseg",
+            model_path=model_path,
+            device=device,
+            batch_size=batch_size,
+            tiles_per_task=BATCHES_PER_TASK * batch_size,
+        )
         return spec, {
             "model": model_path,
             "model_mpp": INSTANSEG_MPP,
@@ -199,29 +208,47 @@ def _backend(
     nucleus_params = NucleusParams(
         mpp=(overview.mpp or JobParams().target_mpp) * overview.downsample
     )
-    return BackendSpec("classical", reference, nucleus_params, batch_size=CLASSICAL_CHUNK), {
+    spec = BackendSpec(
+        "classical",
+        reference,
+        nucleus_params,
+        batch_size=CLASSICAL_TILES_PER_TASK,
+        tiles_per_task=CLASSICAL_TILES_PER_TASK,
+    )
+    return spec, {
         "threshold": round(reference.threshold, 4),
         "h_p99": round(reference.h_high, 4),
     }
 
 
 class Preview:
-    """The overview with the tissue outline and a dot per nucleus, for the UI."""
+    """The overview with the tissue outline and a dot per nucleus, for the UI.
+    Nuclei are marked in a mask as tiles arrive and drawn once at the end:
+    the worker's main process stays free for the pool's results."""
+
+    DOT = (255, 220, 0)
 
     def __init__(self, overview: Overview, polygons: list[Polygon]) -> None:
         self.image = Image.fromarray(overview.image).copy()
         self.scale = self.image.width / overview.info.width  # preview px per level-0 px
-        self._draw = ImageDraw.Draw(self.image)
+        draw = ImageDraw.Draw(self.image)
         for polygon in polygons:
             for ring in (polygon.exterior, *polygon.interiors):
                 points = [(x * self.scale, y * self.scale) for x, y in ring.coords]
-                self._draw.line(points, fill=(0, 160, 0), width=2)
+                draw.line(points, fill=(0, 160, 0), width=2)
+        self._dots = np.zeros((self.image.height, self.image.width), np.uint8)
 
-    def nucleus(self, centroid: tuple[float, float]) -> None:
-        x, y = centroid[0] * self.scale, centroid[1] * self.scale
-        self._draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill=(255, 220, 0))
+    def nuclei(self, centroids: list[tuple[float, float]]) -> None:
+        if not centroids:
+            return
+        at = np.rint(np.asarray(centroids) * self.scale).astype(np.int64)
+        height, width = self._dots.shape
+        inside = (at[:, 0] >= 0) & (at[:, 0] < width) & (at[:, 1] >= 0) & (at[:, 1] < height)
+        self._dots[at[inside, 1], at[inside, 0]] = 255
 
     def write(self, out_dir: Path) -> str:
+        dots = Image.fromarray(self._dots, mode="L").filter(ImageFilter.MaxFilter(3))
+        self.image.paste(self.DOT, mask=dots)  # a 3 x 3 dot on each nucleus
         # Level 1: a third faster than the default on a 1024 px preview, 9 % larger.
         return str(results.write_png(out_dir / "preview.png", self.image, 1))
 

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import openslide
 
@@ -110,10 +111,12 @@ def _feature(nucleus: SlideNucleus, task: TileTask) -> str:
 
 
 def start_process(parent_pid: int, cancel_board: Any) -> None:
-    """Pool initializer: keeps the worker's cancellation board and ends with
-    the worker."""
+    """Pool initializer: keeps the worker's cancellation board, ends with the
+    worker, and keeps OpenCV to one thread: the pool is the parallelism, and
+    OpenCV's own threads in every process would only fight over the cores."""
     global _cancel_board
     _cancel_board = cancel_board
+    cv2.setNumThreads(1)
     exit_with_parent(parent_pid)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache, reduce
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -89,7 +89,7 @@ def _drop_small_components(mask: npt.NDArray[np.bool_], min_size: int) -> npt.ND
 def tissue_polygons(tissue: TissueMask, simplify: float = 1.0) -> list[Polygon]:
     """Tissue regions as polygons (with holes) in level-0 pixel coordinates."""
     padded = np.pad(tissue.mask, 1).astype(np.uint8)
-    rings = []
+    rings: list[BaseGeometry] = []
     for contour in measure.find_contours(padded, 0.5):
         if len(contour) < 4:
             continue
@@ -100,11 +100,18 @@ def tissue_polygons(tissue: TissueMask, simplify: float = 1.0) -> list[Polygon]:
             rings.append(ring.buffer(0))
     if not rings:
         return []
-    # Outer boundaries and holes alternate in nesting: even-odd fill is their XOR.
-    merged: BaseGeometry = reduce(lambda a, b: a.symmetric_difference(b), rings)
+    # Outer boundaries and holes alternate in nesting: even-odd fill is their XOR,
+    # taken pairwise in rounds (a chain of XORs redoes the growing result each time).
+    while len(rings) > 1:
+        rings = [_xor(rings[i : i + 2]) for i in range(0, len(rings), 2)]
+    merged: BaseGeometry = rings[0]
     merged = merged.simplify(simplify * tissue.downsample, preserve_topology=True)
     parts = getattr(merged, "geoms", [merged])
     return [p for p in parts if isinstance(p, Polygon) and not p.is_empty]
+
+
+def _xor(pair: list[BaseGeometry]) -> BaseGeometry:
+    return pair[0].symmetric_difference(pair[1]) if len(pair) == 2 else pair[0]
 
 
 def tile_tissue_fractions(
