@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import openslide
 
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
+    cv2.setNumThreads(1)  # as in the worker's pool processes: one core each
     if args.root:
         sys.path.insert(0, str(args.root.resolve()))
         for name in [m for m in sys.modules if m.startswith("worker_service")]:
