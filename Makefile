@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := protos/wsi/scheduler/v1/scheduler.proto protos/wsi/worker/v1/worker.proto
 GEN    := wsi_protocol/scheduler wsi_protocol/worker
 
-.PHONY: all venv run test test-fast lint proto proto-check bench clean browser torch
+.PHONY: all venv run test test-fast lint proto proto-check bench clean browser torch train-model
 
 all: test
 
@@ -47,6 +47,15 @@ torch: $(STAMP)
 		if ls $${PIP_FIND_LINKS:-/nonexistent}/torch-$(TORCH_CPU)-*.whl >/dev/null 2>&1; then \
 			$(BIN)/python -m pip install --quiet "torch==$(TORCH_CPU)"; \
 		else echo "no local CPU wheel of torch $(TORCH_CPU): InstanSeg model tests will be skipped"; fi; }
+
+## Train the learned backend's model from the annotated nuclei (see
+## worker_service/weights/MODEL_CARD.md): replaces the weights in
+## worker_service/weights/ and says how the new ones compare with the replaced.
+DATA ?= ../shared/nuclei-train/monuseg-2018-train
+train-model: $(STAMP) torch
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet 'torch>=2.1'
+	$(BIN)/python -m pip install --quiet 'onnx>=1.16'
+	$(BIN)/python -m wsi_training.train --data $(DATA)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from worker_service.learned import default_backend
 from worker_service.observability import WorkerMetrics
 from worker_service.service import WorkerServicer
 from worker_service.stages import DEFAULT_MAX_TILES
@@ -18,6 +19,7 @@ from worker_service.tile_pool import TilePool
 from wsi_protocol import addresses
 from wsi_protocol.worker.v1 import worker_pb2, worker_pb2_grpc
 from wsi_runtime import lifetime, serving, settings
+from wsi_runtime.job_params import BACKENDS
 from wsi_runtime.metrics import RpcMetrics
 
 log = logging.getLogger("wsi.worker")
@@ -42,6 +44,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     settings.add(parser, "--results-dir", Path("results"), "where job results are written")
     settings.add(parser, "--progress-interval", 0.2, "seconds between progress reports")
+    settings.add(
+        parser,
+        "--default-backend",
+        "auto",
+        "backend of a job that names none (auto: learned with a GPU, else classical)",
+        choices=("auto", *BACKENDS),
+    )
     settings.add_metrics(parser, addresses.WORKER_METRICS_PORT)
     settings.add_common(parser, grace=5.0)
     return parser.parse_args(argv)
@@ -63,14 +72,16 @@ async def serve(args: argparse.Namespace) -> None:
         progress_interval=args.progress_interval,
         metrics=WorkerMetrics(registry),
         max_tiles=args.max_tiles_per_job,
+        default_backend=default_backend(args.default_backend),
     )
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
     health = await serving.start(server, SERVICE_NAME)
     serving.announce(
-        "worker listening on %s (%d slots, results in %s)",
+        "worker listening on %s (%d slots, results in %s, default backend %s)",
         address,
         servicer.slots,
         servicer.results_dir,
+        servicer.default_backend,
     )
     await serving.run_until_signalled(server, health, args.grace)
     stop_metrics()

@@ -3,10 +3,11 @@ nuclei out (0 is background, each nucleus its own positive label).
 
 ``classical`` (default) is the H&E segmenter in ``nuclei.py``. ``instanseg``
 runs the InstanSeg brightfield_nuclei TorchScript model from a local file when
-PyTorch is installed; it works at the model's own pixel size, on batches of
-tiles, on the GPU in half precision when PyTorch sees one (settings:
-``WSI_INSTANSEG_DEVICE``, ``WSI_INSTANSEG_BATCH``). A backend is described by
-a small picklable spec, and built once per pool process."""
+PyTorch is installed; ``learned`` runs the project's own U-Net (``learned.py``).
+Both model backends work at their model's pixel size, on batches of tiles, on
+the GPU in half precision when PyTorch sees one (settings: ``WSI_MODEL_DEVICE``,
+``WSI_MODEL_BATCH``). A backend is described by a small picklable spec, and
+built once per pool process."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from worker_service.errors import BackendUnavailable
+from worker_service.learned import ENGINES, LearnedSegmenter
 from worker_service.nuclei import (
     RGB,
     Labels,
@@ -35,8 +37,9 @@ from worker_service.nuclei import (
 INSTANSEG_MPP = 0.5  # um/px the brightfield_nuclei model was trained at
 INSTANSEG_ENV = "WSI_INSTANSEG_MODEL"
 INSTANSEG_DEFAULT = Path("models/instanseg.pt")
-DEVICE_ENV = "WSI_INSTANSEG_DEVICE"  # auto (cuda when PyTorch sees one), cpu, cuda, cuda:N
-BATCH_ENV = "WSI_INSTANSEG_BATCH"  # tiles per forward pass
+DEVICE_ENV = "WSI_MODEL_DEVICE"  # auto (cuda when PyTorch sees one), cpu, cuda, cuda:N
+BATCH_ENV = "WSI_MODEL_BATCH"  # tiles per forward pass
+ENGINE_ENV = "WSI_LEARNED_ENGINE"  # auto (ONNX Runtime on a CPU, PyTorch on a GPU), onnx, torch
 DEFAULT_BATCH = 8
 
 
@@ -55,19 +58,24 @@ class BackendSpec:
     params: NucleusParams | None = None
     model_path: str = ""
     device: str = "auto"
+    engine: str = "auto"
     batch_size: int = 1  # tiles per pass of the segmenter
     tiles_per_task: int = 1  # tiles a pool process takes at once (whole batches)
 
 
-def instanseg_settings() -> tuple[str, int]:
-    """(device, batch size) from the environment; ValueError names a bad one."""
+def model_settings() -> tuple[str, int, str]:
+    """(device, batch size, learned engine) from the environment, for the model
+    backends; ValueError names a bad one."""
     device = (os.environ.get(DEVICE_ENV) or "auto").strip().lower()
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ValueError(f"{DEVICE_ENV} must be auto, cpu, cuda or cuda:N, not {device!r}")
     raw = os.environ.get(BATCH_ENV) or str(DEFAULT_BATCH)
     if not raw.isdigit() or not 1 <= int(raw) <= 256:
         raise ValueError(f"{BATCH_ENV} must be a whole number from 1 to 256, not {raw!r}")
-    return device, int(raw)
+    engine = (os.environ.get(ENGINE_ENV) or "auto").strip().lower()
+    if engine not in ENGINES:
+        raise ValueError(f"{ENGINE_ENV} must be one of {', '.join(ENGINES)}, not {engine!r}")
+    return device, int(raw), engine
 
 
 def instanseg_model_path() -> Path:
@@ -165,6 +173,8 @@ def build(spec: BackendSpec) -> Segmenter:
             segmenter = ClassicalSegmenter(spec.reference, spec.params)
         elif spec.name == "instanseg":
             segmenter = InstanSegSegmenter(spec.model_path, spec.device)
+        elif spec.name == "learned":
+            segmenter = LearnedSegmenter(spec.engine, spec.device)
         else:
             raise BackendUnavailable(f"unknown segmentation backend {spec.name!r}")
         if len(_built) > 16:  # one entry per slide's reference: keep the cache small

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from worker_service import results, tile_tasks
 from worker_service.backends import INSTANSEG_MPP, check_instanseg, instanseg_model_path
+from worker_service.learned import LEARNED_MPP, check_learned
 from worker_service.slide_access import SlideCache
 from worker_service.stages import (
     DEFAULT_MAX_TILES,
@@ -85,12 +86,18 @@ def run_job(
     # Parsed again by the schema the scheduler checked them with: a worker may
     # be called by another scheduler, or an older one.
     params = job_params.parse(spec.job_type, spec.params)
+    if not params.backend:
+        params = dataclasses.replace(params, backend=ctx.default_backend)
     model_path = ""
     if spec.job_type == "CELL_SEGMENTATION" and params.backend == "instanseg":
         model = instanseg_model_path()
         check_instanseg(model)
         model_path = str(model)
         params = dataclasses.replace(params, target_mpp=INSTANSEG_MPP)
+    elif spec.job_type == "CELL_SEGMENTATION" and params.backend == "learned":
+        check_learned()
+        # The model's own pixel size decides the level read.
+        params = dataclasses.replace(params, target_mpp=LEARNED_MPP)
     out_dir = results_dir / spec.job_id
     overview = read_overview(spec.slide_path, params, slides, ctx)
     timings.phase("overview_s")  # opening the slide, reading its overview

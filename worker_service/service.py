@@ -57,8 +57,10 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         progress_interval: float = 0.2,
         metrics: WorkerMetrics | None = None,
         max_tiles: int = DEFAULT_MAX_TILES,
+        default_backend: str = "classical",
     ) -> None:
         self.slots = slots
+        self.default_backend = default_backend
         self.max_tiles = max_tiles
         self.results_dir = results_dir
         self.slide_roots = list(slide_roots)
@@ -109,6 +111,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             report=report,
             on_tile=self.metrics.tile_observer(spec.job_type),
             max_tiles=self.max_tiles,
+            default_backend=self.default_backend,
         )
         token = self.pool.cancel_board.new_token()
 

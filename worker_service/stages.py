@@ -16,8 +16,9 @@ from PIL import Image, ImageDraw, ImageFilter
 from shapely.geometry import Polygon
 
 from worker_service import results, tile_tasks, tissue_codec
-from worker_service.backends import INSTANSEG_MPP, BackendSpec, instanseg_settings
+from worker_service.backends import INSTANSEG_MPP, BackendSpec, model_settings
 from worker_service.errors import BackendUnavailable, JobCancelled, JobFailed
+from worker_service.learned import LEARNED_MPP
 from worker_service.nuclei import NucleusParams, stain_reference
 from worker_service.slide_access import SlideCache, SlideInfo, describe, read_thumbnail
 from worker_service.tile_pool import TilePool
@@ -45,6 +46,7 @@ class JobContext:
     report: Callable[[int, int], None] = lambda done, total: None
     on_tile: Callable[[float], None] = lambda seconds: None
     max_tiles: int = DEFAULT_MAX_TILES
+    default_backend: str = "classical"  # for a job that names none (worker setting)
 
     def check(self) -> None:
         """Between phases: stop here if the job was cancelled."""
@@ -183,24 +185,28 @@ def _backend(
     model_path: str,
     pool: TilePool,
 ) -> tuple[BackendSpec, dict[str, object]]:
-    if params.backend == "instanseg":
+    if params.backend in ("instanseg", "learned"):
         try:
-            device, batch_size = instanseg_settings()
+            device, batch_size, engine = model_settings()
         except ValueError as exc:
             raise BackendUnavailable(str(exc)) from exc
         spec = BackendSpec(
-            "instanseg",
+            params.backend,
             model_path=model_path,
             device=device,
+            engine=engine,
             batch_size=batch_size,
             tiles_per_task=BATCHES_PER_TASK * batch_size,
         )
-        return spec, {
-            "model": model_path,
-            "model_mpp": INSTANSEG_MPP,
-            "device": device,
-            "batch_size": batch_size,
-        }
+        details: dict[str, object] = {"device": device, "batch_size": batch_size}
+        if params.backend == "learned":
+            return spec, {
+                "model": "nuclei_unet",
+                "model_mpp": LEARNED_MPP,
+                "engine": engine,
+                **details,
+            }
+        return spec, {"model": model_path, "model_mpp": INSTANSEG_MPP, **details}
     # Classical: one haematoxylin threshold for the whole slide, from tiles spread over it.
     step = max(1, len(tissue_tiles) // REFERENCE_TILES)
     sample = [overview.task(tile) for tile in tissue_tiles[::step][:REFERENCE_TILES]]

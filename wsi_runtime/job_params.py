@@ -16,7 +16,7 @@ from wsi_protocol.scheduler.v1 import scheduler_pb2
 
 # The names of the public API's JobType enum (its zero value, UNSPECIFIED, is no type).
 JOB_TYPES = tuple(name for name, number in scheduler_pb2.JobType.items() if number)
-BACKENDS = ("classical", "instanseg")
+BACKENDS = ("classical", "learned", "instanseg")
 
 # Hard bounds of the schema; a deployment narrows the tile size further with
 # its own minimum (the scheduler's --min-tile-size).
@@ -34,7 +34,7 @@ class JobParams:
     overlap: int = 64
     target_mpp: float = 0.5
     min_tissue: float = 0.05  # tiles with a smaller tissue share are skipped
-    backend: str = "classical"
+    backend: str = ""  # empty: the worker's default backend (its --default-backend)
 
 
 @dataclass(frozen=True)

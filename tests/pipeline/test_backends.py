@@ -15,11 +15,12 @@ from tests.pipeline.support import run
 from worker_service.backends import (
     BATCH_ENV,
     DEVICE_ENV,
+    ENGINE_ENV,
     INSTANSEG_ENV,
     BackendSpec,
     InstanSegSegmenter,
     build,
-    instanseg_settings,
+    model_settings,
 )
 from worker_service.errors import JobError
 from worker_service.tile_pool import TilePool
@@ -137,16 +138,20 @@ def test_a_job_in_batches_finds_what_it_finds_tile_by_tile(
     assert len(cells["1"]) > 10
 
 
-def test_instanseg_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(DEVICE_ENV, "tpu")
     with pytest.raises(ValueError, match=DEVICE_ENV):
-        instanseg_settings()
+        model_settings()
     monkeypatch.setenv(DEVICE_ENV, "cuda:1")
     monkeypatch.setenv(BATCH_ENV, "0")
     with pytest.raises(ValueError, match=BATCH_ENV):
-        instanseg_settings()
+        model_settings()
     monkeypatch.setenv(BATCH_ENV, "16")
-    assert instanseg_settings() == ("cuda:1", 16)
-    monkeypatch.delenv(DEVICE_ENV)
-    monkeypatch.delenv(BATCH_ENV)
-    assert instanseg_settings() == ("auto", 8)
+    monkeypatch.setenv(ENGINE_ENV, "tensorrt")
+    with pytest.raises(ValueError, match=ENGINE_ENV):
+        model_settings()
+    monkeypatch.setenv(ENGINE_ENV, "onnx")
+    assert model_settings() == ("cuda:1", 16, "onnx")
+    for name in (DEVICE_ENV, BATCH_ENV, ENGINE_ENV):
+        monkeypatch.delenv(name)
+    assert model_settings() == ("auto", 8, "auto")

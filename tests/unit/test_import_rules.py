@@ -20,6 +20,7 @@ FOLDERS = {
     "worker_service": "worker_service",
     "wsi_gateway": "gateway/wsi_gateway",
     "wsi_client": "clients/wsi_client",
+    "wsi_training": "wsi_training",
 }
 PROJECT = tuple(FOLDERS)
 SERVERS = ("scheduler_service", "worker_service", "wsi_gateway", "wsi_runtime")
@@ -35,6 +36,8 @@ PURE = (
     "worker_service/shapes.py",
     "worker_service/tissue_codec.py",
     "scheduler_service/tissue_reuse.py",
+    "worker_service/instances.py",
+    "wsi_training/metrics.py",
     "wsi_runtime/job_params.py",
     "clients/wsi_client/backoff.py",
     "clients/wsi_client/watch_cursor.py",

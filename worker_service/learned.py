@@ -1,0 +1,169 @@
+"""The ``learned`` backend: the project's own nucleus U-Net (trained by
+``wsi_training``, weights shipped in ``worker_service/weights/``), run on
+batches of tiles. On a CPU through ONNX Runtime, one thread per pool process
+(the pool is the parallelism); on a GPU through PyTorch in float16. Its
+three-class output becomes labelled nuclei in ``instances.py``."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from worker_service.errors import BackendUnavailable
+from worker_service.instances import InstanceParams, labels_from_classes
+from worker_service.nuclei import RGB, Labels, Nucleus, nuclei_from_labels
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+ONNX_FILE = WEIGHTS / "nuclei_unet.onnx"
+TORCH_FILE = WEIGHTS / "nuclei_unet.pt"
+LEARNED_MPP = 0.5  # the pixel size it was trained at (wsi_training.data.MODEL_MPP)
+MULTIPLE = 8  # input sides are padded to multiples of this (three poolings)
+ENGINES = ("auto", "onnx", "torch")
+
+
+class Engine(Protocol):
+    def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+
+
+class OnnxEngine:
+    def __init__(self, threads: int = 1) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self._session = onnxruntime.InferenceSession(
+            str(ONNX_FILE), options, providers=["CPUExecutionProvider"]
+        )
+
+    def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        (out,) = self._session.run(None, {"rgb": batch})
+        result: npt.NDArray[np.float32] = out
+        return result
+
+
+class TorchEngine:
+    def __init__(self, device: str) -> None:
+        import torch
+
+        from worker_service.unet import UNet
+
+        self._torch: Any = torch
+        self.device = torch.device(device)
+        self.half = self.device.type == "cuda"
+        model = UNet()
+        model.load_state_dict(torch.load(TORCH_FILE, map_location="cpu", weights_only=True))
+        model = model.eval().to(self.device)
+        self._model = model.half() if self.half else model
+
+    def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        torch = self._torch
+        tensor = torch.from_numpy(batch).to(self.device)
+        if self.half:
+            tensor = tensor.half()
+        with torch.inference_mode():
+            out = self._model(tensor).float().cpu().numpy()
+        result: npt.NDArray[np.float32] = out
+        return result
+
+
+def check_learned() -> None:
+    """Fails with an actionable message when the weights or ONNX Runtime are missing."""
+    if not ONNX_FILE.is_file():
+        raise BackendUnavailable(f"backend 'learned': its weights are missing ({ONNX_FILE.name})")
+    if importlib.util.find_spec("onnxruntime") is None and not cuda_present():
+        raise BackendUnavailable(
+            "backend 'learned' needs ONNX Runtime on the worker (pip install onnxruntime),"
+            " or PyTorch with a GPU"
+        )
+
+
+NVIDIA_DRIVER = (Path("/proc/driver/nvidia/version"), Path("/dev/nvidiactl"))
+
+
+def cuda_present() -> bool:
+    """Whether PyTorch is installed and sees a CUDA device (without importing
+    PyTorch, a few hundred MB, on a machine with no NVIDIA driver)."""
+    if not any(path.exists() for path in NVIDIA_DRIVER):
+        return False
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def make_engine(engine: str, device: str) -> Engine:
+    """``device`` auto/cpu/cuda[:N]; ``engine`` auto (ONNX Runtime on a CPU,
+    PyTorch on a GPU), onnx or torch."""
+    if device == "auto":
+        device = "cuda" if engine != "onnx" and cuda_present() else "cpu"
+    if device.startswith("cuda"):
+        if engine == "onnx":
+            raise BackendUnavailable("the learned backend runs on a GPU through PyTorch only")
+        if not cuda_present():
+            raise BackendUnavailable(f"device {device}: PyTorch sees no CUDA device on this worker")
+        return TorchEngine(device)
+    if engine == "torch":
+        if importlib.util.find_spec("torch") is None:
+            raise BackendUnavailable("engine torch needs PyTorch: pip install 'wsi-scheduler[gpu]'")
+        return TorchEngine("cpu")
+    return OnnxEngine()
+
+
+def default_backend(setting: str) -> str:
+    """The backend of a job that names none: ``auto`` is ``learned`` where a
+    GPU runs it, ``classical`` where not (faster per CPU core)."""
+    if setting != "auto":
+        return setting
+    return "learned" if cuda_present() else "classical"
+
+
+class LearnedSegmenter:
+    def __init__(self, engine: str = "auto", device: str = "auto") -> None:
+        self.engine = make_engine(engine, device)
+        self.params = InstanceParams()
+
+    def __call__(self, rgb: RGB) -> Labels:
+        return self.segment_batch([rgb])[0]
+
+    def find(self, tiles: Sequence[RGB]) -> list[list[Nucleus]]:
+        return [nuclei_from_labels(labels) for labels in self.segment_batch(tiles)]
+
+    def segment_batch(self, tiles: Sequence[RGB]) -> list[Labels]:
+        found: dict[int, Labels] = {}
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, tile in enumerate(tiles):  # edge tiles are smaller: one pass per size
+            by_shape.setdefault(tile.shape, []).append(index)
+        for indices in by_shape.values():
+            height, width = tiles[indices[0]].shape[:2]
+            batch = np.stack([model_input(tiles[i]) for i in indices])
+            probabilities = _softmax(self.engine.logits(batch))[:, :, :height, :width]
+            for index, tile_probabilities in zip(indices, probabilities, strict=True):
+                found[index] = labels_from_classes(tile_probabilities, self.params)
+        return [found[i] for i in range(len(tiles))]
+
+
+def model_input(rgb: RGB) -> npt.NDArray[np.float32]:
+    """(3, H', W') float RGB in [0, 1], padded at the bottom and right (edge
+    pixels repeated) to multiples of ``MULTIPLE``; crop the output back."""
+    height, width = rgb.shape[:2]
+    pad_h, pad_w = -height % MULTIPLE, -width % MULTIPLE
+    if pad_h or pad_w:
+        rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    result: npt.NDArray[np.float32] = rgb.transpose(2, 0, 1).astype(np.float32)
+    result /= 255
+    return result
+
+
+def _softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    result: npt.NDArray[np.float32] = (shifted / shifted.sum(axis=1, keepdims=True)).astype(
+        np.float32, copy=False
+    )
+    return result

@@ -1,0 +1,214 @@
+"""Trains the learned backend's U-Net on the annotated nuclei and writes its
+weights (PyTorch and ONNX) and a training log beside the worker:
+
+    python -m wsi_training.train [--data DIR] [--out DIR] [--steps 3000] [--device auto]
+
+Seeds are fixed and the CPU run is deterministic, so the same command on the
+same machine gives the same weights. `make train-model` runs the defaults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from worker_service.instances import InstanceParams, labels_from_classes
+from worker_service.learned import model_input
+from worker_service.nuclei import NucleusParams, segment_nuclei, stain_reference
+from worker_service.unet import MULTIPLE, WIDTHS, UNet
+from wsi_training import data
+from wsi_training.metrics import score
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "nuclei-train" / "monuseg-2018-train"
+DEFAULT_OUT = ROOT / "worker_service" / "weights"
+CLASS_WEIGHTS = (1.0, 1.0, 2.0)  # the thin boundary class counts double
+
+
+def predict(model: nn.Module, rgb: np.ndarray, device: torch.device) -> np.ndarray:
+    """Class probabilities (3, H, W) of a whole image."""
+    height, width = rgb.shape[:2]
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(model_input(rgb))[None].to(device))
+    probabilities: np.ndarray = torch.softmax(logits, 1)[0, :, :height, :width].cpu().numpy()
+    return probabilities
+
+
+def validate(
+    model: nn.Module, examples: list[data.Example], device: torch.device
+) -> dict[str, Any]:
+    model.eval()
+    rows = {}
+    for example in examples:
+        labels = labels_from_classes(predict(model, example.rgb, device), InstanceParams())
+        rows[example.name] = asdict(score(example.labels, labels))
+    model.train()
+    return {
+        "images": rows,
+        "f1": round(float(np.mean([r["f1"] for r in rows.values()])), 4),
+        "aji": round(float(np.mean([r["aji"] for r in rows.values()])), 4),
+    }
+
+
+def classical_scores(examples: list[data.Example]) -> dict[str, Any]:
+    """The classical segmenter on the same images, its stain reference from
+    each image itself (the pipeline takes it from the slide's tissue)."""
+    rows = {}
+    for example in examples:
+        reference = stain_reference([example.rgb])
+        labels = segment_nuclei(example.rgb, reference, NucleusParams(mpp=data.MODEL_MPP))
+        rows[example.name] = asdict(score(example.labels, labels))
+    return {
+        "images": rows,
+        "f1": round(float(np.mean([r["f1"] for r in rows.values()])), 4),
+        "aji": round(float(np.mean([r["aji"] for r in rows.values()])), 4),
+    }
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+    training, validation = data.split(data.load(args.data))
+    model = UNet().to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=args.lr, total_steps=args.steps, pct_start=0.1
+    )
+    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(CLASS_WEIGHTS, device=device))
+    log: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    running = 0.0
+    for step in range(1, args.steps + 1):
+        crops = [
+            data.augmented_crop(training[int(rng.integers(len(training)))], args.crop, rng)
+            for _ in range(args.batch)
+        ]
+        inputs = torch.from_numpy(np.stack([c[0] for c in crops])).to(device)
+        targets = torch.from_numpy(np.stack([c[1] for c in crops])).to(device)
+        loss = loss_fn(model(inputs), targets)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        running += float(loss)
+        if step % args.log_every == 0 or step == args.steps:
+            entry: dict[str, Any] = {
+                "step": step,
+                "loss": round(running / args.log_every, 4),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+            running = 0.0
+            if step % args.validate_every == 0 or step == args.steps:
+                scores = validate(model, validation, device)
+                entry.update(val_f1=scores["f1"], val_aji=scores["aji"])
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+    model.eval()
+    final = validate(model, validation, device)
+    return {
+        "model": model,
+        "device": str(device),
+        "seconds": round(time.perf_counter() - started, 1),
+        "log": log,
+        "validation": {"learned": final, "classical": classical_scores(validation)},
+        "training_images": [e.name for e in training],
+    }
+
+
+def export(model: nn.Module, out: Path) -> dict[str, str]:
+    """The weights for PyTorch (GPU) and as ONNX (CPU), in float32."""
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    weights = out / "nuclei_unet.pt"
+    torch.save(model.state_dict(), weights)
+    onnx_path = out / "nuclei_unet.onnx"
+    example = torch.zeros(1, 3, 64, 64)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(onnx_path),
+        input_names=["rgb"],
+        output_names=["logits"],
+        dynamic_axes={"rgb": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return {"pytorch": weights.name, "onnx": onnx_path.name}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=192)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: PyTorch's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    parser.add_argument("--log-every", type=int, default=25)
+    parser.add_argument("--validate-every", type=int, default=250)
+    args = parser.parse_args()
+    if args.crop % MULTIPLE:
+        parser.error(f"--crop must be a multiple of {MULTIPLE}")
+    log_path = args.out / "training_log.json"
+    before = json.loads(log_path.read_text()) if log_path.is_file() else None
+    result = train(args)
+    files = export(result.pop("model"), args.out)
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    record = {
+        "command": "python -m wsi_training.train "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if k not in ("data", "out")
+        ),
+        "commit": commit,
+        "machine": f"{platform.node()} {platform.machine()}, torch {torch.__version__}",
+        "architecture": {
+            "name": "UNet",
+            "widths": list(WIDTHS),
+            "parameters": sum(p.numel() for p in UNet().parameters()),
+        },
+        "model_mpp": data.MODEL_MPP,
+        "files": files,
+        **result,
+    }
+    log_path.write_text(json.dumps(record, indent=2) + "\n")
+    learned, classical = record["validation"]["learned"], record["validation"]["classical"]
+    print(
+        f"validation F1 / AJI: learned {learned['f1']} / {learned['aji']},"
+        f" classical {classical['f1']} / {classical['aji']} ({math.ceil(record['seconds'])} s)"
+    )
+    if before is not None:  # the weights this run replaced: does it reproduce them?
+        old = before["validation"]["learned"]
+        print(
+            f"the weights replaced had F1 / AJI {old['f1']} / {old['aji']}:"
+            f" AJI differs by {abs(learned['aji'] - old['aji']):.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
