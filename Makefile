@@ -49,13 +49,15 @@ torch: $(STAMP)
 		else echo "no local CPU wheel of torch $(TORCH_CPU): InstanSeg model tests will be skipped"; fi; }
 
 ## Train the learned backend's model from the annotated nuclei (see
-## worker_service/weights/MODEL_CARD.md): replaces the weights in
-## worker_service/weights/ and says how the new ones compare with the replaced.
+## worker_service/weights/MODEL_CARD.md), then quantise it to 8 bits for CPUs:
+## replaces the weights in worker_service/weights/ and says how the new ones
+## compare with the replaced.
 DATA ?= ../shared/nuclei-train/monuseg-2018-train
 train-model: $(STAMP) torch
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet 'torch>=2.1'
 	$(BIN)/python -m pip install --quiet 'onnx>=1.16'
 	$(BIN)/python -m wsi_training.train --data $(DATA)
+	$(BIN)/python -m wsi_training.quantise --data $(DATA)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"

@@ -60,7 +60,10 @@ def main() -> None:
     rates = report["mp_per_s_per_core"]
     classical = ClassicalSegmenter(stain_reference(tiles[::3][:8]), NucleusParams(mpp=0.499))
     rates["classical"] = megapixels_per_second(classical.find, tiles, 1, args.passes)
-    engines: list[tuple[str, str, str]] = [("onnx", "onnx", "cpu")]
+    engines: list[tuple[str, str, str]] = [
+        ("onnx-int8", "onnx-int8", "cpu"),
+        ("onnx-float32", "onnx", "cpu"),
+    ]
     if importlib.util.find_spec("torch") is not None:
         import torch
 

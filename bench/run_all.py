@@ -18,6 +18,7 @@ def main() -> None:
         ["bench.segmenter_profile"],
         ["bench.pipeline_scaling"],
         ["bench.pipeline_ab", "--baseline", "c584a48"],  # before the segmenter of issue #14
+        ["bench.backend_throughput"],
     ):
         print(f"\n## python -m {' '.join(command)}", flush=True)
         subprocess.run([sys.executable, "-m", *command], check=True)

@@ -20,10 +20,11 @@ from worker_service.nuclei import RGB, Labels, Nucleus, nuclei_from_labels
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 ONNX_FILE = WEIGHTS / "nuclei_unet.onnx"
+INT8_FILE = WEIGHTS / "nuclei_unet_int8.onnx"  # quantised (wsi_training.quantise): CPUs
 TORCH_FILE = WEIGHTS / "nuclei_unet.pt"
 LEARNED_MPP = 0.5  # the pixel size it was trained at (wsi_training.data.MODEL_MPP)
 MULTIPLE = 8  # input sides are padded to multiples of this (three poolings)
-ENGINES = ("auto", "onnx", "torch")
+ENGINES = ("auto", "onnx-int8", "onnx", "torch")
 
 
 class Engine(Protocol):
@@ -31,14 +32,14 @@ class Engine(Protocol):
 
 
 class OnnxEngine:
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(self, model: Path = INT8_FILE, threads: int = 1) -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self._session = onnxruntime.InferenceSession(
-            str(ONNX_FILE), options, providers=["CPUExecutionProvider"]
+            str(model), options, providers=["CPUExecutionProvider"]
         )
 
     def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -74,8 +75,11 @@ class TorchEngine:
 
 def check_learned() -> None:
     """Fails with an actionable message when the weights or ONNX Runtime are missing."""
-    if not ONNX_FILE.is_file():
-        raise BackendUnavailable(f"backend 'learned': its weights are missing ({ONNX_FILE.name})")
+    missing = [f.name for f in (ONNX_FILE, INT8_FILE, TORCH_FILE) if not f.is_file()]
+    if missing:
+        raise BackendUnavailable(
+            f"backend 'learned': its weights are missing ({', '.join(missing)})"
+        )
     if importlib.util.find_spec("onnxruntime") is None and not cuda_present():
         raise BackendUnavailable(
             "backend 'learned' needs ONNX Runtime on the worker (pip install onnxruntime),"
@@ -99,12 +103,13 @@ def cuda_present() -> bool:
 
 
 def make_engine(engine: str, device: str) -> Engine:
-    """``device`` auto/cpu/cuda[:N]; ``engine`` auto (ONNX Runtime on a CPU,
-    PyTorch on a GPU), onnx or torch."""
+    """``device`` auto/cpu/cuda[:N]; ``engine`` auto (the 8-bit model through
+    ONNX Runtime on a CPU, PyTorch in float16 on a GPU), onnx-int8, onnx (the
+    float32 model) or torch."""
     if device == "auto":
-        device = "cuda" if engine != "onnx" and cuda_present() else "cpu"
+        device = "cuda" if engine in ("auto", "torch") and cuda_present() else "cpu"
     if device.startswith("cuda"):
-        if engine == "onnx":
+        if engine.startswith("onnx"):
             raise BackendUnavailable("the learned backend runs on a GPU through PyTorch only")
         if not cuda_present():
             raise BackendUnavailable(f"device {device}: PyTorch sees no CUDA device on this worker")
@@ -113,7 +118,7 @@ def make_engine(engine: str, device: str) -> Engine:
         if importlib.util.find_spec("torch") is None:
             raise BackendUnavailable("engine torch needs PyTorch: pip install 'wsi-scheduler[gpu]'")
         return TorchEngine("cpu")
-    return OnnxEngine()
+    return OnnxEngine(ONNX_FILE if engine == "onnx" else INT8_FILE)
 
 
 def default_backend(setting: str) -> str:
@@ -143,7 +148,7 @@ class LearnedSegmenter:
         for indices in by_shape.values():
             height, width = tiles[indices[0]].shape[:2]
             batch = np.stack([model_input(tiles[i]) for i in indices])
-            probabilities = _softmax(self.engine.logits(batch))[:, :, :height, :width]
+            probabilities = softmax(self.engine.logits(batch))[:, :, :height, :width]
             for index, tile_probabilities in zip(indices, probabilities, strict=True):
                 found[index] = labels_from_classes(tile_probabilities, self.params)
         return [found[i] for i in range(len(tiles))]
@@ -161,7 +166,7 @@ def model_input(rgb: RGB) -> npt.NDArray[np.float32]:
     return result
 
 
-def _softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     result: npt.NDArray[np.float32] = (shifted / shifted.sum(axis=1, keepdims=True)).astype(
         np.float32, copy=False

@@ -12,37 +12,61 @@ import pytest
 
 from tests.harness import CMU, SLIDES
 from tests.pipeline.support import centroids, f1, match, run
-from worker_service.learned import ONNX_FILE, TORCH_FILE, OnnxEngine, TorchEngine, model_input
+from worker_service.instances import InstanceParams, labels_from_classes
+from worker_service.learned import (
+    INT8_FILE,
+    ONNX_FILE,
+    TORCH_FILE,
+    OnnxEngine,
+    TorchEngine,
+    model_input,
+    softmax,
+)
 from worker_service.tile_pool import TilePool
 from worker_service.tiling import tile_grid
 from wsi_runtime.synthetic_slides import SyntheticSlide
+from wsi_training.metrics import score
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 LOGIT_TOLERANCE = 1e-3  # ONNX Runtime against PyTorch, both float32 on the CPU
+INT8_AGREEMENT = 0.9  # F1 of the 8-bit model's nuclei against the float model's
 
 
 def cmu_tiles(count: int = 3) -> list[np.ndarray]:
     with openslide.OpenSlide(str(SLIDES / CMU)) as slide:
         image = np.asarray(slide.read_region((0, 0), 0, slide.dimensions))[..., :3]
-    return [np.ascontiguousarray(image[y : y + 256, 600 : 600 + 256]) for y in (800, 1400, 2000)][
-        :count
-    ]
+    corners = ((700, 800), (1200, 1500), (1000, 2300))  # (x, y) of tissue with many nuclei
+    return [np.ascontiguousarray(image[y : y + 256, x : x + 256]) for x, y in corners][:count]
 
 
 def test_the_weights_ship_with_the_worker() -> None:
-    assert ONNX_FILE.is_file() and TORCH_FILE.is_file()
-    assert ONNX_FILE.stat().st_size < 8 * 2**20  # "a few MB at most"
+    assert ONNX_FILE.is_file() and TORCH_FILE.is_file() and INT8_FILE.is_file()
+    assert ONNX_FILE.stat().st_size + INT8_FILE.stat().st_size < 8 * 2**20  # a few MB at most
     assert (ONNX_FILE.parent / "MODEL_CARD.md").is_file()
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is an optional extra (pip install '.[gpu]')")
 def test_onnx_runtime_and_pytorch_agree_on_the_cpu() -> None:
     batch = np.stack([model_input(tile) for tile in cmu_tiles()])
-    onnx = OnnxEngine().logits(batch)
+    onnx = OnnxEngine(ONNX_FILE).logits(batch)
     torch = TorchEngine("cpu").logits(batch)
     assert onnx.shape == torch.shape == (3, 3, 256, 256)
     assert np.abs(onnx - torch).max() < LOGIT_TOLERANCE
     assert np.array_equal(onnx.argmax(axis=1), torch.argmax(axis=1))
+
+
+def test_the_8_bit_model_finds_the_nuclei_of_the_float_model() -> None:
+    batch = np.stack([model_input(tile) for tile in cmu_tiles()])
+    full = softmax(OnnxEngine(ONNX_FILE).logits(batch))
+    small = softmax(OnnxEngine(INT8_FILE).logits(batch))
+    matched = total = 0
+    for a, b in zip(full, small, strict=True):
+        agreement = score(
+            labels_from_classes(a, InstanceParams()), labels_from_classes(b, InstanceParams())
+        )
+        matched += 2 * agreement.matched
+        total += agreement.true + agreement.predicted
+    assert total > 40 and matched / total >= INT8_AGREEMENT, (matched, total)
 
 
 def test_a_learned_job_finds_every_synthetic_nucleus_once(

@@ -38,7 +38,10 @@ def test_numbers_as_people_write_them(params: dict[str, str], expected: JobParam
         ({"overlap": "-1"}, "out of range"),
         ({"min_tissue": "1.5"}, "out of range: 0 to 1"),
         ({"tile_sise": "512"}, "unknown param 'tile_sise'.*known: backend, min_tissue"),
-        ({"backend": "magic"}, "unknown segmentation backend; use one of classical, learned, instanseg"),
+        (
+            {"backend": "magic"},
+            "unknown segmentation backend; use one of classical, learned, instanseg",
+        ),
     ],
 )
 def test_anything_else_is_refused_with_what_to_fix(params: dict[str, str], message: str) -> None:
