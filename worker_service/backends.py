@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from worker_service.errors import BackendUnavailable
-from worker_service.learned import ENGINES, LearnedSegmenter
+from worker_service.learned import ENGINES, LEARNED_MPP, LearnedSegmenter
 from worker_service.nuclei import (
     RGB,
     Labels,
@@ -59,6 +59,7 @@ class BackendSpec:
     model_path: str = ""
     device: str = "auto"
     engine: str = "auto"
+    tile_mpp: float = 0.0  # um per pixel of the tiles, when known
     batch_size: int = 1  # tiles per pass of the segmenter
     tiles_per_task: int = 1  # tiles a pool process takes at once (whole batches)
 
@@ -174,7 +175,7 @@ def build(spec: BackendSpec) -> Segmenter:
         elif spec.name == "instanseg":
             segmenter = InstanSegSegmenter(spec.model_path, spec.device)
         elif spec.name == "learned":
-            segmenter = LearnedSegmenter(spec.engine, spec.device)
+            segmenter = LearnedSegmenter(spec.engine, spec.device, spec.tile_mpp or LEARNED_MPP)
         else:
             raise BackendUnavailable(f"unknown segmentation backend {spec.name!r}")
         if len(_built) > 16:  # one entry per slide's reference: keep the cache small

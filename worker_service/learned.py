@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -129,10 +130,29 @@ def default_backend(setting: str) -> str:
     return "learned" if cuda_present() else "classical"
 
 
+RESAMPLE_BEYOND = 0.15  # tiles more than 15 % off the model's pixel size are resampled
+
+
 class LearnedSegmenter:
-    def __init__(self, engine: str = "auto", device: str = "auto") -> None:
+    """``tile_mpp``: the pixel size of the tiles it is given. A slide whose
+    pyramid has no level near the model's 0.5 um/px (a 40x scan with one
+    level, say) is read at another size: each tile is then resampled to the
+    model's pixel size, and the class map back to the tile's, so nuclei come
+    out in tile pixels whatever the scan."""
+
+    def __init__(
+        self, engine: str = "auto", device: str = "auto", tile_mpp: float = LEARNED_MPP
+    ) -> None:
         self.engine = make_engine(engine, device)
-        self.params = InstanceParams()
+        self.zoom = tile_mpp / LEARNED_MPP  # model pixels per tile pixel
+        if abs(self.zoom - 1) <= RESAMPLE_BEYOND:
+            self.zoom = 1.0
+        area = 1 / (self.zoom * self.zoom)  # tile pixels per model pixel
+        defaults = InstanceParams()
+        self.params = InstanceParams(
+            min_seed_px=max(1, round(defaults.min_seed_px * area)),
+            min_area_px=max(1, round(defaults.min_area_px * area)),
+        )
 
     def __call__(self, rgb: RGB) -> Labels:
         return self.segment_batch([rgb])[0]
@@ -147,11 +167,30 @@ class LearnedSegmenter:
             by_shape.setdefault(tile.shape, []).append(index)
         for indices in by_shape.values():
             height, width = tiles[indices[0]].shape[:2]
-            batch = np.stack([model_input(tiles[i]) for i in indices])
-            probabilities = softmax(self.engine.logits(batch))[:, :, :height, :width]
+            size = (max(1, round(width * self.zoom)), max(1, round(height * self.zoom)))
+            batch = np.stack([model_input(self._to_model(tiles[i], size)) for i in indices])
+            probabilities = softmax(self.engine.logits(batch))[:, :, : size[1], : size[0]]
             for index, tile_probabilities in zip(indices, probabilities, strict=True):
-                found[index] = labels_from_classes(tile_probabilities, self.params)
+                at_tile = self._to_tile(tile_probabilities, (width, height))
+                found[index] = labels_from_classes(at_tile, self.params)
         return [found[i] for i in range(len(tiles))]
+
+    def _to_model(self, rgb: RGB, size: tuple[int, int]) -> RGB:
+        if self.zoom == 1.0:
+            return rgb
+        shrink = self.zoom < 1
+        method = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        resized: RGB = cv2.resize(rgb, size, interpolation=method)
+        return resized
+
+    def _to_tile(
+        self, probabilities: npt.NDArray[np.float32], size: tuple[int, int]
+    ) -> npt.NDArray[np.float32]:
+        if self.zoom == 1.0:
+            return probabilities
+        planes = [cv2.resize(p, size, interpolation=cv2.INTER_LINEAR) for p in probabilities]
+        result: npt.NDArray[np.float32] = np.stack(planes)
+        return result
 
 
 def model_input(rgb: RGB) -> npt.NDArray[np.float32]:

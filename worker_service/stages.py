@@ -18,7 +18,7 @@ from shapely.geometry import Polygon
 from worker_service import results, tile_tasks, tissue_codec
 from worker_service.backends import INSTANSEG_MPP, BackendSpec, model_settings
 from worker_service.errors import BackendUnavailable, JobCancelled, JobFailed
-from worker_service.learned import LEARNED_MPP
+from worker_service.learned import LEARNED_MPP, RESAMPLE_BEYOND
 from worker_service.nuclei import NucleusParams, stain_reference
 from worker_service.slide_access import SlideCache, SlideInfo, describe, read_thumbnail
 from worker_service.tile_pool import TilePool
@@ -195,15 +195,18 @@ def _backend(
             model_path=model_path,
             device=device,
             engine=engine,
+            tile_mpp=overview.working_mpp or 0.0,
             batch_size=batch_size,
             tiles_per_task=BATCHES_PER_TASK * batch_size,
         )
         details: dict[str, object] = {"device": device, "batch_size": batch_size}
         if params.backend == "learned":
+            off = abs((overview.working_mpp or LEARNED_MPP) / LEARNED_MPP - 1)
             return spec, {
                 "model": "nuclei_unet",
                 "model_mpp": LEARNED_MPP,
                 "engine": engine,
+                "tiles_resampled": off > RESAMPLE_BEYOND,
                 **details,
             }
         return spec, {"model": model_path, "model_mpp": INSTANSEG_MPP, **details}
