@@ -67,9 +67,5 @@ class RecentMasks(Generic[T]):
             self._masks.move_to_end(job_id)
         return mask
 
-    def forget(self, job_ids: Iterable[str]) -> None:
-        for job_id in job_ids:
-            self._masks.pop(job_id, None)
-
     def __len__(self) -> int:
         return len(self._masks)

@@ -33,6 +33,7 @@ from worker_service.nuclei import (
     nuclei_from_labels,
     segment_nuclei,
 )
+from worker_service.tiling import per_size
 
 INSTANSEG_MPP = 0.5  # um/px the brightfield_nuclei model was trained at
 INSTANSEG_ENV = "WSI_INSTANSEG_MODEL"
@@ -136,16 +137,7 @@ class InstanSegSegmenter:
         return [nuclei_from_labels(labels) for labels in self.segment_batch(tiles)]
 
     def segment_batch(self, tiles: Sequence[RGB]) -> list[Labels]:
-        labels: list[Labels | None] = [None] * len(tiles)
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for index, tile in enumerate(tiles):  # edge tiles are smaller: one pass per size
-            by_shape.setdefault(tile.shape, []).append(index)
-        for indices in by_shape.values():
-            for index, found in zip(
-                indices, self._forward([tiles[i] for i in indices]), strict=True
-            ):
-                labels[index] = found
-        return [found for found in labels if found is not None]
+        return per_size(tiles, self._forward)
 
     def _forward(self, tiles: Sequence[RGB]) -> list[Labels]:
         torch = self._torch

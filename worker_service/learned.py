@@ -18,6 +18,7 @@ import numpy.typing as npt
 from worker_service.errors import BackendUnavailable
 from worker_service.instances import InstanceParams, labels_from_classes
 from worker_service.nuclei import RGB, Labels, Nucleus, nuclei_from_labels
+from worker_service.tiling import per_size
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 ONNX_FILE = WEIGHTS / "nuclei_unet.onnx"
@@ -133,6 +134,12 @@ def default_backend(setting: str) -> str:
 RESAMPLE_BEYOND = 0.15  # tiles more than 15 % off the model's pixel size are resampled
 
 
+def model_zoom(tile_mpp: float) -> float:
+    """Model pixels per tile pixel: 1 for tiles near the model's pixel size."""
+    zoom = tile_mpp / LEARNED_MPP
+    return 1.0 if abs(zoom - 1) <= RESAMPLE_BEYOND else zoom
+
+
 class LearnedSegmenter:
     """``tile_mpp``: the pixel size of the tiles it is given. A slide whose
     pyramid has no level near the model's 0.5 um/px (a 40x scan with one
@@ -141,12 +148,11 @@ class LearnedSegmenter:
     out in tile pixels whatever the scan."""
 
     def __init__(
-        self, engine: str = "auto", device: str = "auto", tile_mpp: float = LEARNED_MPP
+        self, engine: str | Engine = "auto", device: str = "auto", tile_mpp: float = LEARNED_MPP
     ) -> None:
-        self.engine = make_engine(engine, device)
-        self.zoom = tile_mpp / LEARNED_MPP  # model pixels per tile pixel
-        if abs(self.zoom - 1) <= RESAMPLE_BEYOND:
-            self.zoom = 1.0
+        """``engine``: a name (``ENGINES``) or an engine itself (training's)."""
+        self.engine = make_engine(engine, device) if isinstance(engine, str) else engine
+        self.zoom = model_zoom(tile_mpp)
         area = 1 / (self.zoom * self.zoom)  # tile pixels per model pixel
         defaults = InstanceParams()
         self.params = InstanceParams(
@@ -161,19 +167,17 @@ class LearnedSegmenter:
         return [nuclei_from_labels(labels) for labels in self.segment_batch(tiles)]
 
     def segment_batch(self, tiles: Sequence[RGB]) -> list[Labels]:
-        found: dict[int, Labels] = {}
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for index, tile in enumerate(tiles):  # edge tiles are smaller: one pass per size
-            by_shape.setdefault(tile.shape, []).append(index)
-        for indices in by_shape.values():
-            height, width = tiles[indices[0]].shape[:2]
-            size = (max(1, round(width * self.zoom)), max(1, round(height * self.zoom)))
-            batch = np.stack([model_input(self._to_model(tiles[i], size)) for i in indices])
-            probabilities = softmax(self.engine.logits(batch))[:, :, : size[1], : size[0]]
-            for index, tile_probabilities in zip(indices, probabilities, strict=True):
-                at_tile = self._to_tile(tile_probabilities, (width, height))
-                found[index] = labels_from_classes(at_tile, self.params)
-        return [found[i] for i in range(len(tiles))]
+        return per_size(tiles, self._segment_one_size)
+
+    def _segment_one_size(self, tiles: list[RGB]) -> list[Labels]:
+        height, width = tiles[0].shape[:2]
+        size = (max(1, round(width * self.zoom)), max(1, round(height * self.zoom)))
+        batch = np.stack([model_input(self._to_model(tile, size)) for tile in tiles])
+        probabilities = softmax(self.engine.logits(batch))[:, :, : size[1], : size[0]]
+        return [
+            labels_from_classes(self._to_tile(p, (width, height)), self.params)
+            for p in probabilities
+        ]
 
     def _to_model(self, rgb: RGB, size: tuple[int, int]) -> RGB:
         if self.zoom == 1.0:

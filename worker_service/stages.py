@@ -18,7 +18,7 @@ from shapely.geometry import Polygon
 from worker_service import results, tile_tasks, tissue_codec
 from worker_service.backends import INSTANSEG_MPP, BackendSpec, model_settings
 from worker_service.errors import BackendUnavailable, JobCancelled, JobFailed
-from worker_service.learned import LEARNED_MPP, RESAMPLE_BEYOND
+from worker_service.learned import LEARNED_MPP, model_zoom
 from worker_service.nuclei import NucleusParams, stain_reference
 from worker_service.slide_access import SlideCache, SlideInfo, describe, read_thumbnail
 from worker_service.tile_pool import TilePool
@@ -201,12 +201,11 @@ def _backend(
         )
         details: dict[str, object] = {"device": device, "batch_size": batch_size}
         if params.backend == "learned":
-            off = abs((overview.working_mpp or LEARNED_MPP) / LEARNED_MPP - 1)
             return spec, {
                 "model": "nuclei_unet",
                 "model_mpp": LEARNED_MPP,
                 "engine": engine,
-                "tiles_resampled": off > RESAMPLE_BEYOND,
+                "tiles_resampled": model_zoom(overview.working_mpp or LEARNED_MPP) != 1.0,
                 **details,
             }
         return spec, {"model": model_path, "model_mpp": INSTANSEG_MPP, **details}

@@ -8,8 +8,11 @@ centroid: nothing is lost or counted twice at a seam."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -114,3 +117,19 @@ def choose_level(
         range(len(level_downsamples)),
         key=lambda i: (abs(math.log(base_mpp * level_downsamples[i] / target_mpp)), i),
     )
+
+
+T = TypeVar("T", bound=np.ndarray)
+R = TypeVar("R")
+
+
+def per_size(tiles: Sequence[T], run: Callable[[list[T]], list[R]]) -> list[R]:
+    """``run`` on the tiles of each size together (a model stacks a batch of
+    one size; edge tiles are smaller), results back in the tiles' order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, tile in enumerate(tiles):
+        groups.setdefault(tile.shape, []).append(index)
+    results: dict[int, R] = {}
+    for indices in groups.values():
+        results.update(zip(indices, run([tiles[i] for i in indices]), strict=True))
+    return [results[i] for i in range(len(tiles))]

@@ -4,6 +4,8 @@ split, and the augmented crops the network learns from."""
 
 from __future__ import annotations
 
+import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,22 @@ SOURCE_MPP = 0.25  # the images' pixel size
 MODEL_MPP = 0.5  # the model's: the pipeline's default working pixel size
 # Held out for validation, one each of lung, kidney and breast; never trained on.
 VALIDATION = ("TCGA-50-5931-01Z-00-DX1", "TCGA-B0-5710-01Z-00-DX1", "TCGA-E2-A1B5-01Z-00-DX1")
+
+
+DATA_ENV = "WSI_TRAIN_DATA"
+
+
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    """--data: the folder of NAME.jpg + NAME.png pairs. The data is not part of
+    the project (its licence and size): name it, or set WSI_TRAIN_DATA."""
+    default = os.environ.get(DATA_ENV)
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path(default) if default else None,
+        required=not default,
+        help=f"annotated images, e.g. nuclei-train/monuseg-2018-train [env {DATA_ENV}]",
+    )
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 quantisation (QDQ, weights per channel), calibrated on fixed crops of the
 training images, then scored on the held-out ones beside the float model.
 
-    python -m wsi_training.quantise [--data DIR] [--weights DIR]
+    python -m wsi_training.quantise --data DIR [--weights DIR]
 
 About twice the float model's speed per core for the same held-out scores
 (see the model card); `make train-model` runs it after training."""
@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime
 from onnxruntime.quantization import (
     CalibrationDataReader,
     QuantFormat,
@@ -26,10 +24,9 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from worker_service.instances import InstanceParams, labels_from_classes
-from worker_service.learned import INT8_FILE, ONNX_FILE, model_input, softmax
+from worker_service.learned import INT8_FILE, ONNX_FILE, LearnedSegmenter, OnnxEngine, model_input
 from wsi_training import data
-from wsi_training.train import DEFAULT_DATA
+from wsi_training.train import evaluate
 
 CALIBRATION_CROP = 256
 
@@ -49,30 +46,14 @@ class Crops(CalibrationDataReader):  # type: ignore[misc]
 
 
 def scores(model: Path, examples: list[data.Example]) -> dict[str, Any]:
-    from wsi_training.metrics import score
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    rows = {}
-    for example in examples:
-        height, width = example.rgb.shape[:2]
-        (logits,) = session.run(None, {"rgb": model_input(example.rgb)[None]})
-        probabilities = softmax(logits)[0, :, :height, :width]
-        labels = labels_from_classes(probabilities, InstanceParams())
-        rows[example.name] = asdict(score(example.labels, labels))
-    return {
-        "images": rows,
-        "f1": round(float(np.mean([r["f1"] for r in rows.values()])), 4),
-        "aji": round(float(np.mean([r["aji"] for r in rows.values()])), 4),
-    }
+    return evaluate(examples, LearnedSegmenter(OnnxEngine(model)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    data.add_data_argument(parser)
     parser.add_argument("--weights", type=Path, default=ONNX_FILE.parent)
     args = parser.parse_args()
     training, validation = data.split(data.load(args.data))

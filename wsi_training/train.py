@@ -1,7 +1,7 @@
 """Trains the learned backend's U-Net on the annotated nuclei and writes its
 weights (PyTorch and ONNX) and a training log beside the worker:
 
-    python -m wsi_training.train [--data DIR] [--out DIR] [--steps 3000] [--device auto]
+    python -m wsi_training.train --data DIR [--out DIR] [--steps 3000] [--device auto]
 
 Seeds are fixed and the CPU run is deterministic, so the same command on the
 same machine gives the same weights. `make train-model` runs the defaults."""
@@ -14,6 +14,7 @@ import math
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,57 +23,62 @@ import numpy as np
 import torch
 from torch import nn
 
-from worker_service.instances import InstanceParams, labels_from_classes
-from worker_service.learned import model_input
+from worker_service.learned import LearnedSegmenter
 from worker_service.nuclei import NucleusParams, segment_nuclei, stain_reference
 from worker_service.unet import MULTIPLE, WIDTHS, UNet
 from wsi_training import data
 from wsi_training.metrics import score
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "nuclei-train" / "monuseg-2018-train"
 DEFAULT_OUT = ROOT / "worker_service" / "weights"
 CLASS_WEIGHTS = (1.0, 1.0, 2.0)  # the thin boundary class counts double
 
 
-def predict(model: nn.Module, rgb: np.ndarray, device: torch.device) -> np.ndarray:
-    """Class probabilities (3, H, W) of a whole image."""
-    height, width = rgb.shape[:2]
-    with torch.inference_mode():
-        logits = model(torch.from_numpy(model_input(rgb))[None].to(device))
-    probabilities: np.ndarray = torch.softmax(logits, 1)[0, :, :height, :width].cpu().numpy()
-    return probabilities
+class TrainingEngine:
+    """The model being trained, as an engine of the learned backend: validation
+    goes through the same padding, softmax and instances as the worker."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.model, self.device = model, device
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out: np.ndarray = self.model(torch.from_numpy(batch).to(self.device)).cpu().numpy()
+        return out
+
+
+def evaluate(
+    examples: list[data.Example], segment: Callable[[np.ndarray], np.ndarray]
+) -> dict[str, Any]:
+    """F1 and AJI of ``segment`` (RGB to labels) on each example, and their means."""
+    rows = {e.name: asdict(score(e.labels, segment(e.rgb))) for e in examples}
+    return {
+        "images": rows,
+        "f1": round(float(np.mean([r["f1"] for r in rows.values()])), 4),
+        "aji": round(float(np.mean([r["aji"] for r in rows.values()])), 4),
+    }
 
 
 def validate(
     model: nn.Module, examples: list[data.Example], device: torch.device
 ) -> dict[str, Any]:
     model.eval()
-    rows = {}
-    for example in examples:
-        labels = labels_from_classes(predict(model, example.rgb, device), InstanceParams())
-        rows[example.name] = asdict(score(example.labels, labels))
+    result = evaluate(examples, LearnedSegmenter(TrainingEngine(model, device)))
     model.train()
-    return {
-        "images": rows,
-        "f1": round(float(np.mean([r["f1"] for r in rows.values()])), 4),
-        "aji": round(float(np.mean([r["aji"] for r in rows.values()])), 4),
-    }
+    return result
 
 
 def classical_scores(examples: list[data.Example]) -> dict[str, Any]:
     """The classical segmenter on the same images, its stain reference from
     each image itself (the pipeline takes it from the slide's tissue)."""
-    rows = {}
-    for example in examples:
-        reference = stain_reference([example.rgb])
-        labels = segment_nuclei(example.rgb, reference, NucleusParams(mpp=data.MODEL_MPP))
-        rows[example.name] = asdict(score(example.labels, labels))
-    return {
-        "images": rows,
-        "f1": round(float(np.mean([r["f1"] for r in rows.values()])), 4),
-        "aji": round(float(np.mean([r["aji"] for r in rows.values()])), 4),
-    }
+
+    def segment(rgb: np.ndarray) -> np.ndarray:
+        labels: np.ndarray = segment_nuclei(
+            rgb, stain_reference([rgb]), NucleusParams(mpp=data.MODEL_MPP)
+        )
+        return labels
+
+    return evaluate(examples, segment)
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -157,7 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    data.add_data_argument(parser)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=8)
