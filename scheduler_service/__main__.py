@@ -5,23 +5,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from scheduler_service import convert, recovery, retention
+from scheduler_service import convert, recovery, retention, token_admin
+from scheduler_service.authentication import Authenticator
 from scheduler_service.dispatcher import Dispatcher
 from scheduler_service.journal import MEMORY, JournalDamaged, JournalError, SqliteJournal
-from scheduler_service.limits import RateLimiter
 from scheduler_service.observability import SchedulerMetrics, TransitionLog
 from scheduler_service.policy import SchedulingPolicy
 from scheduler_service.service import SchedulerServicer
 from scheduler_service.store import JobRecord, JobTransition, Store, WorkflowRecord
 from wsi_protocol import addresses
 from wsi_protocol.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-from wsi_runtime import lifetime, serving, settings
+from wsi_runtime import lifetime, serving, settings, tls, worker_secret
+from wsi_runtime.limits import RateLimiter
 from wsi_runtime.metrics import RpcMetrics
+from wsi_runtime.token_file import TokenFile, TokenFileError
 
 log = logging.getLogger("wsi.scheduler")
 RETENTION_CHECK_S = 60.0
@@ -65,6 +69,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         0.0,
         "prune finished workflows and their results this long after they end (0: keep)",
     )
+    settings.add(
+        parser,
+        "--auth-tokens",
+        "",
+        "API token file (lines 'USER_ID SHA256_HEX_OF_TOKEN'): set, callers need a token",
+    )
+    worker_secret.add_setting(parser)
+    tls.add_settings(parser)
     settings.add_metrics(parser, addresses.SCHEDULER_METRICS_PORT)
     settings.add_common(parser, grace=2.0)
     return parser.parse_args(argv)
@@ -118,7 +130,11 @@ def build(
         )
     workers = [a.strip() for a in args.worker_addresses.split(",") if a.strip()]
     dispatcher = Dispatcher(
-        store, workers, on_error=lambda task: metrics.background_errors.labels(task).inc()
+        store,
+        workers,
+        on_error=lambda task: metrics.background_errors.labels(task).inc(),
+        worker_secret=worker_secret.load(args.worker_secret_file),
+        credentials=tls.channel_credentials(tls.from_args(args)),
     )
     servicer = SchedulerServicer(
         store,
@@ -128,6 +144,7 @@ def build(
         limiter=RateLimiter(args.rate_limit, max(1.0, args.rate_burst)),
         max_pending_per_user=args.max_pending_per_user,
         min_tile_size=args.min_tile_size,
+        authenticate=authenticator(args.auth_tokens, args.host),
     )
     metrics.watch_state(
         store,
@@ -135,6 +152,16 @@ def build(
         lambda: servicer.watch_streams,
     )
     return store, dispatcher, servicer, journal, metrics
+
+
+def authenticator(token_file: str, host: str) -> Authenticator:
+    if token_file:
+        try:
+            return Authenticator(TokenFile(Path(token_file)).user_of)
+        except TokenFileError as exc:
+            raise serving.StartupError(str(exc)) from None
+    serving.warn_trusted_headers(host, "scheduler")
+    return Authenticator(tokens=None)
 
 
 async def prune_periodically(
@@ -155,7 +182,9 @@ async def serve(args: argparse.Namespace) -> None:
     serving.check_slide_roots(args.slide_roots)
     registry = CollectorRegistry()
     server = serving.new_server([RpcMetrics("wsi_scheduler", registry)], args.max_request_mb)
-    address = serving.bind(server, args.host, args.scheduler_port)
+    files = tls.from_args(args)
+    worker_secret.load(args.worker_secret_file)  # a missing secret stops the start here
+    address = serving.bind(server, args.host, args.scheduler_port, tls.server_credentials(files))
     stop_metrics = serving.serve_metrics("scheduler", registry, args.host, args.metrics_port)
     store, dispatcher, servicer, journal, metrics = build(args, registry)
     tasks = []
@@ -185,8 +214,11 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in token_admin.COMMANDS:
+        sys.exit(token_admin.main(arguments))
     lifetime.follow_launcher()
-    serving.run_main("wsi-scheduler", serve, parse_args(argv), (JournalError,))
+    serving.run_main("wsi-scheduler", serve, parse_args(arguments), (JournalError,))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,11 @@ import grpc
 from scheduler_service.policy import State
 from scheduler_service.store import JobRecord, Store
 from scheduler_service.tissue_reuse import RecentMasks, mask_source
+from wsi_protocol import metadata
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as spb
 from wsi_protocol.worker.v1 import worker_pb2 as wpb
 from wsi_protocol.worker.v1 import worker_pb2_grpc as wpb_grpc
+from wsi_runtime import tls
 
 log = logging.getLogger("wsi.scheduler.dispatch")
 
@@ -73,12 +75,16 @@ class Dispatcher:
         retry_initial: float = 0.2,
         retry_max: float = 5.0,
         on_error: Callable[[str], None] = lambda task: None,
+        worker_secret: str = "",
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.store = store
         self.on_error = on_error
+        # Every call shows the workers the shared secret (they serve their scheduler only).
+        self._call_metadata = ((metadata.WORKER_SECRET, worker_secret),) if worker_secret else ()
         self.links = [
             WorkerLink(
-                a, ch := grpc.aio.insecure_channel(a, CHANNEL_OPTIONS), wpb_grpc.WorkerStub(ch)
+                a, ch := tls.aio_channel(a, credentials, CHANNEL_OPTIONS), wpb_grpc.WorkerStub(ch)
             )
             for a in worker_addresses
         ]
@@ -90,11 +96,6 @@ class Dispatcher:
         self._closing = False
         # Masks of finished TISSUE_MASK jobs, handed to dependent jobs on the same slide.
         self.tissue_masks: RecentMasks[wpb.TissueMask] = RecentMasks()
-
-    @staticmethod
-    def _link(address: str) -> WorkerLink:
-        channel = grpc.aio.insecure_channel(address, CHANNEL_OPTIONS)
-        return WorkerLink(address, channel, wpb_grpc.WorkerStub(channel))
 
     # ---- capacity --------------------------------------------------------------
 
@@ -152,7 +153,9 @@ class Dispatcher:
         delay = self.retry_initial
         while not self._closing:
             try:
-                info = await link.stub.GetInfo(wpb.GetInfoRequest(), timeout=2.0)
+                info = await link.stub.GetInfo(
+                    wpb.GetInfoRequest(), timeout=2.0, metadata=self._call_metadata
+                )
             except grpc.aio.AioRpcError as exc:
                 link.failed_probes += 1
                 link.error = f"{exc.code().name}: {exc.details()}"
@@ -228,7 +231,7 @@ class Dispatcher:
         mask = self.tissue_masks.get(source) if source else None
         if mask is not None:
             request.tissue_mask.CopyFrom(mask)
-        call = link.stub.RunJob(request)
+        call = link.stub.RunJob(request, metadata=self._call_metadata)
         self._calls[job_id] = call
         finished = False
         try:

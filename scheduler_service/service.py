@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 import grpc
 
 from scheduler_service import convert
+from scheduler_service.authentication import Authenticator
 from scheduler_service.dispatcher import Dispatcher
 from scheduler_service.journal import JournalError
-from scheduler_service.limits import RateLimiter, retry_after
 from scheduler_service.store import (
     AlreadyFinished,
     InvalidPageToken,
@@ -29,12 +29,11 @@ from scheduler_service.validation import (
     JobInput,
     TooManyJobs,
     normalise_jobs,
-    valid_user_id,
 )
-from wsi_protocol import metadata
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from wsi_protocol.status import RETRY_AFTER_METADATA
+from wsi_runtime.limits import RateLimiter, retry_after
 from wsi_runtime.slide_paths import SlidePathError, check_slide_format, resolve_slide
 
 if TYPE_CHECKING:
@@ -93,23 +92,6 @@ async def domain_errors(context: Context) -> AsyncIterator[None]:
         await context.abort(code, str(exc), trailing_metadata=trailing)
 
 
-async def authenticate(context: Context) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == metadata.USER_ID:
-            user = value if isinstance(value, str) else value.decode(errors="replace")
-            if valid_user_id(user):
-                return user
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "metadata x-user-id (HTTP header X-User-ID) must be 1 to 64 characters"
-                " of A-Z a-z 0-9 . _ -",
-            )
-    await context.abort(
-        grpc.StatusCode.UNAUTHENTICATED, "metadata x-user-id (HTTP header X-User-ID) is required"
-    )
-    raise AssertionError("unreachable")  # context.abort raises
-
-
 class SchedulerServicer(pb_grpc.SchedulerServicer):
     def __init__(
         self,
@@ -121,7 +103,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         limiter: RateLimiter | None = None,
         max_pending_per_user: int = 0,
         min_tile_size: int = 0,
+        authenticate: Authenticator | None = None,
     ) -> None:
+        self.authenticate = authenticate or Authenticator(tokens=None)
         self.min_tile_size = min_tile_size
         self.store = store
         self.dispatcher = dispatcher
@@ -176,7 +160,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     async def CreateWorkflow(
         self, request: pb.CreateWorkflowRequest, context: Context
     ) -> pb.Workflow:
-        user = await authenticate(context)
+        user = await self.authenticate(context)
         async with domain_errors(context):
             self._check_rate(user)
             if len(request.name) > MAX_NAME_LENGTH or len(request.request_id) > MAX_ID_LENGTH:
@@ -212,7 +196,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         return convert.workflow_message(self.store, wf)
 
     async def GetWorkflow(self, request: pb.GetWorkflowRequest, context: Context) -> pb.Workflow:
-        user = await authenticate(context)
+        user = await self.authenticate(context)
         async with domain_errors(context):
             wf = self.store.workflow(user, request.workflow_id[:MAX_ID_LENGTH])
         return convert.workflow_message(self.store, wf)
@@ -220,7 +204,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     async def ListWorkflows(
         self, request: pb.ListWorkflowsRequest, context: Context
     ) -> pb.ListWorkflowsResponse:
-        user = await authenticate(context)
+        user = await self.authenticate(context)
         async with domain_errors(context):
             if request.page_size < 0:
                 raise BadRequest("page_size must not be negative")
@@ -234,7 +218,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     async def CancelWorkflow(
         self, request: pb.CancelWorkflowRequest, context: Context
     ) -> pb.Workflow:
-        user = await authenticate(context)
+        user = await self.authenticate(context)
         async with domain_errors(context):
             self._check_rate(user)
             wf, to_stop = self.store.cancel_workflow(user, request.workflow_id[:MAX_ID_LENGTH])
@@ -242,13 +226,13 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         return convert.workflow_message(self.store, wf)
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
-        user = await authenticate(context)
+        user = await self.authenticate(context)
         async with domain_errors(context):
             job = self.store.job(user, request.job_id[:MAX_ID_LENGTH])
         return convert.job_message(self.store, job)
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
-        user = await authenticate(context)
+        user = await self.authenticate(context)
         async with domain_errors(context):
             self._check_rate(user)
             job, running = self.store.cancel_job(user, request.job_id[:MAX_ID_LENGTH])
@@ -258,7 +242,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     async def WatchWorkflow(
         self, request: pb.WatchWorkflowRequest, context: Context
     ) -> AsyncIterator[pb.WorkflowEvent]:
-        user = await authenticate(context)
+        user = await self.authenticate(context)
         async with domain_errors(context):
             wf = self.store.workflow(user, request.workflow_id[:MAX_ID_LENGTH])
         subscription = wf.feed.subscribe()
@@ -296,7 +280,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         return convert.snapshot_event(self.store, wf, self.clock())
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.SchedulerStats:
-        user = await authenticate(context)
+        user = await self.authenticate(context)
         policy = self.store.policy
         depths = policy.lane_depths(user)
         return pb.SchedulerStats(

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from wsi_runtime import job_params
 from wsi_runtime.job_params import JOB_TYPES
 
-USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_NAME_LENGTH = 256
 MAX_KEY_LENGTH = 128
 MAX_PATH_LENGTH = 4096
@@ -34,10 +32,6 @@ class JobInput:
     wsi_path: str
     depends_on: tuple[str, ...] = ()
     params: dict[str, str] = field(default_factory=dict)
-
-
-def valid_user_id(user_id: str | None) -> bool:
-    return bool(user_id) and USER_ID_PATTERN.match(user_id or "") is not None
 
 
 def normalise_jobs(

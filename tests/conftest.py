@@ -4,9 +4,15 @@ tests/integration and tests/browser starts real services (``integration``);
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+from tests.harness import WORKER_SECRET
+
+# Every scheduler and worker a test starts, by the harness or by hand, shares it.
+os.environ.setdefault("WSI_WORKER_SECRET", WORKER_SECRET)
 
 TESTS = Path(__file__).resolve().parent
 SERVICE_FOLDERS = ("integration", "browser")

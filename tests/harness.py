@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,6 +27,8 @@ from wsi_runtime.health_wait import wait_http, wait_serving
 ROOT = Path(__file__).resolve().parent.parent
 SLIDES = ROOT / "tests" / "fixtures" / "slides"  # small real slides, kept in the repo
 CMU = "CMU-1-Small-Region.svs"
+# What every scheduler and worker the tests start shares (see wsi_runtime.worker_secret).
+WORKER_SECRET = secrets.token_urlsafe(24)
 LISTENING = re.compile(r"listening on (\S+)")
 METRICS = re.compile(r"metrics on (\S+)")
 
@@ -78,7 +81,12 @@ def _start(
     an A/B benchmark), ahead of the installed packages."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{name}.log"
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    full_env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "WSI_WORKER_SECRET": WORKER_SECRET,
+        **env,
+    }
     if root != ROOT:
         full_env["PYTHONPATH"] = os.pathsep.join(
             [str(root), str(root / "clients"), str(root / "gateway")]

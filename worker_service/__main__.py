@@ -18,7 +18,7 @@ from worker_service.stages import DEFAULT_MAX_TILES
 from worker_service.tile_pool import TilePool
 from wsi_protocol import addresses
 from wsi_protocol.worker.v1 import worker_pb2, worker_pb2_grpc
-from wsi_runtime import lifetime, serving, settings
+from wsi_runtime import lifetime, serving, settings, tls, worker_secret
 from wsi_runtime.job_params import BACKENDS
 from wsi_runtime.metrics import RpcMetrics
 
@@ -51,6 +51,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "backend of a job that names none (auto: learned with a GPU, else classical)",
         choices=("auto", *BACKENDS),
     )
+    worker_secret.add_setting(parser)
+    tls.add_settings(parser)
     settings.add_metrics(parser, addresses.WORKER_METRICS_PORT)
     settings.add_common(parser, grace=5.0)
     return parser.parse_args(argv)
@@ -58,9 +60,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     serving.check_slide_roots(args.slide_roots)
+    secret = worker_secret.load(args.worker_secret_file)
     registry = CollectorRegistry()
-    server = serving.new_server([RpcMetrics("wsi_worker", registry)], args.max_request_mb)
-    address = serving.bind(server, args.host, args.worker_port)
+    server = serving.new_server(
+        [RpcMetrics("wsi_worker", registry), worker_secret.RequireSecret(secret, SERVICE_NAME)],
+        args.max_request_mb,
+    )
+    credentials = tls.server_credentials(tls.from_args(args))
+    address = serving.bind(server, args.host, args.worker_port, credentials)
     stop_metrics = serving.serve_metrics("worker", registry, args.host, args.metrics_port)
     pool = TilePool(args.processes)
     await asyncio.get_running_loop().run_in_executor(None, pool.warm_up)
@@ -77,8 +84,9 @@ async def serve(args: argparse.Namespace) -> None:
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
     health = await serving.start(server, SERVICE_NAME)
     serving.announce(
-        "worker listening on %s (%d slots, results in %s, default backend %s)",
+        "worker listening on %s%s (%d slots, results in %s, default backend %s)",
         address,
+        " (TLS)" if credentials else "",
         servicer.slots,
         servicer.results_dir,
         servicer.default_backend,

@@ -98,7 +98,7 @@ def run_job(
         check_learned()
         # The model's own pixel size decides the level read.
         params = dataclasses.replace(params, target_mpp=LEARNED_MPP)
-    out_dir = results_dir / spec.job_id
+    out_dir = results.job_folder(results_dir, spec.job_id)
     overview = read_overview(spec.slide_path, params, slides, ctx)
     timings.phase("overview_s")  # opening the slide, reading its overview
     tissue = analyse_tissue(overview, params, out_dir, ctx, spec.tissue)

@@ -17,6 +17,18 @@ import numpy.typing as npt
 from PIL import Image
 
 NUCLEUS_COLOR = [200, 0, 0]
+
+
+def job_folder(results_dir: Path, job_id: str) -> Path:
+    """The job's own folder, directly inside the results root whatever
+    ``job_id`` holds (the service checks its format; this is the last line)."""
+    root = results_dir.resolve()
+    folder = (root / job_id).resolve()
+    if folder.parent != root:
+        raise ValueError(f"job id {job_id!r} does not name a folder inside the results root")
+    return folder
+
+
 TISSUE_COLOR = [0, 160, 0]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import shutil
 import threading
 import time
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING
 import grpc
 from prometheus_client import CollectorRegistry
 
-from worker_service import tissue_codec
+from worker_service import results, tissue_codec
 from worker_service.errors import JobCancelled, JobError
 from worker_service.observability import WorkerMetrics
 from worker_service.pipeline import JOB_TYPES, JobOutcome, JobSpec, run_job, run_tissue_job
@@ -31,6 +30,7 @@ from worker_service.throttle import ProgressThrottle
 from worker_service.tile_pool import TilePool
 from worker_service.tissue import TissueMask
 from worker_service.tissue_codec import ReusedTissue
+from wsi_protocol.ids import is_scheduler_id
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as spb
 from wsi_protocol.worker.v1 import worker_pb2 as pb
 from wsi_protocol.worker.v1 import worker_pb2_grpc as pb_grpc
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wsi.worker")
 
-JOB_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _JOB_TYPE_NAMES = {spb.JobType.Value(name): name for name in JOB_TYPES}
 
 
@@ -83,11 +82,11 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"unknown job type {request.job_type!r}"
             )
-        if not JOB_ID.fullmatch(request.job_id) or request.job_id in (".", ".."):
+        if not is_scheduler_id(request.job_id):
             # It names the job's results folder: never a path.
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "job_id must be 1 to 128 characters of A-Z a-z 0-9 . _ -",
+                "job_id must be a scheduler job id (a lowercase UUID)",
             )
         try:
             slide = resolve_slide(request.wsi_path, self.slide_roots)
@@ -180,7 +179,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     async def _discard_results(self, job_id: str) -> None:
         """A job that did not succeed leaves no files behind (half-written
         results, temporary files): its folder goes."""
-        folder = self.results_dir / job_id
+        folder = results.job_folder(self.results_dir, job_id)
         await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
 
     def close(self) -> None:

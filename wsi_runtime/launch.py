@@ -14,6 +14,7 @@ keeps them running until it is asked to stop (Ctrl-C, SIGTERM, SIGHUP).
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from wsi_runtime.health_wait import wait_http, wait_serving
 from wsi_runtime.lifetime import LAUNCHER_PID_ENV
 from wsi_runtime.serving import StartupError, check_port_free, check_slide_roots
 from wsi_runtime.synthetic_slides import synthetic_he_slide
+from wsi_runtime.worker_secret import SECRET_ENV
 
 DEMO_SLIDE = "demo.tiff"
 BACKOFF_FIRST_S = 1.0
@@ -150,6 +152,13 @@ def services(plan: Plan) -> list[Service]:
     ]
 
 
+def share_worker_secret() -> None:
+    """A new secret for scheduler and worker at each start, unless one is set:
+    the worker then runs jobs for this scheduler only."""
+    if not (os.environ.get(SECRET_ENV) or os.environ.get("WSI_WORKER_SECRET_FILE")):
+        os.environ[SECRET_ENV] = secrets.token_urlsafe(32)
+
+
 def banner(plan: Plan, roots: Sequence[Path]) -> str:
     host, metrics_port, gateway = plan.host, plan.metrics_port, plan.gateway
     scheduler = os.environ["WSI_SCHEDULER_ADDRESS"]
@@ -206,6 +215,7 @@ def main() -> int:
         print(f"wsi launcher: error: {exc}", file=sys.stderr)
         return 2
     plan = Plan.from_env()
+    share_worker_secret()
     planned = services(plan)
     try:
         # Before anything starts: another instance's services would otherwise

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import signal
 import socket
@@ -99,13 +100,21 @@ def check_slide_roots(roots: Sequence[Path]) -> None:
         )
 
 
-def bind(server: grpc.aio.Server, host: str, port: int) -> str:
+def bind(
+    server: grpc.aio.Server,
+    host: str,
+    port: int,
+    credentials: grpc.ServerCredentials | None = None,
+) -> str:
     """Binds the port now, before any state is loaded: a second server on a
     port in use stops here, having touched nothing. Port 0 picks a free port;
-    returns the bound address."""
+    returns the bound address. With ``credentials``, the port speaks TLS only."""
     check_port_free(host, port, "gRPC")
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if credentials is None:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        else:
+            bound = server.add_secure_port(f"{host}:{port}", credentials)
     except RuntimeError:
         bound = 0
     if not bound:
@@ -184,6 +193,25 @@ def serve_metrics(
         ) from None
     announce("%s metrics on %s", name, url)
     return stop
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def warn_trusted_headers(host: str, what: str) -> None:
+    """Trusted-header mode on an address others can reach lets anyone act as anyone."""
+    if not is_loopback(host):
+        log.warning(
+            "%s listens on %s in trusted-header mode: whoever reaches it can act as any user"
+            " by naming them in x-user-id / X-User-ID. Use it behind a proxy that"
+            " authenticates and sets that header, or set WSI_AUTH_TOKENS for API tokens.",
+            what,
+            host,
+        )
 
 
 def announce(message: str, *args: object) -> None:

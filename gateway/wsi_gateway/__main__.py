@@ -11,9 +11,13 @@ from pathlib import Path
 
 import uvicorn
 
-from wsi_gateway.app import create_app
+from wsi_gateway.app import GatewaySettings, create_app
+from wsi_gateway.connections import HEADER_TIMEOUT_S, with_header_timeout
 from wsi_protocol import addresses
-from wsi_runtime import lifetime, logs, serving, settings
+from wsi_runtime import lifetime, logs, serving, settings, tls
+from wsi_runtime.token_file import TokenFile, TokenFileError
+
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -29,8 +33,50 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     settings.add(
         parser, "--sse-keepalive", 15.0, "seconds between keep-alive comments on idle streams"
     )
+    settings.add(
+        parser,
+        "--auth-tokens",
+        "",
+        "API token file (lines 'USER_ID SHA256_HEX_OF_TOKEN'): set, callers need a token",
+    )
+    settings.add(parser, "--max-body-mb", 4.0, "largest request body accepted, MB (else 413)")
+    settings.add(
+        parser,
+        "--allowed-hosts",
+        "",
+        "comma-separated extra Host names the gateway answers to (besides the bind"
+        " address, localhost and 127.0.0.1)",
+    )
+    settings.add(
+        parser, "--header-timeout", HEADER_TIMEOUT_S, "seconds a client has to send its headers"
+    )
+    settings.add(parser, "--keep-alive-timeout", 5.0, "seconds an idle connection stays open")
+    settings.add(parser, "--max-connections", 512, "open connections at once; more get 503")
+    tls.add_settings(parser)
     settings.add_logging(parser)
     return parser.parse_args(argv)
+
+
+def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
+    files = tls.from_args(args)
+    tokens = None
+    if args.auth_tokens:
+        try:
+            tokens = TokenFile(Path(args.auth_tokens)).user_of
+        except TokenFileError as exc:
+            raise serving.StartupError(str(exc)) from None
+    else:
+        serving.warn_trusted_headers(args.host, "the gateway")
+    extra = tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip())
+    return GatewaySettings(
+        scheduler_address=args.scheduler_address,
+        results_dir=args.results_dir,
+        keepalive_s=args.sse_keepalive,
+        tokens=tokens,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        allowed_hosts=(*LOCAL_NAMES, args.host, *extra),
+        scheduler_credentials=tls.channel_credentials(tls.TlsFiles(ca=files.ca, cert="", key="")),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -40,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Bind first, so port 0 works and the address printed is the real one.
     try:
         serving.check_port_free(args.host, args.gateway_port, "gateway")
+        app_settings = gateway_settings(args)
     except serving.StartupError as exc:
         sys.exit(f"wsi-gateway: error: {exc}")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -52,13 +99,25 @@ def main(argv: Sequence[str] | None = None) -> None:
             f" {exc.strerror or exc}"
         )
     host, port = sock.getsockname()[:2]
-    app = create_app(args.scheduler_address, args.results_dir, args.sse_keepalive)
-    config = uvicorn.Config(app, log_level=args.log_level.lower(), timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        create_app(app_settings),
+        log_level=args.log_level.lower(),
+        timeout_graceful_shutdown=5,
+        http=with_header_timeout(args.header_timeout),
+        timeout_keep_alive=int(max(1, args.keep_alive_timeout)),
+        limit_concurrency=args.max_connections,
+        ssl_certfile=args.tls_cert or None,
+        ssl_keyfile=args.tls_key or None,
+        ssl_ca_certs=args.tls_client_ca or None,
+        ssl_cert_reqs=2 if args.tls_client_ca else 0,  # ssl.CERT_REQUIRED / CERT_NONE
+    )
     server = uvicorn.Server(config)
+    scheme = "https" if args.tls_cert else "http"
     serving.announce(
-        "gateway listening on %s:%d (http://%s:%d/, scheduler %s)",
+        "gateway listening on %s:%d (%s://%s:%d/, scheduler %s)",
         host,
         port,
+        scheme,
         host,
         port,
         args.scheduler_address,

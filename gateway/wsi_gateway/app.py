@@ -7,43 +7,69 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import swagger_ui_bundle
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from wsi_gateway.auth import AuthFailure, GatewayAuth
 from wsi_gateway.backend import BadRequest, GatewayState, GrpcFailure
 from wsi_gateway.errors import error_body, http_status
+from wsi_gateway.guards import DEFAULT_MAX_BODY_BYTES, BodyLimit, HostAllowList, SecurityHeaders
 from wsi_gateway.metrics import HttpMetrics, MetricsMiddleware
 from wsi_gateway.routes import router
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from wsi_protocol.status import retry_after_seconds
+from wsi_runtime import tls
+from wsi_runtime.identity import TokenLookup
 from wsi_runtime.version import VERSION
 
 STATIC = Path(__file__).resolve().parent / "static"
 KEEPALIVE_S = 15.0
 
 
-def create_app(
-    scheduler_address: str, results_dir: Path, keepalive_s: float = KEEPALIVE_S
-) -> FastAPI:
-    results_root = results_dir.resolve()
+@dataclass(frozen=True)
+class GatewaySettings:
+    scheduler_address: str
+    results_dir: Path
+    keepalive_s: float = KEEPALIVE_S
+    tokens: TokenLookup | None = None  # token mode when set
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
+    scheduler_credentials: grpc.ChannelCredentials | None = None  # TLS to the scheduler
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    results_root = settings.results_dir.resolve()
+    auth = GatewayAuth(settings.tokens)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        channel = grpc.aio.insecure_channel(scheduler_address)
-        app.state.gateway = GatewayState(pb_grpc.SchedulerStub(channel), results_root, keepalive_s)
+        channel = tls.aio_channel(settings.scheduler_address, settings.scheduler_credentials)
+        app.state.gateway = GatewayState(
+            pb_grpc.SchedulerStub(channel), results_root, settings.keepalive_s, auth
+        )
         yield
         await channel.close(grace=None)
 
+    identity = (
+        "Every call needs `Authorization: Bearer TOKEN` (this gateway is in token mode)."
+        if auth.mode == "token"
+        else "Every call needs the X-User-ID header (trusted-header mode: for loopback, or"
+        " behind a proxy that authenticates)."
+    )
     app = FastAPI(
         title="WSI workflow scheduler",
-        description="HTTP/JSON gateway to the scheduler. Every call needs the X-User-ID header.",
+        description=f"HTTP/JSON gateway to the scheduler. {identity}",
         version=VERSION,
         lifespan=lifespan,
+        docs_url=None,  # served below from local files: no CDN, no inline script
+        redoc_url=None,
     )
     metrics = HttpMetrics()
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -64,6 +90,13 @@ def create_app(
         )
         return JSONResponse(error_body("INVALID_ARGUMENT", problems), status_code=400)
 
+    @app.exception_handler(AuthFailure)
+    async def auth_failure(request: Request, exc: AuthFailure) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = "Bearer" if auth.mode == "token" else "X-User-ID"
+        return JSONResponse(error_body(exc.code, str(exc)), exc.status, headers=headers)
+
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
         return JSONResponse(error_body("INVALID_ARGUMENT", str(exc)), status_code=400)
@@ -74,9 +107,27 @@ def create_app(
     async def prometheus_metrics() -> Response:
         return metrics.exposition()
 
+    @app.get("/auth", summary="How callers identify themselves here: token or header")
+    async def auth_mode() -> dict[str, str]:
+        return {"mode": auth.mode}
+
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html", media_type="text/html")
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount(
+        "/docs-assets",
+        StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),
+        name="docs-assets",
+    )
+    # The last added runs first: the safety headers go on every answer, and a
+    # foreign Host or an oversized body never reaches a route.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HostAllowList, allowed=settings.allowed_hosts)
+    app.add_middleware(SecurityHeaders)
     return app

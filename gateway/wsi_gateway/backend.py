@@ -12,7 +12,7 @@ from typing import Annotated, TypeVar
 import grpc
 from fastapi import Depends, Header, Request
 
-from wsi_protocol import metadata
+from wsi_gateway.auth import GatewayAuth, Metadata
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 
 M = TypeVar("M")
@@ -25,6 +25,7 @@ class GatewayState:
     stub: pb_grpc.SchedulerAsyncStub
     results_root: Path
     keepalive_s: float
+    auth: GatewayAuth
 
 
 class GrpcFailure(Exception):
@@ -51,13 +52,20 @@ def gateway_state(request: Request) -> GatewayState:
 
 
 def caller(
+    request: Request,
     user: Annotated[
-        str | None, Header(alias="X-User-ID", description="the caller's user id")
+        str | None,
+        Header(alias="X-User-ID", description="the caller's user id (trusted-header mode)"),
     ] = None,
-) -> tuple[tuple[str, str], ...]:
-    """The caller's X-User-ID as gRPC metadata; the scheduler checks it."""
-    return ((metadata.USER_ID, user),) if user is not None else ()
+    authorization: Annotated[
+        str | None,
+        Header(alias="Authorization", description="'Bearer TOKEN' (token mode)"),
+    ] = None,
+) -> Metadata:
+    """The caller's identity, checked here and again by the scheduler, as gRPC metadata."""
+    client = request.client.host if request.client else ""
+    return gateway_state(request).auth.metadata_for(client, user, authorization)
 
 
 Gateway = Annotated[GatewayState, Depends(gateway_state)]
-Caller = Annotated[tuple[tuple[str, str], ...], Depends(caller)]
+Caller = Annotated[Metadata, Depends(caller)]

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.harness import CMU, Service, cluster_with_gateway
+from tests.timing import wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -66,6 +67,12 @@ def screenshot(page: Any, name: str, tmp_path: Path) -> None:
     page.screenshot(path=str(folder / name), full_page=True)
 
 
+def wait_until(page: Any, expression: str, timeout: float = 15) -> None:
+    """Polls ``expression`` from here: Playwright's wait_for_function evaluates
+    strings inside the page, which the UI's Content-Security-Policy forbids."""
+    wait_for(lambda: bool(page.evaluate(expression)), timeout, expression)
+
+
 def use_user(page: Any, user: str) -> None:
     page.fill("#user-id", user)
     page.click("#user-form button")
@@ -88,9 +95,7 @@ def test_create_watch_to_100_percent_and_open_the_result(page: Any, tmp_path: Pa
     assert workflow.locator(".workflow-percent").inner_text() == "100%"
     assert "tiles" in workflow.locator("tr[data-job=cells] .tiles").inner_text()
     workflow.locator("tr[data-job=cells] .show-result").click()
-    page.wait_for_function(
-        "document.querySelector('#result-preview').naturalWidth > 0", timeout=15_000
-    )
+    wait_until(page, "document.querySelector('#result-preview').naturalWidth > 0")
     nuclei = int(page.locator("[data-fact=nuclei]").inner_text())
     assert nuclei > 1000
     assert page.locator("#result-links [data-file='cells.geojson']").count() == 1

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from scheduler_service.limits import RateLimiter, retry_after
+from wsi_runtime.limits import RateLimiter, retry_after
 
 
 def test_burst_then_refill_at_rate() -> None:

@@ -15,9 +15,9 @@ from scheduler_service.validation import (
     JobInput,
     TooManyJobs,
     normalise_jobs,
-    valid_user_id,
 )
 from worker_service.throttle import ProgressThrottle
+from wsi_runtime.identity import valid_user_id
 
 
 def ji(

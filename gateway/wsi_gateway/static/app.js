@@ -1,17 +1,36 @@
 // The web UI: plain JavaScript over the gateway's JSON API. Live updates come
 // from each workflow's Server-Sent Events stream (read with fetch, so the
-// X-User-ID header can be sent), not from polling.
+// identity header can be sent), not from polling.
+//
+// Identity: a user id (X-User-ID) in trusted-header mode, an API token
+// (Authorization: Bearer) in token mode; the gateway's /auth says which. A
+// token is kept for the tab only (sessionStorage), a user id across visits.
+// Switching identity clears everything of the previous one, and answers that
+// arrive for an identity no longer selected are dropped (each carries the
+// "epoch" it was asked in).
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
-const state = { user: localStorage.getItem("wsi-user") || "", workflows: new Map(), streams: new Map() };
+const state = { mode: "header", identity: "", epoch: 0, workflows: new Map(), streams: new Map(), blobs: new Set() };
 const TERMINAL = new Set(["SUCCEEDED", "FAILED", "CANCELLED"]);
 
+class Stale extends Error {}  // an answer for an identity that is no longer selected
+
+function identityHeaders() {
+  return state.mode === "token" ? { Authorization: `Bearer ${state.identity}` } : { "X-User-ID": state.identity };
+}
+
+function storage() {
+  return state.mode === "token" ? sessionStorage : localStorage;
+}
+
 async function api(method, path, body) {
-  const headers = { "X-User-ID": state.user };
+  const epoch = state.epoch;
+  const headers = identityHeaders();
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const reply = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const data = reply.headers.get("content-type")?.includes("json") ? await reply.json() : null;
+  if (epoch !== state.epoch) throw new Stale();
   if (!reply.ok) throw new Error(data?.message || `${reply.status} ${reply.statusText}`);
   return data;
 }
@@ -56,7 +75,7 @@ async function submitWorkflow(event) {
     upsert(workflow);
     follow(workflow);
   } catch (error) {
-    $("#create-error").textContent = error.message;
+    if (!(error instanceof Stale)) $("#create-error").textContent = error.message;
   }
 }
 
@@ -91,7 +110,7 @@ async function follow(workflow) {
   try {
     while (!controller.signal.aborted) {
       const reply = await fetch(`/workflows/${id}/events?after=${after}`, {
-        headers: { "X-User-ID": state.user }, signal: controller.signal,
+        headers: identityHeaders(), signal: controller.signal,
       });
       if (!reply.ok) break;
       const reader = reply.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -126,8 +145,9 @@ function percent(progress) {
 }
 
 function bar(progress) {
-  return el("div", { class: "bar", role: "progressbar", "aria-valuenow": String(percent(progress)) },
-    el("div", { style: `width:${percent(progress)}%` }));
+  const fill = el("div");
+  fill.style.width = `${percent(progress)}%`; // CSSOM: allowed by the page's CSP, unlike a style attribute
+  return el("div", { class: "bar", role: "progressbar", "aria-valuenow": String(percent(progress)) }, fill);
 }
 
 function jobRow(job) {
@@ -169,19 +189,40 @@ async function act(action) {
   try {
     await action();
   } catch (error) {
-    alert(error.message);
+    if (!(error instanceof Stale)) alert(error.message);
   }
 }
 
 // ---- results ----------------------------------------------------------------
 
 async function blobUrl(path) {
-  const reply = await fetch(path, { headers: { "X-User-ID": state.user } });
+  const epoch = state.epoch;
+  const reply = await fetch(path, { headers: identityHeaders() });
   if (!reply.ok) throw new Error(`${reply.status} ${path}`);
-  return URL.createObjectURL(await reply.blob());
+  const blob = await reply.blob();
+  if (epoch !== state.epoch) throw new Stale();
+  const url = URL.createObjectURL(blob);
+  state.blobs.add(url);
+  return url;
+}
+
+function revokeBlobs() {
+  for (const url of state.blobs) URL.revokeObjectURL(url);
+  state.blobs.clear();
+}
+
+function clearResult() {
+  const dialog = $("#result-dialog");
+  if (dialog.open) dialog.close();
+  $("#result-preview").removeAttribute("src");
+  $("#result-title").textContent = "Result";
+  $("#result-summary").replaceChildren();
+  $("#result-links").replaceChildren();
+  revokeBlobs();
 }
 
 async function showResult(job) {
+  clearResult();
   const dialog = $("#result-dialog");
   $("#result-title").textContent = `${job.key} — ${job.job_type}`;
   const summary = JSON.parse(job.result?.summary || "{}");
@@ -195,24 +236,27 @@ async function showResult(job) {
   };
   $("#result-summary").replaceChildren(...Object.entries(facts).flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-fact": k }, v)]));
   const links = $("#result-links");
-  links.replaceChildren();
   for (const name of Object.keys(job.result?.files || {}).sort()) {
     const link = el("a", { href: "#", "data-file": name }, name);
-    link.addEventListener("click", async (event) => {
+    link.addEventListener("click", (event) => {
       event.preventDefault();
-      const a = el("a", { href: await blobUrl(`/jobs/${job.job_id}/results/${name}`), download: name });
-      a.click();
+      act(async () => {
+        const url = await blobUrl(`/jobs/${job.job_id}/results/${name}`);
+        el("a", { href: url, download: name }).click();
+      });
     });
     links.append(link);
   }
+  // The image first, then the dialog: it never shows an earlier picture.
+  const preview = await blobUrl(`/jobs/${job.job_id}/results/preview.png`);
+  $("#result-preview").src = preview;
   dialog.showModal();
-  $("#result-preview").src = await blobUrl(`/jobs/${job.job_id}/results/preview.png`);
 }
 
 // ---- dashboard ----------------------------------------------------------------
 
 async function refreshStats() {
-  if (!state.user) return;
+  if (!state.identity) return;
   try {
     const stats = await api("GET", "/stats");
     $("#stat-running").textContent = stats.running_jobs;
@@ -221,18 +265,35 @@ async function refreshStats() {
     $("#stat-slots").textContent = `${stats.worker_slots_busy} / ${stats.worker_slots_total}`;
     $("#stat-branches").replaceChildren(...stats.branches.map((b) => el("li", {}, `${b.branch}: ${b.pending} queued, ${b.running} running`)));
   } catch (error) {
-    console.warn("stats", error.message);
+    if (!(error instanceof Stale)) console.warn("stats", error.message);
   }
 }
 
 // ---- start ----------------------------------------------------------------------
 
-async function useUser(user) {
+function clearForm() {
+  $("#wf-name").value = "";
+  $("#create-error").textContent = "";
+  $("#job-rows tbody").replaceChildren();
+  addRow();
+}
+
+function clearDashboard() {
+  for (const id of ["#stat-running", "#stat-pending", "#stat-users", "#stat-slots"]) $(id).textContent = "–";
+  $("#stat-branches").replaceChildren();
+}
+
+async function useIdentity(identity) {
+  state.epoch += 1; // every answer still on its way for the previous identity is dropped
   for (const controller of state.streams.values()) controller.abort();
-  state.user = user;
+  state.streams.clear();
+  state.identity = identity;
   state.workflows.clear();
-  localStorage.setItem("wsi-user", user);
-  $("#user-id").value = user;
+  clearResult();
+  clearForm();
+  clearDashboard();
+  storage().setItem("wsi-identity", identity);
+  $("#user-id").value = state.mode === "token" ? "" : identity;
   render();
   const page = await api("GET", "/workflows?page_size=50");
   for (const wf of page.workflows) state.workflows.set(wf.workflow_id, wf);
@@ -241,12 +302,32 @@ async function useUser(user) {
   refreshStats();
 }
 
-$("#user-form").addEventListener("submit", (event) => {
-  event.preventDefault();
-  act(() => useUser($("#user-id").value.trim()));
-});
-$("#add-row").addEventListener("click", () => addRow());
-$("#create-form").addEventListener("submit", submitWorkflow);
-addRow();
-setInterval(refreshStats, 2000);
-if (state.user) act(() => useUser(state.user));
+async function start() {
+  try {
+    const reply = await fetch("/auth");
+    if (reply.ok) state.mode = (await reply.json()).mode;
+  } catch (error) {
+    console.warn("auth mode", error.message);
+  }
+  const input = $("#user-id");
+  if (state.mode === "token") {
+    $("#user-label").textContent = "API token";
+    input.type = "password";
+    input.placeholder = "your API token";
+    input.removeAttribute("pattern");
+    input.autocomplete = "off";
+  }
+  $("#user-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    act(() => useIdentity(input.value.trim()));
+  });
+  $("#add-row").addEventListener("click", () => addRow());
+  $("#create-form").addEventListener("submit", submitWorkflow);
+  $("#result-dialog").addEventListener("close", () => $("#result-preview").removeAttribute("src"));
+  addRow();
+  setInterval(refreshStats, 2000);
+  const stored = storage().getItem("wsi-identity") || "";
+  if (stored) act(() => useIdentity(stored));
+}
+
+start();

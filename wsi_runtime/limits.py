@@ -39,6 +39,14 @@ class RateLimiter:
             return 0.0
         return (1 - bucket.tokens) / self.rate
 
+    def blocked(self, key: str, now: float) -> float:
+        """The seconds ``acquire`` would make this key wait now, taking nothing."""
+        bucket = self._buckets.get(key)
+        if self.rate <= 0 or bucket is None:
+            return 0.0
+        tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
     def forget_idle(self, now: float) -> None:
         """Drops full buckets (users idle long enough to have refilled), so the
         table does not grow with every user ever seen."""

@@ -1,0 +1,62 @@
+"""The caller's identity at the HTTP edge, checked before anything is
+parsed or forwarded: a malformed header is 401 (never 500), and in token
+mode a bad token never reaches the scheduler. Failed attempts are limited
+per client address; the scheduler checks the same again."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from wsi_protocol import metadata
+from wsi_runtime.identity import PermissionDenied, TokenLookup, Unauthenticated, identify
+from wsi_runtime.limits import RateLimiter, retry_after
+
+Metadata = tuple[tuple[str, str], ...]
+FAILURES_PER_SECOND = 1.0
+FAILURE_BURST = 20.0
+
+
+class AuthFailure(Exception):
+    """An HTTP answer about identity: 401, 403 or 429 (too many failures)."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+
+class GatewayAuth:
+    def __init__(self, tokens: TokenLookup | None, clock: Callable[[], float] = time.monotonic):
+        self.tokens = tokens
+        self.failures = RateLimiter(FAILURES_PER_SECOND, FAILURE_BURST)
+        self.clock = clock
+
+    @property
+    def mode(self) -> Literal["token", "header"]:
+        return "token" if self.tokens is not None else "header"
+
+    def metadata_for(self, client: str, user: str | None, authorization: str | None) -> Metadata:
+        """The gRPC metadata that carries the caller's identity to the scheduler."""
+        wait = self.failures.blocked(client, self.clock())
+        if wait:
+            raise AuthFailure(
+                429,
+                "RESOURCE_EXHAUSTED",
+                "too many failed authentications from this address;"
+                f" retry after {retry_after(wait)} s",
+                retry_after(wait),
+            )
+        try:
+            identify(user, authorization, self.tokens)
+        except Unauthenticated as exc:
+            self.failures.acquire(client, self.clock())
+            raise AuthFailure(401, "UNAUTHENTICATED", str(exc)) from None
+        except PermissionDenied as exc:
+            raise AuthFailure(403, "PERMISSION_DENIED", str(exc)) from None
+        forwarded: Metadata = ((metadata.USER_ID, user),) if user is not None else ()
+        if self.tokens is not None and authorization:
+            forwarded += ((metadata.AUTHORIZATION, authorization.strip()),)
+        return forwarded

@@ -1,0 +1,170 @@
+"""Plain ASGI middleware that every request passes before any route runs:
+the Host allow-list (against DNS rebinding), the request body cap (enforced
+while reading, so an oversized body is never held in memory), and the
+headers that make responses safe in a browser."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DEFAULT_MAX_BODY_BYTES = 4 * 2**20
+# The UI's own scripts and styles only: no inline code, no other origin, never framed.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:;"
+    " connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none';"
+    " form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = (
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+)
+# Code and styles are the same for everyone: cached, but checked again each time.
+SHARED_PREFIXES = ("/static/", "/docs-assets/")
+SHARED_CACHE = ((b"cache-control", b"no-cache"),)
+# Everything else may be one user's: never kept by a browser or a proxy.
+PRIVATE_CACHE = (
+    (b"cache-control", b"private, no-store"),
+    (b"vary", b"Authorization, X-User-ID"),
+)
+
+
+async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+    body = json.dumps({"code": code, "message": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *SECURITY_HEADERS,
+                *PRIVATE_CACHE,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def host_name(host_header: str) -> str:
+    """``Host`` without its port, lowercase: ``[::1]:8000`` -> ``::1``."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
+    return None
+
+
+class HostAllowList:
+    """400 for a ``Host`` the gateway is not known by: a page on a rebound
+    DNS name reaches a loopback gateway, but with its own name as Host."""
+
+    def __init__(self, app: ASGIApp, allowed: Iterable[str]) -> None:
+        self.app = app
+        self.allowed = {host_name(h) for h in allowed}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw = _header(scope, b"host")
+            host = host_name(raw.decode("latin-1")) if raw is not None else ""
+            if host not in self.allowed:
+                await _send_error(
+                    send, 400, "INVALID_ARGUMENT", "the Host header is not one this gateway serves"
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """413 for a body over ``max_bytes``: at once from Content-Length, else
+    as soon as the bytes read pass the cap (what the app answers then is
+    replaced). Nothing over the cap is ever buffered."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> str:
+        return f"the request body is larger than {self.max_bytes} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None:
+            try:
+                length = int(declared)
+            except ValueError:
+                await _send_error(send, 400, "INVALID_ARGUMENT", "Content-Length is not a number")
+                return
+            if length > self.max_bytes:
+                await _send_error(send, 413, "PAYLOAD_TOO_LARGE", self._too_large())
+                return
+        received = 0
+        overflowed = False
+        answered = False
+
+        async def counted_receive() -> Message:
+            nonlocal received, overflowed
+            if overflowed:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    overflowed = True
+                    return {"type": "http.disconnect"}  # the app stops reading
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal answered
+            if overflowed:
+                if not answered:
+                    answered = True
+                    await _send_error(send, 413, "PAYLOAD_TOO_LARGE", self._too_large())
+                return
+            await send(message)
+
+        await self.app(scope, counted_receive, guarded_send)
+        if overflowed and not answered:
+            await _send_error(send, 413, "PAYLOAD_TOO_LARGE", self._too_large())
+
+
+class SecurityHeaders:
+    """The browser-safety headers on every response, and a cache rule by path."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = str(scope.get("path", ""))
+        cache = SHARED_CACHE if path.startswith(SHARED_PREFIXES) else PRIVATE_CACHE
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                replaced = {name for name, _ in (*SECURITY_HEADERS, *cache)}
+                headers = [(k, v) for k, v in message.get("headers", ()) if k not in replaced]
+                message["headers"] = [*headers, *SECURITY_HEADERS, *cache]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

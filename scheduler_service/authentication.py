@@ -1,0 +1,76 @@
+"""Every public call's identity (``wsi_runtime.identity`` decides; this maps
+its answers to status codes), and a limit on failed authentications per peer
+address, so tokens cannot be guessed at speed and a flood of bad calls
+costs the flooder, not other users."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import grpc
+
+from wsi_protocol import metadata
+from wsi_protocol.status import RETRY_AFTER_METADATA
+from wsi_runtime.identity import PermissionDenied, TokenLookup, Unauthenticated, identify
+from wsi_runtime.limits import RateLimiter, retry_after
+
+if TYPE_CHECKING:
+    from wsi_runtime.serving import Context
+
+FAILURES_PER_SECOND = 1.0
+FAILURE_BURST = 20.0
+
+
+def peer_host(peer: str) -> str:
+    """``ipv4:10.0.0.7:51234`` -> ``ipv4:10.0.0.7``; ``ipv6:[::1]:5`` -> ``ipv6:[::1]``."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return f"{kind}:{rest.rsplit(':', 1)[0]}"
+    return peer
+
+
+def _first(context: Context, key: str) -> str | None:
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return None
+
+
+class Authenticator:
+    def __init__(
+        self,
+        tokens: TokenLookup | None,
+        failures: RateLimiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.tokens = tokens
+        self.failures = failures or RateLimiter(FAILURES_PER_SECOND, FAILURE_BURST)
+        self.clock = clock
+
+    @property
+    def token_mode(self) -> bool:
+        return self.tokens is not None
+
+    async def __call__(self, context: Context) -> str:
+        """The caller's user id, or the call ends with the status that says why not."""
+        peer = peer_host(context.peer() or "")
+        wait = self.failures.blocked(peer, self.clock())
+        if wait:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "too many failed authentications from this address;"
+                f" retry after {retry_after(wait)} s",
+                trailing_metadata=((RETRY_AFTER_METADATA, str(retry_after(wait))),),
+            )
+        claimed = _first(context, metadata.USER_ID)
+        authorization = _first(context, metadata.AUTHORIZATION)
+        try:
+            return identify(claimed, authorization, self.tokens)
+        except Unauthenticated as exc:
+            self.failures.acquire(peer, self.clock())
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except PermissionDenied as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        raise AssertionError("unreachable")  # context.abort raises
