@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := protos/wsi/scheduler/v1/scheduler.proto protos/wsi/worker/v1/worker.proto
 GEN    := wsi_protocol/scheduler wsi_protocol/worker
 
-.PHONY: all venv run test test-fast lint proto proto-check bench clean browser torch train-model
+.PHONY: all venv run test test-fast lint proto proto-check bench clean browser torch train-model web
 
 all: test
 
@@ -21,12 +21,20 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 venv: $(STAMP)
 
+## Browser libraries the gateway serves itself (Swagger UI for /docs), pinned in
+## gateway/web/package-lock.json, from the npm registry; install scripts are not run.
+WEB := gateway/web
+$(WEB)/node_modules/.package-lock.json: $(WEB)/package.json $(WEB)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm missing: /docs will answer 503"; exit 0; }; \
+		cd $(WEB) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+web: $(WEB)/node_modules/.package-lock.json
+
 ## Start worker and scheduler on loopback with the default settings; Ctrl-C stops both.
-run: $(STAMP)
+run: $(STAMP) web
 	$(BIN)/python -m wsi_runtime.launch
 
 ## Everything CI checks: generated code fresh, lint, the whole test suite.
-test: $(STAMP) browser torch proto-check lint
+test: $(STAMP) web browser torch proto-check lint
 	$(BIN)/python -m pytest -q -rs
 
 ## Debian's Chromium for the browser tests (Playwright drives it; nothing is downloaded

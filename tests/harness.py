@@ -23,6 +23,7 @@ from wsi_protocol import metadata
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from wsi_runtime.health_wait import wait_http, wait_serving
+from wsi_runtime.token_file import add_token
 
 ROOT = Path(__file__).resolve().parent.parent
 SLIDES = ROOT / "tests" / "fixtures" / "slides"  # small real slides, kept in the repo
@@ -148,10 +149,17 @@ def start_scheduler(workdir: Path, workers: Sequence[Service], **extra: int | st
 
 
 def start_gateway(
-    workdir: Path, scheduler: Service, results_dir: Path, keepalive: float = 15.0
+    workdir: Path,
+    scheduler: Service,
+    results_dir: Path,
+    keepalive: float = 15.0,
+    **extra: str,
 ) -> Service:
+    """Other keywords are flags (``auth_tokens=PATH`` -> ``--auth-tokens PATH``)."""
     args = ["--gateway-port", "0", "--scheduler-address", scheduler.address]
     args += ["--results-dir", str(results_dir), "--sse-keepalive", str(keepalive)]
+    for key, value in extra.items():
+        args += [f"--{key.replace('_', '-')}", value]
     service = _start("wsi_gateway", "gateway", workdir, args, {}, health=False)
     service.address = "http://" + service.address
     return service
@@ -163,11 +171,12 @@ class Cluster:
     workers: list[Service]
     channel: grpc.Channel
     stub: pb_grpc.SchedulerStub
+    probe: tuple[tuple[str, str], ...] = ((metadata.USER_ID, "probe"),)  # the harness's own
 
     def wait_workers(self, count: int, timeout: float = 20) -> None:
         deadline = time.monotonic() + patience(timeout)
         while time.monotonic() < deadline:
-            stats = self.stub.GetStats(pb.GetStatsRequest(), metadata=user("probe"))
+            stats = self.stub.GetStats(pb.GetStatsRequest(), metadata=self.probe)
             if stats.workers_connected >= count:
                 return
             time.sleep(0.05)
@@ -194,17 +203,21 @@ def cluster(
         stack.callback(scheduler.stop)
         channel = stack.enter_context(grpc.insecure_channel(scheduler.address))
         result = Cluster(scheduler, workers, channel, pb_grpc.SchedulerStub(channel))
+        if scheduler_settings.get("auth_tokens"):  # token mode: the probe needs one too
+            result.probe = bearer(add_token(Path(str(scheduler_settings["auth_tokens"])), "probe"))
         result.wait_workers(len(workers))
         yield result
 
 
 @contextmanager
 def cluster_with_gateway(
-    workdir: Path, **settings: int | str | Sequence[int]
+    workdir: Path, auth_tokens: str = "", **settings: int | str | Sequence[int]
 ) -> Iterator[tuple[Cluster, Service]]:
-    """``cluster(...)`` plus a gateway serving the workers' results."""
-    with cluster(workdir, **settings) as c:  # type: ignore[arg-type]
-        gateway = start_gateway(workdir, c.scheduler, workdir / "results")
+    """``cluster(...)`` plus a gateway serving the workers' results;
+    ``auth_tokens`` (a token file) puts scheduler and gateway in token mode."""
+    tokens = {"auth_tokens": auth_tokens} if auth_tokens else {}
+    with cluster(workdir, **tokens, **settings) as c:  # type: ignore[arg-type]
+        gateway = start_gateway(workdir, c.scheduler, workdir / "results", 15.0, **tokens)
         try:
             yield c, gateway
         finally:
@@ -213,3 +226,7 @@ def cluster_with_gateway(
 
 def user(name: str) -> tuple[tuple[str, str]]:
     return ((metadata.USER_ID, name),)
+
+
+def bearer(token: str) -> tuple[tuple[str, str]]:
+    return ((metadata.AUTHORIZATION, f"Bearer {token}"),)

@@ -5,11 +5,14 @@
         async for event in wsi.watch(workflow.workflow_id):
             ...
 
-The address and user are given once. Unary calls carry a deadline. Calls that
-are safe to repeat (reads, and creates, which always carry a ``request_id``)
-are retried on UNAVAILABLE with backoff; nothing else is. ``watch`` resumes
-after a dropped connection from the last sequence it delivered. Failures raise
-``SchedulerError`` with the gRPC status and the server's message."""
+The address and identity are given once: ``user=`` where the scheduler trusts
+the x-user-id header, ``token=`` (an API token) where it runs in token mode;
+``tls_ca=`` (PEM bytes or a file path) for a scheduler that serves TLS.
+Unary calls carry a deadline. Calls that are safe to repeat (reads, and
+creates, which always carry a ``request_id``) are retried on UNAVAILABLE with
+backoff; nothing else is. ``watch`` resumes after a dropped connection from the
+last sequence it delivered. Failures raise ``SchedulerError`` with the gRPC
+status and the server's message."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
@@ -98,26 +102,54 @@ def job(
     )
 
 
+def identity_metadata(user: str, token: str) -> tuple[tuple[str, str], ...]:
+    found: tuple[tuple[str, str], ...] = ((metadata.USER_ID, user),) if user else ()
+    if token:
+        found += ((metadata.AUTHORIZATION, f"Bearer {token}"),)
+    return found
+
+
+def _tls(ca: bytes | str) -> grpc.ChannelCredentials:
+    pem = ca if isinstance(ca, bytes) else Path(ca).read_bytes()
+    return grpc.ssl_channel_credentials(root_certificates=pem)
+
+
 class SchedulerClient:
     def __init__(
         self,
         address: str = DEFAULT_ADDRESS,
         *,
-        user: str,
+        user: str = "",
+        token: str = "",
+        tls_ca: bytes | str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         backoff: Backoff | None = None,
         channel: grpc.aio.Channel | None = None,
     ) -> None:
-        if not user:
-            raise ValueError("a user id is required (x-user-id)")
+        if not user and not token:
+            raise ValueError("a user id (x-user-id) or an API token is required")
         self.address = address
         self.user = user
+        self.token = token
         self.timeout = timeout
         self.backoff = backoff or Backoff()
         self._owns_channel = channel is None
-        self._channel = channel or grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        if channel is None:
+            channel = (
+                grpc.aio.secure_channel(address, _tls(tls_ca), options=CHANNEL_OPTIONS)
+                if tls_ca
+                else grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            )
+        self._channel = channel
         self._stub = pb_grpc.SchedulerStub(self._channel)
-        self._metadata = ((metadata.USER_ID, user),)
+        self._metadata = identity_metadata(user, token)
+
+    def http_headers(self) -> dict[str, str]:
+        """The same identity for the HTTP gateway (result downloads)."""
+        headers = {"X-User-ID": self.user} if self.user else {}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
 
     async def __aenter__(self) -> SchedulerClient:
         return self

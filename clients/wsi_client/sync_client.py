@@ -23,7 +23,7 @@ R = TypeVar("R")
 
 
 class SyncSchedulerClient:
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, user: str, **options: Any) -> None:
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, user: str = "", **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()

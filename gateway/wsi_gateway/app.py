@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import swagger_ui_bundle
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -30,6 +29,8 @@ from wsi_runtime.identity import TokenLookup
 from wsi_runtime.version import VERSION
 
 STATIC = Path(__file__).resolve().parent / "static"
+# Swagger UI's files, from the npm registry (gateway/web/package.json, `make web`).
+DOCS_ASSETS = Path(__file__).resolve().parents[1] / "web" / "node_modules" / "swagger-ui-dist"
 KEEPALIVE_S = 15.0
 
 
@@ -116,15 +117,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     @app.get("/docs", include_in_schema=False)
-    async def docs() -> FileResponse:
+    async def docs() -> Response:
+        if not DOCS_ASSETS.is_dir():
+            message = "Swagger UI is not installed here (`make web`); /openapi.json is"
+            return JSONResponse(error_body("UNAVAILABLE", message), status_code=503)
         return FileResponse(STATIC / "docs.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.mount(
-        "/docs-assets",
-        StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),
-        name="docs-assets",
-    )
+    if DOCS_ASSETS.is_dir():
+        app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     # The last added runs first: the safety headers go on every answer, and a
     # foreign Host or an oversized body never reaches a route.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

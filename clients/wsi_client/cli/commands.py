@@ -177,7 +177,12 @@ async def results(client: SchedulerClient, args: argparse.Namespace, console: Co
     if args.download:
         try:
             saved = download.fetch_results(
-                args.gateway, client.user, job.job_id, list(files), Path(args.download)
+                args.gateway,
+                client.http_headers(),
+                job.job_id,
+                list(files),
+                Path(args.download),
+                args.tls_ca or None,
             )
         except download.DownloadError as exc:
             raise CommandError(str(exc)) from None

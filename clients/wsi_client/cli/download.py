@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -20,21 +21,28 @@ class DownloadError(Exception):
 
 
 def fetch_results(
-    gateway: str, user: str, job_id: str, names: Sequence[str], folder: Path
+    gateway: str,
+    identity: Mapping[str, str],
+    job_id: str,
+    names: Sequence[str],
+    folder: Path,
+    tls_ca: str | None = None,
 ) -> dict[str, Path]:
     """Saves each named result of the job into ``folder`` (each file appears
-    whole or not at all) and returns where."""
+    whole or not at all) and returns where. ``identity``: the caller's headers;
+    ``tls_ca``: the CA of an HTTPS gateway."""
     folder.mkdir(parents=True, exist_ok=True)
+    context = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
     saved: dict[str, Path] = {}
     for name in names:
         url = (
             f"{gateway.rstrip('/')}/jobs/{urllib.parse.quote(job_id)}"
             f"/results/{urllib.parse.quote(name)}"
         )
-        request = urllib.request.Request(url, headers={"X-User-ID": user})
+        request = urllib.request.Request(url, headers=dict(identity))
         target = folder / Path(name).name
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
+            with urllib.request.urlopen(request, timeout=60, context=context) as response:
                 _save(response, target)
         except urllib.error.HTTPError as exc:
             raise DownloadError(f"{name}: gateway answered {exc.code}: {_message(exc)}") from None

@@ -40,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("WSI_USER", ""),
         help="your user id, sent as x-user-id (env WSI_USER)",
     )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("WSI_TOKEN", ""),
+        help="your API token, where the scheduler runs in token mode (env WSI_TOKEN)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        default=os.environ.get("WSI_TLS_CA", ""),
+        help="PEM CA bundle: talk TLS to a scheduler and gateway it signed (env WSI_TLS_CA)",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
     parser.add_argument(
         "--timeout", type=float, default=10.0, help="deadline of each call, s (default 10)"
@@ -100,7 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace, console: Console) -> int:
-    async with SchedulerClient(args.address, user=args.user, timeout=args.timeout) as client:
+    async with SchedulerClient(
+        args.address,
+        user=args.user,
+        token=args.token,
+        tls_ca=args.tls_ca or None,
+        timeout=args.timeout,
+    ) as client:
         return await commands.COMMANDS[args.command](client, args, console)
 
 
@@ -111,8 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not console.is_terminal:
         console = Console(highlight=False, width=PIPE_WIDTH)
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
-    if not args.user:
-        errors.print("wsi: error: no user id: pass --user or set WSI_USER")
+    if not args.user and not args.token:
+        errors.print(
+            "wsi: error: who are you? pass --user (or set WSI_USER), or --token"
+            " (or set WSI_TOKEN) where the scheduler needs API tokens"
+        )
         return EXIT_USAGE
     try:
         return asyncio.run(run(args, console))

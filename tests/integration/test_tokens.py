@@ -1,0 +1,233 @@
+"""Token mode (WSI_AUTH_TOKENS) on the scheduler and the gateway, as an
+attacker and as users meet it: no token, a wrong token, a token revoked by
+editing the file while everything runs, and an x-user-id naming someone else
+are all refused with the right code; the right token sees its user's work
+only; limits count per token, whatever x-user-id says; ``wsi`` and the
+client work with ``--token``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from tests.harness import CMU, Cluster, Service, bearer, cluster, cluster_with_gateway
+from tests.integration.support import LONG, spec
+from wsi_client.client import SchedulerClient, job
+from wsi_protocol import metadata
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
+from wsi_runtime.token_file import add_token, revoke_user
+
+WSI = Path(sys.executable).parent / "wsi"
+
+
+@dataclass
+class TokenCluster:
+    cluster: Cluster
+    gateway: Service
+    tokens_file: Path
+    alice: str
+    bob: str
+    carol: str
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenCluster]:
+    workdir = tmp_path_factory.mktemp("tokens")
+    tokens_file = workdir / "tokens.txt"
+    tokens_file.write_text("# user  sha256(token)\n")
+    alice, bob, carol = (add_token(tokens_file, name) for name in ("alice", "bob", "carol"))
+    with cluster_with_gateway(
+        workdir,
+        auth_tokens=str(tokens_file),
+        worker_slots=(1,),
+        max_workers=1,
+        rate_limit=2,
+        rate_burst=4,
+        max_pending_per_user=3,
+    ) as (c, gateway):
+        yield TokenCluster(c, gateway, tokens_file, alice, bob, carol)
+
+
+def code_of(call: object) -> grpc.StatusCode:
+    try:
+        call()  # type: ignore[operator]
+    except grpc.RpcError as error:
+        code: grpc.StatusCode = error.code()
+        return code
+    return grpc.StatusCode.OK
+
+
+def create(system: TokenCluster, md: tuple[tuple[str, str], ...], branch: str) -> pb.Workflow:
+    request = pb.CreateWorkflowRequest(name="t", jobs=[spec("a", branch)])
+    made: pb.Workflow = system.cluster.stub.CreateWorkflow(request, metadata=md, timeout=10)
+    return made
+
+
+def test_grpc_refuses_what_is_not_a_valid_token(system: TokenCluster) -> None:
+    stub = system.cluster.stub
+    listing = pb.ListWorkflowsRequest()
+
+    def listed(md: tuple[tuple[str, str], ...]) -> grpc.StatusCode:
+        return code_of(lambda: stub.ListWorkflows(listing, metadata=md, timeout=10))
+
+    assert listed(((metadata.USER_ID, "alice"),)) is grpc.StatusCode.UNAUTHENTICATED
+    assert listed(()) is grpc.StatusCode.UNAUTHENTICATED
+    assert listed(bearer("wsi_not-a-token")) is grpc.StatusCode.UNAUTHENTICATED
+    assert listed(((metadata.AUTHORIZATION, system.alice),)) is grpc.StatusCode.UNAUTHENTICATED
+    other = (*bearer(system.alice), (metadata.USER_ID, "bob"))
+    assert listed(other) is grpc.StatusCode.PERMISSION_DENIED
+    own = (*bearer(system.alice), (metadata.USER_ID, "alice"))
+    assert listed(own) is grpc.StatusCode.OK
+
+
+def test_a_token_sees_only_its_users_work(system: TokenCluster) -> None:
+    stub = system.cluster.stub
+    mine = create(system, bearer(system.alice), "own")
+    theirs = pb.GetWorkflowRequest(workflow_id=mine.workflow_id)
+    assert stub.GetWorkflow(theirs, metadata=bearer(system.alice)).workflow_id == mine.workflow_id
+    found = code_of(lambda: stub.GetWorkflow(theirs, metadata=bearer(system.bob)))
+    assert found is grpc.StatusCode.NOT_FOUND
+    # Naming alice with bob's token gets bob nothing either.
+    as_alice = (*bearer(system.bob), (metadata.USER_ID, "alice"))
+    found = code_of(lambda: stub.GetWorkflow(theirs, metadata=as_alice))
+    assert found is grpc.StatusCode.PERMISSION_DENIED
+    listed = stub.ListWorkflows(pb.ListWorkflowsRequest(), metadata=bearer(system.bob))
+    assert mine.workflow_id not in {w.workflow_id for w in listed.workflows}
+    stub.CancelWorkflow(
+        pb.CancelWorkflowRequest(workflow_id=mine.workflow_id), metadata=bearer(system.alice)
+    )
+
+
+def test_limits_count_per_token_whatever_x_user_id_says(system: TokenCluster) -> None:
+    stub = system.cluster.stub
+    answers = []
+    for index in range(12):  # rate 2/s, burst 4: rotating ids must not help
+        md = (*bearer(system.carol), (metadata.USER_ID, f"rotating-{index}"))
+        answers.append(cancel_code(system, md, f"no-such-job-{index}"))
+    assert set(answers) == {grpc.StatusCode.PERMISSION_DENIED}
+    answers = [cancel_code(system, bearer(system.carol), f"no-such-{i}") for i in range(12)]
+    assert answers.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 6
+    # The pending cap (3) belongs to the token's user too.
+    bobs = bearer(system.bob)
+    four = pb.CreateWorkflowRequest(jobs=[spec(f"k{i}", "lane", params=LONG) for i in range(4)])
+    refused = code_of(lambda: stub.CreateWorkflow(four, metadata=bobs, timeout=10))
+    assert refused is grpc.StatusCode.RESOURCE_EXHAUSTED
+    three = pb.CreateWorkflowRequest(jobs=[spec(f"k{i}", "lane", params=LONG) for i in range(3)])
+    made = stub.CreateWorkflow(three, metadata=bobs, timeout=10)
+    stub.CancelWorkflow(pb.CancelWorkflowRequest(workflow_id=made.workflow_id), metadata=bobs)
+
+
+def cancel_code(system: TokenCluster, md: tuple[tuple[str, str], ...], job_id: str) -> object:
+    request = pb.CancelJobRequest(job_id=job_id)
+    return code_of(lambda: system.cluster.stub.CancelJob(request, metadata=md, timeout=10))
+
+
+def test_the_gateway_answers_401_403_and_serves_the_tokens_user(system: TokenCluster) -> None:
+    url = system.gateway.address
+    with httpx.Client(base_url=url, timeout=10) as http:
+        assert http.get("/auth").json() == {"mode": "token"}
+        assert http.get("/workflows", headers={"X-User-ID": "alice"}).status_code == 401
+        assert http.get("/workflows").status_code == 401
+        wrong = {"Authorization": "Bearer wsi_wrong"}
+        assert http.get("/workflows", headers=wrong).status_code == 401
+        assert http.get("/workflows", headers={"Authorization": "Basic abc"}).status_code == 401
+        alice = {"Authorization": f"Bearer {system.alice}"}
+        reply = http.get("/workflows", headers={**alice, "X-User-ID": "bob"})
+        assert reply.status_code == 403
+        assert reply.json()["code"] == "PERMISSION_DENIED"
+        body = {"jobs": [{"branch": "http", "job_type": "TISSUE_MASK", "wsi_path": CMU}]}
+        made = http.post("/workflows", json=body, headers=alice)
+        assert made.status_code == 201, made.text
+        workflow_id = made.json()["workflow_id"]
+        bob = {"Authorization": f"Bearer {system.bob}"}
+        assert http.get(f"/workflows/{workflow_id}", headers=bob).status_code == 404
+        assert http.get(f"/workflows/{workflow_id}", headers=alice).status_code == 200
+        http.post(f"/workflows/{workflow_id}/cancel", headers=alice)
+
+
+def test_a_token_revoked_in_the_file_stops_working_at_once(system: TokenCluster) -> None:
+    stub = system.cluster.stub
+    dave = add_token(system.tokens_file, "dave")  # added while running: valid at once
+    request = pb.ListWorkflowsRequest()
+    assert code_of(lambda: stub.ListWorkflows(request, metadata=bearer(dave))) is (
+        grpc.StatusCode.OK
+    )
+    with httpx.Client(base_url=system.gateway.address, timeout=10) as http:
+        headers = {"Authorization": f"Bearer {dave}"}
+        assert http.get("/workflows", headers=headers).status_code == 200
+        assert revoke_user(system.tokens_file, "dave") == 1
+        assert http.get("/workflows", headers=headers).status_code == 401
+    assert code_of(lambda: stub.ListWorkflows(request, metadata=bearer(dave))) is (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+
+
+def test_cli_and_client_take_a_token(system: TokenCluster, tmp_path: Path) -> None:
+    address = system.cluster.scheduler.address
+
+    def wsi(*args: str, token: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != "WSI_USER"}
+        return subprocess.run(
+            [str(WSI), "--address", address, *args],
+            env={**env, "WSI_TOKEN": token},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    submitted = wsi("--json", "submit", CMU, "-t", "TISSUE_MASK", token=system.alice)
+    assert submitted.returncode == 0, submitted.stderr
+    workflow = json.loads(submitted.stdout)
+    job_id = workflow["jobs"][0]["job_id"]
+    watched = wsi("watch", workflow["workflow_id"], token=system.alice)
+    assert watched.returncode == 0, watched.stderr
+    downloaded = wsi(
+        "results",
+        job_id,
+        "-d",
+        str(tmp_path),
+        "--gateway",
+        system.gateway.address,
+        token=system.alice,
+    )
+    assert downloaded.returncode == 0, downloaded.stderr
+    assert (tmp_path / "summary.json").is_file()
+    refused = wsi("results", job_id, token=system.bob)
+    assert refused.returncode == 1 and "NOT_FOUND" in refused.stderr
+    refused = wsi("list", token="wsi_wrong")
+    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+
+    async def through_the_client() -> int:
+        async with SchedulerClient(address, token=system.alice) as client:
+            made = await client.create_workflow([job("py", "TISSUE_MASK", CMU)])
+            await client.cancel_workflow(made.workflow_id)
+            page = await client.list_workflows()
+            return len(page.workflows)
+
+    assert asyncio.run(through_the_client()) >= 2
+
+
+def test_failed_authentications_are_limited_per_address(tmp_path: Path) -> None:
+    tokens_file = tmp_path / "tokens.txt"
+    good = add_token(tokens_file, "erin")
+    with cluster(tmp_path, auth_tokens=str(tokens_file)) as c:
+        request = pb.ListWorkflowsRequest()
+        answers = []
+        for index in range(40):
+            guess = bearer(f"wsi_guess{index}")
+            answers.append(code_of(lambda: c.stub.ListWorkflows(request, metadata=guess)))  # noqa: B023
+        assert answers[0] is grpc.StatusCode.UNAUTHENTICATED
+        assert answers[-1] is grpc.StatusCode.RESOURCE_EXHAUSTED
+        # While limited, not even a right token is looked at from this address.
+        refused = code_of(lambda: c.stub.ListWorkflows(request, metadata=bearer(good)))
+        assert refused is grpc.StatusCode.RESOURCE_EXHAUSTED
