@@ -3,6 +3,10 @@ store keeps as facts (why a job waits)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from pathlib import PurePath
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from scheduler_service import progress
@@ -74,6 +78,7 @@ def job_message(store: Store, job: JobRecord) -> pb.Job:
         ),
         attempt=job.attempt,
         error=job.error,
+        error_code=job.error_code,
         params=job.params,
         worker=job.worker,
         create_time=timestamp(job.create_time),
@@ -81,9 +86,29 @@ def job_message(store: Store, job: JobRecord) -> pb.Job:
         end_time=timestamp(job.end_time),
     )
     if job.state is State.SUCCEEDED:
-        msg.result.files.update(job.result_files)
-        msg.result.summary = job.result_summary
+        msg.result.files.update(public_files(job.job_id, job.result_files))
+        msg.result.summary = public_summary(job.result_summary)
     return msg
+
+
+def public_files(job_id: str, files: Mapping[str, str]) -> dict[str, str]:
+    """Paths relative to the results folder (JOB_ID/NAME), also for results that
+    older workers reported as absolute paths: answers show no server path."""
+    return {name: f"{job_id}/{PurePath(path).name}" for name, path in files.items()}
+
+
+def public_summary(summary: str) -> str:
+    """The summary with the slide as a name, for summaries older workers wrote
+    with the slide's absolute path."""
+    try:
+        document = json.loads(summary)
+        path = document["slide"]["path"]
+    except (ValueError, KeyError, TypeError):
+        return summary
+    if not isinstance(path, str) or not PurePath(path).is_absolute():
+        return summary
+    document["slide"]["path"] = PurePath(path).name
+    return json.dumps(document)
 
 
 def workflow_progress(wf: WorkflowRecord) -> pb.Progress:

@@ -247,7 +247,7 @@ class Dispatcher:
                         self.tissue_masks.put(job_id, update.result.tissue_mask)
                     finished = True
                 elif which == "error":
-                    self.store.fail(job_id, update.error.message)
+                    self.store.fail(job_id, update.error.message, update.error.code)
                     finished = True
             if not finished:
                 self._end_unfinished(job_id, link, "worker ended the job without a result")

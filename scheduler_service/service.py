@@ -4,6 +4,7 @@ store and translates its answers and errors to protobuf and status codes."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -39,6 +40,7 @@ from wsi_runtime.slide_paths import SlidePathError, check_slide_format, resolve_
 if TYPE_CHECKING:
     from wsi_runtime.serving import Context
 
+log = logging.getLogger("wsi.scheduler")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_ID_LENGTH = 128
@@ -89,7 +91,11 @@ async def domain_errors(context: Context) -> AsyncIterator[None]:
         trailing: tuple[tuple[str, str], ...] = ()
         if isinstance(exc, LimitExceeded) and exc.retry_after:
             trailing = ((RETRY_AFTER_METADATA, str(exc.retry_after)),)
-        await context.abort(code, str(exc), trailing_metadata=trailing)
+        message = str(exc)
+        if isinstance(exc, JournalError):  # names the journal's file: for the log only
+            log.error("journal failure answered UNAVAILABLE: %s", exc)
+            message = "the scheduler cannot record changes just now; nothing was changed, retry"
+        await context.abort(code, message, trailing_metadata=trailing)
 
 
 class SchedulerServicer(pb_grpc.SchedulerServicer):

@@ -63,6 +63,7 @@ class JobRecord:
     tiles_total: int = 0
     attempt: int = 0
     error: str = ""
+    error_code: str = ""  # the worker's kind of failure (a gRPC status name)
     result_files: dict[str, str] = field(default_factory=dict)
     result_summary: str = ""
     start_time: float = 0.0
@@ -359,10 +360,11 @@ class Store:
         self._set_tiles(job, total, total)
         self._apply(self.policy.finish(job_id, State.SUCCEEDED))
 
-    def fail(self, job_id: str, error: str) -> None:
-        self._record(
-            RecordKind.FAIL, self._running(job_id).workflow_id, {"job_id": job_id, "error": error}
-        )
+    def fail(self, job_id: str, error: str, code: str = "") -> None:
+        job = self._running(job_id)
+        payload = {"job_id": job_id, "error": error, **({"code": code} if code else {})}
+        self._record(RecordKind.FAIL, job.workflow_id, payload)
+        job.error_code = code
         self._apply(self.policy.finish(job_id, State.FAILED, error))
 
     def finish_cancelled(self, job_id: str) -> None:

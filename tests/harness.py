@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -32,6 +34,25 @@ CMU = "CMU-1-Small-Region.svs"
 WORKER_SECRET = secrets.token_urlsafe(24)
 LISTENING = re.compile(r"listening on (\S+)")
 METRICS = re.compile(r"metrics on (\S+)")
+
+
+@dataclass(frozen=True)
+class TlsClient:
+    """How the harness reaches a TLS service: the CA, and a client certificate
+    for a server that asks for one (mutual TLS)."""
+
+    ca: str
+    cert: str = ""
+    key: str = ""
+
+    def grpc(self) -> grpc.ChannelCredentials:
+        def read(path: str) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+    def https(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca)
 
 
 @dataclass
@@ -77,6 +98,7 @@ def _start(
     env: Mapping[str, str],
     health: bool = True,
     root: Path = ROOT,
+    tls: TlsClient | None = None,
 ) -> Service:
     """``root``: the checkout whose code runs (another commit's worktree for
     an A/B benchmark), ahead of the installed packages."""
@@ -116,36 +138,40 @@ def _start(
     else:
         service.kill()
         raise RuntimeError(f"{name} did not start:\n{service.log()}")
+    running = lambda: process.poll() is None  # noqa: E731
     if health:
-        wait_serving(service.address, alive=lambda: process.poll() is None)
+        wait_serving(service.address, alive=running, credentials=tls.grpc() if tls else None)
     else:
-        wait_http(service.address, alive=lambda: process.poll() is None)
+        wait_http(service.address, alive=running, tls=tls.https() if tls else None)
     return service
 
 
-def start_worker(workdir: Path, name: str = "worker", slots: int = 2, **extra: str) -> Service:
-    """``root=``: the checkout to run (see ``_start``); other keywords are flags."""
+def start_worker(workdir: Path, name: str = "worker", slots: int = 2, **extra: Any) -> Service:
+    """``root=``: the checkout to run (see ``_start``); ``tls=`` (a TlsClient):
+    how to reach a TLS worker; other keywords are flags."""
     root = Path(extra.pop("root", str(ROOT)))
+    tls = extra.pop("tls", None)
     extra.setdefault("metrics_port", "0")
     args = ["--worker-port", "0", "--slots", str(slots), "--results-dir", str(workdir / "results")]
     args += ["--slide-roots", str(SLIDES), "--progress-interval", "0.05"]
     for key, value in extra.items():
         args += [f"--{key.replace('_', '-')}", value]
-    return _start("worker_service", name, workdir, args, {}, root=root)
+    return _start("worker_service", name, workdir, args, {}, root=root, tls=tls)
 
 
-def start_scheduler(workdir: Path, workers: Sequence[Service], **extra: int | str) -> Service:
+def start_scheduler(workdir: Path, workers: Sequence[Service], **extra: Any) -> Service:
     """``root=``: the checkout to run (see ``_start``); other keywords are flags.
     The journal lives in ``workdir`` unless ``journal=`` says otherwise, so a
     scheduler started again on the same workdir recovers its state."""
     root = Path(str(extra.pop("root", ROOT)))
+    tls = extra.pop("tls", None)
     extra.setdefault("journal", str(workdir / "scheduler-journal.sqlite"))
     extra.setdefault("metrics_port", "0")
     args = ["--scheduler-port", "0", "--slide-roots", str(SLIDES)]
     args += ["--worker-addresses", ",".join(w.address for w in workers)]
     for key, value in extra.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
-    return _start("scheduler_service", "scheduler", workdir, args, {}, root=root)
+    return _start("scheduler_service", "scheduler", workdir, args, {}, root=root, tls=tls)
 
 
 def start_gateway(
@@ -153,14 +179,16 @@ def start_gateway(
     scheduler: Service,
     results_dir: Path,
     keepalive: float = 15.0,
+    tls: TlsClient | None = None,
     **extra: str,
 ) -> Service:
-    """Other keywords are flags (``auth_tokens=PATH`` -> ``--auth-tokens PATH``)."""
+    """``tls``: how to reach an HTTPS gateway; other keywords are flags
+    (``auth_tokens=PATH`` -> ``--auth-tokens PATH``)."""
     args = ["--gateway-port", "0", "--scheduler-address", scheduler.address]
     args += ["--results-dir", str(results_dir), "--sse-keepalive", str(keepalive)]
     for key, value in extra.items():
         args += [f"--{key.replace('_', '-')}", value]
-    service = _start("wsi_gateway", "gateway", workdir, args, {}, health=False)
+    service = _start("wsi_gateway", "gateway", workdir, args, {}, health=False, tls=tls)
     service.address = "http://" + service.address
     return service
 
@@ -172,6 +200,11 @@ class Cluster:
     channel: grpc.Channel
     stub: pb_grpc.SchedulerStub
     probe: tuple[tuple[str, str], ...] = ((metadata.USER_ID, "probe"),)  # the harness's own
+    results_dir: Path = Path()  # the workers' results folder (one for all)
+
+    def result_file(self, relative: str) -> Path:
+        """A job's result file from its path in ``Job.result.files`` (JOB_ID/NAME)."""
+        return self.results_dir / relative
 
     def wait_workers(self, count: int, timeout: float = 20) -> None:
         deadline = time.monotonic() + patience(timeout)
@@ -203,6 +236,7 @@ def cluster(
         stack.callback(scheduler.stop)
         channel = stack.enter_context(grpc.insecure_channel(scheduler.address))
         result = Cluster(scheduler, workers, channel, pb_grpc.SchedulerStub(channel))
+        result.results_dir = workdir / "results"
         if scheduler_settings.get("auth_tokens"):  # token mode: the probe needs one too
             result.probe = bearer(add_token(Path(str(scheduler_settings["auth_tokens"])), "probe"))
         result.wait_workers(len(workers))
@@ -217,7 +251,7 @@ def cluster_with_gateway(
     ``auth_tokens`` (a token file) puts scheduler and gateway in token mode."""
     tokens = {"auth_tokens": auth_tokens} if auth_tokens else {}
     with cluster(workdir, **tokens, **settings) as c:  # type: ignore[arg-type]
-        gateway = start_gateway(workdir, c.scheduler, workdir / "results", 15.0, **tokens)
+        gateway = start_gateway(workdir, c.scheduler, workdir / "results", 15.0, None, **tokens)
         try:
             yield c, gateway
         finally:

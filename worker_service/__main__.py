@@ -69,7 +69,7 @@ async def serve(args: argparse.Namespace) -> None:
     credentials = tls.server_credentials(tls.from_args(args))
     address = serving.bind(server, args.host, args.worker_port, credentials)
     stop_metrics = serving.serve_metrics("worker", registry, args.host, args.metrics_port)
-    pool = TilePool(args.processes)
+    pool = TilePool(args.processes, args.slide_roots)
     await asyncio.get_running_loop().run_in_executor(None, pool.warm_up)
     servicer = WorkerServicer(
         slots=max(1, args.slots),

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 
 class JobError(Exception):
-    """The job cannot succeed; the message tells the user why."""
+    """The job cannot succeed; the message tells the user why, ``code`` (a gRPC
+    status name) says what kind of failure it is."""
+
+    code = "FAILED_PRECONDITION"
 
 
 class JobFailed(JobError):
@@ -15,6 +18,15 @@ class JobFailed(JobError):
 
 class SlideError(JobError):
     """The slide cannot be opened or read; the message is OpenSlide's."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class SlideOutsideRoots(SlideError):
+    """At open, the slide's real path is no longer inside a slide root: it was
+    swapped (for a link elsewhere, say) after it was checked."""
+
+    code = "PERMISSION_DENIED"
 
 
 class TileReadError(SlideError):
@@ -25,9 +37,20 @@ class PoolCrashed(JobError):
     """A pool process died mid-task (a crash in native code, the OOM killer).
     The pool has been replaced; only the jobs with tasks in flight fail."""
 
+    code = "INTERNAL"
+
+
+class InternalError(JobError):
+    """Something in the worker itself broke (a bug, a full disk); the details
+    are in its log, the message says only what the user needs."""
+
+    code = "INTERNAL"
+
 
 class BackendUnavailable(JobError):
     """The segmentation backend cannot run here; the message says what to install or where."""
+
+    code = "UNAVAILABLE"
 
 
 class JobCancelled(Exception):

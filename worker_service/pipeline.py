@@ -42,6 +42,7 @@ class JobSpec:
     slide_path: str
     params: Mapping[str, str]
     tissue: ReusedTissue | None = None  # found by an earlier job on this slide
+    slide_name: str = ""  # the slide as users name it (relative to its root), for answers
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def _summary(
         "job_id": spec.job_id,
         "job_type": spec.job_type,
         "slide": {
-            "path": spec.slide_path,
+            "path": spec.slide_name or Path(spec.slide_path).name,
             "vendor": info.vendor,
             "width": info.width,
             "height": info.height,
@@ -165,9 +166,6 @@ def _summary(
     return summary
 
 
-_slides = SlideCache(per_thread=2)
-
-
 def run_tissue_job(
     spec: JobSpec, results_dir: Path, cancel_token: int, max_tiles: int = DEFAULT_MAX_TILES
 ) -> JobOutcome:
@@ -175,4 +173,4 @@ def run_tissue_job(
     which would otherwise hold the worker's GIL against its event loop. The
     worker cancels it through ``cancel_token`` (see ``tile_pool.CancelBoard``)."""
     ctx = JobContext(cancelled=lambda: tile_tasks.is_cancelled(cancel_token), max_tiles=max_tiles)
-    return run_job(spec, results_dir, ctx, _slides, None)
+    return run_job(spec, results_dir, ctx, tile_tasks.slides, None)

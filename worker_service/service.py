@@ -21,7 +21,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from worker_service import results, tissue_codec
-from worker_service.errors import JobCancelled, JobError
+from worker_service.errors import InternalError, JobCancelled, JobError
 from worker_service.observability import WorkerMetrics
 from worker_service.pipeline import JOB_TYPES, JobOutcome, JobSpec, run_job, run_tissue_job
 from worker_service.slide_access import SlideCache
@@ -35,7 +35,7 @@ from wsi_protocol.scheduler.v1 import scheduler_pb2 as spb
 from wsi_protocol.worker.v1 import worker_pb2 as pb
 from wsi_protocol.worker.v1 import worker_pb2_grpc as pb_grpc
 from wsi_runtime.job_params import InvalidParams
-from wsi_runtime.slide_paths import SlidePathError, resolve_slide
+from wsi_runtime.slide_paths import SlidePathError, resolve_slide, shown_path
 from wsi_runtime.version import VERSION
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.slide_roots = list(slide_roots)
         self.progress_interval = progress_interval
         self.executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="tiles")
-        self.slides = SlideCache()
+        self.slides = SlideCache(roots=self.slide_roots)
         self.pool = pool
         self.running = 0
         self.metrics = metrics or WorkerMetrics(CollectorRegistry())
@@ -88,13 +88,26 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "job_id must be a scheduler job id (a lowercase UUID)",
             )
+        shown = shown_path(request.wsi_path, self.slide_roots)
         try:
             slide = resolve_slide(request.wsi_path, self.slide_roots)
         except SlidePathError as exc:
-            yield pb.JobUpdate(error=pb.JobError(message=str(exc)))
+            log.warning("job %s: slide %s refused: %s", request.job_id, request.wsi_path, exc)
+            where = "outside the slide roots" if exc.permission else "not a readable file"
+            yield pb.JobUpdate(
+                error=pb.JobError(
+                    message=f"slide {shown!r} is {where} on this worker",
+                    code="PERMISSION_DENIED" if exc.permission else "INVALID_ARGUMENT",
+                )
+            )
             return
         spec = JobSpec(
-            request.job_id, job_type, str(slide), dict(request.params), _reused_tissue(request)
+            request.job_id,
+            job_type,
+            str(slide),
+            dict(request.params),
+            _reused_tissue(request),
+            slide_name=shown,
         )
         loop = asyncio.get_running_loop()
         updates: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
@@ -135,11 +148,15 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             except InvalidParams as exc:  # a scheduler that did not check them
                 raise JobError(str(exc)) from exc
             except OSError as exc:
-                raise JobError(f"cannot write the job's results: {exc.strerror or exc}") from exc
+                log.exception("job %s: cannot write its results", spec.job_id)
+                reason = exc.strerror or type(exc).__name__  # never the file's path
+                raise InternalError(f"cannot write the job's results: {reason}") from exc
             except Exception as exc:
                 log.exception("job %s: unexpected error", spec.job_id)
-                name = type(exc).__name__
-                raise JobError(f"internal error in the worker: {name}: {exc}") from exc
+                raise InternalError(
+                    f"internal error in the worker ({type(exc).__name__});"
+                    " the worker's log has the details"
+                ) from exc
 
         log.debug("job %s attempt %d: %s on %s", spec.job_id, request.attempt, spec.job_type, slide)
         future = asyncio.ensure_future(work())
@@ -156,9 +173,13 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 log.info("job %s failed: %s", spec.job_id, exc)
                 outcome_name = "failed"
                 await self._discard_results(spec.job_id)
-                yield pb.JobUpdate(error=pb.JobError(message=str(exc)))
+                yield pb.JobUpdate(error=pb.JobError(message=str(exc), code=exc.code))
                 return
-            result = pb.JobOutput(files=outcome.files, summary=json.dumps(outcome.summary))
+            # Paths relative to the results folder: answers say nothing of the worker's disk.
+            files = {
+                name: f"{spec.job_id}/{Path(path).name}" for name, path in outcome.files.items()
+            }
+            result = pb.JobOutput(files=files, summary=json.dumps(outcome.summary))
             if outcome.tissue_mask is not None:
                 result.tissue_mask.CopyFrom(_tissue_message(outcome.tissue_mask, spec.job_id))
             log.debug("job %s succeeded", spec.job_id)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,7 +17,10 @@ import numpy.typing as npt
 import openslide
 from PIL import Image
 
-from worker_service.errors import JobCancelled, SlideError
+from worker_service.errors import JobCancelled, SlideError, SlideOutsideRoots
+from wsi_runtime.slide_paths import SlidePathError, resolve_slide, shown_path
+
+log = logging.getLogger("wsi.worker.slides")
 
 # A thumbnail is made from the smallest pyramid level that is still at least as
 # large as the thumbnail, read in strips of at most STRIP_PIXELS; a slide whose
@@ -37,13 +42,16 @@ class SlideInfo:
     mpp: float | None
 
 
-def open_slide(path: str) -> openslide.OpenSlide:
+def open_slide(path: str, shown: str = "") -> openslide.OpenSlide:
+    """``shown``: the slide as the user named it, for messages (never a server path)."""
+    shown = shown or Path(path).name
     try:
         return openslide.OpenSlide(path)
     except openslide.OpenSlideUnsupportedFormatError as exc:
-        raise SlideError(f"unsupported slide format: {path}") from exc
+        raise SlideError(f"unsupported slide format: {shown!r}") from exc
     except (openslide.OpenSlideError, OSError) as exc:
-        raise SlideError(f"cannot open slide {path}: {exc}") from exc
+        detail = exc.strerror if isinstance(exc, OSError) else str(exc).replace(path, shown)
+        raise SlideError(f"cannot open slide {shown!r}: {detail}") from exc
 
 
 # OpenSlide keeps 32 MB of decoded tiles per process by default. Tiles are read
@@ -59,18 +67,46 @@ class SlideCache:
     path, size and modification time, so a replaced file is opened afresh.
     Their decoded tiles share one OpenSlide cache of ``cache_bytes``."""
 
-    def __init__(self, per_thread: int = 4, cache_bytes: int = TILE_CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        per_thread: int = 4,
+        cache_bytes: int = TILE_CACHE_BYTES,
+        roots: Sequence[Path] = (),
+    ) -> None:
         if per_thread < 1:
             raise ValueError("per_thread must be at least 1")
         self.per_thread = per_thread
+        self.roots = tuple(roots)
         self._local = threading.local()
         self._tile_cache = openslide.OpenSlideCache(cache_bytes)
 
+    def confine(self, roots: Sequence[Path]) -> None:
+        """From now on a slide opens only if its real path is inside ``roots``."""
+        self.roots = tuple(roots)
+
+    def _checked(self, path: str) -> str:
+        """The real path to open, checked now (at open, not only at submit): a
+        slide swapped for a link out of the roots since then is refused."""
+        if not self.roots:
+            return path
+        try:
+            return str(resolve_slide(path, self.roots))
+        except SlidePathError as exc:
+            shown = shown_path(path, self.roots)
+            log.warning("slide %s refused at open: %s", path, exc)
+            if exc.permission:
+                raise SlideOutsideRoots(
+                    f"slide {shown!r} now leads outside the slide roots (it was changed after"
+                    " it was checked); it was not opened"
+                ) from None
+            raise SlideError(f"slide {shown!r} cannot be opened: gone, or not a file") from None
+
     def get(self, path: str) -> openslide.OpenSlide:
+        shown = shown_path(path, self.roots) if self.roots else Path(path).name
         try:
             stat = os.stat(path)
         except OSError as exc:
-            raise SlideError(f"cannot open slide {path}: {exc.strerror}") from exc
+            raise SlideError(f"cannot open slide {shown!r}: {exc.strerror}") from exc
         key = (path, stat.st_size, stat.st_mtime_ns)
         handles: OrderedDict[tuple[str, int, int], openslide.OpenSlide] = (
             getattr(self._local, "handles", None) or OrderedDict()
@@ -78,7 +114,7 @@ class SlideCache:
         self._local.handles = handles
         slide = handles.get(key)
         if slide is None:
-            slide = open_slide(path)
+            slide = open_slide(self._checked(path), shown)
             slide.set_cache(self._tile_cache)
             handles[key] = slide
             while len(handles) > self.per_thread:

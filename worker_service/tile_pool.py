@@ -13,9 +13,10 @@ import itertools
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, TypeVar
 
 from worker_service import tile_tasks
@@ -45,8 +46,9 @@ class CancelBoard:
 
 
 class TilePool:
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, slide_roots: Sequence[Path] = ()) -> None:
         self.processes = max(1, processes)
+        self.slide_roots = [Path(root) for root in slide_roots]
         self._lock = threading.Lock()
         self._jobs = 0
         self.cancel_board = CancelBoard()
@@ -57,7 +59,7 @@ class TilePool:
             self.processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=tile_tasks.start_process,
-            initargs=(os.getpid(), self.cancel_board.array),
+            initargs=(os.getpid(), self.cancel_board.array, self.slide_roots),
         )
 
     def _replace_broken(self, broken: ProcessPoolExecutor) -> None:

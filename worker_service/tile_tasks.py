@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -29,7 +30,8 @@ from worker_service.nuclei import (
 from worker_service.slide_access import SlideCache, rgb_over_white
 from worker_service.tiling import Tile
 
-_slides = SlideCache(per_thread=2)  # one cache per pool process
+# One per pool process, for every job it serves; confined to the slide roots at start.
+slides = SlideCache(per_thread=2)
 _cancel_board: Any = None  # the worker's CancelBoard array, set when the process starts
 
 
@@ -44,7 +46,7 @@ class TileTask:
 
 def read_tile(task: TileTask) -> RGB:
     """The tile as RGB; transparent areas (outside the scanned region) become white."""
-    slide = _slides.get(task.slide_path)
+    slide = slides.get(task.slide_path)
     tile = task.tile
     location = (round(tile.x * task.downsample), round(tile.y * task.downsample))
     try:
@@ -110,12 +112,14 @@ def _feature(nucleus: SlideNucleus, task: TileTask) -> str:
     return results.nucleus_feature_text(nucleus.polygon, nucleus.centroid, area_um2, area_px0)
 
 
-def start_process(parent_pid: int, cancel_board: Any) -> None:
-    """Pool initializer: keeps the worker's cancellation board, ends with the
-    worker, and keeps OpenCV to one thread: the pool is the parallelism, and
-    OpenCV's own threads in every process would only fight over the cores."""
+def start_process(parent_pid: int, cancel_board: Any, slide_roots: Sequence[Path] = ()) -> None:
+    """Pool initializer: keeps the worker's cancellation board, opens slides
+    only inside the slide roots, ends with the worker, and keeps OpenCV to one
+    thread: the pool is the parallelism, and OpenCV's own threads in every
+    process would only fight over the cores."""
     global _cancel_board
     _cancel_board = cancel_board
+    slides.confine(slide_roots)
     cv2.setNumThreads(1)
     exit_with_parent(parent_pid)
 

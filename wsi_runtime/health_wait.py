@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 import urllib.request
 from collections.abc import Callable
@@ -25,9 +26,19 @@ def _poll(ready: Callable[[], bool], what: str, timeout: float, alive: Alive) ->
         time.sleep(0.05)
 
 
-def wait_serving(address: str, timeout: float = 20, alive: Alive = None) -> None:
-    """Until ``grpc.health.v1.Health/Check`` answers SERVING."""
-    with grpc.insecure_channel(address) as channel:
+def wait_serving(
+    address: str,
+    timeout: float = 20,
+    alive: Alive = None,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
+    """Until ``grpc.health.v1.Health/Check`` answers SERVING (over TLS with ``credentials``)."""
+    opened = (
+        grpc.insecure_channel(address)
+        if credentials is None
+        else grpc.secure_channel(address, credentials)
+    )
+    with opened as channel:
         stub = health_pb2_grpc.HealthStub(channel)
 
         def serving() -> bool:
@@ -40,14 +51,17 @@ def wait_serving(address: str, timeout: float = 20, alive: Alive = None) -> None
         _poll(serving, address, timeout, alive)
 
 
-def wait_http(address: str, timeout: float = 20, alive: Alive = None) -> None:
-    """Until ``http://address/healthz`` answers 200."""
+def wait_http(
+    address: str, timeout: float = 20, alive: Alive = None, tls: ssl.SSLContext | None = None
+) -> None:
+    """Until ``http://address/healthz`` (https with ``tls``) answers 200."""
+    url = f"{'https' if tls else 'http'}://{address}/healthz"
 
     def healthy() -> bool:
         try:
-            with urllib.request.urlopen(f"http://{address}/healthz", timeout=2) as reply:
+            with urllib.request.urlopen(url, timeout=2, context=tls) as reply:
                 return bool(reply.status == 200)
         except OSError:
             return False
 
-    _poll(healthy, f"http://{address}/healthz", timeout, alive)
+    _poll(healthy, url, timeout, alive)

@@ -41,11 +41,23 @@ def resolve_slide(path: str, roots: Sequence[Path]) -> Path:
             raise SlidePathError(f"slide path {path!r} is not a regular file")
         return real
     if outside:
-        raise SlidePathError(
-            f"slide path {path!r} is outside the slide roots ({', '.join(map(str, roots))})",
-            permission=True,
-        )
+        # The roots themselves are the server's business: they go to its log only.
+        raise SlidePathError(f"slide path {path!r} is outside the slide roots", permission=True)
     raise SlidePathError(f"slide {path!r} not found under the slide roots")
+
+
+def shown_path(path: str | Path, roots: Sequence[Path]) -> str:
+    """A slide as a user may see it: relative to the slide root that holds it
+    (as they would name it), else its file name alone; never the server's disk."""
+    real = Path(os.path.realpath(path))
+    for root in _real_roots(tuple(roots)) if roots else ():
+        if root in real.parents:
+            return str(real.relative_to(root))
+    given = Path(path)
+    for root in roots:
+        if given.is_absolute() and Path(root).resolve() in given.parents:
+            return str(given.relative_to(Path(root).resolve()))
+    return given.name
 
 
 @lru_cache(maxsize=8)

@@ -6,6 +6,7 @@ state or rules live here."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,29 @@ from wsi_runtime import tls
 from wsi_runtime.identity import TokenLookup
 from wsi_runtime.version import VERSION
 
+log = logging.getLogger("wsi.gateway")
 STATIC = Path(__file__).resolve().parent / "static"
 # Swagger UI's files, from the npm registry (gateway/web/package.json, `make web`).
 DOCS_ASSETS = Path(__file__).resolve().parents[1] / "web" / "node_modules" / "swagger-ui-dist"
 KEEPALIVE_S = 15.0
+
+
+# Statuses the transport makes (an unreachable scheduler, a timeout) carry its
+# internal address and errno text: users get a plain sentence, the log the rest.
+TRANSPORT_MESSAGES = {
+    grpc.StatusCode.UNAVAILABLE: "the scheduler is unavailable; try again shortly",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the scheduler did not answer in time; try again",
+    grpc.StatusCode.UNKNOWN: "internal error; the gateway's log has the details",
+    grpc.StatusCode.INTERNAL: "internal error; the gateway's log has the details",
+}
+
+
+def public_message(code: grpc.StatusCode, details: str) -> str:
+    generic = TRANSPORT_MESSAGES.get(code)
+    if generic is None:
+        return details
+    log.warning("scheduler call failed: %s: %s", code.name, details)
+    return generic
 
 
 @dataclass(frozen=True)
@@ -81,7 +101,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         headers = {}
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
             headers["Retry-After"] = str(retry_after_seconds(exc.error.trailing_metadata()))
-        body = error_body(code, exc.error.details() or code.name)
+        body = error_body(code, public_message(code, exc.error.details() or code.name))
         return JSONResponse(body, status_code=http_status(code), headers=headers)
 
     @app.exception_handler(RequestValidationError)

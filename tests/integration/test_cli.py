@@ -100,7 +100,7 @@ def test_submit_watch_status_results_list_stats(setup: Setup, tmp_path: Path) ->
     assert isinstance(downloaded, dict)
     saved = Path(downloaded["files"]["cells.geojson"])
     assert saved.parent == tmp_path
-    assert saved.read_bytes() == Path(listed["cells.geojson"]).read_bytes()
+    assert saved.read_bytes() == setup.results.joinpath(listed["cells.geojson"]).read_bytes()
     one_line_error(wsi(setup, "results", job_id, "--name", "nope.txt"), 1, "no result named")
 
     workflows = ok_json(wsi(setup, "--json", "list"))

@@ -226,12 +226,14 @@ def test_bad_input_gets_its_status_and_a_well_behaved_user_is_untouched(tmp_path
         good = create(c, "good-user", [spec("seg", params=LONG), spec("mask", branch="other")])
         watcher = Watcher(c, "good-user", good.workflow_id, after=good.sequence)
         theirs = create(c, "victim", [spec("v", params=LONG)])
+        answers = []  # every message and result a user got, scanned for server paths below
         for name, call, code, fragment in cases(c, theirs):
             with pytest.raises(grpc.RpcError) as caught:
                 call()
             error: grpc.Call = caught.value  # type: ignore[assignment]
             assert error.code() == code, (name, error.details())
             assert fragment in (error.details() or ""), (name, error.details())
+            answers.append(error.details() or "")
 
         # Broken slides pass the header check and fail in their job, with OpenSlide's words;
         # a symlink that stays inside a root is fine.
@@ -251,6 +253,7 @@ def test_bad_input_gets_its_status_and_a_well_behaved_user_is_untouched(tmp_path
         assert final["unopenable"].state == pb.JOB_STATE_FAILED
         assert "Unsupported TIFF compression: 52479" in final["unopenable"].error
         assert final["linked"].state == pb.JOB_STATE_SUCCEEDED
+        answers += [str(job) for job in final.values()]
 
         transitions = job_transitions(watcher.join())
         for key in ("seg", "mask"):
@@ -259,3 +262,16 @@ def test_bad_input_gets_its_status_and_a_well_behaved_user_is_untouched(tmp_path
         follow(c, "victim", theirs)  # the target of the cross-user calls is untouched too
         victim = get(c, "victim", theirs.workflow_id).jobs[0]
         assert victim.state == pb.JOB_STATE_SUCCEEDED and victim.attempt == 1
+        answers += [str(get(c, "good-user", good.workflow_id)), str(victim)]
+        assert '"cells.geojson"' in answers[-1] and "summary" in answers[-1]
+
+    # Nothing about the server's disk in any of it: no slide root, no results folder.
+    server_paths = {
+        str(tmp_path),
+        os.path.realpath(tmp_path),
+        str(SLIDES),
+        os.path.realpath(SLIDES),
+    }
+    for answer in answers:
+        for path in server_paths:
+            assert path not in answer, (path, answer[:500])

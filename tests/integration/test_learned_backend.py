@@ -30,5 +30,6 @@ def test_a_learned_job_runs_through_the_services(workdir: Path) -> None:
     assert classical["backend"] == "classical"
     assert set(jobs["learned"].result.files) == set(jobs["classical"].result.files)
     assert learned["nuclei"] > 0.5 * classical["nuclei"] > 0
-    features = json.loads(Path(jobs["learned"].result.files["cells.geojson"]).read_text())
+    cells = workdir / "results" / jobs["learned"].result.files["cells.geojson"]
+    features = json.loads(cells.read_text())
     assert len(features["features"]) == learned["nuclei"]

@@ -21,6 +21,15 @@ from wsi_runtime.synthetic_slides import synthetic_he_slide
 BIN = Path(sys.executable).parent  # make installs grpcurl and wsi here
 
 
+def shell(command: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    """Runs a README line with bash; it must succeed. Returns its stdout."""
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, (command, done.stderr)
+    return done.stdout
+
+
 def readme_block(heading: str) -> list[str]:
     """The shell commands of the first code block after ``heading``."""
     text = (ROOT / "README.md").read_text()
@@ -45,15 +54,7 @@ def test_readme_curl_examples_run_as_written(tmp_path: Path) -> None:
                 command = command.replace("http://127.0.0.1:8000", gateway.address)
                 for name, value in ids.items():
                     command = command.replace(name, value)
-                done = subprocess.run(
-                    ["bash", "-c", command],
-                    cwd=tmp_path,
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                )
-                assert done.returncode == 0, (command, done.stderr)
-                return done.stdout
+                return shell(command, tmp_path)
 
             created = json.loads(run(commands[0]))
             ids = {"WORKFLOW_ID": created["workflow_id"], "JOB_ID": created["jobs"][0]["job_id"]}
@@ -156,3 +157,47 @@ def test_readme_grpcurl_recipes_run_as_written(tmp_path: Path) -> None:
         assert cancelled["state"] == "JOB_STATE_CANCELLED"
         stats = json.loads(run(commands[8]))
         assert int(stats["worker_slots_total"]) == 2 and int(stats["workers_connected"]) == 1
+
+
+def test_readme_token_recipe_runs_as_written(tmp_path: Path) -> None:
+    """Add a token, use it with curl and wsi, revoke it: the README's lines,
+    with the services started by the test in place of its `make run` line."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Identity, tokens and TLS") :]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None
+    lines = [line.split("  #")[0].strip() for line in block.group(1).splitlines()]
+    add, start, curl, listing, revoke = lines[:5]
+    assert start.endswith("make run")
+
+    def run(command: str, cluster_address: str = "", gateway: str = "") -> str:
+        command = command.replace(".venv/bin/", f"{BIN}/")
+        if gateway:
+            command = command.replace("http://127.0.0.1:8000", gateway)
+        env = {k: v for k, v in os.environ.items() if k != "WSI_USER"}
+        if cluster_address:
+            env["WSI_ADDRESS"] = cluster_address
+        done = subprocess.run(
+            ["bash", "-c", command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, (command, done.stderr)
+        return done.stdout
+
+    run(add)
+    assert (tmp_path / "alice.token").read_text().startswith("wsi_")
+    tokens = str(tmp_path / "tokens.txt")
+    with cluster(tmp_path, worker_slots=(1,), auth_tokens=tokens) as c:
+        gateway = start_gateway(tmp_path, c.scheduler, tmp_path / "results", auth_tokens=tokens)
+        try:
+            assert json.loads(run(curl, gateway=gateway.address))["workflows"] == []
+            run(listing, cluster_address=c.scheduler.address)
+            run(revoke)
+            refused = json.loads(run(curl, gateway=gateway.address))
+            assert refused["code"] == "UNAUTHENTICATED"
+        finally:
+            gateway.stop()

@@ -35,7 +35,7 @@ def test_the_mask_of_a_finished_dependency_travels_to_the_segmentation_job(
     assert summaries["alone"]["tissue_mask_from"] is None
     files = {key: dict(job.result.files) for key, job in jobs.items()}
     for name in ("tissue.geojson", "tissue_mask.png"):
-        reused = Path(files["cells"][name]).read_bytes()
-        assert reused == Path(files["mask"][name]).read_bytes()
-        assert reused == Path(files["alone"][name]).read_bytes()  # and the same tissue
+        reused = c.result_file(files["cells"][name]).read_bytes()
+        assert reused == c.result_file(files["mask"][name]).read_bytes()
+        assert reused == c.result_file(files["alone"][name]).read_bytes()  # the same tissue
     assert summaries["cells"]["nuclei"] == summaries["alone"]["nuclei"] > 0

@@ -39,6 +39,8 @@ PURE = (
     "worker_service/instances.py",
     "wsi_training/metrics.py",
     "wsi_runtime/job_params.py",
+    "wsi_runtime/identity.py",
+    "wsi_runtime/limits.py",
     "clients/wsi_client/backoff.py",
     "clients/wsi_client/watch_cursor.py",
 )

@@ -3,8 +3,13 @@
 isort:skip_file
 Public API of the WSI workflow scheduler.
 
-Every RPC needs the metadata header `x-user-id` (1 to 64 characters of
-A-Z a-z 0-9 . _ -). A caller sees and touches only its own workflows and
+Every RPC needs an identity. In trusted-header mode (the default, for
+loopback or behind an authenticating proxy) it is the metadata header
+`x-user-id` (1 to 64 characters of A-Z a-z 0-9 . _ -), which the caller
+asserts and nobody checks. In token mode (the server's WSI_AUTH_TOKENS) it
+is the user of the API token in `authorization: Bearer TOKEN`; no or a bad
+token is UNAUTHENTICATED, an `x-user-id` naming another user
+PERMISSION_DENIED. A caller sees and touches only its own workflows and
 jobs: another user's ids answer NOT_FOUND. Mutating calls are rate limited
 per user; RESOURCE_EXHAUSTED then carries the trailing metadata
 `retry-after-seconds`.
@@ -225,7 +230,9 @@ class JobResult(_message.Message):
     """The job's summary as a JSON document."""
     @_builtins.property
     def files(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Result file name -> path on the worker's results directory."""
+        """Result file name -> its path relative to the results folder (JOB_ID/NAME);
+        the gateway serves it at /jobs/JOB_ID/results/NAME.
+        """
 
     def __init__(
         self,
@@ -283,6 +290,7 @@ class Job(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     WORKER_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     workflow_id: _builtins.str
     key: _builtins.str
@@ -300,6 +308,10 @@ class Job(_message.Message):
     """Why the job FAILED or was CANCELLED."""
     worker: _builtins.str
     """Address of the worker running (or last running) the job."""
+    error_code: _builtins.str
+    """Of a FAILED job whose worker reported why: the kind of failure as a gRPC
+    status code name (PERMISSION_DENIED, INVALID_ARGUMENT, INTERNAL, ...).
+    """
     @_builtins.property
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -335,10 +347,11 @@ class Job(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         worker: _builtins.str = ...,
+        error_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "progress", b"progress", "result", b"result", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "branch", b"branch", "create_time", b"create_time", "depends_on", b"depends_on", "end_time", b"end_time", "error", b"error", "job_id", b"job_id", "job_type", b"job_type", "key", b"key", "params", b"params", "pending_reason", b"pending_reason", "progress", b"progress", "result", b"result", "start_time", b"start_time", "state", b"state", "worker", b"worker", "workflow_id", b"workflow_id", "wsi_path", b"wsi_path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "branch", b"branch", "create_time", b"create_time", "depends_on", b"depends_on", "end_time", b"end_time", "error", b"error", "error_code", b"error_code", "job_id", b"job_id", "job_type", b"job_type", "key", b"key", "params", b"params", "pending_reason", b"pending_reason", "progress", b"progress", "result", b"result", "start_time", b"start_time", "state", b"state", "worker", b"worker", "workflow_id", b"workflow_id", "wsi_path", b"wsi_path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,8 +3,13 @@
 isort:skip_file
 Public API of the WSI workflow scheduler.
 
-Every RPC needs the metadata header `x-user-id` (1 to 64 characters of
-A-Z a-z 0-9 . _ -). A caller sees and touches only its own workflows and
+Every RPC needs an identity. In trusted-header mode (the default, for
+loopback or behind an authenticating proxy) it is the metadata header
+`x-user-id` (1 to 64 characters of A-Z a-z 0-9 . _ -), which the caller
+asserts and nobody checks. In token mode (the server's WSI_AUTH_TOKENS) it
+is the user of the API token in `authorization: Bearer TOKEN`; no or a bad
+token is UNAUTHENTICATED, an `x-user-id` naming another user
+PERMISSION_DENIED. A caller sees and touches only its own workflows and
 jobs: another user's ids answer NOT_FOUND. Mutating calls are rate limited
 per user; RESOURCE_EXHAUSTED then carries the trailing metadata
 `retry-after-seconds`.

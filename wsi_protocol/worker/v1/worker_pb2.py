@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as wsi_dot_scheduler_dot_v1_dot_scheduler__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1awsi/worker/v1/worker.proto\x12\rwsi.worker.v1\x1a wsi/scheduler/v1/scheduler.proto\"\x8e\x02\n\rRunJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x08job_type\x18\x06 \x01(\x0e\x32\x19.wsi.scheduler.v1.JobType\x12\x10\n\x08wsi_path\x18\x03 \x01(\t\x12\x38\n\x06params\x18\x04 \x03(\x0b\x32(.wsi.worker.v1.RunJobRequest.ParamsEntry\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12.\n\x0btissue_mask\x18\x07 \x01(\x0b\x32\x19.wsi.worker.v1.TissueMask\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x02\x10\x03\"\\\n\nTissueMask\x12\x10\n\x08mask_png\x18\x01 \x01(\x0c\x12\x12\n\ndownsample\x18\x02 \x01(\x01\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x15\n\rsource_job_id\x18\x04 \x01(\t\"7\n\x0cTileProgress\x12\x12\n\ntiles_done\x18\x01 \x01(\x03\x12\x13\n\x0btiles_total\x18\x02 \x01(\x03\"\xae\x01\n\tJobOutput\x12\x32\n\x05\x66iles\x18\x01 \x03(\x0b\x32#.wsi.worker.v1.JobOutput.FilesEntry\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12.\n\x0btissue_mask\x18\x03 \x01(\x0b\x32\x19.wsi.worker.v1.TissueMask\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1b\n\x08JobError\x12\x0f\n\x07message\x18\x01 \x01(\t\"\x9c\x01\n\tJobUpdate\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.wsi.worker.v1.TileProgressH\x00\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.wsi.worker.v1.JobOutputH\x00\x12(\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.wsi.worker.v1.JobErrorH\x00\x42\x08\n\x06update\"\x10\n\x0eGetInfoRequest\"`\n\nWorkerInfo\x12\r\n\x05slots\x18\x01 \x01(\x05\x12,\n\tjob_types\x18\x04 \x03(\x0e\x32\x19.wsi.scheduler.v1.JobType\x12\x0f\n\x07version\x18\x03 \x01(\tJ\x04\x08\x02\x10\x03\x32\x91\x01\n\x06Worker\x12\x42\n\x06RunJob\x12\x1c.wsi.worker.v1.RunJobRequest\x1a\x18.wsi.worker.v1.JobUpdate0\x01\x12\x43\n\x07GetInfo\x12\x1d.wsi.worker.v1.GetInfoRequest\x1a\x19.wsi.worker.v1.WorkerInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1awsi/worker/v1/worker.proto\x12\rwsi.worker.v1\x1a wsi/scheduler/v1/scheduler.proto\"\x8e\x02\n\rRunJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x08job_type\x18\x06 \x01(\x0e\x32\x19.wsi.scheduler.v1.JobType\x12\x10\n\x08wsi_path\x18\x03 \x01(\t\x12\x38\n\x06params\x18\x04 \x03(\x0b\x32(.wsi.worker.v1.RunJobRequest.ParamsEntry\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12.\n\x0btissue_mask\x18\x07 \x01(\x0b\x32\x19.wsi.worker.v1.TissueMask\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x02\x10\x03\"\\\n\nTissueMask\x12\x10\n\x08mask_png\x18\x01 \x01(\x0c\x12\x12\n\ndownsample\x18\x02 \x01(\x01\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x15\n\rsource_job_id\x18\x04 \x01(\t\"7\n\x0cTileProgress\x12\x12\n\ntiles_done\x18\x01 \x01(\x03\x12\x13\n\x0btiles_total\x18\x02 \x01(\x03\"\xae\x01\n\tJobOutput\x12\x32\n\x05\x66iles\x18\x01 \x03(\x0b\x32#.wsi.worker.v1.JobOutput.FilesEntry\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12.\n\x0btissue_mask\x18\x03 \x01(\x0b\x32\x19.wsi.worker.v1.TissueMask\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\")\n\x08JobError\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"\x9c\x01\n\tJobUpdate\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.wsi.worker.v1.TileProgressH\x00\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.wsi.worker.v1.JobOutputH\x00\x12(\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.wsi.worker.v1.JobErrorH\x00\x42\x08\n\x06update\"\x10\n\x0eGetInfoRequest\"`\n\nWorkerInfo\x12\r\n\x05slots\x18\x01 \x01(\x05\x12,\n\tjob_types\x18\x04 \x03(\x0e\x32\x19.wsi.scheduler.v1.JobType\x12\x0f\n\x07version\x18\x03 \x01(\tJ\x04\x08\x02\x10\x03\x32\x91\x01\n\x06Worker\x12\x42\n\x06RunJob\x12\x1c.wsi.worker.v1.RunJobRequest\x1a\x18.wsi.worker.v1.JobUpdate0\x01\x12\x43\n\x07GetInfo\x12\x1d.wsi.worker.v1.GetInfoRequest\x1a\x19.wsi.worker.v1.WorkerInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,13 +49,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBOUTPUT_FILESENTRY']._serialized_start=634
   _globals['_JOBOUTPUT_FILESENTRY']._serialized_end=678
   _globals['_JOBERROR']._serialized_start=680
-  _globals['_JOBERROR']._serialized_end=707
-  _globals['_JOBUPDATE']._serialized_start=710
-  _globals['_JOBUPDATE']._serialized_end=866
-  _globals['_GETINFOREQUEST']._serialized_start=868
-  _globals['_GETINFOREQUEST']._serialized_end=884
-  _globals['_WORKERINFO']._serialized_start=886
-  _globals['_WORKERINFO']._serialized_end=982
-  _globals['_WORKER']._serialized_start=985
-  _globals['_WORKER']._serialized_end=1130
+  _globals['_JOBERROR']._serialized_end=721
+  _globals['_JOBUPDATE']._serialized_start=724
+  _globals['_JOBUPDATE']._serialized_end=880
+  _globals['_GETINFOREQUEST']._serialized_start=882
+  _globals['_GETINFOREQUEST']._serialized_end=898
+  _globals['_WORKERINFO']._serialized_start=900
+  _globals['_WORKERINFO']._serialized_end=996
+  _globals['_WORKER']._serialized_start=999
+  _globals['_WORKER']._serialized_end=1144
 # @@protoc_insertion_point(module_scope)

@@ -55,7 +55,9 @@ class RunJobRequest(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     TISSUE_MASK_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
-    """Names the job's results folder on the worker: 1 to 128 of A-Z a-z 0-9 . _ -"""
+    """The scheduler's job id (a lowercase UUID); it names the job's results
+    folder, so anything else is INVALID_ARGUMENT.
+    """
     job_type: _scheduler_pb2.JobType.ValueType
     wsi_path: _builtins.str
     """Absolute slide path, already checked against the slide roots."""
@@ -173,7 +175,9 @@ class JobOutput(_message.Message):
     """JSON summary of the job."""
     @_builtins.property
     def files(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Result file name -> path."""
+        """Result file name -> its path relative to the worker's results folder
+        (JOB_ID/NAME): nothing about the worker's disk.
+        """
 
     @_builtins.property
     def tissue_mask(self) -> Global___TissueMask:
@@ -199,15 +203,22 @@ class JobError(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
     message: _builtins.str
+    code: _builtins.str
+    """The kind of failure, as a gRPC status code name (PERMISSION_DENIED: the
+    slide led outside the slide roots when it was opened; INVALID_ARGUMENT: a
+    slide that cannot be read; INTERNAL, UNAVAILABLE, ...).
+    """
     def __init__(
         self,
         *,
         message: _builtins.str = ...,
+        code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,35 @@
+"""The token file is read again when it changes (no restart to add or
+revoke), fails closed when it goes, and add/revoke keep only hashes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from wsi_runtime.token_file import TokenFile, TokenFileError, add_token, revoke_user
+
+
+def test_added_and_revoked_tokens_take_effect_at_the_next_lookup(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.txt"
+    alice = add_token(path, "alice")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert alice not in path.read_text()
+    tokens = TokenFile(path)
+    assert tokens.user_of(alice) == "alice"
+    bob = add_token(path, "bob")
+    assert tokens.user_of(bob) == "bob"
+    assert revoke_user(path, "alice") == 1
+    assert tokens.user_of(alice) is None and tokens.user_of(bob) == "bob"
+    path.unlink()  # gone: nobody gets in
+    assert tokens.user_of(bob) is None
+    path.write_text(f"# back\n{path.read_text() if path.exists() else ''}")
+    assert tokens.user_of(bob) is None
+    with pytest.raises(ValueError):
+        add_token(path, "not a user")
+
+
+def test_a_missing_file_stops_the_start(tmp_path: Path) -> None:
+    with pytest.raises(TokenFileError, match="WSI_AUTH_TOKENS"):
+        TokenFile(tmp_path / "none.txt")
