@@ -4,6 +4,9 @@ the workflow's progress stream until it ends.
     python clients/examples/submit_and_watch.py CMU-1-Small-Region.svs \
         --address 127.0.0.1:50051 --user alice
 
+(``--token TOKEN``, or ``WSI_TOKEN``, instead of ``--user`` where the
+scheduler runs in token mode.)
+
 Exits 0 when every job succeeded, 1 otherwise."""
 
 from __future__ import annotations
@@ -11,14 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 
 from wsi_client.client import SchedulerClient, SchedulerError, job
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 
-async def main(slide: str, address: str, user: str) -> int:
-    async with SchedulerClient(address, user=user) as wsi:
+async def main(slide: str, address: str, user: str, token: str) -> int:
+    async with SchedulerClient(address, user=user, token=token) as wsi:
         workflow = await wsi.create_workflow(
             [
                 job("main", "TISSUE_MASK", slide, key="mask"),
@@ -48,9 +52,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("slide")
     parser.add_argument("--address", default="127.0.0.1:50051")
-    parser.add_argument("--user", default="alice")
+    parser.add_argument("--user", default="")
+    parser.add_argument("--token", default=os.environ.get("WSI_TOKEN", ""))
     args = parser.parse_args()
+    user = args.user or ("" if args.token else os.environ.get("WSI_USER", "alice"))
     try:
-        sys.exit(asyncio.run(main(args.slide, args.address, args.user)))
+        sys.exit(asyncio.run(main(args.slide, args.address, user, args.token)))
     except SchedulerError as exc:
         sys.exit(f"error: {exc}")

@@ -7,6 +7,7 @@
 
 The address and identity are given once: ``user=`` where the scheduler trusts
 the x-user-id header, ``token=`` (an API token) where it runs in token mode;
+with neither, the environment's ``WSI_TOKEN`` or ``WSI_USER`` (as for ``wsi``).
 ``tls_ca=`` (PEM bytes or a file path) for a scheduler that serves TLS.
 Unary calls carry a deadline. Calls that are safe to repeat (reads, and
 creates, which always carry a ``request_id``) are retried on UNAVAILABLE with
@@ -17,6 +18,7 @@ status and the server's message."""
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import (
     AsyncGenerator,
@@ -127,7 +129,11 @@ class SchedulerClient:
         channel: grpc.aio.Channel | None = None,
     ) -> None:
         if not user and not token:
-            raise ValueError("a user id (x-user-id) or an API token is required")
+            token, user = os.environ.get("WSI_TOKEN", ""), os.environ.get("WSI_USER", "")
+        if not user and not token:
+            raise ValueError(
+                "a user id (user=, WSI_USER) or an API token (token=, WSI_TOKEN) is required"
+            )
         self.address = address
         self.user = user
         self.token = token

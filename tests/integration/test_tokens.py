@@ -172,7 +172,9 @@ def test_a_token_revoked_in_the_file_stops_working_at_once(system: TokenCluster)
     )
 
 
-def test_cli_and_client_take_a_token(system: TokenCluster, tmp_path: Path) -> None:
+def test_cli_and_client_take_a_token(
+    system: TokenCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     address = system.cluster.scheduler.address
 
     def wsi(*args: str, token: str) -> subprocess.CompletedProcess[str]:
@@ -215,6 +217,14 @@ def test_cli_and_client_take_a_token(system: TokenCluster, tmp_path: Path) -> No
             return len(page.workflows)
 
     assert asyncio.run(through_the_client()) >= 2
+
+    async def from_the_environment() -> int:
+        async with SchedulerClient(address) as client:  # WSI_TOKEN, as wsi reads it
+            return len((await client.list_workflows()).workflows)
+
+    monkeypatch.delenv("WSI_USER", raising=False)
+    monkeypatch.setenv("WSI_TOKEN", system.alice)
+    assert asyncio.run(from_the_environment()) >= 2
 
 
 def test_failed_authentications_are_limited_per_address(tmp_path: Path) -> None:
