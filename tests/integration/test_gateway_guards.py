@@ -216,3 +216,19 @@ def test_every_answer_carries_the_browser_safety_headers(gateway: Service) -> No
             assert "X-User-ID" in reply.headers.get("vary", ""), where
         for reply in shared:
             assert reply.headers.get("cache-control") == "no-cache"
+
+
+def test_an_unreachable_scheduler_is_503_without_its_address(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nobody = Service("nobody", None, tmp_path / "none.log", address=f"127.0.0.1:{port}")  # type: ignore[arg-type]
+    gateway = start_gateway(tmp_path, nobody, tmp_path / "results")
+    try:
+        reply = httpx.get(gateway.address + "/workflows", headers={"X-User-ID": "a"}, timeout=30)
+        assert reply.status_code == 503
+        assert reply.json()["message"] == "the scheduler is unavailable; try again shortly"
+        assert str(port) not in reply.text and "127.0.0.1" not in reply.text
+        assert str(port) in gateway.log()  # the details are for the operator
+    finally:
+        gateway.stop()
