@@ -71,6 +71,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     settings.add(
         parser,
+        "--results-dir",
+        Path("results"),
+        "the workers' results folder as this host sees it: retention deletes there",
+    )
+    settings.add(
+        parser,
         "--auth-tokens",
         "",
         "API token file (lines 'USER_ID SHA256_HEX_OF_TOKEN'): set, callers need a token",
@@ -165,12 +171,14 @@ def authenticator(token_file: str, host: str) -> Authenticator:
 
 
 async def prune_periodically(
-    store: Store, journal: SqliteJournal, hours: float, metrics: SchedulerMetrics
+    store: Store, journal: SqliteJournal, args: argparse.Namespace, metrics: SchedulerMetrics
 ) -> None:
+    hours = args.retention_hours
     interval = min(RETENTION_CHECK_S, hours * 3600 / 10)
     while True:
         try:
-            folders = retention.prune_expired(store, journal, time.time() - hours * 3600)
+            cutoff = time.time() - hours * 3600
+            folders = retention.prune_expired(store, journal, cutoff, args.results_dir)
             await asyncio.to_thread(retention.delete_folders, folders)
         except Exception:
             log.exception("unexpected error in retention; trying again next round")
@@ -189,9 +197,7 @@ async def serve(args: argparse.Namespace) -> None:
     store, dispatcher, servicer, journal, metrics = build(args, registry)
     tasks = []
     if args.retention_hours > 0:
-        tasks.append(
-            asyncio.create_task(prune_periodically(store, journal, args.retention_hours, metrics))
-        )
+        tasks.append(asyncio.create_task(prune_periodically(store, journal, args, metrics)))
 
     async def stop() -> None:
         for task in tasks:

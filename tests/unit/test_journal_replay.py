@@ -328,22 +328,26 @@ def test_retention_prunes_old_workflows_with_their_result_folders(tmp_path: Path
     journal = SqliteJournal(tmp_path / "journal.sqlite")
     store = new_store(journal)
     made = []
-    for name in ("old", "new"):
+    results = tmp_path / "results"
+    for name in ("older", "old", "new"):
         wf = submit(store, name)
         [job] = store.take_dispatches(1, lambda job: "w")
-        folder = tmp_path / "results" / job.job_id
+        folder = results / job.job_id
         folder.mkdir(parents=True)
         (folder / "summary.json").write_text("{}")
-        store.succeed(job.job_id, {"summary.json": str(folder / "summary.json")}, "{}", 1)
+        # Workers name results relative to the results folder; older ones gave absolute paths.
+        shown = str(folder / "summary.json") if name == "older" else f"{job.job_id}/summary.json"
+        store.succeed(job.job_id, {"summary.json": shown}, "{}", 1)
         made.append((wf, folder))
-    (old, old_folder), (new, new_folder) = made
-    unrelated = tmp_path / "results" / "not-a-job"
+    (_, older_folder), (old, old_folder), (new, new_folder) = made
+    unrelated = results / "not-a-job"
     unrelated.mkdir()
     cutoff = (old.jobs[0].end_time + new.jobs[0].end_time) / 2
-    to_delete = prune_expired(store, journal, cutoff)
-    assert to_delete == [old_folder] and old_folder.exists()  # forgotten, not yet deleted
+    to_delete = prune_expired(store, journal, cutoff, results)
+    assert to_delete == [older_folder, old_folder] and old_folder.exists()  # not yet deleted
     delete_folders(to_delete)
-    assert not old_folder.exists() and new_folder.exists() and unrelated.exists()
+    assert not old_folder.exists() and not older_folder.exists()
+    assert new_folder.exists() and unrelated.exists()
     with pytest.raises(NotFound):
         store.workflow("u0", old.workflow_id)
     assert {r.workflow_id for r in journal.records()} == {new.workflow_id}
