@@ -13,6 +13,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from scheduler_service import convert, recovery, retention, token_admin
+from scheduler_service import registry as registry_service
 from scheduler_service.authentication import Authenticator
 from scheduler_service.dispatcher import Dispatcher
 from scheduler_service.journal import MEMORY, JournalDamaged, JournalError, SqliteJournal
@@ -22,6 +23,7 @@ from scheduler_service.service import SchedulerServicer
 from scheduler_service.store import JobRecord, JobTransition, Store, WorkflowRecord
 from wsi_protocol import addresses
 from wsi_protocol.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from wsi_protocol.worker.v1 import worker_pb2_grpc
 from wsi_runtime import lifetime, serving, settings, tls, worker_secret
 from wsi_runtime.limits import RateLimiter
 from wsi_runtime.metrics import RpcMetrics
@@ -39,7 +41,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser,
         "--worker-addresses",
         addresses.WORKER,
-        "comma-separated worker addresses (host:port)",
+        "comma-separated worker addresses (host:port); workers started with --scheduler"
+        " join by themselves",
+    )
+    settings.add(
+        parser,
+        "--heartbeat-interval",
+        2.0,
+        "seconds between a joined worker's heartbeats; three missed: it is forgotten",
     )
     settings.add(parser, "--max-workers", 4, "jobs running at once, all users")
     settings.add(parser, "--max-active-users", 3, "users holding an active slot at once")
@@ -68,12 +77,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--retention-hours",
         0.0,
         "prune finished workflows and their results this long after they end (0: keep)",
-    )
-    settings.add(
-        parser,
-        "--results-dir",
-        Path("results"),
-        "the workers' results folder as this host sees it: retention deletes there",
     )
     settings.add(
         parser,
@@ -171,15 +174,17 @@ def authenticator(token_file: str, host: str) -> Authenticator:
 
 
 async def prune_periodically(
-    store: Store, journal: SqliteJournal, args: argparse.Namespace, metrics: SchedulerMetrics
+    store: Store,
+    journal: SqliteJournal,
+    dispatcher: Dispatcher,
+    hours: float,
+    metrics: SchedulerMetrics,
 ) -> None:
-    hours = args.retention_hours
     interval = min(RETENTION_CHECK_S, hours * 3600 / 10)
+    deleter = retention.Deleter(dispatcher.delete_results)
     while True:
         try:
-            cutoff = time.time() - hours * 3600
-            folders = retention.prune_expired(store, journal, cutoff, args.results_dir)
-            await asyncio.to_thread(retention.delete_folders, folders)
+            await deleter.run(retention.prune_expired(store, journal, time.time() - hours * 3600))
         except Exception:
             log.exception("unexpected error in retention; trying again next round")
             metrics.background_errors.labels("retention").inc()
@@ -189,15 +194,26 @@ async def prune_periodically(
 async def serve(args: argparse.Namespace) -> None:
     serving.check_slide_roots(args.slide_roots)
     registry = CollectorRegistry()
-    server = serving.new_server([RpcMetrics("wsi_scheduler", registry)], args.max_request_mb)
+    secret = worker_secret.load(args.worker_secret_file)
+    server = serving.new_server(
+        [
+            RpcMetrics("wsi_scheduler", registry),
+            # Only workers (holding the shared secret) may join.
+            worker_secret.RequireSecret(secret, registry_service.SERVICE_NAME),
+        ],
+        args.max_request_mb,
+    )
     files = tls.from_args(args)
-    worker_secret.load(args.worker_secret_file)  # a missing secret stops the start here
     address = serving.bind(server, args.host, args.scheduler_port, tls.server_credentials(files))
     stop_metrics = serving.serve_metrics("scheduler", registry, args.host, args.metrics_port)
     store, dispatcher, servicer, journal, metrics = build(args, registry)
     tasks = []
     if args.retention_hours > 0:
-        tasks.append(asyncio.create_task(prune_periodically(store, journal, args, metrics)))
+        tasks.append(
+            asyncio.create_task(
+                prune_periodically(store, journal, dispatcher, args.retention_hours, metrics)
+            )
+        )
 
     async def stop() -> None:
         for task in tasks:
@@ -205,7 +221,10 @@ async def serve(args: argparse.Namespace) -> None:
         await dispatcher.close()
 
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
-    health = await serving.start(server, SERVICE_NAME)
+    worker_registry = registry_service.WorkerRegistry(dispatcher, args.heartbeat_interval)
+    worker_pb2_grpc.add_WorkerRegistryServicer_to_server(worker_registry, server)
+    tasks.append(asyncio.create_task(worker_registry.forget_silent_workers()))
+    health = await serving.start(server, SERVICE_NAME, [registry_service.SERVICE_NAME])
     dispatcher.start()
     serving.announce(
         "scheduler listening on %s (workers %s, max %d jobs, %d active users)",

@@ -79,6 +79,7 @@ def job_message(store: Store, job: JobRecord) -> pb.Job:
         attempt=job.attempt,
         error=job.error,
         error_code=job.error_code,
+        attempt_workers=job.attempt_workers,
         params=job.params,
         worker=job.worker,
         create_time=timestamp(job.create_time),

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from scheduler_service.policy import State
-from scheduler_service.store import JobRecord, Store
+from scheduler_service.store import JobRecord, NotFound, Store
 from scheduler_service.tissue_reuse import RecentMasks, mask_source
 from wsi_protocol import metadata
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as spb
@@ -50,6 +50,10 @@ CHANNEL_OPTIONS = [
 ]
 
 
+class WorkerUnavailable(RuntimeError):
+    """The worker holding what was asked for is not connected (UNAVAILABLE)."""
+
+
 @dataclass
 class WorkerLink:
     address: str
@@ -61,10 +65,18 @@ class WorkerLink:
     error: str = ""
     failed_probes: int = 0
     lost: asyncio.Event = field(default_factory=asyncio.Event)
+    origin: str = "static"  # or "joined": registered itself (WorkerRegistry)
+    last_seen: float = 0.0  # of a joined worker: its last join or heartbeat (monotonic)
+    removed: bool = False  # forgotten (left, or silent): no more jobs, no more probes
+    backends: tuple[str, ...] = ()
 
     @property
     def free(self) -> int:
         return max(0, self.slots - self.busy) if self.connected else 0
+
+    @property
+    def state(self) -> str:
+        return "left" if self.removed else "connected" if self.connected else "lost"
 
 
 class Dispatcher:
@@ -82,12 +94,9 @@ class Dispatcher:
         self.on_error = on_error
         # Every call shows the workers the shared secret (they serve their scheduler only).
         self._call_metadata = ((metadata.WORKER_SECRET, worker_secret),) if worker_secret else ()
-        self.links = [
-            WorkerLink(
-                a, ch := tls.aio_channel(a, credentials, CHANNEL_OPTIONS), wpb_grpc.WorkerStub(ch)
-            )
-            for a in worker_addresses
-        ]
+        self._credentials = credentials
+        self.links = [self._link(address) for address in worker_addresses]
+        self._started = False
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self._calls: dict[str, grpc.aio.UnaryStreamCall[wpb.RunJobRequest, wpb.JobUpdate]] = {}
@@ -96,6 +105,52 @@ class Dispatcher:
         self._closing = False
         # Masks of finished TISSUE_MASK jobs, handed to dependent jobs on the same slide.
         self.tissue_masks: RecentMasks[wpb.TissueMask] = RecentMasks()
+
+    def _link(self, address: str, origin: str = "static") -> WorkerLink:
+        channel = tls.aio_channel(address, self._credentials, CHANNEL_OPTIONS)
+        return WorkerLink(address, channel, wpb_grpc.WorkerStub(channel), origin=origin)
+
+    # ---- membership (workers that join by themselves) ---------------------------
+
+    def join(self, address: str, now: float) -> None:
+        """A worker registered: probed and used like a static one from now on.
+        A joined worker that comes back (same address) replaces its old link."""
+        for link in self.links:
+            if link.address == address and not link.removed:
+                link.last_seen = now
+                if link.origin == "joined" and not link.connected:
+                    link.failed_probes = 0  # it says it is back: probe it now
+                return
+        link = self._link(address, origin="joined")
+        link.last_seen = now
+        self.links.append(link)
+        log.info("worker %s joined", address)
+        if self._started:
+            self._spawn(self._keep_connected(link), "probe", address)
+
+    def heartbeat(self, address: str, now: float) -> bool:
+        """False if no such joined worker is known (it must join again)."""
+        for link in self.links:
+            if link.address == address and link.origin == "joined" and not link.removed:
+                link.last_seen = now
+                return True
+        return False
+
+    def leave(self, address: str, why: str) -> None:
+        """Forgets a joined worker: its running jobs are retried elsewhere as for
+        any lost worker (their streams end), and nothing new goes to it."""
+        for link in [w for w in self.links if w.address == address and w.origin == "joined"]:
+            log.info("worker %s forgotten: %s", address, why)
+            link.removed = True
+            self._mark_lost(link, why)
+            self.links.remove(link)
+            # Its job streams end with the channel: their jobs are retried elsewhere.
+            self._spawn(link.channel.close(grace=None), "close", address)
+
+    def forget_silent(self, now: float, silence_s: float) -> None:
+        for link in list(self.links):
+            if link.origin == "joined" and now - link.last_seen > silence_s:
+                self.leave(link.address, f"no heartbeat for {silence_s:.0f} s")
 
     # ---- capacity --------------------------------------------------------------
 
@@ -117,6 +172,7 @@ class Dispatcher:
     # ---- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
+        self._started = True
         for link in self.links:
             self._spawn(self._keep_connected(link), "probe", link.address)
 
@@ -151,7 +207,7 @@ class Dispatcher:
     async def _keep_connected(self, link: WorkerLink) -> None:
         """Learns the worker's slots; after a loss, probes it again with backoff."""
         delay = self.retry_initial
-        while not self._closing:
+        while not self._closing and not link.removed:
             try:
                 info = await link.stub.GetInfo(
                     wpb.GetInfoRequest(), timeout=2.0, metadata=self._call_metadata
@@ -170,7 +226,10 @@ class Dispatcher:
                 continue
             delay = self.retry_initial
             link.error, link.failed_probes = "", 0
+            if link.removed:
+                return
             link.slots, link.connected = max(0, info.slots), True
+            link.backends = tuple(info.backends)
             link.lost.clear()
             log.info("worker %s connected: %d slots", link.address, link.slots)
             self.kick()
@@ -212,6 +271,42 @@ class Dispatcher:
 
         for job in self.store.take_dispatches(self.free_slots(), place):
             self._spawn(self._run(job, placed[job.job_id]), "job", job.job_id)
+
+    async def read_result(
+        self, address: str, job_id: str, name: str
+    ) -> AsyncIterator[tuple[bytes, int]]:
+        """A result file from the worker that wrote it: (data, size on the first chunk)."""
+        link = next((w for w in self.links if w.address == address and w.connected), None)
+        gone = (
+            f"the worker holding the results of job {job_id!r} is not connected now;"
+            " try again when it is back"
+        )
+        if link is None:
+            raise WorkerUnavailable(gone)
+        request = wpb.ReadResultRequest(job_id=job_id, name=name)
+        try:
+            async for chunk in link.stub.ReadResult(request, metadata=self._call_metadata):
+                yield chunk.data, chunk.size
+        except grpc.aio.AioRpcError as exc:
+            log.warning("result %s of job %s from %s: %s", name, job_id, address, exc.details())
+            if exc.code() is grpc.StatusCode.NOT_FOUND:
+                raise NotFound(
+                    f"result {name!r} of job {job_id!r} is gone from its worker"
+                ) from None
+            raise WorkerUnavailable(gone) from None
+
+    async def delete_results(self, address: str, job_id: str) -> bool:
+        """Asks the job's worker to delete its results; False if it cannot now."""
+        link = next((w for w in self.links if w.address == address and w.connected), None)
+        if link is None:
+            return False
+        request = wpb.DeleteResultsRequest(job_id=job_id)
+        try:
+            await link.stub.DeleteResults(request, metadata=self._call_metadata, timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("results of job %s on %s not deleted: %s", job_id, address, exc.details())
+            return False
+        return True
 
     def stop_job(self, job_id: str) -> None:
         call = self._calls.get(job_id)

@@ -4,8 +4,7 @@ scheduler that runs for months keeps a bounded memory and journal."""
 from __future__ import annotations
 
 import logging
-import shutil
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 from scheduler_service.journal import JournalError, SqliteJournal
 from scheduler_service.store import JobRecord, Store
@@ -13,23 +12,17 @@ from scheduler_service.store import JobRecord, Store
 log = logging.getLogger("wsi.scheduler.retention")
 
 
-def result_folders(job: JobRecord, results_dir: Path) -> set[Path]:
-    """The job's own result folder: named after the job, as workers write it;
-    results are named relative to the results folder (JOB_ID/NAME), or were
-    absolute paths in journals of older versions."""
-    folders = set()
-    for path in map(Path, job.result_files.values()):
-        if path.parent.name == job.job_id:
-            folders.add(path.parent if path.is_absolute() else results_dir / path.parent)
-    return folders
+def held_results(job: JobRecord) -> list[tuple[str, str]]:
+    """(worker address, job id) of a job whose results a worker holds."""
+    return [(job.worker, job.job_id)] if job.result_files and job.worker else []
 
 
 def prune_expired(
-    store: Store, journal: SqliteJournal | None, cutoff: float, results_dir: Path = Path("results")
-) -> list[Path]:
-    """Forgets every workflow that finished before ``cutoff``; returns their
-    result folders, for ``delete_folders`` to remove off the event loop."""
-    folders: list[Path] = []
+    store: Store, journal: SqliteJournal | None, cutoff: float
+) -> list[tuple[str, str]]:
+    """Forgets every workflow that finished before ``cutoff``; returns the
+    (worker, job id) pairs whose result folders the workers are to delete."""
+    deletions: list[tuple[str, str]] = []
     for wf in store.finished_before(cutoff):
         store.prune(wf.workflow_id)
         if journal is not None:
@@ -37,12 +30,26 @@ def prune_expired(
                 journal.forget_workflow(wf.workflow_id)
             except JournalError:
                 log.exception("journal: records of pruned workflow %s kept", wf.workflow_id)
-        folders.extend(folder for job in wf.jobs for folder in result_folders(job, results_dir))
+        deletions.extend(pair for job in wf.jobs for pair in held_results(job))
         log.info("workflow %s of user %s pruned (retention)", wf.workflow_id, wf.user)
-    return folders
+    return deletions
 
 
-def delete_folders(folders: list[Path]) -> None:
-    """Where this host can reach them (a same-host deployment); blocking I/O."""
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
+class Deleter:
+    """Asks each job's worker to delete its results; what cannot be deleted
+    now (its worker is away) is asked again every round while this scheduler
+    runs (a restart forgets them: the folders then stay until deleted by hand)."""
+
+    def __init__(self, delete: Callable[[str, str], Awaitable[bool]]) -> None:
+        self.delete = delete
+        self.waiting: list[tuple[str, str]] = []
+
+    async def run(self, deletions: list[tuple[str, str]]) -> None:
+        self.waiting.extend(deletions)
+        still = []
+        for worker, job_id in self.waiting:
+            if not await self.delete(worker, job_id):
+                still.append((worker, job_id))
+        if still:
+            log.info("results of %d pruned jobs wait for their workers to be back", len(still))
+        self.waiting = still

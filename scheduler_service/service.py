@@ -15,8 +15,9 @@ import grpc
 
 from scheduler_service import convert
 from scheduler_service.authentication import Authenticator
-from scheduler_service.dispatcher import Dispatcher
+from scheduler_service.dispatcher import Dispatcher, WorkerUnavailable
 from scheduler_service.journal import JournalError
+from scheduler_service.policy import State
 from scheduler_service.store import (
     AlreadyFinished,
     InvalidPageToken,
@@ -33,7 +34,7 @@ from scheduler_service.validation import (
 )
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from wsi_protocol.status import RETRY_AFTER_METADATA
+from wsi_protocol.status import RETRY_AFTER_METADATA, SERVER_ANSWER_METADATA
 from wsi_runtime.limits import RateLimiter, retry_after
 from wsi_runtime.slide_paths import SlidePathError, check_slide_format, resolve_slide
 
@@ -74,7 +75,7 @@ def status_for(exc: Exception) -> grpc.StatusCode | None:
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, LimitExceeded | TooManyJobs):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(exc, JournalError):
+    if isinstance(exc, JournalError | WorkerUnavailable):
         return grpc.StatusCode.UNAVAILABLE  # nothing was changed; the caller may retry
     return None
 
@@ -88,9 +89,9 @@ async def domain_errors(context: Context) -> AsyncIterator[None]:
         code = status_for(exc)
         if code is None:
             raise
-        trailing: tuple[tuple[str, str], ...] = ()
+        trailing: tuple[tuple[str, str], ...] = ((SERVER_ANSWER_METADATA, "1"),)
         if isinstance(exc, LimitExceeded) and exc.retry_after:
-            trailing = ((RETRY_AFTER_METADATA, str(exc.retry_after)),)
+            trailing += ((RETRY_AFTER_METADATA, str(exc.retry_after)),)
         message = str(exc)
         if isinstance(exc, JournalError):  # names the journal's file: for the log only
             log.error("journal failure answered UNAVAILABLE: %s", exc)
@@ -285,6 +286,22 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     def _snapshot(self, wf: WorkflowRecord) -> pb.WorkflowEvent:
         return convert.snapshot_event(self.store, wf, self.clock())
 
+    async def ReadResult(
+        self, request: pb.ReadResultRequest, context: Context
+    ) -> AsyncIterator[pb.ResultChunk]:
+        user = await self.authenticate(context)
+        async with domain_errors(context):
+            job = self.store.job(user, request.job_id[:MAX_ID_LENGTH])
+            files = job.result_files if job.state is State.SUCCEEDED else {}
+            if request.name not in files:
+                have = ", ".join(sorted(files)) or "none yet"
+                raise NotFound(f"job {job.job_id!r} has no result {request.name!r} ({have})")
+        async with domain_errors(context):
+            async for data, size in self.dispatcher.read_result(
+                job.worker, job.job_id, request.name
+            ):
+                yield pb.ResultChunk(data=data, size=size)
+
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.SchedulerStats:
         user = await self.authenticate(context)
         policy = self.store.policy
@@ -314,6 +331,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                     busy=link.busy,
                     error=link.error,
                     failed_probes=link.failed_probes,
+                    origin=link.origin,
+                    state=link.state,
+                    backends=link.backends,
                 )
                 for link in self.dispatcher.links
             ],

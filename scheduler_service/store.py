@@ -69,6 +69,7 @@ class JobRecord:
     start_time: float = 0.0
     end_time: float = 0.0
     worker: str = ""
+    attempt_workers: list[str] = field(default_factory=list)  # the worker of each attempt
     state_since: float = 0.0  # when it entered its current state
 
     @property
@@ -331,6 +332,7 @@ class Store:
         job.end_time = 0.0
         job.error = ""
         job.worker = worker
+        job.attempt_workers.append(worker)
         self._set_tiles(job, 0, job.tiles_total)
         self._set_state(job, State.RUNNING, "")
 

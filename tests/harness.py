@@ -99,6 +99,7 @@ def _start(
     health: bool = True,
     root: Path = ROOT,
     tls: TlsClient | None = None,
+    prefix: Sequence[str] = (),
 ) -> Service:
     """``root``: the checkout whose code runs (another commit's worktree for
     an A/B benchmark), ahead of the installed packages."""
@@ -116,7 +117,7 @@ def _start(
         )
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
+            [*prefix, sys.executable, "-m", module, *args],
             cwd=root,
             env=full_env,
             stdout=log_file,
@@ -151,12 +152,14 @@ def start_worker(workdir: Path, name: str = "worker", slots: int = 2, **extra: A
     how to reach a TLS worker; other keywords are flags."""
     root = Path(extra.pop("root", str(ROOT)))
     tls = extra.pop("tls", None)
+    prefix = extra.pop("prefix", ())  # e.g. ("ip", "netns", "exec", NAME): another host
     extra.setdefault("metrics_port", "0")
-    args = ["--worker-port", "0", "--slots", str(slots), "--results-dir", str(workdir / "results")]
+    extra.setdefault("worker_port", "0")
+    args = ["--slots", str(slots), "--results-dir", str(workdir / "results")]
     args += ["--slide-roots", str(SLIDES), "--progress-interval", "0.05"]
     for key, value in extra.items():
         args += [f"--{key.replace('_', '-')}", value]
-    return _start("worker_service", name, workdir, args, {}, root=root, tls=tls)
+    return _start("worker_service", name, workdir, args, {}, root=root, tls=tls, prefix=prefix)
 
 
 def start_scheduler(workdir: Path, workers: Sequence[Service], **extra: Any) -> Service:
@@ -177,7 +180,6 @@ def start_scheduler(workdir: Path, workers: Sequence[Service], **extra: Any) -> 
 def start_gateway(
     workdir: Path,
     scheduler: Service,
-    results_dir: Path,
     keepalive: float = 15.0,
     tls: TlsClient | None = None,
     **extra: str,
@@ -185,7 +187,7 @@ def start_gateway(
     """``tls``: how to reach an HTTPS gateway; other keywords are flags
     (``auth_tokens=PATH`` -> ``--auth-tokens PATH``)."""
     args = ["--gateway-port", "0", "--scheduler-address", scheduler.address]
-    args += ["--results-dir", str(results_dir), "--sse-keepalive", str(keepalive)]
+    args += ["--sse-keepalive", str(keepalive)]
     for key, value in extra.items():
         args += [f"--{key.replace('_', '-')}", value]
     service = _start("wsi_gateway", "gateway", workdir, args, {}, health=False, tls=tls)
@@ -251,7 +253,7 @@ def cluster_with_gateway(
     ``auth_tokens`` (a token file) puts scheduler and gateway in token mode."""
     tokens = {"auth_tokens": auth_tokens} if auth_tokens else {}
     with cluster(workdir, **tokens, **settings) as c:  # type: ignore[arg-type]
-        gateway = start_gateway(workdir, c.scheduler, workdir / "results", 15.0, None, **tokens)
+        gateway = start_gateway(workdir, c.scheduler, 15.0, None, **tokens)
         try:
             yield c, gateway
         finally:

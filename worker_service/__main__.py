@@ -12,6 +12,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from worker_service.learned import default_backend
+from worker_service.membership import Membership
 from worker_service.observability import WorkerMetrics
 from worker_service.service import WorkerServicer
 from worker_service.stages import DEFAULT_MAX_TILES
@@ -51,6 +52,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "backend of a job that names none (auto: learned with a GPU, else classical)",
         choices=("auto", *BACKENDS),
     )
+    settings.add(
+        parser,
+        "--scheduler",
+        "",
+        "join this scheduler (host:port) by itself, with heartbeats (else: be listed in"
+        " the scheduler's --worker-addresses)",
+    )
+    settings.add(
+        parser,
+        "--advertise-address",
+        "",
+        "host:port the scheduler dials to reach this worker (default: --host and the bound port)",
+    )
     worker_secret.add_setting(parser)
     tls.add_settings(parser)
     settings.add_metrics(parser, addresses.WORKER_METRICS_PORT)
@@ -66,8 +80,14 @@ async def serve(args: argparse.Namespace) -> None:
         [RpcMetrics("wsi_worker", registry), worker_secret.RequireSecret(secret, SERVICE_NAME)],
         args.max_request_mb,
     )
-    credentials = tls.server_credentials(tls.from_args(args))
+    files = tls.from_args(args)
+    credentials = tls.server_credentials(files)
     address = serving.bind(server, args.host, args.worker_port, credentials)
+    advertised = args.advertise_address or address
+    if args.scheduler and advertised.startswith(("0.0.0.0:", "[::]:")):
+        raise serving.StartupError(
+            f"--advertise-address is needed: the scheduler cannot dial {advertised}"
+        )
     stop_metrics = serving.serve_metrics("worker", registry, args.host, args.metrics_port)
     pool = TilePool(args.processes, args.slide_roots)
     await asyncio.get_running_loop().run_in_executor(None, pool.warm_up)
@@ -91,7 +111,19 @@ async def serve(args: argparse.Namespace) -> None:
         servicer.results_dir,
         servicer.default_backend,
     )
-    await serving.run_until_signalled(server, health, args.grace)
+    membership = None
+    if args.scheduler:
+        membership = Membership(
+            args.scheduler, advertised, servicer.info, secret, tls.channel_credentials(files)
+        )
+        joining = asyncio.create_task(membership.run())
+
+    async def stop() -> None:
+        if membership is not None:
+            joining.cancel()
+            await membership.leave()
+
+    await serving.run_until_signalled(server, health, args.grace, stop)
     stop_metrics()
     servicer.close()
     pool.close()

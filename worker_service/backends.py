@@ -12,6 +12,7 @@ built once per pool process."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from worker_service.nuclei import (
 )
 from worker_service.tiling import per_size
 
+log = logging.getLogger("wsi.worker.backends")
 INSTANSEG_MPP = 0.5  # um/px the brightfield_nuclei model was trained at
 INSTANSEG_ENV = "WSI_INSTANSEG_MODEL"
 INSTANSEG_DEFAULT = Path("models/instanseg.pt")
@@ -92,10 +94,11 @@ def check_instanseg(model_path: Path) -> None:
             " 'wsi-scheduler[instanseg]' (or pip install torch), then restart the worker"
         )
     if not model_path.is_file():
+        log.warning("InstanSeg model not found at %s (%s)", model_path, INSTANSEG_ENV)
         raise BackendUnavailable(
-            f"backend 'instanseg' needs the TorchScript model at {model_path}: download"
-            f" instanseg.pt of the InstanSeg brightfield_nuclei release there, or point"
-            f" {INSTANSEG_ENV} at it"
+            "backend 'instanseg' needs its TorchScript model on the worker: the operator"
+            " downloads instanseg.pt of the InstanSeg brightfield_nuclei release and points"
+            f" {INSTANSEG_ENV} at it (the worker's log names the path it looked at)"
         )
 
 

@@ -5,6 +5,7 @@ Runs in a worker thread, or whole in a pool process for a TISSUE_MASK job."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from worker_service import results, tile_tasks
 from worker_service.backends import INSTANSEG_MPP, check_instanseg, instanseg_model_path
+from worker_service.errors import BackendUnavailable
 from worker_service.learned import LEARNED_MPP, check_learned
 from worker_service.slide_access import SlideCache
 from worker_service.stages import (
@@ -164,6 +166,19 @@ def _summary(
         )
     summary["timings"] = timings
     return summary
+
+
+def available_backends() -> dict[str, float]:
+    """Backend -> the pixel size it segments at (0: the job's target_mpp), for
+    those this worker can run now: what it tells the scheduler when it joins."""
+    found = {"classical": 0.0}
+    with contextlib.suppress(BackendUnavailable):
+        check_learned()
+        found["learned"] = LEARNED_MPP
+    with contextlib.suppress(BackendUnavailable):
+        check_instanseg(instanseg_model_path())
+        found["instanseg"] = INSTANSEG_MPP
+    return found
 
 
 def run_tissue_job(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -23,7 +24,14 @@ from prometheus_client import CollectorRegistry
 from worker_service import results, tissue_codec
 from worker_service.errors import InternalError, JobCancelled, JobError
 from worker_service.observability import WorkerMetrics
-from worker_service.pipeline import JOB_TYPES, JobOutcome, JobSpec, run_job, run_tissue_job
+from worker_service.pipeline import (
+    JOB_TYPES,
+    JobOutcome,
+    JobSpec,
+    available_backends,
+    run_job,
+    run_tissue_job,
+)
 from worker_service.slide_access import SlideCache
 from worker_service.stages import DEFAULT_MAX_TILES, JobContext
 from worker_service.throttle import ProgressThrottle
@@ -42,6 +50,7 @@ if TYPE_CHECKING:
     from wsi_runtime.serving import Context
 
 log = logging.getLogger("wsi.worker")
+RESULT_CHUNK_BYTES = 256 * 1024
 
 _JOB_TYPE_NAMES = {spb.JobType.Value(name): name for name in JOB_TYPES}
 
@@ -72,7 +81,52 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.metrics.watch_slots(slots, lambda: self.running)
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: Context) -> pb.WorkerInfo:
-        return pb.WorkerInfo(slots=self.slots, job_types=list(_JOB_TYPE_NAMES), version=VERSION)
+        return self.info()
+
+    def info(self) -> pb.WorkerInfo:
+        backends = available_backends()
+        return pb.WorkerInfo(
+            slots=self.slots,
+            job_types=list(_JOB_TYPE_NAMES),
+            version=VERSION,
+            backends=list(backends),
+            backend_mpp=backends,
+        )
+
+    async def ReadResult(
+        self, request: pb.ReadResultRequest, context: Context
+    ) -> AsyncIterator[pb.FileChunk]:
+        path = await self._result_path(request.job_id, request.name, context)
+        with await asyncio.to_thread(open, path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            first = True
+            while True:
+                data = await asyncio.to_thread(handle.read, RESULT_CHUNK_BYTES)
+                if not data and not first:
+                    return
+                yield pb.FileChunk(data=data, size=size if first else 0)
+                first = False
+
+    async def _result_path(self, job_id: str, name: str, context: Context) -> Path:
+        """A result file of this worker's, by job id and plain name; NOT_FOUND
+        for anything else (a path, a link out of the job's folder, a folder)."""
+        if is_scheduler_id(job_id) and name and "/" not in name and name not in (".", ".."):
+            path = await asyncio.to_thread(_result_file, self.results_dir, job_id, name)
+            if path is not None:
+                return path
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"no result {name!r} of job {job_id!r} here")
+        raise AssertionError("unreachable")
+
+    async def DeleteResults(
+        self, request: pb.DeleteResultsRequest, context: Context
+    ) -> pb.DeleteResultsResponse:
+        if not is_scheduler_id(request.job_id):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "job_id must be a scheduler job id"
+            )
+        await self._discard_results(request.job_id)
+        log.info("job %s: results deleted (retention)", request.job_id)
+        return pb.DeleteResultsResponse()
 
     async def RunJob(
         self, request: pb.RunJobRequest, context: Context
@@ -205,6 +259,12 @@ class WorkerServicer(pb_grpc.WorkerServicer):
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _result_file(results_dir: Path, job_id: str, name: str) -> Path | None:
+    folder = results.job_folder(results_dir, job_id)
+    path = Path(os.path.realpath(folder / name))
+    return path if path.parent == folder and path.is_file() else None
 
 
 def _reused_tissue(request: pb.RunJobRequest) -> ReusedTissue | None:

@@ -98,7 +98,14 @@ class Plan:
     worker: str
     scheduler: str
     gateway: str
-    metrics_port: int  # the scheduler's; the worker's is the next
+    metrics_port: int  # the scheduler's; the workers' are the next ones
+    local_workers: int = 1
+
+    @property
+    def workers(self) -> list[str]:
+        """WSI_LOCAL_WORKERS workers on consecutive ports from WSI_WORKER_PORT."""
+        host, first = self.worker.rsplit(":", 1)
+        return [f"{host}:{int(first) + index}" for index in range(self.local_workers)]
 
     @staticmethod
     def from_env() -> Plan:
@@ -107,16 +114,21 @@ class Plan:
         def at(variable: str, default: int) -> str:
             return f"{host}:{os.environ.get(variable, default)}"
 
+        try:
+            count = int(os.environ.get("WSI_LOCAL_WORKERS", "1"))
+        except ValueError:
+            count = 0
+        if not 1 <= count <= 64:
+            raise StartupError("WSI_LOCAL_WORKERS must be a whole number from 1 to 64")
         plan = Plan(
             host,
             at("WSI_WORKER_PORT", addresses.WORKER_PORT),
             at("WSI_SCHEDULER_PORT", addresses.SCHEDULER_PORT),
             at("WSI_GATEWAY_PORT", addresses.GATEWAY_PORT),
             int(os.environ.get("WSI_METRICS_PORT", addresses.SCHEDULER_METRICS_PORT)),
+            count,
         )
-        # What the scheduler and the gateway will call, unless set otherwise.
-        os.environ.setdefault("WSI_WORKER_ADDRESSES", plan.worker)
-        os.environ.setdefault("WSI_SCHEDULER_ADDRESS", plan.scheduler)
+        os.environ.setdefault("WSI_SCHEDULER_ADDRESS", plan.scheduler)  # the gateway's
         return plan
 
 
@@ -130,19 +142,49 @@ def services(plan: Plan) -> list[Service]:
     def port(address: str) -> int:
         return int(address.rsplit(":", 1)[1])
 
+    results = Path(os.environ.get("WSI_RESULTS_DIR") or "results")
+
+    def worker(index: int, address: str) -> Service:
+        """Each worker has its own results folder (one worker: the folder itself)."""
+        folder = results if plan.local_workers == 1 else results / f"worker-{index}"
+        metrics = metrics_port + 1 + index
+        return Service(
+            "worker" if plan.local_workers == 1 else f"worker {index}",
+            [
+                python,
+                "-m",
+                "worker_service",
+                "--worker-port",
+                str(port(address)),
+                "--metrics-port",
+                str(metrics),
+                "--results-dir",
+                str(folder),
+                "--scheduler",
+                plan.scheduler,
+            ],
+            [(host, port(address), "worker"), (host, metrics, "worker metrics")],
+            grpc_ready(address),
+        )
+
+    # The scheduler first: the workers join it as soon as they are up.
     return [
         Service(
-            "worker",
-            [python, "-m", "worker_service", "--metrics-port", str(metrics_port + 1)],
-            [(host, port(plan.worker), "worker"), (host, metrics_port + 1, "worker metrics")],
-            grpc_ready(plan.worker),
-        ),
-        Service(
             "scheduler",
-            [python, "-m", "scheduler_service", "--metrics-port", str(metrics_port)],
+            [
+                python,
+                "-m",
+                "scheduler_service",
+                "--metrics-port",
+                str(metrics_port),
+                # Static workers only if asked for: the local ones join by themselves.
+                "--worker-addresses",
+                os.environ.get("WSI_WORKER_ADDRESSES", ""),
+            ],
             [(host, port(plan.scheduler), "scheduler"), (host, metrics_port, "scheduler metrics")],
             grpc_ready(plan.scheduler),
         ),
+        *(worker(index, address) for index, address in enumerate(plan.workers)),
         Service(
             "gateway",
             [python, "-m", "wsi_gateway"],
@@ -165,10 +207,12 @@ def banner(plan: Plan, roots: Sequence[Path]) -> str:
     return (
         f"\n  web UI     http://{gateway}/   (REST + OpenAPI at /docs)\n"
         f"  scheduler  grpc://{scheduler}   (public API, reflection, health)\n"
-        f"  worker     grpc://{os.environ['WSI_WORKER_ADDRESSES']}\n"
+        f"  workers    {', '.join(f'grpc://{w}' for w in plan.workers)}   (joined the scheduler)\n"
         f"  metrics    http://{host}:{metrics_port}/metrics (scheduler), "
-        f"http://{host}:{metrics_port + 1}/metrics (worker), "
-        f"http://{gateway}/metrics (gateway)\n"
+        + ", ".join(
+            f"http://{host}:{metrics_port + 1 + i}/metrics" for i in range(plan.local_workers)
+        )
+        + f" (workers), http://{gateway}/metrics (gateway)\n"
         f"  slides     {':'.join(str(r.resolve()) for r in roots)}\n"
         f"  try: grpcurl -plaintext {scheduler} list\n"
         "  Ctrl-C stops everything.\n"
@@ -214,7 +258,11 @@ def main() -> int:
     except StartupError as exc:
         print(f"wsi launcher: error: {exc}", file=sys.stderr)
         return 2
-    plan = Plan.from_env()
+    try:
+        plan = Plan.from_env()
+    except StartupError as exc:
+        print(f"wsi launcher: error: {exc}", file=sys.stderr)
+        return 2
     share_worker_secret()
     planned = services(plan)
     try:

@@ -122,9 +122,11 @@ def bind(
     return f"{host}:{bound}"
 
 
-async def start(server: grpc.aio.Server, service_name: str) -> health_aio.HealthServicer:
+async def start(
+    server: grpc.aio.Server, service_name: str, also_reflected: Sequence[str] = ()
+) -> health_aio.HealthServicer:
     """Adds health and reflection, starts, reports SERVING."""
-    health_servicer = add_health_and_reflection(server, [service_name])
+    health_servicer = add_health_and_reflection(server, [service_name, *also_reflected])
     await server.start()
     for name in ("", service_name):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -18,7 +18,9 @@ status and the server's message."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import tempfile
 import uuid
 from collections.abc import (
     AsyncGenerator,
@@ -150,13 +152,6 @@ class SchedulerClient:
         self._stub = pb_grpc.SchedulerStub(self._channel)
         self._metadata = identity_metadata(user, token)
 
-    def http_headers(self) -> dict[str, str]:
-        """The same identity for the HTTP gateway (result downloads)."""
-        headers = {"X-User-ID": self.user} if self.user else {}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        return headers
-
     async def __aenter__(self) -> SchedulerClient:
         return self
 
@@ -223,6 +218,32 @@ class SchedulerClient:
         return await self._retrying(
             lambda: self._stub.GetStats(request, metadata=self._metadata, timeout=self.timeout)
         )
+
+    async def read_result(self, job_id: str, name: str) -> AsyncIterator[bytes]:
+        """A result file of one of the caller's jobs, in chunks, from the worker
+        that holds it (through the scheduler). UNAVAILABLE: that worker is not
+        connected now."""
+        request = pb.ReadResultRequest(job_id=job_id, name=name)
+        try:
+            async for chunk in self._stub.ReadResult(request, metadata=self._metadata):
+                yield chunk.data
+        except grpc.aio.AioRpcError as error:
+            raise SchedulerError.from_rpc(error) from None
+
+    async def download_result(self, job_id: str, name: str, target: Path) -> Path:
+        """Saves a result file at ``target``: it appears whole or not at all."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for data in self.read_result(job_id, name):
+                    out.write(data)
+            os.replace(temporary, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+        return target
 
     async def cancel_job(self, job_id: str) -> pb.Job:
         """Not retried: a repeated cancel of a job that the first one ended would

@@ -28,9 +28,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     settings.add(parser, "--gateway-port", addresses.GATEWAY_PORT, "HTTP port (0: a free one)")
     settings.add(parser, "--scheduler-address", addresses.SCHEDULER, "the scheduler's address")
     settings.add(
-        parser, "--results-dir", Path("results"), "the workers' results folder, to serve files"
-    )
-    settings.add(
         parser, "--sse-keepalive", 15.0, "seconds between keep-alive comments on idle streams"
     )
     settings.add(
@@ -70,7 +67,6 @@ def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
     extra = tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip())
     return GatewaySettings(
         scheduler_address=args.scheduler_address,
-        results_dir=args.results_dir,
         keepalive_s=args.sse_keepalive,
         tokens=tokens,
         max_body_bytes=int(args.max_body_mb * 2**20),

@@ -24,7 +24,7 @@ from wsi_gateway.guards import DEFAULT_MAX_BODY_BYTES, BodyLimit, HostAllowList,
 from wsi_gateway.metrics import HttpMetrics, MetricsMiddleware
 from wsi_gateway.routes import router
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-from wsi_protocol.status import retry_after_seconds
+from wsi_protocol.status import is_server_answer, retry_after_seconds
 from wsi_runtime import tls
 from wsi_runtime.identity import TokenLookup
 from wsi_runtime.version import VERSION
@@ -57,7 +57,6 @@ def public_message(code: grpc.StatusCode, details: str) -> str:
 @dataclass(frozen=True)
 class GatewaySettings:
     scheduler_address: str
-    results_dir: Path
     keepalive_s: float = KEEPALIVE_S
     tokens: TokenLookup | None = None  # token mode when set
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -66,15 +65,12 @@ class GatewaySettings:
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
-    results_root = settings.results_dir.resolve()
     auth = GatewayAuth(settings.tokens)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         channel = tls.aio_channel(settings.scheduler_address, settings.scheduler_credentials)
-        app.state.gateway = GatewayState(
-            pb_grpc.SchedulerStub(channel), results_root, settings.keepalive_s, auth
-        )
+        app.state.gateway = GatewayState(pb_grpc.SchedulerStub(channel), settings.keepalive_s, auth)
         yield
         await channel.close(grace=None)
 
@@ -101,7 +97,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         headers = {}
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
             headers["Retry-After"] = str(retry_after_seconds(exc.error.trailing_metadata()))
-        body = error_body(code, public_message(code, exc.error.details() or code.name))
+        details = exc.error.details() or code.name
+        if not is_server_answer(exc.error.trailing_metadata()):
+            details = public_message(code, details)
+        body = error_body(code, details)
         return JSONResponse(body, status_code=http_status(code), headers=headers)
 
     @app.exception_handler(RequestValidationError)

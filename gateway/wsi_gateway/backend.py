@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, TypeVar
 
 import grpc
@@ -23,7 +22,6 @@ class GatewayState:
     """Made by the app's lifespan, once: the routes' view of the world."""
 
     stub: pb_grpc.SchedulerAsyncStub
-    results_root: Path
     keepalive_s: float
     auth: GatewayAuth
 

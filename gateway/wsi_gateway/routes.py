@@ -3,19 +3,17 @@ X-User-ID as metadata ``x-user-id``, its answer as JSON."""
 
 from __future__ import annotations
 
-import asyncio
 import mimetypes
-import os
-from pathlib import Path, PurePath
+from collections.abc import AsyncIterator
+from pathlib import PurePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import Response, StreamingResponse
 
 from wsi_gateway import events, sse
-from wsi_gateway.backend import Caller, Gateway, call
+from wsi_gateway.backend import BadRequest, Caller, Gateway, call
 from wsi_gateway.bodies import WorkflowIn
-from wsi_gateway.errors import error_body
 from wsi_protocol.json_format import to_json
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
@@ -80,30 +78,28 @@ async def cancel_job(job_id: str, gateway: Gateway, caller: Caller) -> Any:
 
 @router.get("/jobs/{job_id}/results/{name}", summary="A result file of the caller's own job")
 async def get_result(job_id: str, name: str, gateway: Gateway, caller: Caller) -> Response:
-    job = await call(gateway.stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=caller))
-    path = job.result.files.get(name)
-    if not path:
-        available = ", ".join(sorted(job.result.files)) or "none yet"
-        return JSONResponse(
-            error_body("NOT_FOUND", f"job {job_id!r} has no result {name!r} ({available})"),
-            status_code=404,
-        )
-    job_dir = gateway.results_root / job.job_id
-    real = await asyncio.to_thread(_result_file, job_dir, job_dir / PurePath(path).name)
-    if real is None:
-        return JSONResponse(
-            error_body("NOT_FOUND", f"result {name!r} is not available from this gateway"),
-            status_code=404,
-        )
-    media = RESULT_TYPES.get(real.suffix) or mimetypes.guess_type(real.name)[0]
-    return FileResponse(real, media_type=media or "application/octet-stream", filename=name)
+    """Streamed from the worker that wrote it, through the scheduler (which
+    checks the owner): no folder is shared between hosts."""
+    request = pb.ReadResultRequest(job_id=job_id, name=name)
+    chunks = gateway.stub.ReadResult(request, metadata=caller).__aiter__()
+    try:
+        first = await call(anext(chunks))  # errors (404, 503) before any byte is sent
+    except StopAsyncIteration:  # no chunk at all: the scheduler's bug, not the user's
+        raise BadRequest(f"result {name!r} of job {job_id!r} came back empty") from None
 
+    async def body() -> AsyncIterator[bytes]:
+        yield first.data
+        async for chunk in chunks:
+            yield chunk.data
 
-def _result_file(job_dir: Path, path: Path) -> Path | None:
-    """``path`` if it really is a regular file inside the job's own result folder
-    (after resolving links), else None: the gateway never serves anything else."""
-    real = Path(os.path.realpath(path))
-    return real if job_dir in real.parents and real.is_file() else None
+    media = RESULT_TYPES.get(PurePath(name).suffix) or mimetypes.guess_type(name)[0]
+    headers = {
+        "Content-Length": str(first.size),
+        "Content-Disposition": f'attachment; filename="{name}"',
+    }
+    return StreamingResponse(
+        body(), media_type=media or "application/octet-stream", headers=headers
+    )
 
 
 @router.get("/workflows/{workflow_id}/events", summary="Server-Sent Events of a workflow")

@@ -35,7 +35,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         env = {
             **os.environ,
             "WSI_ADDRESS": c.scheduler.address,
-            "WSI_GATEWAY": gateway.address,
             "WSI_USER": "cli-user",
         }
         yield Setup(c, gateway, workdir / "results", env)

@@ -259,7 +259,7 @@ def test_closing_the_sse_client_frees_the_grpc_stream(tmp_path: Path) -> None:
     # One worker slot, kept busy by three long jobs submitted first: the watched
     # workflow stays PENDING (its stream open, idle) while we look.
     with cluster(tmp_path, worker_slots=(1,), max_workers=1) as c:
-        gateway = start_gateway(tmp_path, c.scheduler, tmp_path / "results")
+        gateway = start_gateway(tmp_path, c.scheduler)
         try:
 
             def watch_streams() -> int:
@@ -304,7 +304,7 @@ def test_sse_of_unknown_workflow_is_a_json_404(gw: Gateway) -> None:
 
 def test_scheduler_down_is_503(tmp_path: Path) -> None:
     with cluster(tmp_path, worker_slots=(1,)) as c:
-        gateway = start_gateway(tmp_path, c.scheduler, tmp_path / "results")
+        gateway = start_gateway(tmp_path, c.scheduler)
         try:
             c.scheduler.stop()
             reply = httpx.get(f"{gateway.address}/stats", headers={"X-User-ID": "u"}, timeout=30)
@@ -315,7 +315,7 @@ def test_scheduler_down_is_503(tmp_path: Path) -> None:
 
 def test_rate_limit_is_429_with_retry_after_and_spares_other_users(tmp_path: Path) -> None:
     with cluster(tmp_path, worker_slots=(1,), rate_limit=1, rate_burst=2) as c:
-        gateway = start_gateway(tmp_path, c.scheduler, tmp_path / "results")
+        gateway = start_gateway(tmp_path, c.scheduler)
         try:
             with httpx.Client(base_url=gateway.address, timeout=30) as http:
                 greedy = {"X-User-ID": "greedy"}
@@ -344,7 +344,7 @@ def test_rate_limit_is_429_with_retry_after_and_spares_other_users(tmp_path: Pat
 
 def test_idle_event_stream_gets_keep_alive_comments(tmp_path: Path) -> None:
     with cluster(tmp_path, worker_slots=(1,), max_workers=1) as c:
-        gateway = start_gateway(tmp_path, c.scheduler, tmp_path / "results", keepalive=0.2)
+        gateway = start_gateway(tmp_path, c.scheduler, keepalive=0.2)
         try:
             with httpx.Client(base_url=gateway.address, timeout=30) as http:
                 headers = {"X-User-ID": "idle"}

@@ -31,7 +31,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         service = start_gateway(
             workdir,
             c.scheduler,
-            workdir / "results",
             15.0,
             header_timeout=str(HEADER_TIMEOUT_S),
         )
@@ -223,7 +222,7 @@ def test_an_unreachable_scheduler_is_503_without_its_address(tmp_path: Path) -> 
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     nobody = Service("nobody", None, tmp_path / "none.log", address=f"127.0.0.1:{port}")  # type: ignore[arg-type]
-    gateway = start_gateway(tmp_path, nobody, tmp_path / "results")
+    gateway = start_gateway(tmp_path, nobody)
     try:
         reply = httpx.get(gateway.address + "/workflows", headers={"X-User-ID": "a"}, timeout=30)
         assert reply.status_code == 503

@@ -45,7 +45,7 @@ def test_readme_curl_examples_run_as_written(tmp_path: Path) -> None:
     slides = tmp_path / "slides"
     synthetic_he_slide(slides / "demo.tiff", width=1024, height=768, seed=1)
     with cluster(tmp_path, worker_slots=(2,), slide_roots=f"{slides}:{SLIDES}") as c:
-        gateway = start_gateway(tmp_path, c.scheduler, tmp_path / "results")
+        gateway = start_gateway(tmp_path, c.scheduler)
         try:
             commands = readme_block("## Try it with curl")
             assert len(commands) == 7
@@ -192,7 +192,7 @@ def test_readme_token_recipe_runs_as_written(tmp_path: Path) -> None:
     assert (tmp_path / "alice.token").read_text().startswith("wsi_")
     tokens = str(tmp_path / "tokens.txt")
     with cluster(tmp_path, worker_slots=(1,), auth_tokens=tokens) as c:
-        gateway = start_gateway(tmp_path, c.scheduler, tmp_path / "results", auth_tokens=tokens)
+        gateway = start_gateway(tmp_path, c.scheduler, auth_tokens=tokens)
         try:
             assert json.loads(run(curl, gateway=gateway.address))["workflows"] == []
             run(listing, cluster_address=c.scheduler.address)

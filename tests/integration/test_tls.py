@@ -90,7 +90,6 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsSystem]:
             gateway = start_gateway(
                 workdir,
                 scheduler,
-                workdir / "results",
                 15.0,
                 TlsClient(certs("ca.pem")),
                 tls_cert=certs("gateway.pem"),
@@ -152,12 +151,12 @@ def test_a_workflow_runs_over_tls_and_mtls(system: TlsSystem, tmp_path: Path) ->
     with httpx.Client(base_url=url, verify=context, timeout=10) as http:
         reply = http.get(f"/jobs/{job_id}", headers={"X-User-ID": "tls-user"})
         assert reply.status_code == 200 and reply.json()["state"] == "SUCCEEDED"
-    # wsi, with --tls-ca, lists it and downloads through the HTTPS gateway.
+    # wsi, with --tls-ca, downloads its results through the scheduler (over TLS).
     done = subprocess.run(
         [
             str(Path(sys.executable).parent / "wsi"),
             "--address", address, "--tls-ca", system.certs("ca.pem"), "--user", "tls-user",
-            "results", job_id, "-d", str(tmp_path), "--gateway", url,
+            "results", job_id, "-d", str(tmp_path),
         ],
         capture_output=True, text=True, timeout=60, env={**os.environ},
     )  # fmt: skip

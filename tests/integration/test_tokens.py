@@ -198,8 +198,6 @@ def test_cli_and_client_take_a_token(
         job_id,
         "-d",
         str(tmp_path),
-        "--gateway",
-        system.gateway.address,
         token=system.alice,
     )
     assert downloaded.returncode == 0, downloaded.stderr

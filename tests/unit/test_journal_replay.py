@@ -19,7 +19,7 @@ from scheduler_service import convert
 from scheduler_service.journal import Journal, JournalError, Record, SqliteJournal
 from scheduler_service.policy import SchedulingPolicy, State
 from scheduler_service.recovery import RESTART_REASON, Recovered, StoreFactory, rebuild, recover
-from scheduler_service.retention import delete_folders, prune_expired
+from scheduler_service.retention import Deleter, prune_expired
 from scheduler_service.store import AlreadyFinished, JobRecord, NotFound, Store, WorkflowRecord
 from scheduler_service.validation import JobInput
 
@@ -324,33 +324,39 @@ def test_a_journal_that_is_not_one_is_refused_with_its_path(tmp_path: Path) -> N
         SqliteJournal(newer)
 
 
-def test_retention_prunes_old_workflows_with_their_result_folders(tmp_path: Path) -> None:
+def test_retention_prunes_old_workflows_and_names_their_results_for_deletion(
+    tmp_path: Path,
+) -> None:
     journal = SqliteJournal(tmp_path / "journal.sqlite")
     store = new_store(journal)
     made = []
-    results = tmp_path / "results"
-    for name in ("older", "old", "new"):
+    for name, worker in (("old", "host-a:1"), ("new", "host-b:1")):
         wf = submit(store, name)
-        [job] = store.take_dispatches(1, lambda job: "w")
-        folder = results / job.job_id
-        folder.mkdir(parents=True)
-        (folder / "summary.json").write_text("{}")
-        # Workers name results relative to the results folder; older ones gave absolute paths.
-        shown = str(folder / "summary.json") if name == "older" else f"{job.job_id}/summary.json"
-        store.succeed(job.job_id, {"summary.json": shown}, "{}", 1)
-        made.append((wf, folder))
-    (_, older_folder), (old, old_folder), (new, new_folder) = made
-    unrelated = results / "not-a-job"
-    unrelated.mkdir()
+        [job] = store.take_dispatches(1, lambda job: worker)  # noqa: B023 (used at once)
+        store.succeed(job.job_id, {"summary.json": f"{job.job_id}/summary.json"}, "{}", 1)
+        made.append(wf)
+    old, new = made
     cutoff = (old.jobs[0].end_time + new.jobs[0].end_time) / 2
-    to_delete = prune_expired(store, journal, cutoff, results)
-    assert to_delete == [older_folder, old_folder] and old_folder.exists()  # not yet deleted
-    delete_folders(to_delete)
-    assert not old_folder.exists() and not older_folder.exists()
-    assert new_folder.exists() and unrelated.exists()
+    assert prune_expired(store, journal, cutoff) == [("host-a:1", old.jobs[0].job_id)]
     with pytest.raises(NotFound):
         store.workflow("u0", old.workflow_id)
     assert {r.workflow_id for r in journal.records()} == {new.workflow_id}
+
+
+async def test_deletions_a_worker_cannot_take_now_are_asked_again() -> None:
+    reachable = {"host-a:1"}
+    asked: list[tuple[str, str]] = []
+
+    async def delete(worker: str, job_id: str) -> bool:
+        asked.append((worker, job_id))
+        return worker in reachable
+
+    deleter = Deleter(delete)
+    await deleter.run([("host-a:1", "j1"), ("host-b:1", "j2")])
+    assert deleter.waiting == [("host-b:1", "j2")]
+    reachable.add("host-b:1")
+    await deleter.run([])
+    assert deleter.waiting == [] and asked[-1] == ("host-b:1", "j2")
 
 
 class FillingJournal:

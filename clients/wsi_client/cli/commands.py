@@ -14,7 +14,6 @@ from typing import Any
 import grpc
 from rich.console import Console
 
-from wsi_client.cli import download
 from wsi_client.cli.render import (
     WatchDisplay,
     jobs_table,
@@ -175,17 +174,10 @@ async def results(client: SchedulerClient, args: argparse.Namespace, console: Co
             raise CommandError(f"no result named {', '.join(missing)}; have {', '.join(files)}")
         files = {name: files[name] for name in args.name}
     if args.download:
-        try:
-            saved = download.fetch_results(
-                args.gateway,
-                client.http_headers(),
-                job.job_id,
-                list(files),
-                Path(args.download),
-                args.tls_ca or None,
-            )
-        except download.DownloadError as exc:
-            raise CommandError(str(exc)) from None
+        folder = Path(args.download)
+        saved = {}
+        for name in files:  # from the worker that holds them, through the scheduler
+            saved[name] = await client.download_result(job.job_id, name, folder / Path(name).name)
         files = {name: str(path) for name, path in saved.items()}
     if args.json:
         _print_json(console, {"job_id": job.job_id, "files": files})

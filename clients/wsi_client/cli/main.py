@@ -16,11 +16,9 @@ from rich.console import Console
 from wsi_client.cli import commands
 from wsi_client.client import DEFAULT_ADDRESS, SchedulerClient, SchedulerError
 from wsi_client.workflow_file import WorkflowFileError
-from wsi_protocol import addresses
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-DEFAULT_GATEWAY = addresses.GATEWAY_URL
 PIPE_WIDTH = 200
 
 
@@ -97,13 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     results = sub.add_parser("results", help="a job's result files: their paths, or download them")
     results.add_argument("job_id")
-    results.add_argument("-d", "--download", metavar="DIR", help="save the files into DIR")
-    results.add_argument("--name", action="append", help="only this file (repeatable)")
     results.add_argument(
-        "--gateway",
-        default=os.environ.get("WSI_GATEWAY", DEFAULT_GATEWAY),
-        help="HTTP gateway for downloads (env WSI_GATEWAY; default %(default)s)",
+        "-d", "--download", metavar="DIR", help="save the files into DIR (over gRPC)"
     )
+    results.add_argument("--name", action="append", help="only this file (repeatable)")
 
     sub.add_parser("stats", help="queue and capacity numbers")
     return parser

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n wsi/scheduler/v1/scheduler.proto\x12\x10wsi.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x01\n\x07JobSpec\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x02 \x01(\t\x12+\n\x08job_type\x18\x03 \x01(\x0e\x32\x19.wsi.scheduler.v1.JobType\x12\x10\n\x08wsi_path\x18\x04 \x01(\t\x12\x12\n\ndepends_on\x18\x05 \x03(\t\x12\x35\n\x06params\x18\x06 \x03(\x0b\x32%.wsi.scheduler.v1.JobSpec.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x08Progress\x12\x12\n\ntiles_done\x18\x01 \x01(\x03\x12\x13\n\x0btiles_total\x18\x02 \x01(\x03\x12\x0f\n\x07percent\x18\x03 \x01(\x01\"\x81\x01\n\tJobResult\x12\x35\n\x05\x66iles\x18\x01 \x03(\x0b\x32&.wsi.scheduler.v1.JobResult.FilesEntry\x12\x0f\n\x07summary\x18\x02 \x01(\t\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xed\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x04 \x01(\t\x12+\n\x08job_type\x18\x05 \x01(\x0e\x32\x19.wsi.scheduler.v1.JobType\x12\x10\n\x08wsi_path\x18\x06 \x01(\t\x12\x12\n\ndepends_on\x18\x07 \x03(\t\x12)\n\x05state\x18\x08 \x01(\x0e\x32\x1a.wsi.scheduler.v1.JobState\x12\x16\n\x0epending_reason\x18\t \x01(\t\x12,\n\x08progress\x18\n \x01(\x0b\x32\x1a.wsi.scheduler.v1.Progress\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\x05\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12+\n\x06result\x18\r \x01(\x0b\x32\x1b.wsi.scheduler.v1.JobResult\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x06params\x18\x11 \x03(\x0b\x32!.wsi.scheduler.v1.Job.ParamsEntry\x12\x0e\n\x06worker\x18\x12 \x01(\t\x12\x12\n\nerror_code\x18\x13 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf3\x01\n\x08Workflow\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x1f.wsi.scheduler.v1.WorkflowState\x12,\n\x08progress\x18\x04 \x01(\x0b\x32\x1a.wsi.scheduler.v1.Progress\x12#\n\x04jobs\x18\x05 \x03(\x0b\x32\x15.wsi.scheduler.v1.Job\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x07 \x01(\x04\"b\n\x15\x43reateWorkflowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x04jobs\x18\x02 \x03(\x0b\x32\x19.wsi.scheduler.v1.JobSpec\x12\x12\n\nrequest_id\x18\x03 \x01(\t\")\n\x12GetWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"=\n\x14ListWorkflowsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x15ListWorkflowsResponse\x12-\n\tworkflows\x18\x01 \x03(\x0b\x32\x1a.wsi.scheduler.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x15\x43\x61ncelWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"C\n\x14WatchWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"\x8e\x03\n\rWorkflowEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x32\n\x04kind\x18\x02 \x01(\x0e\x32$.wsi.scheduler.v1.WorkflowEvent.Kind\x12,\n\x08workflow\x18\x03 \x01(\x0b\x32\x1a.wsi.scheduler.v1.Workflow\x12\"\n\x03job\x18\x04 \x01(\x0b\x32\x15.wsi.scheduler.v1.Job\x12\x37\n\x0eworkflow_state\x18\x05 \x01(\x0e\x32\x1f.wsi.scheduler.v1.WorkflowState\x12\x35\n\x11workflow_progress\x18\x06 \x01(\x0b\x32\x1a.wsi.scheduler.v1.Progress\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08SNAPSHOT\x10\x01\x12\r\n\tJOB_STATE\x10\x02\x12\x10\n\x0cJOB_PROGRESS\x10\x03\"\x11\n\x0fGetStatsRequest\"T\n\x0b\x42ranchDepth\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x02 \x01(\t\x12\x0f\n\x07pending\x18\x03 \x01(\x03\x12\x0f\n\x07running\x18\x04 \x01(\x03\"\x95\x03\n\x0eSchedulerStats\x12/\n\x08\x62ranches\x18\x01 \x03(\x0b\x32\x1d.wsi.scheduler.v1.BranchDepth\x12\x14\n\x0crunning_jobs\x18\x02 \x01(\x03\x12\x14\n\x0cpending_jobs\x18\x03 \x01(\x03\x12\x14\n\x0c\x61\x63tive_users\x18\x04 \x01(\x03\x12\x15\n\rwaiting_users\x18\x05 \x01(\x03\x12\x19\n\x11worker_slots_busy\x18\x06 \x01(\x03\x12\x1a\n\x12worker_slots_total\x18\x07 \x01(\x03\x12\x19\n\x11workers_connected\x18\x08 \x01(\x03\x12\x17\n\x0fmy_running_jobs\x18\t \x01(\x03\x12\x17\n\x0fmy_pending_jobs\x18\n \x01(\x03\x12\x13\n\x0bmax_workers\x18\x0b \x01(\x03\x12\x18\n\x10max_active_users\x18\x0c \x01(\x03\x12\x15\n\rwatch_streams\x18\r \x01(\x03\x12/\n\x07workers\x18\x0e \x03(\x0b\x32\x1e.wsi.scheduler.v1.WorkerStatus\"u\n\x0cWorkerStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\r\n\x05slots\x18\x03 \x01(\x03\x12\x0c\n\x04\x62usy\x18\x04 \x01(\x03\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x15\n\rfailed_probes\x18\x06 \x01(\x03*K\n\x07JobType\x12\x18\n\x14JOB_TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bTISSUE_MASK\x10\x01\x12\x15\n\x11\x43\x45LL_SEGMENTATION\x10\x02*\x9b\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*\xbe\x01\n\rWorkflowState\x12\x1e\n\x1aWORKFLOW_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16WORKFLOW_STATE_PENDING\x10\x01\x12\x1a\n\x16WORKFLOW_STATE_RUNNING\x10\x02\x12\x1c\n\x18WORKFLOW_STATE_SUCCEEDED\x10\x03\x12\x19\n\x15WORKFLOW_STATE_FAILED\x10\x04\x12\x1c\n\x18WORKFLOW_STATE_CANCELLED\x10\x05\x32\xa3\x05\n\tScheduler\x12U\n\x0e\x43reateWorkflow\x12\'.wsi.scheduler.v1.CreateWorkflowRequest\x1a\x1a.wsi.scheduler.v1.Workflow\x12O\n\x0bGetWorkflow\x12$.wsi.scheduler.v1.GetWorkflowRequest\x1a\x1a.wsi.scheduler.v1.Workflow\x12`\n\rListWorkflows\x12&.wsi.scheduler.v1.ListWorkflowsRequest\x1a\'.wsi.scheduler.v1.ListWorkflowsResponse\x12U\n\x0e\x43\x61ncelWorkflow\x12\'.wsi.scheduler.v1.CancelWorkflowRequest\x1a\x1a.wsi.scheduler.v1.Workflow\x12@\n\x06GetJob\x12\x1f.wsi.scheduler.v1.GetJobRequest\x1a\x15.wsi.scheduler.v1.Job\x12\x46\n\tCancelJob\x12\".wsi.scheduler.v1.CancelJobRequest\x1a\x15.wsi.scheduler.v1.Job\x12Z\n\rWatchWorkflow\x12&.wsi.scheduler.v1.WatchWorkflowRequest\x1a\x1f.wsi.scheduler.v1.WorkflowEvent0\x01\x12O\n\x08GetStats\x12!.wsi.scheduler.v1.GetStatsRequest\x1a .wsi.scheduler.v1.SchedulerStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n wsi/scheduler/v1/scheduler.proto\x12\x10wsi.scheduler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x01\n\x07JobSpec\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x02 \x01(\t\x12+\n\x08job_type\x18\x03 \x01(\x0e\x32\x19.wsi.scheduler.v1.JobType\x12\x10\n\x08wsi_path\x18\x04 \x01(\t\x12\x12\n\ndepends_on\x18\x05 \x03(\t\x12\x35\n\x06params\x18\x06 \x03(\x0b\x32%.wsi.scheduler.v1.JobSpec.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x08Progress\x12\x12\n\ntiles_done\x18\x01 \x01(\x03\x12\x13\n\x0btiles_total\x18\x02 \x01(\x03\x12\x0f\n\x07percent\x18\x03 \x01(\x01\"\x81\x01\n\tJobResult\x12\x35\n\x05\x66iles\x18\x01 \x03(\x0b\x32&.wsi.scheduler.v1.JobResult.FilesEntry\x12\x0f\n\x07summary\x18\x02 \x01(\t\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x86\x05\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x04 \x01(\t\x12+\n\x08job_type\x18\x05 \x01(\x0e\x32\x19.wsi.scheduler.v1.JobType\x12\x10\n\x08wsi_path\x18\x06 \x01(\t\x12\x12\n\ndepends_on\x18\x07 \x03(\t\x12)\n\x05state\x18\x08 \x01(\x0e\x32\x1a.wsi.scheduler.v1.JobState\x12\x16\n\x0epending_reason\x18\t \x01(\t\x12,\n\x08progress\x18\n \x01(\x0b\x32\x1a.wsi.scheduler.v1.Progress\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\x05\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12+\n\x06result\x18\r \x01(\x0b\x32\x1b.wsi.scheduler.v1.JobResult\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x06params\x18\x11 \x03(\x0b\x32!.wsi.scheduler.v1.Job.ParamsEntry\x12\x0e\n\x06worker\x18\x12 \x01(\t\x12\x12\n\nerror_code\x18\x13 \x01(\t\x12\x17\n\x0f\x61ttempt_workers\x18\x14 \x03(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf3\x01\n\x08Workflow\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x1f.wsi.scheduler.v1.WorkflowState\x12,\n\x08progress\x18\x04 \x01(\x0b\x32\x1a.wsi.scheduler.v1.Progress\x12#\n\x04jobs\x18\x05 \x03(\x0b\x32\x15.wsi.scheduler.v1.Job\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x07 \x01(\x04\"b\n\x15\x43reateWorkflowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x04jobs\x18\x02 \x03(\x0b\x32\x19.wsi.scheduler.v1.JobSpec\x12\x12\n\nrequest_id\x18\x03 \x01(\t\")\n\x12GetWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"=\n\x14ListWorkflowsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x15ListWorkflowsResponse\x12-\n\tworkflows\x18\x01 \x03(\x0b\x32\x1a.wsi.scheduler.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x15\x43\x61ncelWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"C\n\x14WatchWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"\x8e\x03\n\rWorkflowEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x32\n\x04kind\x18\x02 \x01(\x0e\x32$.wsi.scheduler.v1.WorkflowEvent.Kind\x12,\n\x08workflow\x18\x03 \x01(\x0b\x32\x1a.wsi.scheduler.v1.Workflow\x12\"\n\x03job\x18\x04 \x01(\x0b\x32\x15.wsi.scheduler.v1.Job\x12\x37\n\x0eworkflow_state\x18\x05 \x01(\x0e\x32\x1f.wsi.scheduler.v1.WorkflowState\x12\x35\n\x11workflow_progress\x18\x06 \x01(\x0b\x32\x1a.wsi.scheduler.v1.Progress\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08SNAPSHOT\x10\x01\x12\r\n\tJOB_STATE\x10\x02\x12\x10\n\x0cJOB_PROGRESS\x10\x03\"\x11\n\x0fGetStatsRequest\"T\n\x0b\x42ranchDepth\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x02 \x01(\t\x12\x0f\n\x07pending\x18\x03 \x01(\x03\x12\x0f\n\x07running\x18\x04 \x01(\x03\"\x95\x03\n\x0eSchedulerStats\x12/\n\x08\x62ranches\x18\x01 \x03(\x0b\x32\x1d.wsi.scheduler.v1.BranchDepth\x12\x14\n\x0crunning_jobs\x18\x02 \x01(\x03\x12\x14\n\x0cpending_jobs\x18\x03 \x01(\x03\x12\x14\n\x0c\x61\x63tive_users\x18\x04 \x01(\x03\x12\x15\n\rwaiting_users\x18\x05 \x01(\x03\x12\x19\n\x11worker_slots_busy\x18\x06 \x01(\x03\x12\x1a\n\x12worker_slots_total\x18\x07 \x01(\x03\x12\x19\n\x11workers_connected\x18\x08 \x01(\x03\x12\x17\n\x0fmy_running_jobs\x18\t \x01(\x03\x12\x17\n\x0fmy_pending_jobs\x18\n \x01(\x03\x12\x13\n\x0bmax_workers\x18\x0b \x01(\x03\x12\x18\n\x10max_active_users\x18\x0c \x01(\x03\x12\x15\n\rwatch_streams\x18\r \x01(\x03\x12/\n\x07workers\x18\x0e \x03(\x0b\x32\x1e.wsi.scheduler.v1.WorkerStatus\"\xa6\x01\n\x0cWorkerStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\r\n\x05slots\x18\x03 \x01(\x03\x12\x0c\n\x04\x62usy\x18\x04 \x01(\x03\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x15\n\rfailed_probes\x18\x06 \x01(\x03\x12\x0e\n\x06origin\x18\x07 \x01(\t\x12\r\n\x05state\x18\x08 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\t \x03(\t\"1\n\x11ReadResultRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\")\n\x0bResultChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x03*K\n\x07JobType\x12\x18\n\x14JOB_TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bTISSUE_MASK\x10\x01\x12\x15\n\x11\x43\x45LL_SEGMENTATION\x10\x02*\x9b\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*\xbe\x01\n\rWorkflowState\x12\x1e\n\x1aWORKFLOW_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16WORKFLOW_STATE_PENDING\x10\x01\x12\x1a\n\x16WORKFLOW_STATE_RUNNING\x10\x02\x12\x1c\n\x18WORKFLOW_STATE_SUCCEEDED\x10\x03\x12\x19\n\x15WORKFLOW_STATE_FAILED\x10\x04\x12\x1c\n\x18WORKFLOW_STATE_CANCELLED\x10\x05\x32\xf7\x05\n\tScheduler\x12U\n\x0e\x43reateWorkflow\x12\'.wsi.scheduler.v1.CreateWorkflowRequest\x1a\x1a.wsi.scheduler.v1.Workflow\x12O\n\x0bGetWorkflow\x12$.wsi.scheduler.v1.GetWorkflowRequest\x1a\x1a.wsi.scheduler.v1.Workflow\x12`\n\rListWorkflows\x12&.wsi.scheduler.v1.ListWorkflowsRequest\x1a\'.wsi.scheduler.v1.ListWorkflowsResponse\x12U\n\x0e\x43\x61ncelWorkflow\x12\'.wsi.scheduler.v1.CancelWorkflowRequest\x1a\x1a.wsi.scheduler.v1.Workflow\x12@\n\x06GetJob\x12\x1f.wsi.scheduler.v1.GetJobRequest\x1a\x15.wsi.scheduler.v1.Job\x12\x46\n\tCancelJob\x12\".wsi.scheduler.v1.CancelJobRequest\x1a\x15.wsi.scheduler.v1.Job\x12Z\n\rWatchWorkflow\x12&.wsi.scheduler.v1.WatchWorkflowRequest\x1a\x1f.wsi.scheduler.v1.WorkflowEvent0\x01\x12O\n\x08GetStats\x12!.wsi.scheduler.v1.GetStatsRequest\x1a .wsi.scheduler.v1.SchedulerStats\x12R\n\nReadResult\x12#.wsi.scheduler.v1.ReadResultRequest\x1a\x1d.wsi.scheduler.v1.ResultChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,12 +38,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBRESULT_FILESENTRY']._serialized_options = b'8\001'
   _globals['_JOB_PARAMSENTRY']._loaded_options = None
   _globals['_JOB_PARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBTYPE']._serialized_start=2905
-  _globals['_JOBTYPE']._serialized_end=2980
-  _globals['_JOBSTATE']._serialized_start=2983
-  _globals['_JOBSTATE']._serialized_end=3138
-  _globals['_WORKFLOWSTATE']._serialized_start=3141
-  _globals['_WORKFLOWSTATE']._serialized_end=3331
+  _globals['_JOBTYPE']._serialized_start=3074
+  _globals['_JOBTYPE']._serialized_end=3149
+  _globals['_JOBSTATE']._serialized_start=3152
+  _globals['_JOBSTATE']._serialized_end=3307
+  _globals['_WORKFLOWSTATE']._serialized_start=3310
+  _globals['_WORKFLOWSTATE']._serialized_end=3500
   _globals['_JOBSPEC']._serialized_start=88
   _globals['_JOBSPEC']._serialized_end=311
   _globals['_JOBSPEC_PARAMSENTRY']._serialized_start=266
@@ -55,39 +55,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBRESULT_FILESENTRY']._serialized_start=469
   _globals['_JOBRESULT_FILESENTRY']._serialized_end=513
   _globals['_JOB']._serialized_start=516
-  _globals['_JOB']._serialized_end=1137
+  _globals['_JOB']._serialized_end=1162
   _globals['_JOB_PARAMSENTRY']._serialized_start=266
   _globals['_JOB_PARAMSENTRY']._serialized_end=311
-  _globals['_WORKFLOW']._serialized_start=1140
-  _globals['_WORKFLOW']._serialized_end=1383
-  _globals['_CREATEWORKFLOWREQUEST']._serialized_start=1385
-  _globals['_CREATEWORKFLOWREQUEST']._serialized_end=1483
-  _globals['_GETWORKFLOWREQUEST']._serialized_start=1485
-  _globals['_GETWORKFLOWREQUEST']._serialized_end=1526
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=1528
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=1589
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=1591
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=1686
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=1688
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=1732
-  _globals['_GETJOBREQUEST']._serialized_start=1734
-  _globals['_GETJOBREQUEST']._serialized_end=1765
-  _globals['_CANCELJOBREQUEST']._serialized_start=1767
-  _globals['_CANCELJOBREQUEST']._serialized_end=1801
-  _globals['_WATCHWORKFLOWREQUEST']._serialized_start=1803
-  _globals['_WATCHWORKFLOWREQUEST']._serialized_end=1870
-  _globals['_WORKFLOWEVENT']._serialized_start=1873
-  _globals['_WORKFLOWEVENT']._serialized_end=2271
-  _globals['_WORKFLOWEVENT_KIND']._serialized_start=2196
-  _globals['_WORKFLOWEVENT_KIND']._serialized_end=2271
-  _globals['_GETSTATSREQUEST']._serialized_start=2273
-  _globals['_GETSTATSREQUEST']._serialized_end=2290
-  _globals['_BRANCHDEPTH']._serialized_start=2292
-  _globals['_BRANCHDEPTH']._serialized_end=2376
-  _globals['_SCHEDULERSTATS']._serialized_start=2379
-  _globals['_SCHEDULERSTATS']._serialized_end=2784
-  _globals['_WORKERSTATUS']._serialized_start=2786
-  _globals['_WORKERSTATUS']._serialized_end=2903
-  _globals['_SCHEDULER']._serialized_start=3334
-  _globals['_SCHEDULER']._serialized_end=4009
+  _globals['_WORKFLOW']._serialized_start=1165
+  _globals['_WORKFLOW']._serialized_end=1408
+  _globals['_CREATEWORKFLOWREQUEST']._serialized_start=1410
+  _globals['_CREATEWORKFLOWREQUEST']._serialized_end=1508
+  _globals['_GETWORKFLOWREQUEST']._serialized_start=1510
+  _globals['_GETWORKFLOWREQUEST']._serialized_end=1551
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=1553
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=1614
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=1616
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=1711
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=1713
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=1757
+  _globals['_GETJOBREQUEST']._serialized_start=1759
+  _globals['_GETJOBREQUEST']._serialized_end=1790
+  _globals['_CANCELJOBREQUEST']._serialized_start=1792
+  _globals['_CANCELJOBREQUEST']._serialized_end=1826
+  _globals['_WATCHWORKFLOWREQUEST']._serialized_start=1828
+  _globals['_WATCHWORKFLOWREQUEST']._serialized_end=1895
+  _globals['_WORKFLOWEVENT']._serialized_start=1898
+  _globals['_WORKFLOWEVENT']._serialized_end=2296
+  _globals['_WORKFLOWEVENT_KIND']._serialized_start=2221
+  _globals['_WORKFLOWEVENT_KIND']._serialized_end=2296
+  _globals['_GETSTATSREQUEST']._serialized_start=2298
+  _globals['_GETSTATSREQUEST']._serialized_end=2315
+  _globals['_BRANCHDEPTH']._serialized_start=2317
+  _globals['_BRANCHDEPTH']._serialized_end=2401
+  _globals['_SCHEDULERSTATS']._serialized_start=2404
+  _globals['_SCHEDULERSTATS']._serialized_end=2809
+  _globals['_WORKERSTATUS']._serialized_start=2812
+  _globals['_WORKERSTATUS']._serialized_end=2978
+  _globals['_READRESULTREQUEST']._serialized_start=2980
+  _globals['_READRESULTREQUEST']._serialized_end=3029
+  _globals['_RESULTCHUNK']._serialized_start=3031
+  _globals['_RESULTCHUNK']._serialized_end=3072
+  _globals['_SCHEDULER']._serialized_start=3503
+  _globals['_SCHEDULER']._serialized_end=4262
 # @@protoc_insertion_point(module_scope)

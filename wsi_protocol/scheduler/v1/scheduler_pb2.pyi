@@ -291,6 +291,7 @@ class Job(_message.Message):
     PARAMS_FIELD_NUMBER: _builtins.int
     WORKER_FIELD_NUMBER: _builtins.int
     ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_WORKERS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     workflow_id: _builtins.str
     key: _builtins.str
@@ -326,6 +327,10 @@ class Job(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def attempt_workers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The worker of each attempt, in order (the last one ran or runs it)."""
+
     def __init__(
         self,
         *,
@@ -348,10 +353,11 @@ class Job(_message.Message):
         params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         worker: _builtins.str = ...,
         error_code: _builtins.str = ...,
+        attempt_workers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "progress", b"progress", "result", b"result", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "branch", b"branch", "create_time", b"create_time", "depends_on", b"depends_on", "end_time", b"end_time", "error", b"error", "error_code", b"error_code", "job_id", b"job_id", "job_type", b"job_type", "key", b"key", "params", b"params", "pending_reason", b"pending_reason", "progress", b"progress", "result", b"result", "start_time", b"start_time", "state", b"state", "worker", b"worker", "workflow_id", b"workflow_id", "wsi_path", b"wsi_path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_workers", b"attempt_workers", "branch", b"branch", "create_time", b"create_time", "depends_on", b"depends_on", "end_time", b"end_time", "error", b"error", "error_code", b"error_code", "job_id", b"job_id", "job_type", b"job_type", "key", b"key", "params", b"params", "pending_reason", b"pending_reason", "progress", b"progress", "result", b"result", "start_time", b"start_time", "state", b"state", "worker", b"worker", "workflow_id", b"workflow_id", "wsi_path", b"wsi_path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -779,6 +785,9 @@ class WorkerStatus(_message.Message):
     BUSY_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     FAILED_PROBES_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    BACKENDS_FIELD_NUMBER: _builtins.int
     address: _builtins.str
     connected: _builtins.bool
     slots: _builtins.int
@@ -787,6 +796,12 @@ class WorkerStatus(_message.Message):
     """The last connection error, empty while connected."""
     failed_probes: _builtins.int
     """Connection attempts that failed in a row."""
+    origin: _builtins.str
+    """"static" (--worker-addresses) or "joined" (a worker that registered)."""
+    state: _builtins.str
+    """connected, lost (not answering; its jobs are retried elsewhere), or left."""
+    @_builtins.property
+    def backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -796,11 +811,60 @@ class WorkerStatus(_message.Message):
         busy: _builtins.int = ...,
         error: _builtins.str = ...,
         failed_probes: _builtins.int = ...,
+        origin: _builtins.str = ...,
+        state: _builtins.str = ...,
+        backends: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "busy", b"busy", "connected", b"connected", "error", b"error", "failed_probes", b"failed_probes", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "backends", b"backends", "busy", b"busy", "connected", b"connected", "error", b"error", "failed_probes", b"failed_probes", "origin", b"origin", "slots", b"slots", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkerStatus: _TypeAlias = WorkerStatus  # noqa: Y015
+
+@_typing.final
+class ReadResultRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    name: _builtins.str
+    """A name from the job's result.files (summary.json, cells.geojson, ...)."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadResultRequest: _TypeAlias = ReadResultRequest  # noqa: Y015
+
+@_typing.final
+class ResultChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    size: _builtins.int
+    """The whole file's size in bytes: set on the first chunk."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResultChunk: _TypeAlias = ResultChunk  # noqa: Y015

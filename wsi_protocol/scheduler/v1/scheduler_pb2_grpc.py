@@ -74,6 +74,11 @@ class SchedulerStub:
                 request_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.SchedulerStats.FromString,
                 _registered_method=True)
+        self.ReadResult = channel.unary_stream(
+                '/wsi.scheduler.v1.Scheduler/ReadResult',
+                request_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ReadResultRequest.SerializeToString,
+                response_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ResultChunk.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -143,6 +148,16 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadResult(self, request, context):
+        """One result file of the caller's own finished job, in chunks (the first
+        says the size), fetched from the worker that holds it: no folder needs to
+        be shared. NOT_FOUND: no such job or file; UNAVAILABLE: its worker is not
+        connected now (try again when it is back).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +200,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetStatsRequest.FromString,
                     response_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.SchedulerStats.SerializeToString,
+            ),
+            'ReadResult': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadResult,
+                    request_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ReadResultRequest.FromString,
+                    response_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ResultChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -403,6 +423,33 @@ class Scheduler:
             '/wsi.scheduler.v1.Scheduler/GetStats',
             wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetStatsRequest.SerializeToString,
             wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.SchedulerStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/wsi.scheduler.v1.Scheduler/ReadResult',
+            wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ReadResultRequest.SerializeToString,
+            wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ResultChunk.FromString,
             options,
             channel_credentials,
             insecure,

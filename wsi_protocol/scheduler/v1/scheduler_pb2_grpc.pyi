@@ -70,6 +70,12 @@ class SchedulerStub:
     """
     GetStats: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetStatsRequest, _scheduler_pb2.SchedulerStats]
     """Queue and capacity numbers for a dashboard."""
+    ReadResult: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.ReadResultRequest, _scheduler_pb2.ResultChunk]
+    """One result file of the caller's own finished job, in chunks (the first
+    says the size), fetched from the worker that holds it: no folder needs to
+    be shared. NOT_FOUND: no such job or file; UNAVAILABLE: its worker is not
+    connected now (try again when it is back).
+    """
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -101,6 +107,12 @@ class SchedulerAsyncStub(SchedulerStub):
     """
     GetStats: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetStatsRequest, _scheduler_pb2.SchedulerStats]  # type: ignore[assignment]
     """Queue and capacity numbers for a dashboard."""
+    ReadResult: _aio.UnaryStreamMultiCallable[_scheduler_pb2.ReadResultRequest, _scheduler_pb2.ResultChunk]  # type: ignore[assignment]
+    """One result file of the caller's own finished job, in chunks (the first
+    says the size), fetched from the worker that holds it: no folder needs to
+    be shared. NOT_FOUND: no such job or file; UNAVAILABLE: its worker is not
+    connected now (try again when it is back).
+    """
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -177,5 +189,17 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.SchedulerStats, _abc.Awaitable[_scheduler_pb2.SchedulerStats]]:
         """Queue and capacity numbers for a dashboard."""
+
+    @_abc_1.abstractmethod
+    def ReadResult(
+        self,
+        request: _scheduler_pb2.ReadResultRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_scheduler_pb2.ResultChunk], _abc.AsyncIterator[_scheduler_pb2.ResultChunk]]:
+        """One result file of the caller's own finished job, in chunks (the first
+        says the size), fetched from the worker that holds it: no folder needs to
+        be shared. NOT_FOUND: no such job or file; UNAVAILABLE: its worker is not
+        connected now (try again when it is back).
+        """
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -44,6 +44,16 @@ class WorkerStub:
                 request_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.WorkerInfo.FromString,
                 _registered_method=True)
+        self.ReadResult = channel.unary_stream(
+                '/wsi.worker.v1.Worker/ReadResult',
+                request_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.ReadResultRequest.SerializeToString,
+                response_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.FileChunk.FromString,
+                _registered_method=True)
+        self.DeleteResults = channel.unary_unary(
+                '/wsi.worker.v1.Worker/DeleteResults',
+                request_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.DeleteResultsRequest.SerializeToString,
+                response_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.DeleteResultsResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -63,6 +73,22 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadResult(self, request, context):
+        """One result file of a job this worker ran, in chunks (the first one says
+        the file's size). NOT_FOUND if this worker has no such file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteResults(self, request, context):
+        """Deletes a job's results folder here (retention); deleting what is not
+        there succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +101,16 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.GetInfoRequest.FromString,
                     response_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.WorkerInfo.SerializeToString,
+            ),
+            'ReadResult': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadResult,
+                    request_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.ReadResultRequest.FromString,
+                    response_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.FileChunk.SerializeToString,
+            ),
+            'DeleteResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteResults,
+                    request_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.DeleteResultsRequest.FromString,
+                    response_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.DeleteResultsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +167,229 @@ class Worker:
             '/wsi.worker.v1.Worker/GetInfo',
             wsi_dot_worker_dot_v1_dot_worker__pb2.GetInfoRequest.SerializeToString,
             wsi_dot_worker_dot_v1_dot_worker__pb2.WorkerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/wsi.worker.v1.Worker/ReadResult',
+            wsi_dot_worker_dot_v1_dot_worker__pb2.ReadResultRequest.SerializeToString,
+            wsi_dot_worker_dot_v1_dot_worker__pb2.FileChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wsi.worker.v1.Worker/DeleteResults',
+            wsi_dot_worker_dot_v1_dot_worker__pb2.DeleteResultsRequest.SerializeToString,
+            wsi_dot_worker_dot_v1_dot_worker__pb2.DeleteResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class WorkerRegistryStub:
+    """Served by the scheduler, called by workers started with --scheduler: a
+    worker joins, keeps a heartbeat, and leaves. Calls need the same shared
+    secret as the Worker service (metadata x-worker-secret).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Join = channel.unary_unary(
+                '/wsi.worker.v1.WorkerRegistry/Join',
+                request_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.JoinRequest.SerializeToString,
+                response_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.JoinResponse.FromString,
+                _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/wsi.worker.v1.WorkerRegistry/Heartbeat',
+                request_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
+        self.Leave = channel.unary_unary(
+                '/wsi.worker.v1.WorkerRegistry/Leave',
+                request_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.LeaveRequest.SerializeToString,
+                response_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.LeaveResponse.FromString,
+                _registered_method=True)
+
+
+class WorkerRegistryServicer:
+    """Served by the scheduler, called by workers started with --scheduler: a
+    worker joins, keeps a heartbeat, and leaves. Calls need the same shared
+    secret as the Worker service (metadata x-worker-secret).
+    """
+
+    def Join(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Heartbeat(self, request, context):
+        """NOT_FOUND: the scheduler does not know this worker (it restarted, or
+        forgot a silent worker): join again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Leave(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_WorkerRegistryServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.JoinRequest.FromString,
+                    response_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.JoinResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.HeartbeatRequest.FromString,
+                    response_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'Leave': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leave,
+                    request_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.LeaveRequest.FromString,
+                    response_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.LeaveResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'wsi.worker.v1.WorkerRegistry', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('wsi.worker.v1.WorkerRegistry', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class WorkerRegistry:
+    """Served by the scheduler, called by workers started with --scheduler: a
+    worker joins, keeps a heartbeat, and leaves. Calls need the same shared
+    secret as the Worker service (metadata x-worker-secret).
+    """
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wsi.worker.v1.WorkerRegistry/Join',
+            wsi_dot_worker_dot_v1_dot_worker__pb2.JoinRequest.SerializeToString,
+            wsi_dot_worker_dot_v1_dot_worker__pb2.JoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wsi.worker.v1.WorkerRegistry/Heartbeat',
+            wsi_dot_worker_dot_v1_dot_worker__pb2.HeartbeatRequest.SerializeToString,
+            wsi_dot_worker_dot_v1_dot_worker__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wsi.worker.v1.WorkerRegistry/Leave',
+            wsi_dot_worker_dot_v1_dot_worker__pb2.LeaveRequest.SerializeToString,
+            wsi_dot_worker_dot_v1_dot_worker__pb2.LeaveResponse.FromString,
             options,
             channel_credentials,
             insecure,

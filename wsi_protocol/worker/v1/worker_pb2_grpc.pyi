@@ -40,6 +40,14 @@ class WorkerStub:
     """Runs one job: progress updates, then exactly one final result or error."""
     GetInfo: _grpc.UnaryUnaryMultiCallable[_worker_pb2.GetInfoRequest, _worker_pb2.WorkerInfo]
     """What this worker offers."""
+    ReadResult: _grpc.UnaryStreamMultiCallable[_worker_pb2.ReadResultRequest, _worker_pb2.FileChunk]
+    """One result file of a job this worker ran, in chunks (the first one says
+    the file's size). NOT_FOUND if this worker has no such file.
+    """
+    DeleteResults: _grpc.UnaryUnaryMultiCallable[_worker_pb2.DeleteResultsRequest, _worker_pb2.DeleteResultsResponse]
+    """Deletes a job's results folder here (retention); deleting what is not
+    there succeeds.
+    """
 
 @_typing.type_check_only
 class WorkerAsyncStub(WorkerStub):
@@ -48,6 +56,14 @@ class WorkerAsyncStub(WorkerStub):
     """Runs one job: progress updates, then exactly one final result or error."""
     GetInfo: _aio.UnaryUnaryMultiCallable[_worker_pb2.GetInfoRequest, _worker_pb2.WorkerInfo]  # type: ignore[assignment]
     """What this worker offers."""
+    ReadResult: _aio.UnaryStreamMultiCallable[_worker_pb2.ReadResultRequest, _worker_pb2.FileChunk]  # type: ignore[assignment]
+    """One result file of a job this worker ran, in chunks (the first one says
+    the file's size). NOT_FOUND if this worker has no such file.
+    """
+    DeleteResults: _aio.UnaryUnaryMultiCallable[_worker_pb2.DeleteResultsRequest, _worker_pb2.DeleteResultsResponse]  # type: ignore[assignment]
+    """Deletes a job's results folder here (retention); deleting what is not
+    there succeeds.
+    """
 
 class WorkerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -66,4 +82,88 @@ class WorkerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_worker_pb2.WorkerInfo, _abc.Awaitable[_worker_pb2.WorkerInfo]]:
         """What this worker offers."""
 
+    @_abc_1.abstractmethod
+    def ReadResult(
+        self,
+        request: _worker_pb2.ReadResultRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_worker_pb2.FileChunk], _abc.AsyncIterator[_worker_pb2.FileChunk]]:
+        """One result file of a job this worker ran, in chunks (the first one says
+        the file's size). NOT_FOUND if this worker has no such file.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteResults(
+        self,
+        request: _worker_pb2.DeleteResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_pb2.DeleteResultsResponse, _abc.Awaitable[_worker_pb2.DeleteResultsResponse]]:
+        """Deletes a job's results folder here (retention); deleting what is not
+        there succeeds.
+        """
+
 def add_WorkerServicer_to_server(servicer: WorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class WorkerRegistryStub:
+    """Served by the scheduler, called by workers started with --scheduler: a
+    worker joins, keeps a heartbeat, and leaves. Calls need the same shared
+    secret as the Worker service (metadata x-worker-secret).
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> WorkerRegistryAsyncStub: ...
+    Join: _grpc.UnaryUnaryMultiCallable[_worker_pb2.JoinRequest, _worker_pb2.JoinResponse]
+    Heartbeat: _grpc.UnaryUnaryMultiCallable[_worker_pb2.HeartbeatRequest, _worker_pb2.HeartbeatResponse]
+    """NOT_FOUND: the scheduler does not know this worker (it restarted, or
+    forgot a silent worker): join again.
+    """
+    Leave: _grpc.UnaryUnaryMultiCallable[_worker_pb2.LeaveRequest, _worker_pb2.LeaveResponse]
+
+@_typing.type_check_only
+class WorkerRegistryAsyncStub(WorkerRegistryStub):
+    """Served by the scheduler, called by workers started with --scheduler: a
+    worker joins, keeps a heartbeat, and leaves. Calls need the same shared
+    secret as the Worker service (metadata x-worker-secret).
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Join: _aio.UnaryUnaryMultiCallable[_worker_pb2.JoinRequest, _worker_pb2.JoinResponse]  # type: ignore[assignment]
+    Heartbeat: _aio.UnaryUnaryMultiCallable[_worker_pb2.HeartbeatRequest, _worker_pb2.HeartbeatResponse]  # type: ignore[assignment]
+    """NOT_FOUND: the scheduler does not know this worker (it restarted, or
+    forgot a silent worker): join again.
+    """
+    Leave: _aio.UnaryUnaryMultiCallable[_worker_pb2.LeaveRequest, _worker_pb2.LeaveResponse]  # type: ignore[assignment]
+
+class WorkerRegistryServicer(metaclass=_abc_1.ABCMeta):
+    """Served by the scheduler, called by workers started with --scheduler: a
+    worker joins, keeps a heartbeat, and leaves. Calls need the same shared
+    secret as the Worker service (metadata x-worker-secret).
+    """
+
+    @_abc_1.abstractmethod
+    def Join(
+        self,
+        request: _worker_pb2.JoinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_pb2.JoinResponse, _abc.Awaitable[_worker_pb2.JoinResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Heartbeat(
+        self,
+        request: _worker_pb2.HeartbeatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_pb2.HeartbeatResponse, _abc.Awaitable[_worker_pb2.HeartbeatResponse]]:
+        """NOT_FOUND: the scheduler does not know this worker (it restarted, or
+        forgot a silent worker): join again.
+        """
+
+    @_abc_1.abstractmethod
+    def Leave(
+        self,
+        request: _worker_pb2.LeaveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_pb2.LeaveResponse, _abc.Awaitable[_worker_pb2.LeaveResponse]]: ...
+
+def add_WorkerRegistryServicer_to_server(servicer: WorkerRegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
