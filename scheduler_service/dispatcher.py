@@ -8,6 +8,7 @@ to the head of its branch. Cancelling a running job cancels its stream."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -308,6 +309,30 @@ class Dispatcher:
             return False
         return True
 
+    async def _fetch_mask(self, source: JobRecord) -> wpb.TissueMask | None:
+        """A finished TISSUE_MASK job's mask, read back from the worker that
+        holds its results (the same path as any result download); None when
+        that cannot be done now: the job then finds its tissue itself."""
+        try:
+            scale = json.loads(source.result_summary)["tissue_mask"]
+            downsample, threshold = float(scale["downsample"]), float(scale["threshold"])
+            png = b"".join(
+                [
+                    data
+                    async for data, _ in self.read_result(
+                        source.worker, source.job_id, "tissue_mask.png"
+                    )
+                ]
+            )
+        except (ValueError, KeyError, TypeError, NotFound, WorkerUnavailable) as exc:
+            log.info("mask of job %s not reused: %s", source.job_id, exc)
+            return None
+        mask = wpb.TissueMask(
+            mask_png=png, downsample=downsample, threshold=threshold, source_job_id=source.job_id
+        )
+        self.tissue_masks.put(source.job_id, mask)
+        return mask
+
     def stop_job(self, job_id: str) -> None:
         call = self._calls.get(job_id)
         if call is not None:
@@ -322,8 +347,11 @@ class Dispatcher:
             params=job.params,
             attempt=job.attempt,
         )
-        source = mask_source(job, self.store.dependencies(job), State.SUCCEEDED)
+        dependencies = self.store.dependencies(job)
+        source = mask_source(job, dependencies, State.SUCCEEDED)
         mask = self.tissue_masks.get(source) if source else None
+        if mask is None and source:  # not in memory (a restart since): from its worker
+            mask = await self._fetch_mask(next(d for d in dependencies if d.job_id == source))
         if mask is not None:
             request.tissue_mask.CopyFrom(mask)
         call = link.stub.RunJob(request, metadata=self._call_metadata)

@@ -5,7 +5,9 @@ A CELL_SEGMENTATION job that depends on a TISSUE_MASK job of the same slide
 would find the same tissue again: the scheduler hands it the mask the
 dependency's worker returned, whichever worker runs it. Masks are kept in
 memory only (a few KB each, the most recent ``capacity``): after a restart,
-or once evicted, the job finds its tissue itself."""
+or once evicted, the dispatcher reads the mask back from the worker that
+holds the dependency's results (and if that worker is away, the job finds
+its tissue itself)."""
 
 from __future__ import annotations
 

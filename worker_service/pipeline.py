@@ -153,6 +153,9 @@ def _summary(
         "overlap": params.overlap,
         "min_tissue": params.min_tissue,
         "tissue_fraction": round(float(tissue.mask.mask.mean()), 4),
+        # The scale and threshold of tissue_mask.png: what a later job on this
+        # slide needs to take the mask instead of finding the tissue again.
+        "tissue_mask": {"downsample": tissue.mask.downsample, "threshold": tissue.mask.threshold},
         # The TISSUE_MASK job whose mask this job took instead of finding it again.
         "tissue_mask_from": tissue.reused_from or None,
         "tiles_total": tiles_total,
