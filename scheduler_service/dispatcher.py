@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,13 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+
+
+def worker_slide_path(job: JobRecord) -> str:
+    """The slide as the worker is to find it: the user's root-relative name, so
+    each host may mount the slide roots where it likes (the worker checks it
+    against its own roots); an absolute name as the scheduler resolved it."""
+    return job.slide_file if os.path.isabs(job.wsi_path) else job.wsi_path
 
 
 class WorkerUnavailable(RuntimeError):
@@ -343,7 +351,7 @@ class Dispatcher:
         request = wpb.RunJobRequest(
             job_id=job_id,
             job_type=spb.JobType.Value(job.job_type),
-            wsi_path=job.slide_file,
+            wsi_path=worker_slide_path(job),
             params=job.params,
             attempt=job.attempt,
         )

@@ -9,6 +9,7 @@ and its finished results answer 503 until it is back."""
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import grpc
 import httpx
 import pytest
 
-from tests.harness import Service, start_gateway, start_scheduler, start_worker, user
+from tests.harness import CMU, SLIDES, Service, start_gateway, start_scheduler, start_worker, user
 from tests.integration.support import LONG, spec
 from tests.timing import wait_for
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
@@ -82,10 +83,17 @@ def hosts() -> Iterator[tuple[Host, Host]]:
 
 
 def start_remote_worker(workdir: Path, host: Host, scheduler: Service, name: str) -> Service:
+    """Its own results folder, shared with nobody, and its own copy of the
+    slides at a path of its own (hosts mount their slide roots where they like)."""
+    slides = workdir / name / "slides"
+    if not slides.is_dir():
+        slides.mkdir(parents=True)
+        shutil.copy(SLIDES / CMU, slides / CMU)
     return start_worker(
-        workdir / name,  # its own results folder, shared with nobody
+        workdir / name,
         name,
         2,
+        slide_roots=str(slides),
         prefix=host.prefix,
         host=host.address,
         worker_port=str(WORKER_PORT),

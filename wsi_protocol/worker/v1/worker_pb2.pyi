@@ -253,7 +253,10 @@ class RunJobRequest(_message.Message):
     """
     job_type: _scheduler_pb2.JobType.ValueType
     wsi_path: _builtins.str
-    """Absolute slide path, already checked against the slide roots."""
+    """The slide as the user named it relative to a slide root (an absolute
+    name: the path the scheduler resolved). The worker resolves and checks it
+    against its own slide roots, so hosts may mount them where they like.
+    """
     attempt: _builtins.int
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
