@@ -104,7 +104,8 @@ def stats_table(stats: pb.SchedulerStats) -> Table:
             if w.connected
             else f"[red]unreachable[/] ({w.failed_probes} probes: {escape(w.error)})"
         )
-        table.add_row(f"worker {w.address}", state)
+        origin = f" ({w.origin})" if w.origin else ""
+        table.add_row(f"worker {w.address}{origin}", state)
     for b in stats.branches:
         table.add_row(
             f"branch {escape(b.branch)} of {b.workflow_id}", f"{b.running} run, {b.pending} wait"
