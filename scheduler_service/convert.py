@@ -80,6 +80,7 @@ def job_message(store: Store, job: JobRecord) -> pb.Job:
         error=job.error,
         error_code=job.error_code,
         attempt_workers=job.attempt_workers,
+        cancelling=job.state is State.RUNNING and store.policy.cancel_requested(job.job_id),
         params=job.params,
         worker=job.worker,
         create_time=timestamp(job.create_time),

@@ -154,7 +154,14 @@ class SchedulingPolicy:
 
     @property
     def waiting_users(self) -> list[str]:
+        """Users with pending jobs and no active slot (in the order they came)."""
         return list(self._waiting)
+
+    @property
+    def users_waiting_for_a_slot(self) -> int:
+        """Those of them kept out by the active-user cap; while a slot is free,
+        waiting users wait only for a worker or a dependency, not for a slot."""
+        return len(self._waiting) if len(self._active) >= self.max_active_users else 0
 
     def state(self, job_id: str) -> State:
         return self._job(job_id).state

@@ -8,9 +8,10 @@ from scheduler_service.policy import State
 
 
 def job_fraction(state: State, tiles_done: int, tiles_total: int) -> float:
-    """How far a job is, 0..1. A finished job counts as done whatever its outcome,
-    so a workflow's bar reaches 100% exactly when it reaches a final state."""
-    return 1.0 if state.terminal else _tile_share(tiles_done, tiles_total)
+    """How much of a job was done, 0..1: all of a SUCCEEDED one, the tiles
+    done of any other (a FAILED or CANCELLED job shows what it got through,
+    so its workflow's bar stops short of 100%)."""
+    return 1.0 if state is State.SUCCEEDED else _tile_share(tiles_done, tiles_total)
 
 
 def _tile_share(tiles_done: int, tiles_total: int) -> float:

@@ -215,8 +215,12 @@ _APPLY: dict[RecordKind, Callable[[Store, Record], None]] = {
     RecordKind.SUCCEED: _command(
         lambda s, p: s.succeed(p["job_id"], p["files"], p["summary"], p["tiles_total"])
     ),
-    RecordKind.FAIL: _command(lambda s, p: s.fail(p["job_id"], p["error"], str(p.get("code", "")))),
-    RecordKind.FINISH_CANCELLED: _command(lambda s, p: s.finish_cancelled(p["job_id"])),
+    RecordKind.FAIL: _command(
+        lambda s, p: s.fail(p["job_id"], p["error"], str(p.get("code", "")), p.get("tiles"))
+    ),
+    RecordKind.FINISH_CANCELLED: _command(
+        lambda s, p: s.finish_cancelled(p["job_id"], p.get("tiles"))
+    ),
     RecordKind.LOSE: _command(lambda s, p: s.lose(p["job_id"], p["reason"])),
     RecordKind.CANCEL_JOB: _command(lambda s, p: s.cancel_job(p["user"], p["job_id"])),
     RecordKind.CANCEL_WORKFLOW: _command(

@@ -314,7 +314,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             running_jobs=policy.running_count,
             pending_jobs=policy.pending_count,
             active_users=len(policy.active_users),
-            waiting_users=len(policy.waiting_users),
+            waiting_users=policy.users_waiting_for_a_slot,
             worker_slots_busy=self.dispatcher.slots_busy,
             worker_slots_total=self.dispatcher.slots_total,
             workers_connected=self.dispatcher.workers_connected,

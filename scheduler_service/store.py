@@ -362,18 +362,31 @@ class Store:
         self._set_tiles(job, total, total)
         self._apply(self.policy.finish(job_id, State.SUCCEEDED))
 
-    def fail(self, job_id: str, error: str, code: str = "") -> None:
+    def fail(self, job_id: str, error: str, code: str = "", tiles: object = None) -> None:
+        """``tiles``: [done, total] from the journal (replay); live, the job's own."""
         job = self._running(job_id)
-        payload = {"job_id": job_id, "error": error, **({"code": code} if code else {})}
-        self._record(RecordKind.FAIL, job.workflow_id, payload)
+        self._restore_tiles(job, tiles)
+        payload = {"job_id": job_id, "error": error, "tiles": [job.tiles_done, job.tiles_total]}
+        self._record(
+            RecordKind.FAIL, job.workflow_id, {**payload, **({"code": code} if code else {})}
+        )
         job.error_code = code
         self._apply(self.policy.finish(job_id, State.FAILED, error))
 
-    def finish_cancelled(self, job_id: str) -> None:
-        self._record(
-            RecordKind.FINISH_CANCELLED, self._running(job_id).workflow_id, {"job_id": job_id}
-        )
+    def finish_cancelled(self, job_id: str, tiles: object = None) -> None:
+        job = self._running(job_id)
+        self._restore_tiles(job, tiles)
+        payload = {"job_id": job_id, "tiles": [job.tiles_done, job.tiles_total]}
+        self._record(RecordKind.FINISH_CANCELLED, job.workflow_id, payload)
         self._apply(self.policy.finish(job_id, State.CANCELLED, "cancelled by user"))
+
+    def _restore_tiles(self, job: JobRecord, tiles: object) -> None:
+        """What a FAILED or CANCELLED job got through, as its final record kept it
+        (its progress records are dropped when it ends): it shows on replay."""
+        if isinstance(tiles, list) and len(tiles) == 2 and all(type(t) is int for t in tiles):
+            done, total = tiles
+            if 0 <= done <= total:
+                self._set_tiles(job, done, total)
 
     def lose(self, job_id: str, reason: str) -> None:
         """The job's worker stream broke: retry it, or fail it after max attempts."""
@@ -507,6 +520,8 @@ class Store:
 
     def _set_state(self, job: JobRecord, state: State, reason: str) -> None:
         wf = self._workflows[job.workflow_id]
+        if state is State.PENDING and job.tiles_done:
+            self._set_tiles(job, 0, job.tiles_total)  # requeued: the lost attempt's tiles are gone
         before_state, before_fraction = job.state, job.fraction
         job.state = state
         if state.terminal:

@@ -98,7 +98,10 @@ def fingerprint(store: Store) -> dict[str, Any]:
                         j.start_time,
                         j.end_time,
                         j.worker,
-                        j.tiles_total if j.state is State.SUCCEEDED else None,
+                        j.attempt_workers,
+                        j.error_code,
+                        # What an ended job got through survives (its progress records do not).
+                        (j.tiles_done, j.tiles_total) if j.state.terminal else None,
                         convert.pending_reason(store.waiting(j)),
                     )
                     for j in wf.jobs
@@ -157,7 +160,7 @@ def drive(store: Store, script: list[Op]) -> None:
             if op == "succeed":
                 store.succeed(job.job_id, {"summary.json": f"/r/{job.job_id}/s"}, "{}", pick)
             elif op == "fail":
-                store.fail(job.job_id, f"boom {pick}")
+                store.fail(job.job_id, f"boom {pick}", "INVALID_ARGUMENT" if pick % 2 else "")
             elif op == "lose":
                 store.lose(job.job_id, "worker lost")
             else:

@@ -75,9 +75,11 @@ def test_progress_and_workflow_state_follow_the_jobs() -> None:
     store.take_dispatches(2, lambda job: "w")
     store.progress(wf.jobs[0].job_id, 5, 10)
     assert (wf.tiles_done, wf.tiles_total, wf.percent) == (5, 10, 25.0)
+    store.progress(wf.jobs[1].job_id, 3, 10)
     store.succeed(wf.jobs[0].job_id, {"summary.json": "/r"}, "{}")
     store.fail(wf.jobs[1].job_id, "bad slide")
-    assert wf.state == "FAILED" and wf.percent == 100.0
+    # A failed job counts for the tiles it did: the workflow is not at 100 %.
+    assert wf.state == "FAILED" and wf.percent == 65.0
     assert wf.jobs[1].error == "bad slide"
     assert recorder.events[-1] == ("state", "b", "FAILED")
     with pytest.raises(AlreadyFinished):
@@ -99,10 +101,39 @@ def test_lost_job_is_retried_with_its_reason() -> None:
     store, _ = make_store()
     wf = submit(store, "u1", ("a", "x", ()))
     store.take_dispatches(1, lambda job: "w1")
+    store.progress(wf.jobs[0].job_id, 7, 10)
     store.lose(wf.jobs[0].job_id, "worker w1 lost")
     assert wf.jobs[0].state is State.PENDING and wf.jobs[0].error == "worker w1 lost"
+    # The lost attempt's tiles are gone: the new one starts from 0.
+    assert (wf.jobs[0].tiles_done, wf.percent) == (0, 0.0)
     store.take_dispatches(1, lambda job: "w2")
     assert wf.jobs[0].attempt == 2 and wf.jobs[0].worker == "w2" and wf.jobs[0].error == ""
+    assert wf.jobs[0].attempt_workers == ["w1", "w2"]
+
+
+def test_a_cancelled_running_job_says_it_will_end_cancelled() -> None:
+    store, _ = make_store()
+    wf = submit(store, "u1", ("a", "x", ()))
+    store.take_dispatches(1, lambda job: "w1")
+    job, running = store.cancel_job("u1", wf.jobs[0].job_id)
+    message = convert.job_message(store, job)
+    assert running and message.state == convert.JOB_STATE[State.RUNNING] and message.cancelling
+    store.finish_cancelled(job.job_id)
+    assert not convert.job_message(store, job).cancelling
+
+
+def test_only_users_kept_out_by_the_cap_count_as_waiting() -> None:
+    store, _ = make_store(max_workers=1, max_active_users=2)
+    submit(store, "u1", ("a", "x", ()))
+    submit(store, "u2", ("a", "x", ()))
+    store.take_dispatches(1, lambda job: "w")  # one worker slot: u1 runs, u2 waits for it
+    assert store.policy.waiting_users == ["u2"]
+    assert store.policy.users_waiting_for_a_slot == 0  # a slot is free: u2 waits for a worker
+    store, _ = make_store(max_workers=2, max_active_users=1)
+    submit(store, "u1", ("a", "x", ()))
+    submit(store, "u2", ("a", "x", ()))
+    store.take_dispatches(2, lambda job: "w")
+    assert store.policy.users_waiting_for_a_slot == 1  # the cap keeps u2 out
 
 
 def test_tenancy_paging_and_idempotency() -> None:

@@ -81,7 +81,9 @@ def test_user_ids(user: str | None, ok: bool) -> None:
 def test_progress_maths() -> None:
     assert job_fraction(State.RUNNING, 5, 10) == 0.5
     assert job_fraction(State.RUNNING, 5, 0) == 0.0
-    assert job_fraction(State.CANCELLED, 1, 10) == 1.0
+    assert job_fraction(State.CANCELLED, 1, 10) == 0.1  # what was done, not "finished"
+    assert job_fraction(State.FAILED, 0, 0) == 0.0
+    assert job_fraction(State.SUCCEEDED, 0, 0) == 1.0
     assert job_percent(State.SUCCEEDED, 0, 0) == 100.0
     assert job_percent(State.RUNNING, 1, 3) == 33.33
     assert workflow_percent(1.5, 3) == 50.0

@@ -292,6 +292,7 @@ class Job(_message.Message):
     WORKER_FIELD_NUMBER: _builtins.int
     ERROR_CODE_FIELD_NUMBER: _builtins.int
     ATTEMPT_WORKERS_FIELD_NUMBER: _builtins.int
+    CANCELLING_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     workflow_id: _builtins.str
     key: _builtins.str
@@ -313,6 +314,8 @@ class Job(_message.Message):
     """Of a FAILED job whose worker reported why: the kind of failure as a gRPC
     status code name (PERMISSION_DENIED, INVALID_ARGUMENT, INTERNAL, ...).
     """
+    cancelling: _builtins.bool
+    """A cancel was asked for while it ran: it ends CANCELLED at its next tile."""
     @_builtins.property
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -354,10 +357,11 @@ class Job(_message.Message):
         worker: _builtins.str = ...,
         error_code: _builtins.str = ...,
         attempt_workers: _abc.Iterable[_builtins.str] | None = ...,
+        cancelling: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "progress", b"progress", "result", b"result", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_workers", b"attempt_workers", "branch", b"branch", "create_time", b"create_time", "depends_on", b"depends_on", "end_time", b"end_time", "error", b"error", "error_code", b"error_code", "job_id", b"job_id", "job_type", b"job_type", "key", b"key", "params", b"params", "pending_reason", b"pending_reason", "progress", b"progress", "result", b"result", "start_time", b"start_time", "state", b"state", "worker", b"worker", "workflow_id", b"workflow_id", "wsi_path", b"wsi_path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_workers", b"attempt_workers", "branch", b"branch", "cancelling", b"cancelling", "create_time", b"create_time", "depends_on", b"depends_on", "end_time", b"end_time", "error", b"error", "error_code", b"error_code", "job_id", b"job_id", "job_type", b"job_type", "key", b"key", "params", b"params", "pending_reason", b"pending_reason", "progress", b"progress", "result", b"result", "start_time", b"start_time", "state", b"state", "worker", b"worker", "workflow_id", b"workflow_id", "wsi_path", b"wsi_path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
