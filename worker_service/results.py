@@ -30,6 +30,9 @@ def job_folder(results_dir: Path, job_id: str) -> Path:
 
 
 TISSUE_COLOR = [0, 160, 0]
+# Result files: the worker's user writes, its group (the lab's readers, a
+# backup, a viewer) reads; mkstemp alone would leave them 0600.
+RESULT_FILE_MODE = 0o640
 
 
 class AtomicFile:
@@ -42,6 +45,7 @@ class AtomicFile:
         except FileNotFoundError:  # the job's first file: its folder is made once
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, self._tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        os.fchmod(fd, RESULT_FILE_MODE)
         self.handle: IO[Any] = os.fdopen(fd, mode)
 
     def __enter__(self) -> AtomicFile:
