@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.gzip import GZipMiddleware
 
 from wsi_gateway.auth import AuthFailure, GatewayAuth
 from wsi_gateway.backend import BadRequest, GatewayState, GrpcFailure
@@ -145,6 +146,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if DOCS_ASSETS.is_dir():
         app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+    # GeoJSON and JSON shrink several times; images and event streams are left
+    # alone (Starlette's defaults), large bodies compress off the event loop.
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=6)
     # The last added runs first: the safety headers go on every answer, and a
     # foreign Host or an oversized body never reaches a route.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

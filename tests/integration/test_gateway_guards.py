@@ -215,6 +215,18 @@ def test_every_answer_carries_the_browser_safety_headers(gateway: Service) -> No
             assert "X-User-ID" in reply.headers.get("vary", ""), where
         for reply in shared:
             assert reply.headers.get("cache-control") == "no-cache"
+        # GeoJSON goes compressed to a client that accepts it, as it is to one that does not.
+        url = f"/jobs/{job_id}/results/tissue.geojson"
+        plain = http.get(url, headers={**user, "Accept-Encoding": "identity"})
+        packed = http.get(url, headers={**user, "Accept-Encoding": "gzip"})
+        assert plain.headers.get("content-encoding") is None
+        assert packed.headers.get("content-encoding") == "gzip"
+        assert packed.content == plain.content  # httpx decompresses
+        assert int(packed.headers.get("content-length", 0) or 0) < len(plain.content) or (
+            "content-length" not in packed.headers
+        )
+        preview = http.get(f"/jobs/{job_id}/results/preview.png", headers=user)
+        assert preview.headers.get("content-encoding") is None  # PNG is compressed already
 
 
 def test_an_unreachable_scheduler_is_503_without_its_address(tmp_path: Path) -> None:
