@@ -4,6 +4,7 @@ store and translates its answers and errors to protobuf and status codes."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -13,11 +14,12 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from scheduler_service import convert
+from scheduler_service import convert, slide_catalog
 from scheduler_service.authentication import Authenticator
 from scheduler_service.dispatcher import Dispatcher, WorkerUnavailable
 from scheduler_service.journal import JournalError
 from scheduler_service.policy import State
+from scheduler_service.slide_catalog import InvalidSlideToken
 from scheduler_service.store import (
     AlreadyFinished,
     InvalidPageToken,
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wsi.scheduler")
 DEFAULT_PAGE_SIZE = 50
+DEFAULT_SLIDE_PAGE = 100
 MAX_PAGE_SIZE = 1000
 MAX_ID_LENGTH = 128
 
@@ -71,7 +74,7 @@ def status_for(exc: Exception) -> grpc.StatusCode | None:
             if exc.permission
             else grpc.StatusCode.INVALID_ARGUMENT
         )
-    if isinstance(exc, InvalidSpec | InvalidPageToken | BadRequest):
+    if isinstance(exc, InvalidSpec | InvalidPageToken | BadRequest | InvalidSlideToken):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, LimitExceeded | TooManyJobs):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -301,6 +304,27 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                 job.worker, job.job_id, request.name
             ):
                 yield pb.ResultChunk(data=data, size=size)
+
+    async def ListSlides(
+        self, request: pb.ListSlidesRequest, context: Context
+    ) -> pb.ListSlidesResponse:
+        await self.authenticate(context)
+        async with domain_errors(context):
+            if request.page_size < 0:
+                raise BadRequest("page_size must not be negative")
+            size = min(request.page_size or DEFAULT_SLIDE_PAGE, MAX_PAGE_SIZE)
+            # Walking the roots and opening slides reads the disk: not on the loop.
+            listed, token = await asyncio.to_thread(
+                self._slides_page, size, request.page_token[:MAX_ID_LENGTH]
+            )
+        return pb.ListSlidesResponse(
+            slides=[pb.Slide(**dataclasses.asdict(info)) for info in listed],
+            next_page_token=token,
+        )
+
+    def _slides_page(self, size: int, token: str) -> tuple[list[slide_catalog.SlideInfo], str]:
+        chosen, token = slide_catalog.page(slide_catalog.slide_names(self.slide_roots), size, token)
+        return [slide_catalog.describe(name, path) for name, path in chosen], token
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.SchedulerStats:
         user = await self.authenticate(context)

@@ -5,7 +5,6 @@ the scheduler's event loop and never blocks."""
 
 from __future__ import annotations
 
-import base64
 import bisect
 import dataclasses
 import logging
@@ -13,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from scheduler_service import progress
+from scheduler_service import page_tokens, progress
 from scheduler_service.events import WorkflowFeed
 from scheduler_service.journal import Journal, JournalError, NullJournal, Record, RecordKind
 from scheduler_service.policy import (
@@ -547,18 +546,14 @@ class Store:
 
 
 def _encode_token(order: int) -> str:
-    return base64.urlsafe_b64encode(f"v1:{order}".encode()).decode()
+    return page_tokens.encode("v1", order)
 
 
 def _decode_token(token: str) -> int:
     try:
-        prefix, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        order = int(value)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidPageToken(f"page_token {token!r} is not one this server issued") from exc
-    if prefix != "v1" or order < 0:
-        raise InvalidPageToken(f"page_token {token!r} is not one this server issued")
-    return order
+        return page_tokens.decode("v1", token)
+    except ValueError as exc:
+        raise InvalidPageToken(str(exc)) from None
 
 
 __all__ = [

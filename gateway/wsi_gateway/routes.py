@@ -116,6 +116,14 @@ async def workflow_events(
     return await events.event_stream(gateway.stub, watch, caller, gateway.keepalive_s)
 
 
+@router.get("/slides", summary="Slides under the slide roots, by the names jobs use, paged")
+async def list_slides(
+    gateway: Gateway, caller: Caller, page_size: int = 0, page_token: str = ""
+) -> Any:
+    request = pb.ListSlidesRequest(page_size=page_size, page_token=page_token)
+    return to_json(await call(gateway.stub.ListSlides(request, metadata=caller)))
+
+
 @router.get("/stats", summary="Dashboard numbers for the caller")
 async def stats(gateway: Gateway, caller: Caller) -> Any:
     return to_json(await call(gateway.stub.GetStats(pb.GetStatsRequest(), metadata=caller)))

@@ -15,6 +15,10 @@ def test_create_watch_to_100_percent_and_open_the_result(
     page: Any, gateway: Ui, tmp_path: Path
 ) -> None:
     use_user(page, gateway, "ui-alice")
+    # The slide picker offers the slides under the roots, described.
+    wait_until(page, f"!!document.querySelector('#slide-list option[value=\"{CMU}\"]')")
+    offered = page.locator(f"#slide-list option[value='{CMU}']").inner_text()
+    assert "2220 x 2967 px" in offered and "aperio" in offered
     page.fill("#wf-name", "skin sample")
     row = page.locator("#job-rows tbody tr").first
     row.locator("[name=key]").fill("cells")
@@ -28,6 +32,7 @@ def test_create_watch_to_100_percent_and_open_the_result(
     page.wait_for_selector(".workflow[data-state=SUCCEEDED]", timeout=60_000)
     assert workflow.locator(".workflow-percent").inner_text() == "100%"
     assert "tiles" in workflow.locator("tr[data-job=cells] .tiles").inner_text()
+    assert workflow.locator("tr[data-job=cells] .slide").inner_text() == CMU  # each row its slide
     workflow.locator("tr[data-job=cells] .show-result").click()
     wait_until(page, "document.querySelector('#result-preview').naturalWidth > 0")
     nuclei = int(page.locator("[data-fact=nuclei]").inner_text())

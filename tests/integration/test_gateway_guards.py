@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import CMU, Service, cluster, start_gateway
+from tests.harness import CMU, SLIDES, Service, cluster, start_gateway
 from tests.timing import wait_for
 
 HEADER_TIMEOUT_S = 2.0
@@ -243,3 +243,29 @@ def test_an_unreachable_scheduler_is_503_without_its_address(tmp_path: Path) -> 
         assert str(port) in gateway.log()  # the details are for the operator
     finally:
         gateway.stop()
+
+
+def test_slides_are_listed_page_by_page_to_callers_only(gateway: Service) -> None:
+    expected = sorted(
+        p.name for p in SLIDES.iterdir() if p.suffix.lower() in (".svs", ".tiff", ".dcm")
+    )
+    with httpx.Client(base_url=gateway.address, timeout=30) as http:
+        assert http.get("/slides").status_code == 401
+        user = {"X-User-ID": "picker"}
+        names, token = [], ""
+        while True:
+            reply = http.get("/slides", params={"page_size": 3, "page_token": token}, headers=user)
+            assert reply.status_code == 200, reply.text
+            body = reply.json()
+            names += [slide["name"] for slide in body["slides"]]
+            token = body["next_page_token"]
+            if not token:
+                break
+        assert names == expected
+        cmu = next(
+            s for s in http.get("/slides", headers=user).json()["slides"] if s["name"] == CMU
+        )
+        assert (cmu["width"], cmu["height"], cmu["vendor"]) == (2220, 2967, "aperio")
+        assert str(SLIDES) not in http.get("/slides", headers=user).text
+        bad = http.get("/slides", params={"page_token": "nope"}, headers=user)
+        assert bad.status_code == 400

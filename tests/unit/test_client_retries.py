@@ -49,7 +49,8 @@ class Flaky(pb_grpc.SchedulerServicer):
     async def _unused(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this test")
 
-    CancelWorkflow = GetJob = ListWorkflows = WatchWorkflow = ReadResult = _unused  # type: ignore[assignment]
+    CancelWorkflow = GetJob = ListWorkflows = WatchWorkflow = _unused  # type: ignore[assignment]
+    ReadResult = ListSlides = _unused  # type: ignore[assignment]
 
     async def GetStats(self, request, context):
         self.calls["GetStats"] += 1

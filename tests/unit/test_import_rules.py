@@ -41,6 +41,7 @@ PURE = (
     "wsi_runtime/job_params.py",
     "wsi_runtime/identity.py",
     "wsi_runtime/limits.py",
+    "scheduler_service/page_tokens.py",
     "clients/wsi_client/backoff.py",
     "clients/wsi_client/watch_cursor.py",
 )

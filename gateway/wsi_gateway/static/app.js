@@ -160,7 +160,8 @@ function jobRow(job) {
     actions.push(el("button", { class: "show-result", onclick: () => showResult(job) }, "Result"));
   }
   return el("tr", { "data-job": job.key, "data-state": job.state },
-    el("td", {}, el("strong", {}, job.key), el("div", { class: "muted" }, `${job.branch} · ${job.job_type}`)),
+    el("td", {}, el("strong", {}, job.key), el("div", { class: "muted" }, `${job.branch} · ${job.job_type}`),
+      el("div", { class: "muted slide" }, job.wsi_path)),
     el("td", {}, el("span", { class: `badge ${job.state}` }, job.state),
       job.attempt > 1 ? el("div", { class: "muted" }, `attempt ${job.attempt}`) : null),
     el("td", { class: "progress-cell" }, bar(job.progress), el("div", { class: "tiles" }, tiles ? `${tiles} · ${percent(job.progress)}%` : `${percent(job.progress)}%`),
@@ -255,6 +256,21 @@ async function showResult(job) {
 
 // ---- dashboard ----------------------------------------------------------------
 
+// The slide picker: the names /slides lists, offered in every job row's slide field.
+async function loadSlides() {
+  try {
+    const listing = await api("GET", "/slides?page_size=1000");
+    $("#slide-list").replaceChildren(...listing.slides.map((slide) => {
+      const facts = slide.error ? slide.error
+        : [`${slide.width} x ${slide.height} px`, slide.mpp ? `${Number(slide.mpp).toFixed(3)} µm/px` : "", slide.vendor]
+          .filter(Boolean).join(", ");
+      return el("option", { value: slide.name }, facts);
+    }));
+  } catch (error) {
+    if (!(error instanceof Stale)) console.warn("slides", error.message);
+  }
+}
+
 async function refreshStats() {
   if (!state.identity) return;
   try {
@@ -281,6 +297,7 @@ function clearForm() {
 function clearDashboard() {
   for (const id of ["#stat-running", "#stat-pending", "#stat-users", "#stat-slots"]) $(id).textContent = "–";
   $("#stat-branches").replaceChildren();
+  $("#slide-list").replaceChildren();
 }
 
 async function useIdentity(identity) {
@@ -300,6 +317,7 @@ async function useIdentity(identity) {
   render();
   page.workflows.forEach(follow);
   refreshStats();
+  loadSlides();
 }
 
 async function start() {

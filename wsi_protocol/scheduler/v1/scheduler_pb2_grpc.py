@@ -79,6 +79,11 @@ class SchedulerStub:
                 request_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ReadResultRequest.SerializeToString,
                 response_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ResultChunk.FromString,
                 _registered_method=True)
+        self.ListSlides = channel.unary_unary(
+                '/wsi.scheduler.v1.Scheduler/ListSlides',
+                request_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSlidesRequest.SerializeToString,
+                response_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSlidesResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -158,6 +163,14 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSlides(self, request, context):
+        """The slides under the slide roots, by the names jobs give them (relative
+        to their root), with their size, pixel size and vendor; paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +218,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.ReadResult,
                     request_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ReadResultRequest.FromString,
                     response_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ResultChunk.SerializeToString,
+            ),
+            'ListSlides': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSlides,
+                    request_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSlidesRequest.FromString,
+                    response_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSlidesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -450,6 +468,33 @@ class Scheduler:
             '/wsi.scheduler.v1.Scheduler/ReadResult',
             wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ReadResultRequest.SerializeToString,
             wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ResultChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSlides(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wsi.scheduler.v1.Scheduler/ListSlides',
+            wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSlidesRequest.SerializeToString,
+            wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSlidesResponse.FromString,
             options,
             channel_credentials,
             insecure,

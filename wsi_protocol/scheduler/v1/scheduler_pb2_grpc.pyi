@@ -76,6 +76,10 @@ class SchedulerStub:
     be shared. NOT_FOUND: no such job or file; UNAVAILABLE: its worker is not
     connected now (try again when it is back).
     """
+    ListSlides: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListSlidesRequest, _scheduler_pb2.ListSlidesResponse]
+    """The slides under the slide roots, by the names jobs give them (relative
+    to their root), with their size, pixel size and vendor; paged.
+    """
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -112,6 +116,10 @@ class SchedulerAsyncStub(SchedulerStub):
     says the size), fetched from the worker that holds it: no folder needs to
     be shared. NOT_FOUND: no such job or file; UNAVAILABLE: its worker is not
     connected now (try again when it is back).
+    """
+    ListSlides: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListSlidesRequest, _scheduler_pb2.ListSlidesResponse]  # type: ignore[assignment]
+    """The slides under the slide roots, by the names jobs give them (relative
+    to their root), with their size, pixel size and vendor; paged.
     """
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
@@ -200,6 +208,16 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         says the size), fetched from the worker that holds it: no folder needs to
         be shared. NOT_FOUND: no such job or file; UNAVAILABLE: its worker is not
         connected now (try again when it is back).
+        """
+
+    @_abc_1.abstractmethod
+    def ListSlides(
+        self,
+        request: _scheduler_pb2.ListSlidesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListSlidesResponse, _abc.Awaitable[_scheduler_pb2.ListSlidesResponse]]:
+        """The slides under the slide roots, by the names jobs give them (relative
+        to their root), with their size, pixel size and vendor; paged.
         """
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

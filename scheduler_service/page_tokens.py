@@ -1,0 +1,21 @@
+"""Opaque page tokens: a kind and a non-negative number, base64 text. Pure."""
+
+from __future__ import annotations
+
+import base64
+
+
+def encode(kind: str, number: int) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{number}".encode()).decode()
+
+
+def decode(kind: str, token: str) -> int:
+    """The number; ValueError for a token that is not one of ``kind``."""
+    try:
+        prefix, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        number = int(value)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"page_token {token!r} is not one this server issued") from None
+    if prefix != kind or number < 0:
+        raise ValueError(f"page_token {token!r} is not one this server issued")
+    return number

@@ -1,0 +1,106 @@
+"""The slides a user can name in a job: every file under the slide roots with
+a suffix OpenSlide reads, by its name relative to its root (the first root
+that has a name wins, as when a job is resolved), described with OpenSlide
+for the page asked for only (opening a slide reads its header). Blocking:
+the service calls it off the event loop."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from scheduler_service import page_tokens
+
+# What OpenSlide 4 reads, by suffix (Aperio, DICOM, Hamamatsu, Leica, MIRAX,
+# Philips, Sakura, Trestle, Ventana, Zeiss, generic tiled TIFF).
+SLIDE_SUFFIXES = frozenset(
+    {".svs", ".tif", ".tiff", ".dcm", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide"}
+    | {".bif", ".czi"}
+)
+MAX_LISTED = 100_000  # names gathered per call at most (a root is a folder of slides, not a disk)
+
+
+class InvalidSlideToken(ValueError):
+    """A page token this server did not issue."""
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    name: str
+    size_bytes: int
+    width: int = 0
+    height: int = 0
+    mpp: float = 0.0
+    vendor: str = ""
+    error: str = ""
+
+
+def slide_names(roots: Sequence[Path]) -> list[tuple[str, Path]]:
+    """(name relative to its root, real path), sorted by name, one per name.
+    Links are followed only to files that stay inside a root."""
+    real_roots = [Path(os.path.realpath(root)) for root in roots]
+    found: dict[str, Path] = {}
+    for root in real_roots:
+        for folder, dirs, files in os.walk(root):
+            dirs.sort()
+            for file_name in files:
+                if Path(file_name).suffix.lower() not in SLIDE_SUFFIXES:
+                    continue
+                path = Path(folder) / file_name
+                real = Path(os.path.realpath(path))
+                if not any(r == real.parent or r in real.parents for r in real_roots):
+                    continue
+                if not real.is_file():
+                    continue
+                found.setdefault(str(path.relative_to(root)), real)
+                if len(found) >= MAX_LISTED:
+                    break
+    return sorted(found.items())
+
+
+def page(
+    names: Sequence[tuple[str, Path]], page_size: int, token: str
+) -> tuple[list[tuple[str, Path]], str]:
+    start = decode_token(token) if token else 0
+    chosen = list(names[start : start + page_size])
+    after = start + len(chosen)
+    return chosen, encode_token(after) if after < len(names) else ""
+
+
+def encode_token(offset: int) -> str:
+    return page_tokens.encode("slides", offset)
+
+
+def decode_token(token: str) -> int:
+    try:
+        return page_tokens.decode("slides", token)
+    except ValueError as exc:
+        raise InvalidSlideToken(str(exc)) from None
+
+
+def describe(name: str, path: Path) -> SlideInfo:
+    stat = path.stat()
+    return _describe(name, str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=4096)
+def _describe(name: str, path: str, size: int, mtime_ns: int) -> SlideInfo:
+    """Cached by size and modification time: a replaced file is read again."""
+    import openslide  # deferred: only listing needs it here
+
+    try:
+        with openslide.OpenSlide(path) as slide:
+            props = slide.properties
+            try:
+                mpp = float(props.get(openslide.PROPERTY_NAME_MPP_X, 0) or 0)
+            except ValueError:
+                mpp = 0.0
+            width, height = slide.dimensions
+            vendor = props.get(openslide.PROPERTY_NAME_VENDOR) or ""
+            return SlideInfo(name, size, width, height, mpp, vendor)
+    except (openslide.OpenSlideError, OSError) as exc:
+        message = str(exc).replace(path, name) or type(exc).__name__
+        return SlideInfo(name, size, error=f"cannot be read: {message}")

@@ -1,0 +1,59 @@
+"""The slide list: names as jobs give them, one per name across the roots,
+nothing outside them, pages that cover it all once, and each slide described
+without a server path in sight."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from scheduler_service.slide_catalog import (
+    InvalidSlideToken,
+    describe,
+    page,
+    slide_names,
+)
+from tests.harness import CMU, SLIDES
+
+
+def test_names_are_root_relative_first_root_wins_and_nothing_escapes(tmp_path: Path) -> None:
+    first, second, outside = tmp_path / "a", tmp_path / "b", tmp_path / "outside"
+    for folder in (first / "lab", second, outside):
+        folder.mkdir(parents=True)
+    (first / "lab" / "x.svs").write_bytes(b"1")
+    (first / "notes.txt").write_text("not a slide")
+    (second / "lab").mkdir()
+    (second / "lab" / "x.svs").write_bytes(b"2")  # the same name: the first root's is listed
+    (second / "y.TIFF").write_bytes(b"3")
+    (outside / "secret.svs").write_bytes(b"4")
+    (second / "link.svs").symlink_to(outside / "secret.svs")
+    (second / "inside.svs").symlink_to(second / "y.TIFF")
+    names = slide_names([first, second])
+    assert [name for name, _ in names] == ["inside.svs", "lab/x.svs", "y.TIFF"]
+    assert dict(names)["lab/x.svs"] == Path(os.path.realpath(first / "lab" / "x.svs"))
+
+
+def test_pages_cover_every_name_once() -> None:
+    names = [(f"s{i:02}.svs", Path(f"/r/s{i:02}.svs")) for i in range(7)]
+    seen, token = [], ""
+    while True:
+        chosen, token = page(names, 3, token)
+        seen += [name for name, _ in chosen]
+        if not token:
+            break
+    assert seen == [name for name, _ in names]
+    for bad in ("nope", "c2xpZGVzOi0x"):  # not base64 of ours / a negative offset
+        with pytest.raises(InvalidSlideToken):
+            page(names, 3, bad)
+
+
+def test_slides_are_described_and_broken_ones_say_why(tmp_path: Path) -> None:
+    cmu = describe(CMU, SLIDES / CMU)
+    assert (cmu.width, cmu.height, cmu.vendor) == (2220, 2967, "aperio")
+    assert 0.4 < cmu.mpp < 0.6 and cmu.size_bytes == (SLIDES / CMU).stat().st_size
+    shutil.copy(SLIDES / "unopenable.tiff", tmp_path / "broken.tiff")
+    broken = describe("lab/broken.tiff", tmp_path / "broken.tiff")
+    assert broken.error.startswith("cannot be read") and str(tmp_path) not in broken.error
