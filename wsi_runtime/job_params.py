@@ -110,3 +110,22 @@ def _value(name: str, text: str, field: _Field) -> object:
             f"param {name}={text!r} is out of range: {field.low:g} to {field.high:g} ({field.help})"
         )
     return number
+
+
+def schema() -> dict[str, dict[str, object]]:
+    """The parameters as the web UI builds its inputs from them: kind, bounds,
+    default and choices, the same the scheduler checks against."""
+    defaults = JobParams()
+    described: dict[str, dict[str, object]] = {}
+    for name, field in FIELDS.items():
+        entry: dict[str, object] = {
+            "type": field.kind.__name__,
+            "help": field.help,
+            "default": getattr(defaults, name),
+        }
+        if field.choices:
+            entry["choices"] = list(field.choices)
+        else:
+            entry["min"], entry["max"] = field.low, field.high
+        described[name] = entry
+    return described

@@ -16,6 +16,7 @@ from wsi_gateway.backend import BadRequest, Caller, Gateway, call
 from wsi_gateway.bodies import WorkflowIn
 from wsi_protocol.json_format import to_json
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
+from wsi_runtime import job_params
 
 RESULT_TYPES = {
     ".geojson": "application/geo+json",
@@ -127,6 +128,11 @@ async def list_slides(
 @router.get("/stats", summary="Dashboard numbers for the caller")
 async def stats(gateway: Gateway, caller: Caller) -> Any:
     return to_json(await call(gateway.stub.GetStats(pb.GetStatsRequest(), metadata=caller)))
+
+
+@router.get("/job-params", summary="The job parameters: kind, bounds, default, choices")
+async def job_params_schema() -> dict[str, dict[str, object]]:
+    return job_params.schema()
 
 
 @router.get("/healthz", summary="Liveness")

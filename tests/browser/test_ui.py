@@ -59,3 +59,43 @@ def test_cancel_a_pending_job(page: Any, gateway: Ui, tmp_path: Path) -> None:
     page.wait_for_selector("tr[data-job=second][data-state=CANCELLED]", timeout=15_000)
     page.wait_for_selector("tr[data-job=first][data-state=SUCCEEDED]", timeout=60_000)
     assert page.locator(".workflow").first.get_attribute("data-state") == "CANCELLED"
+
+
+def test_job_parameters_from_the_form_bounded_as_the_api_bounds_them(
+    page: Any, gateway: Ui
+) -> None:
+    use_user(page, gateway, "ui-carol")
+    row = page.locator("#job-rows tbody tr").first
+    row.locator("[name=key]").fill("tuned")
+    row.locator("[name=wsi_path]").fill(CMU)
+    tile = row.locator("[name=tile_size]")
+    assert tile.get_attribute("placeholder") == "512"  # the schema's default
+    assert row.locator("[name=backend] option").all_inner_texts()[1:] == [
+        "classical",
+        "learned",
+        "instanseg",
+    ]
+    tile.fill("99999")  # above the schema's bound: the form is not sent
+    assert not tile.evaluate("input => input.checkValidity()")
+    tile.fill("256")
+    row.locator("[name=target_mpp]").fill("0.5")
+    row.locator("[name=backend]").select_option("classical")
+    page.click("#submit-workflow")
+    page.wait_for_selector("tr[data-job=tuned]")
+    job_id = page.evaluate(
+        "document.querySelector('.workflow').dataset.workflow"
+    )  # the workflow: its job's params as the API stored them
+    workflow = page.evaluate(
+        """async ([id, headers]) => (await fetch(`/workflows/${id}`, { headers })).json()""",
+        [job_id, identity_headers(gateway, "ui-carol")],
+    )
+    assert workflow["jobs"][0]["params"] == {
+        "tile_size": "256",
+        "target_mpp": "0.5",
+        "backend": "classical",
+    }
+
+
+def identity_headers(ui: Ui, user: str) -> dict[str, str]:
+    credential = ui.credentials[user]
+    return {"Authorization": f"Bearer {credential}"} if ui.mode == "token" else {"X-User-ID": user}

@@ -78,6 +78,9 @@ def test_a_user_switch_shows_only_the_new_users_data(browser: Any, gateway: Ui) 
 
 
 def switch_users(page: Any, gateway: Ui) -> None:
+    # Nothing typed as an identity can leave in a URL: the field has no name a
+    # plain form submission would send (and the page handles every submit).
+    assert page.get_attribute("#user-id", "name") is None
     alice_job = finished_job(gateway, "ui-alice", "alice's secret workflow")
     bob_job = finished_job(gateway, "ui-bob", "bob's workflow")
     # Alice looks at a result and leaves a half-filled form with an error.

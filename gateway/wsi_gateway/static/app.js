@@ -50,8 +50,31 @@ function el(tag, attrs = {}, ...children) {
 
 // ---- workflow form --------------------------------------------------------
 
+// The parameter inputs take their bounds, defaults and choices from /job-params:
+// the schema the scheduler checks against, so the form refuses what it would.
+const PARAMS = ["tile_size", "target_mpp", "backend"];
+let paramSchema = {};
+
+function fitParams(row) {
+  for (const name of PARAMS) {
+    const input = row.querySelector(`[name=${name}]`);
+    const field = paramSchema[name];
+    if (!input || !field) continue;
+    if (field.choices) {
+      if (input.options.length === 1) {
+        for (const choice of field.choices) input.append(el("option", { value: choice }, choice));
+      }
+    } else {
+      input.min = String(field.min);
+      input.max = String(field.max);
+      input.placeholder = String(field.default);
+    }
+  }
+}
+
 function addRow(values = {}) {
   const row = $("#job-row-template").content.firstElementChild.cloneNode(true);
+  fitParams(row);
   for (const [name, value] of Object.entries(values)) row.querySelector(`[name=${name}]`).value = value;
   row.querySelector(".remove-row").addEventListener("click", () => row.remove());
   $("#job-rows tbody").append(row);
@@ -62,12 +85,18 @@ async function submitWorkflow(event) {
   $("#create-error").textContent = "";
   const jobs = [...$("#job-rows tbody").rows].map((row) => {
     const get = (name) => row.querySelector(`[name=${name}]`).value.trim();
+    const params = {};
+    for (const name of PARAMS) {
+      const value = get(name);
+      if (value) params[name] = paramSchema[name]?.choices ? value : Number(value);
+    }
     return {
       key: get("key"),
       branch: get("branch"),
       job_type: get("job_type"),
       wsi_path: get("wsi_path"),
       depends_on: get("depends_on").split(",").map((s) => s.trim()).filter(Boolean),
+      params,
     };
   });
   try {
@@ -320,12 +349,18 @@ async function useIdentity(identity) {
   loadSlides();
 }
 
-async function start() {
+async function configure() {
   try {
     const reply = await fetch("/auth");
     if (reply.ok) state.mode = (await reply.json()).mode;
   } catch (error) {
     console.warn("auth mode", error.message);
+  }
+  try {
+    const reply = await fetch("/job-params");
+    if (reply.ok) paramSchema = await reply.json();
+  } catch (error) {
+    console.warn("job params", error.message);
   }
   const input = $("#user-id");
   if (state.mode === "token") {
@@ -335,17 +370,30 @@ async function start() {
     input.removeAttribute("pattern");
     input.autocomplete = "off";
   }
-  $("#user-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    act(() => useIdentity(input.value.trim()));
-  });
-  $("#add-row").addEventListener("click", () => addRow());
-  $("#create-form").addEventListener("submit", submitWorkflow);
-  $("#result-dialog").addEventListener("close", () => $("#result-preview").removeAttribute("src"));
   addRow();
+}
+
+function start() {
+  // The forms are wired at once, before the page has asked how it is to work:
+  // a submit in that moment waits for it, and never leaves as a plain form
+  // submission (which would put what was typed, a token too, into a URL).
+  const ready = configure();
+  const later = (action) => (event) => {
+    event.preventDefault();
+    act(async () => {
+      await ready;
+      await action(event);
+    });
+  };
+  $("#user-form").addEventListener("submit", later(() => useIdentity($("#user-id").value.trim())));
+  $("#create-form").addEventListener("submit", later(submitWorkflow));
+  $("#add-row").addEventListener("click", later(() => addRow()));
+  $("#result-dialog").addEventListener("close", () => $("#result-preview").removeAttribute("src"));
   setInterval(refreshStats, 2000);
-  const stored = storage().getItem("wsi-identity") || "";
-  if (stored) act(() => useIdentity(stored));
+  ready.then(() => {
+    const stored = storage().getItem("wsi-identity") || "";
+    if (stored) act(() => useIdentity(stored));
+  });
 }
 
 start();
