@@ -92,7 +92,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def build(
-    args: argparse.Namespace, registry: CollectorRegistry
+    args: argparse.Namespace,
+    registry: CollectorRegistry,
+    secret: str,
+    tls_files: tls.TlsFiles,
 ) -> tuple[Store, Dispatcher, SchedulerServicer, SqliteJournal, SchedulerMetrics]:
     policy = SchedulingPolicy(args.max_workers, args.max_active_users, args.max_attempts)
     metrics = SchedulerMetrics(registry)
@@ -142,8 +145,8 @@ def build(
         store,
         workers,
         on_error=lambda task: metrics.background_errors.labels(task).inc(),
-        worker_secret=worker_secret.load(args.worker_secret_file),
-        credentials=tls.channel_credentials(tls.from_args(args)),
+        worker_secret=secret,
+        credentials=tls.channel_credentials(tls_files),
     )
     servicer = SchedulerServicer(
         store,
@@ -206,7 +209,7 @@ async def serve(args: argparse.Namespace) -> None:
     files = tls.from_args(args)
     address = serving.bind(server, args.host, args.scheduler_port, tls.server_credentials(files))
     stop_metrics = serving.serve_metrics("scheduler", registry, args.host, args.metrics_port)
-    store, dispatcher, servicer, journal, metrics = build(args, registry)
+    store, dispatcher, servicer, journal, metrics = build(args, registry, secret, files)
     tasks = []
     if args.retention_hours > 0:
         tasks.append(

@@ -49,10 +49,6 @@ class Authenticator:
         self.failures = failures or RateLimiter(FAILURES_PER_SECOND, FAILURE_BURST)
         self.clock = clock
 
-    @property
-    def token_mode(self) -> bool:
-        return self.tokens is not None
-
     async def __call__(self, context: Context) -> str:
         """The caller's user id, or the call ends with the status that says why not."""
         peer = peer_host(context.peer() or "")

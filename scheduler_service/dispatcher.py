@@ -85,7 +85,8 @@ class WorkerLink:
 
     @property
     def state(self) -> str:
-        return "left" if self.removed else "connected" if self.connected else "lost"
+        """A forgotten worker is no longer listed at all."""
+        return "connected" if self.connected else "lost"
 
 
 class Dispatcher:
@@ -123,12 +124,11 @@ class Dispatcher:
 
     def join(self, address: str, now: float) -> None:
         """A worker registered: probed and used like a static one from now on.
-        A joined worker that comes back (same address) replaces its old link."""
+        One already listed (static, or joined and lost) keeps its link, whose
+        probes reconnect it; one that was forgotten gets a new link."""
         for link in self.links:
             if link.address == address and not link.removed:
                 link.last_seen = now
-                if link.origin == "joined" and not link.connected:
-                    link.failed_probes = 0  # it says it is back: probe it now
                 return
         link = self._link(address, origin="joined")
         link.last_seen = now
@@ -281,11 +281,14 @@ class Dispatcher:
         for job in self.store.take_dispatches(self.free_slots(), place):
             self._spawn(self._run(job, placed[job.job_id]), "job", job.job_id)
 
+    def _connected(self, address: str) -> WorkerLink | None:
+        return next((w for w in self.links if w.address == address and w.connected), None)
+
     async def read_result(
         self, address: str, job_id: str, name: str
     ) -> AsyncIterator[tuple[bytes, int]]:
         """A result file from the worker that wrote it: (data, size on the first chunk)."""
-        link = next((w for w in self.links if w.address == address and w.connected), None)
+        link = self._connected(address)
         gone = (
             f"the worker holding the results of job {job_id!r} is not connected now;"
             " try again when it is back"
@@ -306,7 +309,7 @@ class Dispatcher:
 
     async def delete_results(self, address: str, job_id: str) -> bool:
         """Asks the job's worker to delete its results; False if it cannot now."""
-        link = next((w for w in self.links if w.address == address and w.connected), None)
+        link = self._connected(address)
         if link is None:
             return False
         request = wpb.DeleteResultsRequest(job_id=job_id)

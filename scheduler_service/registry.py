@@ -6,7 +6,6 @@ forgotten: its running jobs are retried elsewhere, as for any lost worker."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from collections.abc import Callable
@@ -21,7 +20,6 @@ from wsi_protocol.worker.v1 import worker_pb2_grpc as wpb_grpc
 if TYPE_CHECKING:
     from wsi_runtime.serving import Context
 
-log = logging.getLogger("wsi.scheduler.registry")
 HEARTBEAT_INTERVAL_S = 2.0
 MISSED_BEATS = 3
 SERVICE_NAME = wpb.DESCRIPTOR.services_by_name["WorkerRegistry"].full_name

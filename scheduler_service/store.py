@@ -519,8 +519,11 @@ class Store:
 
     def _set_state(self, job: JobRecord, state: State, reason: str) -> None:
         wf = self._workflows[job.workflow_id]
-        if state is State.PENDING and job.tiles_done:
-            self._set_tiles(job, 0, job.tiles_total)  # requeued: the lost attempt's tiles are gone
+        if state is State.PENDING and (job.tiles_done or job.tiles_total):
+            # Requeued: the lost attempt's progress is gone, its total with it (the
+            # next attempt reports its own), so a job cancelled while it waits
+            # shows nothing done, live and after a restart alike.
+            self._set_tiles(job, 0, 0)
         before_state, before_fraction = job.state, job.fraction
         job.state = state
         if state.terminal:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from worker_service.errors import BackendUnavailable
+from worker_service.instances import BatchedModel
 from worker_service.learned import ENGINES, LEARNED_MPP, LearnedSegmenter
 from worker_service.nuclei import (
     RGB,
@@ -31,10 +32,8 @@ from worker_service.nuclei import (
     NucleusParams,
     StainReference,
     find_nuclei,
-    nuclei_from_labels,
     segment_nuclei,
 )
-from worker_service.tiling import per_size
 
 log = logging.getLogger("wsi.worker.backends")
 INSTANSEG_MPP = 0.5  # um/px the brightfield_nuclei model was trained at
@@ -113,7 +112,7 @@ class ClassicalSegmenter:
         return [find_nuclei(tile, self.reference, self.params) for tile in tiles]
 
 
-class InstanSegSegmenter:
+class InstanSegSegmenter(BatchedModel):
     """Percentile-normalised RGB (0.1-99.9 % per channel and tile) into the
     TorchScript model, tiles of one size stacked into one forward pass; the
     model's first output channel holds each tile's nucleus labels."""
@@ -133,16 +132,7 @@ class InstanSegSegmenter:
         model = torch.jit.load(model_path, map_location=self.device).eval()
         self._model = model.half() if self.half else model
 
-    def __call__(self, rgb: RGB) -> Labels:
-        return self.segment_batch([rgb])[0]
-
-    def find(self, tiles: Sequence[RGB]) -> list[list[Nucleus]]:
-        return [nuclei_from_labels(labels) for labels in self.segment_batch(tiles)]
-
-    def segment_batch(self, tiles: Sequence[RGB]) -> list[Labels]:
-        return per_size(tiles, self._forward)
-
-    def _forward(self, tiles: Sequence[RGB]) -> list[Labels]:
+    def _segment_one_size(self, tiles: list[RGB]) -> list[Labels]:
         torch = self._torch
         batch = torch.from_numpy(np.stack(tiles)).to(self.device).permute(0, 3, 1, 2).float()
         flat = batch.reshape(len(tiles), 3, -1)

@@ -9,6 +9,7 @@ where the interior fades)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -16,6 +17,8 @@ import numpy as np
 import numpy.typing as npt
 
 from worker_service import morphology
+from worker_service.nuclei import RGB, Nucleus, nuclei_from_labels
+from worker_service.tiling import per_size
 
 Labels = npt.NDArray[np.int32]
 Probabilities = npt.NDArray[np.float32]  # (3, H, W): background, interior, boundary
@@ -66,3 +69,21 @@ def classes_from_labels(labels: npt.NDArray[np.integer]) -> npt.NDArray[np.uint8
     classes[as32 > 0] = INTERIOR
     classes[edge] = BOUNDARY
     return classes
+
+
+class BatchedModel:
+    """What the model backends (learned, InstanSeg) share: tiles of one size
+    go through the model together, one forward pass per size; a subclass
+    says how one such batch becomes label images."""
+
+    def _segment_one_size(self, tiles: list[RGB]) -> list[Labels]:
+        raise NotImplementedError
+
+    def segment_batch(self, tiles: Sequence[RGB]) -> list[Labels]:
+        return per_size(tiles, self._segment_one_size)
+
+    def __call__(self, rgb: RGB) -> Labels:
+        return self.segment_batch([rgb])[0]
+
+    def find(self, tiles: Sequence[RGB]) -> list[list[Nucleus]]:
+        return [nuclei_from_labels(labels) for labels in self.segment_batch(tiles)]

@@ -7,7 +7,6 @@ three-class output becomes labelled nuclei in ``instances.py``."""
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,9 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from worker_service.errors import BackendUnavailable
-from worker_service.instances import InstanceParams, labels_from_classes
-from worker_service.nuclei import RGB, Labels, Nucleus, nuclei_from_labels
-from worker_service.tiling import per_size
+from worker_service.instances import BatchedModel, InstanceParams, labels_from_classes
+from worker_service.nuclei import RGB, Labels
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 ONNX_FILE = WEIGHTS / "nuclei_unet.onnx"
@@ -140,7 +138,7 @@ def model_zoom(tile_mpp: float) -> float:
     return 1.0 if abs(zoom - 1) <= RESAMPLE_BEYOND else zoom
 
 
-class LearnedSegmenter:
+class LearnedSegmenter(BatchedModel):
     """``tile_mpp``: the pixel size of the tiles it is given. A slide whose
     pyramid has no level near the model's 0.5 um/px (a 40x scan with one
     level, say) is read at another size: each tile is then resampled to the
@@ -159,15 +157,6 @@ class LearnedSegmenter:
             min_seed_px=max(1, round(defaults.min_seed_px * area)),
             min_area_px=max(1, round(defaults.min_area_px * area)),
         )
-
-    def __call__(self, rgb: RGB) -> Labels:
-        return self.segment_batch([rgb])[0]
-
-    def find(self, tiles: Sequence[RGB]) -> list[list[Nucleus]]:
-        return [nuclei_from_labels(labels) for labels in self.segment_batch(tiles)]
-
-    def segment_batch(self, tiles: Sequence[RGB]) -> list[Labels]:
-        return per_size(tiles, self._segment_one_size)
 
     def _segment_one_size(self, tiles: list[RGB]) -> list[Labels]:
         height, width = tiles[0].shape[:2]

@@ -110,7 +110,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     async def _result_path(self, job_id: str, name: str, context: Context) -> Path:
         """A result file of this worker's, by job id and plain name; NOT_FOUND
         for anything else (a path, a link out of the job's folder, a folder)."""
-        if is_scheduler_id(job_id) and name and "/" not in name and name not in (".", ".."):
+        if is_scheduler_id(job_id) and "/" not in name:
             path = await asyncio.to_thread(_result_file, self.results_dir, job_id, name)
             if path is not None:
                 return path

@@ -92,7 +92,7 @@ class SlideCache:
         try:
             return str(resolve_slide(path, self.roots))
         except SlidePathError as exc:
-            shown = shown_path(path, self.roots)
+            shown = self._shown(path)
             log.warning("slide %s refused at open: %s", path, exc)
             if exc.permission:
                 raise SlideOutsideRoots(
@@ -101,12 +101,16 @@ class SlideCache:
                 ) from None
             raise SlideError(f"slide {shown!r} cannot be opened: gone, or not a file") from None
 
+    def _shown(self, path: str) -> str:
+        """The slide as users name it, for a message (resolving it costs lstats:
+        only when there is something to say, never per tile)."""
+        return shown_path(path, self.roots) if self.roots else Path(path).name
+
     def get(self, path: str) -> openslide.OpenSlide:
-        shown = shown_path(path, self.roots) if self.roots else Path(path).name
         try:
             stat = os.stat(path)
         except OSError as exc:
-            raise SlideError(f"cannot open slide {shown!r}: {exc.strerror}") from exc
+            raise SlideError(f"cannot open slide {self._shown(path)!r}: {exc.strerror}") from exc
         key = (path, stat.st_size, stat.st_mtime_ns)
         handles: OrderedDict[tuple[str, int, int], openslide.OpenSlide] = (
             getattr(self._local, "handles", None) or OrderedDict()
@@ -114,7 +118,7 @@ class SlideCache:
         self._local.handles = handles
         slide = handles.get(key)
         if slide is None:
-            slide = open_slide(self._checked(path), shown)
+            slide = open_slide(self._checked(path), self._shown(path))
             slide.set_cache(self._tile_cache)
             handles[key] = slide
             while len(handles) > self.per_thread:
