@@ -11,9 +11,9 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -61,6 +61,21 @@ def worker_slide_path(job: JobRecord) -> str:
 
 class WorkerUnavailable(RuntimeError):
     """The worker holding what was asked for is not connected (UNAVAILABLE)."""
+
+
+class BadViewerRequest(ValueError):
+    """A worker refused a viewer's question as malformed (INVALID_ARGUMENT)."""
+
+
+T = TypeVar("T")
+VIEWER_TIMEOUT_S = 30.0  # a tile or a box of nuclei; a viewer asks again
+
+
+def _results_away(job_id: str) -> str:
+    return (
+        f"the worker holding the results of job {job_id!r} is not connected now;"
+        " try again when it is back"
+    )
 
 
 @dataclass
@@ -289,10 +304,7 @@ class Dispatcher:
     ) -> AsyncIterator[tuple[bytes, int]]:
         """A result file from the worker that wrote it: (data, size on the first chunk)."""
         link = self._connected(address)
-        gone = (
-            f"the worker holding the results of job {job_id!r} is not connected now;"
-            " try again when it is back"
-        )
+        gone = _results_away(job_id)
         if link is None:
             raise WorkerUnavailable(gone)
         request = wpb.ReadResultRequest(job_id=job_id, name=name)
@@ -306,6 +318,92 @@ class Dispatcher:
                     f"result {name!r} of job {job_id!r} is gone from its worker"
                 ) from None
             raise WorkerUnavailable(gone) from None
+
+    def _viewer_link(self, preferred: str) -> WorkerLink:
+        """The worker that ran the job if it is connected, else any connected
+        one: every worker reads the slide roots."""
+        link = self._connected(preferred) or next(
+            (w for w in self.links if w.connected and not w.removed), None
+        )
+        if link is None:
+            raise WorkerUnavailable("no worker is connected to read the slide; try again shortly")
+        return link
+
+    def _viewer_error(self, exc: grpc.aio.AioRpcError, what: str, address: str) -> Exception:
+        """A worker's answer to a viewer call as the scheduler's own error."""
+        code = exc.code()
+        log.warning("%s on %s: %s %s", what, address, code.name, exc.details())
+        if code is grpc.StatusCode.INVALID_ARGUMENT:
+            return BadViewerRequest(exc.details() or what)
+        if code is grpc.StatusCode.OUT_OF_RANGE:
+            return NotFound(exc.details() or what)
+        if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
+            return NotFound(f"{what}: not readable on its worker now")
+        if code is grpc.StatusCode.FAILED_PRECONDITION:
+            return NotFound(f"{what}: {exc.details()}")
+        return WorkerUnavailable(f"{what}: its worker did not answer; try again shortly")
+
+    async def _ask(
+        self, link: WorkerLink, ask: Callable[[wpb_grpc.WorkerAsyncStub], Awaitable[T]], what: str
+    ) -> T:
+        try:
+            return await ask(link.stub)
+        except grpc.aio.AioRpcError as exc:
+            raise self._viewer_error(exc, what, link.address) from None
+
+    async def deep_zoom(self, job: JobRecord) -> spb.DeepZoomInfo:
+        link = self._viewer_link(job.worker)
+        request = wpb.DeepZoomRequest(wsi_path=worker_slide_path(job))
+        return await self._ask(
+            link,
+            lambda stub: stub.DescribeDeepZoom(
+                request, metadata=self._call_metadata, timeout=VIEWER_TIMEOUT_S
+            ),
+            f"the slide of job {job.job_id!r}",
+        )
+
+    async def slide_tile(self, job: JobRecord, level: int, col: int, row: int) -> spb.DeepZoomTile:
+        link = self._viewer_link(job.worker)
+        request = wpb.DeepZoomTileRequest(
+            wsi_path=worker_slide_path(job), level=level, col=col, row=row
+        )
+        return await self._ask(
+            link,
+            lambda stub: stub.ReadDeepZoomTile(
+                request, metadata=self._call_metadata, timeout=VIEWER_TIMEOUT_S
+            ),
+            f"tile {level}/{col}_{row} of job {job.job_id!r}",
+        )
+
+    async def query_cells(
+        self, address: str, job_id: str, box: tuple[float, float, float, float]
+    ) -> AsyncIterator[bytes]:
+        """The nuclei in ``box`` from the worker holding the job's results."""
+        link = self._connected(address)
+        if link is None:
+            raise WorkerUnavailable(_results_away(job_id))
+        x0, y0, x1, y1 = box
+        request = wpb.QueryCellsRequest(job_id=job_id, x0=x0, y0=y0, x1=x1, y1=y1)
+        try:
+            async for chunk in link.stub.QueryCells(
+                request, metadata=self._call_metadata, timeout=VIEWER_TIMEOUT_S
+            ):
+                yield chunk.data
+        except grpc.aio.AioRpcError as exc:
+            raise self._viewer_error(exc, f"the nuclei of job {job_id!r}", address) from None
+
+    async def cell_density(self, address: str, job_id: str, cell_px: float) -> spb.CellDensity:
+        link = self._connected(address)
+        if link is None:
+            raise WorkerUnavailable(_results_away(job_id))
+        request = wpb.CellDensityRequest(job_id=job_id, cell_px=cell_px)
+        return await self._ask(
+            link,
+            lambda stub: stub.CellDensity(
+                request, metadata=self._call_metadata, timeout=VIEWER_TIMEOUT_S
+            ),
+            f"the nuclei of job {job_id!r}",
+        )
 
     async def delete_results(self, address: str, job_id: str) -> bool:
         """Asks the job's worker to delete its results; False if it cannot now."""

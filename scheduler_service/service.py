@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -16,13 +17,14 @@ import grpc
 
 from scheduler_service import convert, slide_catalog
 from scheduler_service.authentication import Authenticator
-from scheduler_service.dispatcher import Dispatcher, WorkerUnavailable
+from scheduler_service.dispatcher import BadViewerRequest, Dispatcher, WorkerUnavailable
 from scheduler_service.journal import JournalError
 from scheduler_service.policy import State
 from scheduler_service.slide_catalog import InvalidSlideToken
 from scheduler_service.store import (
     AlreadyFinished,
     InvalidPageToken,
+    JobRecord,
     NotFound,
     Store,
     WorkflowRecord,
@@ -37,6 +39,7 @@ from scheduler_service.validation import (
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from wsi_protocol.status import RETRY_AFTER_METADATA, SERVER_ANSWER_METADATA
+from wsi_runtime.boxes import BoxError, check_box
 from wsi_runtime.limits import RateLimiter, retry_after
 from wsi_runtime.slide_paths import SlidePathError, check_slide_format, resolve_slide
 
@@ -74,7 +77,9 @@ def status_for(exc: Exception) -> grpc.StatusCode | None:
             if exc.permission
             else grpc.StatusCode.INVALID_ARGUMENT
         )
-    if isinstance(exc, InvalidSpec | InvalidPageToken | BadRequest | InvalidSlideToken):
+    if isinstance(
+        exc, InvalidSpec | InvalidPageToken | BadRequest | InvalidSlideToken | BadViewerRequest
+    ):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, LimitExceeded | TooManyJobs):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -304,6 +309,60 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                 job.worker, job.job_id, request.name
             ):
                 yield pb.ResultChunk(data=data, size=size)
+
+    async def GetSlideDeepZoom(
+        self, request: pb.GetSlideDeepZoomRequest, context: Context
+    ) -> pb.DeepZoomInfo:
+        user = await self.authenticate(context)
+        async with domain_errors(context):
+            job = self.store.job(user, request.job_id[:MAX_ID_LENGTH])
+            return await self.dispatcher.deep_zoom(job)
+        raise AssertionError("unreachable")
+
+    async def GetSlideTile(
+        self, request: pb.GetSlideTileRequest, context: Context
+    ) -> pb.DeepZoomTile:
+        user = await self.authenticate(context)
+        async with domain_errors(context):
+            job = self.store.job(user, request.job_id[:MAX_ID_LENGTH])
+            if min(request.level, request.col, request.row) < 0:
+                raise NotFound(f"no tile {request.level}/{request.col}_{request.row}")
+            return await self.dispatcher.slide_tile(job, request.level, request.col, request.row)
+        raise AssertionError("unreachable")
+
+    def _segmented_job(self, user: str, job_id: str) -> JobRecord:
+        """The caller's job whose nuclei a viewer may ask for."""
+        job = self.store.job(user, job_id[:MAX_ID_LENGTH])
+        if job.job_type != "CELL_SEGMENTATION":
+            raise BadRequest(f"job {job.job_id!r} is a {job.job_type} job: it has no nuclei")
+        if job.state is not State.SUCCEEDED or "cells.geojson" not in job.result_files:
+            raise NotFound(f"job {job.job_id!r} has no nuclei yet (it is {job.state.name})")
+        return job
+
+    async def QueryCells(
+        self, request: pb.QueryCellsRequest, context: Context
+    ) -> AsyncIterator[pb.ResultChunk]:
+        user = await self.authenticate(context)
+        async with domain_errors(context):
+            job = self._segmented_job(user, request.job_id)
+            try:
+                box = check_box((request.x0, request.y0, request.x1, request.y1))
+            except BoxError as exc:
+                raise BadRequest(str(exc)) from None
+        async with domain_errors(context):
+            async for data in self.dispatcher.query_cells(job.worker, job.job_id, box):
+                yield pb.ResultChunk(data=data)
+
+    async def GetCellDensity(
+        self, request: pb.GetCellDensityRequest, context: Context
+    ) -> pb.CellDensity:
+        user = await self.authenticate(context)
+        async with domain_errors(context):
+            job = self._segmented_job(user, request.job_id)
+            if not (math.isfinite(request.cell_px) and request.cell_px >= 0):
+                raise BadRequest("cell_px must be a finite number, 0 or more")
+            return await self.dispatcher.cell_density(job.worker, job.job_id, request.cell_px)
+        raise AssertionError("unreachable")
 
     async def ListSlides(
         self, request: pb.ListSlidesRequest, context: Context

@@ -86,4 +86,5 @@ class BatchedModel:
         return self.segment_batch([rgb])[0]
 
     def find(self, tiles: Sequence[RGB]) -> list[list[Nucleus]]:
-        return [nuclei_from_labels(labels) for labels in self.segment_batch(tiles)]
+        found = self.segment_batch(tiles)
+        return [nuclei_from_labels(labels, rgb) for labels, rgb in zip(found, tiles, strict=True)]

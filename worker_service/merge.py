@@ -20,6 +20,7 @@ class SlideNucleus:
     centroid: tuple[float, float]
     polygon: Ring  # closed ring of (x, y), shape (n, 2)
     area_px: int  # at the level it was segmented
+    mean_haematoxylin: float = 0.0
 
 
 def keep_owned(tile: Tile, found: Iterable[Nucleus], downsample: float) -> list[SlideNucleus]:
@@ -35,6 +36,7 @@ def keep_owned(tile: Tile, found: Iterable[Nucleus], downsample: float) -> list[
                 centroid=(cx * downsample, cy * downsample),
                 polygon=(nucleus.polygon + np.array([tile.x, tile.y])) * downsample,
                 area_px=nucleus.area_px,
+                mean_haematoxylin=nucleus.mean_haematoxylin,
             )
         )
     return owned

@@ -110,18 +110,19 @@ def _segment(
     min_area = max(4, int(params.min_area_um2 / px_area))
     max_area = int(params.max_area_um2 / px_area)
     sigma = max(0.5, params.smooth_um / params.mpp)
-    h = morphology.gaussian(haematoxylin(rgb), sigma)
+    stain = haematoxylin(rgb)
+    h = morphology.gaussian(stain, sigma)
     foreground = ((h > reference.threshold) & tissue_pixels(rgb)).astype(np.uint8)
     foreground = morphology.fill_holes(morphology.open_cross(foreground))
     if not foreground.any():
         labels: Labels = np.zeros(rgb.shape[:2], np.int32)
-        return labels, shapes.trace(labels)
+        return labels, shapes.trace(labels, stain)
     distance = morphology.gaussian(morphology.distance_to_background(foreground), 1.0)
     maxima = morphology.h_maxima(distance, params.marker_h_um / params.mpp)
     # 8-connected: a plateau's pixels that touch only diagonally are still one marker.
     _, markers = cv2.connectedComponents(maxima, connectivity=8, ltype=cv2.CV_32S)
     labels = morphology.flood(-distance, markers, foreground)
-    traced = shapes.trace(labels)
+    traced = shapes.trace(labels, stain)
     keep = _sized_and_solid(traced, min_area, max_area, params.min_solidity)
     new_label = np.zeros(int(labels.max()) + 1, np.int32)
     new_label[traced.labels[keep]] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
@@ -150,17 +151,24 @@ class Nucleus:
     centroid: tuple[float, float]  # (x, y)
     polygon: shapes.Ring  # closed ring of (x, y), shape (n, 2)
     area_px: int
+    mean_haematoxylin: float = 0.0  # optical density, over its pixels
 
 
-def nuclei_from_labels(labels: Labels) -> list[Nucleus]:
-    return _nuclei(shapes.trace(labels))
+def nuclei_from_labels(labels: Labels, rgb: RGB | None = None) -> list[Nucleus]:
+    """The nuclei of a label image; with the tile they were found in, each
+    with its mean haematoxylin."""
+    return _nuclei(shapes.trace(labels, None if rgb is None else haematoxylin(rgb)))
 
 
 def _nuclei(traced: shapes.Traced) -> list[Nucleus]:
     rings = shapes.outlines(traced)
     return [
-        Nucleus((x, y), ring, area)
-        for (x, y), ring, area in zip(
-            traced.centroids.tolist(), rings, traced.areas.tolist(), strict=True
+        Nucleus((x, y), ring, area, stain)
+        for (x, y), ring, area, stain in zip(
+            traced.centroids.tolist(),
+            rings,
+            traced.areas.tolist(),
+            traced.means.tolist(),
+            strict=True,
         )
     ]

@@ -16,6 +16,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from worker_service import cell_index
+
 NUCLEUS_COLOR = [200, 0, 0]
 
 
@@ -68,6 +70,12 @@ def write_json(path: Path, document: object) -> Path:
     return path
 
 
+def write_cell_index(path: Path, index: cell_index.CellIndex) -> Path:
+    with AtomicFile(path, "wb") as file:
+        cell_index.save(index, file.handle)
+    return path
+
+
 def write_png(path: Path, image: Image.Image, compress_level: int = 6) -> Path:
     with AtomicFile(path, "wb") as out:
         image.save(out.handle, format="PNG", compress_level=compress_level)
@@ -79,22 +87,30 @@ def mask_image(mask: npt.NDArray[np.bool_]) -> Image.Image:
 
 
 class FeatureCollectionWriter:
-    """Streams a GeoJSON FeatureCollection to disk one feature at a time."""
+    """Streams a GeoJSON FeatureCollection to disk one feature at a time, one
+    per line."""
+
+    _HEAD = '{"type": "FeatureCollection", "features": [\n'
 
     def __init__(self, path: Path) -> None:
         self._file = AtomicFile(path)
-        self._file.handle.write('{"type": "FeatureCollection", "features": [\n')
+        self._file.handle.write(self._HEAD)
+        self._position = len(self._HEAD)
         self.count = 0
 
     def add(self, feature: dict[str, object]) -> None:
         self.add_text(json.dumps(feature, separators=(",", ":")))
 
-    def add_text(self, feature: str) -> None:
-        """A feature already encoded as JSON."""
+    def add_text(self, feature: str) -> int:
+        """A feature already encoded as (ASCII) JSON; returns its byte offset."""
         if self.count:
             self._file.handle.write(",\n")
+            self._position += 2
+        offset = self._position
         self._file.handle.write(feature)
+        self._position += len(feature)
         self.count += 1
+        return offset
 
     def close(self, ok: bool = True) -> Path:
         """Publishes the file, or (``ok`` False, or the last write fails)
@@ -117,22 +133,13 @@ def _ring(points: Iterable[Sequence[float]]) -> list[list[float]]:
 
 
 def nucleus_feature(
-    polygon: npt.NDArray[np.float64],
-    centroid: Sequence[float],
-    area_um2: float | None,
-    area_px: float,
+    feature_id: str, polygon: npt.NDArray[np.float64], measurements: dict[str, float]
 ) -> dict[str, object]:
-    """A QuPath detection: objectType, classification and measurements.
+    """A QuPath detection: id, objectType, classification and measurements.
     ``polygon``: a closed ring, (n, 2) of (x, y)."""
-    measurements: dict[str, float] = {
-        "Centroid X px": round(float(centroid[0]), 2),
-        "Centroid Y px": round(float(centroid[1]), 2),
-        "Area px^2": round(float(area_px), 2),
-    }
-    if area_um2 is not None:
-        measurements["Area µm^2"] = round(area_um2, 3)
     return {
         "type": "Feature",
+        "id": feature_id,
         "geometry": {"type": "Polygon", "coordinates": [np.round(polygon, 2).tolist()]},
         "properties": {
             "objectType": "detection",
@@ -143,13 +150,11 @@ def nucleus_feature(
 
 
 def nucleus_feature_text(
-    polygon: npt.NDArray[np.float64],
-    centroid: Sequence[float],
-    area_um2: float | None,
-    area_px: float,
+    feature_id: str, polygon: npt.NDArray[np.float64], measurements: dict[str, float]
 ) -> str:
-    """``nucleus_feature`` as the compact JSON that cells.geojson holds."""
-    return json.dumps(nucleus_feature(polygon, centroid, area_um2, area_px), separators=(",", ":"))
+    """``nucleus_feature`` as the compact JSON that cells.geojson holds (ASCII:
+    byte offsets into the file are character offsets)."""
+    return json.dumps(nucleus_feature(feature_id, polygon, measurements), separators=(",", ":"))
 
 
 def tissue_feature(

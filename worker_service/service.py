@@ -13,16 +13,19 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
+import openslide
 from prometheus_client import CollectorRegistry
 
-from worker_service import results, tissue_codec
-from worker_service.errors import InternalError, JobCancelled, JobError
+from worker_service import deep_zoom, results, tissue_codec
+from worker_service.cell_index import collection
+from worker_service.cell_queries import CellQueries, TooManyNuclei
+from worker_service.errors import InternalError, JobCancelled, JobError, SlideError
 from worker_service.observability import WorkerMetrics
 from worker_service.pipeline import (
     JOB_TYPES,
@@ -42,6 +45,7 @@ from wsi_protocol.ids import is_scheduler_id
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as spb
 from wsi_protocol.worker.v1 import worker_pb2 as pb
 from wsi_protocol.worker.v1 import worker_pb2_grpc as pb_grpc
+from wsi_runtime.boxes import BoxError, check_box
 from wsi_runtime.job_params import InvalidParams
 from wsi_runtime.slide_paths import SlidePathError, resolve_slide, shown_path
 from wsi_runtime.version import VERSION
@@ -50,7 +54,11 @@ if TYPE_CHECKING:
     from wsi_runtime.serving import Context
 
 log = logging.getLogger("wsi.worker")
+T = TypeVar("T")
 RESULT_CHUNK_BYTES = 256 * 1024
+# Threads reading Deep Zoom tiles and answering cell queries: a viewer's burst
+# of tile requests (or one slow slide) waits for these, not for the jobs' threads.
+VIEWER_THREADS = 4
 
 _JOB_TYPE_NAMES = {spb.JobType.Value(name): name for name in JOB_TYPES}
 
@@ -75,6 +83,9 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.progress_interval = progress_interval
         self.executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="tiles")
         self.slides = SlideCache(roots=self.slide_roots)
+        self.viewer_executor = ThreadPoolExecutor(VIEWER_THREADS, thread_name_prefix="viewer")
+        self.viewer_slides = SlideCache(per_thread=2, roots=self.slide_roots)
+        self.cell_queries = CellQueries()
         self.pool = pool
         self.running = 0
         self.metrics = metrics or WorkerMetrics(CollectorRegistry())
@@ -127,6 +138,91 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         await self._discard_results(request.job_id)
         log.info("job %s: results deleted (retention)", request.job_id)
         return pb.DeleteResultsResponse()
+
+    async def _in_viewer_thread(self, context: Context, work: Callable[[], T]) -> T:
+        """Runs ``work`` in a viewer thread; the worker's own errors become
+        the status a viewer can act on."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.viewer_executor, work)
+        except (BoxError, TooManyNuclei) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except deep_zoom.NoSuchTile as exc:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+        except SlidePathError as exc:
+            denied = grpc.StatusCode.PERMISSION_DENIED
+            code = denied if exc.permission else grpc.StatusCode.NOT_FOUND
+            await context.abort(code, "the slide is not readable on this worker")
+        except SlideError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        raise AssertionError("unreachable")
+
+    def _slide(self, wsi_path: str) -> openslide.OpenSlide:
+        return self.viewer_slides.get(str(resolve_slide(wsi_path, self.slide_roots)))
+
+    async def DescribeDeepZoom(
+        self, request: pb.DeepZoomRequest, context: Context
+    ) -> spb.DeepZoomInfo:
+        found = await self._in_viewer_thread(
+            context, lambda: deep_zoom.shape(self._slide(request.wsi_path))
+        )
+        return spb.DeepZoomInfo(
+            width=found.width,
+            height=found.height,
+            tile_size=deep_zoom.TILE_SIZE,
+            overlap=deep_zoom.OVERLAP,
+            format="jpeg",
+            levels=[
+                spb.DeepZoomLevel(width=w, height=h, columns=c, rows=r)
+                for w, h, c, r in found.levels
+            ],
+            offset_x=found.offset_x,
+            offset_y=found.offset_y,
+        )
+
+    async def ReadDeepZoomTile(
+        self, request: pb.DeepZoomTileRequest, context: Context
+    ) -> spb.DeepZoomTile:
+        data = await self._in_viewer_thread(
+            context,
+            lambda: deep_zoom.tile_jpeg(
+                self._slide(request.wsi_path), request.level, request.col, request.row
+            ),
+        )
+        return spb.DeepZoomTile(data=data, content_type="image/jpeg")
+
+    async def QueryCells(
+        self, request: pb.QueryCellsRequest, context: Context
+    ) -> AsyncIterator[pb.FileChunk]:
+        cells = await self._result_path(request.job_id, "cells.geojson", context)
+        box = (request.x0, request.y0, request.x1, request.y1)
+        features = await self._in_viewer_thread(
+            context, lambda: self.cell_queries.features(cells, check_box(box))
+        )
+        buffered: list[bytes] = []
+        size = 0
+        for piece in collection(features):
+            buffered.append(piece)
+            size += len(piece)
+            if size >= RESULT_CHUNK_BYTES:
+                yield pb.FileChunk(data=b"".join(buffered))
+                buffered, size = [], 0
+        yield pb.FileChunk(data=b"".join(buffered))
+
+    async def CellDensity(
+        self, request: pb.CellDensityRequest, context: Context
+    ) -> spb.CellDensity:
+        cells = await self._result_path(request.job_id, "cells.geojson", context)
+        cell, columns, rows, counts = await self._in_viewer_thread(
+            context, lambda: self.cell_queries.density(cells, request.cell_px)
+        )
+        return spb.CellDensity(
+            cell_px=cell,
+            columns=columns,
+            rows=rows,
+            counts=counts.tolist(),
+            nuclei=int(counts.sum()),
+        )
 
     async def RunJob(
         self, request: pb.RunJobRequest, context: Context
@@ -259,6 +355,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.viewer_executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _result_file(results_dir: Path, job_id: str, name: str) -> Path | None:

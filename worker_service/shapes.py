@@ -27,12 +27,14 @@ _DIAMOND = np.array([(1, 0), (-1, 0), (0, 1), (0, -1)], np.int32)  # in half pix
 class Traced:
     """The objects of a label image with their outer boundaries: ``labels[i]``
     has ``boundaries[i]`` (its largest piece's boundary pixels, in order) and
-    ``areas[i]`` pixels centred on ``centroids[i]`` (x, y)."""
+    ``areas[i]`` pixels centred on ``centroids[i]`` (x, y), whose mean
+    intensity (of the image given to ``trace``, else 0) is ``means[i]``."""
 
     labels: Ints
     boundaries: list[npt.NDArray[np.int32]]
     areas: Ints
     centroids: npt.NDArray[np.float64]
+    means: npt.NDArray[np.float64]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -43,11 +45,13 @@ class Traced:
             [b for b, kept in zip(self.boundaries, keep.tolist(), strict=True) if kept],
             self.areas[keep],
             self.centroids[keep],
+            self.means[keep],
         )
 
 
-def trace(labels: Labels) -> Traced:
-    """Every labelled object's boundary, pixel count and centroid."""
+def trace(labels: Labels, intensity: npt.NDArray[np.floating] | None = None) -> Traced:
+    """Every labelled object's boundary, pixel count, centroid and mean
+    ``intensity`` (an image of the labels' shape)."""
     contours, _ = cv2.findContours(labels, cv2.RETR_FLOODFILL, cv2.CHAIN_APPROX_NONE)
     largest: dict[int, npt.NDArray[np.int32]] = {}
     for contour in contours:
@@ -65,8 +69,14 @@ def trace(labels: Labels) -> Traced:
     xs = np.bincount(owners, weights=inside % width, minlength=size)
     ys = np.bincount(owners, weights=inside // width, minlength=size)
     areas = counts[order]
-    centroids = np.stack([xs[order], ys[order]], axis=1) / np.maximum(areas, 1)[:, None]
-    return Traced(order, [largest[int(label)] for label in order], areas, centroids)
+    per_pixel = np.maximum(areas, 1)
+    centroids = np.stack([xs[order], ys[order]], axis=1) / per_pixel[:, None]
+    if intensity is None:
+        means = np.zeros(len(order))
+    else:
+        sums = np.bincount(owners, weights=intensity.ravel()[inside], minlength=size)
+        means = sums[order] / per_pixel
+    return Traced(order, [largest[int(label)] for label in order], areas, centroids, means)
 
 
 def convex_area_px(boundary: npt.NDArray[np.int32]) -> int:

@@ -15,7 +15,7 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFilter
 from shapely.geometry import Polygon
 
-from worker_service import results, tile_tasks, tissue_codec
+from worker_service import cell_index, results, tile_tasks, tissue_codec
 from worker_service.backends import INSTANSEG_MPP, BackendSpec, model_settings
 from worker_service.errors import BackendUnavailable, JobCancelled, JobFailed
 from worker_service.learned import LEARNED_MPP, model_zoom
@@ -158,6 +158,7 @@ def segment_cells(
     total = len(tiles)
     ctx.report(0, total)
     cells = results.FeatureCollectionWriter(out_dir / "cells.geojson")
+    index = cell_index.IndexBuilder()
     done = 0
     ok = False
     try:
@@ -167,14 +168,15 @@ def segment_cells(
         for _, chunk in pool.imap(tile_tasks.segment_tiles, chunks, (backend,), ctx.cancelled):
             for found in chunk:
                 ctx.on_tile(found.seconds)
-                for feature in found.features:
-                    cells.add_text(feature)
+                for feature, bounds in zip(found.features, found.bounds, strict=True):
+                    index.add(cells.add_text(feature), len(feature), bounds)
                 preview.nuclei(found.centroids)
                 done += 1
             ctx.report(done, total)
         ok = True
     finally:
         path = cells.close(ok)
+    results.write_cell_index(out_dir / cell_index.INDEX_NAME, index.build())
     return Cells(cells.count, done, str(path), details, reference_s)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,11 +16,13 @@ from typing import Any
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 import openslide
 
 from worker_service import results
 from worker_service.backends import BackendSpec, Segmenter, build
 from worker_service.errors import TileReadError
+from worker_service.measurements import nucleus_measurements
 from worker_service.merge import SlideNucleus, keep_owned
 from worker_service.nuclei import (
     RGB,
@@ -60,11 +63,12 @@ def read_tile(task: TileTask) -> RGB:
 class TileResult:
     """A tile's nuclei as GeoJSON features ready to write (encoded here, in
     the pool, not in the worker's one main process) and their level-0
-    centroids, for the preview."""
+    centroids, for the preview, and bounding boxes, for the cell index."""
 
     features: list[str]
     centroids: list[tuple[float, float]]
     seconds: float  # reading and segmenting it, in the pool process
+    bounds: npt.NDArray[np.float64]  # (n, 4): x0, y0, x1, y1 of each outline
 
 
 def segment_tiles(tasks: Sequence[TileTask], backend: BackendSpec) -> list[TileResult]:
@@ -77,13 +81,15 @@ def segment_tiles(tasks: Sequence[TileTask], backend: BackendSpec) -> list[TileR
     batches = [tasks[i : i + size] for i in range(0, len(tasks), size)]
     if len(batches) == 1:
         started = time.perf_counter()
-        return _segmented(segmenter, batches[0], [read_tile(t) for t in batches[0]], started)
+        return _segmented(
+            segmenter, backend.name, batches[0], [read_tile(t) for t in batches[0]], started
+        )
     results: list[TileResult] = []
     with ThreadPoolExecutor(1, thread_name_prefix="tile-reader") as reader:
         pending = [reader.submit(_read_all, batch) for batch in batches]
         for batch, decoded in zip(batches, pending, strict=True):
             started = time.perf_counter()
-            results += _segmented(segmenter, batch, decoded.result(), started)
+            results += _segmented(segmenter, backend.name, batch, decoded.result(), started)
     return results
 
 
@@ -92,24 +98,59 @@ def _read_all(tasks: Sequence[TileTask]) -> list[RGB]:
 
 
 def _segmented(
-    segmenter: Segmenter, tasks: Sequence[TileTask], tiles: list[RGB], started: float
+    segmenter: Segmenter,
+    segmenter_name: str,
+    tasks: Sequence[TileTask],
+    tiles: list[RGB],
+    started: float,
 ) -> list[TileResult]:
     owned = [
         keep_owned(task.tile, nuclei, task.downsample)
         for task, nuclei in zip(tasks, segmenter.find(tiles), strict=True)
     ]
-    encoded = [
-        ([_feature(nucleus, task) for nucleus in nuclei], [n.centroid for n in nuclei])
+    per_tile = (time.perf_counter() - started) / max(1, len(tasks))
+    return [
+        TileResult(
+            [
+                _feature(nucleus, task, _nucleus_id(task, segmenter_name, k))
+                for k, nucleus in enumerate(nuclei)
+            ],
+            [n.centroid for n in nuclei],
+            per_tile,
+            _bounds(nuclei),
+        )
         for task, nuclei in zip(tasks, owned, strict=True)
     ]
-    per_tile = (time.perf_counter() - started) / max(1, len(tasks))
-    return [TileResult(features, centroids, per_tile) for features, centroids in encoded]
 
 
-def _feature(nucleus: SlideNucleus, task: TileTask) -> str:
+def _nucleus_id(task: TileTask, backend: str, k: int) -> str:
+    """A UUID (as QuPath gives its objects) that a rerun of the same job gives
+    the same nucleus: from the slide, the tile, the backend and its place."""
+    tile = task.tile
+    name = f"{task.slide_path}|{task.level}|{tile.x},{tile.y},{tile.width},{tile.height}"
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{name}|{backend}|{k}"))
+
+
+def _feature(nucleus: SlideNucleus, task: TileTask, feature_id: str) -> str:
     area_px0 = nucleus.area_px * task.downsample * task.downsample
-    area_um2 = area_px0 * task.mpp * task.mpp if task.mpp else None
-    return results.nucleus_feature_text(nucleus.polygon, nucleus.centroid, area_um2, area_px0)
+    measured = nucleus_measurements(
+        nucleus.polygon,
+        nucleus.centroid,
+        area_px0,
+        task.mpp,
+        nucleus.mean_haematoxylin,
+        pixel=task.downsample,
+    )
+    return results.nucleus_feature_text(feature_id, nucleus.polygon, measured)
+
+
+def _bounds(nuclei: Sequence[SlideNucleus]) -> npt.NDArray[np.float64]:
+    """Each outline's box, widened by the rounding of the coordinates written."""
+    boxes = np.empty((len(nuclei), 4))
+    for row, nucleus in enumerate(nuclei):
+        boxes[row, :2] = nucleus.polygon.min(axis=0) - 0.01
+        boxes[row, 2:] = nucleus.polygon.max(axis=0) + 0.01
+    return boxes
 
 
 def start_process(parent_pid: int, cancel_board: Any, slide_roots: Sequence[Path] = ()) -> None:

@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.gzip import GZipMiddleware
 
 from wsi_gateway.auth import AuthFailure, GatewayAuth
-from wsi_gateway.backend import BadRequest, GatewayState, GrpcFailure
+from wsi_gateway.backend import BadRequest, GatewayState, GrpcFailure, NotFoundError
 from wsi_gateway.errors import error_body, http_status
 from wsi_gateway.guards import DEFAULT_MAX_BODY_BYTES, BodyLimit, HostAllowList, SecurityHeaders
 from wsi_gateway.metrics import HttpMetrics, MetricsMiddleware
@@ -121,6 +121,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
         return JSONResponse(error_body("INVALID_ARGUMENT", str(exc)), status_code=400)
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(request: Request, exc: NotFoundError) -> JSONResponse:
+        return JSONResponse(error_body("NOT_FOUND", str(exc)), status_code=404)
 
     app.include_router(router)
 

@@ -37,6 +37,10 @@ class BadRequest(Exception):
     """A request the gateway refuses before calling the scheduler (HTTP 400)."""
 
 
+class NotFoundError(Exception):
+    """A path the gateway knows names nothing, before asking (HTTP 404)."""
+
+
 async def call(awaitable: Awaitable[M]) -> M:
     try:
         return await awaitable

@@ -31,6 +31,12 @@ SECURITY_HEADERS = (
 # Code and styles are the same for everyone: cached, but checked again each time.
 SHARED_PREFIXES = ("/static/", "/docs-assets/")
 SHARED_CACHE = ((b"cache-control", b"no-cache"),)
+# A slide's tiles do not change: the caller's own browser keeps them a while
+# (Vary: a tile fetched as one user is never reused for another).
+SLIDE_CACHE = (
+    (b"cache-control", b"private, max-age=3600"),
+    (b"vary", b"Authorization, X-User-ID"),
+)
 # Everything else may be one user's: never kept by a browser or a proxy.
 PRIVATE_CACHE = (
     (b"cache-control", b"private, no-store"),
@@ -147,6 +153,16 @@ class BodyLimit:
             await _send_error(send, 413, "PAYLOAD_TOO_LARGE", self._too_large())
 
 
+def is_slide_path(path: str) -> bool:
+    """A job's Deep Zoom descriptor or tile: /jobs/ID/slide.dzi, /jobs/ID/slide_files/..."""
+    parts = path.split("/")
+    return (
+        len(parts) >= 4
+        and parts[1] == "jobs"
+        and (parts[3] == "slide_files" or (len(parts) == 4 and parts[3] == "slide.dzi"))
+    )
+
+
 class SecurityHeaders:
     """The browser-safety headers on every response, and a cache rule by path."""
 
@@ -158,13 +174,17 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         path = str(scope.get("path", ""))
-        cache = SHARED_CACHE if path.startswith(SHARED_PREFIXES) else PRIVATE_CACHE
+        cache: tuple[tuple[bytes, bytes], ...] = (
+            SHARED_CACHE if path.startswith(SHARED_PREFIXES) else PRIVATE_CACHE
+        )
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                replaced = {name for name, _ in (*SECURITY_HEADERS, *cache)}
+                slide = message.get("status") == 200 and is_slide_path(path)
+                cache_rule = SLIDE_CACHE if slide else cache
+                replaced = {name for name, _ in (*SECURITY_HEADERS, *cache_rule)}
                 headers = [(k, v) for k, v in message.get("headers", ()) if k not in replaced]
-                message["headers"] = [*headers, *SECURITY_HEADERS, *cache]
+                message["headers"] = [*headers, *SECURITY_HEADERS, *cache_rule]
             await send(message)
 
         await self.app(scope, receive, with_headers)

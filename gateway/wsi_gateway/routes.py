@@ -11,12 +11,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response, StreamingResponse
 
-from wsi_gateway import events, sse
+from wsi_gateway import deep_zoom, events, sse
 from wsi_gateway.backend import BadRequest, Caller, Gateway, call
 from wsi_gateway.bodies import WorkflowIn
 from wsi_protocol.json_format import to_json
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_runtime import job_params
+from wsi_runtime.boxes import BoxError, parse_box
 
 RESULT_TYPES = {
     ".geojson": "application/geo+json",
@@ -101,6 +102,69 @@ async def get_result(job_id: str, name: str, gateway: Gateway, caller: Caller) -
     return StreamingResponse(
         body(), media_type=media or "application/octet-stream", headers=headers
     )
+
+
+@router.get("/jobs/{job_id}/deepzoom", summary="The job's slide as Deep Zoom, described as JSON")
+async def deep_zoom_info(job_id: str, gateway: Gateway, caller: Caller) -> Any:
+    """Size, tile size, overlap and levels (what slide.dzi says, and more):
+    ``offset_x``/``offset_y`` place nuclei (slide pixels) on the image."""
+    request = pb.GetSlideDeepZoomRequest(job_id=job_id)
+    return to_json(await call(gateway.stub.GetSlideDeepZoom(request, metadata=caller)))
+
+
+@router.get("/jobs/{job_id}/slide.dzi", summary="The job's slide: Deep Zoom descriptor")
+async def deep_zoom_descriptor(job_id: str, gateway: Gateway, caller: Caller) -> Response:
+    request = pb.GetSlideDeepZoomRequest(job_id=job_id)
+    info = await call(gateway.stub.GetSlideDeepZoom(request, metadata=caller))
+    return Response(deep_zoom.descriptor(info), media_type="application/xml")
+
+
+@router.get(
+    "/jobs/{job_id}/slide_files/{level}/{tile}",
+    summary="The job's slide: one Deep Zoom tile, COL_ROW.jpeg",
+)
+async def deep_zoom_tile(
+    job_id: str, level: int, tile: str, gateway: Gateway, caller: Caller
+) -> Response:
+    col, row = deep_zoom.tile_address(tile)
+    request = pb.GetSlideTileRequest(job_id=job_id, level=level, col=col, row=row)
+    found = await call(gateway.stub.GetSlideTile(request, metadata=caller))
+    return Response(found.data, media_type=found.content_type or "image/jpeg")
+
+
+@router.get(
+    "/jobs/{job_id}/cells",
+    summary="The job's nuclei whose outlines meet a box: a GeoJSON FeatureCollection",
+)
+async def cells_in_box(
+    job_id: str,
+    gateway: Gateway,
+    caller: Caller,
+    bbox: Annotated[str, Query(description="x0,y0,x1,y1 in level-0 slide pixels")],
+) -> Response:
+    try:
+        x0, y0, x1, y1 = parse_box(bbox)
+    except BoxError as exc:
+        raise BadRequest(str(exc)) from None
+    request = pb.QueryCellsRequest(job_id=job_id, x0=x0, y0=y0, x1=x1, y1=y1)
+    chunks = gateway.stub.QueryCells(request, metadata=caller).__aiter__()
+    try:
+        first = await call(anext(chunks))  # errors before any byte is sent
+    except StopAsyncIteration:
+        raise BadRequest(f"the nuclei of job {job_id!r} came back empty") from None
+
+    async def body() -> AsyncIterator[bytes]:
+        yield first.data
+        async for chunk in chunks:
+            yield chunk.data
+
+    return StreamingResponse(body(), media_type="application/geo+json")
+
+
+@router.get("/jobs/{job_id}/cells/density", summary="Nuclei per cell of a grid over the slide")
+async def cell_density(job_id: str, gateway: Gateway, caller: Caller, cell_px: float = 0) -> Any:
+    request = pb.GetCellDensityRequest(job_id=job_id, cell_px=cell_px)
+    return to_json(await call(gateway.stub.GetCellDensity(request, metadata=caller)))
 
 
 @router.get("/workflows/{workflow_id}/events", summary="Server-Sent Events of a workflow")

@@ -14,7 +14,7 @@ from shapely.geometry import Point, shape
 
 from tests.harness import CMU, SLIDES
 from tests.pipeline.support import centroids, f1, match, run
-from worker_service import stages
+from worker_service import cell_index, stages
 from worker_service.errors import JobCancelled
 from worker_service.pipeline import JobSpec, run_job
 from worker_service.slide_access import SlideCache
@@ -131,6 +131,26 @@ def test_cells_geojson_is_what_qupath_imports(
     assert props["objectType"] == "detection"
     assert props["classification"]["name"] == "Nucleus"
     assert 20 < props["measurements"]["Area µm^2"] < 100  # ~7 um nuclei
+    # QuPath-style measurements; synthetic nuclei are ellipses: round, solid, dark.
+    measured = [f["properties"]["measurements"] for f in document["features"]]
+    for m in measured:
+        assert 0 < m["Circularity"] <= 1 and 0 < m["Solidity"] <= 1, m
+        assert m["Perimeter µm"] == pytest.approx(m["Perimeter px"] * synthetic.mpp, rel=1e-3)
+        assert m["Hematoxylin OD mean"] > 0.05, m
+    assert np.median([m["Circularity"] for m in measured]) > 0.8
+    assert np.median([m["Solidity"] for m in measured]) > 0.9
+    ids = [f["id"] for f in document["features"]]
+    assert len(set(ids)) == len(ids)
+    # The same job again gives every nucleus the same id.
+    again = run(pool, tmp_path / "again", str(synthetic.path))
+    with open(again.files["cells.geojson"]) as handle:
+        assert sorted(f["id"] for f in json.load(handle)["features"]) == sorted(ids)
+    # The cell index sits beside it, one row per feature, pointing at it.
+    index = cell_index.load(Path(outcome.files["cells.geojson"]).with_name(cell_index.INDEX_NAME))
+    data = Path(outcome.files["cells.geojson"]).read_bytes()
+    assert len(index) == len(ids)
+    first = data[index.offsets[0] : index.offsets[0] + index.lengths[0]]
+    assert json.loads(first) == feature
     summary = json.loads(Path(outcome.files["summary.json"]).read_text())
     assert summary["nuclei"] == len(document["features"])
     assert summary["tiles_processed"] + summary["tiles_skipped"] == summary["tiles_total"]

@@ -50,7 +50,8 @@ class Flaky(pb_grpc.SchedulerServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this test")
 
     CancelWorkflow = GetJob = ListWorkflows = WatchWorkflow = _unused  # type: ignore[assignment]
-    ReadResult = ListSlides = _unused  # type: ignore[assignment]
+    ReadResult = ListSlides = GetSlideDeepZoom = GetSlideTile = _unused  # type: ignore[assignment]
+    QueryCells = GetCellDensity = _unused  # type: ignore[assignment]
 
     async def GetStats(self, request, context):
         self.calls["GetStats"] += 1

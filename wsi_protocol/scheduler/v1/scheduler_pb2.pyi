@@ -938,6 +938,242 @@ class Slide(_message.Message):
 Global___Slide: _TypeAlias = Slide  # noqa: Y015
 
 @_typing.final
+class GetSlideDeepZoomRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSlideDeepZoomRequest: _TypeAlias = GetSlideDeepZoomRequest  # noqa: Y015
+
+@_typing.final
+class DeepZoomLevel(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    width: _builtins.int
+    height: _builtins.int
+    columns: _builtins.int
+    rows: _builtins.int
+    def __init__(
+        self,
+        *,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        columns: _builtins.int = ...,
+        rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "height", b"height", "rows", b"rows", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeepZoomLevel: _TypeAlias = DeepZoomLevel  # noqa: Y015
+
+@_typing.final
+class DeepZoomInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    TILE_SIZE_FIELD_NUMBER: _builtins.int
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    LEVELS_FIELD_NUMBER: _builtins.int
+    OFFSET_X_FIELD_NUMBER: _builtins.int
+    OFFSET_Y_FIELD_NUMBER: _builtins.int
+    width: _builtins.int
+    """Level-0 size of the region shown (the slide's bounds where it has them)."""
+    height: _builtins.int
+    tile_size: _builtins.int
+    overlap: _builtins.int
+    format: _builtins.str
+    """"jpeg"."""
+    offset_x: _builtins.int
+    """Where the region shown starts in level-0 pixels of the slide (bounds
+    offset): a nucleus at slide (x, y) is at (x - x, y - y) in the image.
+    """
+    offset_y: _builtins.int
+    @_builtins.property
+    def levels(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeepZoomLevel]:
+        """Smallest (1 x 1 px) first, as Deep Zoom numbers them."""
+
+    def __init__(
+        self,
+        *,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        tile_size: _builtins.int = ...,
+        overlap: _builtins.int = ...,
+        format: _builtins.str = ...,
+        levels: _abc.Iterable[Global___DeepZoomLevel] | None = ...,
+        offset_x: _builtins.int = ...,
+        offset_y: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "height", b"height", "levels", b"levels", "offset_x", b"offset_x", "offset_y", b"offset_y", "overlap", b"overlap", "tile_size", b"tile_size", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeepZoomInfo: _TypeAlias = DeepZoomInfo  # noqa: Y015
+
+@_typing.final
+class GetSlideTileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    COL_FIELD_NUMBER: _builtins.int
+    ROW_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    level: _builtins.int
+    col: _builtins.int
+    row: _builtins.int
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        level: _builtins.int = ...,
+        col: _builtins.int = ...,
+        row: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["col", b"col", "job_id", b"job_id", "level", b"level", "row", b"row"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSlideTileRequest: _TypeAlias = GetSlideTileRequest  # noqa: Y015
+
+@_typing.final
+class DeepZoomTile(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    content_type: _builtins.str
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        content_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeepZoomTile: _TypeAlias = DeepZoomTile  # noqa: Y015
+
+@_typing.final
+class QueryCellsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    X0_FIELD_NUMBER: _builtins.int
+    Y0_FIELD_NUMBER: _builtins.int
+    X1_FIELD_NUMBER: _builtins.int
+    Y1_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    x0: _builtins.float
+    y0: _builtins.float
+    x1: _builtins.float
+    y1: _builtins.float
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        x0: _builtins.float = ...,
+        y0: _builtins.float = ...,
+        x1: _builtins.float = ...,
+        y1: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "x0", b"x0", "x1", b"x1", "y0", b"y0", "y1", b"y1"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryCellsRequest: _TypeAlias = QueryCellsRequest  # noqa: Y015
+
+@_typing.final
+class GetCellDensityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CELL_PX_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    cell_px: _builtins.float
+    """Cell side in level-0 pixels; 0 picks one (about 256 cells across)."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        cell_px: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell_px", b"cell_px", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCellDensityRequest: _TypeAlias = GetCellDensityRequest  # noqa: Y015
+
+@_typing.final
+class CellDensity(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELL_PX_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    NUCLEI_FIELD_NUMBER: _builtins.int
+    cell_px: _builtins.float
+    """The cell side used (at least the one asked for)."""
+    columns: _builtins.int
+    rows: _builtins.int
+    nuclei: _builtins.int
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Row-major, columns x rows; cell (c, r) covers level-0 pixels
+        [c * cell_px, (c + 1) * cell_px) x [r * cell_px, (r + 1) * cell_px).
+        """
+
+    def __init__(
+        self,
+        *,
+        cell_px: _builtins.float = ...,
+        columns: _builtins.int = ...,
+        rows: _builtins.int = ...,
+        counts: _abc.Iterable[_builtins.int] | None = ...,
+        nuclei: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell_px", b"cell_px", "columns", b"columns", "counts", b"counts", "nuclei", b"nuclei", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CellDensity: _TypeAlias = CellDensity  # noqa: Y015
+
+@_typing.final
 class ListSlidesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

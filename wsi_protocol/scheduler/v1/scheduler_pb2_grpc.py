@@ -84,6 +84,26 @@ class SchedulerStub:
                 request_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSlidesRequest.SerializeToString,
                 response_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSlidesResponse.FromString,
                 _registered_method=True)
+        self.GetSlideDeepZoom = channel.unary_unary(
+                '/wsi.scheduler.v1.Scheduler/GetSlideDeepZoom',
+                request_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetSlideDeepZoomRequest.SerializeToString,
+                response_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.DeepZoomInfo.FromString,
+                _registered_method=True)
+        self.GetSlideTile = channel.unary_unary(
+                '/wsi.scheduler.v1.Scheduler/GetSlideTile',
+                request_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetSlideTileRequest.SerializeToString,
+                response_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.DeepZoomTile.FromString,
+                _registered_method=True)
+        self.QueryCells = channel.unary_stream(
+                '/wsi.scheduler.v1.Scheduler/QueryCells',
+                request_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.QueryCellsRequest.SerializeToString,
+                response_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ResultChunk.FromString,
+                _registered_method=True)
+        self.GetCellDensity = channel.unary_unary(
+                '/wsi.scheduler.v1.Scheduler/GetCellDensity',
+                request_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetCellDensityRequest.SerializeToString,
+                response_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.CellDensity.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -171,6 +191,39 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSlideDeepZoom(self, request, context):
+        """The slide of a job the caller owns as Deep Zoom: its size, tile size,
+        overlap and levels (for a DZI descriptor), and its tiles (JPEG), read by
+        a connected worker. NOT_FOUND: no such job, or no such tile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSlideTile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryCells(self, request, context):
+        """The nuclei of the caller's finished CELL_SEGMENTATION job whose outlines
+        meet a box (level-0 pixels), as a GeoJSON FeatureCollection in chunks, in
+        the order of cells.geojson. INVALID_ARGUMENT: a bad box, or one holding
+        more than 50,000 nuclei (ask for density instead).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCellDensity(self, request, context):
+        """Nuclei per square cell of a coarse grid over the job's slide, for a
+        zoomed-out view.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -223,6 +276,26 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.ListSlides,
                     request_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSlidesRequest.FromString,
                     response_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSlidesResponse.SerializeToString,
+            ),
+            'GetSlideDeepZoom': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSlideDeepZoom,
+                    request_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetSlideDeepZoomRequest.FromString,
+                    response_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.DeepZoomInfo.SerializeToString,
+            ),
+            'GetSlideTile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSlideTile,
+                    request_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetSlideTileRequest.FromString,
+                    response_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.DeepZoomTile.SerializeToString,
+            ),
+            'QueryCells': grpc.unary_stream_rpc_method_handler(
+                    servicer.QueryCells,
+                    request_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.QueryCellsRequest.FromString,
+                    response_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ResultChunk.SerializeToString,
+            ),
+            'GetCellDensity': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCellDensity,
+                    request_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetCellDensityRequest.FromString,
+                    response_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.CellDensity.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -495,6 +568,114 @@ class Scheduler:
             '/wsi.scheduler.v1.Scheduler/ListSlides',
             wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSlidesRequest.SerializeToString,
             wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ListSlidesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSlideDeepZoom(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wsi.scheduler.v1.Scheduler/GetSlideDeepZoom',
+            wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetSlideDeepZoomRequest.SerializeToString,
+            wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.DeepZoomInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSlideTile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wsi.scheduler.v1.Scheduler/GetSlideTile',
+            wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetSlideTileRequest.SerializeToString,
+            wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.DeepZoomTile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryCells(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/wsi.scheduler.v1.Scheduler/QueryCells',
+            wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.QueryCellsRequest.SerializeToString,
+            wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ResultChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCellDensity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wsi.scheduler.v1.Scheduler/GetCellDensity',
+            wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetCellDensityRequest.SerializeToString,
+            wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.CellDensity.FromString,
             options,
             channel_credentials,
             insecure,

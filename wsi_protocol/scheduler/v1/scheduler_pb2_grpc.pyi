@@ -80,6 +80,22 @@ class SchedulerStub:
     """The slides under the slide roots, by the names jobs give them (relative
     to their root), with their size, pixel size and vendor; paged.
     """
+    GetSlideDeepZoom: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetSlideDeepZoomRequest, _scheduler_pb2.DeepZoomInfo]
+    """The slide of a job the caller owns as Deep Zoom: its size, tile size,
+    overlap and levels (for a DZI descriptor), and its tiles (JPEG), read by
+    a connected worker. NOT_FOUND: no such job, or no such tile.
+    """
+    GetSlideTile: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetSlideTileRequest, _scheduler_pb2.DeepZoomTile]
+    QueryCells: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.QueryCellsRequest, _scheduler_pb2.ResultChunk]
+    """The nuclei of the caller's finished CELL_SEGMENTATION job whose outlines
+    meet a box (level-0 pixels), as a GeoJSON FeatureCollection in chunks, in
+    the order of cells.geojson. INVALID_ARGUMENT: a bad box, or one holding
+    more than 50,000 nuclei (ask for density instead).
+    """
+    GetCellDensity: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetCellDensityRequest, _scheduler_pb2.CellDensity]
+    """Nuclei per square cell of a coarse grid over the job's slide, for a
+    zoomed-out view.
+    """
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -120,6 +136,22 @@ class SchedulerAsyncStub(SchedulerStub):
     ListSlides: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListSlidesRequest, _scheduler_pb2.ListSlidesResponse]  # type: ignore[assignment]
     """The slides under the slide roots, by the names jobs give them (relative
     to their root), with their size, pixel size and vendor; paged.
+    """
+    GetSlideDeepZoom: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetSlideDeepZoomRequest, _scheduler_pb2.DeepZoomInfo]  # type: ignore[assignment]
+    """The slide of a job the caller owns as Deep Zoom: its size, tile size,
+    overlap and levels (for a DZI descriptor), and its tiles (JPEG), read by
+    a connected worker. NOT_FOUND: no such job, or no such tile.
+    """
+    GetSlideTile: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetSlideTileRequest, _scheduler_pb2.DeepZoomTile]  # type: ignore[assignment]
+    QueryCells: _aio.UnaryStreamMultiCallable[_scheduler_pb2.QueryCellsRequest, _scheduler_pb2.ResultChunk]  # type: ignore[assignment]
+    """The nuclei of the caller's finished CELL_SEGMENTATION job whose outlines
+    meet a box (level-0 pixels), as a GeoJSON FeatureCollection in chunks, in
+    the order of cells.geojson. INVALID_ARGUMENT: a bad box, or one holding
+    more than 50,000 nuclei (ask for density instead).
+    """
+    GetCellDensity: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetCellDensityRequest, _scheduler_pb2.CellDensity]  # type: ignore[assignment]
+    """Nuclei per square cell of a coarse grid over the job's slide, for a
+    zoomed-out view.
     """
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
@@ -218,6 +250,46 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scheduler_pb2.ListSlidesResponse, _abc.Awaitable[_scheduler_pb2.ListSlidesResponse]]:
         """The slides under the slide roots, by the names jobs give them (relative
         to their root), with their size, pixel size and vendor; paged.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSlideDeepZoom(
+        self,
+        request: _scheduler_pb2.GetSlideDeepZoomRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.DeepZoomInfo, _abc.Awaitable[_scheduler_pb2.DeepZoomInfo]]:
+        """The slide of a job the caller owns as Deep Zoom: its size, tile size,
+        overlap and levels (for a DZI descriptor), and its tiles (JPEG), read by
+        a connected worker. NOT_FOUND: no such job, or no such tile.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSlideTile(
+        self,
+        request: _scheduler_pb2.GetSlideTileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.DeepZoomTile, _abc.Awaitable[_scheduler_pb2.DeepZoomTile]]: ...
+
+    @_abc_1.abstractmethod
+    def QueryCells(
+        self,
+        request: _scheduler_pb2.QueryCellsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_scheduler_pb2.ResultChunk], _abc.AsyncIterator[_scheduler_pb2.ResultChunk]]:
+        """The nuclei of the caller's finished CELL_SEGMENTATION job whose outlines
+        meet a box (level-0 pixels), as a GeoJSON FeatureCollection in chunks, in
+        the order of cells.geojson. INVALID_ARGUMENT: a bad box, or one holding
+        more than 50,000 nuclei (ask for density instead).
+        """
+
+    @_abc_1.abstractmethod
+    def GetCellDensity(
+        self,
+        request: _scheduler_pb2.GetCellDensityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.CellDensity, _abc.Awaitable[_scheduler_pb2.CellDensity]]:
+        """Nuclei per square cell of a coarse grid over the job's slide, for a
+        zoomed-out view.
         """
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

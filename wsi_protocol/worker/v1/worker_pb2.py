@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as wsi_dot_scheduler_dot_v1_dot_scheduler__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1awsi/worker/v1/worker.proto\x12\rwsi.worker.v1\x1a wsi/scheduler/v1/scheduler.proto\"G\n\x0bJoinRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\'\n\x04info\x18\x02 \x01(\x0b\x32\x19.wsi.worker.v1.WorkerInfo\",\n\x0cJoinResponse\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\"#\n\x10HeartbeatRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\x13\n\x11HeartbeatResponse\"\x1f\n\x0cLeaveRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\x0f\n\rLeaveResponse\"1\n\x11ReadResultRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\'\n\tFileChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x03\"&\n\x14\x44\x65leteResultsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteResultsResponse\"\x8e\x02\n\rRunJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x08job_type\x18\x06 \x01(\x0e\x32\x19.wsi.scheduler.v1.JobType\x12\x10\n\x08wsi_path\x18\x03 \x01(\t\x12\x38\n\x06params\x18\x04 \x03(\x0b\x32(.wsi.worker.v1.RunJobRequest.ParamsEntry\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12.\n\x0btissue_mask\x18\x07 \x01(\x0b\x32\x19.wsi.worker.v1.TissueMask\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x02\x10\x03\"\\\n\nTissueMask\x12\x10\n\x08mask_png\x18\x01 \x01(\x0c\x12\x12\n\ndownsample\x18\x02 \x01(\x01\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x15\n\rsource_job_id\x18\x04 \x01(\t\"7\n\x0cTileProgress\x12\x12\n\ntiles_done\x18\x01 \x01(\x03\x12\x13\n\x0btiles_total\x18\x02 \x01(\x03\"\xae\x01\n\tJobOutput\x12\x32\n\x05\x66iles\x18\x01 \x03(\x0b\x32#.wsi.worker.v1.JobOutput.FilesEntry\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12.\n\x0btissue_mask\x18\x03 \x01(\x0b\x32\x19.wsi.worker.v1.TissueMask\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\")\n\x08JobError\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"\x9c\x01\n\tJobUpdate\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.wsi.worker.v1.TileProgressH\x00\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.wsi.worker.v1.JobOutputH\x00\x12(\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.wsi.worker.v1.JobErrorH\x00\x42\x08\n\x06update\"\x10\n\x0eGetInfoRequest\"\xe5\x01\n\nWorkerInfo\x12\r\n\x05slots\x18\x01 \x01(\x05\x12,\n\tjob_types\x18\x04 \x03(\x0e\x32\x19.wsi.scheduler.v1.JobType\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x05 \x03(\t\x12>\n\x0b\x62\x61\x63kend_mpp\x18\x06 \x03(\x0b\x32).wsi.worker.v1.WorkerInfo.BackendMppEntry\x1a\x31\n\x0f\x42\x61\x63kendMppEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01J\x04\x08\x02\x10\x03\x32\xb9\x02\n\x06Worker\x12\x42\n\x06RunJob\x12\x1c.wsi.worker.v1.RunJobRequest\x1a\x18.wsi.worker.v1.JobUpdate0\x01\x12\x43\n\x07GetInfo\x12\x1d.wsi.worker.v1.GetInfoRequest\x1a\x19.wsi.worker.v1.WorkerInfo\x12J\n\nReadResult\x12 .wsi.worker.v1.ReadResultRequest\x1a\x18.wsi.worker.v1.FileChunk0\x01\x12Z\n\rDeleteResults\x12#.wsi.worker.v1.DeleteResultsRequest\x1a$.wsi.worker.v1.DeleteResultsResponse2\xe5\x01\n\x0eWorkerRegistry\x12?\n\x04Join\x12\x1a.wsi.worker.v1.JoinRequest\x1a\x1b.wsi.worker.v1.JoinResponse\x12N\n\tHeartbeat\x12\x1f.wsi.worker.v1.HeartbeatRequest\x1a .wsi.worker.v1.HeartbeatResponse\x12\x42\n\x05Leave\x12\x1b.wsi.worker.v1.LeaveRequest\x1a\x1c.wsi.worker.v1.LeaveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1awsi/worker/v1/worker.proto\x12\rwsi.worker.v1\x1a wsi/scheduler/v1/scheduler.proto\"G\n\x0bJoinRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\'\n\x04info\x18\x02 \x01(\x0b\x32\x19.wsi.worker.v1.WorkerInfo\",\n\x0cJoinResponse\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\"#\n\x10HeartbeatRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\x13\n\x11HeartbeatResponse\"\x1f\n\x0cLeaveRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\x0f\n\rLeaveResponse\"1\n\x11ReadResultRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\'\n\tFileChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x03\"&\n\x14\x44\x65leteResultsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteResultsResponse\"#\n\x0f\x44\x65\x65pZoomRequest\x12\x10\n\x08wsi_path\x18\x01 \x01(\t\"P\n\x13\x44\x65\x65pZoomTileRequest\x12\x10\n\x08wsi_path\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\x05\x12\x0b\n\x03\x63ol\x18\x03 \x01(\x05\x12\x0b\n\x03row\x18\x04 \x01(\x05\"S\n\x11QueryCellsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\n\n\x02x0\x18\x02 \x01(\x01\x12\n\n\x02y0\x18\x03 \x01(\x01\x12\n\n\x02x1\x18\x04 \x01(\x01\x12\n\n\x02y1\x18\x05 \x01(\x01\"5\n\x12\x43\x65llDensityRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x65ll_px\x18\x02 \x01(\x01\"\x8e\x02\n\rRunJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x08job_type\x18\x06 \x01(\x0e\x32\x19.wsi.scheduler.v1.JobType\x12\x10\n\x08wsi_path\x18\x03 \x01(\t\x12\x38\n\x06params\x18\x04 \x03(\x0b\x32(.wsi.worker.v1.RunJobRequest.ParamsEntry\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12.\n\x0btissue_mask\x18\x07 \x01(\x0b\x32\x19.wsi.worker.v1.TissueMask\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x02\x10\x03\"\\\n\nTissueMask\x12\x10\n\x08mask_png\x18\x01 \x01(\x0c\x12\x12\n\ndownsample\x18\x02 \x01(\x01\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x15\n\rsource_job_id\x18\x04 \x01(\t\"7\n\x0cTileProgress\x12\x12\n\ntiles_done\x18\x01 \x01(\x03\x12\x13\n\x0btiles_total\x18\x02 \x01(\x03\"\xae\x01\n\tJobOutput\x12\x32\n\x05\x66iles\x18\x01 \x03(\x0b\x32#.wsi.worker.v1.JobOutput.FilesEntry\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12.\n\x0btissue_mask\x18\x03 \x01(\x0b\x32\x19.wsi.worker.v1.TissueMask\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\")\n\x08JobError\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"\x9c\x01\n\tJobUpdate\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.wsi.worker.v1.TileProgressH\x00\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.wsi.worker.v1.JobOutputH\x00\x12(\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.wsi.worker.v1.JobErrorH\x00\x42\x08\n\x06update\"\x10\n\x0eGetInfoRequest\"\xe5\x01\n\nWorkerInfo\x12\r\n\x05slots\x18\x01 \x01(\x05\x12,\n\tjob_types\x18\x04 \x03(\x0e\x32\x19.wsi.scheduler.v1.JobType\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x05 \x03(\t\x12>\n\x0b\x62\x61\x63kend_mpp\x18\x06 \x03(\x0b\x32).wsi.worker.v1.WorkerInfo.BackendMppEntry\x1a\x31\n\x0f\x42\x61\x63kendMppEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01J\x04\x08\x02\x10\x03\x32\x82\x05\n\x06Worker\x12\x42\n\x06RunJob\x12\x1c.wsi.worker.v1.RunJobRequest\x1a\x18.wsi.worker.v1.JobUpdate0\x01\x12\x43\n\x07GetInfo\x12\x1d.wsi.worker.v1.GetInfoRequest\x1a\x19.wsi.worker.v1.WorkerInfo\x12J\n\nReadResult\x12 .wsi.worker.v1.ReadResultRequest\x1a\x18.wsi.worker.v1.FileChunk0\x01\x12Z\n\rDeleteResults\x12#.wsi.worker.v1.DeleteResultsRequest\x1a$.wsi.worker.v1.DeleteResultsResponse\x12R\n\x10\x44\x65scribeDeepZoom\x12\x1e.wsi.worker.v1.DeepZoomRequest\x1a\x1e.wsi.scheduler.v1.DeepZoomInfo\x12V\n\x10ReadDeepZoomTile\x12\".wsi.worker.v1.DeepZoomTileRequest\x1a\x1e.wsi.scheduler.v1.DeepZoomTile\x12J\n\nQueryCells\x12 .wsi.worker.v1.QueryCellsRequest\x1a\x18.wsi.worker.v1.FileChunk0\x01\x12O\n\x0b\x43\x65llDensity\x12!.wsi.worker.v1.CellDensityRequest\x1a\x1d.wsi.scheduler.v1.CellDensity2\xe5\x01\n\x0eWorkerRegistry\x12?\n\x04Join\x12\x1a.wsi.worker.v1.JoinRequest\x1a\x1b.wsi.worker.v1.JoinResponse\x12N\n\tHeartbeat\x12\x1f.wsi.worker.v1.HeartbeatRequest\x1a .wsi.worker.v1.HeartbeatResponse\x12\x42\n\x05Leave\x12\x1b.wsi.worker.v1.LeaveRequest\x1a\x1c.wsi.worker.v1.LeaveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,30 +58,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETERESULTSREQUEST']._serialized_end=436
   _globals['_DELETERESULTSRESPONSE']._serialized_start=438
   _globals['_DELETERESULTSRESPONSE']._serialized_end=461
-  _globals['_RUNJOBREQUEST']._serialized_start=464
-  _globals['_RUNJOBREQUEST']._serialized_end=734
-  _globals['_RUNJOBREQUEST_PARAMSENTRY']._serialized_start=683
-  _globals['_RUNJOBREQUEST_PARAMSENTRY']._serialized_end=728
-  _globals['_TISSUEMASK']._serialized_start=736
-  _globals['_TISSUEMASK']._serialized_end=828
-  _globals['_TILEPROGRESS']._serialized_start=830
-  _globals['_TILEPROGRESS']._serialized_end=885
-  _globals['_JOBOUTPUT']._serialized_start=888
-  _globals['_JOBOUTPUT']._serialized_end=1062
-  _globals['_JOBOUTPUT_FILESENTRY']._serialized_start=1018
-  _globals['_JOBOUTPUT_FILESENTRY']._serialized_end=1062
-  _globals['_JOBERROR']._serialized_start=1064
-  _globals['_JOBERROR']._serialized_end=1105
-  _globals['_JOBUPDATE']._serialized_start=1108
-  _globals['_JOBUPDATE']._serialized_end=1264
-  _globals['_GETINFOREQUEST']._serialized_start=1266
-  _globals['_GETINFOREQUEST']._serialized_end=1282
-  _globals['_WORKERINFO']._serialized_start=1285
-  _globals['_WORKERINFO']._serialized_end=1514
-  _globals['_WORKERINFO_BACKENDMPPENTRY']._serialized_start=1459
-  _globals['_WORKERINFO_BACKENDMPPENTRY']._serialized_end=1508
-  _globals['_WORKER']._serialized_start=1517
-  _globals['_WORKER']._serialized_end=1830
-  _globals['_WORKERREGISTRY']._serialized_start=1833
-  _globals['_WORKERREGISTRY']._serialized_end=2062
+  _globals['_DEEPZOOMREQUEST']._serialized_start=463
+  _globals['_DEEPZOOMREQUEST']._serialized_end=498
+  _globals['_DEEPZOOMTILEREQUEST']._serialized_start=500
+  _globals['_DEEPZOOMTILEREQUEST']._serialized_end=580
+  _globals['_QUERYCELLSREQUEST']._serialized_start=582
+  _globals['_QUERYCELLSREQUEST']._serialized_end=665
+  _globals['_CELLDENSITYREQUEST']._serialized_start=667
+  _globals['_CELLDENSITYREQUEST']._serialized_end=720
+  _globals['_RUNJOBREQUEST']._serialized_start=723
+  _globals['_RUNJOBREQUEST']._serialized_end=993
+  _globals['_RUNJOBREQUEST_PARAMSENTRY']._serialized_start=942
+  _globals['_RUNJOBREQUEST_PARAMSENTRY']._serialized_end=987
+  _globals['_TISSUEMASK']._serialized_start=995
+  _globals['_TISSUEMASK']._serialized_end=1087
+  _globals['_TILEPROGRESS']._serialized_start=1089
+  _globals['_TILEPROGRESS']._serialized_end=1144
+  _globals['_JOBOUTPUT']._serialized_start=1147
+  _globals['_JOBOUTPUT']._serialized_end=1321
+  _globals['_JOBOUTPUT_FILESENTRY']._serialized_start=1277
+  _globals['_JOBOUTPUT_FILESENTRY']._serialized_end=1321
+  _globals['_JOBERROR']._serialized_start=1323
+  _globals['_JOBERROR']._serialized_end=1364
+  _globals['_JOBUPDATE']._serialized_start=1367
+  _globals['_JOBUPDATE']._serialized_end=1523
+  _globals['_GETINFOREQUEST']._serialized_start=1525
+  _globals['_GETINFOREQUEST']._serialized_end=1541
+  _globals['_WORKERINFO']._serialized_start=1544
+  _globals['_WORKERINFO']._serialized_end=1773
+  _globals['_WORKERINFO_BACKENDMPPENTRY']._serialized_start=1718
+  _globals['_WORKERINFO_BACKENDMPPENTRY']._serialized_end=1767
+  _globals['_WORKER']._serialized_start=1776
+  _globals['_WORKER']._serialized_end=2418
+  _globals['_WORKERREGISTRY']._serialized_start=2421
+  _globals['_WORKERREGISTRY']._serialized_end=2650
 # @@protoc_insertion_point(module_scope)

@@ -218,6 +218,109 @@ class DeleteResultsResponse(_message.Message):
 Global___DeleteResultsResponse: _TypeAlias = DeleteResultsResponse  # noqa: Y015
 
 @_typing.final
+class DeepZoomRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WSI_PATH_FIELD_NUMBER: _builtins.int
+    wsi_path: _builtins.str
+    """As in RunJobRequest: relative to the worker's slide roots."""
+    def __init__(
+        self,
+        *,
+        wsi_path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["wsi_path", b"wsi_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeepZoomRequest: _TypeAlias = DeepZoomRequest  # noqa: Y015
+
+@_typing.final
+class DeepZoomTileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WSI_PATH_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    COL_FIELD_NUMBER: _builtins.int
+    ROW_FIELD_NUMBER: _builtins.int
+    wsi_path: _builtins.str
+    level: _builtins.int
+    col: _builtins.int
+    row: _builtins.int
+    def __init__(
+        self,
+        *,
+        wsi_path: _builtins.str = ...,
+        level: _builtins.int = ...,
+        col: _builtins.int = ...,
+        row: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["col", b"col", "level", b"level", "row", b"row", "wsi_path", b"wsi_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeepZoomTileRequest: _TypeAlias = DeepZoomTileRequest  # noqa: Y015
+
+@_typing.final
+class QueryCellsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    X0_FIELD_NUMBER: _builtins.int
+    Y0_FIELD_NUMBER: _builtins.int
+    X1_FIELD_NUMBER: _builtins.int
+    Y1_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    x0: _builtins.float
+    """Level-0 pixels; x0 < x1, y0 < y1."""
+    y0: _builtins.float
+    x1: _builtins.float
+    y1: _builtins.float
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        x0: _builtins.float = ...,
+        y0: _builtins.float = ...,
+        x1: _builtins.float = ...,
+        y1: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "x0", b"x0", "x1", b"x1", "y0", b"y0", "y1", b"y1"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryCellsRequest: _TypeAlias = QueryCellsRequest  # noqa: Y015
+
+@_typing.final
+class CellDensityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CELL_PX_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    cell_px: _builtins.float
+    """The grid's cell side in level-0 pixels (grown to keep the grid small)."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        cell_px: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell_px", b"cell_px", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CellDensityRequest: _TypeAlias = CellDensityRequest  # noqa: Y015
+
+@_typing.final
 class RunJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as wsi_dot_scheduler_dot_v1_dot_scheduler__pb2
 from wsi_protocol.worker.v1 import worker_pb2 as wsi_dot_worker_dot_v1_dot_worker__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -54,6 +55,26 @@ class WorkerStub:
                 request_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.DeleteResultsRequest.SerializeToString,
                 response_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.DeleteResultsResponse.FromString,
                 _registered_method=True)
+        self.DescribeDeepZoom = channel.unary_unary(
+                '/wsi.worker.v1.Worker/DescribeDeepZoom',
+                request_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.DeepZoomRequest.SerializeToString,
+                response_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.DeepZoomInfo.FromString,
+                _registered_method=True)
+        self.ReadDeepZoomTile = channel.unary_unary(
+                '/wsi.worker.v1.Worker/ReadDeepZoomTile',
+                request_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.DeepZoomTileRequest.SerializeToString,
+                response_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.DeepZoomTile.FromString,
+                _registered_method=True)
+        self.QueryCells = channel.unary_stream(
+                '/wsi.worker.v1.Worker/QueryCells',
+                request_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.QueryCellsRequest.SerializeToString,
+                response_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.FileChunk.FromString,
+                _registered_method=True)
+        self.CellDensity = channel.unary_unary(
+                '/wsi.worker.v1.Worker/CellDensity',
+                request_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.CellDensityRequest.SerializeToString,
+                response_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.CellDensity.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -89,6 +110,35 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeDeepZoom(self, request, context):
+        """A slide's shape as Deep Zoom (OpenSlide's DeepZoomGenerator).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadDeepZoomTile(self, request, context):
+        """One Deep Zoom tile of a slide, JPEG. OUT_OF_RANGE: no such tile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryCells(self, request, context):
+        """The nuclei of a job this worker ran whose outlines meet a box, as a
+        GeoJSON FeatureCollection in chunks (from the job's cell index).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CellDensity(self, request, context):
+        """Nuclei per cell of a coarse grid over a job's slide.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +161,26 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.DeleteResults,
                     request_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.DeleteResultsRequest.FromString,
                     response_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.DeleteResultsResponse.SerializeToString,
+            ),
+            'DescribeDeepZoom': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeDeepZoom,
+                    request_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.DeepZoomRequest.FromString,
+                    response_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.DeepZoomInfo.SerializeToString,
+            ),
+            'ReadDeepZoomTile': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadDeepZoomTile,
+                    request_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.DeepZoomTileRequest.FromString,
+                    response_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.DeepZoomTile.SerializeToString,
+            ),
+            'QueryCells': grpc.unary_stream_rpc_method_handler(
+                    servicer.QueryCells,
+                    request_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.QueryCellsRequest.FromString,
+                    response_serializer=wsi_dot_worker_dot_v1_dot_worker__pb2.FileChunk.SerializeToString,
+            ),
+            'CellDensity': grpc.unary_unary_rpc_method_handler(
+                    servicer.CellDensity,
+                    request_deserializer=wsi_dot_worker_dot_v1_dot_worker__pb2.CellDensityRequest.FromString,
+                    response_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.CellDensity.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +291,114 @@ class Worker:
             '/wsi.worker.v1.Worker/DeleteResults',
             wsi_dot_worker_dot_v1_dot_worker__pb2.DeleteResultsRequest.SerializeToString,
             wsi_dot_worker_dot_v1_dot_worker__pb2.DeleteResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeDeepZoom(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wsi.worker.v1.Worker/DescribeDeepZoom',
+            wsi_dot_worker_dot_v1_dot_worker__pb2.DeepZoomRequest.SerializeToString,
+            wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.DeepZoomInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadDeepZoomTile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wsi.worker.v1.Worker/ReadDeepZoomTile',
+            wsi_dot_worker_dot_v1_dot_worker__pb2.DeepZoomTileRequest.SerializeToString,
+            wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.DeepZoomTile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryCells(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/wsi.worker.v1.Worker/QueryCells',
+            wsi_dot_worker_dot_v1_dot_worker__pb2.QueryCellsRequest.SerializeToString,
+            wsi_dot_worker_dot_v1_dot_worker__pb2.FileChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CellDensity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wsi.worker.v1.Worker/CellDensity',
+            wsi_dot_worker_dot_v1_dot_worker__pb2.CellDensityRequest.SerializeToString,
+            wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.CellDensity.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,6 +10,7 @@ caller cancels it, the worker stops at the next tile.
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as _scheduler_pb2
 from wsi_protocol.worker.v1 import worker_pb2 as _worker_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -48,6 +49,16 @@ class WorkerStub:
     """Deletes a job's results folder here (retention); deleting what is not
     there succeeds.
     """
+    DescribeDeepZoom: _grpc.UnaryUnaryMultiCallable[_worker_pb2.DeepZoomRequest, _scheduler_pb2.DeepZoomInfo]
+    """A slide's shape as Deep Zoom (OpenSlide's DeepZoomGenerator)."""
+    ReadDeepZoomTile: _grpc.UnaryUnaryMultiCallable[_worker_pb2.DeepZoomTileRequest, _scheduler_pb2.DeepZoomTile]
+    """One Deep Zoom tile of a slide, JPEG. OUT_OF_RANGE: no such tile."""
+    QueryCells: _grpc.UnaryStreamMultiCallable[_worker_pb2.QueryCellsRequest, _worker_pb2.FileChunk]
+    """The nuclei of a job this worker ran whose outlines meet a box, as a
+    GeoJSON FeatureCollection in chunks (from the job's cell index).
+    """
+    CellDensity: _grpc.UnaryUnaryMultiCallable[_worker_pb2.CellDensityRequest, _scheduler_pb2.CellDensity]
+    """Nuclei per cell of a coarse grid over a job's slide."""
 
 @_typing.type_check_only
 class WorkerAsyncStub(WorkerStub):
@@ -64,6 +75,16 @@ class WorkerAsyncStub(WorkerStub):
     """Deletes a job's results folder here (retention); deleting what is not
     there succeeds.
     """
+    DescribeDeepZoom: _aio.UnaryUnaryMultiCallable[_worker_pb2.DeepZoomRequest, _scheduler_pb2.DeepZoomInfo]  # type: ignore[assignment]
+    """A slide's shape as Deep Zoom (OpenSlide's DeepZoomGenerator)."""
+    ReadDeepZoomTile: _aio.UnaryUnaryMultiCallable[_worker_pb2.DeepZoomTileRequest, _scheduler_pb2.DeepZoomTile]  # type: ignore[assignment]
+    """One Deep Zoom tile of a slide, JPEG. OUT_OF_RANGE: no such tile."""
+    QueryCells: _aio.UnaryStreamMultiCallable[_worker_pb2.QueryCellsRequest, _worker_pb2.FileChunk]  # type: ignore[assignment]
+    """The nuclei of a job this worker ran whose outlines meet a box, as a
+    GeoJSON FeatureCollection in chunks (from the job's cell index).
+    """
+    CellDensity: _aio.UnaryUnaryMultiCallable[_worker_pb2.CellDensityRequest, _scheduler_pb2.CellDensity]  # type: ignore[assignment]
+    """Nuclei per cell of a coarse grid over a job's slide."""
 
 class WorkerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -101,6 +122,40 @@ class WorkerServicer(metaclass=_abc_1.ABCMeta):
         """Deletes a job's results folder here (retention); deleting what is not
         there succeeds.
         """
+
+    @_abc_1.abstractmethod
+    def DescribeDeepZoom(
+        self,
+        request: _worker_pb2.DeepZoomRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.DeepZoomInfo, _abc.Awaitable[_scheduler_pb2.DeepZoomInfo]]:
+        """A slide's shape as Deep Zoom (OpenSlide's DeepZoomGenerator)."""
+
+    @_abc_1.abstractmethod
+    def ReadDeepZoomTile(
+        self,
+        request: _worker_pb2.DeepZoomTileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.DeepZoomTile, _abc.Awaitable[_scheduler_pb2.DeepZoomTile]]:
+        """One Deep Zoom tile of a slide, JPEG. OUT_OF_RANGE: no such tile."""
+
+    @_abc_1.abstractmethod
+    def QueryCells(
+        self,
+        request: _worker_pb2.QueryCellsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_worker_pb2.FileChunk], _abc.AsyncIterator[_worker_pb2.FileChunk]]:
+        """The nuclei of a job this worker ran whose outlines meet a box, as a
+        GeoJSON FeatureCollection in chunks (from the job's cell index).
+        """
+
+    @_abc_1.abstractmethod
+    def CellDensity(
+        self,
+        request: _worker_pb2.CellDensityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.CellDensity, _abc.Awaitable[_scheduler_pb2.CellDensity]]:
+        """Nuclei per cell of a coarse grid over a job's slide."""
 
 def add_WorkerServicer_to_server(servicer: WorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

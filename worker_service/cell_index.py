@@ -1,0 +1,143 @@
+"""The nuclei of a finished job by place: each nucleus's outline box and where
+its feature sits in cells.geojson, saved beside it when the job ends, so that
+a viewer's box is answered from an R-tree and a few slices of the file instead
+of reading (and parsing) the whole collection.
+
+Pure logic on arrays and bytes: no gRPC, no files but the ones named."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import numpy.typing as npt
+import shapely
+
+from wsi_runtime.boxes import Box
+
+INDEX_NAME = "cells.index.npz"
+MAX_DENSITY_CELLS = 512  # a density grid's longest side, in cells
+
+
+@dataclass
+class CellIndex:
+    """Row i: the i-th feature of cells.geojson, its outline box (widened by
+    the coordinates' rounding) and its bytes ``offsets[i]`` to
+    ``offsets[i] + lengths[i]`` in the file."""
+
+    bounds: npt.NDArray[np.float64]  # (n, 4)
+    offsets: npt.NDArray[np.int64]
+    lengths: npt.NDArray[np.int64]
+    _tree: shapely.STRtree | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def tree(self) -> shapely.STRtree:
+        if self._tree is None:
+            self._tree = shapely.STRtree(shapely.box(*self.bounds.T))
+        return self._tree
+
+    def near(self, box: Box) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """The rows whose outline box meets ``box``, in file order, and for each
+        whether its box lies within ``box`` (then the outline surely meets it;
+        the others need their outline checked)."""
+        if not len(self):
+            return np.zeros(0, np.int64), np.zeros(0, bool)
+        rows = np.sort(self.tree.query(shapely.box(*box)).astype(np.int64))
+        x0, y0, x1, y1 = box
+        b = self.bounds[rows]
+        within = (b[:, 0] >= x0) & (b[:, 1] >= y0) & (b[:, 2] <= x1) & (b[:, 3] <= y1)
+        return rows, within
+
+    def density(self, cell_px: float) -> tuple[float, int, int, npt.NDArray[np.int64]]:
+        """Nuclei per square cell of a grid from (0, 0) over all of them, by
+        the centre of each outline box: (cell size used, columns, rows,
+        counts row-major). The cell grows so that no side has more than
+        ``MAX_DENSITY_CELLS``."""
+        if not len(self):
+            return max(cell_px, 1.0), 0, 0, np.zeros(0, np.int64)
+        centres_x = (self.bounds[:, 0] + self.bounds[:, 2]) / 2
+        centres_y = (self.bounds[:, 1] + self.bounds[:, 3]) / 2
+        extent = max(float(centres_x.max()), float(centres_y.max()), 1.0)
+        cell = max(cell_px, math.ceil(extent / MAX_DENSITY_CELLS), 1.0)
+        columns = int(centres_x.max() // cell) + 1
+        rows = int(centres_y.max() // cell) + 1
+        col = np.clip(centres_x // cell, 0, columns - 1).astype(np.int64)
+        row = np.clip(centres_y // cell, 0, rows - 1).astype(np.int64)
+        counts = np.bincount(row * columns + col, minlength=rows * columns)
+        return cell, columns, rows, counts
+
+
+def outline_meets(feature: bytes, box: Box) -> bool:
+    """Whether a cells.geojson feature's outline meets ``box`` (touching counts)."""
+    geometry = json.loads(feature)["geometry"]
+    rings = geometry["coordinates"]
+    polygon = shapely.Polygon(rings[0], rings[1:])
+    return bool(polygon.intersects(shapely.box(*box)))
+
+
+class IndexBuilder:
+    """Collects rows as the features are written."""
+
+    def __init__(self) -> None:
+        self._bounds: list[npt.NDArray[np.float64]] = []
+        self._offsets: list[int] = []
+        self._lengths: list[int] = []
+
+    def add(self, offset: int, length: int, bounds: Iterable[float]) -> None:
+        self._offsets.append(offset)
+        self._lengths.append(length)
+        self._bounds.append(np.asarray(bounds, np.float64))
+
+    def build(self) -> CellIndex:
+        bounds = np.stack(self._bounds) if self._bounds else np.zeros((0, 4))
+        return CellIndex(
+            bounds, np.asarray(self._offsets, np.int64), np.asarray(self._lengths, np.int64)
+        )
+
+
+def save(index: CellIndex, handle: IO[Any]) -> None:
+    np.savez(handle, bounds=index.bounds, offsets=index.offsets, lengths=index.lengths)
+
+
+def load(path: Path) -> CellIndex:
+    with np.load(path, allow_pickle=False) as saved:
+        return CellIndex(
+            saved["bounds"].astype(np.float64),
+            saved["offsets"].astype(np.int64),
+            saved["lengths"].astype(np.int64),
+        )
+
+
+def from_collection(data: bytes) -> CellIndex:
+    """The index of a cells.geojson written one feature per line (every
+    version of it the worker has written), for results older than their index."""
+    builder = IndexBuilder()
+    offset = 0
+    for line in data.splitlines(keepends=True):
+        start, text = offset, line.rstrip(b",\r\n")
+        offset += len(line)
+        if not text.startswith(b'{"type":"Feature"'):
+            continue
+        rings = json.loads(text)["geometry"]["coordinates"]
+        points = np.asarray(rings[0], np.float64)
+        low, high = points.min(axis=0) - 0.01, points.max(axis=0) + 0.01
+        builder.add(start, len(text), (*low, *high))
+    return builder.build()
+
+
+def collection(features: Iterable[bytes]) -> Iterable[bytes]:
+    """A GeoJSON FeatureCollection of ``features`` (encoded), in pieces."""
+    yield b'{"type":"FeatureCollection","features":['
+    first = True
+    for feature in features:
+        yield feature if first else b"," + feature
+        first = False
+    yield b"]}"
