@@ -22,6 +22,10 @@ from wsi_runtime.boxes import Box
 
 INDEX_NAME = "cells.index.npz"
 MAX_DENSITY_CELLS = 512  # a density grid's longest side, in cells
+# Asked for no particular cell: 256 level-0 px (128 um at 0.5 um/px, some tens
+# of nuclei in tissue), larger on a slide over 256 such cells across.
+DEFAULT_DENSITY_CELL_PX = 256
+DEFAULT_DENSITY_CELLS = 256
 
 
 @dataclass
@@ -60,12 +64,19 @@ class CellIndex:
         """Nuclei per square cell of a grid from (0, 0) over all of them, by
         the centre of each outline box: (cell size used, columns, rows,
         counts row-major). The cell grows so that no side has more than
-        ``MAX_DENSITY_CELLS``."""
+        ``MAX_DENSITY_CELLS``; ``cell_px`` 0 picks the default."""
         if not len(self):
-            return max(cell_px, 1.0), 0, 0, np.zeros(0, np.int64)
+            return (
+                max(cell_px, 1.0) if cell_px > 0 else float(DEFAULT_DENSITY_CELL_PX),
+                0,
+                0,
+                np.zeros(0, np.int64),
+            )
         centres_x = (self.bounds[:, 0] + self.bounds[:, 2]) / 2
         centres_y = (self.bounds[:, 1] + self.bounds[:, 3]) / 2
         extent = max(float(centres_x.max()), float(centres_y.max()), 1.0)
+        if cell_px <= 0:
+            cell_px = max(DEFAULT_DENSITY_CELL_PX, math.ceil(extent / DEFAULT_DENSITY_CELLS))
         cell = max(cell_px, math.ceil(extent / MAX_DENSITY_CELLS), 1.0)
         columns = int(centres_x.max() // cell) + 1
         rows = int(centres_y.max() // cell) + 1

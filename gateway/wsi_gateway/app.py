@@ -33,7 +33,10 @@ from wsi_runtime.version import VERSION
 log = logging.getLogger("wsi.gateway")
 STATIC = Path(__file__).resolve().parent / "static"
 # Swagger UI's files, from the npm registry (gateway/web/package.json, `make web`).
-DOCS_ASSETS = Path(__file__).resolve().parents[1] / "web" / "node_modules" / "swagger-ui-dist"
+WEB_MODULES = Path(__file__).resolve().parents[1] / "web" / "node_modules"
+DOCS_ASSETS = WEB_MODULES / "swagger-ui-dist"
+# OpenSeadragon's build (script and button images), for the slide viewer.
+VIEWER_ASSETS = WEB_MODULES / "openseadragon" / "build" / "openseadragon"
 KEEPALIVE_S = 15.0
 
 
@@ -150,6 +153,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if DOCS_ASSETS.is_dir():
         app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+    if VIEWER_ASSETS.is_dir():  # without it the UI shows the static preview only
+        app.mount("/viewer-assets", StaticFiles(directory=VIEWER_ASSETS), name="viewer-assets")
     # GeoJSON and JSON shrink several times; images and event streams are left
     # alone (Starlette's defaults), large bodies compress off the event loop.
     app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=6)

@@ -29,7 +29,7 @@ SECURITY_HEADERS = (
     (b"referrer-policy", b"no-referrer"),
 )
 # Code and styles are the same for everyone: cached, but checked again each time.
-SHARED_PREFIXES = ("/static/", "/docs-assets/")
+SHARED_PREFIXES = ("/static/", "/docs-assets/", "/viewer-assets/")
 SHARED_CACHE = ((b"cache-control", b"no-cache"),)
 # A slide's tiles do not change: the caller's own browser keeps them a while
 # (Vary: a tile fetched as one user is never reused for another).

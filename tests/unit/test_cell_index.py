@@ -122,3 +122,10 @@ def test_bad_boxes_are_refused(text: str) -> None:
 
 def test_a_good_box_parses() -> None:
     assert parse_box("0,1.5,20,30") == (0.0, 1.5, 20.0, 30.0)
+
+
+def test_density_picks_a_cell_when_asked_for_none(tmp_path: Path) -> None:
+    index = _write(tmp_path / "cells.geojson", _nuclei(500, 6, extent=3000))
+    cell, columns, rows, counts = index.density(0)
+    assert cell == cell_index.DEFAULT_DENSITY_CELL_PX and counts.sum() == 500
+    assert columns == rows == 12  # 3000 px / 256

@@ -241,7 +241,58 @@ function revokeBlobs() {
   state.blobs.clear();
 }
 
+// ---- slide viewer -------------------------------------------------------------
+
+let slideViewer = null;
+
+function closeViewer() {
+  slideViewer?.close();
+  slideViewer = null;
+  window.wsiViewer = null;
+  $("#viewer").replaceChildren();
+  $("#viewer").removeAttribute("data-mode");
+  $("#viewer").removeAttribute("data-nuclei");
+  $("#viewer-panel").hidden = true;
+  $("#viewer-error").textContent = "";
+  $("#result-dialog").classList.remove("viewing");
+  showNucleus(null);
+}
+
+function layers() {
+  return { tissue: $("#layer-tissue").checked, nuclei: $("#layer-nuclei").checked, density: $("#layer-density").checked };
+}
+
+function showNucleus(feature) {
+  const measured = feature?.properties?.measurements || {};
+  $("#cell-hint").textContent = feature ? "" : "none selected";
+  $("#cell-info").replaceChildren(...(feature ? [["id", feature.id], ...Object.entries(measured)] : [])
+    .flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-measure": k }, v)]));
+}
+
+async function openViewer(job) {
+  closeViewer();
+  const epoch = state.epoch;
+  $("#result-dialog").classList.add("viewing");
+  $("#viewer-panel").hidden = false;
+  const hasCells = "cells.geojson" in (job.result?.files || {});
+  $("#layer-nuclei").disabled = $("#layer-density").disabled = !hasCells;
+  const viewer = new SlideViewer({
+    job, headers: identityHeaders(), element: $("#viewer"), layers: layers(), onSelect: showNucleus,
+  });
+  slideViewer = viewer;
+  try {
+    await viewer.open();
+  } catch (error) {
+    if (epoch !== state.epoch || slideViewer !== viewer) return;
+    closeViewer();
+    $("#viewer-error").textContent = `The slide viewer cannot open: ${error.message}`;
+    return;
+  }
+  if (slideViewer === viewer) window.wsiViewer = viewer; // for scripts and tests driving the view
+}
+
 function clearResult() {
+  closeViewer();
   const dialog = $("#result-dialog");
   if (dialog.open) dialog.close();
   $("#result-preview").removeAttribute("src");
@@ -277,6 +328,7 @@ async function showResult(job) {
     });
     links.append(link);
   }
+  $("#open-viewer").onclick = () => act(() => openViewer(job));
   // The image first, then the dialog: it never shows an earlier picture.
   const preview = await blobUrl(`/jobs/${job.job_id}/results/preview.png`);
   $("#result-preview").src = preview;
@@ -388,7 +440,17 @@ function start() {
   $("#user-form").addEventListener("submit", later(() => useIdentity($("#user-id").value.trim())));
   $("#create-form").addEventListener("submit", later(submitWorkflow));
   $("#add-row").addEventListener("click", later(() => addRow()));
-  $("#result-dialog").addEventListener("close", () => $("#result-preview").removeAttribute("src"));
+  $("#result-dialog").addEventListener("close", () => {
+    $("#result-preview").removeAttribute("src");
+    closeViewer();
+  });
+  for (const id of ["#layer-tissue", "#layer-nuclei", "#layer-density"]) {
+    $(id).addEventListener("change", () => {
+      if (!slideViewer) return;
+      slideViewer.layers = layers();
+      slideViewer.draw();
+    });
+  }
   setInterval(refreshStats, 2000);
   ready.then(() => {
     const stored = storage().getItem("wsi-identity") || "";

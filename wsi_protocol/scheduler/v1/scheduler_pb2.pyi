@@ -1121,7 +1121,9 @@ class GetCellDensityRequest(_message.Message):
     CELL_PX_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     cell_px: _builtins.float
-    """Cell side in level-0 pixels; 0 picks one (about 256 cells across)."""
+    """Cell side in level-0 pixels; 0 picks one: 256, or more on a slide over
+    256 such cells across.
+    """
     def __init__(
         self,
         *,
