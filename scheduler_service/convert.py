@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import PurePath
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -90,7 +91,19 @@ def job_message(store: Store, job: JobRecord) -> pb.Job:
     if job.state is State.SUCCEEDED:
         msg.result.files.update(public_files(job.job_id, job.result_files))
         msg.result.summary = public_summary(job.result_summary)
+        structured = summary_object(msg.result.summary)
+        if structured is not None:
+            msg.result.structured_summary.update(structured)
     return msg
+
+
+def summary_object(summary: str) -> dict[str, Any] | None:
+    """The summary document as an object, if it is one."""
+    try:
+        document = json.loads(summary) if summary else None
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
 
 
 def public_files(job_id: str, files: Mapping[str, str]) -> dict[str, str]:

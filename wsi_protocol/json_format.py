@@ -7,11 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 _ENUM_PREFIXES = ("JOB_STATE_", "WORKFLOW_STATE_")
+# A string field kept for older clients whose JSON name goes to a structured
+# sibling: (message, JSON name) -> the field shown under that name.
+_SHOWN_AS = {("wsi.scheduler.v1.JobResult", "summary"): "structured_summary"}
+_HIDDEN = {(message, shown) for (message, _), shown in _SHOWN_AS.items()}
 
 
 def enum_name(field: Any, number: int) -> str:
@@ -33,20 +39,39 @@ def _scalar(field: Any, value: Any) -> Any:
     return value
 
 
+def _plain_numbers(value: Any) -> Any:
+    """A Struct holds every number as a double: whole ones go back to ints."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_numbers(v) for v in value]
+    return value
+
+
 def to_json(message: Message) -> Any:
     if isinstance(message, Timestamp):
         return message.ToJsonString() if message.seconds or message.nanos else None
+    if isinstance(message, Struct):
+        return _plain_numbers(json_format.MessageToDict(message))
     out: dict[str, Any] = {}
     field: Any
-    for field in message.DESCRIPTOR.fields:
+    full_name = message.DESCRIPTOR.full_name
+    for listed in message.DESCRIPTOR.fields:
+        name = listed.name
+        if (full_name, name) in _HIDDEN:
+            continue
+        shown = _SHOWN_AS.get((full_name, name))
+        field = message.DESCRIPTOR.fields_by_name[shown] if shown else listed
         value = getattr(message, field.name)
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
-            out[field.name] = {k: _scalar(value_field, v) for k, v in value.items()}
+            out[name] = {k: _scalar(value_field, v) for k, v in value.items()}
         elif field.is_repeated:
-            out[field.name] = [_scalar(field, v) for v in value]
+            out[name] = [_scalar(field, v) for v in value]
         elif field.type == FieldDescriptor.TYPE_MESSAGE and not message.HasField(field.name):
-            out[field.name] = None
+            out[name] = None
         else:
-            out[field.name] = _scalar(field, value)
+            out[name] = _scalar(field, value)
     return out

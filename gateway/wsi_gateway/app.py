@@ -157,7 +157,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.mount("/viewer-assets", StaticFiles(directory=VIEWER_ASSETS), name="viewer-assets")
     # GeoJSON and JSON shrink several times; images and event streams are left
     # alone (Starlette's defaults), large bodies compress off the event loop.
-    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=6)
+    # Level 1: a viewer's box of 1,000 nuclei compressed in ~6 ms instead of
+    # ~34 ms at level 6 (measured), for a tenth more bytes.
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=1)
     # The last added runs first: the safety headers go on every answer, and a
     # foreign Host or an oversized body never reaches a route.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

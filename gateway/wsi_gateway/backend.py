@@ -4,7 +4,7 @@ which app.py maps to HTTP in one place."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import AsyncIterable, Awaitable
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
@@ -44,6 +44,14 @@ class NotFoundError(Exception):
 async def call(awaitable: Awaitable[M]) -> M:
     try:
         return await awaitable
+    except grpc.aio.AioRpcError as error:
+        raise GrpcFailure(error) from error
+
+
+async def collect(stream: AsyncIterable[M]) -> list[M]:
+    """Every message of a server stream, its error status raised as ``call`` does."""
+    try:
+        return [message async for message in stream]
     except grpc.aio.AioRpcError as error:
         raise GrpcFailure(error) from error
 

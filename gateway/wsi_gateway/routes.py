@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response, StreamingResponse
 
 from wsi_gateway import deep_zoom, events, sse
-from wsi_gateway.backend import BadRequest, Caller, Gateway, call
+from wsi_gateway.backend import BadRequest, Caller, Gateway, call, collect
 from wsi_gateway.bodies import WorkflowIn
 from wsi_protocol.json_format import to_json
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
@@ -147,18 +147,11 @@ async def cells_in_box(
     except BoxError as exc:
         raise BadRequest(str(exc)) from None
     request = pb.QueryCellsRequest(job_id=job_id, x0=x0, y0=y0, x1=x1, y1=y1)
-    chunks = gateway.stub.QueryCells(request, metadata=caller).__aiter__()
-    try:
-        first = await call(anext(chunks))  # errors before any byte is sent
-    except StopAsyncIteration:
-        raise BadRequest(f"the nuclei of job {job_id!r} came back empty") from None
-
-    async def body() -> AsyncIterator[bytes]:
-        yield first.data
-        async for chunk in chunks:
-            yield chunk.data
-
-    return StreamingResponse(body(), media_type="application/geo+json")
+    # Whole, then sent: one body compresses in one pass (a stream of chunks
+    # took 45 ms more through the gzip middleware, measured); a box holds at
+    # most 50,000 nuclei (some 35 MB), which the scheduler enforces.
+    chunks = await collect(gateway.stub.QueryCells(request, metadata=caller))
+    return Response(b"".join(c.data for c in chunks), media_type="application/geo+json")
 
 
 @router.get("/jobs/{job_id}/cells/density", summary="Nuclei per cell of a grid over the slide")

@@ -18,6 +18,7 @@ import pytest
 from tests.harness import SLIDES, Cluster, start_worker, user
 from tests.integration.support import create, follow, get, json_documents, rpc_error, spec
 from tests.timing import patience
+from wsi_protocol.json_format import to_json
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
@@ -206,6 +207,8 @@ def test_slide_formats_and_broken_slides(
     if state == pb.JOB_STATE_SUCCEEDED:
         summary = json.loads(job.result.summary)
         assert summary["tiles_total"] >= 1
+        # The same summary as a Struct: every field, nested ones too.
+        assert to_json(job.result.structured_summary) == summary
         expected = {"summary.json", "tissue.geojson", "tissue_mask.png", "preview.png"}
         if job_type == pb.CELL_SEGMENTATION:
             expected.add("cells.geojson")

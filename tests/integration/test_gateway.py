@@ -90,7 +90,7 @@ def test_readme_body_creates_and_every_read_route_answers(gw: Gateway) -> None:
         > 0
     )
     job = gw.http.get(f"/jobs/{wf['jobs'][0]['job_id']}", headers=headers).json()
-    assert job["state"] == "SUCCEEDED" and json.loads(job["result"]["summary"])["nuclei"] > 1000
+    assert job["state"] == "SUCCEEDED" and job["result"]["summary"]["nuclei"] > 1000
     stats = gw.http.get("/stats", headers=headers).json()
     assert stats["worker_slots_total"] == 2 and isinstance(stats["running_jobs"], int)
     assert gw.http.get("/healthz").json() == {"status": "ok"}

@@ -42,13 +42,14 @@ def readme_block(heading: str) -> list[str]:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 def test_readme_curl_examples_run_as_written(tmp_path: Path) -> None:
+    """In the setup they are written for: `make run` with its demo slide only."""
     slides = tmp_path / "slides"
-    synthetic_he_slide(slides / "demo.tiff", width=1024, height=768, seed=1)
-    with cluster(tmp_path, worker_slots=(2,), slide_roots=f"{slides}:{SLIDES}") as c:
+    synthetic_he_slide(slides / "demo.tiff", width=2048, height=1536, seed=1)
+    with cluster(tmp_path, worker_slots=(2,), slide_roots=str(slides)) as c:
         gateway = start_gateway(tmp_path, c.scheduler)
         try:
             commands = readme_block("## Try it with curl")
-            assert len(commands) == 7
+            assert len(commands) == 9
 
             def run(command: str, **ids: str) -> str:
                 command = command.replace("http://127.0.0.1:8000", gateway.address)
@@ -66,8 +67,11 @@ def test_readme_curl_examples_run_as_written(tmp_path: Path) -> None:
             run(commands[4], **ids)
             cells = json.loads((tmp_path / "cells.geojson").read_text())
             assert cells["type"] == "FeatureCollection" and len(cells["features"]) > 50
-            assert json.loads(run(commands[5], **ids))["code"] == "FAILED_PRECONDITION"
-            assert "running_jobs" in json.loads(run(commands[6], **ids))
+            in_box = json.loads(run(commands[5], **ids))["features"]
+            assert 0 < len(in_box) < len(cells["features"])
+            assert '<Size Width="2048" Height="1536"/>' in run(commands[6], **ids)
+            assert json.loads(run(commands[7], **ids))["code"] == "FAILED_PRECONDITION"
+            assert "running_jobs" in json.loads(run(commands[8], **ids))
         finally:
             gateway.stop()
 
@@ -201,3 +205,71 @@ def test_readme_token_recipe_runs_as_written(tmp_path: Path) -> None:
             assert refused["code"] == "UNAUTHENTICATED"
         finally:
             gateway.stop()
+
+
+def readme_wsi_lines() -> tuple[list[str], str]:
+    """The `wsi` section's shell lines (comments cut) and its YAML workflow file."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## The `wsi` command line") :]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    yaml_block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None and yaml_block is not None
+    lines = [line.split("  #")[0].strip() for line in block.group(1).splitlines()]
+    return [line for line in lines if line], yaml_block.group(1)
+
+
+def test_readme_wsi_examples_and_workflow_file_run_as_written(tmp_path: Path) -> None:
+    """The `wsi` lines and the YAML workflow file, in the setup they name:
+    `make run` as it starts, its demo slide only."""
+    slides = tmp_path / "slides"
+    synthetic_he_slide(slides / "demo.tiff", width=1024, height=768, seed=2)
+    lines, workflow_file = readme_wsi_lines()
+    export, commands = lines[0], lines[1:]
+    assert export.startswith("export PATH=") and len(commands) == 10
+    (tmp_path / "run.yaml").write_text(workflow_file)
+    with cluster(tmp_path, worker_slots=(2,), slide_roots=str(slides)) as c:
+        env = {
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "WSI_ADDRESS": c.scheduler.address,
+        }
+
+        def run(command: str, **ids: str) -> str:
+            for name, value in ids.items():
+                command = command.replace(name, value)
+            return shell(f"{export}; {command}", tmp_path, env)
+
+        def created(output: str) -> pb.Workflow:
+            found = re.search(r"workflow ([0-9a-f-]{36})", output)
+            assert found, output
+            request = pb.GetWorkflowRequest(workflow_id=found[1])
+            return c.stub.GetWorkflow(request, metadata=user("alice"))
+
+        first = created(run(commands[0]))
+        assert [j.job_type for j in first.jobs] == [pb.TISSUE_MASK, pb.CELL_SEGMENTATION]
+        watched = run(commands[1])  # --watch: returns when it ends, 0 when it succeeded
+        assert "SUCCEEDED" in watched
+        from_file = created(run(commands[2]))
+        assert sorted(j.key for j in from_file.jobs) == ["cells", "coarse", "mask"]
+        assert {j.wsi_path for j in from_file.jobs} == {"demo.tiff"}
+        ids = {"WORKFLOW_ID": first.workflow_id}
+        assert first.workflow_id in run(commands[3])
+        assert "demo.tiff" in run(commands[4], **ids)
+        run(commands[5], **ids)  # watch: until the workflow ends, and it succeeded
+        run(f"wsi watch {from_file.workflow_id}")  # the workflow file's jobs all succeed too
+        waiting = c.stub.CreateWorkflow(
+            pb.CreateWorkflowRequest(
+                jobs=[
+                    pb.JobSpec(branch="z", job_type=pb.CELL_SEGMENTATION, wsi_path="demo.tiff"),
+                    pb.JobSpec(branch="z", job_type=pb.TISSUE_MASK, wsi_path="demo.tiff"),
+                ]
+            ),
+            metadata=user("alice"),
+        )
+        assert "CANCELLED" in run(commands[6], JOB_ID=waiting.jobs[1].job_id)
+        cells_job = first.jobs[1].job_id
+        assert "cells.geojson" in run(commands[7], JOB_ID=cells_job)
+        run(commands[8], JOB_ID=cells_job)
+        downloaded = json.loads((tmp_path / "out" / "cells.geojson").read_text())
+        assert downloaded["type"] == "FeatureCollection"
+        assert run(commands[9])

@@ -306,7 +306,7 @@ async function showResult(job) {
   clearResult();
   const dialog = $("#result-dialog");
   $("#result-title").textContent = `${job.key} — ${job.job_type}`;
-  const summary = JSON.parse(job.result?.summary || "{}");
+  const summary = job.result?.summary || {};
   const facts = {
     "nuclei": summary.nuclei ?? "–",
     "tissue share": summary.tissue_fraction !== undefined ? `${Math.round(summary.tissue_fraction * 100)} %` : "–",

@@ -18,6 +18,7 @@ per user; RESOURCE_EXHAUSTED then carries the trailing metadata
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -226,12 +227,21 @@ class JobResult(_message.Message):
 
     FILES_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    STRUCTURED_SUMMARY_FIELD_NUMBER: _builtins.int
     summary: _builtins.str
-    """The job's summary as a JSON document."""
+    """The job's summary as a JSON document (kept for existing clients; the
+    same as structured_summary).
+    """
     @_builtins.property
     def files(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Result file name -> its path relative to the results folder (JOB_ID/NAME);
         the gateway serves it at /jobs/JOB_ID/results/NAME.
+        """
+
+    @_builtins.property
+    def structured_summary(self) -> _struct_pb2.Struct:
+        """The job's summary as a structured object: nuclei, tiles, timings, the
+        slide, the backend's details. Over HTTP it is the JSON "summary" object.
         """
 
     def __init__(
@@ -239,10 +249,11 @@ class JobResult(_message.Message):
         *,
         files: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         summary: _builtins.str = ...,
+        structured_summary: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["structured_summary", b"structured_summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "structured_summary", b"structured_summary", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
