@@ -125,6 +125,8 @@ def test_the_viewer_draws_each_nucleus_and_measures_it(
     wait_until(page, f"!!document.querySelector('#slide-list option[value=\"{name}\"]')")
     row = page.locator("#job-rows tbody tr").first
     row.locator("[name=key]").fill("cells")
+    offered = page.locator(f"#slide-list option[value='{name}']").inner_text()
+    assert f"{slide.width} x {slide.height} px" in offered  # described in the picker
     row.locator("[name=wsi_path]").fill(name)
     page.click("#submit-workflow")
     page.wait_for_selector(".workflow[data-state=SUCCEEDED]", timeout=90_000)
