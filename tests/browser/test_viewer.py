@@ -126,8 +126,16 @@ def test_the_viewer_draws_each_nucleus_and_measures_it(
     row = page.locator("#job-rows tbody tr").first
     row.locator("[name=key]").fill("cells")
     offered = page.locator(f"#slide-list option[value='{name}']").inner_text()
-    assert f"{slide.width} x {slide.height} px" in offered  # described in the picker
-    row.locator("[name=wsi_path]").fill(name)
+    assert f"{slide.width} x {slide.height} px" in offered  # described where it is offered
+    # The picker fills the form: a second row, then the slide clicked in the list.
+    page.click("#add-row")
+    second = page.locator("#job-rows tbody tr").nth(1)
+    row.locator("[name=wsi_path]").click()
+    page.click("#slide-picker summary")
+    page.click(f"#slide-picker-list [data-slide='{name}']")
+    assert row.locator("[name=wsi_path]").input_value() == name
+    assert second.locator("[name=wsi_path]").input_value() == ""
+    second.locator(".remove-row").click()
     page.click("#submit-workflow")
     page.wait_for_selector(".workflow[data-state=SUCCEEDED]", timeout=90_000)
     page.locator("tr[data-job=cells] .show-result").click()

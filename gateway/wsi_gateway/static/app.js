@@ -338,15 +338,28 @@ async function showResult(job) {
 // ---- dashboard ----------------------------------------------------------------
 
 // The slide picker: the names /slides lists, offered in every job row's slide field.
+// The job row a picked slide goes to: the one whose slide field was used
+// last, else the last row.
+let slideTarget = null;
+
+function pickSlide(name) {
+  const rows = [...document.querySelectorAll("#job-rows tbody [name=wsi_path]")];
+  const target = rows.includes(slideTarget) ? slideTarget : rows[rows.length - 1];
+  if (!target) return;
+  target.value = name;
+  target.focus();
+}
+
 async function loadSlides() {
   try {
     const listing = await api("GET", "/slides?page_size=1000");
-    $("#slide-list").replaceChildren(...listing.slides.map((slide) => {
-      const facts = slide.error ? slide.error
-        : [`${slide.width} x ${slide.height} px`, slide.mpp ? `${Number(slide.mpp).toFixed(3)} µm/px` : "", slide.vendor]
-          .filter(Boolean).join(", ");
-      return el("option", { value: slide.name }, facts);
-    }));
+    const described = listing.slides.map((slide) => [slide.name, slide.error ? slide.error
+      : [`${slide.width} x ${slide.height} px`, slide.mpp ? `${Number(slide.mpp).toFixed(3)} µm/px` : "", slide.vendor]
+        .filter(Boolean).join(", ")]);
+    $("#slide-list").replaceChildren(...described.map(([name, facts]) => el("option", { value: name }, facts)));
+    $("#slide-picker-list").replaceChildren(...described.map(([name, facts]) =>
+      el("li", {}, el("button", { type: "button", "data-slide": name, onclick: () => pickSlide(name) },
+        el("strong", {}, name), " ", el("span", { class: "muted" }, facts)))));
   } catch (error) {
     if (!(error instanceof Stale)) console.warn("slides", error.message);
   }
@@ -379,6 +392,7 @@ function clearDashboard() {
   for (const id of ["#stat-running", "#stat-pending", "#stat-users", "#stat-slots"]) $(id).textContent = "–";
   $("#stat-branches").replaceChildren();
   $("#slide-list").replaceChildren();
+  $("#slide-picker-list").replaceChildren();
 }
 
 async function useIdentity(identity) {
@@ -440,6 +454,9 @@ function start() {
   $("#user-form").addEventListener("submit", later(() => useIdentity($("#user-id").value.trim())));
   $("#create-form").addEventListener("submit", later(submitWorkflow));
   $("#add-row").addEventListener("click", later(() => addRow()));
+  $("#job-rows").addEventListener("focusin", (event) => {
+    if (event.target.getAttribute("name") === "wsi_path") slideTarget = event.target;
+  });
   $("#result-dialog").addEventListener("close", () => {
     $("#result-preview").removeAttribute("src");
     closeViewer();
