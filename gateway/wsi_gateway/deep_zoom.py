@@ -10,6 +10,7 @@ from wsi_gateway.backend import NotFoundError
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 DZI_NAMESPACE = "http://schemas.microsoft.com/deepzoom/2008"
+MAX_LEVEL = 63  # a 2^63 px slide; anything above names no level (and no int32)
 _TILE_NAME = re.compile(r"(\d{1,9})_(\d{1,9})\.jpe?g")
 
 

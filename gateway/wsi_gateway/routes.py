@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response, StreamingResponse
 
 from wsi_gateway import deep_zoom, events, sse
-from wsi_gateway.backend import BadRequest, Caller, Gateway, call, collect
+from wsi_gateway.backend import BadRequest, Caller, Gateway, NotFoundError, call, collect
 from wsi_gateway.bodies import WorkflowIn
 from wsi_protocol.json_format import to_json
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
@@ -127,6 +127,8 @@ async def deep_zoom_tile(
     job_id: str, level: int, tile: str, gateway: Gateway, caller: Caller
 ) -> Response:
     col, row = deep_zoom.tile_address(tile)
+    if not 0 <= level <= deep_zoom.MAX_LEVEL:
+        raise NotFoundError(f"no level {level}: Deep Zoom levels run from 0 (1 x 1 px) up")
     request = pb.GetSlideTileRequest(job_id=job_id, level=level, col=col, row=row)
     found = await call(gateway.stub.GetSlideTile(request, metadata=caller))
     return Response(found.data, media_type=found.content_type or "image/jpeg")

@@ -111,7 +111,15 @@ def test_no_tile_and_no_slide_for_another_user(viewer: Viewer) -> None:
         assert reply.status_code == 404, (path, reply.text)
         assert "no-store" in reply.headers["cache-control"]
     assert http.get(f"/jobs/{job}/slide.dzi").status_code == 401
-    for bad in ("0/99_0.jpeg", "40/0_0.jpeg", "0/0_0.png", "0/x_y.jpeg", "-1/0_0.jpeg"):
+    for bad in (
+        "0/99_0.jpeg",
+        "40/0_0.jpeg",
+        "0/0_0.png",
+        "0/x_y.jpeg",
+        "-1/0_0.jpeg",
+        "99999999999/0_0.jpeg",
+        "0/9999999999_0.jpeg",
+    ):
         reply = http.get(f"/jobs/{job}/slide_files/{bad}", headers=ALICE)
         assert reply.status_code == 404, (bad, reply.status_code, reply.text)
         assert "no-store" in reply.headers["cache-control"]
