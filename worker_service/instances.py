@@ -9,6 +9,7 @@ where the interior fades)."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -71,13 +72,14 @@ def classes_from_labels(labels: npt.NDArray[np.integer]) -> npt.NDArray[np.uint8
     return classes
 
 
-class BatchedModel:
+class BatchedModel(ABC):
     """What the model backends (learned, InstanSeg) share: tiles of one size
     go through the model together, one forward pass per size; a subclass
     says how one such batch becomes label images."""
 
+    @abstractmethod
     def _segment_one_size(self, tiles: list[RGB]) -> list[Labels]:
-        raise NotImplementedError
+        """Label images of tiles that all have the same size."""
 
     def segment_batch(self, tiles: Sequence[RGB]) -> list[Labels]:
         return per_size(tiles, self._segment_one_size)
