@@ -299,14 +299,19 @@ class Dispatcher:
     def _connected(self, address: str) -> WorkerLink | None:
         return next((w for w in self.links if w.address == address and w.connected), None)
 
+    def _results_link(self, address: str, job_id: str) -> WorkerLink:
+        """The worker holding a job's results, connected; else UNAVAILABLE."""
+        link = self._connected(address)
+        if link is None:
+            raise WorkerUnavailable(_results_away(job_id))
+        return link
+
     async def read_result(
         self, address: str, job_id: str, name: str
     ) -> AsyncIterator[tuple[bytes, int]]:
         """A result file from the worker that wrote it: (data, size on the first chunk)."""
-        link = self._connected(address)
+        link = self._results_link(address, job_id)
         gone = _results_away(job_id)
-        if link is None:
-            raise WorkerUnavailable(gone)
         request = wpb.ReadResultRequest(job_id=job_id, name=name)
         try:
             async for chunk in link.stub.ReadResult(request, metadata=self._call_metadata):
@@ -379,9 +384,7 @@ class Dispatcher:
         self, address: str, job_id: str, box: tuple[float, float, float, float]
     ) -> AsyncIterator[bytes]:
         """The nuclei in ``box`` from the worker holding the job's results."""
-        link = self._connected(address)
-        if link is None:
-            raise WorkerUnavailable(_results_away(job_id))
+        link = self._results_link(address, job_id)
         x0, y0, x1, y1 = box
         request = wpb.QueryCellsRequest(job_id=job_id, x0=x0, y0=y0, x1=x1, y1=y1)
         try:
@@ -393,9 +396,7 @@ class Dispatcher:
             raise self._viewer_error(exc, f"the nuclei of job {job_id!r}", address) from None
 
     async def cell_density(self, address: str, job_id: str, cell_px: float) -> spb.CellDensity:
-        link = self._connected(address)
-        if link is None:
-            raise WorkerUnavailable(_results_away(job_id))
+        link = self._results_link(address, job_id)
         request = wpb.CellDensityRequest(job_id=job_id, cell_px=cell_px)
         return await self._ask(
             link,

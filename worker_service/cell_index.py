@@ -63,21 +63,16 @@ class CellIndex:
     def density(self, cell_px: float) -> tuple[float, int, int, npt.NDArray[np.int64]]:
         """Nuclei per square cell of a grid from (0, 0) over all of them, by
         the centre of each outline box: (cell size used, columns, rows,
-        counts row-major). The cell grows so that no side has more than
-        ``MAX_DENSITY_CELLS``; ``cell_px`` 0 picks the default."""
-        if not len(self):
-            return (
-                max(cell_px, 1.0) if cell_px > 0 else float(DEFAULT_DENSITY_CELL_PX),
-                0,
-                0,
-                np.zeros(0, np.int64),
-            )
+        counts row-major). ``cell_px`` 0 picks the default; the cell grows
+        so that no side has more than ``MAX_DENSITY_CELLS``."""
         centres_x = (self.bounds[:, 0] + self.bounds[:, 2]) / 2
         centres_y = (self.bounds[:, 1] + self.bounds[:, 3]) / 2
-        extent = max(float(centres_x.max()), float(centres_y.max()), 1.0)
+        extent = max(float(centres_x.max(initial=0)), float(centres_y.max(initial=0)), 1.0)
         if cell_px <= 0:
             cell_px = max(DEFAULT_DENSITY_CELL_PX, math.ceil(extent / DEFAULT_DENSITY_CELLS))
-        cell = max(cell_px, math.ceil(extent / MAX_DENSITY_CELLS), 1.0)
+        cell = float(max(cell_px, math.ceil(extent / MAX_DENSITY_CELLS), 1.0))
+        if not len(self):
+            return cell, 0, 0, np.zeros(0, np.int64)
         columns = int(centres_x.max() // cell) + 1
         rows = int(centres_y.max() // cell) + 1
         col = np.clip(centres_x // cell, 0, columns - 1).astype(np.int64)
@@ -95,20 +90,23 @@ def outline_meets(feature: bytes, box: Box) -> bool:
 
 
 class IndexBuilder:
-    """Collects rows as the features are written."""
+    """Collects rows as the features are written, a tile's worth at a time."""
 
     def __init__(self) -> None:
         self._bounds: list[npt.NDArray[np.float64]] = []
         self._offsets: list[int] = []
         self._lengths: list[int] = []
 
-    def add(self, offset: int, length: int, bounds: Iterable[float]) -> None:
-        self._offsets.append(offset)
-        self._lengths.append(length)
-        self._bounds.append(np.asarray(bounds, np.float64))
+    def add(
+        self, offsets: Iterable[int], lengths: Iterable[int], bounds: npt.NDArray[np.float64]
+    ) -> None:
+        """Rows of consecutive features: their offsets, lengths and boxes (n, 4)."""
+        self._offsets.extend(offsets)
+        self._lengths.extend(lengths)
+        self._bounds.append(np.asarray(bounds, np.float64).reshape(-1, 4))
 
     def build(self) -> CellIndex:
-        bounds = np.stack(self._bounds) if self._bounds else np.zeros((0, 4))
+        bounds = np.concatenate(self._bounds) if self._bounds else np.zeros((0, 4))
         return CellIndex(
             bounds, np.asarray(self._offsets, np.int64), np.asarray(self._lengths, np.int64)
         )
@@ -140,7 +138,7 @@ def from_collection(data: bytes) -> CellIndex:
         rings = json.loads(text)["geometry"]["coordinates"]
         points = np.asarray(rings[0], np.float64)
         low, high = points.min(axis=0) - 0.01, points.max(axis=0) + 0.01
-        builder.add(start, len(text), (*low, *high))
+        builder.add([start], [len(text)], np.concatenate([low, high]))
     return builder.build()
 
 

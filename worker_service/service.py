@@ -155,6 +155,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             await context.abort(code, "the slide is not readable on this worker")
         except SlideError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except FileNotFoundError:  # the job's results deleted (retention) while asked
+            await context.abort(grpc.StatusCode.NOT_FOUND, "the job's results are gone")
         raise AssertionError("unreachable")
 
     def _slide(self, wsi_path: str) -> openslide.OpenSlide:

@@ -168,8 +168,8 @@ def segment_cells(
         for _, chunk in pool.imap(tile_tasks.segment_tiles, chunks, (backend,), ctx.cancelled):
             for found in chunk:
                 ctx.on_tile(found.seconds)
-                for feature, bounds in zip(found.features, found.bounds, strict=True):
-                    index.add(cells.add_text(feature), len(feature), bounds)
+                offsets = [cells.add_text(feature) for feature in found.features]
+                index.add(offsets, map(len, found.features), found.bounds)
                 preview.nuclei(found.centroids)
                 done += 1
             ctx.report(done, total)

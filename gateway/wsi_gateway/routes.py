@@ -151,7 +151,7 @@ async def cells_in_box(
     request = pb.QueryCellsRequest(job_id=job_id, x0=x0, y0=y0, x1=x1, y1=y1)
     # Whole, then sent: one body compresses in one pass (a stream of chunks
     # took 45 ms more through the gzip middleware, measured); a box holds at
-    # most 50,000 nuclei (some 35 MB), which the scheduler enforces.
+    # most 50,000 nuclei, which the worker enforces.
     chunks = await collect(gateway.stub.QueryCells(request, metadata=caller))
     return Response(b"".join(c.data for c in chunks), media_type="application/geo+json")
 

@@ -38,9 +38,8 @@ def _write(path: Path, rings: list[np.ndarray]) -> cell_index.CellIndex:
     for k, ring in enumerate(rings):
         text = nucleus_feature_text(f"id-{k}", ring, {"Area px^2": 1.0})
         rounded = np.round(ring, 2)
-        builder.add(
-            writer.add_text(text), len(text), (*rounded.min(0) - 0.01, *rounded.max(0) + 0.01)
-        )
+        box = np.concatenate([rounded.min(0) - 0.01, rounded.max(0) + 0.01])
+        builder.add([writer.add_text(text)], [len(text)], box)
     writer.close()
     return builder.build()
 
@@ -129,3 +128,15 @@ def test_density_picks_a_cell_when_asked_for_none(tmp_path: Path) -> None:
     cell, columns, rows, counts = index.density(0)
     assert cell == cell_index.DEFAULT_DENSITY_CELL_PX and counts.sum() == 500
     assert columns == rows == 12  # 3000 px / 256
+
+
+def test_results_deleted_under_a_query_say_so(tmp_path: Path) -> None:
+    """Retention may delete a job's folder between two boxes: the query ends
+    with FileNotFoundError (the worker answers NOT_FOUND), not a stale answer."""
+    cells = tmp_path / "cells.geojson"
+    _write(cells, _nuclei(50, 8))
+    queries = CellQueries()
+    assert queries.features(cells, (0.0, 0.0, 3000.0, 3000.0))
+    cells.unlink()
+    with pytest.raises(FileNotFoundError):
+        queries.features(cells, (0.0, 0.0, 3000.0, 3000.0))
