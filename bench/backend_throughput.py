@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 
 from bench.segmenter_profile import tissue_tiles
-from worker_service import learned
-from worker_service.backends import ClassicalSegmenter
-from worker_service.nuclei import NucleusParams, stain_reference
+from worker_service.analysis.nuclei import NucleusParams, stain_reference
+from worker_service.backends import learned
+from worker_service.backends.classical import ClassicalSegmenter
 
 
 def megapixels_per_second(

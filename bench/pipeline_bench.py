@@ -28,20 +28,20 @@ import openslide
 
 from bench.slide_generator import slide_path
 from tests.harness import ROOT, Service, start_scheduler, start_worker
-from worker_service.merge import keep_owned
-from worker_service.nuclei import (
+from worker_service.analysis.merge import keep_owned
+from worker_service.analysis.nuclei import (
     NucleusParams,
     nuclei_from_labels,
     segment_nuclei,
     stain_reference,
     tissue_pixels,
 )
-from worker_service.pipeline import JobSpec, run_job
-from worker_service.slide_access import SlideCache
-from worker_service.stages import JobContext
-from worker_service.tile_pool import TilePool
-from worker_service.tile_tasks import TileTask, read_tile
-from worker_service.tiling import tile_grid
+from worker_service.analysis.tiling import tile_grid
+from worker_service.pipeline.context import JobContext
+from worker_service.pipeline.job import JobSpec, run_job
+from worker_service.pipeline.tile_pool import TilePool
+from worker_service.pipeline.tile_work import TileTask, read_tile
+from worker_service.storage.slides import SlideCache
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 

@@ -56,7 +56,7 @@ def main() -> None:
         sys.path.insert(0, str(args.root.resolve()))
         for name in [m for m in sys.modules if m.startswith("worker_service")]:
             del sys.modules[name]
-    nuclei = importlib.import_module("worker_service.nuclei")
+    nuclei = importlib.import_module("worker_service.analysis.nuclei")
     print(f"segmenter: {Path(str(nuclei.__file__)).resolve()}")
     tiles = tissue_tiles()
     reference = nuclei.stain_reference(tiles[::3][:8])

@@ -9,15 +9,20 @@ keeps them running until it is asked to stop (Ctrl-C, SIGTERM, SIGHUP).
 - A service that cannot start (a port in use) ends the launch with its own
   one-line reason and a non-zero exit.
 - The default slide folder ``./slides`` is created, with a synthetic demo slide
-  when empty; a slide root named explicitly must exist."""
+  when empty; a slide root named explicitly must exist.
+- What the launcher decides (slide roots, addresses, the worker secret) reaches
+  the services as their flags; its own environment is left as it found it."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +34,7 @@ from wsi_runtime.health_wait import wait_http, wait_serving
 from wsi_runtime.lifetime import LAUNCHER_PID_ENV
 from wsi_runtime.serving import StartupError, check_port_free, check_slide_roots
 from wsi_runtime.synthetic_slides import synthetic_he_slide
-from wsi_runtime.worker_secret import SECRET_ENV
+from wsi_runtime.worker_secret import SECRET_ENV, SECRET_FILE_ENV
 
 DEMO_SLIDE = "demo.tiff"
 BACKOFF_FIRST_S = 1.0
@@ -86,13 +91,13 @@ def slide_roots() -> list[Path]:
     if not any(root.iterdir()):
         print(f"writing a synthetic demo slide to {root / DEMO_SLIDE} ...", flush=True)
         synthetic_he_slide(root / DEMO_SLIDE, width=4096, height=3072, seed=1)
-    os.environ["WSI_SLIDE_ROOTS"] = str(root)
     return [root]
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Where each service listens, from the ``WSI_*`` environment or the defaults."""
+    """Where each service listens, from the ``WSI_*`` environment or the defaults,
+    and what the launcher hands them."""
 
     host: str
     worker: str
@@ -100,6 +105,9 @@ class Plan:
     gateway: str
     metrics_port: int  # the scheduler's; the workers' are the next ones
     local_workers: int = 1
+    upstream: str = ""  # the scheduler the gateway calls (WSI_SCHEDULER_ADDRESS, or ours)
+    slide_roots: tuple[Path, ...] = ()
+    secret_file: Path | None = None  # the secret made for this launch, if none was given
 
     @property
     def workers(self) -> list[str]:
@@ -120,16 +128,16 @@ class Plan:
             count = 0
         if not 1 <= count <= 64:
             raise StartupError("WSI_LOCAL_WORKERS must be a whole number from 1 to 64")
-        plan = Plan(
+        scheduler = at("WSI_SCHEDULER_PORT", addresses.SCHEDULER_PORT)
+        return Plan(
             host,
             at("WSI_WORKER_PORT", addresses.WORKER_PORT),
-            at("WSI_SCHEDULER_PORT", addresses.SCHEDULER_PORT),
+            scheduler,
             at("WSI_GATEWAY_PORT", addresses.GATEWAY_PORT),
             int(os.environ.get("WSI_METRICS_PORT", addresses.SCHEDULER_METRICS_PORT)),
             count,
+            upstream=os.environ.get("WSI_SCHEDULER_ADDRESS") or scheduler,
         )
-        os.environ.setdefault("WSI_SCHEDULER_ADDRESS", plan.scheduler)  # the gateway's
-        return plan
 
 
 def services(plan: Plan) -> list[Service]:
@@ -141,6 +149,9 @@ def services(plan: Plan) -> list[Service]:
 
     def port(address: str) -> int:
         return int(address.rsplit(":", 1)[1])
+
+    roots = ["--slide-roots", ":".join(str(root) for root in plan.slide_roots)]
+    secret = ["--worker-secret-file", str(plan.secret_file)] if plan.secret_file else []
 
     results = Path(os.environ.get("WSI_RESULTS_DIR") or "results")
 
@@ -162,6 +173,8 @@ def services(plan: Plan) -> list[Service]:
                 str(folder),
                 "--scheduler",
                 plan.scheduler,
+                *roots,
+                *secret,
             ],
             [(host, port(address), "worker"), (host, metrics, "worker metrics")],
             grpc_ready(address),
@@ -180,6 +193,8 @@ def services(plan: Plan) -> list[Service]:
                 # Static workers only if asked for: the local ones join by themselves.
                 "--worker-addresses",
                 os.environ.get("WSI_WORKER_ADDRESSES", ""),
+                *roots,
+                *secret,
             ],
             [(host, port(plan.scheduler), "scheduler"), (host, metrics_port, "scheduler metrics")],
             grpc_ready(plan.scheduler),
@@ -187,23 +202,29 @@ def services(plan: Plan) -> list[Service]:
         *(worker(index, address) for index, address in enumerate(plan.workers)),
         Service(
             "gateway",
-            [python, "-m", "wsi_gateway"],
+            [python, "-m", "wsi_gateway", "--scheduler-address", plan.upstream],
             [(host, port(plan.gateway), "gateway")],
             lambda alive: wait_http(plan.gateway, timeout=60, alive=alive),
         ),
     ]
 
 
-def share_worker_secret() -> None:
-    """A new secret for scheduler and worker at each start, unless one is set:
-    the worker then runs jobs for this scheduler only."""
-    if not (os.environ.get(SECRET_ENV) or os.environ.get("WSI_WORKER_SECRET_FILE")):
-        os.environ[SECRET_ENV] = secrets.token_urlsafe(32)
+def new_worker_secret(folder: Path) -> Path | None:
+    """A new secret for scheduler and workers at each start, unless one is set:
+    the worker then runs jobs for this scheduler only. It goes in a file only
+    this user can read (a flag's value would show in every process listing)."""
+    if os.environ.get(SECRET_ENV) or os.environ.get(SECRET_FILE_ENV):
+        return None
+    path = folder / "worker-secret"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(secrets.token_urlsafe(32))
+    return path
 
 
-def banner(plan: Plan, roots: Sequence[Path]) -> str:
+def banner(plan: Plan) -> str:
     host, metrics_port, gateway = plan.host, plan.metrics_port, plan.gateway
-    scheduler = os.environ["WSI_SCHEDULER_ADDRESS"]
+    scheduler = plan.upstream
     return (
         f"\n  web UI     http://{gateway}/   (REST + OpenAPI at /docs)\n"
         f"  scheduler  grpc://{scheduler}   (public API, reflection, health)\n"
@@ -213,7 +234,7 @@ def banner(plan: Plan, roots: Sequence[Path]) -> str:
             f"http://{host}:{metrics_port + 1 + i}/metrics" for i in range(plan.local_workers)
         )
         + f" (workers), http://{gateway}/metrics (gateway)\n"
-        f"  slides     {':'.join(str(r.resolve()) for r in roots)}\n"
+        f"  slides     {':'.join(str(r.resolve()) for r in plan.slide_roots)}\n"
         f"  try: grpcurl -plaintext {scheduler} list\n"
         "  Ctrl-C stops everything.\n"
     )
@@ -263,7 +284,17 @@ def main() -> int:
     except StartupError as exc:
         print(f"wsi launcher: error: {exc}", file=sys.stderr)
         return 2
-    share_worker_secret()
+    private = Path(tempfile.mkdtemp(prefix="wsi-launch-"))  # 0700: this user's only
+    try:
+        plan = dataclasses.replace(
+            plan, slide_roots=tuple(roots), secret_file=new_worker_secret(private)
+        )
+        return launch(plan, stop_requested)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def launch(plan: Plan, stop_requested: list[int]) -> int:
     planned = services(plan)
     try:
         # Before anything starts: another instance's services would otherwise
@@ -291,7 +322,7 @@ def main() -> int:
                 # The service printed its own reason (a port in use, say) above.
                 print(f"wsi launcher: error: {service.name} did not start: {exc}", file=sys.stderr)
                 return 1
-        print(banner(plan, roots), flush=True)
+        print(banner(plan), flush=True)
         supervise(started, lambda: bool(stop_requested))
         return 0
     finally:

@@ -8,6 +8,7 @@ downloaded data."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -85,11 +86,17 @@ def render_he(
 
 def seam_positions(length: int, tile_size: int, overlap: int) -> list[int]:
     """Where neighbouring tile cores meet along one axis (the seams a nucleus
-    can be cut by), for the worker's default grid geometry."""
-    from worker_service.tiling import tile_grid  # local: keep this module light
-
-    tiles = tile_grid(length, 1, tile_size, overlap)
-    return [t.core_x1 for t in tiles[:-1]]
+    can be cut by): the worker's tile grid (``worker_service.analysis.tiling``)
+    restated, so that the runtime imports no service; a unit test holds the two
+    to the same answer. Tiles start every ``tile_size - overlap`` pixels, the
+    last one shifted back to end at the edge; a core ends halfway into the
+    overlap with the next tile."""
+    stride = tile_size - overlap
+    count = 1 if length <= tile_size else math.ceil((length - tile_size) / stride) + 1
+    starts = [min(i * stride, length - tile_size) for i in range(count)]
+    return [
+        (nxt + min(start + tile_size, length)) // 2 for start, nxt in itertools.pairwise(starts)
+    ]
 
 
 def generate_nuclei(

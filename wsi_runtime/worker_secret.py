@@ -21,6 +21,7 @@ from wsi_runtime import settings
 from wsi_runtime.serving import StartupError
 
 SECRET_ENV = "WSI_WORKER_SECRET"
+SECRET_FILE_ENV = settings.env_name("--worker-secret-file")
 MIN_LENGTH = 16
 
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from worker_service.instances import classes_from_labels
+from worker_service.analysis.instances import classes_from_labels
 
 SOURCE_MPP = 0.25  # the images' pixel size
 MODEL_MPP = 0.5  # the model's: the pipeline's default working pixel size

@@ -24,7 +24,13 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from worker_service.learned import INT8_FILE, ONNX_FILE, LearnedSegmenter, OnnxEngine, model_input
+from worker_service.backends.learned import (
+    INT8_FILE,
+    ONNX_FILE,
+    LearnedSegmenter,
+    OnnxEngine,
+    model_input,
+)
 from wsi_training import data
 from wsi_training.train import evaluate
 

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from worker_service.learned import LearnedSegmenter
-from worker_service.nuclei import NucleusParams, segment_nuclei, stain_reference
-from worker_service.unet import MULTIPLE, WIDTHS, UNet
+from worker_service.analysis.nuclei import NucleusParams, segment_nuclei, stain_reference
+from worker_service.backends.learned import MULTIPLE, WIDTHS, LearnedSegmenter
+from worker_service.backends.unet import UNet
 from wsi_training import data
 from wsi_training.metrics import score
 

@@ -17,9 +17,11 @@ from wsi_protocol.worker.v1 import worker_pb2 as wpb
 from wsi_protocol.worker.v1 import worker_pb2_grpc as wpb_grpc
 
 
-def environ_of(pid: int) -> dict[str, str]:
-    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(p.decode().split("=", 1) for p in pairs if b"=" in p)
+def secret_file_of(pid: int) -> Path:
+    """The secret file the launcher named in the worker's flags (the secret
+    itself is never a flag: every process listing would show it)."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    return Path(argv[argv.index("--worker-secret-file") + 1])
 
 
 def run_job(stub: wpb_grpc.WorkerStub, job_id: str, secret: str | None) -> grpc.StatusCode:
@@ -39,7 +41,9 @@ def test_run_job_needs_the_secret_and_a_scheduler_job_id(tmp_path: Path) -> None
     outside = Path("/tmp") / f"wsi-escape-{uuid.uuid4().hex}"
     with launched(tmp_path, WSI_WORKER_SECRET="") as run:
         worker_pid = run.services()["worker_service"]
-        secret = environ_of(worker_pid)["WSI_WORKER_SECRET"]
+        secret_file = secret_file_of(worker_pid)
+        assert secret_file.stat().st_mode & 0o077 == 0  # this user's only
+        secret = secret_file.read_text()
         assert len(secret) >= 32  # made by the launcher, at this start
         results = Path(run.env["WSI_RESULTS_DIR"])
         with grpc.insecure_channel(f"127.0.0.1:{run.env['WSI_WORKER_PORT']}") as channel:
@@ -60,3 +64,4 @@ def test_run_job_needs_the_secret_and_a_scheduler_job_id(tmp_path: Path) -> None
             job_id = str(uuid.uuid4())
             assert run_job(stub, job_id, secret) is grpc.StatusCode.OK
             assert (results / job_id / "summary.json").is_file()
+    assert not secret_file.exists()  # gone with the launcher

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker_service.tile_pool import TilePool
+from worker_service.pipeline.tile_pool import TilePool
 from wsi_runtime.synthetic_slides import SyntheticSlide, synthetic_he_slide
 
 

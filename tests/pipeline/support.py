@@ -10,19 +10,32 @@ import numpy as np
 import numpy.typing as npt
 from scipy.spatial import cKDTree
 
-from worker_service.pipeline import JobOutcome, JobSpec, run_job
-from worker_service.slide_access import SlideCache
-from worker_service.stages import JobContext
-from worker_service.tile_pool import TilePool
+from worker_service.backends.base import ModelSettings
+from worker_service.pipeline.context import JobContext
+from worker_service.pipeline.job import JobOutcome, JobSpec, run_job
+from worker_service.pipeline.tile_pool import TilePool
+from worker_service.storage.slides import SlideCache
 
 
 def run(
     pool: TilePool, out: Path, slide: str, job_type: str = "CELL_SEGMENTATION", **params: str
 ) -> JobOutcome:
+    return run_with_models(ModelSettings(), pool, out, slide, job_type, **params)
+
+
+def run_with_models(
+    models: ModelSettings,
+    pool: TilePool,
+    out: Path,
+    slide: str,
+    job_type: str = "CELL_SEGMENTATION",
+    **params: str,
+) -> JobOutcome:
+    """A job on a worker whose model flags are ``models``."""
     return run_job(
         JobSpec("job", job_type, slide, params),
         out,
-        JobContext(),
+        JobContext(models=models),
         SlideCache(),
         pool,
     )

@@ -10,20 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.harness import SLIDES
-from tests.pipeline.support import run
-from worker_service.backends import (
-    BATCH_ENV,
-    DEVICE_ENV,
-    ENGINE_ENV,
-    INSTANSEG_ENV,
-    BackendSpec,
-    InstanSegSegmenter,
-    build,
-    model_settings,
-)
+from tests.harness import CMU, SLIDES
+from tests.pipeline.support import run, run_with_models
+from worker_service.backends.base import ModelSettings
+from worker_service.backends.instanseg import InstanSegRecipe, InstanSegSegmenter
 from worker_service.errors import JobError
-from worker_service.tile_pool import TilePool
+from worker_service.pipeline.tile_pool import TilePool
+from worker_service.server.main import model_settings, parse_args
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -34,13 +27,13 @@ def test_instanseg_job_fails_saying_what_is_missing(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setenv(INSTANSEG_ENV, str(tmp_path / "nowhere" / "instanseg.pt"))
+    models = ModelSettings(instanseg_model=tmp_path / "nowhere" / "instanseg.pt")
     with pytest.raises(JobError) as info:
-        run(pool, tmp_path, str(SLIDES / "small.svs"), backend="instanseg")
+        run_with_models(models, pool, tmp_path, str(SLIDES / "small.svs"), backend="instanseg")
     message = str(info.value)
     if HAS_TORCH:
         # The user learns what is missing; the path on the worker is for its log.
-        assert INSTANSEG_ENV in message and "nowhere" not in message
+        assert "--instanseg-model" in message and "nowhere" not in message
         assert "nowhere/instanseg.pt" in caplog.text
     else:
         assert "pip install" in message and "torch" in message
@@ -67,7 +60,7 @@ def test_instanseg_adapter_runs_a_torchscript_model(tmp_path: Path) -> None:
     torch.jit.script(DarkBlobs()).save(str(path))
     image = np.full((64, 64, 3), 240, np.uint8)
     image[20:30, 20:30] = (60, 30, 110)
-    labels = build(BackendSpec("instanseg", model_path=str(path)))(image)
+    labels = InstanSegRecipe("instanseg", 1, 1, model_path=str(path)).build()(image)
     assert labels.shape == (64, 64) and labels.dtype == np.int32
     assert labels[25, 25] == 1 and labels[5, 5] == 0
 
@@ -127,13 +120,11 @@ def test_a_job_in_batches_finds_what_it_finds_tile_by_tile(
 
     model = tmp_path / "dark.pt"
     torch.jit.script(DarkBlobs()).save(str(model))
-    monkeypatch.setenv(INSTANSEG_ENV, str(model))
-    monkeypatch.setenv(DEVICE_ENV, "cpu")
     cells = {}
     for batch in ("1", "3"):
-        monkeypatch.setenv(BATCH_ENV, batch)
-        outcome = run(
-            pool, tmp_path / batch, str(SLIDES / "CMU-1-Small-Region.svs"), backend="instanseg"
+        models = ModelSettings(device="cpu", batch_size=int(batch), instanseg_model=model)
+        outcome = run_with_models(
+            models, pool, tmp_path / batch, str(SLIDES / CMU), backend="instanseg"
         )
         assert outcome.summary["backend_details"]["batch_size"] == int(batch)  # type: ignore[index]
         features = json.loads(Path(outcome.files["cells.geojson"]).read_text())["features"]
@@ -143,20 +134,27 @@ def test_a_job_in_batches_finds_what_it_finds_tile_by_tile(
     assert len(cells["1"]) > 10
 
 
-def test_model_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(DEVICE_ENV, "tpu")
-    with pytest.raises(ValueError, match=DEVICE_ENV):
-        model_settings()
-    monkeypatch.setenv(DEVICE_ENV, "cuda:1")
-    monkeypatch.setenv(BATCH_ENV, "0")
-    with pytest.raises(ValueError, match=BATCH_ENV):
-        model_settings()
-    monkeypatch.setenv(BATCH_ENV, "16")
-    monkeypatch.setenv(ENGINE_ENV, "tensorrt")
-    with pytest.raises(ValueError, match=ENGINE_ENV):
-        model_settings()
-    monkeypatch.setenv(ENGINE_ENV, "onnx")
-    assert model_settings() == ("cuda:1", 16, "onnx")
-    for name in (DEVICE_ENV, BATCH_ENV, ENGINE_ENV):
+def test_model_settings_are_checked_when_the_worker_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Typed worker flags (or their WSI_* environment), refused at start-up."""
+    for flags in (
+        ["--model-device", "tpu"],
+        ["--model-batch", "0"],
+        ["--model-batch", "many"],
+        ["--learned-engine", "tensorrt"],
+    ):
+        with pytest.raises(SystemExit):
+            parse_args(flags)
+        assert flags[0] in capsys.readouterr().err
+    monkeypatch.setenv("WSI_MODEL_DEVICE", "cuda:1")
+    monkeypatch.setenv("WSI_MODEL_BATCH", "16")
+    chosen = model_settings(parse_args(["--learned-engine", "onnx"]))
+    assert (chosen.device, chosen.batch_size, chosen.learned_engine) == ("cuda:1", 16, "onnx")
+    for name in ("WSI_MODEL_DEVICE", "WSI_MODEL_BATCH"):
         monkeypatch.delenv(name)
-    assert model_settings() == ("auto", 8, "auto")
+    chosen = model_settings(parse_args([]))
+    assert (chosen.device, chosen.batch_size, chosen.learned_engine) == ("auto", 8, "auto")
+    assert chosen.instanseg_model.is_absolute()
+    with pytest.raises(ValueError, match="batch"):
+        ModelSettings(batch_size=257)

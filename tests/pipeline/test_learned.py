@@ -13,8 +13,9 @@ import pytest
 
 from tests.harness import CMU, SLIDES
 from tests.pipeline.support import centroids, f1, match, run
-from worker_service.instances import InstanceParams, labels_from_classes
-from worker_service.learned import (
+from worker_service.analysis.instances import InstanceParams, labels_from_classes
+from worker_service.analysis.tiling import tile_grid
+from worker_service.backends.learned import (
     INT8_FILE,
     ONNX_FILE,
     TORCH_FILE,
@@ -24,8 +25,7 @@ from worker_service.learned import (
     model_input,
     softmax,
 )
-from worker_service.tile_pool import TilePool
-from worker_service.tiling import tile_grid
+from worker_service.pipeline.tile_pool import TilePool
 from wsi_runtime.synthetic_slides import SyntheticSlide
 from wsi_training.metrics import score
 

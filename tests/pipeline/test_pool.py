@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from worker_service.errors import PoolCrashed
-from worker_service.tile_pool import TilePool
+from worker_service.pipeline.tile_pool import TilePool
 
 
 def die() -> None:

@@ -14,14 +14,15 @@ from shapely.geometry import Point, shape
 
 from tests.harness import CMU, SLIDES
 from tests.pipeline.support import centroids, f1, match, run
-from worker_service import cell_index, stages
+from worker_service.analysis import cell_index
+from worker_service.analysis.tissue import TissueMask
+from worker_service.analysis.tissue_codec import ReusedTissue
 from worker_service.errors import JobCancelled
-from worker_service.pipeline import JobSpec, run_job
-from worker_service.slide_access import SlideCache
-from worker_service.stages import JobContext
-from worker_service.tile_pool import TilePool
-from worker_service.tissue import TissueMask
-from worker_service.tissue_codec import ReusedTissue
+from worker_service.pipeline import phases
+from worker_service.pipeline.context import JobContext
+from worker_service.pipeline.job import JobSpec, run_job
+from worker_service.pipeline.tile_pool import TilePool
+from worker_service.storage.slides import SlideCache
 from wsi_runtime.job_params import InvalidParams
 from wsi_runtime.synthetic_slides import SyntheticSlide
 
@@ -43,7 +44,7 @@ def test_every_synthetic_nucleus_found_exactly_once(
 def test_nuclei_on_tile_seams_are_neither_lost_nor_doubled(
     pool: TilePool, synthetic: SyntheticSlide, tmp_path: Path
 ) -> None:
-    from worker_service.tiling import tile_grid
+    from worker_service.analysis.tiling import tile_grid
 
     seams_x = {t.core_x1 for t in tile_grid(synthetic.width, 1, 512, 64)[:-1]}
     seams_y = {t.core_x1 for t in tile_grid(synthetic.height, 1, 512, 64)[:-1]}
@@ -299,7 +300,7 @@ def test_a_segmentation_job_reuses_a_tissue_mask_instead_of_finding_it(
     def no_detection(*args: object) -> None:
         raise AssertionError("the tissue was found again")
 
-    monkeypatch.setattr(stages, "detect_tissue", no_detection)
+    monkeypatch.setattr(phases, "detect_tissue", no_detection)
     cells = run_job(
         JobSpec("cells", "CELL_SEGMENTATION", slide, {}, reused),
         tmp_path,

@@ -11,11 +11,11 @@ import pytest
 
 from tests.harness import CMU, SLIDES
 from tests.integration.test_slide_swap import watched_fifo
-from worker_service import tile_tasks
+from worker_service.analysis.tiling import tile_grid
 from worker_service.errors import SlideError, SlideOutsideRoots
-from worker_service.slide_access import SlideCache
-from worker_service.tile_pool import TilePool
-from worker_service.tiling import tile_grid
+from worker_service.pipeline import tile_work
+from worker_service.pipeline.tile_pool import TilePool
+from worker_service.storage.slides import SlideCache
 
 
 def test_the_slide_cache_refuses_a_slide_swapped_out_of_the_roots(tmp_path: Path) -> None:
@@ -51,10 +51,10 @@ def test_pool_processes_open_only_inside_the_roots(tmp_path: Path) -> None:
     pool = TilePool(1, slide_roots=[root])
     try:
         tile = tile_grid(64, 64, 64, 0)[0]
-        inside = tile_tasks.TileTask(str(root / "inside.svs"), 0, 1.0, tile)
-        assert pool._executor.submit(tile_tasks.read_tile, inside).result().shape == (64, 64, 3)
-        linked = tile_tasks.TileTask(str(root / "link.svs"), 0, 1.0, tile)
+        inside = tile_work.TileTask(str(root / "inside.svs"), 0, 1.0, tile)
+        assert pool._executor.submit(tile_work.read_tile, inside).result().shape == (64, 64, 3)
+        linked = tile_work.TileTask(str(root / "link.svs"), 0, 1.0, tile)
         with pytest.raises(SlideOutsideRoots):
-            pool._executor.submit(tile_tasks.read_tile, linked).result()
+            pool._executor.submit(tile_work.read_tile, linked).result()
     finally:
         pool.close()

@@ -12,10 +12,10 @@ import pytest
 import shapely
 from shapely.geometry import shape
 
-from worker_service import cell_index
-from worker_service.cell_index import IndexBuilder
-from worker_service.cell_queries import CellQueries, TooManyNuclei
-from worker_service.results import FeatureCollectionWriter, nucleus_feature_text
+from worker_service.analysis import cell_index
+from worker_service.analysis.cell_index import IndexBuilder
+from worker_service.storage.result_files import FeatureCollectionWriter, nucleus_feature_text
+from worker_service.viewer.cell_queries import CellQueries, TooManyNuclei
 from wsi_runtime.boxes import BoxError, parse_box
 
 
@@ -106,7 +106,7 @@ def test_a_box_with_too_many_nuclei_is_refused(
 ) -> None:
     cells = tmp_path / "cells.geojson"
     _write(cells, _nuclei(300, 5, extent=500))
-    monkeypatch.setattr("worker_service.cell_queries.MAX_NUCLEI_PER_BOX", 100)
+    monkeypatch.setattr("worker_service.viewer.cell_queries.MAX_NUCLEI_PER_BOX", 100)
     with pytest.raises(TooManyNuclei, match="smaller box"):
         CellQueries().features(cells, (0.0, 0.0, 600.0, 600.0))
 

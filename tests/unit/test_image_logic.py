@@ -8,16 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker_service.merge import keep_owned
-from worker_service.nuclei import (
+from worker_service.analysis.merge import keep_owned
+from worker_service.analysis.nuclei import (
     Nucleus,
     NucleusParams,
     nuclei_from_labels,
     segment_nuclei,
     stain_reference,
 )
-from worker_service.tiling import tile_grid
-from worker_service.tissue import (
+from worker_service.analysis.tiling import tile_grid
+from worker_service.analysis.tissue import (
     TissueMask,
     detect_tissue,
     saturation8,

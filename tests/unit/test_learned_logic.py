@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from worker_service.instances import (
+from worker_service.analysis.instances import (
     BOUNDARY,
     INTERIOR,
     InstanceParams,

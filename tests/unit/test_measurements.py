@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from worker_service.measurements import nucleus_measurements
-from worker_service.nuclei import haematoxylin, nuclei_from_labels
+from worker_service.analysis.measurements import nucleus_measurements
+from worker_service.analysis.nuclei import haematoxylin, nuclei_from_labels
 
 
 def _circle(radius: float, points: int = 360) -> np.ndarray:

@@ -9,7 +9,7 @@ import skimage.morphology as skmorphology
 from scipy import ndimage
 from skimage import measure, segmentation
 
-from worker_service import morphology, shapes
+from worker_service.analysis import morphology, shapes
 
 
 def blobs(seed: int, size: int = 160, count: int = 40) -> np.ndarray:

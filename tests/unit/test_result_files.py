@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from worker_service.results import RESULT_FILE_MODE, AtomicFile, write_json, write_png
+from worker_service.storage.result_files import RESULT_FILE_MODE, AtomicFile, write_json, write_png
 
 
 def test_result_files_are_group_readable(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from scheduler_service.convert import public_files, public_summary
-from worker_service.results import job_folder
+from worker_service.storage.result_files import job_folder
 from wsi_runtime.slide_paths import SlidePathError, resolve_slide, shown_path
 
 

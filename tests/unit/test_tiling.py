@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker_service.tiling import choose_level, tile_grid, usable_mpp
+from worker_service.analysis.tiling import choose_level, tile_grid, usable_mpp
+from wsi_runtime.synthetic_slides import seam_positions
 
 
 def test_grid_covers_image_with_overlap() -> None:
@@ -72,3 +73,13 @@ def test_implausible_pixel_sizes_are_ignored() -> None:
     assert usable_mpp(0.25) == 0.25
     assert usable_mpp(352.78) is None  # a 72 dpi screen resolution, not a microscope
     assert usable_mpp(None) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 5000), st.integers(64, 1024), st.integers(0, 200))
+def test_the_synthetic_slides_seams_are_the_grids(length: int, tile: int, overlap: int) -> None:
+    """The synthetic slides put nuclei on the grid's seams with a restated
+    formula (the runtime imports no service): it must stay the grid's."""
+    overlap = min(overlap, tile // 2 - 1)
+    cores = [t.core_x1 for t in tile_grid(length, 1, tile, overlap)[:-1]]
+    assert seam_positions(length, tile, overlap) == cores

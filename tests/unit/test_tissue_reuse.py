@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from scheduler_service.tissue_reuse import RecentMasks, mask_source
-from worker_service import tissue_codec
-from worker_service.tissue import TissueMask
+from worker_service.analysis import tissue_codec
+from worker_service.analysis.tissue import TissueMask
 
 
 @dataclass

@@ -16,7 +16,7 @@ from scheduler_service.validation import (
     TooManyJobs,
     normalise_jobs,
 )
-from worker_service.throttle import ProgressThrottle
+from worker_service.analysis.progress_throttle import ProgressThrottle
 from wsi_runtime.identity import valid_user_id
 
 

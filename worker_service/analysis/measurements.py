@@ -9,7 +9,7 @@ import math
 import cv2
 import numpy as np
 
-from worker_service.shapes import Ring
+from worker_service.analysis.shapes import Ring
 
 
 def nucleus_measurements(

@@ -22,25 +22,22 @@ import grpc
 import openslide
 from prometheus_client import CollectorRegistry
 
-from worker_service import deep_zoom, results, tissue_codec
-from worker_service.cell_index import collection
-from worker_service.cell_queries import CellQueries, TooManyNuclei
+from worker_service.analysis import tissue_codec
+from worker_service.analysis.cell_index import collection
+from worker_service.analysis.progress_throttle import ProgressThrottle
+from worker_service.analysis.tissue import TissueMask
+from worker_service.analysis.tissue_codec import ReusedTissue
+from worker_service.backends import registry
+from worker_service.backends.base import ModelSettings
 from worker_service.errors import InternalError, JobCancelled, JobError, SlideError
-from worker_service.observability import WorkerMetrics
-from worker_service.pipeline import (
-    JOB_TYPES,
-    JobOutcome,
-    JobSpec,
-    available_backends,
-    run_job,
-    run_tissue_job,
-)
-from worker_service.slide_access import SlideCache
-from worker_service.stages import DEFAULT_MAX_TILES, JobContext
-from worker_service.throttle import ProgressThrottle
-from worker_service.tile_pool import TilePool
-from worker_service.tissue import TissueMask
-from worker_service.tissue_codec import ReusedTissue
+from worker_service.pipeline.context import DEFAULT_MAX_TILES, JobContext
+from worker_service.pipeline.job import JOB_TYPES, JobOutcome, JobSpec, run_job, run_tissue_job
+from worker_service.pipeline.tile_pool import TilePool
+from worker_service.server.metrics import WorkerMetrics
+from worker_service.storage import result_files
+from worker_service.storage.slides import SlideCache
+from worker_service.viewer import slide_tiles
+from worker_service.viewer.cell_queries import CellQueries, TooManyNuclei
 from wsi_protocol.ids import is_scheduler_id
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as spb
 from wsi_protocol.worker.v1 import worker_pb2 as pb
@@ -74,9 +71,11 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         metrics: WorkerMetrics | None = None,
         max_tiles: int = DEFAULT_MAX_TILES,
         default_backend: str = "classical",
+        models: ModelSettings | None = None,
     ) -> None:
         self.slots = slots
         self.default_backend = default_backend
+        self.models = models or ModelSettings()
         self.max_tiles = max_tiles
         self.results_dir = results_dir
         self.slide_roots = list(slide_roots)
@@ -95,7 +94,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         return self.info()
 
     def info(self) -> pb.WorkerInfo:
-        backends = available_backends()
+        backends = registry.available(self.models)
         return pb.WorkerInfo(
             slots=self.slots,
             job_types=list(_JOB_TYPE_NAMES),
@@ -147,7 +146,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             return await loop.run_in_executor(self.viewer_executor, work)
         except (BoxError, TooManyNuclei) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except deep_zoom.NoSuchTile as exc:
+        except slide_tiles.NoSuchTile as exc:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
         except SlidePathError as exc:
             denied = grpc.StatusCode.PERMISSION_DENIED
@@ -166,13 +165,13 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self, request: pb.DeepZoomRequest, context: Context
     ) -> spb.DeepZoomInfo:
         found = await self._in_viewer_thread(
-            context, lambda: deep_zoom.shape(self._slide(request.wsi_path))
+            context, lambda: slide_tiles.shape(self._slide(request.wsi_path))
         )
         return spb.DeepZoomInfo(
             width=found.width,
             height=found.height,
-            tile_size=deep_zoom.TILE_SIZE,
-            overlap=deep_zoom.OVERLAP,
+            tile_size=slide_tiles.TILE_SIZE,
+            overlap=slide_tiles.OVERLAP,
             format="jpeg",
             levels=[
                 spb.DeepZoomLevel(width=w, height=h, columns=c, rows=r)
@@ -187,7 +186,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     ) -> spb.DeepZoomTile:
         data = await self._in_viewer_thread(
             context,
-            lambda: deep_zoom.tile_jpeg(
+            lambda: slide_tiles.tile_jpeg(
                 self._slide(request.wsi_path), request.level, request.col, request.row
             ),
         )
@@ -276,6 +275,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             on_tile=self.metrics.tile_observer(spec.job_type),
             max_tiles=self.max_tiles,
             default_backend=self.default_backend,
+            models=self.models,
         )
         token = self.pool.cancel_board.new_token()
 
@@ -352,7 +352,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     async def _discard_results(self, job_id: str) -> None:
         """A job that did not succeed leaves no files behind (half-written
         results, temporary files): its folder goes."""
-        folder = results.job_folder(self.results_dir, job_id)
+        folder = result_files.job_folder(self.results_dir, job_id)
         await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
 
     def close(self) -> None:
@@ -361,7 +361,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
 
 
 def _result_file(results_dir: Path, job_id: str, name: str) -> Path | None:
-    folder = results.job_folder(results_dir, job_id)
+    folder = result_files.job_folder(results_dir, job_id)
     path = Path(os.path.realpath(folder / name))
     return path if path.parent == folder and path.is_file() else None
 

@@ -2,11 +2,12 @@
 ``wsi_training``, weights shipped in ``worker_service/weights/``), run on
 batches of tiles. On a CPU through ONNX Runtime, one thread per pool process
 (the pool is the parallelism); on a GPU through PyTorch in float16. Its
-three-class output becomes labelled nuclei in ``instances.py``."""
+three-class output becomes labelled nuclei in ``analysis/instances.py``."""
 
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -14,17 +15,27 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from worker_service.analysis.instances import InstanceParams, labels_from_classes
+from worker_service.analysis.nuclei import RGB, Labels
+from worker_service.backends.base import (
+    Backend,
+    BatchedModel,
+    JobSlide,
+    ModelSettings,
+    Prepared,
+    Recipe,
+)
 from worker_service.errors import BackendUnavailable
-from worker_service.instances import BatchedModel, InstanceParams, labels_from_classes
-from worker_service.nuclei import RGB, Labels
 
-WEIGHTS = Path(__file__).resolve().parent / "weights"
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 ONNX_FILE = WEIGHTS / "nuclei_unet.onnx"
 INT8_FILE = WEIGHTS / "nuclei_unet_int8.onnx"  # quantised (wsi_training.quantise): CPUs
 TORCH_FILE = WEIGHTS / "nuclei_unet.pt"
 LEARNED_MPP = 0.5  # the pixel size it was trained at (wsi_training.data.MODEL_MPP)
-MULTIPLE = 8  # input sides are padded to multiples of this (three poolings)
-ENGINES = ("auto", "onnx-int8", "onnx", "torch")
+WIDTHS = (16, 32, 64, 128)  # the U-Net's channels at each of its scales (unet.py)
+MULTIPLE = 2 ** (len(WIDTHS) - 1)  # input sides are padded to multiples of this (poolings)
+# Batches per pool task: a reader thread decodes each next batch while the model runs on one.
+BATCHES_PER_TASK = 4
 
 
 class Engine(Protocol):
@@ -52,7 +63,7 @@ class TorchEngine:
     def __init__(self, device: str) -> None:
         import torch
 
-        from worker_service.unet import UNet
+        from worker_service.backends.unet import UNet
 
         self._torch: Any = torch
         self.device = torch.device(device)
@@ -71,20 +82,6 @@ class TorchEngine:
             out = self._model(tensor).float().cpu().numpy()
         result: npt.NDArray[np.float32] = out
         return result
-
-
-def check_learned() -> None:
-    """Fails with an actionable message when the weights or ONNX Runtime are missing."""
-    missing = [f.name for f in (ONNX_FILE, INT8_FILE, TORCH_FILE) if not f.is_file()]
-    if missing:
-        raise BackendUnavailable(
-            f"backend 'learned': its weights are missing ({', '.join(missing)})"
-        )
-    if importlib.util.find_spec("onnxruntime") is None and not cuda_present():
-        raise BackendUnavailable(
-            "backend 'learned' needs ONNX Runtime on the worker (pip install onnxruntime),"
-            " or PyTorch with a GPU"
-        )
 
 
 NVIDIA_DRIVER = (Path("/proc/driver/nvidia/version"), Path("/dev/nvidiactl"))
@@ -119,14 +116,6 @@ def make_engine(engine: str, device: str) -> Engine:
             raise BackendUnavailable("engine torch needs PyTorch: pip install 'wsi-scheduler[gpu]'")
         return TorchEngine("cpu")
     return OnnxEngine(ONNX_FILE if engine == "onnx" else INT8_FILE)
-
-
-def default_backend(setting: str) -> str:
-    """The backend of a job that names none: ``auto`` is ``learned`` where a
-    GPU runs it, ``classical`` where not (faster per CPU core)."""
-    if setting != "auto":
-        return setting
-    return "learned" if cuda_present() else "classical"
 
 
 RESAMPLE_BEYOND = 0.15  # tiles more than 15 % off the model's pixel size are resampled
@@ -204,3 +193,54 @@ def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         np.float32, copy=False
     )
     return result
+
+
+@dataclass(frozen=True)
+class LearnedRecipe(Recipe):
+    engine: str = "auto"
+    device: str = "auto"
+    tile_mpp: float = 0.0  # of the tiles it is given; 0: unknown (taken as the model's)
+
+    def build(self) -> LearnedSegmenter:
+        return LearnedSegmenter(self.engine, self.device, self.tile_mpp or LEARNED_MPP)
+
+
+class LearnedBackend(Backend):
+    name = "learned"
+    mpp = LEARNED_MPP
+
+    def check(self, settings: ModelSettings) -> None:
+        """Fails with an actionable message when the weights or ONNX Runtime are missing."""
+        missing = [f.name for f in (ONNX_FILE, INT8_FILE, TORCH_FILE) if not f.is_file()]
+        if missing:
+            raise BackendUnavailable(
+                f"backend 'learned': its weights are missing ({', '.join(missing)})"
+            )
+        if importlib.util.find_spec("onnxruntime") is None and not cuda_present():
+            raise BackendUnavailable(
+                "backend 'learned' needs ONNX Runtime on the worker (pip install onnxruntime),"
+                " or PyTorch with a GPU"
+            )
+
+    def prepare(self, slide: JobSlide, settings: ModelSettings) -> Prepared:
+        recipe = LearnedRecipe(
+            self.name,
+            tiles_per_pass=settings.batch_size,
+            tiles_per_task=BATCHES_PER_TASK * settings.batch_size,
+            engine=settings.learned_engine,
+            device=settings.device,
+            tile_mpp=slide.working_mpp or 0.0,
+        )
+        details: dict[str, object] = {
+            "model": "nuclei_unet",
+            "model_mpp": LEARNED_MPP,
+            "engine": settings.learned_engine,
+            "tiles_resampled": model_zoom(slide.working_mpp or LEARNED_MPP) != 1.0,
+            "device": settings.device,
+            "batch_size": settings.batch_size,
+        }
+        return Prepared(recipe, details)
+
+    def preferred_here(self) -> bool:
+        """Where a GPU runs it; on CPUs the classical segmenter is faster per core."""
+        return cuda_present()

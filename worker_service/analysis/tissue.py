@@ -23,7 +23,7 @@ from shapely.geometry.base import BaseGeometry
 from skimage import filters, measure
 from skimage.filters import rank
 
-from worker_service.tiling import Tile
+from worker_service.analysis.tiling import Tile
 
 MIN_SATURATION = 0.05  # below this nothing is tissue, whatever Otsu says
 MIN_OBJECT_FRACTION = 0.0005  # specks smaller than this share of the image are dropped

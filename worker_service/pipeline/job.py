@@ -1,36 +1,33 @@
-"""A job from slide to results, as stages (``stages.py``): read the overview
+"""A job from slide to results, as phases (``phases.py``): read the overview
 and pick the level, analyse the tissue, segment the tissue tiles in the
 process pool (CELL_SEGMENTATION), then write the preview and the summary.
 Runs in a worker thread, or whole in a pool process for a TISSUE_MASK job."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker_service import results, tile_tasks
-from worker_service.backends import INSTANSEG_MPP, check_instanseg, instanseg_model_path
-from worker_service.errors import BackendUnavailable
-from worker_service.learned import LEARNED_MPP, check_learned
-from worker_service.slide_access import SlideCache
-from worker_service.stages import (
-    DEFAULT_MAX_TILES,
+from worker_service.analysis.tissue import TissueMask
+from worker_service.analysis.tissue_codec import ReusedTissue
+from worker_service.backends import registry
+from worker_service.pipeline import pool_process
+from worker_service.pipeline.context import DEFAULT_MAX_TILES, JobContext
+from worker_service.pipeline.phases import (
     Cells,
-    JobContext,
     Overview,
-    Preview,
     TissueAnalysis,
     analyse_tissue,
     read_overview,
     segment_cells,
 )
-from worker_service.tile_pool import TilePool
-from worker_service.tissue import TissueMask
-from worker_service.tissue_codec import ReusedTissue
+from worker_service.pipeline.preview import Preview
+from worker_service.pipeline.tile_pool import TilePool
+from worker_service.storage import result_files
+from worker_service.storage.slides import SlideCache
 from wsi_runtime import job_params
 from wsi_runtime.job_params import JobParams
 
@@ -91,27 +88,23 @@ def run_job(
     params = job_params.parse(spec.job_type, spec.params)
     if not params.backend:
         params = dataclasses.replace(params, backend=ctx.default_backend)
-    model_path = ""
-    if spec.job_type == "CELL_SEGMENTATION" and params.backend == "instanseg":
-        model = instanseg_model_path()
-        check_instanseg(model)
-        model_path = str(model)
-        params = dataclasses.replace(params, target_mpp=INSTANSEG_MPP)
-    elif spec.job_type == "CELL_SEGMENTATION" and params.backend == "learned":
-        check_learned()
-        # The model's own pixel size decides the level read.
-        params = dataclasses.replace(params, target_mpp=LEARNED_MPP)
-    out_dir = results.job_folder(results_dir, spec.job_id)
+    backend = None
+    if spec.job_type == "CELL_SEGMENTATION":
+        backend = registry.get(params.backend)
+        backend.check(ctx.models)
+        if backend.mpp:  # a model's own pixel size decides the level read
+            params = dataclasses.replace(params, target_mpp=backend.mpp)
+    out_dir = result_files.job_folder(results_dir, spec.job_id)
     overview = read_overview(spec.slide_path, params, slides, ctx)
     timings.phase("overview_s")  # opening the slide, reading its overview
     tissue = analyse_tissue(overview, params, out_dir, ctx, spec.tissue)
     timings.phase("tissue_s")  # the mask, its polygons and files, the tile choice
     files = dict(tissue.files)
-    preview = Preview(overview, tissue.polygons)
+    preview = Preview(overview.image, overview.info.width, tissue.polygons)
     cells: Cells | None = None
-    if spec.job_type == "CELL_SEGMENTATION":
+    if backend is not None:
         assert pool is not None, "cell segmentation needs the tile pool"
-        cells = segment_cells(overview, tissue, params, model_path, pool, out_dir, preview, ctx)
+        cells = segment_cells(overview, tissue, backend, pool, out_dir, preview, ctx)
         files["cells.geojson"] = cells.cells_file
         segmentation = timings.phase("segmentation_s")
         timings.phases["reference_s"] = round(cells.reference_s, 4)  # the stain reference
@@ -119,7 +112,7 @@ def run_job(
     files["preview.png"] = preview.write(out_dir)
     timings.phase("preview_s")
     summary = _summary(spec, params, overview, tissue, cells, timings.total())
-    files["summary.json"] = str(results.write_json(out_dir / "summary.json", summary))
+    files["summary.json"] = str(result_files.write_json(out_dir / "summary.json", summary))
     mask = tissue.mask if spec.job_type == "TISSUE_MASK" else None
     return JobOutcome(files=files, summary=summary, tissue_mask=mask)
 
@@ -171,24 +164,11 @@ def _summary(
     return summary
 
 
-def available_backends() -> dict[str, float]:
-    """Backend -> the pixel size it segments at (0: the job's target_mpp), for
-    those this worker can run now: what it tells the scheduler when it joins."""
-    found = {"classical": 0.0}
-    with contextlib.suppress(BackendUnavailable):
-        check_learned()
-        found["learned"] = LEARNED_MPP
-    with contextlib.suppress(BackendUnavailable):
-        check_instanseg(instanseg_model_path())
-        found["instanseg"] = INSTANSEG_MPP
-    return found
-
-
 def run_tissue_job(
     spec: JobSpec, results_dir: Path, cancel_token: int, max_tiles: int = DEFAULT_MAX_TILES
 ) -> JobOutcome:
     """A TISSUE_MASK job, run whole inside a pool process: all of it is CPU work,
     which would otherwise hold the worker's GIL against its event loop. The
-    worker cancels it through ``cancel_token`` (see ``tile_pool.CancelBoard``)."""
-    ctx = JobContext(cancelled=lambda: tile_tasks.is_cancelled(cancel_token), max_tiles=max_tiles)
-    return run_job(spec, results_dir, ctx, tile_tasks.slides, None)
+    worker cancels it through ``cancel_token`` (see ``cancel_board``)."""
+    ctx = JobContext(cancelled=lambda: pool_process.is_cancelled(cancel_token), max_tiles=max_tiles)
+    return run_job(spec, results_dir, ctx, pool_process.slides, None)

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-WIDTHS = (16, 32, 64, 128)
+from worker_service.backends.learned import WIDTHS
+
 CLASSES = 3
-MULTIPLE = 2 ** (len(WIDTHS) - 1)  # input sides must be multiples of this
 
 
 def _block(inputs: int, outputs: int) -> nn.Sequential:
@@ -28,7 +28,7 @@ def _block(inputs: int, outputs: int) -> nn.Sequential:
 
 class UNet(nn.Module):  # type: ignore[misc]
     """Input: (N, 3, H, W) float RGB in [0, 1], H and W multiples of
-    ``MULTIPLE``. Output: (N, 3, H, W) logits."""
+    ``learned.MULTIPLE``. Output: (N, 3, H, W) logits."""
 
     def __init__(self, widths: tuple[int, ...] = WIDTHS) -> None:
         super().__init__()

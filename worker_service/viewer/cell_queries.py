@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from worker_service import cell_index, results
-from worker_service.cell_index import CellIndex
+from worker_service.analysis import cell_index
+from worker_service.analysis.cell_index import CellIndex
+from worker_service.storage import result_files
 from wsi_runtime.boxes import Box
 
 MAX_NUCLEI_PER_BOX = 50_000
@@ -44,7 +45,7 @@ class CellQueries:
             index = cell_index.load(saved)
         else:
             index = cell_index.from_collection(cells.read_bytes())
-            results.write_cell_index(saved, index)
+            result_files.write_cell_index(saved, index)
         index.tree  # built here, in the caller's thread, not under the lock  # noqa: B018
         with self._lock:
             self._indexes[key] = index

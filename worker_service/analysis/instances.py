@@ -9,17 +9,13 @@ where the interior fades)."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from worker_service import morphology
-from worker_service.nuclei import RGB, Nucleus, nuclei_from_labels
-from worker_service.tiling import per_size
+from worker_service.analysis import morphology
 
 Labels = npt.NDArray[np.int32]
 Probabilities = npt.NDArray[np.float32]  # (3, H, W): background, interior, boundary
@@ -70,23 +66,3 @@ def classes_from_labels(labels: npt.NDArray[np.integer]) -> npt.NDArray[np.uint8
     classes[as32 > 0] = INTERIOR
     classes[edge] = BOUNDARY
     return classes
-
-
-class BatchedModel(ABC):
-    """What the model backends (learned, InstanSeg) share: tiles of one size
-    go through the model together, one forward pass per size; a subclass
-    says how one such batch becomes label images."""
-
-    @abstractmethod
-    def _segment_one_size(self, tiles: list[RGB]) -> list[Labels]:
-        """Label images of tiles that all have the same size."""
-
-    def segment_batch(self, tiles: Sequence[RGB]) -> list[Labels]:
-        return per_size(tiles, self._segment_one_size)
-
-    def __call__(self, rgb: RGB) -> Labels:
-        return self.segment_batch([rgb])[0]
-
-    def find(self, tiles: Sequence[RGB]) -> list[list[Nucleus]]:
-        found = self.segment_batch(tiles)
-        return [nuclei_from_labels(labels, rgb) for labels, rgb in zip(found, tiles, strict=True)]

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from worker_service.pipeline import JOB_TYPES
+from worker_service.pipeline.job import JOB_TYPES
 
 OUTCOMES = ("succeeded", "failed", "cancelled")
 

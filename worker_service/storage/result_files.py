@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from worker_service import cell_index
+from worker_service.analysis import cell_index
 
 NUCLEUS_COLOR = [200, 0, 0]
 

@@ -1,41 +1,34 @@
-"""What a pool process does with one tile: read it with its own OpenSlide
-handle, segment it, keep the nuclei its core owns. Functions here run in the
-worker's process pool, so their arguments and results are small and picklable."""
+"""What a pool process does with tiles: read them with its own OpenSlide
+handle, segment them, keep the nuclei each core owns, encode them. Functions
+here run in the worker's process pool, so their arguments and results are
+small and picklable."""
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 import openslide
 
-from worker_service import results
-from worker_service.backends import BackendSpec, Segmenter, build
+from worker_service.analysis.measurements import nucleus_measurements
+from worker_service.analysis.merge import SlideNucleus, keep_owned
+from worker_service.analysis.nuclei import RGB
+from worker_service.analysis.tiling import Tile
+from worker_service.backends.base import Recipe, Segmenter
 from worker_service.errors import TileReadError
-from worker_service.measurements import nucleus_measurements
-from worker_service.merge import SlideNucleus, keep_owned
-from worker_service.nuclei import (
-    RGB,
-    NucleusParams,
-    StainReference,
-    segment_nuclei,
-)
-from worker_service.slide_access import SlideCache, rgb_over_white
-from worker_service.tiling import Tile
+from worker_service.pipeline.pool_process import slides
+from worker_service.storage import result_files
+from worker_service.storage.slides import rgb_over_white
 
-# One per pool process, for every job it serves; confined to the slide roots at start.
-slides = SlideCache(per_thread=2)
-_cancel_board: Any = None  # the worker's CancelBoard array, set when the process starts
+# This process's segmenters, one per recipe (a model loads once), kept small:
+# a classical recipe holds one slide's stain reference.
+_segmenters: dict[Recipe, Segmenter] = {}
+KEPT_SEGMENTERS = 16
 
 
 @dataclass(frozen=True)
@@ -71,25 +64,35 @@ class TileResult:
     bounds: npt.NDArray[np.float64]  # (n, 4): x0, y0, x1, y1 of each outline
 
 
-def segment_tiles(tasks: Sequence[TileTask], backend: BackendSpec) -> list[TileResult]:
-    """Reads and segments ``tasks`` in order, ``backend.batch_size`` tiles per
-    pass of the segmenter. With more than one pass, a reader thread decodes
+def segmenter_for(recipe: Recipe) -> Segmenter:
+    """The segmenter of ``recipe``, built once in this process."""
+    segmenter = _segmenters.get(recipe)
+    if segmenter is None:
+        if len(_segmenters) >= KEPT_SEGMENTERS:
+            _segmenters.clear()
+        segmenter = _segmenters[recipe] = recipe.build()
+    return segmenter
+
+
+def segment_tiles(tasks: Sequence[TileTask], recipe: Recipe) -> list[TileResult]:
+    """Reads and segments ``tasks`` in order, ``recipe.tiles_per_pass`` tiles
+    per pass of the segmenter. With more than one pass, a reader thread decodes
     the next batch while the segmenter works on this one (OpenSlide and
     PyTorch both release the GIL)."""
-    segmenter = build(backend)
-    size = max(1, backend.batch_size)
+    segmenter = segmenter_for(recipe)
+    size = max(1, recipe.tiles_per_pass)
     batches = [tasks[i : i + size] for i in range(0, len(tasks), size)]
     if len(batches) == 1:
         started = time.perf_counter()
         return _segmented(
-            segmenter, backend.name, batches[0], [read_tile(t) for t in batches[0]], started
+            segmenter, recipe.backend, batches[0], [read_tile(t) for t in batches[0]], started
         )
     results: list[TileResult] = []
     with ThreadPoolExecutor(1, thread_name_prefix="tile-reader") as reader:
         pending = [reader.submit(_read_all, batch) for batch in batches]
         for batch, decoded in zip(batches, pending, strict=True):
             started = time.perf_counter()
-            results += _segmented(segmenter, backend.name, batch, decoded.result(), started)
+            results += _segmented(segmenter, recipe.backend, batch, decoded.result(), started)
     return results
 
 
@@ -141,7 +144,7 @@ def _feature(nucleus: SlideNucleus, task: TileTask, feature_id: str) -> str:
         nucleus.mean_haematoxylin,
         pixel=task.downsample,
     )
-    return results.nucleus_feature_text(feature_id, nucleus.polygon, measured)
+    return result_files.nucleus_feature_text(feature_id, nucleus.polygon, measured)
 
 
 def _bounds(nuclei: Sequence[SlideNucleus]) -> npt.NDArray[np.float64]:
@@ -155,39 +158,3 @@ def _bounds(nuclei: Sequence[SlideNucleus]) -> npt.NDArray[np.float64]:
     low = np.minimum.reduceat(points, starts, axis=0) - 0.01
     high = np.maximum.reduceat(points, starts, axis=0) + 0.01
     return np.concatenate([low, high], axis=1)
-
-
-def start_process(parent_pid: int, cancel_board: Any, slide_roots: Sequence[Path] = ()) -> None:
-    """Pool initializer: keeps the worker's cancellation board, opens slides
-    only inside the slide roots, ends with the worker, and keeps OpenCV to one
-    thread: the pool is the parallelism, and OpenCV's own threads in every
-    process would only fight over the cores."""
-    global _cancel_board
-    _cancel_board = cancel_board
-    slides.confine(slide_roots)
-    cv2.setNumThreads(1)
-    exit_with_parent(parent_pid)
-
-
-def is_cancelled(token: int) -> bool:
-    """Whether the worker cancelled the job holding ``token`` (a shared-memory
-    read: cheap enough to poll between strips and phases)."""
-    board = _cancel_board
-    return board is not None and token > 0 and board[token % len(board)] == token
-
-
-def exit_with_parent(parent_pid: int) -> None:
-    """A pool process ends when its worker dies, even by SIGKILL, instead of
-    lingering as an orphan."""
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def warm_up() -> None:
-    """Imports done and caches ready before the first real tile."""
-    segment_nuclei(np.full((8, 8, 3), 255, np.uint8), StainReference(0.1, 0.3), NucleusParams())

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker_service.nuclei import Nucleus
-from worker_service.shapes import Ring
-from worker_service.tiling import Tile
+from worker_service.analysis.nuclei import Nucleus
+from worker_service.analysis.shapes import Ring
+from worker_service.analysis.tiling import Tile
 
 
 @dataclass(frozen=True)

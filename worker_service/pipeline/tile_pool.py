@@ -9,7 +9,6 @@ a slide has."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import multiprocessing
 import os
 import threading
@@ -19,30 +18,12 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, TypeVar
 
-from worker_service import tile_tasks
 from worker_service.errors import JobCancelled, PoolCrashed
+from worker_service.pipeline import pool_process
+from worker_service.pipeline.cancel_board import CancelBoard
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class CancelBoard:
-    """Cancellation that a job running whole inside a pool process can see: a
-    small shared-memory array of tokens. Cancelling writes the job's token into
-    its slot; the process polls ``tile_tasks.is_cancelled(token)``. Tokens only
-    grow, so a slot reused by a later job never reads as an earlier one's."""
-
-    SLOTS = 4096
-
-    def __init__(self) -> None:
-        self.array = multiprocessing.get_context("spawn").RawArray("q", self.SLOTS)
-        self._tokens = itertools.count(1)
-
-    def new_token(self) -> int:
-        return next(self._tokens)
-
-    def cancel(self, token: int) -> None:
-        self.array[token % self.SLOTS] = token
 
 
 class TilePool:
@@ -58,7 +39,7 @@ class TilePool:
         return ProcessPoolExecutor(
             self.processes,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=tile_tasks.start_process,
+            initializer=pool_process.start_process,
             initargs=(os.getpid(), self.cancel_board.array, self.slide_roots),
         )
 
@@ -88,7 +69,7 @@ class TilePool:
 
     def warm_up(self) -> None:
         """Starts every process now (and imports the segmentation stack in it)."""
-        futures = [self._submit(tile_tasks.warm_up) for _ in range(self.processes)]
+        futures = [self._submit(pool_process.warm_up) for _ in range(self.processes)]
         for future in futures:
             self._result(future)
 

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from skimage import filters
 from skimage.color import hed_from_rgb
 
-from worker_service import morphology, shapes
+from worker_service.analysis import morphology, shapes
 
 Labels = npt.NDArray[np.int32]
 RGB = npt.NDArray[np.uint8]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from worker_service.tissue import TissueMask
+from worker_service.analysis.tissue import TissueMask
 
 MAX_MASK_SIDE = 4096  # a reused mask larger than this is refused, not decoded
 

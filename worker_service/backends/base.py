@@ -1,0 +1,126 @@
+"""What every segmentation backend is: a ``Backend`` object that owns its
+facts (name, pixel size, what it needs, how it prepares a job) and hands the
+pool a small ``Recipe`` from which each pool process builds its ``Segmenter``
+once. The pipeline knows backends only through this module and the registry,
+so adding one is one module and one registry line."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+from worker_service.analysis.nuclei import RGB, Labels, Nucleus, nuclei_from_labels
+from worker_service.analysis.tiling import per_size
+
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+ENGINES = ("auto", "onnx-int8", "onnx", "torch")
+BATCH_RANGE = (1, 256)
+DEFAULT_BATCH = 8
+INSTANSEG_DEFAULT = Path("models/instanseg.pt")
+
+
+class Segmenter(Protocol):
+    def __call__(self, rgb: RGB) -> Labels: ...
+
+    def find(self, tiles: Sequence[RGB]) -> list[list[Nucleus]]:
+        """Each tile's nuclei, with outlines, in tile coordinates."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The worker's model flags (``--model-device``, ``--model-batch``,
+    ``--learned-engine``, ``--instanseg-model``), checked when the worker
+    starts and handed to every job in its context: job code reads no
+    environment."""
+
+    device: str = "auto"  # auto (cuda when PyTorch sees one), cpu, cuda, cuda:N
+    batch_size: int = DEFAULT_BATCH  # tiles per forward pass of a model
+    learned_engine: str = "auto"  # auto (ONNX Runtime on a CPU, PyTorch on a GPU), ...
+    instanseg_model: Path = INSTANSEG_DEFAULT  # the InstanSeg TorchScript file
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(DEVICE_PATTERN, self.device):
+            raise ValueError(f"model device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+        low, high = BATCH_RANGE
+        if not low <= self.batch_size <= high:
+            raise ValueError(
+                f"model batch must be a whole number from {low} to {high}, not {self.batch_size}"
+            )
+        if self.learned_engine not in ENGINES:
+            raise ValueError(
+                f"learned engine must be one of {', '.join(ENGINES)}, not {self.learned_engine!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Recipe(ABC):
+    """How a pool process builds a job's segmenter: small, picklable and
+    hashable, so that each process builds it once (a model loads once)."""
+
+    backend: str  # the backend's name, part of every nucleus id
+    tiles_per_pass: int  # tiles the segmenter takes at once
+    tiles_per_task: int  # tiles a pool process takes at once (whole passes)
+
+    @abstractmethod
+    def build(self) -> Segmenter: ...
+
+
+@dataclass(frozen=True)
+class JobSlide:
+    """What a backend sees of a job when it prepares it."""
+
+    working_mpp: float | None  # pixel size of the tiles, when the slide says
+    pixel_um: float  # the same, or the default pixel size where the slide says none
+    sample_tiles: Callable[[int], list[RGB]]  # up to n tissue tiles spread over the slide
+
+
+@dataclass(frozen=True)
+class Prepared:
+    recipe: Recipe
+    details: dict[str, object]  # the summary's backend_details
+
+
+class Backend(ABC):
+    """One segmentation backend. ``mpp``: the pixel size it segments at
+    (a model's training resolution), or None to work at the job's target_mpp."""
+
+    name: ClassVar[str]
+    mpp: ClassVar[float | None] = None
+
+    @abstractmethod
+    def check(self, settings: ModelSettings) -> None:
+        """Raises BackendUnavailable, saying what to install or set, when it
+        cannot run on this worker."""
+
+    @abstractmethod
+    def prepare(self, slide: JobSlide, settings: ModelSettings) -> Prepared:
+        """The recipe of a job's segmenter, and what the summary says of it."""
+
+    def preferred_here(self) -> bool:
+        """Whether ``--default-backend auto`` picks it on this machine."""
+        return False
+
+
+class BatchedModel(ABC):
+    """What the model backends share: tiles of one size go through the model
+    together, one forward pass per size; a subclass says how one such batch
+    becomes label images."""
+
+    @abstractmethod
+    def _segment_one_size(self, tiles: list[RGB]) -> list[Labels]:
+        """Label images of tiles that all have the same size."""
+
+    def segment_batch(self, tiles: Sequence[RGB]) -> list[Labels]:
+        return per_size(tiles, self._segment_one_size)
+
+    def __call__(self, rgb: RGB) -> Labels:
+        return self.segment_batch([rgb])[0]
+
+    def find(self, tiles: Sequence[RGB]) -> list[list[Nucleus]]:
+        found = self.segment_batch(tiles)
+        return [nuclei_from_labels(labels, rgb) for labels, rgb in zip(found, tiles, strict=True)]
