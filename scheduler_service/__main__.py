@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -21,6 +21,7 @@ from scheduler_service.observability import SchedulerMetrics, TransitionLog
 from scheduler_service.policy import SchedulingPolicy
 from scheduler_service.service import SchedulerServicer
 from scheduler_service.store import JobRecord, JobTransition, Store, WorkflowRecord
+from scheduler_service.worker_links import grpc_connect
 from wsi_protocol import addresses
 from wsi_protocol.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from wsi_protocol.worker.v1 import worker_pb2_grpc
@@ -109,15 +110,46 @@ def build(
         wf.feed.publish(convert.change_event(store, wf, kind, job, store.now()))
 
     journal = SqliteJournal(args.journal)
+    store = restore(args, journal, lambda clock: Store(policy, clock, publish), on_transition)
+    workers = [a.strip() for a in args.worker_addresses.split(",") if a.strip()]
+    dispatcher = Dispatcher(
+        store,
+        workers,
+        grpc_connect(tls.channel_credentials(tls_files)),
+        worker_secret=secret,
+        on_error=lambda task: metrics.background_errors.labels(task).inc(),
+    )
+    servicer = SchedulerServicer(
+        store,
+        dispatcher,
+        args.slide_roots,
+        args.max_jobs_per_workflow,
+        limiter=RateLimiter(args.rate_limit, max(1.0, args.rate_burst)),
+        max_pending_per_user=args.max_pending_per_user,
+        min_tile_size=args.min_tile_size,
+        authenticate=authenticator(args.auth_tokens, args.host),
+    )
+    links = dispatcher.links
+    metrics.watch_state(
+        store,
+        lambda: (links.slots_busy, links.slots_total, links.workers_connected),
+        lambda: servicer.watch_streams,
+    )
+    return store, dispatcher, servicer, journal, metrics
+
+
+def restore(
+    args: argparse.Namespace,
+    journal: SqliteJournal,
+    new_store: Callable[[Callable[[], float]], Store],
+    on_transition: Callable[[JobTransition], None],
+) -> Store:
+    """The store as the journal left it (damaged records quarantined when
+    asked to), live from here on."""
     started = time.perf_counter()
     try:
         store, recovered = recovery.recover(
-            journal.entries(),
-            lambda replay_clock: Store(policy, replay_clock, publish),
-            time.time,
-            journal,
-            on_transition,
-            args.journal_quarantine,
+            journal.entries(), new_store, time.time, journal, on_transition, args.journal_quarantine
         )
     except recovery.DamagedInReplay as exc:
         journal.close()
@@ -140,30 +172,7 @@ def build(
             recovered.requeued,
             f", {recovered.skipped} records skipped" if recovered.skipped else "",
         )
-    workers = [a.strip() for a in args.worker_addresses.split(",") if a.strip()]
-    dispatcher = Dispatcher(
-        store,
-        workers,
-        on_error=lambda task: metrics.background_errors.labels(task).inc(),
-        worker_secret=secret,
-        credentials=tls.channel_credentials(tls_files),
-    )
-    servicer = SchedulerServicer(
-        store,
-        dispatcher,
-        args.slide_roots,
-        args.max_jobs_per_workflow,
-        limiter=RateLimiter(args.rate_limit, max(1.0, args.rate_burst)),
-        max_pending_per_user=args.max_pending_per_user,
-        min_tile_size=args.min_tile_size,
-        authenticate=authenticator(args.auth_tokens, args.host),
-    )
-    metrics.watch_state(
-        store,
-        lambda: (dispatcher.slots_busy, dispatcher.slots_total, dispatcher.workers_connected),
-        lambda: servicer.watch_streams,
-    )
-    return store, dispatcher, servicer, journal, metrics
+    return store
 
 
 def authenticator(token_file: str, host: str) -> Authenticator:
@@ -184,7 +193,7 @@ async def prune_periodically(
     metrics: SchedulerMetrics,
 ) -> None:
     interval = min(RETENTION_CHECK_S, hours * 3600 / 10)
-    deleter = retention.Deleter(dispatcher.delete_results)
+    deleter = retention.Deleter(dispatcher.proxy.delete_results)
     while True:
         try:
             await deleter.run(retention.prune_expired(store, journal, time.time() - hours * 3600))
@@ -224,7 +233,7 @@ async def serve(args: argparse.Namespace) -> None:
         await dispatcher.close()
 
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
-    worker_registry = registry_service.WorkerRegistry(dispatcher, args.heartbeat_interval)
+    worker_registry = registry_service.WorkerRegistry(dispatcher.links, args.heartbeat_interval)
     worker_pb2_grpc.add_WorkerRegistryServicer_to_server(worker_registry, server)
     tasks.append(asyncio.create_task(worker_registry.forget_silent_workers()))
     health = await serving.start(server, SERVICE_NAME, [registry_service.SERVICE_NAME])

@@ -3,10 +3,8 @@ store keeps as facts (why a job waits)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import PurePath
-from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -90,40 +88,16 @@ def job_message(store: Store, job: JobRecord) -> pb.Job:
     )
     if job.state is State.SUCCEEDED:
         msg.result.files.update(public_files(job.job_id, job.result_files))
-        msg.result.summary = public_summary(job.result_summary)
-        structured = summary_object(msg.result.summary)
-        if structured is not None:
-            msg.result.structured_summary.update(structured)
+        msg.result.summary = job.result_summary
+        if job.result_object is not None:
+            msg.result.structured_summary.update(job.result_object)
     return msg
-
-
-def summary_object(summary: str) -> dict[str, Any] | None:
-    """The summary document as an object, if it is one."""
-    try:
-        document = json.loads(summary) if summary else None
-    except ValueError:
-        return None
-    return document if isinstance(document, dict) else None
 
 
 def public_files(job_id: str, files: Mapping[str, str]) -> dict[str, str]:
     """Paths relative to the results folder (JOB_ID/NAME), also for results that
     older workers reported as absolute paths: answers show no server path."""
     return {name: f"{job_id}/{PurePath(path).name}" for name, path in files.items()}
-
-
-def public_summary(summary: str) -> str:
-    """The summary with the slide as a name, for summaries older workers wrote
-    with the slide's absolute path."""
-    try:
-        document = json.loads(summary)
-        path = document["slide"]["path"]
-    except (ValueError, KeyError, TypeError):
-        return summary
-    if not isinstance(path, str) or not PurePath(path).is_absolute():
-        return summary
-    document["slide"]["path"] = PurePath(path).name
-    return json.dumps(document)
 
 
 def workflow_progress(wf: WorkflowRecord) -> pb.Progress:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from scheduler_service.dispatcher import Dispatcher
+from scheduler_service.worker_links import WorkerLinks
 from wsi_protocol.worker.v1 import worker_pb2 as wpb
 from wsi_protocol.worker.v1 import worker_pb2_grpc as wpb_grpc
 
@@ -30,11 +30,11 @@ _ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}")
 class WorkerRegistry(wpb_grpc.WorkerRegistryServicer):
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        links: WorkerLinks,
         interval_s: float = HEARTBEAT_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.dispatcher = dispatcher
+        self.links = links
         self.interval_s = interval_s
         self.clock = clock
 
@@ -48,22 +48,22 @@ class WorkerRegistry(wpb_grpc.WorkerRegistryServicer):
 
     async def Join(self, request: wpb.JoinRequest, context: Context) -> wpb.JoinResponse:
         address = await self._address(request.address, context)
-        self.dispatcher.join(address, self.clock())
+        self.links.join(address, self.clock())
         return wpb.JoinResponse(heartbeat_interval_s=self.interval_s)
 
     async def Heartbeat(
         self, request: wpb.HeartbeatRequest, context: Context
     ) -> wpb.HeartbeatResponse:
-        if not self.dispatcher.heartbeat(request.address, self.clock()):
+        if not self.links.heartbeat(request.address, self.clock()):
             await context.abort(grpc.StatusCode.NOT_FOUND, "unknown worker: join again")
         return wpb.HeartbeatResponse()
 
     async def Leave(self, request: wpb.LeaveRequest, context: Context) -> wpb.LeaveResponse:
-        self.dispatcher.leave(request.address, "it left")
+        self.links.leave(request.address, "it left")
         return wpb.LeaveResponse()
 
     async def forget_silent_workers(self) -> None:
         """Runs for the scheduler's life."""
         while True:
             await asyncio.sleep(self.interval_s)
-            self.dispatcher.forget_silent(self.clock(), self.interval_s * MISSED_BEATS)
+            self.links.forget_silent(self.clock(), self.interval_s * MISSED_BEATS)

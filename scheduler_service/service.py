@@ -17,7 +17,7 @@ import grpc
 
 from scheduler_service import convert, slide_catalog
 from scheduler_service.authentication import Authenticator
-from scheduler_service.dispatcher import BadViewerRequest, Dispatcher, WorkerUnavailable
+from scheduler_service.dispatcher import Dispatcher
 from scheduler_service.journal import JournalError
 from scheduler_service.policy import State
 from scheduler_service.slide_catalog import InvalidSlideToken
@@ -36,6 +36,8 @@ from scheduler_service.validation import (
     TooManyJobs,
     normalise_jobs,
 )
+from scheduler_service.worker_proxy import BadViewerRequest, WorkerUnavailable
+from wsi_protocol import result_files
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from wsi_protocol.status import RETRY_AFTER_METADATA, SERVER_ANSWER_METADATA
@@ -53,7 +55,7 @@ MAX_PAGE_SIZE = 1000
 MAX_ID_LENGTH = 128
 
 
-class BadRequest(ValueError):
+class MalformedRequest(ValueError):
     """A malformed request the store never sees."""
 
 
@@ -78,7 +80,8 @@ def status_for(exc: Exception) -> grpc.StatusCode | None:
             else grpc.StatusCode.INVALID_ARGUMENT
         )
     if isinstance(
-        exc, InvalidSpec | InvalidPageToken | BadRequest | InvalidSlideToken | BadViewerRequest
+        exc,
+        InvalidSpec | InvalidPageToken | MalformedRequest | InvalidSlideToken | BadViewerRequest,
     ):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, LimitExceeded | TooManyJobs):
@@ -167,8 +170,8 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
 
     def _stop(self, running_job_ids: Sequence[str]) -> None:
         for job_id in running_job_ids:
-            self.dispatcher.stop_job(job_id)
-        self.dispatcher.kick()
+            self.dispatcher.runner.stop_job(job_id)
+        self.dispatcher.runner.kick()
 
     # ---- RPCs ------------------------------------------------------------------
 
@@ -179,7 +182,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         async with domain_errors(context):
             self._check_rate(user)
             if len(request.name) > MAX_NAME_LENGTH or len(request.request_id) > MAX_ID_LENGTH:
-                raise BadRequest(
+                raise MalformedRequest(
                     f"name may be at most {MAX_NAME_LENGTH} and request_id "
                     f"{MAX_ID_LENGTH} characters"
                 )
@@ -207,7 +210,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             wf, _ = self.store.create_workflow(
                 user, request.name or "workflow", jobs, slide_files, request.request_id
             )
-        self.dispatcher.kick()
+        self.dispatcher.runner.kick()
         return convert.workflow_message(self.store, wf)
 
     async def GetWorkflow(self, request: pb.GetWorkflowRequest, context: Context) -> pb.Workflow:
@@ -222,7 +225,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         user = await self.authenticate(context)
         async with domain_errors(context):
             if request.page_size < 0:
-                raise BadRequest("page_size must not be negative")
+                raise MalformedRequest("page_size must not be negative")
             size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             page, token = self.store.list_workflows(user, size, request.page_token)
         return pb.ListWorkflowsResponse(
@@ -305,7 +308,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                 have = ", ".join(sorted(files)) or "none yet"
                 raise NotFound(f"job {job.job_id!r} has no result {request.name!r} ({have})")
         async with domain_errors(context):
-            async for data, size in self.dispatcher.read_result(
+            async for data, size in self.dispatcher.proxy.read_result(
                 job.worker, job.job_id, request.name
             ):
                 yield pb.ResultChunk(data=data, size=size)
@@ -316,7 +319,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         user = await self.authenticate(context)
         async with domain_errors(context):
             job = self.store.job(user, request.job_id[:MAX_ID_LENGTH])
-            return await self.dispatcher.deep_zoom(job)
+            return await self.dispatcher.proxy.deep_zoom(job)
         raise AssertionError("unreachable")
 
     async def GetSlideTile(
@@ -327,15 +330,17 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             job = self.store.job(user, request.job_id[:MAX_ID_LENGTH])
             if min(request.level, request.col, request.row) < 0:
                 raise NotFound(f"no tile {request.level}/{request.col}_{request.row}")
-            return await self.dispatcher.slide_tile(job, request.level, request.col, request.row)
+            return await self.dispatcher.proxy.slide_tile(
+                job, request.level, request.col, request.row
+            )
         raise AssertionError("unreachable")
 
     def _segmented_job(self, user: str, job_id: str) -> JobRecord:
         """The caller's job whose nuclei a viewer may ask for."""
         job = self.store.job(user, job_id[:MAX_ID_LENGTH])
         if job.job_type != "CELL_SEGMENTATION":
-            raise BadRequest(f"job {job.job_id!r} is a {job.job_type} job: it has no nuclei")
-        if job.state is not State.SUCCEEDED or "cells.geojson" not in job.result_files:
+            raise MalformedRequest(f"job {job.job_id!r} is a {job.job_type} job: it has no nuclei")
+        if job.state is not State.SUCCEEDED or result_files.CELLS not in job.result_files:
             raise NotFound(f"job {job.job_id!r} has no nuclei yet (it is {job.state.name})")
         return job
 
@@ -348,9 +353,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             try:
                 box = check_box((request.x0, request.y0, request.x1, request.y1))
             except BoxError as exc:
-                raise BadRequest(str(exc)) from None
+                raise MalformedRequest(str(exc)) from None
         async with domain_errors(context):
-            async for data in self.dispatcher.query_cells(job.worker, job.job_id, box):
+            async for data in self.dispatcher.proxy.query_cells(job.worker, job.job_id, box):
                 yield pb.ResultChunk(data=data)
 
     async def GetCellDensity(
@@ -360,8 +365,8 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         async with domain_errors(context):
             job = self._segmented_job(user, request.job_id)
             if not (math.isfinite(request.cell_px) and request.cell_px >= 0):
-                raise BadRequest("cell_px must be a finite number, 0 or more")
-            return await self.dispatcher.cell_density(job.worker, job.job_id, request.cell_px)
+                raise MalformedRequest("cell_px must be a finite number, 0 or more")
+            return await self.dispatcher.proxy.cell_density(job.worker, job.job_id, request.cell_px)
         raise AssertionError("unreachable")
 
     async def ListSlides(
@@ -370,7 +375,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         await self.authenticate(context)
         async with domain_errors(context):
             if request.page_size < 0:
-                raise BadRequest("page_size must not be negative")
+                raise MalformedRequest("page_size must not be negative")
             size = min(request.page_size or DEFAULT_SLIDE_PAGE, MAX_PAGE_SIZE)
             # Walking the roots and opening slides reads the disk: not on the loop.
             listed, token = await asyncio.to_thread(
@@ -398,9 +403,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             pending_jobs=policy.pending_count,
             active_users=len(policy.active_users),
             waiting_users=policy.users_waiting_for_a_slot,
-            worker_slots_busy=self.dispatcher.slots_busy,
-            worker_slots_total=self.dispatcher.slots_total,
-            workers_connected=self.dispatcher.workers_connected,
+            worker_slots_busy=self.dispatcher.links.slots_busy,
+            worker_slots_total=self.dispatcher.links.slots_total,
+            workers_connected=self.dispatcher.links.workers_connected,
             my_running_jobs=sum(r for _, r in depths.values()),
             my_pending_jobs=sum(p for p, _ in depths.values()),
             max_workers=policy.max_workers,
@@ -418,6 +423,6 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                     state=link.state,
                     backends=link.backends,
                 )
-                for link in self.dispatcher.links
+                for link in self.dispatcher.links.links
             ],
         )

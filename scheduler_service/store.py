@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from scheduler_service import page_tokens, progress
 from scheduler_service.events import WorkflowFeed
@@ -23,6 +24,7 @@ from scheduler_service.policy import (
     Transition,
     WaitKind,
 )
+from scheduler_service.summaries import public_summary, summary_object
 from scheduler_service.validation import JobInput
 
 log = logging.getLogger("wsi.scheduler.store")
@@ -64,7 +66,8 @@ class JobRecord:
     error: str = ""
     error_code: str = ""  # the worker's kind of failure (a gRPC status name)
     result_files: dict[str, str] = field(default_factory=dict)
-    result_summary: str = ""
+    result_summary: str = ""  # public: the slide as a name
+    result_object: dict[str, Any] | None = None  # the same, parsed once
     start_time: float = 0.0
     end_time: float = 0.0
     worker: str = ""
@@ -239,43 +242,19 @@ class Store:
             workflow_id, job_ids = self._new_id(), [self._new_id() for _ in jobs]
         else:
             workflow_id, job_ids = ids[0], list(ids[1])
-        self._journal.append(
-            Record(
-                RecordKind.CREATE,
-                workflow_id,
-                1,
-                now,
-                {
-                    "user": user,
-                    "name": name,
-                    "request_id": request_id,
-                    "jobs": [
-                        {**dataclasses.asdict(job), "job_id": job_id, "slide_file": slide_file}
-                        for job, job_id, slide_file in zip(jobs, job_ids, slide_files, strict=True)
-                    ],
-                },
-            )
-        )
+        payload = {
+            "user": user,
+            "name": name,
+            "request_id": request_id,
+            "jobs": [
+                {**dataclasses.asdict(job), "job_id": job_id, "slide_file": slide_file}
+                for job, job_id, slide_file in zip(jobs, job_ids, slide_files, strict=True)
+            ],
+        }
+        self._journal.append(Record(RecordKind.CREATE, workflow_id, 1, now, payload))
         index = self._users.setdefault(user, _UserIndex())
         self._order += 1
-        ids_by_key = dict(zip((job.key for job in jobs), job_ids, strict=True))
-        records = [
-            JobRecord(
-                job_id=ids_by_key[job.key],
-                workflow_id=workflow_id,
-                user=user,
-                key=job.key,
-                branch=job.branch,
-                job_type=job.job_type,
-                wsi_path=job.wsi_path,
-                slide_file=slide_file,
-                depends_on=job.depends_on,
-                depends_on_ids=tuple(ids_by_key[d] for d in job.depends_on),
-                params=job.params,
-                create_time=now,
-            )
-            for job, slide_file in zip(jobs, slide_files, strict=True)
-        ]
+        records = _job_records(user, workflow_id, jobs, job_ids, slide_files, now)
         wf = WorkflowRecord(
             workflow_id=workflow_id,
             user=user,
@@ -357,7 +336,9 @@ class Store:
             job.workflow_id,
             {"job_id": job_id, "files": files, "summary": summary, "tiles_total": total},
         )
-        job.result_files, job.result_summary = dict(files), summary
+        job.result_files = dict(files)
+        job.result_summary = public_summary(summary)
+        job.result_object = summary_object(job.result_summary)
         self._set_tiles(job, total, total)
         self._apply(self.policy.finish(job_id, State.SUCCEEDED))
 
@@ -567,3 +548,32 @@ __all__ = [
     "Store",
     "WorkflowRecord",
 ]
+
+
+def _job_records(
+    user: str,
+    workflow_id: str,
+    jobs: Sequence[JobInput],
+    job_ids: Sequence[str],
+    slide_files: Sequence[str],
+    now: float,
+) -> list[JobRecord]:
+    """A new workflow's jobs, PENDING, their dependencies as job ids."""
+    ids_by_key = dict(zip((job.key for job in jobs), job_ids, strict=True))
+    return [
+        JobRecord(
+            job_id=ids_by_key[job.key],
+            workflow_id=workflow_id,
+            user=user,
+            key=job.key,
+            branch=job.branch,
+            job_type=job.job_type,
+            wsi_path=job.wsi_path,
+            slide_file=slide_file,
+            depends_on=job.depends_on,
+            depends_on_ids=tuple(ids_by_key[d] for d in job.depends_on),
+            params=job.params,
+            create_time=now,
+        )
+        for job, slide_file in zip(jobs, slide_files, strict=True)
+    ]

@@ -140,73 +140,74 @@ class Plan:
         )
 
 
-def services(plan: Plan) -> list[Service]:
-    python = sys.executable
-    host, metrics_port = plan.host, plan.metrics_port
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
 
-    def grpc_ready(address: str) -> Callable[[Callable[[], bool]], None]:
-        return lambda alive: wait_serving(address, timeout=60, alive=alive)
 
-    def port(address: str) -> int:
-        return int(address.rsplit(":", 1)[1])
+def _grpc_ready(address: str) -> Callable[[Callable[[], bool]], None]:
+    return lambda alive: wait_serving(address, timeout=60, alive=alive)
 
+
+def _shared_flags(plan: Plan) -> list[str]:
+    """What the scheduler and its workers are both told."""
     roots = ["--slide-roots", ":".join(str(root) for root in plan.slide_roots)]
     secret = ["--worker-secret-file", str(plan.secret_file)] if plan.secret_file else []
+    return roots + secret
 
+
+def _worker(plan: Plan, index: int, address: str) -> Service:
+    """Each worker has its own results folder (one worker: the folder itself)."""
     results = Path(os.environ.get("WSI_RESULTS_DIR") or "results")
+    folder = results if plan.local_workers == 1 else results / f"worker-{index}"
+    metrics = plan.metrics_port + 1 + index
+    return Service(
+        "worker" if plan.local_workers == 1 else f"worker {index}",
+        [
+            sys.executable,
+            "-m",
+            "worker_service",
+            "--worker-port",
+            str(_port(address)),
+            "--metrics-port",
+            str(metrics),
+            "--results-dir",
+            str(folder),
+            "--scheduler",
+            plan.scheduler,
+            *_shared_flags(plan),
+        ],
+        [(plan.host, _port(address), "worker"), (plan.host, metrics, "worker metrics")],
+        _grpc_ready(address),
+    )
 
-    def worker(index: int, address: str) -> Service:
-        """Each worker has its own results folder (one worker: the folder itself)."""
-        folder = results if plan.local_workers == 1 else results / f"worker-{index}"
-        metrics = metrics_port + 1 + index
-        return Service(
-            "worker" if plan.local_workers == 1 else f"worker {index}",
-            [
-                python,
-                "-m",
-                "worker_service",
-                "--worker-port",
-                str(port(address)),
-                "--metrics-port",
-                str(metrics),
-                "--results-dir",
-                str(folder),
-                "--scheduler",
-                plan.scheduler,
-                *roots,
-                *secret,
-            ],
-            [(host, port(address), "worker"), (host, metrics, "worker metrics")],
-            grpc_ready(address),
-        )
 
-    # The scheduler first: the workers join it as soon as they are up.
-    return [
-        Service(
-            "scheduler",
-            [
-                python,
-                "-m",
-                "scheduler_service",
-                "--metrics-port",
-                str(metrics_port),
-                # Static workers only if asked for: the local ones join by themselves.
-                "--worker-addresses",
-                os.environ.get("WSI_WORKER_ADDRESSES", ""),
-                *roots,
-                *secret,
-            ],
-            [(host, port(plan.scheduler), "scheduler"), (host, metrics_port, "scheduler metrics")],
-            grpc_ready(plan.scheduler),
-        ),
-        *(worker(index, address) for index, address in enumerate(plan.workers)),
-        Service(
-            "gateway",
-            [python, "-m", "wsi_gateway", "--scheduler-address", plan.upstream],
-            [(host, port(plan.gateway), "gateway")],
-            lambda alive: wait_http(plan.gateway, timeout=60, alive=alive),
-        ),
-    ]
+def services(plan: Plan) -> list[Service]:
+    """The scheduler first: the workers join it as soon as they are up."""
+    host, metrics_port = plan.host, plan.metrics_port
+    scheduler = Service(
+        "scheduler",
+        [
+            sys.executable,
+            "-m",
+            "scheduler_service",
+            "--metrics-port",
+            str(metrics_port),
+            # Static workers only if asked for: the local ones join by themselves.
+            "--worker-addresses",
+            os.environ.get("WSI_WORKER_ADDRESSES", ""),
+            *_shared_flags(plan),
+        ],
+        [(host, _port(plan.scheduler), "scheduler"), (host, metrics_port, "scheduler metrics")],
+        _grpc_ready(plan.scheduler),
+    )
+    gateway = Service(
+        "gateway",
+        [sys.executable, "-m", "wsi_gateway", "--scheduler-address", plan.upstream],
+        [(host, _port(plan.gateway), "gateway")],
+        lambda alive: wait_http(plan.gateway, timeout=60, alive=alive),
+    )
+    workers = [_worker(plan, index, address) for index, address in enumerate(plan.workers)]
+    return [scheduler, *workers, gateway]
 
 
 def new_worker_secret(folder: Path) -> Path | None:

@@ -25,7 +25,7 @@ from pathlib import PurePath
 from typing import Any
 
 from wsi_client.client import job
-from wsi_protocol.params import param_text
+from wsi_protocol.param_text import param_text
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 JOB_FIELDS = frozenset({"key", "branch", "job_type", "wsi_path", "depends_on", "params"})

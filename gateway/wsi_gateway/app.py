@@ -1,5 +1,5 @@
 """The HTTP/JSON face of the scheduler: the routes (``routes.py``), a typed
-state made once by the lifespan (``backend.py``), and the one place where a
+state made once by the lifespan (``dependencies.py``), and the one place where a
 scheduler status or a refused request becomes an HTTP answer. No scheduling
 state or rules live here."""
 
@@ -19,9 +19,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.gzip import GZipMiddleware
 
 from wsi_gateway.auth import AuthFailure, GatewayAuth
-from wsi_gateway.backend import BadRequest, GatewayState, GrpcFailure, NotFoundError
-from wsi_gateway.errors import error_body, http_status
+from wsi_gateway.dependencies import BadRequest, GatewayState, GrpcFailure, NotFoundError
 from wsi_gateway.guards import DEFAULT_MAX_BODY_BYTES, BodyLimit, HostAllowList, SecurityHeaders
+from wsi_gateway.http_errors import error_body, http_status
 from wsi_gateway.metrics import HttpMetrics, MetricsMiddleware
 from wsi_gateway.routes import router
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
@@ -94,6 +94,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     metrics = HttpMetrics()
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    _map_errors(app, auth)
+    app.include_router(router)
+    _serve_pages(app, metrics, auth)
+    _guard(app, settings)
+    return app
+
+
+def _map_errors(app: FastAPI, auth: GatewayAuth) -> None:
+    """The one place where errors become HTTP answers."""
 
     @app.exception_handler(GrpcFailure)
     async def grpc_failure(request: Request, exc: GrpcFailure) -> JSONResponse:
@@ -129,7 +138,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def not_found(request: Request, exc: NotFoundError) -> JSONResponse:
         return JSONResponse(error_body("NOT_FOUND", str(exc)), status_code=404)
 
-    app.include_router(router)
+
+def _serve_pages(app: FastAPI, metrics: HttpMetrics, auth: GatewayAuth) -> None:
+    """The web UI, its assets, the docs and the gateway's own metrics."""
 
     @app.get("/metrics", summary="Prometheus metrics of the gateway")
     async def prometheus_metrics() -> Response:
@@ -155,6 +166,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     if VIEWER_ASSETS.is_dir():  # without it the UI shows the static preview only
         app.mount("/viewer-assets", StaticFiles(directory=VIEWER_ASSETS), name="viewer-assets")
+
+
+def _guard(app: FastAPI, settings: GatewaySettings) -> None:
     # GeoJSON and JSON shrink several times; images and event streams are left
     # alone (Starlette's defaults), large bodies compress off the event loop.
     # Level 1: a viewer's box of 1,000 nuclei compressed in ~6 ms instead of
@@ -165,4 +179,3 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HostAllowList, allowed=settings.allowed_hosts)
     app.add_middleware(SecurityHeaders)
-    return app

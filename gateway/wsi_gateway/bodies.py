@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, StrictFloat, StrictInt, StrictStr
 
-from wsi_gateway.backend import BadRequest
-from wsi_protocol.params import param_text
+from wsi_gateway.dependencies import BadRequest
+from wsi_protocol.param_text import param_text
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_runtime.job_params import JOB_TYPES
 

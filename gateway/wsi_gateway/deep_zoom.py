@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from xml.sax.saxutils import quoteattr
 
-from wsi_gateway.backend import NotFoundError
+from wsi_gateway.dependencies import NotFoundError
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 DZI_NAMESPACE = "http://schemas.microsoft.com/deepzoom/2008"

@@ -12,7 +12,7 @@ import grpc
 from fastapi.responses import StreamingResponse
 
 from wsi_gateway import sse
-from wsi_gateway.backend import GrpcFailure
+from wsi_gateway.dependencies import GrpcFailure
 from wsi_protocol.json_format import to_json
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc

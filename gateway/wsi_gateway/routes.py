@@ -12,8 +12,9 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response, StreamingResponse
 
 from wsi_gateway import deep_zoom, events, sse
-from wsi_gateway.backend import BadRequest, Caller, Gateway, NotFoundError, call, collect
 from wsi_gateway.bodies import WorkflowIn
+from wsi_gateway.dependencies import BadRequest, Caller, Gateway, NotFoundError, call, collect
+from wsi_protocol import result_files
 from wsi_protocol.json_format import to_json
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_runtime import job_params
@@ -192,6 +193,11 @@ async def stats(gateway: Gateway, caller: Caller) -> Any:
 @router.get("/job-params", summary="The job parameters: kind, bounds, default, choices")
 async def job_params_schema() -> dict[str, dict[str, object]]:
     return job_params.schema()
+
+
+@router.get("/result-files", summary="The names of a job's result files, by role")
+async def result_file_names() -> dict[str, str]:
+    return dict(result_files.BY_ROLE)
 
 
 @router.get("/healthz", summary="Liveness")

@@ -6,7 +6,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from wsi_gateway import sse
-from wsi_gateway.errors import error_body, http_status
+from wsi_gateway.http_errors import error_body, http_status
 from wsi_protocol.json_format import to_json
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.status import retry_after_seconds

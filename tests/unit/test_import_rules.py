@@ -8,7 +8,7 @@ OpenSlide, threads or clock, so they are tested fast and exhaustively."""
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -125,6 +125,15 @@ def test_pure_modules_import_no_io_threads_or_clock(module: str) -> None:
     assert bad == [], f"{module} imports {bad}"
 
 
+def offenders(paths: Iterable[Path], found: Callable[[Path], list[str]]) -> dict[str, list[str]]:
+    """Each file of ``paths`` with what ``found`` finds wrong in it, if anything."""
+    return {str(p.relative_to(ROOT)): found(p) for p in sorted(paths) if found(p)}
+
+
+def imports_in(path: Path, tops: Iterable[str]) -> list[str]:
+    return [m for m in imports_of(path) if top(m) in tops]
+
+
 def worker_layer_of(path: Path) -> str:
     """The layer a worker source file sits in ("" for the package's top)."""
     parts = path.relative_to(WORKER).parts
@@ -157,27 +166,20 @@ def test_the_worker_is_in_known_layers() -> None:
 
 @pytest.mark.parametrize("layer", sorted(WORKER_LAYERS))
 def test_worker_layers_import_only_the_layers_under_them(layer: str) -> None:
-    bad = {
-        str(p.relative_to(ROOT)): layer_violations(p, layer)
-        for p in sorted((WORKER / layer).rglob("*.py"))
-    }
-    assert {path: found for path, found in bad.items() if found} == {}
+    files = (WORKER / layer).rglob("*.py")
+    assert offenders(files, lambda p: layer_violations(p, layer)) == {}
 
 
 def test_the_analysis_layer_is_pure() -> None:
-    bad = {
-        str(p.relative_to(ROOT)): [m for m in imports_of(p) if top(m) in IMPURE]
-        for p in sorted((WORKER / "analysis").rglob("*.py"))
-    }
-    assert {path: found for path, found in bad.items() if found} == {}
+    files = (WORKER / "analysis").rglob("*.py")
+    assert offenders(files, lambda p: imports_in(p, IMPURE)) == {}
 
 
 def test_training_uses_only_the_workers_analysis_and_backends() -> None:
-    bad = {
-        str(p.relative_to(ROOT)): sorted(worker_layers_imported(p) - TRAINING_MAY_IMPORT)
-        for p in sources("wsi_training")
-    }
-    assert {path: found for path, found in bad.items() if found} == {}
+    found = offenders(
+        sources("wsi_training"), lambda p: sorted(worker_layers_imported(p) - TRAINING_MAY_IMPORT)
+    )
+    assert found == {}
 
 
 ENVIRONMENT_READS = {"environ", "getenv", "environb", "getenvb"}
@@ -214,18 +216,11 @@ def job_code() -> list[Path]:
 
 def test_job_code_reads_no_environment() -> None:
     """Settings are the worker's flags, handed to jobs in their context."""
-    bad = {str(p.relative_to(ROOT)): environment_reads(p) for p in sorted(job_code())}
-    assert {path: found for path, found in bad.items() if found} == {}
+    assert offenders(job_code(), environment_reads) == {}
 
 
 def test_the_runtime_imports_no_service() -> None:
-    bad = [
-        (str(p.relative_to(ROOT)), m)
-        for p in sources("wsi_runtime")
-        for m in imports_of(p)
-        if top(m) in SERVICES
-    ]
-    assert bad == []
+    assert offenders(sources("wsi_runtime"), lambda p: imports_in(p, SERVICES)) == {}
 
 
 def test_a_violation_is_seen(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from wsi_protocol.params import param_text
+from wsi_protocol.param_text import param_text
 from wsi_runtime.job_params import InvalidParams, JobParams, parse
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler_service.convert import public_files, public_summary
+from scheduler_service.convert import public_files
+from scheduler_service.summaries import public_summary
 from worker_service.storage.result_files import job_folder
 from wsi_runtime.slide_paths import SlidePathError, resolve_slide, shown_path
 

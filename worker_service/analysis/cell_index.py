@@ -18,9 +18,10 @@ import numpy as np
 import numpy.typing as npt
 import shapely
 
+from wsi_protocol import result_files
 from wsi_runtime.boxes import Box
 
-INDEX_NAME = "cells.index.npz"
+INDEX_NAME = result_files.CELL_INDEX
 MAX_DENSITY_CELLS = 512  # a density grid's longest side, in cells
 # Asked for no particular cell: 256 level-0 px (128 um at 0.5 um/px, some tens
 # of nuclei in tissue), larger on a slide over 256 such cells across.

@@ -12,14 +12,8 @@ from typing import Any
 import numpy as np
 
 from worker_service.analysis.nuclei import RGB, Labels
-from worker_service.backends.base import (
-    Backend,
-    BatchedModel,
-    JobSlide,
-    ModelSettings,
-    Prepared,
-    Recipe,
-)
+from worker_service.backends import base
+from worker_service.backends.base import Backend, BatchedModel, Prepared, Recipe
 from worker_service.errors import BackendUnavailable
 
 log = logging.getLogger("wsi.worker.backends")
@@ -78,7 +72,7 @@ class InstanSegBackend(Backend):
     name = "instanseg"
     mpp = INSTANSEG_MPP
 
-    def check(self, settings: ModelSettings) -> None:
+    def check(self, settings: base.ModelSettings) -> None:
         if importlib.util.find_spec("torch") is None:
             raise BackendUnavailable(
                 "backend 'instanseg' needs PyTorch on the worker: pip install"
@@ -92,7 +86,7 @@ class InstanSegBackend(Backend):
                 f" {MODEL_SETTING} at it (the worker's log names the path it looked at)"
             )
 
-    def prepare(self, slide: JobSlide, settings: ModelSettings) -> Prepared:
+    def prepare(self, slide: base.JobSlide, settings: base.ModelSettings) -> Prepared:
         model = str(settings.instanseg_model)
         recipe = InstanSegRecipe(
             self.name,

@@ -28,6 +28,7 @@ from worker_service.pipeline.preview import Preview
 from worker_service.pipeline.tile_pool import TilePool
 from worker_service.storage import result_files
 from worker_service.storage.slides import SlideCache
+from wsi_protocol import result_files as names
 from wsi_runtime import job_params
 from wsi_runtime.job_params import JobParams
 
@@ -105,14 +106,14 @@ def run_job(
     if backend is not None:
         assert pool is not None, "cell segmentation needs the tile pool"
         cells = segment_cells(overview, tissue, backend, pool, out_dir, preview, ctx)
-        files["cells.geojson"] = cells.cells_file
+        files[names.CELLS] = cells.cells_file
         segmentation = timings.phase("segmentation_s")
         timings.phases["reference_s"] = round(cells.reference_s, 4)  # the stain reference
         timings.phases["tiles_s"] = round(segmentation - cells.reference_s, 4)
-    files["preview.png"] = preview.write(out_dir)
+    files[names.PREVIEW] = preview.write(out_dir)
     timings.phase("preview_s")
     summary = _summary(spec, params, overview, tissue, cells, timings.total())
-    files["summary.json"] = str(result_files.write_json(out_dir / "summary.json", summary))
+    files[names.SUMMARY] = str(result_files.write_json(out_dir / names.SUMMARY, summary))
     mask = tissue.mask if spec.job_type == "TISSUE_MASK" else None
     return JobOutcome(files=files, summary=summary, tissue_mask=mask)
 

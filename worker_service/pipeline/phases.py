@@ -31,6 +31,7 @@ from worker_service.pipeline.preview import Preview
 from worker_service.pipeline.tile_pool import TilePool
 from worker_service.storage import result_files
 from worker_service.storage.slides import SlideCache, SlideInfo, describe, read_thumbnail
+from wsi_protocol import result_files as names
 from wsi_runtime.job_params import JobParams
 
 OVERVIEW_SIZE = 1024  # longest side of the image tissue is found on (and the preview)
@@ -139,7 +140,7 @@ def segment_cells(
     tiles = tissue.tissue_tiles
     total = len(tiles)
     ctx.report(0, total)
-    cells = result_files.FeatureCollectionWriter(out_dir / "cells.geojson")
+    cells = result_files.FeatureCollectionWriter(out_dir / names.CELLS)
     index = cell_index.IndexBuilder()
     done = 0
     ok = False
@@ -159,7 +160,7 @@ def segment_cells(
         ok = True
     finally:
         path = cells.close(ok)
-    result_files.write_cell_index(out_dir / cell_index.INDEX_NAME, index.build())
+    result_files.write_cell_index(out_dir / names.CELL_INDEX, index.build())
     return Cells(cells.count, done, str(path), prepared.details, reference_s)
 
 
@@ -179,7 +180,7 @@ def _prepare(
 def _write_tissue(
     out_dir: Path, tissue: TissueMask, polygons: list[Polygon], mpp: float | None
 ) -> dict[str, str]:
-    collection = result_files.FeatureCollectionWriter(out_dir / "tissue.geojson")
+    collection = result_files.FeatureCollectionWriter(out_dir / names.TISSUE)
     for polygon in polygons:
         area_um2 = polygon.area * mpp * mpp if mpp else None
         collection.add(
@@ -188,10 +189,10 @@ def _write_tissue(
             )
         )
     return {
-        "tissue.geojson": str(collection.close()),
-        "tissue_mask.png": str(
+        names.TISSUE: str(collection.close()),
+        names.TISSUE_MASK: str(
             result_files.write_png(
-                out_dir / "tissue_mask.png", result_files.mask_image(tissue.mask)
+                out_dir / names.TISSUE_MASK, result_files.mask_image(tissue.mask)
             )
         ),
     }

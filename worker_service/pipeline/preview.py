@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from shapely.geometry import Polygon
 
 from worker_service.storage import result_files
+from wsi_protocol import result_files as names
 
 
 class Preview:
@@ -41,4 +42,4 @@ class Preview:
         dots = Image.fromarray(self._dots, mode="L").filter(ImageFilter.MaxFilter(3))
         self.image.paste(self.DOT, mask=dots)  # a 3 x 3 dot on each nucleus
         # Level 1: a third faster than the default on a 1024 px preview, 9 % larger.
-        return str(result_files.write_png(out_dir / "preview.png", self.image, 1))
+        return str(result_files.write_png(out_dir / names.PREVIEW, self.image, 1))

@@ -53,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=10.0, help="deadline of each call, s (default 10)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_submit(sub)
+    _add_queries(sub)
+    return parser
 
+
+def _add_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     submit = sub.add_parser(
         "submit",
         help="create a workflow",
@@ -78,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--request-id", default=None, help="idempotency key (default: random)")
     submit.add_argument("-w", "--watch", action="store_true", help="then follow it like watch")
 
+
+def _add_queries(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Every command but submit."""
     listing = sub.add_parser("list", help="your workflows, newest first")
     listing.add_argument("-n", "--limit", type=int, default=20, help="at most N (0: all)")
 
@@ -101,7 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--name", action="append", help="only this file (repeatable)")
 
     sub.add_parser("stats", help="queue and capacity numbers")
-    return parser
 
 
 async def run(args: argparse.Namespace, console: Console) -> int:

@@ -54,6 +54,8 @@ function el(tag, attrs = {}, ...children) {
 // the schema the scheduler checks against, so the form refuses what it would.
 const PARAMS = ["tile_size", "target_mpp", "backend"];
 let paramSchema = {};
+// Result file names by role (cells, tissue, preview, ...), from /result-files.
+let resultFiles = {};
 
 function fitParams(row) {
   for (const name of PARAMS) {
@@ -274,10 +276,11 @@ async function openViewer(job) {
   const epoch = state.epoch;
   $("#result-dialog").classList.add("viewing");
   $("#viewer-panel").hidden = false;
-  const hasCells = "cells.geojson" in (job.result?.files || {});
+  const hasCells = resultFiles.cells in (job.result?.files || {});
   $("#layer-nuclei").disabled = $("#layer-density").disabled = !hasCells;
   const viewer = new SlideViewer({
     job, headers: identityHeaders(), element: $("#viewer"), layers: layers(), onSelect: showNucleus,
+    names: resultFiles,
   });
   slideViewer = viewer;
   try {
@@ -330,7 +333,7 @@ async function showResult(job) {
   }
   $("#open-viewer").onclick = () => act(() => openViewer(job));
   // The image first, then the dialog: it never shows an earlier picture.
-  const preview = await blobUrl(`/jobs/${job.job_id}/results/preview.png`);
+  const preview = await blobUrl(`/jobs/${job.job_id}/results/${resultFiles.preview}`);
   $("#result-preview").src = preview;
   dialog.showModal();
 }
@@ -427,6 +430,12 @@ async function configure() {
     if (reply.ok) paramSchema = await reply.json();
   } catch (error) {
     console.warn("job params", error.message);
+  }
+  try {
+    const reply = await fetch("/result-files");
+    if (reply.ok) resultFiles = await reply.json();
+  } catch (error) {
+    console.warn("result files", error.message);
   }
   const input = $("#user-id");
   if (state.mode === "token") {

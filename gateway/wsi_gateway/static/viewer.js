@@ -58,8 +58,9 @@ function boxContains(outer, inner) {
 class SlideViewer {
   // job: the job (its id, type and result files); headers: the caller's identity;
   // element: where the viewer goes; onSelect(feature | null): a nucleus was clicked.
-  constructor({ job, headers, element, layers, onSelect }) {
+  constructor({ job, headers, element, layers, onSelect, names }) {
     this.job = job;
+    this.names = names; // result file names by role, from /result-files
     this.headers = headers;
     this.element = element;
     this.layers = layers; // { tissue, nuclei, density }: booleans, changed by the page
@@ -87,9 +88,10 @@ class SlideViewer {
     const id = this.job.job_id;
     this.info = await this.get(`/jobs/${id}/deepzoom`);
     const files = this.job.result?.files || {};
-    const hasCells = "cells.geojson" in files;
+    const hasCells = this.names.cells in files;
+    const tissueFile = this.names.tissue;
     const [tissue, density] = await Promise.all([
-      "tissue.geojson" in files ? this.get(`/jobs/${id}/results/tissue.geojson`) : null,
+      tissueFile in files ? this.get(`/jobs/${id}/results/${tissueFile}`) : null,
       hasCells ? this.get(`/jobs/${id}/cells/density?cell_px=0`) : null,
     ]);
     if (this.closed) return;

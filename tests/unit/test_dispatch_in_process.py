@@ -1,0 +1,260 @@
+"""The scheduler's dispatch parts in-process, against fake worker stubs: links
+(probing, capacity, membership), the job runner (a worker lost mid-job, a job
+finished while its stream breaks, a cancel) and the proxy (result relay and
+its error mapping). What only real processes covered before, in milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import cast
+
+import grpc
+import pytest
+
+from scheduler_service.dispatcher import Dispatcher
+from scheduler_service.policy import SchedulingPolicy, State
+from scheduler_service.store import JobRecord, NotFound, Store
+from scheduler_service.validation import JobInput
+from scheduler_service.worker_links import Connect
+from scheduler_service.worker_proxy import BadViewerRequest, WorkerUnavailable
+from tests.unit.fake_workers import FakeJobCall, FakeNetwork, FakeWorker
+from wsi_protocol import metadata
+
+W1, W2 = "10.0.0.1:50052", "10.0.0.2:50052"
+
+
+def new_store(max_workers: int = 4, max_attempts: int = 3) -> Store:
+    ticks = itertools.count(1000)
+    ids = (f"job-{n}" for n in itertools.count())
+    policy = SchedulingPolicy(max_workers, 3, max_attempts=max_attempts)
+    return Store(
+        policy, clock=lambda: float(next(ticks)), on_event=lambda *_: None, new_id=lambda: next(ids)
+    )
+
+
+def submit(store: Store, *keys: str) -> list[JobRecord]:
+    items = [JobInput(key, key, "TISSUE_MASK", "s.svs", ()) for key in keys]
+    wf, _ = store.create_workflow("alice", "wf", items, ["/slides/s.svs"] * len(items))
+    return list(wf.jobs)
+
+
+async def until(check: Callable[[], bool], what: str, within_s: float = 5.0) -> None:
+    """Lets the loop run until ``check`` holds (the fakes answer at once)."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.001)
+
+
+@pytest.fixture
+async def network() -> FakeNetwork:
+    return FakeNetwork()
+
+
+@asynccontextmanager
+async def started(
+    store: Store, network: FakeNetwork, addresses: tuple[str, ...] = (W1,)
+) -> AsyncIterator[Dispatcher]:
+    dispatcher = Dispatcher(
+        store, addresses, cast(Connect, network), "s" * 20, retry_initial=0.01, retry_max=0.02
+    )
+    dispatcher.start()
+    try:
+        yield dispatcher
+    finally:
+        await dispatcher.close()
+
+
+def running_call(worker: FakeWorker, job: JobRecord) -> FakeJobCall:
+    return next(call for call in worker.calls if call.request.job_id == job.job_id)
+
+
+@asynccontextmanager
+async def one_job_running(
+    network: FakeNetwork, max_attempts: int = 3
+) -> AsyncIterator[tuple[Dispatcher, JobRecord, FakeJobCall]]:
+    """A dispatcher with one worker (W1) running one job, and the job's stream."""
+    store = new_store(max_attempts=max_attempts)
+    (job,) = submit(store, "a")
+    async with started(store, network) as dispatcher:
+        await until(lambda: job.state is State.RUNNING, "dispatch")
+        yield dispatcher, job, running_call(network.workers[W1], job)
+
+
+# ---- links: probing, capacity, membership -------------------------------------------
+
+
+async def test_probing_learns_slots_and_reconnects_a_lost_worker(network: FakeNetwork) -> None:
+    network.workers[W2] = FakeWorker(slots=3, up=False)
+    async with started(new_store(), network, (W1, W2)) as dispatcher:
+        links = dispatcher.links
+        await until(lambda: links.workers_connected == 1, "the first worker")
+        await until(lambda: links.links[1].failed_probes >= 2, "probes of the second")
+        assert (links.slots_total, links.free_slots()) == (2, 2)
+        assert "UNAVAILABLE" in links.links[1].error
+        network.workers[W2].up = True
+        await until(lambda: links.workers_connected == 2, "the second worker back")
+        assert links.slots_total == 5 and links.links[1].failed_probes == 0
+        secret = (metadata.WORKER_SECRET, "s" * 20)
+        assert all(secret in seen for seen in network.workers[W1].seen_metadata)  # type: ignore[operator]
+
+
+async def test_a_joined_worker_is_used_then_forgotten_when_silent(network: FakeNetwork) -> None:
+    store = new_store()
+    async with started(store, network, ()) as dispatcher:
+        links = dispatcher.links
+        (job,) = submit(store, "a")
+        links.join(W1, now=10.0)
+        assert links.heartbeat(W1, now=12.0) and not links.heartbeat(W2, now=12.0)
+        await until(lambda: job.state is State.RUNNING, "the job on the joined worker")
+        assert job.worker == W1 and links.slots_busy == 1
+        links.forget_silent(now=20.0, silence_s=5.0)
+        assert links.links == [] and network.workers[W1].closed is False  # closing, soon
+        await until(lambda: network.workers[W1].closed, "its channel closed")
+        running_call(network.workers[W1], job).break_with(grpc.StatusCode.CANCELLED, "closed")
+        await until(lambda: job.state is State.PENDING, "the job requeued")
+        assert not links.heartbeat(W1, now=21.0)  # it must join again
+
+
+# ---- the job runner --------------------------------------------------------------------
+
+
+async def test_a_job_runs_reports_progress_and_succeeds(network: FakeNetwork) -> None:
+    store = new_store()
+    (job,) = submit(store, "a")
+    async with started(store, network) as dispatcher:
+        await until(lambda: job.state is State.RUNNING, "dispatch")
+        call = running_call(network.workers[W1], job)
+        assert call.request.wsi_path == "s.svs" and call.request.attempt == 1  # root-relative
+        call.progress(2, 8)
+        await until(lambda: job.tiles_done == 2, "progress")
+        call.succeed()
+        await until(lambda: job.state is State.SUCCEEDED, "success")
+        assert job.result_files == {"summary.json": f"{job.job_id}/summary.json"}
+        call.end()
+        await until(lambda: dispatcher.links.slots_busy == 0, "the slot back")
+
+
+async def test_a_worker_lost_mid_job_requeues_it_at_the_head(network: FakeNetwork) -> None:
+    store = new_store()
+    first, second = submit(store, "a", "b")
+    async with started(store, network) as dispatcher:
+        links = dispatcher.links
+        await until(lambda: second.state is State.RUNNING, "both running")
+        call = running_call(network.workers[W1], first)
+        call.progress(3, 8)
+        await until(lambda: first.tiles_done == 3, "progress")
+        network.workers[W1].up = False
+        call.break_with(grpc.StatusCode.UNAVAILABLE, "socket closed")
+        await until(lambda: first.state is State.PENDING, "the job requeued")
+        assert not links.links[0].connected and "UNAVAILABLE" in links.links[0].error
+        assert links.links[0].busy == 1  # the other job's stream is still open
+        network.workers[W1].up = True
+        await until(lambda: first.state is State.RUNNING, "the retry")
+        assert first.attempt == 2 and len(network.workers[W1].calls) == 3
+
+
+async def test_a_job_finished_before_its_stream_breaks_stays_succeeded(
+    network: FakeNetwork,
+) -> None:
+    async with one_job_running(network) as (dispatcher, job, call):
+        call.succeed()
+        call.break_with(grpc.StatusCode.UNAVAILABLE, "socket closed")
+        await until(lambda: dispatcher.links.slots_busy == 0, "the stream's end")
+        await asyncio.sleep(0.05)  # time for a wrongly lost worker to be probed again
+        assert job.state is State.SUCCEEDED
+        # The outcome came: the worker was not lost (never probed again).
+        assert dispatcher.links.links[0].connected and network.workers[W1].probes == 1
+
+
+async def test_a_stream_that_ends_without_an_outcome_loses_the_job(network: FakeNetwork) -> None:
+    async with one_job_running(network, max_attempts=1) as (_, job, call):
+        call.end()
+        await until(lambda: job.state is State.FAILED, "the job failed after its last try")
+        assert "without a result" in job.error
+
+
+async def test_a_workers_own_error_fails_the_job_and_keeps_the_worker(
+    network: FakeNetwork,
+) -> None:
+    async with one_job_running(network) as (dispatcher, job, call):
+        call.break_with(grpc.StatusCode.UNKNOWN, "bug")
+        await until(lambda: job.state is State.FAILED, "failure")
+        assert job.error == "worker error (UNKNOWN): bug"
+        assert dispatcher.links.links[0].connected
+
+
+async def test_cancelling_a_running_job_cancels_its_stream(network: FakeNetwork) -> None:
+    async with one_job_running(network) as (dispatcher, job, call):
+        dispatcher.runner.store.cancel_job("alice", job.job_id)
+        dispatcher.runner.stop_job(job.job_id)
+        await until(lambda: job.state is State.CANCELLED, "the cancel")
+        assert call.cancelled
+        assert dispatcher.links.links[0].connected
+
+
+# ---- the proxy: relay and error mapping -----------------------------------------------
+
+
+async def test_results_are_relayed_from_the_worker_that_holds_them(network: FakeNetwork) -> None:
+    network.workers[W1] = FakeWorker(results={"j/summary.json": b'{"nuclei": 12}'})
+    async with started(new_store(), network) as dispatcher:
+        proxy = dispatcher.proxy
+        await until(lambda: dispatcher.links.workers_connected == 1, "the worker")
+        chunks = [chunk async for chunk in proxy.read_result(W1, "j", "summary.json")]
+        assert b"".join(data for data, _ in chunks) == b'{"nuclei": 12}'
+        assert [size for _, size in chunks][:2] == [14, 0]
+        with pytest.raises(NotFound, match="gone from its worker"):
+            [chunk async for chunk in proxy.read_result(W1, "j", "cells.geojson")]
+        with pytest.raises(WorkerUnavailable, match="not connected"):
+            [chunk async for chunk in proxy.read_result(W2, "j", "summary.json")]
+        network.workers[W1].answer = grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(WorkerUnavailable, match="not connected now"):
+            [chunk async for chunk in proxy.read_result(W1, "j", "summary.json")]
+        assert await proxy.delete_results(W1, "j") is False
+        network.workers[W1].answer = None
+        assert await proxy.delete_results(W1, "j") is True
+        assert await proxy.delete_results(W2, "j") is False
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "message"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, BadViewerRequest, "worker says INVALID_ARGUMENT"),
+        (grpc.StatusCode.OUT_OF_RANGE, NotFound, "worker says OUT_OF_RANGE"),
+        (grpc.StatusCode.NOT_FOUND, NotFound, "not readable on its worker now"),
+        (grpc.StatusCode.PERMISSION_DENIED, NotFound, "not readable on its worker now"),
+        (grpc.StatusCode.FAILED_PRECONDITION, NotFound, "worker says FAILED_PRECONDITION"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, WorkerUnavailable, "did not answer"),
+    ],
+)
+async def test_viewer_answers_map_to_the_schedulers_errors(
+    network: FakeNetwork, answer: grpc.StatusCode, error: type[Exception], message: str
+) -> None:
+    async with one_job_running(network) as (dispatcher, job, _):
+        network.workers[W1].answer = answer
+        with pytest.raises(error, match=message):
+            await dispatcher.proxy.slide_tile(job, 3, 1, 2)
+        with pytest.raises(error, match=message.replace("tile 3/1_2", "")):
+            await dispatcher.proxy.cell_density(W1, job.job_id, 256)
+
+
+async def test_the_viewer_reads_the_slide_on_any_connected_worker(network: FakeNetwork) -> None:
+    store = new_store()
+    (job,) = submit(store, "a")
+    async with started(store, network, (W1, W2)) as dispatcher:
+        await until(lambda: job.state is State.RUNNING, "dispatch")
+        ran_on = job.worker
+        other = W2 if ran_on == W1 else W1
+        network.workers[ran_on].up = False
+        dispatcher.links.mark_lost(next(w for w in dispatcher.links.links if w.address == ran_on))
+        info = await dispatcher.proxy.deep_zoom(job)
+        assert (info.width, info.height) == (100, 50)
+        network.workers[other].up = False
+        dispatcher.links.mark_lost(next(w for w in dispatcher.links.links if w.address == other))
+        with pytest.raises(WorkerUnavailable, match="no worker is connected"):
+            await dispatcher.proxy.deep_zoom(job)
