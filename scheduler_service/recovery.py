@@ -221,7 +221,7 @@ _APPLY: dict[RecordKind, Callable[[Store, Record], None]] = {
     RecordKind.FINISH_CANCELLED: _command(
         lambda s, p: s.finish_cancelled(p["job_id"], p.get("tiles"))
     ),
-    RecordKind.LOSE: _command(lambda s, p: s.lose(p["job_id"], p["reason"])),
+    RecordKind.LOSE: _command(lambda s, p: s.lose(p["job_id"], p["reason"], p.get("tiles"))),
     RecordKind.CANCEL_JOB: _command(lambda s, p: s.cancel_job(p["user"], p["job_id"])),
     RecordKind.CANCEL_WORKFLOW: _command(
         lambda s, p: s.cancel_workflow(p["user"], p["workflow_id"])

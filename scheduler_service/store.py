@@ -368,11 +368,13 @@ class Store:
             if 0 <= done <= total:
                 self._set_tiles(job, done, total)
 
-    def lose(self, job_id: str, reason: str) -> None:
-        """The job's worker stream broke: retry it, or fail it after max attempts."""
-        self._record(
-            RecordKind.LOSE, self._running(job_id).workflow_id, {"job_id": job_id, "reason": reason}
-        )
+    def lose(self, job_id: str, reason: str, tiles: object = None) -> None:
+        """The job's worker stream broke: retry it, or fail it after max attempts.
+        ``tiles`` as for ``fail``: a last attempt's progress shows on replay too."""
+        job = self._running(job_id)
+        self._restore_tiles(job, tiles)
+        payload = {"job_id": job_id, "reason": reason, "tiles": [job.tiles_done, job.tiles_total]}
+        self._record(RecordKind.LOSE, job.workflow_id, payload)
         self._apply(self.policy.lose(job_id, reason))
 
     def _running(self, job_id: str) -> JobRecord:
