@@ -106,32 +106,39 @@ def test_long_chains_cancel_and_fail_within_seconds_and_survive_a_kill(tmp_path:
 
 
 def run_scheduler(journal: Path, *flags: str) -> subprocess.CompletedProcess[str]:
-    """A scheduler that stops at once if it starts (it gets SIGTERM from timeout)."""
-    return subprocess.run(
-        [
-            "timeout",
-            "-s",
-            "TERM",
-            "8",
-            sys.executable,
-            "-m",
-            "scheduler_service",
-            "--journal",
-            str(journal),
-            "--scheduler-port",
-            "0",
-            "--metrics-port",
-            "-1",
-            "--worker-addresses",
-            "127.0.0.1:9",
-            "--slide-roots",
-            str(journal.parent),
-            *flags,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    """A scheduler stopped (SIGTERM) as soon as it says it listens, or as it
+    exits by itself: its output, whichever way its start went."""
+    command = [
+        sys.executable,
+        "-m",
+        "scheduler_service",
+        "--journal",
+        str(journal),
+        "--scheduler-port",
+        "0",
+        "--metrics-port",
+        "-1",
+        "--worker-addresses",
+        "127.0.0.1:9",
+        "--slide-roots",
+        str(journal.parent),
+        *flags,
+    ]
+    stdout, stderr = journal.with_suffix(".out"), journal.with_suffix(".err")
+    with stdout.open("w") as out, stderr.open("w") as err:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, text=True)
+        try:
+            wait_for(
+                lambda: process.poll() is not None or "listening on" in stdout.read_text(),
+                30,
+                "the scheduler to start or to give up",
+            )
+        finally:
+            if process.poll() is None:
+                process.terminate()
+            process.wait(timeout=30)
+    return subprocess.CompletedProcess(
+        command, process.returncode, stdout.read_text(), stderr.read_text()
     )
 
 

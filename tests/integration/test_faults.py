@@ -15,6 +15,7 @@ import pytest
 
 from tests.harness import Cluster, Service, cluster, start_scheduler, start_worker, user
 from tests.integration.support import LONG, create, get, job_transitions, spec, watch
+from tests.timing import patience
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 
@@ -29,7 +30,8 @@ def restart_scheduler(c: Cluster, workdir: Path, workers: list[Service]) -> Serv
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
+    """Scaled (``patience``): how long a restart takes is not what these test."""
+    deadline = time.monotonic() + patience(timeout)
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)

@@ -28,7 +28,7 @@ from tests.harness import (
     start_worker,
 )
 from tests.integration.support import spec
-from tests.timing import wait_for
+from tests.timing import patience, wait_for
 from wsi_protocol import metadata
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
@@ -117,10 +117,10 @@ def refused(channel: grpc.Channel, call: str) -> grpc.StatusCode:
     with channel:
         try:
             if call == "worker":
-                wpb_grpc.WorkerStub(channel).GetInfo(wpb.GetInfoRequest(), timeout=5)
+                wpb_grpc.WorkerStub(channel).GetInfo(wpb.GetInfoRequest(), timeout=patience(5))
             else:
                 pb_grpc.SchedulerStub(channel).GetStats(
-                    pb.GetStatsRequest(), metadata=USER, timeout=5
+                    pb.GetStatsRequest(), metadata=USER, timeout=patience(5)
                 )
         except grpc.RpcError as error:
             code: grpc.StatusCode = error.code()

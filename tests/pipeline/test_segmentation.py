@@ -14,6 +14,7 @@ from shapely.geometry import Point, shape
 
 from tests.harness import CMU, SLIDES
 from tests.pipeline.support import centroids, f1, match, run
+from tests.timing import patience
 from worker_service.analysis import cell_index
 from worker_service.analysis.tissue import TissueMask
 from worker_service.analysis.tissue_codec import ReusedTissue
@@ -233,12 +234,18 @@ def test_two_jobs_share_the_pool_instead_of_queueing(
 ) -> None:
     """The second job's tiles run while the first is still going, not after it."""
     progress: dict[str, list[float]] = {"first": [], "second": []}
+    second_has_tiles = threading.Event()
 
     def report(name: str, done: int) -> None:
         if done:
             progress[name].append(time.monotonic())
-        if name == "first":
-            time.sleep(0.05)  # a first job long enough to overlap, however fast tiles are
+        if name == "second" and len(progress["second"]) >= 3:
+            second_has_tiles.set()
+        if name == "first" and done and len(progress["first"]) == 1:
+            # Held mid-way until the second job has tiles of its own (caused, not
+            # timed: a loaded machine cannot make it pass or fail). A pool that
+            # ran jobs one after the other would keep the second waiting here.
+            second_has_tiles.wait(patience(30))
 
     def job(name: str) -> None:
         run_job(
