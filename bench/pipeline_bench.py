@@ -42,6 +42,7 @@ from worker_service.pipeline.job import JobSpec, run_job
 from worker_service.pipeline.tile_pool import TilePool
 from worker_service.pipeline.tile_work import TileTask, read_tile
 from worker_service.storage.slides import SlideCache
+from wsi_protocol.job_types import JobType
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 
@@ -84,7 +85,7 @@ def floor(path: Path, processes: int) -> dict[str, float]:
         with tempfile.TemporaryDirectory(dir=OUT) as tmp:
             started = time.perf_counter()
             outcome = run_job(
-                JobSpec("floor", "CELL_SEGMENTATION", str(path), {}),
+                JobSpec("floor", JobType.CELL_SEGMENTATION, str(path), {}),
                 Path(tmp),
                 JobContext(),
                 SlideCache(),

@@ -65,7 +65,7 @@ def job_message(store: Store, job: JobRecord) -> pb.Job:
         workflow_id=job.workflow_id,
         key=job.key,
         branch=job.branch,
-        job_type=pb.JobType.Value(job.job_type),
+        job_type=job.job_type.number,
         wsi_path=job.wsi_path,
         depends_on=job.depends_on,
         state=JOB_STATE[job.state],

@@ -18,7 +18,6 @@ from scheduler_service.tissue_reuse import RecentMasks, mask_source
 from scheduler_service.worker_links import WorkerLink, WorkerLinks
 from scheduler_service.worker_proxy import WorkerProxy, WorkerUnavailable, worker_slide_path
 from wsi_protocol import result_files
-from wsi_protocol.scheduler.v1 import scheduler_pb2 as spb
 from wsi_protocol.worker.v1 import worker_pb2 as wpb
 
 log = logging.getLogger("wsi.scheduler.dispatch")
@@ -91,7 +90,7 @@ class JobRunner:
     async def _request(self, job: JobRecord) -> wpb.RunJobRequest:
         request = wpb.RunJobRequest(
             job_id=job.job_id,
-            job_type=spb.JobType.Value(job.job_type),
+            job_type=job.job_type.number,
             wsi_path=worker_slide_path(job),
             params=job.params,
             attempt=job.attempt,

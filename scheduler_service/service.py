@@ -38,6 +38,7 @@ from scheduler_service.validation import (
 )
 from scheduler_service.worker_proxy import BadViewerRequest, WorkerUnavailable
 from wsi_protocol import result_files
+from wsi_protocol.job_types import JobType
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from wsi_protocol.status import RETRY_AFTER_METADATA, SERVER_ANSWER_METADATA
@@ -89,6 +90,12 @@ def status_for(exc: Exception) -> grpc.StatusCode | None:
     if isinstance(exc, JournalError | WorkerUnavailable):
         return grpc.StatusCode.UNAVAILABLE  # nothing was changed; the caller may retry
     return None
+
+
+def _job_type_name(number: int) -> str:
+    """A job spec's type as validation reads it: the name, or the unknown number."""
+    job_type = JobType.from_number(number)
+    return job_type.value if job_type is not None else str(number)
 
 
 @asynccontextmanager
@@ -191,9 +198,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                     JobInput(
                         key=spec.key,
                         branch=spec.branch,
-                        job_type=pb.JobType.Name(spec.job_type)
-                        if spec.job_type in pb.JobType.values()
-                        else str(spec.job_type),
+                        job_type=_job_type_name(spec.job_type),
                         wsi_path=spec.wsi_path,
                         depends_on=tuple(spec.depends_on),
                         params=dict(spec.params),
@@ -338,7 +343,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     def _segmented_job(self, user: str, job_id: str) -> JobRecord:
         """The caller's job whose nuclei a viewer may ask for."""
         job = self.store.job(user, job_id[:MAX_ID_LENGTH])
-        if job.job_type != "CELL_SEGMENTATION":
+        if job.job_type is not JobType.CELL_SEGMENTATION:
             raise MalformedRequest(f"job {job.job_id!r} is a {job.job_type} job: it has no nuclei")
         if job.state is not State.SUCCEEDED or result_files.CELLS not in job.result_files:
             raise NotFound(f"job {job.job_id!r} has no nuclei yet (it is {job.state.name})")

@@ -26,6 +26,7 @@ from scheduler_service.policy import (
 )
 from scheduler_service.summaries import public_summary, summary_object
 from scheduler_service.validation import JobInput
+from wsi_protocol.job_types import JobType
 
 log = logging.getLogger("wsi.scheduler.store")
 
@@ -52,7 +53,7 @@ class JobRecord:
     user: str
     key: str
     branch: str
-    job_type: str
+    job_type: JobType
     wsi_path: str
     slide_file: str
     depends_on: tuple[str, ...]
@@ -569,7 +570,7 @@ def _job_records(
             user=user,
             key=job.key,
             branch=job.branch,
-            job_type=job.job_type,
+            job_type=JobType(job.job_type),
             wsi_path=job.wsi_path,
             slide_file=slide_file,
             depends_on=job.depends_on,

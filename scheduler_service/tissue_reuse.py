@@ -15,8 +15,10 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Generic, Protocol, TypeVar
 
-REUSING_TYPES = frozenset({"CELL_SEGMENTATION"})
-SOURCE_TYPE = "TISSUE_MASK"
+from wsi_protocol.job_types import JobType
+
+REUSING_TYPES = frozenset({JobType.CELL_SEGMENTATION})
+SOURCE_TYPE = JobType.TISSUE_MASK
 DEFAULT_CAPACITY = 1024
 
 T = TypeVar("T")

@@ -1,5 +1,5 @@
-"""The parameters a job accepts, as a typed schema. Pure (only the generated
-enum of job types, no gRPC): the scheduler checks a submission against it
+"""The parameters a job accepts, as a typed schema. Pure (only the job type
+enum, no gRPC): the scheduler checks a submission against it
 (INVALID_ARGUMENT before anything is queued) and the worker parses the same
 strings with it at run time, so the two never disagree about a parameter.
 
@@ -12,10 +12,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from wsi_protocol.scheduler.v1 import scheduler_pb2
+from wsi_protocol.job_types import JobType
 
-# The names of the public API's JobType enum (its zero value, UNSPECIFIED, is no type).
-JOB_TYPES = tuple(name for name, number in scheduler_pb2.JobType.items() if number)
+JOB_TYPES = tuple(JobType)  # the public API's job types
 BACKENDS = ("classical", "learned", "instanseg")
 
 # Hard bounds of the schema; a deployment narrows the tile size further with

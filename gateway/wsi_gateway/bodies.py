@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, StrictFloat, StrictInt, StrictStr
 
 from wsi_gateway.dependencies import BadRequest
+from wsi_protocol.job_types import JobType
 from wsi_protocol.param_text import param_text
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_runtime.job_params import JOB_TYPES
@@ -34,13 +35,14 @@ class WorkflowIn(BaseModel):
 
 
 def job_spec(job: JobIn) -> pb.JobSpec:
-    if job.job_type not in JOB_TYPES:
+    job_type = JobType.from_name(job.job_type)
+    if job_type is None:
         names = ", ".join(JOB_TYPES)
         raise BadRequest(f"unknown job_type {job.job_type!r}; use one of {names}")
     return pb.JobSpec(
         key=job.key,
         branch=job.branch,
-        job_type=pb.JobType.Value(job.job_type),
+        job_type=job_type.number,
         wsi_path=job.wsi_path,
         depends_on=job.depends_on,
         params={name: param_text(value) for name, value in job.params.items()},

@@ -15,6 +15,7 @@ from worker_service.pipeline.context import JobContext
 from worker_service.pipeline.job import JobOutcome, JobSpec, run_job
 from worker_service.pipeline.tile_pool import TilePool
 from worker_service.storage.slides import SlideCache
+from wsi_protocol.job_types import JobType
 
 
 def run(
@@ -33,7 +34,7 @@ def run_with_models(
 ) -> JobOutcome:
     """A job on a worker whose model flags are ``models``."""
     return run_job(
-        JobSpec("job", job_type, slide, params),
+        JobSpec("job", JobType(job_type), slide, params),
         out,
         JobContext(models=models),
         SlideCache(),

@@ -24,6 +24,7 @@ from worker_service.pipeline.context import JobContext
 from worker_service.pipeline.job import JobSpec, run_job
 from worker_service.pipeline.tile_pool import TilePool
 from worker_service.storage.slides import SlideCache
+from wsi_protocol.job_types import JobType
 from wsi_runtime.job_params import InvalidParams
 from wsi_runtime.synthetic_slides import SyntheticSlide
 
@@ -190,7 +191,7 @@ def test_cancellation_stops_the_job_within_a_second(
             run_job(
                 JobSpec(
                     "cancel-me",
-                    "CELL_SEGMENTATION",
+                    JobType.CELL_SEGMENTATION,
                     str(synthetic.path),
                     {"tile_size": "128", "overlap": "16"},
                 ),
@@ -251,7 +252,7 @@ def test_two_jobs_share_the_pool_instead_of_queueing(
         run_job(
             JobSpec(
                 name,
-                "CELL_SEGMENTATION",
+                JobType.CELL_SEGMENTATION,
                 str(synthetic.path),
                 {"tile_size": "256", "overlap": "32"},
             ),
@@ -299,7 +300,7 @@ def test_a_segmentation_job_reuses_a_tissue_mask_instead_of_finding_it(
     look for tissue; given a mask of another size, it does."""
     slide = str(SLIDES / CMU)
     found = run_job(
-        JobSpec("mask", "TISSUE_MASK", slide, {}), tmp_path, JobContext(), SlideCache(), None
+        JobSpec("mask", JobType.TISSUE_MASK, slide, {}), tmp_path, JobContext(), SlideCache(), None
     )
     assert found.tissue_mask is not None
     reused = ReusedTissue(found.tissue_mask, "mask")
@@ -309,7 +310,7 @@ def test_a_segmentation_job_reuses_a_tissue_mask_instead_of_finding_it(
 
     monkeypatch.setattr(phases, "detect_tissue", no_detection)
     cells = run_job(
-        JobSpec("cells", "CELL_SEGMENTATION", slide, {}, reused),
+        JobSpec("cells", JobType.CELL_SEGMENTATION, slide, {}, reused),
         tmp_path,
         JobContext(),
         SlideCache(),
@@ -323,7 +324,7 @@ def test_a_segmentation_job_reuses_a_tissue_mask_instead_of_finding_it(
     monkeypatch.undo()
     small = TissueMask(found.tissue_mask.mask[:10, :10], found.tissue_mask.downsample, 0.1)
     again = run_job(
-        JobSpec("again", "TISSUE_MASK", slide, {}, ReusedTissue(small, "mask")),
+        JobSpec("again", JobType.TISSUE_MASK, slide, {}, ReusedTissue(small, "mask")),
         tmp_path,
         JobContext(),
         SlideCache(),

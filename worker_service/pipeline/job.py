@@ -29,6 +29,7 @@ from worker_service.pipeline.tile_pool import TilePool
 from worker_service.storage import result_files
 from worker_service.storage.slides import SlideCache
 from wsi_protocol import result_files as names
+from wsi_protocol.job_types import JobType
 from wsi_runtime import job_params
 from wsi_runtime.job_params import JobParams
 
@@ -38,7 +39,7 @@ JOB_TYPES = job_params.JOB_TYPES
 @dataclass(frozen=True)
 class JobSpec:
     job_id: str
-    job_type: str
+    job_type: JobType
     slide_path: str
     params: Mapping[str, str]
     tissue: ReusedTissue | None = None  # found by an earlier job on this slide
@@ -90,7 +91,7 @@ def run_job(
     if not params.backend:
         params = dataclasses.replace(params, backend=ctx.default_backend)
     backend = None
-    if spec.job_type == "CELL_SEGMENTATION":
+    if spec.job_type == JobType.CELL_SEGMENTATION:
         backend = registry.get(params.backend)
         backend.check(ctx.models)
         if backend.mpp:  # a model's own pixel size decides the level read
@@ -114,7 +115,7 @@ def run_job(
     timings.phase("preview_s")
     summary = _summary(spec, params, overview, tissue, cells, timings.total())
     files[names.SUMMARY] = str(result_files.write_json(out_dir / names.SUMMARY, summary))
-    mask = tissue.mask if spec.job_type == "TISSUE_MASK" else None
+    mask = tissue.mask if spec.job_type == JobType.TISSUE_MASK else None
     return JobOutcome(files=files, summary=summary, tissue_mask=mask)
 
 

@@ -24,6 +24,7 @@ from worker_service.pipeline.context import JobContext
 from worker_service.pipeline.job import JobOutcome, JobSpec, run_job, run_tissue_job
 from worker_service.pipeline.tile_pool import TilePool
 from worker_service.storage.slides import SlideCache
+from wsi_protocol.job_types import JobType
 from wsi_protocol.worker.v1 import worker_pb2 as pb
 from wsi_runtime.job_params import InvalidParams
 
@@ -45,7 +46,7 @@ class JobExecution:
     results_dir: Path
 
     async def __call__(self, spec: JobSpec, ctx: JobContext, token: int) -> JobOutcome:
-        if spec.job_type == "TISSUE_MASK":
+        if spec.job_type == JobType.TISSUE_MASK:
             return await self.pool.run(run_tissue_job, spec, self.results_dir, token, ctx.max_tiles)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(

@@ -25,7 +25,7 @@ from worker_service.backends.base import ModelSettings
 from worker_service.errors import SlideError
 from worker_service.pipeline.cancel_board import CancelBoard
 from worker_service.pipeline.context import DEFAULT_MAX_TILES, JobContext
-from worker_service.pipeline.job import JOB_TYPES, JobSpec
+from worker_service.pipeline.job import JobSpec
 from worker_service.pipeline.tile_pool import TilePool
 from worker_service.server.job_run import JobExecution, JobRun, RunOne
 from worker_service.server.metrics import WorkerMetrics
@@ -36,6 +36,7 @@ from worker_service.viewer.cell_queries import TooManyNuclei
 from worker_service.viewer.reader import ViewerReader
 from wsi_protocol import result_files as names
 from wsi_protocol.ids import is_scheduler_id
+from wsi_protocol.job_types import JobType
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as spb
 from wsi_protocol.worker.v1 import worker_pb2 as pb
 from wsi_protocol.worker.v1 import worker_pb2_grpc as pb_grpc
@@ -49,8 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsi.worker")
 T = TypeVar("T")
 RESULT_CHUNK_BYTES = 256 * 1024
-
-_JOB_TYPE_NAMES = {spb.JobType.Value(name): name for name in JOB_TYPES}
 
 
 class WorkerServicer(pb_grpc.WorkerServicer):
@@ -94,7 +93,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         backends = registry.available(self.models)
         return pb.WorkerInfo(
             slots=self.slots,
-            job_types=list(_JOB_TYPE_NAMES),
+            job_types=[job_type.number for job_type in JobType],
             version=VERSION,
             backends=list(backends),
             backend_mpp=backends,
@@ -131,8 +130,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     async def _admit(self, request: pb.RunJobRequest, context: Context) -> JobSpec | pb.JobUpdate:
         """The job to run, or the error update that refuses it (a slide it may
         not read fails the job; a malformed request is refused outright)."""
-        job_type = _JOB_TYPE_NAMES.get(request.job_type, "")
-        if not job_type:
+        job_type = JobType.from_number(request.job_type)
+        if job_type is None:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"unknown job type {request.job_type!r}"
             )
