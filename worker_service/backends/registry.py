@@ -1,6 +1,6 @@
 """The segmentation backends by the names the API gives them
 (``wsi_runtime.job_params.BACKENDS``; a test holds the two to the same set).
-Adding a backend: its module, and a line here."""
+Adding a backend: its module, a line here, and its name in that schema."""
 
 from __future__ import annotations
 
