@@ -210,13 +210,14 @@ def services(plan: Plan) -> list[Service]:
     return [scheduler, *workers, gateway]
 
 
-def new_worker_secret(folder: Path) -> Path | None:
+def new_worker_secret() -> Path | None:
     """A new secret for scheduler and workers at each start, unless one is set:
     the worker then runs jobs for this scheduler only. It goes in a file only
-    this user can read (a flag's value would show in every process listing)."""
+    this user can read, in a folder of its own (a flag's value would show in
+    every process listing); the launcher removes both when it ends."""
     if os.environ.get(SECRET_ENV) or os.environ.get(SECRET_FILE_ENV):
         return None
-    path = folder / "worker-secret"
+    path = Path(tempfile.mkdtemp(prefix="wsi-launch-")) / "worker-secret"  # a 0700 folder
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         handle.write(secrets.token_urlsafe(32))
@@ -285,14 +286,13 @@ def main() -> int:
     except StartupError as exc:
         print(f"wsi launcher: error: {exc}", file=sys.stderr)
         return 2
-    private = Path(tempfile.mkdtemp(prefix="wsi-launch-"))  # 0700: this user's only
+    secret_file = new_worker_secret()
     try:
-        plan = dataclasses.replace(
-            plan, slide_roots=tuple(roots), secret_file=new_worker_secret(private)
-        )
+        plan = dataclasses.replace(plan, slide_roots=tuple(roots), secret_file=secret_file)
         return launch(plan, stop_requested)
     finally:
-        shutil.rmtree(private, ignore_errors=True)
+        if secret_file is not None:
+            shutil.rmtree(secret_file.parent, ignore_errors=True)
 
 
 def launch(plan: Plan, stop_requested: list[int]) -> int:

@@ -64,4 +64,4 @@ def test_run_job_needs_the_secret_and_a_scheduler_job_id(tmp_path: Path) -> None
             job_id = str(uuid.uuid4())
             assert run_job(stub, job_id, secret) is grpc.StatusCode.OK
             assert (results / job_id / "summary.json").is_file()
-    assert not secret_file.exists()  # gone with the launcher
+    assert not secret_file.parent.exists()  # gone with the launcher, its folder too
