@@ -36,7 +36,7 @@ run: $(STAMP) web
 ## Everything CI checks: generated code fresh, lint, the whole test suite. Two
 ## pytest processes, each taking whole files (module fixtures stay shared):
 ## much of an integration test is waiting on its services, so two share the
-## cores well (674 s of pytest alone, 423 s as two, on a 2-core VM).
+## cores well (674 s of pytest alone, 423-545 s as two, on a noisy 2-core VM).
 PYTEST_WORKERS ?= 2
 test: $(STAMP) web browser torch proto-check lint
 	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadfile

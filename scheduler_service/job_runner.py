@@ -6,7 +6,6 @@ Cancelling a running job cancels its stream."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 import grpc
@@ -109,7 +108,7 @@ class JobRunner:
         holds its results (the same path as any result download); None when
         that cannot be done now: the job then finds its tissue itself."""
         try:
-            scale = json.loads(source.result_summary)["tissue_mask"]
+            scale = (source.result_object or {})["tissue_mask"]
             downsample, threshold = float(scale["downsample"]), float(scale["threshold"])
             png = b"".join(
                 [

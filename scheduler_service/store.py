@@ -24,7 +24,7 @@ from scheduler_service.policy import (
     Transition,
     WaitKind,
 )
-from scheduler_service.summaries import public_summary, summary_object
+from scheduler_service.summaries import take_summary
 from scheduler_service.validation import JobInput
 from wsi_protocol.job_types import JobType
 
@@ -338,8 +338,7 @@ class Store:
             {"job_id": job_id, "files": files, "summary": summary, "tiles_total": total},
         )
         job.result_files = dict(files)
-        job.result_summary = public_summary(summary)
-        job.result_object = summary_object(job.result_summary)
+        job.result_summary, job.result_object = take_summary(summary)
         self._set_tiles(job, total, total)
         self._apply(self.policy.finish(job_id, State.SUCCEEDED))
 

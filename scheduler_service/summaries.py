@@ -9,24 +9,24 @@ from pathlib import PurePath
 from typing import Any
 
 
-def summary_object(summary: str) -> dict[str, Any] | None:
-    """The summary document as an object, if it is one."""
+def take_summary(summary: str) -> tuple[str, dict[str, Any] | None]:
+    """(public text, the document as an object if it is one), parsed once. A
+    summary older workers wrote with the slide's absolute path gets its name;
+    any other text is kept as it came."""
     try:
         document = json.loads(summary) if summary else None
     except ValueError:
-        return None
-    return document if isinstance(document, dict) else None
+        return summary, None
+    if not isinstance(document, dict):
+        return summary, None
+    slide = document.get("slide")
+    if isinstance(slide, dict):
+        path = slide.get("path")
+        if isinstance(path, str) and PurePath(path).is_absolute():
+            slide["path"] = PurePath(path).name
+            return json.dumps(document), document
+    return summary, document
 
 
 def public_summary(summary: str) -> str:
-    """The summary with the slide as a name, for summaries older workers wrote
-    with the slide's absolute path."""
-    try:
-        document = json.loads(summary)
-        path = document["slide"]["path"]
-    except (ValueError, KeyError, TypeError):
-        return summary
-    if not isinstance(path, str) or not PurePath(path).is_absolute():
-        return summary
-    document["slide"]["path"] = PurePath(path).name
-    return json.dumps(document)
+    return take_summary(summary)[0]

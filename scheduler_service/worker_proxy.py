@@ -58,6 +58,11 @@ def viewer_error(code: grpc.StatusCode, details: str, what: str) -> Exception:
     return WorkerUnavailable(f"{what}: its worker did not answer; try again shortly")
 
 
+def _viewer_failure(exc: grpc.aio.AioRpcError, what: str, address: str) -> Exception:
+    log.warning("%s on %s: %s %s", what, address, exc.code().name, exc.details())
+    return viewer_error(exc.code(), exc.details() or "", what)
+
+
 class WorkerProxy:
     def __init__(self, links: WorkerLinks) -> None:
         self.links = links
@@ -100,8 +105,7 @@ class WorkerProxy:
         try:
             return await ask(link.stub)
         except grpc.aio.AioRpcError as exc:
-            log.warning("%s on %s: %s %s", what, link.address, exc.code().name, exc.details())
-            raise viewer_error(exc.code(), exc.details() or "", what) from None
+            raise _viewer_failure(exc, what, link.address) from None
 
     async def deep_zoom(self, job: JobRecord) -> spb.DeepZoomInfo:
         request = wpb.DeepZoomRequest(wsi_path=worker_slide_path(job))
@@ -139,8 +143,7 @@ class WorkerProxy:
             ):
                 yield chunk.data
         except grpc.aio.AioRpcError as exc:
-            log.warning("%s on %s: %s %s", what, address, exc.code().name, exc.details())
-            raise viewer_error(exc.code(), exc.details() or "", what) from None
+            raise _viewer_failure(exc, what, address) from None
 
     async def cell_density(self, address: str, job_id: str, cell_px: float) -> spb.CellDensity:
         request = wpb.CellDensityRequest(job_id=job_id, cell_px=cell_px)

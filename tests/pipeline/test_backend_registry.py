@@ -50,7 +50,9 @@ class DarkPixelsRecipe(Recipe):
 class ToyBackend(Backend):
     name = "toy"
     mpp = 1.0  # segments at its own pixel size: the level read follows it
-    prepared: list[JobSlide] = []
+
+    def __init__(self) -> None:
+        self.prepared: list[JobSlide] = []
 
     def check(self, settings: ModelSettings) -> None:
         if settings.device.startswith("cuda"):

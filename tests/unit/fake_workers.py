@@ -69,14 +69,16 @@ class FakeWorker:
     calls: list[FakeJobCall] = field(default_factory=list)
     results: dict[str, bytes] = field(default_factory=dict)  # "job/name" -> content
     answer: grpc.StatusCode | None = None  # every relayed call fails with this, when set
-    seen_metadata: list[object] = field(default_factory=list)
+    seen_metadata: list[tuple[tuple[str, str], ...]] = field(default_factory=list)
     closed: bool = False
 
     def _check(self) -> None:
         if self.answer is not None:
             raise rpc_error(self.answer, f"worker says {self.answer.name}")
 
-    async def GetInfo(self, request: object, metadata: object, **options: object) -> wpb.WorkerInfo:
+    async def GetInfo(
+        self, request: object, metadata: tuple[tuple[str, str], ...], **options: object
+    ) -> wpb.WorkerInfo:
         self.probes += 1
         self.seen_metadata.append(metadata)
         if not self.up:

@@ -100,7 +100,7 @@ async def test_probing_learns_slots_and_reconnects_a_lost_worker(network: FakeNe
         await until(lambda: links.workers_connected == 2, "the second worker back")
         assert links.slots_total == 5 and links.links[1].failed_probes == 0
         secret = (metadata.WORKER_SECRET, "s" * 20)
-        assert all(secret in seen for seen in network.workers[W1].seen_metadata)  # type: ignore[operator]
+        assert all(secret in seen for seen in network.workers[W1].seen_metadata)
 
 
 async def test_a_joined_worker_is_used_then_forgotten_when_silent(network: FakeNetwork) -> None:
@@ -239,7 +239,7 @@ async def test_viewer_answers_map_to_the_schedulers_errors(
         network.workers[W1].answer = answer
         with pytest.raises(error, match=message):
             await dispatcher.proxy.slide_tile(job, 3, 1, 2)
-        with pytest.raises(error, match=message.replace("tile 3/1_2", "")):
+        with pytest.raises(error, match=message):
             await dispatcher.proxy.cell_density(W1, job.job_id, 256)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from scheduler_service.convert import public_files
-from scheduler_service.summaries import public_summary
+from scheduler_service.summaries import public_summary, take_summary
 from worker_service.storage.result_files import job_folder
 from wsi_runtime.slide_paths import SlidePathError, resolve_slide, shown_path
 
@@ -48,3 +48,12 @@ def test_a_job_folder_never_leaves_the_results_root(tmp_path: Path, job_id: str)
     with pytest.raises(ValueError):
         job_folder(tmp_path, job_id)
     assert job_folder(tmp_path, "j1") == (tmp_path / "j1").resolve()
+
+
+def test_a_summary_is_taken_in_once_as_text_and_object() -> None:
+    old = json.dumps({"slide": {"path": "/srv/slides/a.svs"}, "nuclei": 3})
+    text, document = take_summary(old)
+    assert document == {"slide": {"path": "a.svs"}, "nuclei": 3} == json.loads(text)
+    assert take_summary('{"nuclei": 3}') == ('{"nuclei": 3}', {"nuclei": 3})
+    assert take_summary("[1]") == ("[1]", None)
+    assert take_summary("") == ("", None)

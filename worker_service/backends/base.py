@@ -20,6 +20,9 @@ DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 ENGINES = ("auto", "onnx-int8", "onnx", "torch")
 BATCH_RANGE = (1, 256)
 DEFAULT_BATCH = 8
+# Batches per pool task for the model backends: a reader thread decodes each
+# next batch while the model runs on one.
+BATCHES_PER_TASK = 4
 INSTANSEG_DEFAULT = Path("models/instanseg.pt")
 
 
@@ -68,6 +71,15 @@ class Recipe(ABC):
 
     @abstractmethod
     def build(self) -> Segmenter: ...
+
+
+def model_batching(settings: ModelSettings) -> dict[str, int]:
+    """A model backend's Recipe sizes: ``--model-batch`` tiles per pass, whole
+    batches per pool task."""
+    return {
+        "tiles_per_pass": settings.batch_size,
+        "tiles_per_task": BATCHES_PER_TASK * settings.batch_size,
+    }
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,6 @@ log = logging.getLogger("wsi.worker.backends")
 INSTANSEG_MPP = 0.5  # um/px the brightfield_nuclei model was trained at
 MODEL_SETTING = "--instanseg-model (WSI_INSTANSEG_MODEL)"
 DEVICE_SETTING = "--model-device (WSI_MODEL_DEVICE)"
-# Batches per pool task: a reader thread decodes each next batch while the model runs on one.
-BATCHES_PER_TASK = 4
 
 
 class InstanSegSegmenter(BatchedModel):
@@ -90,8 +88,7 @@ class InstanSegBackend(Backend):
         model = str(settings.instanseg_model)
         recipe = InstanSegRecipe(
             self.name,
-            tiles_per_pass=settings.batch_size,
-            tiles_per_task=BATCHES_PER_TASK * settings.batch_size,
+            **base.model_batching(settings),
             model_path=model,
             device=settings.device,
         )

@@ -24,6 +24,7 @@ from worker_service.backends.base import (
     ModelSettings,
     Prepared,
     Recipe,
+    model_batching,
 )
 from worker_service.errors import BackendUnavailable
 
@@ -34,8 +35,6 @@ TORCH_FILE = WEIGHTS / "nuclei_unet.pt"
 LEARNED_MPP = 0.5  # the pixel size it was trained at (wsi_training.data.MODEL_MPP)
 WIDTHS = (16, 32, 64, 128)  # the U-Net's channels at each of its scales (unet.py)
 MULTIPLE = 2 ** (len(WIDTHS) - 1)  # input sides are padded to multiples of this (poolings)
-# Batches per pool task: a reader thread decodes each next batch while the model runs on one.
-BATCHES_PER_TASK = 4
 
 
 class Engine(Protocol):
@@ -225,8 +224,7 @@ class LearnedBackend(Backend):
     def prepare(self, slide: JobSlide, settings: ModelSettings) -> Prepared:
         recipe = LearnedRecipe(
             self.name,
-            tiles_per_pass=settings.batch_size,
-            tiles_per_task=BATCHES_PER_TASK * settings.batch_size,
+            **model_batching(settings),
             engine=settings.learned_engine,
             device=settings.device,
             tile_mpp=slide.working_mpp or 0.0,

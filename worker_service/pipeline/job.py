@@ -33,8 +33,6 @@ from wsi_protocol.job_types import JobType
 from wsi_runtime import job_params
 from wsi_runtime.job_params import JobParams
 
-JOB_TYPES = job_params.JOB_TYPES
-
 
 @dataclass(frozen=True)
 class JobSpec:

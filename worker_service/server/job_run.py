@@ -74,16 +74,15 @@ class JobRun:
         self._throttle = ProgressThrottle(progress_interval)
         self._context = replace(context, cancelled=self._stop.is_set, report=self._report)
         self._token = board.new_token()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop = asyncio.get_running_loop()  # made inside the RunJob handler
         self.outcome = "cancelled"  # as the call ended: succeeded, failed or cancelled
 
     def _report(self, done: int, total: int) -> None:
         """From the job's thread: throttled, then handed to the event loop."""
-        if self._loop is not None and self._throttle.should_emit(time.monotonic(), done, total):
+        if self._throttle.should_emit(time.monotonic(), done, total):
             self._loop.call_soon_threadsafe(self._updates.put_nowait, (done, total))
 
     async def updates(self) -> AsyncIterator[pb.JobUpdate]:
-        self._loop = asyncio.get_running_loop()
         future = asyncio.ensure_future(self._outcome())
         future.add_done_callback(lambda _: self._updates.put_nowait(None))
         try:

@@ -6,14 +6,14 @@ import argparse
 import asyncio
 import logging
 import os
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from worker_service.backends import registry as backend_registry
-from worker_service.backends.base import DEVICE_PATTERN, ENGINES, ModelSettings
+from worker_service.backends.base import ENGINES, ModelSettings
 from worker_service.pipeline.context import DEFAULT_MAX_TILES
 from worker_service.pipeline.tile_pool import TilePool
 from worker_service.server.membership import Membership
@@ -107,19 +107,23 @@ def _add_model_settings(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _device(text: str) -> str:
-    device = text.strip().lower()
-    if not re.fullmatch(DEVICE_PATTERN, device):
-        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, not {text!r}")
-    return device
+def _checked_by_model_settings(field: str, kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type whose value ``ModelSettings`` itself checks (one set of
+    rules for flags and for settings made in code)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+            ModelSettings(**{field: value})
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return parse
 
 
-def _batch(text: str) -> int:
-    try:
-        ModelSettings(batch_size=int(text))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return int(text)
+_device = _checked_by_model_settings("device", lambda text: text.strip().lower())
+_batch = _checked_by_model_settings("batch_size", int)
 
 
 def model_settings(args: argparse.Namespace) -> ModelSettings:

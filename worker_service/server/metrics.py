@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from worker_service.pipeline.job import JOB_TYPES
+from wsi_protocol.job_types import JobType
 
 OUTCOMES = ("succeeded", "failed", "cancelled")
 
@@ -34,7 +34,7 @@ class WorkerMetrics:
             registry=registry,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
-        for job_type in JOB_TYPES:
+        for job_type in JobType:
             self.tiles.labels(job_type)
             for outcome in OUTCOMES:
                 self.jobs.labels(job_type, outcome)

@@ -40,7 +40,7 @@ from wsi_protocol.job_types import JobType
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as spb
 from wsi_protocol.worker.v1 import worker_pb2 as pb
 from wsi_protocol.worker.v1 import worker_pb2_grpc as pb_grpc
-from wsi_runtime.boxes import BoxError, check_box
+from wsi_runtime.boxes import BoxError
 from wsi_runtime.slide_paths import SlidePathError, resolve_slide, shown_path
 from wsi_runtime.version import VERSION
 
@@ -238,11 +238,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     ) -> AsyncIterator[pb.FileChunk]:
         cells = await self._result_path(request.job_id, names.CELLS, context)
         box = (request.x0, request.y0, request.x1, request.y1)
-
-        async def features() -> list[bytes]:
-            return await self.viewer.cells(cells, check_box(box))
-
-        found = await _viewer_answer(context, features())
+        found = await _viewer_answer(context, self.viewer.cells(cells, box))
         buffered: list[bytes] = []
         size = 0
         for piece in collection(found):

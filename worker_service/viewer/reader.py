@@ -18,7 +18,7 @@ import openslide
 from worker_service.storage.slides import SlideCache
 from worker_service.viewer import slide_tiles
 from worker_service.viewer.cell_queries import CellQueries
-from wsi_runtime.boxes import Box
+from wsi_runtime.boxes import Box, check_box
 from wsi_runtime.slide_paths import resolve_slide
 
 T = TypeVar("T")
@@ -47,7 +47,9 @@ class ViewerReader:
         )
 
     async def cells(self, cells_file: Path, box: Box) -> list[bytes]:
-        return await self._in_thread(lambda: self._cells.features(cells_file, box))
+        """BoxError for a malformed box, before any thread is taken."""
+        checked = check_box(box)
+        return await self._in_thread(lambda: self._cells.features(cells_file, checked))
 
     async def density(
         self, cells_file: Path, cell_px: float
