@@ -1,7 +1,9 @@
 """Every public call's identity (``wsi_runtime.identity`` decides; this maps
 its answers to status codes), and a limit on failed authentications per peer
 address, so tokens cannot be guessed at speed and a flood of bad calls
-costs the flooder, not other users."""
+costs the flooder, not other users: the credential is checked first and a
+valid one is never refused, whatever its address has sent before (the
+gateway, a proxy or a NAT shares one address among many users)."""
 
 from __future__ import annotations
 
@@ -51,21 +53,21 @@ class Authenticator:
 
     async def __call__(self, context: Context) -> str:
         """The caller's user id, or the call ends with the status that says why not."""
-        peer = peer_host(context.peer() or "")
-        wait = self.failures.blocked(peer, self.clock())
-        if wait:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "too many failed authentications from this address;"
-                f" retry after {retry_after(wait)} s",
-                trailing_metadata=((RETRY_AFTER_METADATA, str(retry_after(wait))),),
-            )
         claimed = _first(context, metadata.USER_ID)
         authorization = _first(context, metadata.AUTHORIZATION)
         try:
             return identify(claimed, authorization, self.tokens)
         except Unauthenticated as exc:
-            self.failures.acquire(peer, self.clock())
+            peer, now = peer_host(context.peer() or ""), self.clock()
+            wait = self.failures.blocked(peer, now)
+            if wait:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "too many failed authentications from this address;"
+                    f" retry after {retry_after(wait)} s",
+                    trailing_metadata=((RETRY_AFTER_METADATA, str(retry_after(wait))),),
+                )
+            self.failures.acquire(peer, now)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         except PermissionDenied as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))

@@ -6,6 +6,7 @@ the service calls it off the event loop."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ SLIDE_SUFFIXES = frozenset(
     | {".bif", ".czi"}
 )
 MAX_LISTED = 100_000  # names gathered per call at most (a root is a folder of slides, not a disk)
+log = logging.getLogger("wsi.slides")
 
 
 class InvalidSlideToken(ValueError):
@@ -40,7 +42,8 @@ class SlideInfo:
 
 def slide_names(roots: Sequence[Path]) -> list[tuple[str, Path]]:
     """(name relative to its root, real path), sorted by name, one per name.
-    Links are followed only to files that stay inside a root."""
+    Links are followed only to files that stay inside a root. A name that is
+    not UTF-8 (no API string can carry it) is skipped with a log line."""
     real_roots = [Path(os.path.realpath(root)) for root in roots]
     found: dict[str, Path] = {}
     for root in real_roots:
@@ -55,10 +58,26 @@ def slide_names(roots: Sequence[Path]) -> list[tuple[str, Path]]:
                     continue
                 if not real.is_file():
                     continue
-                found.setdefault(str(path.relative_to(root)), real)
+                name = str(path.relative_to(root))
+                if not _is_utf8(name):
+                    log.warning(
+                        "slide root %s: skipped %s, a file name that is not UTF-8 (rename it)",
+                        root,
+                        ascii(name),
+                    )
+                    continue
+                found.setdefault(name, real)
                 if len(found) >= MAX_LISTED:
                     break
     return sorted(found.items())
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def page(

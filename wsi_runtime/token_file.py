@@ -6,9 +6,11 @@ it is back; each change is logged once."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from wsi_runtime import identity
@@ -64,24 +66,55 @@ class TokenFile:
 
 
 def add_token(path: Path, user: str) -> str:
-    """A new token for ``user``: its hash is appended to the file (made, owner
+    """A new token for ``user``: its hash is added to the file (made, owner
     only, if missing); the token itself is returned, to be shown once."""
     if not identity.valid_user_id(user):
         raise ValueError(f"user id must be {identity.USER_ID_RULE}")
     token = identity.new_token()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "a", encoding="utf-8") as out:
-        out.write(identity.token_line(user, token))
+
+    def with_token(lines: list[str]) -> list[str]:
+        return [*lines, identity.token_line(user, token)]
+
+    _rewrite(path, with_token)
     return token
 
 
 def revoke_user(path: Path, user: str) -> int:
     """Removes every token line of ``user``; returns how many went."""
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = [line for line in lines if line.split("#", 1)[0].split()[:1] != [user]]
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.writelines(kept)
-    os.replace(tmp, path)
-    return len(lines) - len(kept)
+    removed = 0
+
+    def without_user(lines: list[str]) -> list[str]:
+        nonlocal removed
+        kept = [line for line in lines if line.split("#", 1)[0].split()[:1] != [user]]
+        removed = len(lines) - len(kept)
+        return kept
+
+    if not path.exists():
+        raise FileNotFoundError(f"no API token file at {path}")
+    _rewrite(path, without_user)
+    return removed
+
+
+def _rewrite(path: Path, change: Callable[[list[str]], list[str]]) -> None:
+    """The file's lines (each ending in a newline, whatever the file had:
+    a last line without one, CRLF) through ``change``, written to a new file
+    that replaces it at once: a reader (the scheduler, the gateway) sees the
+    old file or the new, never half of one. A lock file beside it keeps two
+    editors from losing each other's change."""
+    lock = os.open(path.with_name(path.name + ".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        lines = [line.rstrip("\r\n") + "\n" for line in text.splitlines(keepends=True)]
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+                out.writelines(change(lines))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    finally:
+        os.close(lock)

@@ -49,6 +49,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     settings.add(parser, "--keep-alive-timeout", 5.0, "seconds an idle connection stays open")
     settings.add(parser, "--max-connections", 512, "open connections at once; more get 503")
+    settings.add(
+        parser,
+        "--trusted-proxies",
+        "",
+        "comma-separated addresses of reverse proxies whose X-Forwarded-For and"
+        " X-Forwarded-Proto are believed (default: none; the peer's own address counts)",
+    )
     tls.add_settings(parser)
     settings.add_logging(parser)
     return parser.parse_args(argv)
@@ -73,6 +80,10 @@ def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
         allowed_hosts=(*LOCAL_NAMES, args.host, *extra),
         scheduler_credentials=tls.channel_credentials(tls.TlsFiles(ca=files.ca, cert="", key="")),
     )
+
+
+def _proxies(args: argparse.Namespace) -> list[str]:
+    return [p.strip() for p in args.trusted_proxies.split(",") if p.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -102,6 +113,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         http=with_header_timeout(args.header_timeout),
         timeout_keep_alive=int(max(1, args.keep_alive_timeout)),
         limit_concurrency=args.max_connections,
+        # Forwarded headers only from the proxies named: from anyone else a
+        # forged X-Forwarded-For would pick the address the failure limit
+        # and the access log see.
+        proxy_headers=bool(_proxies(args)),
+        forwarded_allow_ips=_proxies(args) or None,
         ssl_certfile=args.tls_cert or None,
         ssl_keyfile=args.tls_key or None,
         ssl_ca_certs=args.tls_client_ca or None,

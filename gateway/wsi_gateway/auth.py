@@ -1,7 +1,10 @@
 """The caller's identity at the HTTP edge, checked before anything is
 parsed or forwarded: a malformed header is 401 (never 500), and in token
 mode a bad token never reaches the scheduler. Failed attempts are limited
-per client address; the scheduler checks the same again."""
+per client address, and only failed ones: a valid credential is checked
+first and never refused, so a flood of bad tokens from an address (a proxy,
+a NAT, the same host) locks out the flood, not its neighbours. The
+scheduler checks the same again."""
 
 from __future__ import annotations
 
@@ -40,19 +43,20 @@ class GatewayAuth:
 
     def metadata_for(self, client: str, user: str | None, authorization: str | None) -> Metadata:
         """The gRPC metadata that carries the caller's identity to the scheduler."""
-        wait = self.failures.blocked(client, self.clock())
-        if wait:
-            raise AuthFailure(
-                429,
-                "RESOURCE_EXHAUSTED",
-                "too many failed authentications from this address;"
-                f" retry after {retry_after(wait)} s",
-                retry_after(wait),
-            )
         try:
             identify(user, authorization, self.tokens)
         except Unauthenticated as exc:
-            self.failures.acquire(client, self.clock())
+            now = self.clock()
+            wait = self.failures.blocked(client, now)
+            if wait:
+                raise AuthFailure(
+                    429,
+                    "RESOURCE_EXHAUSTED",
+                    "too many failed authentications from this address;"
+                    f" retry after {retry_after(wait)} s",
+                    retry_after(wait),
+                ) from None
+            self.failures.acquire(client, now)
             raise AuthFailure(401, "UNAUTHENTICATED", str(exc)) from None
         except PermissionDenied as exc:
             raise AuthFailure(403, "PERMISSION_DENIED", str(exc)) from None

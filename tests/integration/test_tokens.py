@@ -20,7 +20,7 @@ import grpc
 import httpx
 import pytest
 
-from tests.harness import CMU, Cluster, Service, bearer, cluster, cluster_with_gateway
+from tests.harness import CMU, Cluster, Service, bearer, cluster_with_gateway
 from tests.integration.support import LONG, spec
 from wsi_client.client import SchedulerClient, job
 from wsi_protocol import metadata
@@ -225,17 +225,36 @@ def test_cli_and_client_take_a_token(
     assert asyncio.run(from_the_environment()) >= 2
 
 
-def test_failed_authentications_are_limited_per_address(tmp_path: Path) -> None:
+def test_a_flood_of_bad_tokens_is_limited_and_never_locks_out_a_valid_one(
+    tmp_path: Path,
+) -> None:
+    """Bad tokens straight at the scheduler and through the gateway (with and
+    without a forged X-Forwarded-For), all from this host, as the gateway
+    is: the flood is limited, and another user's 100 calls with a valid
+    token, 50 each way, all succeed meanwhile."""
     tokens_file = tmp_path / "tokens.txt"
     good = add_token(tokens_file, "erin")
-    with cluster(tmp_path, auth_tokens=str(tokens_file)) as c:
+    with cluster_with_gateway(tmp_path, auth_tokens=str(tokens_file)) as (c, gateway):
         request = pb.ListWorkflowsRequest()
-        answers = []
-        for index in range(40):
-            guess = bearer(f"wsi_guess{index}")
-            answers.append(code_of(lambda: c.stub.ListWorkflows(request, metadata=guess)))  # noqa: B023
-        assert answers[0] is grpc.StatusCode.UNAUTHENTICATED
-        assert answers[-1] is grpc.StatusCode.RESOURCE_EXHAUSTED
-        # While limited, not even a right token is looked at from this address.
-        refused = code_of(lambda: c.stub.ListWorkflows(request, metadata=bearer(good)))
-        assert refused is grpc.StatusCode.RESOURCE_EXHAUSTED
+        direct: list[grpc.StatusCode] = []
+        through: list[int] = []
+        forged: list[int] = []
+        valid: list[object] = []
+        with httpx.Client(base_url=gateway.address, timeout=10) as http:
+            for index in range(50):
+                for kind in range(2):
+                    guess = bearer(f"wsi_guess{index}_{kind}")
+                    direct.append(code_of(lambda: c.stub.ListWorkflows(request, metadata=guess)))  # noqa: B023
+                    bad = {"Authorization": f"Bearer wsi_guess{index}_{kind}"}
+                    through.append(http.get("/workflows", headers=bad).status_code)
+                    spoofed = {**bad, "X-Forwarded-For": f"203.0.113.{index * 2 + kind}"}
+                    forged.append(http.get("/workflows", headers=spoofed).status_code)
+                valid.append(code_of(lambda: c.stub.ListWorkflows(request, metadata=bearer(good))))
+                valid.append(
+                    http.get("/workflows", headers={"Authorization": f"Bearer {good}"}).status_code
+                )
+    assert valid == [grpc.StatusCode.OK, 200] * 50
+    assert direct[0] is grpc.StatusCode.UNAUTHENTICATED
+    assert direct[-1] is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert through[0] == 401 and through.count(429) >= 50
+    assert forged.count(429) >= 50  # a new forged address per guess does not help

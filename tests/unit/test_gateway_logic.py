@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from wsi_gateway import sse
+from wsi_gateway.bodies import JobIn, WorkflowIn
+from wsi_gateway.dependencies import BadRequest
 from wsi_gateway.http_errors import error_body, http_status
 from wsi_protocol.json_format import to_json
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
@@ -59,3 +62,12 @@ def test_sse_framing_and_resume_point() -> None:
     assert sse.resume_after("12", 3) == 12
     assert sse.resume_after(None, 3) == 3
     assert sse.resume_after("garbage", None) == 0
+
+
+def test_text_no_grpc_string_can_carry_is_a_bad_request_naming_the_field() -> None:
+    """A lone surrogate (what Python makes of a file name that is not UTF-8)
+    arrives in JSON as ``\\udcff``: a 400, not a failure to encode."""
+    body = WorkflowIn(jobs=[JobIn(job_type="TISSUE_MASK", wsi_path="bad\udcff.svs")])
+    with pytest.raises(BadRequest, match=r"wsi_path 'bad\\\\udcff.svs' is not valid UTF-8"):
+        body.message()
+    assert WorkflowIn(jobs=[JobIn(job_type="TISSUE_MASK", wsi_path="ok.svs")]).message().jobs

@@ -36,6 +36,17 @@ def test_names_are_root_relative_first_root_wins_and_nothing_escapes(tmp_path: P
     assert dict(names)["lab/x.svs"] == Path(os.path.realpath(first / "lab" / "x.svs"))
 
 
+def test_a_file_name_that_is_not_utf8_is_skipped_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "good.svs").write_bytes(b"1")
+    with open(os.fsencode(tmp_path) + b"/bad\xff.svs", "wb") as bad:
+        bad.write(b"2")
+    names = slide_names([tmp_path])
+    assert [name for name, _ in names] == ["good.svs"]
+    assert "not UTF-8" in caplog.text and "bad\\udcff.svs" in caplog.text
+
+
 def test_pages_cover_every_name_once() -> None:
     names = [(f"s{i:02}.svs", Path(f"/r/s{i:02}.svs")) for i in range(7)]
     seen, token = [], ""

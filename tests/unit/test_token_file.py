@@ -33,3 +33,25 @@ def test_added_and_revoked_tokens_take_effect_at_the_next_lookup(tmp_path: Path)
 def test_a_missing_file_stops_the_start(tmp_path: Path) -> None:
     with pytest.raises(TokenFileError, match="WSI_AUTH_TOKENS"):
         TokenFile(tmp_path / "none.txt")
+
+
+def test_add_token_on_a_hand_edited_file_keeps_every_token(tmp_path: Path) -> None:
+    """No final newline, CRLF line ends, comments: the new line never joins
+    the last one, and the file is replaced whole, owner-only, nothing left over."""
+    path = tmp_path / "tokens.txt"
+    alice = add_token(path, "alice")
+    edited = "# team tokens\r\n" + path.read_text().rstrip("\n").replace("\n", "\r\n")
+    path.write_text(edited, newline="")  # the last line has no newline
+    bob = add_token(path, "bob")
+    tokens = TokenFile(path)
+    assert tokens.user_of(alice) == "alice" and tokens.user_of(bob) == "bob"
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens.txt", "tokens.txt.lock"]
+    assert revoke_user(path, "alice") == 1
+    assert tokens.user_of(alice) is None and tokens.user_of(bob) == "bob"
+    assert path.read_text().startswith("# team tokens\n")
+
+
+def test_revoking_on_a_missing_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no API token file"):
+        revoke_user(tmp_path / "none.txt", "alice")
