@@ -85,6 +85,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "",
         "API token file (lines 'USER_ID SHA256_HEX_OF_TOKEN'): set, callers need a token",
     )
+    settings.add(
+        parser,
+        "--operators",
+        "",
+        "comma-separated user ids that GetStats shows each worker's address and last"
+        " error (everyone else sees counts, slots and states)",
+    )
     worker_secret.add_setting(parser)
     tls.add_settings(parser)
     settings.add_metrics(parser, addresses.SCHEDULER_METRICS_PORT)
@@ -128,6 +135,7 @@ def build(
         max_pending_per_user=args.max_pending_per_user,
         min_tile_size=args.min_tile_size,
         authenticate=authenticator(args.auth_tokens, args.host),
+        operators=frozenset(u.strip() for u in args.operators.split(",") if u.strip()),
     )
     links = dispatcher.links
     metrics.watch_state(

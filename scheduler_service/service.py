@@ -129,8 +129,11 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         max_pending_per_user: int = 0,
         min_tile_size: int = 0,
         authenticate: Authenticator | None = None,
+        operators: frozenset[str] = frozenset(),
     ) -> None:
         self.authenticate = authenticate or Authenticator(tokens=None)
+        # Who sees workers' addresses and transport errors (internal details).
+        self.operators = operators
         self.min_tile_size = min_tile_size
         self.store = store
         self.dispatcher = dispatcher
@@ -418,11 +421,11 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             watch_streams=self.watch_streams,
             workers=[
                 pb.WorkerStatus(
-                    address=link.address,
+                    address=link.address if user in self.operators else "",
                     connected=link.connected,
                     slots=link.slots,
                     busy=link.busy,
-                    error=link.error,
+                    error=link.error if user in self.operators else "",
                     failed_probes=link.failed_probes,
                     origin=link.origin,
                     state=link.state,

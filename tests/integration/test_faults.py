@@ -148,7 +148,7 @@ def free_port() -> int:
 def test_a_worker_unreachable_at_start_is_retried_and_reported(workdir: Path) -> None:
     port = free_port()
     absent = Service("absent", None, workdir / "none.log", f"127.0.0.1:{port}")  # type: ignore[arg-type]
-    scheduler = start_scheduler(workdir, [absent])
+    scheduler = start_scheduler(workdir, [absent], operators="patient")
     worker: Service | None = None
     try:
         with grpc.insecure_channel(scheduler.address) as channel:
@@ -165,6 +165,10 @@ def test_a_worker_unreachable_at_start_is_retried_and_reported(workdir: Path) ->
             [status] = stats().workers
             assert status.address == absent.address and not status.connected
             assert status.error.startswith("UNAVAILABLE")
+            # A plain user sees the counts and the state, not the internals.
+            plain = stub.GetStats(pb.GetStatsRequest(), metadata=user("someone")).workers[0]
+            assert (plain.address, plain.error) == ("", "")
+            assert not plain.connected and plain.failed_probes >= 2 and plain.origin == "static"
             time.sleep(1.0)
             job = stub.GetJob(pb.GetJobRequest(job_id=wf.jobs[0].job_id), metadata=user("patient"))
             assert job.state == pb.JOB_STATE_PENDING  # waits instead of failing

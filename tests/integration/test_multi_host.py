@@ -129,7 +129,12 @@ def test_workers_on_two_hosts(hosts: tuple[Host, Host], tmp_path: Path) -> None:
         # The scheduler listens on this host's side of the first veth; the second
         # namespace reaches it through its own veth (it is a local address here).
         scheduler = start_scheduler(
-            tmp_path, [], host=one.gateway, heartbeat_interval="0.5", max_workers=4
+            tmp_path,
+            [],
+            host=one.gateway,
+            heartbeat_interval="0.5",
+            max_workers=4,
+            operators="lab",  # WHO: sees the workers' addresses
         )
         stack.callback(scheduler.stop)
         gateway = start_gateway(tmp_path, scheduler)

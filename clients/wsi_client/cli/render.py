@@ -98,14 +98,16 @@ def stats_table(stats: pb.SchedulerStats) -> Table:
     ]
     for label, value in rows:
         table.add_row(label, str(value))
-    for w in stats.workers:
+    for number, w in enumerate(stats.workers, 1):
+        error = f": {escape(w.error)}" if w.error else ""
         state = (
             f"{w.busy}/{w.slots} slots busy"
             if w.connected
-            else f"[red]unreachable[/] ({w.failed_probes} probes: {escape(w.error)})"
+            else f"[red]unreachable[/] ({w.failed_probes} probes{error})"
         )
         origin = f" ({w.origin})" if w.origin else ""
-        table.add_row(f"worker {w.address}{origin}", state)
+        # Addresses are shown to operators only (the scheduler's --operators).
+        table.add_row(f"worker {w.address or number}{origin}", state)
     for b in stats.branches:
         table.add_row(
             f"branch {escape(b.branch)} of {b.workflow_id}", f"{b.running} run, {b.pending} wait"

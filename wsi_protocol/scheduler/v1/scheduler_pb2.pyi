@@ -155,7 +155,12 @@ class JobSpec(_message.Message):
 
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Job parameters passed to the worker (for example tile_size, overlap)."""
+        """Job parameters passed to the worker (for example tile_size, overlap;
+        GET /job-params lists them). backend: learned (the project's nucleus
+        model, the default wherever it can run, CPUs included: more nuclei found,
+        better outlines), classical (no model: the fast, lower-quality option) or
+        instanseg; empty: the worker's default.
+        """
 
     def __init__(
         self,
@@ -804,6 +809,9 @@ class WorkerStatus(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     BACKENDS_FIELD_NUMBER: _builtins.int
     address: _builtins.str
+    """The worker's address and last error are internal details: empty unless
+    the caller is an operator (the scheduler's --operators).
+    """
     connected: _builtins.bool
     slots: _builtins.int
     busy: _builtins.int
