@@ -168,7 +168,12 @@ class JobRunner:
             self.store.progress(job_id, update.progress.tiles_done, update.progress.tiles_total)
             return False
         if which == "result":
-            self.store.succeed(job_id, dict(update.result.files), update.result.summary)
+            files = dict(update.result.files)
+            unsafe = result_files.unsafe_result_file(job_id, files)
+            if unsafe:
+                self.store.fail(job_id, f"the worker's answer was refused: {unsafe}")
+                return True
+            self.store.succeed(job_id, files, update.result.summary)
             if update.result.HasField("tissue_mask"):
                 self.tissue_masks.put(job_id, update.result.tissue_mask)
             return True

@@ -19,3 +19,21 @@ BY_ROLE = {
     "preview": PREVIEW,
     "summary": SUMMARY,
 }
+
+# A result file's name as a worker may give it: a plain file name of the job's
+# folder (what the gateway can put in a URL path and a header unchanged).
+_PLAIN_NAME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+MAX_NAME = 128
+
+
+def unsafe_result_file(job_id: str, files: dict[str, str]) -> str:
+    """Why a worker's ``files`` (name -> ``JOB_ID/NAME``) cannot be taken
+    as they are, or "": a scheduler trusts a joined worker's answer no further
+    than this."""
+    for name, path in files.items():
+        plain = 0 < len(name) <= MAX_NAME and set(name) <= _PLAIN_NAME
+        if not plain or name.startswith("."):
+            return f"result file name {name[:MAX_NAME]!r} is not a plain file name"
+        if path != f"{job_id}/{name}":
+            return f"result file {name!r} is not in the job's folder"
+    return ""

@@ -31,8 +31,8 @@ class FakeJobCall:
     def progress(self, done: int, total: int) -> None:
         self.send(wpb.JobUpdate(progress=wpb.TileProgress(tiles_done=done, tiles_total=total)))
 
-    def succeed(self, summary: str = '{"nuclei": 3}') -> None:
-        files = {"summary.json": f"{self.request.job_id}/summary.json"}
+    def succeed(self, summary: str = '{"nuclei": 3}', files: dict[str, str] | None = None) -> None:
+        files = files or {"summary.json": f"{self.request.job_id}/summary.json"}
         self.send(wpb.JobUpdate(result=wpb.JobOutput(files=files, summary=summary)))
 
     def break_with(self, code: grpc.StatusCode, details: str = "") -> None:

@@ -139,6 +139,29 @@ async def test_a_job_runs_reports_progress_and_succeeds(network: FakeNetwork) ->
         await until(lambda: dispatcher.links.slots_busy == 0, "the slot back")
 
 
+@pytest.mark.parametrize(
+    "name, path",
+    [
+        ("evil\r\nSet-Cookie: x", "{job}/evil"),  # a header injected through the name
+        ("../../etc/passwd", "{job}/../../etc/passwd"),
+        (".hidden", "{job}/.hidden"),
+        ("summary.json", "other-job/summary.json"),  # another job's folder
+    ],
+)
+async def test_a_result_a_worker_should_not_give_fails_the_job_cleanly(
+    network: FakeNetwork, name: str, path: str
+) -> None:
+    store = new_store()
+    (job,) = submit(store, "a")
+    async with started(store, network):
+        await until(lambda: job.state is State.RUNNING, "dispatch")
+        call = running_call(network.workers[W1], job)
+        call.succeed(files={name: path.format(job=job.job_id)})
+        await until(lambda: job.state is State.FAILED, "refused")
+        assert "the worker's answer was refused" in job.error and not job.result_files
+        call.end()
+
+
 async def test_a_worker_lost_mid_job_requeues_it_at_the_head(network: FakeNetwork) -> None:
     store = new_store()
     first, second = submit(store, "a", "b")
