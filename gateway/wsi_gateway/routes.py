@@ -14,6 +14,7 @@ from fastapi.responses import Response, StreamingResponse
 from wsi_gateway import deep_zoom, events, sse
 from wsi_gateway.bodies import WorkflowIn
 from wsi_gateway.dependencies import BadRequest, Caller, Gateway, NotFoundError, call, collect
+from wsi_gateway.sized_body import sized_body
 from wsi_protocol import result_files
 from wsi_protocol.json_format import to_json
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
@@ -90,19 +91,17 @@ async def get_result(job_id: str, name: str, gateway: Gateway, caller: Caller) -
     except StopAsyncIteration:  # no chunk at all: the scheduler's bug, not the user's
         raise BadRequest(f"result {name!r} of job {job_id!r} came back empty") from None
 
-    async def body() -> AsyncIterator[bytes]:
-        yield first.data
+    async def rest() -> AsyncIterator[bytes]:
         async for chunk in chunks:
             yield chunk.data
 
+    body = sized_body(first.size, first.data, rest(), f"result {name!r} of job {job_id!r}")
     media = RESULT_TYPES.get(PurePath(name).suffix) or mimetypes.guess_type(name)[0]
     headers = {
         "Content-Length": str(first.size),
         "Content-Disposition": f'attachment; filename="{name}"',
     }
-    return StreamingResponse(
-        body(), media_type=media or "application/octet-stream", headers=headers
-    )
+    return StreamingResponse(body, media_type=media or "application/octet-stream", headers=headers)
 
 
 @router.get("/jobs/{job_id}/deepzoom", summary="The job's slide as Deep Zoom, described as JSON")
@@ -190,7 +189,12 @@ async def stats(gateway: Gateway, caller: Caller) -> Any:
     return to_json(await call(gateway.stub.GetStats(pb.GetStatsRequest(), metadata=caller)))
 
 
-@router.get("/job-params", summary="The job parameters: kind, bounds, default, choices")
+@router.get(
+    "/job-params",
+    summary="The job parameters: kind, bounds, default, choices",
+    description="For `backend`, also what each choice is for and costs (`choice_help`) and"
+    " what a job that names none gets (`default_help`: learned wherever it can run).",
+)
 async def job_params_schema() -> dict[str, dict[str, object]]:
     return job_params.schema()
 

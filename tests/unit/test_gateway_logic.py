@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -10,6 +13,7 @@ from wsi_gateway import sse
 from wsi_gateway.bodies import JobIn, WorkflowIn
 from wsi_gateway.dependencies import BadRequest
 from wsi_gateway.http_errors import error_body, http_status
+from wsi_gateway.sized_body import SizeMismatch, sized_body
 from wsi_protocol.json_format import to_json
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.status import retry_after_seconds
@@ -71,3 +75,30 @@ def test_text_no_grpc_string_can_carry_is_a_bad_request_naming_the_field() -> No
     with pytest.raises(BadRequest, match=r"wsi_path 'bad\\\\udcff.svs' is not valid UTF-8"):
         body.message()
     assert WorkflowIn(jobs=[JobIn(job_type="TISSUE_MASK", wsi_path="ok.svs")]).message().jobs
+
+
+@pytest.mark.parametrize(
+    "size, chunks, sent, whole",
+    [
+        (6, [b"abc", b"def"], b"abcdef", True),
+        (4, [b"abc", b"def"], b"abcd", False),  # more than announced: cut, then ended
+        (1_000_000_000_000, [b"abc", b"def"], b"abcdef", False),  # fewer: ended
+    ],
+)
+def test_a_streamed_result_is_held_to_its_announced_size(
+    size: int, chunks: list[bytes], sent: bytes, whole: bool
+) -> None:
+    async def rest() -> AsyncIterator[bytes]:
+        for chunk in chunks[1:]:
+            yield chunk
+
+    async def read() -> tuple[bytes, bool]:
+        got = b""
+        try:
+            async for data in sized_body(size, chunks[0], rest(), "result"):
+                got += data
+        except SizeMismatch:
+            return got, False
+        return got, True
+
+    assert asyncio.run(read()) == (sent, whole)
