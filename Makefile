@@ -65,8 +65,9 @@ torch: $(STAMP)
 ## replaces the weights in worker_service/weights/ and says how the new ones
 ## compare with the replaced.
 train-model: $(STAMP) torch
-	@test -n "$(DATA)" || { echo "make train-model DATA=<folder of the annotated" \
-		"nuclei: NAME.jpg images with NAME.png instance labels>"; exit 2; }
+	@test -n "$(DATA)" || { echo "make train-model DATA='<folders of the annotated" \
+		"nuclei: NAME.jpg images with NAME.png instance labels, e.g. nuclei-train/monuseg-2018-train" \
+		"nuclei-train/monuseg-2018-train-extra>'"; exit 2; }
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet 'torch>=2.1'
 	$(BIN)/python -m pip install --quiet 'onnx>=1.16'
 	$(BIN)/python -m wsi_training.train --data $(DATA)

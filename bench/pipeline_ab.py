@@ -1,9 +1,11 @@
 """A/B of one CELL_SEGMENTATION job through the real services: this checkout
 against another commit (checked out once as a ``git worktree`` under
-bench/out/worktrees/), on a generated slide at 0.5 um/px, alternating which
-side goes first each round, each run on a fresh scheduler and worker.
+bench/out/worktrees/), or against the same checkout with other job
+parameters, on a generated slide at 0.5 um/px, alternating which side goes
+first each round, each run on a fresh scheduler and worker.
 
     python -m bench.pipeline_ab --baseline c584a48 [--megapixels 320] [--rounds 3]
+    python -m bench.pipeline_ab --baseline-params backend=classical  # default job vs classical
 
 Prints, per side, every run's seconds, the median, the per-phase timings of
 the job's summary.json (where that commit writes them) and the worker's peak
@@ -63,8 +65,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
-        "--baseline", required=True, help="commit to compare with (hash, tag, branch)"
+        "--baseline", default="HEAD", help="commit to compare with (hash, tag, branch)"
     )
+    parser.add_argument(
+        "--baseline-params",
+        default="",
+        help="the baseline job's parameters, KEY=VALUE,... (e.g. backend=classical)",
+    )
+    parser.add_argument("--params", default="", help="this side's job parameters, KEY=VALUE,...")
     parser.add_argument("--megapixels", type=float, default=320)
     parser.add_argument("--mpp", type=float, default=0.5, choices=(0.25, 0.5))
     parser.add_argument("--rounds", type=int, default=3)
@@ -73,7 +81,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     slide = slide_path(OUT, args.megapixels, args.mpp)
-    baseline_root, baseline_commit = worktree(args.baseline)
+    same_commit = args.baseline == "HEAD"
+    baseline_root, baseline_commit = (ROOT, "HEAD") if same_commit else worktree(args.baseline)
+    job_params = {"baseline": _params(args.baseline_params), "this": _params(args.params)}
     head = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -89,6 +99,7 @@ def main() -> None:
                     pb.CELL_SEGMENTATION,
                     Path(tmp) / f"{side}-{round_}",
                     sides[side],
+                    job_params[side],
                     **flags,
                 )
                 runs[side].append(run)
@@ -99,8 +110,11 @@ def main() -> None:
     report: dict[str, Any] = {
         "machine": f"{platform.node()} {platform.machine()}",
         "slide": f"{slide.name} at {args.mpp} um/px",
-        "baseline": baseline_commit[:12],
-        "this": head[:12] + (" (+ uncommitted changes)" if _dirty() else ""),
+        "baseline": (head[:12] if same_commit else baseline_commit[:12])
+        + _described(job_params["baseline"]),
+        "this": head[:12]
+        + (" (+ uncommitted changes)" if _dirty() else "")
+        + _described(job_params["this"]),
     }
     for side, side_runs in runs.items():
         report[side + "_runs"] = {
@@ -109,11 +123,24 @@ def main() -> None:
             "nuclei": [r["nuclei"] for r in side_runs],
             "phases_median_s": _median_phases(side_runs),
             "worker_and_pool_peak_mb": max(r["worker_and_pool_mb"] for r in side_runs),
+            "backend": side_runs[0]["backend"],
+            "backend_details": side_runs[0]["backend_details"],
         }
     report["speedup_median"] = round(
         report["baseline_runs"]["median_s"] / report["this_runs"]["median_s"], 2
     )
     print(json.dumps(report, indent=2))
+
+
+def _params(text: str) -> dict[str, str]:
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"parameters are KEY=VALUE,...: {text!r}")
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _described(params: dict[str, str]) -> str:
+    return " with " + ", ".join(f"{k}={v}" for k, v in params.items()) if params else ""
 
 
 def _dirty() -> bool:

@@ -121,11 +121,16 @@ def peak_rss_mb(service: Service) -> dict[str, float]:
 
 
 def through_services(
-    path: Path, job_type: int, workdir: Path, root: Path = ROOT, **worker_flags: str
+    path: Path,
+    job_type: int,
+    workdir: Path,
+    root: Path = ROOT,
+    params: dict[str, str] | None = None,
+    **worker_flags: str,
 ) -> dict[str, Any]:
     """Submit -> SUCCEEDED through a fresh scheduler and worker (of the
-    checkout at ``root``); the job's seconds, nuclei, phase timings and the
-    worker's peak RSS."""
+    checkout at ``root``), the job with ``params``; the job's seconds,
+    nuclei, phase timings, backend details and the worker's peak RSS."""
     with ExitStack() as stack:
         worker = start_worker(
             workdir,
@@ -134,7 +139,7 @@ def through_services(
             root=str(root),
             slide_roots=str(path.parent),
             log_level="WARNING",
-            **worker_flags,
+            **{"default_backend": "auto", **worker_flags},
         )
         stack.callback(worker.stop)
         scheduler = start_scheduler(
@@ -148,7 +153,14 @@ def through_services(
         started = time.perf_counter()
         wf = stub.CreateWorkflow(
             pb.CreateWorkflowRequest(
-                jobs=[pb.JobSpec(branch="b", job_type=job_type, wsi_path=path.name)]  # type: ignore[arg-type]
+                jobs=[
+                    pb.JobSpec(
+                        branch="b",
+                        job_type=job_type,  # type: ignore[arg-type]
+                        wsi_path=path.name,
+                        params=params or {},
+                    )
+                ]
             ),
             metadata=metadata,
         )
@@ -169,6 +181,8 @@ def through_services(
             "seconds": seconds,
             "nuclei": summary.get("nuclei", 0),
             "timings": summary.get("timings", {}),
+            "backend": summary.get("backend"),
+            "backend_details": summary.get("backend_details"),
             "files": dict(job.result.files),
             **peak_rss_mb(worker),
         }

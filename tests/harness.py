@@ -149,8 +149,12 @@ def _start(
 
 def start_worker(workdir: Path, name: str = "worker", slots: int = 2, **extra: Any) -> Service:
     """``root=``: the checkout to run (see ``_start``); ``tls=`` (a TlsClient):
-    how to reach a TLS worker; other keywords are flags."""
+    how to reach a TLS worker; other keywords are flags. Jobs that name no
+    backend get the classical one (``default_backend="auto"`` for the
+    deployment's default, the learned model): fast, where the segmenter is
+    not what a test is about."""
     root = Path(extra.pop("root", str(ROOT)))
+    extra.setdefault("default_backend", "classical")
     tls = extra.pop("tls", None)
     prefix = extra.pop("prefix", ())  # e.g. ("ip", "netns", "exec", NAME): another host
     extra.setdefault("metrics_port", "0")
@@ -223,15 +227,16 @@ def cluster(
     workdir: Path,
     worker_slots: Sequence[int] = (4,),
     slide_roots: str = "",
+    worker_flags: dict[str, str] | None = None,
     **scheduler_settings: int | str,
 ) -> Iterator[Cluster]:
-    """Workers and a scheduler; ``slide_roots`` (colon-separated) replaces the
-    fixture slides as the roots of both."""
+    """Workers (with ``worker_flags``) and a scheduler; ``slide_roots``
+    (colon-separated) replaces the fixture slides as the roots of both."""
     roots = {"slide_roots": slide_roots} if slide_roots else {}
     with ExitStack() as stack:
         workers = []
         for index, slots in enumerate(worker_slots):
-            worker = start_worker(workdir, f"worker{index}", slots, **roots)
+            worker = start_worker(workdir, f"worker{index}", slots, **roots, **(worker_flags or {}))
             stack.callback(worker.stop)
             workers.append(worker)
         scheduler = start_scheduler(workdir, workers, **roots, **scheduler_settings)

@@ -16,6 +16,15 @@ from wsi_protocol.job_types import JobType
 
 JOB_TYPES = tuple(JobType)  # the public API's job types
 BACKENDS = ("classical", "learned", "instanseg")
+# What each backend is for, what it finds and what it costs, as /job-params,
+# the web UI and the README say it (figures: docs/benchmarks.md).
+BACKEND_HELP = {
+    "learned": "the project's nucleus model (the default wherever it can run, CPUs included):"
+    " finds more nuclei and outlines them better than classical; slower per tile",
+    "classical": "colour deconvolution and watershed, no model: the fast, lower-quality option",
+    "instanseg": "InstanSeg (needs PyTorch and its model file on the worker)",
+}
+DEFAULT_BACKEND_HELP = "the worker's default: learned wherever it can run, else classical"
 
 # Hard bounds of the schema; a deployment narrows the tile size further with
 # its own minimum (the scheduler's --min-tile-size).
@@ -124,6 +133,9 @@ def schema() -> dict[str, dict[str, object]]:
         }
         if field.choices:
             entry["choices"] = list(field.choices)
+            if name == "backend":
+                entry["choice_help"] = dict(BACKEND_HELP)
+                entry["default_help"] = DEFAULT_BACKEND_HELP
         else:
             entry["min"], entry["max"] = field.low, field.high
         described[name] = entry

@@ -2,7 +2,7 @@
 quantisation (QDQ, weights per channel), calibrated on fixed crops of the
 training images, then scored on the held-out ones beside the float model.
 
-    python -m wsi_training.quantise --data DIR [--weights DIR]
+    python -m wsi_training.quantise --data DIR [DIR ...] [--weights DIR]
 
 About twice the float model's speed per core for the same held-out scores
 (see the model card); `make train-model` runs it after training."""
@@ -27,12 +27,11 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from worker_service.backends.learned import (
     INT8_FILE,
     ONNX_FILE,
-    LearnedSegmenter,
     OnnxEngine,
     model_input,
 )
 from wsi_training import data
-from wsi_training.train import evaluate
+from wsi_training.train import learned_scores
 
 CALIBRATION_CROP = 256
 
@@ -52,7 +51,7 @@ class Crops(CalibrationDataReader):  # type: ignore[misc]
 
 
 def scores(model: Path, examples: list[data.Example]) -> dict[str, Any]:
-    return evaluate(examples, LearnedSegmenter(OnnxEngine(model)))
+    return learned_scores(OnnxEngine(model), examples)
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Trains the learned backend's U-Net on the annotated nuclei and writes its
 weights (PyTorch and ONNX) and a training log beside the worker:
 
-    python -m wsi_training.train --data DIR [--out DIR] [--steps 3000] [--device auto]
+    python -m wsi_training.train --data DIR [DIR ...] [--out DIR] [--steps 6000] [--device auto]
 
 Seeds are fixed and the CPU run is deterministic, so the same command on the
 same machine gives the same weights. `make train-model` runs the defaults."""
@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from worker_service.analysis.instances import CLASSES
 from worker_service.analysis.nuclei import NucleusParams, segment_nuclei, stain_reference
-from worker_service.backends.learned import MULTIPLE, WIDTHS, LearnedSegmenter
+from worker_service.backends.learned import MULTIPLE, SPACE_TO_DEPTH, WIDTHS, LearnedSegmenter
 from worker_service.backends.unet import UNet
 from wsi_training import data
 from wsi_training.metrics import score
@@ -32,6 +33,9 @@ from wsi_training.metrics import score
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "worker_service" / "weights"
 CLASS_WEIGHTS = (1.0, 1.0, 2.0)  # the thin boundary class counts double
+# The distance map's squared error against the classes' cross-entropy: both
+# then move the weights about equally at the start of training.
+DISTANCE_WEIGHT = 4.0
 
 
 class TrainingEngine:
@@ -47,23 +51,47 @@ class TrainingEngine:
         return out
 
 
+Segment = Callable[[np.ndarray], np.ndarray]  # RGB to instance labels
+
+
 def evaluate(
-    examples: list[data.Example], segment: Callable[[np.ndarray], np.ndarray]
+    examples: list[data.Example], segmenter_for: Callable[[data.Example], Segment]
 ) -> dict[str, Any]:
-    """F1 and AJI of ``segment`` (RGB to labels) on each example, and their means."""
-    rows = {e.name: asdict(score(e.labels, segment(e.rgb))) for e in examples}
+    """F1 and AJI of each example's segmenter on the image as annotated (at
+    its own pixel size, as a job on such a slide sees it), their means per
+    folder and overall."""
+    rows = {
+        e.name: asdict(score(e.source_labels, segmenter_for(e)(e.source_rgb))) for e in examples
+    }
+    folders = sorted({e.folder for e in examples})
     return {
         "images": rows,
-        "f1": round(float(np.mean([r["f1"] for r in rows.values()])), 4),
-        "aji": round(float(np.mean([r["aji"] for r in rows.values()])), 4),
+        "folders": {
+            folder: _means([rows[e.name] for e in examples if e.folder == folder])
+            for folder in folders
+        },
+        **_means(list(rows.values())),
     }
+
+
+def _means(rows: list[dict[str, Any]]) -> dict[str, float]:
+    return {
+        "f1": round(float(np.mean([r["f1"] for r in rows])), 4),
+        "aji": round(float(np.mean([r["aji"] for r in rows])), 4),
+    }
+
+
+def learned_scores(engine: Any, examples: list[data.Example]) -> dict[str, Any]:
+    """The learned backend with ``engine``, resampling each image to the
+    model's pixel size and the classes back, as the worker does."""
+    return evaluate(examples, lambda e: LearnedSegmenter(engine, tile_mpp=e.source_mpp))
 
 
 def validate(
     model: nn.Module, examples: list[data.Example], device: torch.device
 ) -> dict[str, Any]:
     model.eval()
-    result = evaluate(examples, LearnedSegmenter(TrainingEngine(model, device)))
+    result = learned_scores(TrainingEngine(model, device), examples)
     model.train()
     return result
 
@@ -72,13 +100,16 @@ def classical_scores(examples: list[data.Example]) -> dict[str, Any]:
     """The classical segmenter on the same images, its stain reference from
     each image itself (the pipeline takes it from the slide's tissue)."""
 
-    def segment(rgb: np.ndarray) -> np.ndarray:
-        labels: np.ndarray = segment_nuclei(
-            rgb, stain_reference([rgb]), NucleusParams(mpp=data.MODEL_MPP)
-        )
-        return labels
+    def segmenter_for(example: data.Example) -> Segment:
+        params = NucleusParams(mpp=example.source_mpp)
 
-    return evaluate(examples, segment)
+        def segment(rgb: np.ndarray) -> np.ndarray:
+            labels: np.ndarray = segment_nuclei(rgb, stain_reference([rgb]), params)
+            return labels
+
+        return segment
+
+    return evaluate(examples, segmenter_for)
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,7 +123,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if args.threads:
             torch.set_num_threads(args.threads)
     training, validation = data.split(data.load(args.data))
-    model = UNet().to(device)
+    model = UNet(args.widths, args.space_to_depth).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=args.lr, total_steps=args.steps, pct_start=0.1
@@ -106,14 +137,18 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             data.augmented_crop(training[int(rng.integers(len(training)))], args.crop, rng)
             for _ in range(args.batch)
         ]
-        inputs = torch.from_numpy(np.stack([c[0] for c in crops])).to(device)
-        targets = torch.from_numpy(np.stack([c[1] for c in crops])).to(device)
-        loss = loss_fn(model(inputs), targets)
+        inputs, classes, distances = (
+            torch.from_numpy(np.stack([c[part] for c in crops])).to(device) for part in range(3)
+        )
+        outputs = model(inputs)
+        loss = loss_fn(outputs[:, :CLASSES], classes) + DISTANCE_WEIGHT * nn.functional.mse_loss(
+            torch.sigmoid(outputs[:, CLASSES]), distances
+        )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         schedule.step()
-        running += float(loss)
+        running += float(loss.detach())
         if step % args.log_every == 0 or step == args.steps:
             entry: dict[str, Any] = {
                 "step": step,
@@ -165,15 +200,28 @@ def main() -> None:
     )
     data.add_data_argument(parser)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=192)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--widths",
+        type=lambda text: tuple(int(w) for w in text.split(",")),
+        default=WIDTHS,
+        help="channels at each scale, e.g. 16,32,64,128 (the worker's PyTorch engine expects"
+        " the default)",
+    )
+    parser.add_argument(
+        "--space-to-depth",
+        type=int,
+        default=SPACE_TO_DEPTH,
+        help="pixel block the network works on (the worker's PyTorch engine expects the default)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: PyTorch's)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--log-every", type=int, default=25)
-    parser.add_argument("--validate-every", type=int, default=250)
+    parser.add_argument("--validate-every", type=int, default=1000)
     args = parser.parse_args()
     if args.crop % MULTIPLE:
         parser.error(f"--crop must be a multiple of {MULTIPLE}")
@@ -187,7 +235,7 @@ def main() -> None:
     record = {
         "command": "python -m wsi_training.train "
         + " ".join(
-            f"--{k.replace('_', '-')} {v}"
+            f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
             for k, v in vars(args).items()
             if k not in ("data", "out")
         ),
@@ -195,8 +243,11 @@ def main() -> None:
         "machine": f"{platform.node()} {platform.machine()}, torch {torch.__version__}",
         "architecture": {
             "name": "UNet",
-            "widths": list(WIDTHS),
-            "parameters": sum(p.numel() for p in UNet().parameters()),
+            "widths": list(args.widths),
+            "space_to_depth": args.space_to_depth,
+            "parameters": sum(
+                p.numel() for p in UNet(args.widths, args.space_to_depth).parameters()
+            ),
         },
         "model_mpp": data.MODEL_MPP,
         "files": files,

@@ -4,6 +4,7 @@ through the real pipeline and process pool."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import pytest
 from tests.harness import CMU, SLIDES
 from tests.pipeline.support import run
 from worker_service.analysis.nuclei import RGB, Labels, Nucleus, nuclei_from_labels
-from worker_service.backends import registry
+from worker_service.backends import learned, registry
 from worker_service.backends.base import Backend, JobSlide, ModelSettings, Prepared, Recipe
 from worker_service.errors import BackendUnavailable, JobError
 from worker_service.pipeline.tile_pool import TilePool
@@ -90,12 +91,28 @@ def test_an_unknown_backend_is_unavailable_not_a_crash() -> None:
 def test_auto_picks_the_fallback_where_no_backend_prefers_the_machine(
     monkeypatch: pytest.MonkeyPatch, toy: ToyBackend
 ) -> None:
-    assert registry.default_backend("learned") == "learned"
+    settings = ModelSettings()
+    assert registry.default_backend("classical", settings) == "classical"
     for backend in registry.BACKENDS.values():
-        monkeypatch.setattr(type(backend), "preferred_here", lambda self: False)
-    assert registry.default_backend("auto") == registry.FALLBACK == "classical"
-    monkeypatch.setattr(ToyBackend, "preferred_here", lambda self: True)
-    assert registry.default_backend("auto") == "toy"
+        monkeypatch.setattr(type(backend), "preferred_here", lambda self, settings: False)
+    assert registry.default_backend("auto", settings) == registry.FALLBACK == "classical"
+    monkeypatch.setattr(ToyBackend, "preferred_here", lambda self, settings: True)
+    assert registry.default_backend("auto", settings) == "toy"
+
+
+def test_auto_picks_learned_on_a_cpu_only_worker_and_classical_without_a_runtime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The learned backend is the default wherever it can run, GPU or not."""
+    monkeypatch.setattr(learned, "cuda_present", lambda: False)
+    assert registry.default_backend("auto", ModelSettings(device="cpu")) == "learned"
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a),
+    )
+    assert registry.default_backend("auto", ModelSettings(device="cpu")) == "classical"
 
 
 def test_a_toy_backend_runs_a_job_through_the_pipeline(

@@ -154,7 +154,7 @@ def test_model_settings_are_checked_when_the_worker_starts(
     for name in ("WSI_MODEL_DEVICE", "WSI_MODEL_BATCH"):
         monkeypatch.delenv(name)
     chosen = model_settings(parse_args([]))
-    assert (chosen.device, chosen.batch_size, chosen.learned_engine) == ("auto", 8, "auto")
+    assert (chosen.device, chosen.batch_size, chosen.learned_engine) == ("auto", None, "auto")
     assert chosen.instanseg_model.is_absolute()
     with pytest.raises(ValueError, match="batch"):
         ModelSettings(batch_size=257)

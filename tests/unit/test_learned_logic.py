@@ -1,5 +1,5 @@
 """The learned backend's pure parts: training targets from instance labels,
-instances from class probabilities, and the scores it is judged by."""
+instances from the model's maps, and the scores it is judged by."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from worker_service.analysis.instances import (
     INTERIOR,
     InstanceParams,
     classes_from_labels,
-    labels_from_classes,
+    distance_from_labels,
+    labels_from_maps,
 )
 from wsi_training.metrics import score
 
@@ -38,20 +39,46 @@ def test_targets_put_a_boundary_between_touching_nuclei() -> None:
     assert ndimage.label(interior)[1] == 2
 
 
-def test_instances_come_back_from_perfect_class_probabilities() -> None:
-    labels = two_touching_discs()
+def perfect_maps(labels: np.ndarray) -> np.ndarray:
     classes = classes_from_labels(labels)
-    probabilities = np.stack([(classes == k).astype(np.float32) for k in range(3)])
-    found = labels_from_classes(probabilities, InstanceParams())
+    planes = [(classes == k).astype(np.float32) for k in range(3)]
+    return np.stack([*planes, distance_from_labels(labels)])
+
+
+def test_the_distance_target_is_0_outside_1_at_each_centre_and_falls_to_the_edge() -> None:
+    labels = two_touching_discs()
+    distance = distance_from_labels(labels)
+    assert distance[0, 0] == 0 and distance.max() == pytest.approx(1.0)
+    for nucleus in (1, 2):
+        assert distance[labels == nucleus].max() == pytest.approx(1.0)
+    row = distance[20, 10:20]  # from disc 1's left edge to its deepest point
+    assert np.all(np.diff(row) >= 0) and row[0] < 0.2 and row[-1] == pytest.approx(1.0)
+    # Where the discs meet, the distance falls: two cores, not one.
+    assert distance[20, 28:30].max() < 0.3
+
+
+def test_instances_come_back_from_perfect_maps() -> None:
+    labels = two_touching_discs()
+    found = labels_from_maps(perfect_maps(labels), InstanceParams())
     result = score(labels, found)
     assert result.predicted == 2 and result.f1 == 1.0 and result.aji > 0.95
 
 
+def test_touching_nuclei_separate_by_distance_even_without_a_boundary_between() -> None:
+    """The cores keep them apart where the boundary class misses the contact."""
+    labels = two_touching_discs()
+    maps = perfect_maps(labels)
+    maps[1] = np.maximum(maps[1], maps[2])  # no boundary predicted at all
+    maps[2] = 0
+    found = labels_from_maps(maps, InstanceParams())
+    assert score(labels, found).predicted == 2
+
+
 def test_specks_are_not_nuclei() -> None:
-    probabilities = np.zeros((3, 20, 20), np.float32)
-    probabilities[0] = 1
-    probabilities[:, 5, 5] = (0, 1, 0)  # one interior pixel
-    assert labels_from_classes(probabilities, InstanceParams()).max() == 0
+    maps = np.zeros((4, 20, 20), np.float32)
+    maps[0] = 1
+    maps[:, 5, 5] = (0, 1, 0, 1)  # one interior pixel
+    assert labels_from_maps(maps, InstanceParams()).max() == 0
 
 
 def test_scores_of_known_cases() -> None:

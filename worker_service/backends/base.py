@@ -19,7 +19,10 @@ from worker_service.analysis.tiling import per_size
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 ENGINES = ("auto", "onnx-int8", "onnx", "torch")
 BATCH_RANGE = (1, 256)
-DEFAULT_BATCH = 8
+# Tiles per forward pass where --model-batch is auto: one on a CPU (ONNX
+# Runtime's 8-bit model segments 5.0 MP/s per core one tile at a time, 3.0
+# eight at a time: docs/benchmarks.md), eight on a GPU (it is fed in bulk).
+CPU_BATCH, GPU_BATCH = 1, 8
 # Batches per pool task for the model backends: a reader thread decodes each
 # next batch while the model runs on one.
 BATCHES_PER_TASK = 4
@@ -42,7 +45,7 @@ class ModelSettings:
     environment."""
 
     device: str = "auto"  # auto (cuda when PyTorch sees one), cpu, cuda, cuda:N
-    batch_size: int = DEFAULT_BATCH  # tiles per forward pass of a model
+    batch_size: int | None = None  # tiles per forward pass of a model; None: by device
     learned_engine: str = "auto"  # auto (ONNX Runtime on a CPU, PyTorch on a GPU), ...
     instanseg_model: Path = INSTANSEG_DEFAULT  # the InstanSeg TorchScript file
 
@@ -50,7 +53,7 @@ class ModelSettings:
         if not re.fullmatch(DEVICE_PATTERN, self.device):
             raise ValueError(f"model device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         low, high = BATCH_RANGE
-        if not low <= self.batch_size <= high:
+        if self.batch_size is not None and not low <= self.batch_size <= high:
             raise ValueError(
                 f"model batch must be a whole number from {low} to {high}, not {self.batch_size}"
             )
@@ -73,13 +76,12 @@ class Recipe(ABC):
     def build(self) -> Segmenter: ...
 
 
-def model_batching(settings: ModelSettings) -> dict[str, int]:
-    """A model backend's Recipe sizes: ``--model-batch`` tiles per pass, whole
-    batches per pool task."""
-    return {
-        "tiles_per_pass": settings.batch_size,
-        "tiles_per_task": BATCHES_PER_TASK * settings.batch_size,
-    }
+def model_batching(settings: ModelSettings, device: str) -> dict[str, int]:
+    """A model backend's Recipe sizes on ``device`` (where it runs, resolved):
+    ``--model-batch`` tiles per pass (auto: by device), whole batches per
+    pool task."""
+    batch = settings.batch_size or (GPU_BATCH if device.startswith("cuda") else CPU_BATCH)
+    return {"tiles_per_pass": batch, "tiles_per_task": BATCHES_PER_TASK * batch}
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,8 @@ class Backend(ABC):
     def prepare(self, slide: JobSlide, settings: ModelSettings) -> Prepared:
         """The recipe of a job's segmenter, and what the summary says of it."""
 
-    def preferred_here(self) -> bool:
-        """Whether ``--default-backend auto`` picks it on this machine."""
+    def preferred_here(self, settings: ModelSettings) -> bool:
+        """Whether ``--default-backend auto`` picks it on this worker."""
         return False
 
 

@@ -86,16 +86,22 @@ class InstanSegBackend(Backend):
 
     def prepare(self, slide: base.JobSlide, settings: base.ModelSettings) -> Prepared:
         model = str(settings.instanseg_model)
+        device = settings.device
+        if device == "auto":  # as the segmenter resolves it
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        batching = base.model_batching(settings, device)
         recipe = InstanSegRecipe(
             self.name,
-            **base.model_batching(settings),
+            **batching,
             model_path=model,
             device=settings.device,
         )
         details: dict[str, object] = {
             "model": model,
             "model_mpp": INSTANSEG_MPP,
-            "device": settings.device,
-            "batch_size": settings.batch_size,
+            "device": device,
+            "batch_size": batching["tiles_per_pass"],
         }
         return Prepared(recipe, details)

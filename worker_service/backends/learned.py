@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from worker_service.analysis.instances import InstanceParams, labels_from_classes
+from worker_service.analysis.instances import CLASSES, InstanceParams, labels_from_maps
 from worker_service.analysis.nuclei import RGB, Labels
 from worker_service.backends.base import (
     Backend,
@@ -34,7 +34,9 @@ INT8_FILE = WEIGHTS / "nuclei_unet_int8.onnx"  # quantised (wsi_training.quantis
 TORCH_FILE = WEIGHTS / "nuclei_unet.pt"
 LEARNED_MPP = 0.5  # the pixel size it was trained at (wsi_training.data.MODEL_MPP)
 WIDTHS = (16, 32, 64, 128)  # the U-Net's channels at each of its scales (unet.py)
-MULTIPLE = 2 ** (len(WIDTHS) - 1)  # input sides are padded to multiples of this (poolings)
+SPACE_TO_DEPTH = 2  # it works on 2 x 2 blocks of pixels (unet.py)
+# Input sides are padded to multiples of this (the blocks, then the poolings).
+MULTIPLE = SPACE_TO_DEPTH * 2 ** (len(WIDTHS) - 1)
 
 
 class Engine(Protocol):
@@ -98,10 +100,11 @@ def cuda_present() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def make_engine(engine: str, device: str) -> Engine:
-    """``device`` auto/cpu/cuda[:N]; ``engine`` auto (the 8-bit model through
-    ONNX Runtime on a CPU, PyTorch in float16 on a GPU), onnx-int8, onnx (the
-    float32 model) or torch."""
+def resolve_engine(engine: str, device: str) -> tuple[str, str]:
+    """What ``engine`` and ``device`` (the worker's flags) run as here:
+    (onnx-int8 | onnx | torch, cpu | cuda[:N]). ``device`` auto is cuda when
+    PyTorch sees one and the engine allows it; ``engine`` auto is the 8-bit
+    model through ONNX Runtime on a CPU, PyTorch in float16 on a GPU."""
     if device == "auto":
         device = "cuda" if engine in ("auto", "torch") and cuda_present() else "cpu"
     if device.startswith("cuda"):
@@ -109,12 +112,35 @@ def make_engine(engine: str, device: str) -> Engine:
             raise BackendUnavailable("the learned backend runs on a GPU through PyTorch only")
         if not cuda_present():
             raise BackendUnavailable(f"device {device}: PyTorch sees no CUDA device on this worker")
-        return TorchEngine(device)
+        return "torch", device
     if engine == "torch":
         if importlib.util.find_spec("torch") is None:
             raise BackendUnavailable("engine torch needs PyTorch: pip install 'wsi-scheduler[gpu]'")
-        return TorchEngine("cpu")
-    return OnnxEngine(ONNX_FILE if engine == "onnx" else INT8_FILE)
+        return "torch", "cpu"
+    return ("onnx" if engine == "onnx" else "onnx-int8"), "cpu"
+
+
+def make_engine(engine: str, device: str) -> Engine:
+    name, device = resolve_engine(engine, device)
+    if name == "torch":
+        return TorchEngine(device)
+    return OnnxEngine(ONNX_FILE if name == "onnx" else INT8_FILE)
+
+
+def engine_details(engine: str, device: str) -> dict[str, object]:
+    """The summary's account of what ran: engine, precision, runtime, device."""
+    name, device = resolve_engine(engine, device)
+    if name == "torch":
+        import torch
+
+        precision = "float16" if device.startswith("cuda") else "float32"
+        runtime = f"PyTorch {torch.__version__}"
+    else:
+        import onnxruntime
+
+        precision = "int8" if name == "onnx-int8" else "float32"
+        runtime = f"ONNX Runtime {onnxruntime.__version__}"
+    return {"engine": name, "precision": precision, "runtime": runtime, "device": device}
 
 
 RESAMPLE_BEYOND = 0.15  # tiles more than 15 % off the model's pixel size are resampled
@@ -150,11 +176,8 @@ class LearnedSegmenter(BatchedModel):
         height, width = tiles[0].shape[:2]
         size = (max(1, round(width * self.zoom)), max(1, round(height * self.zoom)))
         batch = np.stack([model_input(self._to_model(tile, size)) for tile in tiles])
-        probabilities = softmax(self.engine.logits(batch))[:, :, : size[1], : size[0]]
-        return [
-            labels_from_classes(self._to_tile(p, (width, height)), self.params)
-            for p in probabilities
-        ]
+        maps = maps_from_logits(self.engine.logits(batch))[:, :, : size[1], : size[0]]
+        return [labels_from_maps(self._to_tile(m, (width, height)), self.params) for m in maps]
 
     def _to_model(self, rgb: RGB, size: tuple[int, int]) -> RGB:
         if self.zoom == 1.0:
@@ -165,11 +188,11 @@ class LearnedSegmenter(BatchedModel):
         return resized
 
     def _to_tile(
-        self, probabilities: npt.NDArray[np.float32], size: tuple[int, int]
+        self, maps: npt.NDArray[np.float32], size: tuple[int, int]
     ) -> npt.NDArray[np.float32]:
         if self.zoom == 1.0:
-            return probabilities
-        planes = [cv2.resize(p, size, interpolation=cv2.INTER_LINEAR) for p in probabilities]
+            return maps
+        planes = [cv2.resize(p, size, interpolation=cv2.INTER_LINEAR) for p in maps]
         result: npt.NDArray[np.float32] = np.stack(planes)
         return result
 
@@ -186,12 +209,15 @@ def model_input(rgb: RGB) -> npt.NDArray[np.float32]:
     return result
 
 
-def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def maps_from_logits(outputs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The network's (N, 4, H, W) outputs as ``instances`` maps: a softmax
+    over the three class logits, a sigmoid of the distance logit."""
+    logits = outputs[:, :CLASSES]
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    result: npt.NDArray[np.float32] = (shifted / shifted.sum(axis=1, keepdims=True)).astype(
-        np.float32, copy=False
-    )
-    return result
+    maps = np.empty(outputs.shape, np.float32)
+    maps[:, :CLASSES] = shifted / shifted.sum(axis=1, keepdims=True)
+    maps[:, CLASSES] = 1 / (1 + np.exp(-outputs[:, CLASSES]))
+    return maps
 
 
 @dataclass(frozen=True)
@@ -222,9 +248,11 @@ class LearnedBackend(Backend):
             )
 
     def prepare(self, slide: JobSlide, settings: ModelSettings) -> Prepared:
+        ran = engine_details(settings.learned_engine, settings.device)
+        batching = model_batching(settings, str(ran["device"]))
         recipe = LearnedRecipe(
             self.name,
-            **model_batching(settings),
+            **batching,
             engine=settings.learned_engine,
             device=settings.device,
             tile_mpp=slide.working_mpp or 0.0,
@@ -232,13 +260,18 @@ class LearnedBackend(Backend):
         details: dict[str, object] = {
             "model": "nuclei_unet",
             "model_mpp": LEARNED_MPP,
-            "engine": settings.learned_engine,
+            **ran,
             "tiles_resampled": model_zoom(slide.working_mpp or LEARNED_MPP) != 1.0,
-            "device": settings.device,
-            "batch_size": settings.batch_size,
+            "batch_size": batching["tiles_per_pass"],
         }
         return Prepared(recipe, details)
 
-    def preferred_here(self) -> bool:
-        """Where a GPU runs it; on CPUs the classical segmenter is faster per core."""
-        return cuda_present()
+    def preferred_here(self, settings: ModelSettings) -> bool:
+        """Wherever it can run, CPUs included: it finds nuclei the classical
+        segmenter misses and outlines them better (the model card), for a
+        cost per tile the model card and docs/benchmarks.md measure."""
+        try:
+            self.check(settings)
+        except BackendUnavailable:
+            return False
+        return True

@@ -12,8 +12,9 @@ from worker_service.backends.instanseg import InstanSegBackend
 from worker_service.backends.learned import LearnedBackend
 from worker_service.errors import BackendUnavailable
 
+# In the order ``--default-backend auto`` asks them whether they prefer this worker.
 BACKENDS: dict[str, Backend] = {
-    backend.name: backend for backend in (ClassicalBackend(), LearnedBackend(), InstanSegBackend())
+    backend.name: backend for backend in (LearnedBackend(), ClassicalBackend(), InstanSegBackend())
 }
 FALLBACK = "classical"  # what ``--default-backend auto`` picks where no backend prefers itself
 
@@ -27,13 +28,13 @@ def get(name: str) -> Backend:
     return backend
 
 
-def default_backend(setting: str) -> str:
+def default_backend(setting: str, settings: ModelSettings) -> str:
     """The backend of a job that names none: ``setting`` itself, or for
-    ``auto`` the first backend that prefers this machine (learned where a GPU
-    runs it), else the fallback."""
+    ``auto`` the first backend that prefers this worker (learned wherever
+    its weights and a runtime for them are installed), else the fallback."""
     if setting != "auto":
         return setting
-    return next((name for name, b in BACKENDS.items() if b.preferred_here()), FALLBACK)
+    return next((name for name, b in BACKENDS.items() if b.preferred_here(settings)), FALLBACK)
 
 
 def available(settings: ModelSettings) -> dict[str, float]:

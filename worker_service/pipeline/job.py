@@ -141,7 +141,7 @@ def _summary(
         "level": overview.level,
         "downsample": overview.downsample,
         "mpp_used": overview.working_mpp,
-        "mpp_note": "" if overview.mpp else "slide has no usable pixel size metadata: read level 0",
+        "mpp_note": _mpp_note(spec, params, overview),
         "tile_size": params.tile_size,
         "overlap": params.overlap,
         "min_tissue": params.min_tissue,
@@ -158,10 +158,28 @@ def _summary(
     }
     if cells is not None:
         summary.update(
-            nuclei=cells.nuclei, backend=params.backend, backend_details=cells.backend_details
+            nuclei=cells.nuclei,
+            backend=params.backend,
+            # Whether the job named its backend or took the worker's default.
+            backend_from="job" if spec.params.get("backend") else "worker default",
+            backend_details=cells.backend_details,
         )
     summary["timings"] = timings
     return summary
+
+
+def _mpp_note(spec: JobSpec, params: JobParams, overview: Overview) -> str:
+    """Why the pixel size used is not the one asked for, when it is not."""
+    notes = [] if overview.mpp else ["slide has no usable pixel size metadata: read level 0"]
+    asked = spec.params.get("target_mpp", "").strip()
+    if asked and params.backend and spec.job_type == JobType.CELL_SEGMENTATION:
+        model_mpp = registry.get(params.backend).mpp
+        if model_mpp and float(asked) != model_mpp:
+            notes.append(
+                f"target_mpp={asked} not used: the {params.backend} backend segments at"
+                f" {model_mpp} um/px, the pixel size its model was trained at"
+            )
+    return "; ".join(notes)
 
 
 def run_tissue_job(

@@ -51,7 +51,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser,
         "--default-backend",
         "auto",
-        "backend of a job that names none (auto: learned with a GPU, else classical)",
+        "backend of a job that names none (auto: learned wherever its weights and ONNX Runtime"
+        " or a GPU are there, else classical)",
         choices=("auto", *BACKENDS),
     )
     _add_model_settings(parser)
@@ -87,8 +88,8 @@ def _add_model_settings(parser: argparse.ArgumentParser) -> None:
     settings.add(
         parser,
         "--model-batch",
-        defaults.batch_size,
-        "tiles per forward pass of a model backend (1 to 256)",
+        "auto",
+        "tiles per forward pass of a model backend: 1 to 256, or auto (1 on a CPU, 8 on a GPU)",
         type=_batch,
     )
     settings.add(
@@ -123,7 +124,9 @@ def _checked_by_model_settings(field: str, kind: Callable[[str], Any]) -> Callab
 
 
 _device = _checked_by_model_settings("device", lambda text: text.strip().lower())
-_batch = _checked_by_model_settings("batch_size", int)
+_batch = _checked_by_model_settings(
+    "batch_size", lambda text: None if text.strip().lower() == "auto" else int(text)
+)
 
 
 def model_settings(args: argparse.Namespace) -> ModelSettings:
@@ -152,6 +155,7 @@ async def serve(args: argparse.Namespace) -> None:
             f"--advertise-address is needed: the scheduler cannot dial {advertised}"
         )
     stop_metrics = serving.serve_metrics("worker", registry, args.host, args.metrics_port)
+    models = model_settings(args)
     pool = TilePool(args.processes, args.slide_roots)
     await asyncio.get_running_loop().run_in_executor(None, pool.warm_up)
     servicer = WorkerServicer(
@@ -162,8 +166,8 @@ async def serve(args: argparse.Namespace) -> None:
         progress_interval=args.progress_interval,
         metrics=WorkerMetrics(registry),
         max_tiles=args.max_tiles_per_job,
-        default_backend=backend_registry.default_backend(args.default_backend),
-        models=model_settings(args),
+        default_backend=backend_registry.default_backend(args.default_backend, models),
+        models=models,
     )
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
     health = await serving.start(server, SERVICE_NAME)

@@ -64,7 +64,12 @@ function fitParams(row) {
     if (!input || !field) continue;
     if (field.choices) {
       if (input.options.length === 1) {
-        for (const choice of field.choices) input.append(el("option", { value: choice }, choice));
+        const help = field.choice_help || {};
+        // Short option names; what each is for and costs in its tooltip.
+        if (field.default_help) input.options[0].title = field.default_help;
+        for (const choice of field.choices) {
+          input.append(el("option", { value: choice, title: help[choice] || "" }, choice));
+        }
       }
     } else {
       input.min = String(field.min);
