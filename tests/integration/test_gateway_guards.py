@@ -7,7 +7,10 @@ carries the browser-safety headers."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import select
+import shutil
 import socket
 import statistics
 import time
@@ -17,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import CMU, SLIDES, Service, cluster, start_gateway
+from tests.harness import CMU, SLIDES, Service, cluster, cluster_with_gateway, start_gateway
 from tests.timing import wait_for
 
 HEADER_TIMEOUT_S = 2.0
@@ -269,3 +272,34 @@ def test_slides_are_listed_page_by_page_to_callers_only(gateway: Service) -> Non
         assert str(SLIDES) not in http.get("/slides", headers=user).text
         bad = http.get("/slides", params={"page_token": "nope"}, headers=user)
         assert bad.status_code == 400
+
+
+def test_a_slide_name_that_is_not_utf8_is_skipped_and_refused_readably(tmp_path: Path) -> None:
+    """One such file used to fail GET /slides for every user (500)."""
+    root = tmp_path / "slides"
+    root.mkdir()
+    for name in ("a.svs", "c.svs"):
+        shutil.copy(SLIDES / "small.svs", root / name)
+    shutil.copy(SLIDES / "small.svs", os.fsencode(root) + b"/b\xff.svs")
+    with (
+        cluster_with_gateway(tmp_path, slide_roots=str(root), worker_slots=(1,)) as (_, gateway),
+        httpx.Client(base_url=gateway.address, timeout=30) as http,
+    ):
+        user = {"X-User-ID": "picker"}
+        names, token = [], ""
+        while True:
+            page = {"page_size": 1, "page_token": token}
+            reply = http.get("/slides", params=page, headers=user)
+            assert reply.status_code == 200, reply.text
+            names += [slide["name"] for slide in reply.json()["slides"]]
+            token = reply.json()["next_page_token"]
+            if not token:
+                break
+        assert names == ["a.svs", "c.svs"]
+        job = {"job_type": "TISSUE_MASK", "wsi_path": "b\udcff.svs"}
+        body = json.dumps({"jobs": [job]}).encode()  # "\udcff" escaped, as JSON allows
+        json_type = {"Content-Type": "application/json"}
+        refused = http.post("/workflows", content=body, headers={**user, **json_type})
+        assert refused.status_code == 400
+        assert refused.json()["code"] == "INVALID_ARGUMENT"
+        assert "wsi_path 'b\\\\udcff.svs' is not valid UTF-8" in refused.json()["message"]
