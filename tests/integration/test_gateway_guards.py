@@ -280,7 +280,7 @@ def test_a_slide_name_that_is_not_utf8_is_skipped_and_refused_readably(tmp_path:
     root.mkdir()
     for name in ("a.svs", "c.svs"):
         shutil.copy(SLIDES / "small.svs", root / name)
-    shutil.copy(SLIDES / "small.svs", os.fsencode(root) + b"/b\xff.svs")
+    shutil.copy(os.fsencode(SLIDES / "small.svs"), os.fsencode(root) + b"/b\xff.svs")
     with (
         cluster_with_gateway(tmp_path, slide_roots=str(root), worker_slots=(1,)) as (_, gateway),
         httpx.Client(base_url=gateway.address, timeout=30) as http,
@@ -288,7 +288,7 @@ def test_a_slide_name_that_is_not_utf8_is_skipped_and_refused_readably(tmp_path:
         user = {"X-User-ID": "picker"}
         names, token = [], ""
         while True:
-            page = {"page_size": 1, "page_token": token}
+            page: dict[str, str | int] = {"page_size": 1, "page_token": token}
             reply = http.get("/slides", params=page, headers=user)
             assert reply.status_code == 200, reply.text
             names += [slide["name"] for slide in reply.json()["slides"]]
