@@ -13,9 +13,11 @@ from pathlib import Path
 
 import grpc
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 
 from wsi_gateway.auth import AuthFailure, GatewayAuth
@@ -115,6 +117,15 @@ def _map_errors(app: FastAPI, auth: GatewayAuth) -> None:
             details = public_message(code, details)
         body = error_body(code, details)
         return JSONResponse(body, status_code=http_status(code), headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """FastAPI's own 400 (a body it cannot parse: nested past Python's
+        recursion limit, say) in the API's {code, message}; others as they are."""
+        if exc.status_code == 400:
+            message = f"body: {exc.detail} (not JSON, or nested too deeply)"
+            return JSONResponse(error_body("INVALID_ARGUMENT", message), status_code=400)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -102,3 +102,19 @@ def test_a_streamed_result_is_held_to_its_announced_size(
         return got, True
 
     assert asyncio.run(read()) == (sent, whole)
+
+
+def test_a_body_nested_too_deeply_gets_the_apis_error_shape() -> None:
+    """FastAPI's own 400 for a body it cannot parse was {"detail": ...}."""
+    from fastapi.testclient import TestClient
+
+    from wsi_gateway.app import GatewaySettings, create_app
+
+    settings = GatewaySettings(scheduler_address="127.0.0.1:1", allowed_hosts=("testserver",))
+    headers = {"X-User-ID": "u", "Content-Type": "application/json"}
+    with TestClient(create_app(settings)) as client:
+        deep = client.post("/workflows", content="[" * 10_000 + "]" * 10_000, headers=headers)
+        missing = client.get("/no-such-route", headers=headers)
+    assert deep.status_code == 400
+    assert deep.json()["code"] == "INVALID_ARGUMENT" and "nested" in deep.json()["message"]
+    assert missing.status_code == 404  # other HTTP errors as before
