@@ -51,6 +51,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         2.0,
         "seconds between a joined worker's heartbeats; three missed: it is forgotten",
     )
+    _add_limits(parser)
+    _add_persistence(parser)
+    _add_access(parser)
+    tls.add_settings(parser)
+    settings.add_metrics(parser, addresses.SCHEDULER_METRICS_PORT)
+    settings.add_common(parser, grace=2.0)
+    return parser.parse_args(argv)
+
+
+def _add_limits(parser: argparse.ArgumentParser) -> None:
+    """The scheduling caps and the per-user limits."""
     settings.add(parser, "--max-workers", 4, "jobs running at once, all users")
     settings.add(parser, "--max-active-users", 3, "users holding an active slot at once")
     settings.add(parser, "--max-attempts", 3, "runs of a job before a lost worker fails it")
@@ -61,6 +72,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     settings.add(parser, "--rate-limit", 20.0, "mutating calls per second per user (0: off)")
     settings.add(parser, "--rate-burst", 40.0, "mutating calls a user may make at once")
     settings.add(parser, "--max-pending-per-user", 10000, "PENDING jobs one user may have (0: off)")
+
+
+def _add_persistence(parser: argparse.ArgumentParser) -> None:
+    """Where the state survives restarts, and how long finished work is kept."""
     settings.add(
         parser,
         "--journal",
@@ -79,6 +94,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         0.0,
         "prune finished workflows and their results this long after they end (0: keep)",
     )
+
+
+def _add_access(parser: argparse.ArgumentParser) -> None:
+    """Who may call: tokens, operators, the workers' secret."""
     settings.add(
         parser,
         "--auth-tokens",
@@ -93,10 +112,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         " error (everyone else sees counts, slots and states)",
     )
     worker_secret.add_setting(parser)
-    tls.add_settings(parser)
-    settings.add_metrics(parser, addresses.SCHEDULER_METRICS_PORT)
-    settings.add_common(parser, grace=2.0)
-    return parser.parse_args(argv)
 
 
 def build(

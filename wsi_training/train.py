@@ -194,7 +194,7 @@ def export(model: nn.Module, out: Path) -> dict[str, str]:
     return {"pytorch": weights.name, "onnx": onnx_path.name}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -225,34 +225,45 @@ def main() -> None:
     args = parser.parse_args()
     if args.crop % MULTIPLE:
         parser.error(f"--crop must be a multiple of {MULTIPLE}")
-    log_path = args.out / "training_log.json"
-    before = json.loads(log_path.read_text()) if log_path.is_file() else None
-    result = train(args)
-    files = export(result.pop("model"), args.out)
+    return args
+
+
+def training_record(
+    args: argparse.Namespace, result: dict[str, Any], files: dict[str, str]
+) -> dict[str, Any]:
+    """What training_log.json keeps: how to run it again, where, and the result."""
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
-    record = {
-        "command": "python -m wsi_training.train "
-        + " ".join(
-            f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
-            for k, v in vars(args).items()
-            if k not in ("data", "out")
-        ),
+    flags = " ".join(
+        f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+        for k, v in vars(args).items()
+        if k not in ("data", "out")
+    )
+    network = UNet(args.widths, args.space_to_depth)
+    return {
+        "command": f"python -m wsi_training.train {flags}",
         "commit": commit,
         "machine": f"{platform.node()} {platform.machine()}, torch {torch.__version__}",
         "architecture": {
             "name": "UNet",
             "widths": list(args.widths),
             "space_to_depth": args.space_to_depth,
-            "parameters": sum(
-                p.numel() for p in UNet(args.widths, args.space_to_depth).parameters()
-            ),
+            "parameters": sum(p.numel() for p in network.parameters()),
         },
         "model_mpp": data.MODEL_MPP,
         "files": files,
         **result,
     }
+
+
+def main() -> None:
+    args = parse_args()
+    log_path = args.out / "training_log.json"
+    before = json.loads(log_path.read_text()) if log_path.is_file() else None
+    result = train(args)
+    files = export(result.pop("model"), args.out)
+    record = training_record(args, result, files)
     log_path.write_text(json.dumps(record, indent=2) + "\n")
     learned, classical = record["validation"]["learned"], record["validation"]["classical"]
     print(
