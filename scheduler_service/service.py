@@ -36,7 +36,7 @@ from scheduler_service.validation import (
     TooManyJobs,
     normalise_jobs,
 )
-from scheduler_service.worker_proxy import BadViewerRequest, WorkerUnavailable
+from scheduler_service.worker_proxy import WorkerRefusal, WorkerUnavailable
 from wsi_protocol import result_files
 from wsi_protocol.job_types import JobType
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
@@ -70,6 +70,8 @@ class LimitExceeded(RuntimeError):
 
 def status_for(exc: Exception) -> grpc.StatusCode | None:
     """The status code of a domain error; None for anything unexpected."""
+    if isinstance(exc, WorkerRefusal):
+        return exc.code  # the worker's answer, relayed as it came
     if isinstance(exc, NotFound):
         return grpc.StatusCode.NOT_FOUND
     if isinstance(exc, AlreadyFinished):
@@ -82,7 +84,7 @@ def status_for(exc: Exception) -> grpc.StatusCode | None:
         )
     if isinstance(
         exc,
-        InvalidSpec | InvalidPageToken | MalformedRequest | InvalidSlideToken | BadViewerRequest,
+        InvalidSpec | InvalidPageToken | MalformedRequest | InvalidSlideToken,
     ):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, LimitExceeded | TooManyJobs):

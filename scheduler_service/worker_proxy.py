@@ -1,6 +1,10 @@
 """What the scheduler relays from its workers to users: result files, the
-viewer's slide tiles, nuclei and density, and retention's deletions. A
-worker's answer becomes the scheduler's own error here, once."""
+viewer's slide tiles, nuclei and density, and retention's deletions.
+
+A worker refuses a viewer's or a result's call in the API's own terms
+(INVALID_ARGUMENT or NOT_FOUND, with a message for the user), so its answer
+is relayed as it came, with what was asked put in front; any other status
+means the worker could not answer (UNAVAILABLE: try again)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import TypeVar
 
 import grpc
 
-from scheduler_service.store import JobRecord, NotFound
+from scheduler_service.store import JobRecord
 from scheduler_service.worker_links import WorkerLink, WorkerLinks
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as spb
 from wsi_protocol.worker.v1 import worker_pb2 as wpb
@@ -27,8 +31,15 @@ class WorkerUnavailable(RuntimeError):
     """The worker holding what was asked for is not connected (UNAVAILABLE)."""
 
 
-class BadViewerRequest(ValueError):
-    """A worker refused a viewer's question as malformed (INVALID_ARGUMENT)."""
+class WorkerRefusal(Exception):
+    """A worker's refusal, relayed with the code the worker chose."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+RELAYED_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND})
 
 
 def worker_slide_path(job: JobRecord) -> str:
@@ -45,22 +56,20 @@ def _results_away(job_id: str) -> str:
     )
 
 
-def viewer_error(code: grpc.StatusCode, details: str, what: str) -> Exception:
-    """A worker's answer to a viewer call as the scheduler's own error."""
-    if code is grpc.StatusCode.INVALID_ARGUMENT:
-        return BadViewerRequest(details or what)
-    if code is grpc.StatusCode.OUT_OF_RANGE:
-        return NotFound(details or what)
-    if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
-        return NotFound(f"{what}: not readable on its worker now")
-    if code is grpc.StatusCode.FAILED_PRECONDITION:
-        return NotFound(f"{what}: {details}")
-    return WorkerUnavailable(f"{what}: its worker did not answer; try again shortly")
+def refusal(code: grpc.StatusCode, details: str, what: str) -> WorkerRefusal | None:
+    """A worker's answer to relay to the user; None where it answered nothing
+    a user can act on (down, too slow, a bug)."""
+    if code in RELAYED_CODES:
+        return WorkerRefusal(code, f"{what}: {details}" if details else what)
+    return None
 
 
 def _viewer_failure(exc: grpc.aio.AioRpcError, what: str, address: str) -> Exception:
     log.warning("%s on %s: %s %s", what, address, exc.code().name, exc.details())
-    return viewer_error(exc.code(), exc.details() or "", what)
+    relayed = refusal(exc.code(), exc.details() or "", what)
+    if relayed is not None:
+        return relayed
+    return WorkerUnavailable(f"{what}: its worker did not answer; try again shortly")
 
 
 class WorkerProxy:
@@ -93,11 +102,10 @@ class WorkerProxy:
                 yield chunk.data, chunk.size
         except grpc.aio.AioRpcError as exc:
             log.warning("result %s of job %s from %s: %s", name, job_id, address, exc.details())
-            if exc.code() is grpc.StatusCode.NOT_FOUND:
-                raise NotFound(
-                    f"result {name!r} of job {job_id!r} is gone from its worker"
-                ) from None
-            raise WorkerUnavailable(_results_away(job_id)) from None
+            what = f"result {name!r} of job {job_id!r}"
+            raise refusal(exc.code(), exc.details() or "", what) or WorkerUnavailable(
+                _results_away(job_id)
+            ) from None
 
     async def _ask(
         self, link: WorkerLink, ask: Callable[[wpb_grpc.WorkerAsyncStub], Awaitable[T]], what: str

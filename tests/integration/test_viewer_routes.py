@@ -123,6 +123,10 @@ def test_no_tile_and_no_slide_for_another_user(viewer: Viewer) -> None:
         reply = http.get(f"/jobs/{job}/slide_files/{bad}", headers=ALICE)
         assert reply.status_code == 404, (bad, reply.status_code, reply.text)
         assert "no-store" in reply.headers["cache-control"]
+    # The worker's own words, relayed once, behind what was asked.
+    far = http.get(f"/jobs/{job}/slide_files/40/0_0.jpeg", headers=ALICE).json()
+    assert far["code"] == "NOT_FOUND"
+    assert far["message"].startswith(f"tile 40/0_0 of job {job!r}: no level 40"), far
 
 
 def test_a_box_gives_what_filtering_cells_geojson_gives(viewer: Viewer) -> None:

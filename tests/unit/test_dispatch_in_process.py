@@ -16,10 +16,10 @@ import pytest
 
 from scheduler_service.dispatcher import Dispatcher
 from scheduler_service.policy import SchedulingPolicy, State
-from scheduler_service.store import JobRecord, NotFound, Store
+from scheduler_service.store import JobRecord, Store
 from scheduler_service.validation import JobInput
 from scheduler_service.worker_links import Connect
-from scheduler_service.worker_proxy import BadViewerRequest, WorkerUnavailable
+from scheduler_service.worker_proxy import WorkerRefusal, WorkerUnavailable
 from tests.unit.fake_workers import FakeJobCall, FakeNetwork, FakeWorker
 from wsi_protocol import metadata
 
@@ -231,7 +231,7 @@ async def test_results_are_relayed_from_the_worker_that_holds_them(network: Fake
         chunks = [chunk async for chunk in proxy.read_result(W1, "j", "summary.json")]
         assert b"".join(data for data, _ in chunks) == b'{"nuclei": 12}'
         assert [size for _, size in chunks][:2] == [14, 0]
-        with pytest.raises(NotFound, match="gone from its worker"):
+        with pytest.raises(WorkerRefusal, match=r"'cells\.geojson' of job 'j': no such result"):
             [chunk async for chunk in proxy.read_result(W1, "j", "cells.geojson")]
         with pytest.raises(WorkerUnavailable, match="not connected"):
             [chunk async for chunk in proxy.read_result(W2, "j", "summary.json")]
@@ -244,14 +244,16 @@ async def test_results_are_relayed_from_the_worker_that_holds_them(network: Fake
         assert await proxy.delete_results(W2, "j") is False
 
 
+RELAYED = r"of job '[^']+': worker says "  # what was asked, then the worker's words
+
+
 @pytest.mark.parametrize(
     ("answer", "error", "message"),
     [
-        (grpc.StatusCode.INVALID_ARGUMENT, BadViewerRequest, "worker says INVALID_ARGUMENT"),
-        (grpc.StatusCode.OUT_OF_RANGE, NotFound, "worker says OUT_OF_RANGE"),
-        (grpc.StatusCode.NOT_FOUND, NotFound, "not readable on its worker now"),
-        (grpc.StatusCode.PERMISSION_DENIED, NotFound, "not readable on its worker now"),
-        (grpc.StatusCode.FAILED_PRECONDITION, NotFound, "worker says FAILED_PRECONDITION"),
+        (grpc.StatusCode.INVALID_ARGUMENT, WorkerRefusal, RELAYED + "INVALID_ARGUMENT"),
+        (grpc.StatusCode.NOT_FOUND, WorkerRefusal, RELAYED + "NOT_FOUND"),
+        (grpc.StatusCode.PERMISSION_DENIED, WorkerUnavailable, "did not answer"),
+        (grpc.StatusCode.FAILED_PRECONDITION, WorkerUnavailable, "did not answer"),
         (grpc.StatusCode.DEADLINE_EXCEEDED, WorkerUnavailable, "did not answer"),
     ],
 )
@@ -264,6 +266,10 @@ async def test_viewer_answers_map_to_the_schedulers_errors(
             await dispatcher.proxy.slide_tile(job, 3, 1, 2)
         with pytest.raises(error, match=message):
             await dispatcher.proxy.cell_density(W1, job.job_id, 256)
+        if error is WorkerRefusal:  # relayed with the worker's own code, untranslated
+            with pytest.raises(WorkerRefusal) as relayed:
+                await dispatcher.proxy.deep_zoom(job)
+            assert relayed.value.code is answer
 
 
 async def test_the_viewer_reads_the_slide_on_any_connected_worker(network: FakeNetwork) -> None:

@@ -207,14 +207,14 @@ async def test_result_files_are_served_by_job_id_and_plain_name_only(
     [
         (BoxError("bbox must be x0,y0,x1,y1"), grpc.StatusCode.INVALID_ARGUMENT, "bbox"),
         (TooManyNuclei("over 50,000"), grpc.StatusCode.INVALID_ARGUMENT, "50,000"),
-        (NoSuchTile("no level 40"), grpc.StatusCode.OUT_OF_RANGE, "no level 40"),
-        (SlidePathError("outside", permission=True), grpc.StatusCode.PERMISSION_DENIED, "not"),
-        (SlidePathError("missing"), grpc.StatusCode.NOT_FOUND, "not readable on this worker"),
-        (SlideError("cannot open"), grpc.StatusCode.FAILED_PRECONDITION, "cannot open"),
-        (FileNotFoundError("/srv/r/x"), grpc.StatusCode.NOT_FOUND, "results are gone"),
+        (NoSuchTile("no level 40"), grpc.StatusCode.NOT_FOUND, "no level 40"),
+        (SlidePathError("outside", permission=True), grpc.StatusCode.NOT_FOUND, "not readable"),
+        (SlidePathError("missing"), grpc.StatusCode.NOT_FOUND, "not readable on its worker"),
+        (SlideError("cannot open"), grpc.StatusCode.NOT_FOUND, "cannot open"),
+        (FileNotFoundError("/srv/r/x"), grpc.StatusCode.NOT_FOUND, "gone from its worker"),
     ],
 )
-def test_viewer_errors_become_statuses_once(
+def test_viewer_errors_become_public_statuses_once(
     error: Exception, code: grpc.StatusCode, message: str
 ) -> None:
     status = _viewer_status(error)

@@ -1,7 +1,8 @@
 """The worker's gRPC face, thin: RunJob admits a request and relays its
 ``JobRun``; the viewer's calls go to the ``ViewerReader``; result files are
 served by job id and plain name. The worker's own errors become statuses
-here, once (``_viewer_status``)."""
+here, once (``_viewer_status``), in the public API's terms: the scheduler
+relays INVALID_ARGUMENT and NOT_FOUND to the user as they come."""
 
 from __future__ import annotations
 
@@ -191,7 +192,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             path = await asyncio.to_thread(_result_file, self.results_dir, job_id, name)
             if path is not None:
                 return path
-        await context.abort(grpc.StatusCode.NOT_FOUND, f"no result {name!r} of job {job_id!r} here")
+        await context.abort(grpc.StatusCode.NOT_FOUND, "gone from its worker")
         raise AssertionError("unreachable")
 
     async def DeleteResults(
@@ -270,19 +271,17 @@ class WorkerServicer(pb_grpc.WorkerServicer):
 
 
 def _viewer_status(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
-    """The status a viewer can act on for one of the worker's own errors."""
+    """The public status and message for one of the worker's own errors; the
+    scheduler puts what was asked in front. Where a slide cannot be read the
+    user learns no more than that (not whether it exists)."""
     if isinstance(exc, BoxError | TooManyNuclei):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, slide_tiles.NoSuchTile):
-        return grpc.StatusCode.OUT_OF_RANGE, str(exc)
+    if isinstance(exc, slide_tiles.NoSuchTile | SlideError):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, SlidePathError):
-        denied = grpc.StatusCode.PERMISSION_DENIED
-        code = denied if exc.permission else grpc.StatusCode.NOT_FOUND
-        return code, "the slide is not readable on this worker"
-    if isinstance(exc, SlideError):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+        return grpc.StatusCode.NOT_FOUND, "not readable on its worker now"
     if isinstance(exc, FileNotFoundError):  # the job's results deleted (retention) while asked
-        return grpc.StatusCode.NOT_FOUND, "the job's results are gone"
+        return grpc.StatusCode.NOT_FOUND, "gone from its worker"
     return None
 
 
