@@ -7,9 +7,11 @@ first each round, each run on a fresh scheduler and worker.
     python -m bench.pipeline_ab --baseline c584a48 [--megapixels 320] [--rounds 3]
     python -m bench.pipeline_ab --baseline-params backend=classical  # default job vs classical
 
-Prints, per side, every run's seconds, the median, the per-phase timings of
-the job's summary.json (where that commit writes them) and the worker's peak
-RSS (with its pool), then the ratio of the medians (baseline / this).
+Prints, per side, every run's seconds and CPU seconds (worker and pool),
+their medians, the per-phase timings of the job's summary.json (where that
+commit writes them) and the worker's peak RSS (with its pool), then the ratio
+of the medians (baseline / this), of wall time and of CPU time (the steadier
+of the two where other guests take CPU time from this machine).
 """
 
 from __future__ import annotations
@@ -104,7 +106,8 @@ def main() -> None:
                 )
                 runs[side].append(run)
                 print(
-                    f"round {round_ + 1} {side}: {run['seconds']:.1f} s, {run['nuclei']} nuclei",
+                    f"round {round_ + 1} {side}: {run['seconds']:.1f} s,"
+                    f" {run['cpu_seconds']:.1f} CPU s, {run['nuclei']} nuclei",
                     flush=True,
                 )
     report: dict[str, Any] = {
@@ -120,6 +123,8 @@ def main() -> None:
         report[side + "_runs"] = {
             "seconds": [round(r["seconds"], 2) for r in side_runs],
             "median_s": round(statistics.median(r["seconds"] for r in side_runs), 2),
+            "cpu_seconds": [round(r["cpu_seconds"], 1) for r in side_runs],
+            "median_cpu_s": round(statistics.median(r["cpu_seconds"] for r in side_runs), 1),
             "nuclei": [r["nuclei"] for r in side_runs],
             "phases_median_s": _median_phases(side_runs),
             "worker_and_pool_peak_mb": max(r["worker_and_pool_mb"] for r in side_runs),
@@ -128,6 +133,9 @@ def main() -> None:
         }
     report["speedup_median"] = round(
         report["baseline_runs"]["median_s"] / report["this_runs"]["median_s"], 2
+    )
+    report["cpu_speedup_median"] = round(
+        report["baseline_runs"]["median_cpu_s"] / report["this_runs"]["median_cpu_s"], 2
     )
     print(json.dumps(report, indent=2))
 

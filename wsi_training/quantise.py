@@ -65,7 +65,9 @@ def main() -> None:
     source, target = args.weights / ONNX_FILE.name, args.weights / INT8_FILE.name
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared))
+        # ONNX shape inference only: the symbolic one cannot follow a resize
+        # by a fixed factor of a side that is a symbol.
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared),
             str(target),

@@ -25,8 +25,14 @@ from torch import nn
 
 from worker_service.analysis.instances import CLASSES
 from worker_service.analysis.nuclei import NucleusParams, segment_nuclei, stain_reference
-from worker_service.backends.learned import MULTIPLE, SPACE_TO_DEPTH, WIDTHS, LearnedSegmenter
-from worker_service.backends.unet import UNet
+from worker_service.backends.learned import (
+    MULTIPLE,
+    SPACE_TO_DEPTH,
+    WIDTHS,
+    LearnedSegmenter,
+    pixels_from_blocks,
+)
+from worker_service.backends.unet import Blocks, UNet
 from wsi_training import data
 from wsi_training.metrics import score
 
@@ -40,15 +46,15 @@ DISTANCE_WEIGHT = 4.0
 
 class TrainingEngine:
     """The model being trained, as an engine of the learned backend: validation
-    goes through the same padding, softmax and instances as the worker."""
+    goes through the same padding and instances as the worker."""
 
     def __init__(self, model: nn.Module, device: torch.device) -> None:
         self.model, self.device = model, device
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            out: np.ndarray = self.model(torch.from_numpy(batch).to(self.device)).cpu().numpy()
-        return out
+            blocks = self.model.blocks(torch.from_numpy(batch).to(self.device)).cpu().numpy()
+        return pixels_from_blocks(blocks, self.model.space_to_depth)
 
 
 Segment = Callable[[np.ndarray], np.ndarray]  # RGB to instance labels
@@ -180,14 +186,14 @@ def export(model: nn.Module, out: Path) -> dict[str, str]:
     weights = out / "nuclei_unet.pt"
     torch.save(model.state_dict(), weights)
     onnx_path = out / "nuclei_unet.onnx"
-    example = torch.zeros(1, 3, 64, 64)
+    example = torch.zeros(1, 64, 64, 3)  # model_input: channels last
     torch.onnx.export(
-        model,
+        Blocks(model),
         (example,),
         str(onnx_path),
         input_names=["rgb"],
         output_names=["logits"],
-        dynamic_axes={"rgb": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}},
+        dynamic_axes={"rgb": {0: "n", 1: "h", 2: "w"}, "logits": {0: "n", 1: "h", 2: "w"}},
         opset_version=17,
         dynamo=False,
     )

@@ -13,7 +13,7 @@ import pytest
 
 from tests.harness import CMU, SLIDES
 from tests.pipeline.support import centroids, f1, match, run
-from worker_service.analysis.instances import InstanceParams, labels_from_maps
+from worker_service.analysis.instances import InstanceParams, labels_from_logits
 from worker_service.analysis.tiling import tile_grid
 from worker_service.backends.learned import (
     INT8_FILE,
@@ -22,7 +22,6 @@ from worker_service.backends.learned import (
     LearnedSegmenter,
     OnnxEngine,
     TorchEngine,
-    maps_from_logits,
     model_input,
 )
 from worker_service.pipeline.tile_pool import TilePool
@@ -59,12 +58,12 @@ def test_onnx_runtime_and_pytorch_agree_on_the_cpu() -> None:
 
 def test_the_8_bit_model_finds_the_nuclei_of_the_float_model() -> None:
     batch = np.stack([model_input(tile) for tile in cmu_tiles()])
-    full = maps_from_logits(OnnxEngine(ONNX_FILE).logits(batch))
-    small = maps_from_logits(OnnxEngine(INT8_FILE).logits(batch))
+    full = OnnxEngine(ONNX_FILE).logits(batch)
+    small = OnnxEngine(INT8_FILE).logits(batch)
     matched = total = 0
     for a, b in zip(full, small, strict=True):
         agreement = score(
-            labels_from_maps(a, InstanceParams()), labels_from_maps(b, InstanceParams())
+            labels_from_logits(a, InstanceParams()), labels_from_logits(b, InstanceParams())
         )
         matched += 2 * agreement.matched
         total += agreement.true + agreement.predicted

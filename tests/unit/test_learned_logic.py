@@ -12,7 +12,8 @@ from worker_service.analysis.instances import (
     InstanceParams,
     classes_from_labels,
     distance_from_labels,
-    labels_from_maps,
+    labels_from_logits,
+    logit,
 )
 from wsi_training.metrics import score
 
@@ -39,10 +40,30 @@ def test_targets_put_a_boundary_between_touching_nuclei() -> None:
     assert ndimage.label(interior)[1] == 2
 
 
-def perfect_maps(labels: np.ndarray) -> np.ndarray:
+SURE = 12.0  # a logit whose probability is 1 - 6e-6
+
+
+def perfect_logits(labels: np.ndarray) -> np.ndarray:
+    """What a perfect model would answer: its classes sure, its distances exact."""
     classes = classes_from_labels(labels)
-    planes = [(classes == k).astype(np.float32) for k in range(3)]
-    return np.stack([*planes, distance_from_labels(labels)])
+    planes = [np.where(classes == k, SURE, -SURE).astype(np.float32) for k in range(3)]
+    distance = np.clip(distance_from_labels(labels), 1e-6, 1 - 1e-6)
+    return np.stack([*planes, np.log(distance / (1 - distance))])
+
+
+def test_thresholds_on_logits_are_the_thresholds_on_probabilities() -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0, 3, (4, 64, 64)).astype(np.float32)
+    probabilities = np.exp(logits[:3]) / np.exp(logits[:3]).sum(axis=0)
+    nucleus = probabilities[1] + probabilities[2] > 0.5
+    cores = (1 / (1 + np.exp(-logits[3])) > 0.4) & nucleus
+    found = labels_from_logits(logits, InstanceParams(min_seed_px=1, min_area_px=1))
+    # Every labelled pixel is nucleus, every core pixel labelled, one nucleus per core.
+    assert not (found > 0)[~nucleus].any() and (found > 0)[cores].all()
+    assert found.max() == ndimage.label(cores)[1] > 20
+    assert logit(0.5) == 0 and abs(1 / (1 + np.exp(-logit(0.4))) - 0.4) < 1e-12
 
 
 def test_the_distance_target_is_0_outside_1_at_each_centre_and_falls_to_the_edge() -> None:
@@ -59,7 +80,7 @@ def test_the_distance_target_is_0_outside_1_at_each_centre_and_falls_to_the_edge
 
 def test_instances_come_back_from_perfect_maps() -> None:
     labels = two_touching_discs()
-    found = labels_from_maps(perfect_maps(labels), InstanceParams())
+    found = labels_from_logits(perfect_logits(labels), InstanceParams())
     result = score(labels, found)
     assert result.predicted == 2 and result.f1 == 1.0 and result.aji > 0.95
 
@@ -67,18 +88,18 @@ def test_instances_come_back_from_perfect_maps() -> None:
 def test_touching_nuclei_separate_by_distance_even_without_a_boundary_between() -> None:
     """The cores keep them apart where the boundary class misses the contact."""
     labels = two_touching_discs()
-    maps = perfect_maps(labels)
-    maps[1] = np.maximum(maps[1], maps[2])  # no boundary predicted at all
-    maps[2] = 0
-    found = labels_from_maps(maps, InstanceParams())
+    logits = perfect_logits(labels)
+    logits[1] = np.maximum(logits[1], logits[2])  # no boundary predicted at all
+    logits[2] = -SURE
+    found = labels_from_logits(logits, InstanceParams())
     assert score(labels, found).predicted == 2
 
 
 def test_specks_are_not_nuclei() -> None:
-    maps = np.zeros((4, 20, 20), np.float32)
-    maps[0] = 1
-    maps[:, 5, 5] = (0, 1, 0, 1)  # one interior pixel
-    assert labels_from_maps(maps, InstanceParams()).max() == 0
+    logits = np.full((4, 20, 20), -SURE, np.float32)
+    logits[0] = SURE
+    logits[:, 5, 5] = (-SURE, SURE, -SURE, SURE)  # one interior pixel
+    assert labels_from_logits(logits, InstanceParams()).max() == 0
 
 
 def test_scores_of_known_cases() -> None:

@@ -1,17 +1,23 @@
-"""From the learned model's maps to labelled nuclei, pure numpy/OpenCV, and
-the training targets of those maps.
+"""From the learned model's outputs to labelled nuclei, pure numpy/OpenCV,
+and the training targets of those outputs.
 
-The model gives, per pixel, the probability of background, nucleus interior
-and nucleus boundary, and the pixel's distance to the edge of its nucleus
-(0 at the edge, 1 at the nucleus's deepest point). The nucleus pixels are
-those likelier interior or boundary than background; each nucleus's core,
-where the distance is over ``seed_threshold``, is its seed, grown over the
-nucleus pixels by a watershed on the distance. Cores of touching nuclei lie
-half a radius apart, so they separate even where the thin boundary between
-two nuclei is not resolved (dense small nuclei, a coarse pixel size)."""
+The model gives, per pixel, logits of three classes (background, nucleus
+interior, nucleus boundary) and the logit of the pixel's distance to the edge
+of its nucleus (0 at the edge, 1 at the nucleus's deepest point). The nucleus
+pixels are those likelier interior or boundary than background; each
+nucleus's core, where the distance is over ``seed_threshold``, is its seed,
+grown over the nucleus pixels by a watershed on the distance. Cores of
+touching nuclei lie half a radius apart, so they separate even where the thin
+boundary between two nuclei is not resolved (dense small nuclei, a coarse
+pixel size).
+
+The thresholds are on probabilities, but each test is made on the logits
+themselves (softmax and sigmoid are monotone): no exponential per pixel, and
+no ties where float32 probabilities saturate at 0 or 1."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -22,7 +28,7 @@ from scipy import ndimage
 from worker_service.analysis import morphology
 
 Labels = npt.NDArray[np.int32]
-Maps = npt.NDArray[np.float32]  # (4, H, W): background, interior, boundary, distance
+Maps = npt.NDArray[np.float32]  # (4, H, W) logits: background, interior, boundary, distance
 
 BACKGROUND, INTERIOR, BOUNDARY, DISTANCE = 0, 1, 2, 3
 CLASSES = 3  # the maps before DISTANCE are class probabilities
@@ -37,17 +43,34 @@ class InstanceParams:
     min_area_px: int = 12  # smaller nuclei are dropped (3 um^2 at 0.5 um/px)
 
 
-def labels_from_maps(maps: Maps, params: InstanceParams) -> Labels:
-    distance = maps[DISTANCE]
-    nucleus = (maps[INTERIOR] + maps[BOUNDARY]) > params.mask_threshold
-    seeds = (distance > params.seed_threshold) & nucleus
-    count, markers = cv2.connectedComponents(
-        seeds.astype(np.uint8), connectivity=4, ltype=cv2.CV_32S
+def logit(probability: float) -> float:
+    """The logit whose sigmoid is ``probability`` (in (0, 1))."""
+    return math.log(probability / (1 - probability))
+
+
+def labels_from_logits(logits: Maps, params: InstanceParams) -> Labels:
+    """Labelled nuclei from the model's (4, H, W) outputs. A pixel is nucleus
+    where P(interior) + P(boundary) > mask_threshold, that is where
+    (e^interior + e^boundary) / e^background > t / (1 - t) (an overflow to
+    infinity still compares right); a seed where the distance's sigmoid is
+    over seed_threshold, that is where its logit is over the threshold's."""
+    distance = logits[DISTANCE]
+    background = logits[BACKGROUND]
+    with np.errstate(over="ignore"):
+        odds = np.exp(logits[INTERIOR] - background)
+        odds += np.exp(logits[BOUNDARY] - background)
+    t = params.mask_threshold
+    nucleus = odds > t / (1 - t)
+    seeds = (distance > logit(params.seed_threshold)) & nucleus
+    count, markers, stats, _ = cv2.connectedComponentsWithStats(
+        seeds.view(np.uint8), connectivity=4, ltype=cv2.CV_32S
     )
     if count <= 1:
         return np.zeros(distance.shape, np.int32)
-    sizes = np.bincount(markers.ravel(), minlength=count)
-    markers = np.where(sizes[markers] >= params.min_seed_px, markers, 0).astype(np.int32)
+    for seed in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] < params.min_seed_px) + 1:
+        x, y, w, h = stats[seed, :4]  # a few pixels: cleared in its own box
+        box = markers[y : y + h, x : x + w]
+        box[box == seed] = 0
     labels = morphology.flood(-distance.astype(np.float32), markers, nucleus.astype(np.uint8))
     sizes = np.bincount(labels.ravel())
     keep = sizes >= params.min_area_px

@@ -3,13 +3,13 @@ class logits (background, nucleus interior, nucleus boundary) and the logit
 of the distance to the nucleus edge (``analysis/instances.py``). Needs
 PyTorch; the worker imports it only to run the model on a GPU or to train it.
 
-Light where the pixels are many: one convolution at full resolution, two
-per block at the coarser scales (where they are cheap), and a decoder that
-narrows each coarse map with a 1 x 1 convolution *before* upsampling it,
-adds the skip instead of concatenating it and refines with one 3 x 3
-convolution. About 17,000 multiply-adds per pixel against the plain U-Net's
-41,000 at the same widths, for the same receptive field (see the model card
-for what it cost in quality: nothing measurable)."""
+Light where the pixels are many: it works on 2 x 2 blocks of pixels, with
+one convolution at the finest scale, two per block at the coarser ones
+(where they are cheap), and a decoder that narrows each coarse map with a
+1 x 1 convolution *before* upsampling it, adds the skip instead of
+concatenating it and refines with one 3 x 3 convolution. About 4,900
+multiply-adds per pixel, against the 41,000 of the plain U-Net first shipped
+(the model card says what each step cost in quality)."""
 
 from __future__ import annotations
 
@@ -24,30 +24,38 @@ from worker_service.backends.learned import SPACE_TO_DEPTH, WIDTHS
 OUTPUTS = CLASSES + 1  # the class logits and the distance logit
 
 
-def _conv(inputs: int, outputs: int, size: int = 3) -> nn.Sequential:
+def _conv(inputs: int, outputs: int, size: int = 3, stride: int = 1) -> nn.Sequential:
+    """Convolution, batch norm, ReLU; "same" padding in units of the stride."""
+    padding = stride * (size // stride // 2)
     return nn.Sequential(
-        nn.Conv2d(inputs, outputs, size, padding=size // 2, bias=False),
+        nn.Conv2d(inputs, outputs, size, stride, padding=padding, bias=False),
         nn.BatchNorm2d(outputs),
         nn.ReLU(inplace=True),
     )
 
 
 class UNet(nn.Module):  # type: ignore[misc]
-    """Input: (N, 3, H, W) float RGB in [0, 1], H and W multiples of
-    ``learned.MULTIPLE``. Output: (N, 4, H, W) logits.
+    """``forward`` (training): (N, 3, H, W) float RGB in [0, 1], H and W
+    multiples of ``learned.MULTIPLE``, to (N, 4, H, W) logits. ``blocks``
+    (the worker's engines, the exported graph): what ``learned.model_input``
+    gives, (N, H, W, 3) RGB centred on 0, to (N, H/s, W/s, 4 s^2) logits of
+    s x s blocks, channels last (``learned.pixels_from_blocks``).
 
-    ``space_to_depth`` s > 1: each s x s block of pixels becomes one pixel of
-    3 s^2 channels on the way in, and each output pixel of 3 s^2 logits an
-    s x s block on the way out (pixel (un)shuffle), so the network runs on
-    s^2 times fewer pixels without losing any of the input's."""
+    ``space_to_depth`` s > 1: the network works on s x s blocks of pixels,
+    so on s^2 times fewer positions without losing any of the input's
+    pixels. Its first convolution (s k) x (s k) of stride s over the pixels is
+    a pixel unshuffle followed by a k x k convolution in one operation; each
+    output position holds the 4 logits of its s^2 pixels. Both ends stay
+    channels last, so ONNX Runtime's int8 graph moves no data between layouts
+    (each such move, and a pixel shuffle inside the graph, cost it more than
+    a convolution)."""
 
     def __init__(
         self, widths: tuple[int, ...] = WIDTHS, space_to_depth: int = SPACE_TO_DEPTH
     ) -> None:
         super().__init__()
-        self.space_to_depth = space_to_depth
-        block = space_to_depth * space_to_depth
-        self.stem = _conv(3 * block, widths[0])
+        self.space_to_depth = s = space_to_depth
+        self.stem = _conv(3, widths[0], size=3 * s, stride=s)
         self.down = nn.ModuleList(
             nn.Sequential(_conv(widths[i - 1], widths[i]), _conv(widths[i], widths[i]))
             for i in range(1, len(widths))
@@ -60,25 +68,35 @@ class UNet(nn.Module):  # type: ignore[misc]
             for i in coarse_to_fine
         )
         self.refine = nn.ModuleList(_conv(widths[i - 1], widths[i - 1]) for i in coarse_to_fine)
-        self.head = nn.Conv2d(widths[0], OUTPUTS * block, 1)
+        self.head = nn.Conv2d(widths[0], OUTPUTS * s * s, 1)
 
-    def forward(self, x: Any) -> Any:
-        x = x - 0.5
-        if self.space_to_depth > 1:
-            x = nn.functional.pixel_unshuffle(x, self.space_to_depth)
-        x = self.stem(x)
+    def blocks(self, x: Any) -> Any:
+        x = self.stem(x.permute(0, 3, 1, 2))
         skips = [x]
         for block in self.down:
             x = block(nn.functional.max_pool2d(x, 2))
             skips.append(x)
         skips.pop()
         for narrow, refine in zip(self.narrow, self.refine, strict=True):
-            skip = skips.pop()
+            # A fixed factor, not the skip's size: the exported graph then reads
+            # no shapes at run time; equal, as every side is a multiple of MULTIPLE.
             x = nn.functional.interpolate(
-                narrow(x), size=skip.shape[-2:], mode="bilinear", align_corners=False
+                narrow(x), scale_factor=2, mode="bilinear", align_corners=False
             )
-            x = refine(torch.relu(x + skip))
-        x = self.head(x)
-        if self.space_to_depth > 1:
-            x = nn.functional.pixel_shuffle(x, self.space_to_depth)
-        return x
+            x = refine(torch.relu(x + skips.pop()))
+        return self.head(x).permute(0, 2, 3, 1)
+
+    def forward(self, x: Any) -> Any:
+        out = self.blocks((x - 0.5).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return nn.functional.pixel_shuffle(out, self.space_to_depth)
+
+
+class Blocks(nn.Module):  # type: ignore[misc]
+    """``UNet.blocks`` as a module's forward, for the ONNX export."""
+
+    def __init__(self, model: UNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Any) -> Any:
+        return self.model.blocks(x)

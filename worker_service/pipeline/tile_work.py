@@ -5,6 +5,7 @@ small and picklable."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -115,8 +116,10 @@ def _segmented(
     return [
         TileResult(
             [
-                _feature(nucleus, task, _nucleus_id(task, segmenter_name, k))
-                for k, nucleus in enumerate(nuclei)
+                _feature(nucleus, task, feature_id)
+                for nucleus, feature_id in zip(
+                    nuclei, nucleus_ids(task, segmenter_name, len(nuclei)), strict=True
+                )
             ],
             [n.centroid for n in nuclei],
             per_tile,
@@ -126,12 +129,24 @@ def _segmented(
     ]
 
 
-def _nucleus_id(task: TileTask, backend: str, k: int) -> str:
-    """A UUID (as QuPath gives its objects) that a rerun of the same job gives
-    the same nucleus: from the slide, the tile, the backend and its place."""
+def nucleus_ids(task: TileTask, backend: str, count: int) -> list[str]:
+    """UUIDs (as QuPath gives its objects) that a rerun of the same job gives
+    the same nuclei: ``uuid.uuid5(NAMESPACE_URL, f"{tile}|{backend}|{k}")`` of
+    the slide, the tile, the backend and each one's place, with the hash of
+    the part they share taken once."""
     tile = task.tile
     name = f"{task.slide_path}|{task.level}|{tile.x},{tile.y},{tile.width},{tile.height}"
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{name}|{backend}|{k}"))
+    shared = hashlib.sha1(uuid.NAMESPACE_URL.bytes + f"{name}|{backend}|".encode())
+    ids = []
+    for k in range(count):
+        digest = shared.copy()
+        digest.update(str(k).encode())
+        raw = bytearray(digest.digest()[:16])
+        raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+        raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+        text = raw.hex()
+        ids.append(f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}")
+    return ids
 
 
 def _feature(nucleus: SlideNucleus, task: TileTask, feature_id: str) -> str:

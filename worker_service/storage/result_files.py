@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 from PIL import Image
 
 from worker_service.analysis import cell_index
@@ -137,10 +139,14 @@ def nucleus_feature(
 ) -> dict[str, object]:
     """A QuPath detection: id, objectType, classification and measurements.
     ``polygon``: a closed ring, (n, 2) of (x, y)."""
+    return _detection(feature_id, np.round(polygon, 2).tolist(), measurements)
+
+
+def _detection(feature_id: str, ring: object, measurements: dict[str, float]) -> dict[str, object]:
     return {
         "type": "Feature",
         "id": feature_id,
-        "geometry": {"type": "Polygon", "coordinates": [np.round(polygon, 2).tolist()]},
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
         "properties": {
             "objectType": "detection",
             "classification": {"name": "Nucleus", "color": NUCLEUS_COLOR},
@@ -152,9 +158,31 @@ def nucleus_feature(
 def nucleus_feature_text(
     feature_id: str, polygon: npt.NDArray[np.float64], measurements: dict[str, float]
 ) -> str:
-    """``nucleus_feature`` as the compact JSON that cells.geojson holds (ASCII:
-    byte offsets into the file are character offsets)."""
-    return json.dumps(nucleus_feature(feature_id, polygon, measurements), separators=(",", ":"))
+    """``nucleus_feature`` as the compact JSON that cells.geojson holds: the
+    bytes ``json.dumps`` gives (ASCII: byte offsets into the file are
+    character offsets), from orjson, which encodes the rounded array as it is
+    (about 5x faster; a nucleus's JSON was a fifth of a learned tile's work)."""
+    feature = _detection(feature_id, np.round(polygon, 2), measurements)
+    return _as_ascii(orjson.dumps(feature, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+
+
+_NOT_ASCII = re.compile(r"[^\x00-\x7e]")  # what json.dumps escapes, DEL included
+MICRO = "\N{MICRO SIGN}"  # in two measurement names: escaped by str.replace, fast
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # beyond the BMP: a surrogate pair, as json.dumps writes it
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def _as_ascii(text: str) -> str:
+    """JSON text with every character json.dumps would escape escaped (only
+    strings hold any)."""
+    text = text.replace(MICRO, "\\u00b5")
+    return text if text.isascii() and "\x7f" not in text else _NOT_ASCII.sub(_escaped, text)
 
 
 def tissue_feature(
