@@ -12,6 +12,8 @@ from worker_service.analysis.merge import keep_owned
 from worker_service.analysis.nuclei import (
     Nucleus,
     NucleusParams,
+    haematoxylin,
+    haematoxylin_at,
     nuclei_from_labels,
     segment_nuclei,
     stain_reference,
@@ -120,3 +122,14 @@ def test_an_empty_tile_yields_no_nuclei_against_the_slide_reference() -> None:
     assert segment_nuclei(noise, reference, NucleusParams()).max() == 0
     pink = render_he(200, 200, [], (0, 0, 200, 200), seed=3)
     assert segment_nuclei(pink, reference, NucleusParams()).max() == 0
+
+
+@settings(deadline=None, max_examples=30)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_haematoxylin_at_some_pixels_is_the_image_s_there(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    where = rng.choice(40 * 50, 300, replace=False)
+    assert np.array_equal(
+        haematoxylin_at(rgb.reshape(-1, 3), where), haematoxylin(rgb).ravel()[where]
+    )

@@ -156,8 +156,22 @@ class Nucleus:
 
 def nuclei_from_labels(labels: Labels, rgb: RGB | None = None) -> list[Nucleus]:
     """The nuclei of a label image; with the tile they were found in, each
-    with its mean haematoxylin."""
-    return _nuclei(shapes.trace(labels, None if rgb is None else haematoxylin(rgb)))
+    with its mean haematoxylin (computed at the nuclei's pixels only)."""
+    if rgb is None:
+        return _nuclei(shapes.trace(labels))
+    pixels = rgb.reshape(-1, 3)
+    return _nuclei(shapes.trace(labels, lambda where: haematoxylin_at(pixels, where)))
+
+
+def haematoxylin_at(
+    pixels: npt.NDArray[np.uint8], where: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float32]:
+    """``haematoxylin`` of the (n, 3) ``pixels`` at indices ``where``."""
+    picked = pixels[where]
+    table = _HAEMATOXYLIN_TABLE[:, 0]  # (256, 3): each channel's contribution
+    summed = table[picked[:, 0], 0] + table[picked[:, 1], 1] + table[picked[:, 2], 2]
+    result: npt.NDArray[np.float32] = np.maximum(summed, 0)
+    return result
 
 
 def _nuclei(traced: shapes.Traced) -> list[Nucleus]:

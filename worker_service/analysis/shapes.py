@@ -10,6 +10,7 @@ pixels over the pixels of the convex hull."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -49,9 +50,13 @@ class Traced:
         )
 
 
-def trace(labels: Labels, intensity: npt.NDArray[np.floating] | None = None) -> Traced:
+Intensity = npt.NDArray[np.floating] | Callable[[Ints], npt.NDArray[np.floating]]
+
+
+def trace(labels: Labels, intensity: Intensity | None = None) -> Traced:
     """Every labelled object's boundary, pixel count, centroid and mean
-    ``intensity`` (an image of the labels' shape)."""
+    ``intensity``: an image of the labels' shape, or what gives the values
+    at given flat pixel indices (the labelled ones only)."""
     contours, _ = cv2.findContours(labels, cv2.RETR_FLOODFILL, cv2.CHAIN_APPROX_NONE)
     largest: dict[int, npt.NDArray[np.int32]] = {}
     for contour in contours:
@@ -74,7 +79,8 @@ def trace(labels: Labels, intensity: npt.NDArray[np.floating] | None = None) -> 
     if intensity is None:
         means = np.zeros(len(order))
     else:
-        sums = np.bincount(owners, weights=intensity.ravel()[inside], minlength=size)
+        values = intensity(inside) if callable(intensity) else intensity.ravel()[inside]
+        sums = np.bincount(owners, weights=values, minlength=size)
         means = sums[order] / per_pixel
     return Traced(order, [largest[int(label)] for label in order], areas, centroids, means)
 

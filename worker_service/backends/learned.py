@@ -176,7 +176,8 @@ class LearnedSegmenter(BatchedModel):
     def _segment_one_size(self, tiles: list[RGB]) -> list[Labels]:
         height, width = tiles[0].shape[:2]
         size = (max(1, round(width * self.zoom)), max(1, round(height * self.zoom)))
-        batch = np.stack([model_input(self._to_model(tile, size)) for tile in tiles])
+        inputs = [model_input(self._to_model(tile, size)) for tile in tiles]
+        batch = inputs[0][None] if len(inputs) == 1 else np.stack(inputs)
         outputs = self.engine.logits(batch)[:, :, : size[1], : size[0]]
         return [
             labels_from_logits(self._to_tile(out, (width, height)), self.params) for out in outputs
