@@ -257,7 +257,12 @@ async def drive(
 
 
 def run(
-    seconds: float, clients: int, users: int, workdir: Path, **scheduler_settings: str
+    seconds: float,
+    clients: int,
+    users: int,
+    workdir: Path,
+    retention_hours: float = RETENTION_HOURS,
+    **scheduler_settings: str,
 ) -> Report:
     with ExitStack() as stack:
         worker: Service = start_worker(workdir, slots=MAX_WORKERS, log_level="WARNING")
@@ -267,7 +272,7 @@ def run(
             [worker],
             max_workers=MAX_WORKERS,
             max_active_users=MAX_ACTIVE_USERS,
-            retention_hours=str(RETENTION_HOURS),
+            retention_hours=str(retention_hours),
             log_level="WARNING",
             **scheduler_settings,
         )

@@ -1,7 +1,9 @@
-"""Sustained load from 50 clients of 10 users for 60 s (bench/load_test.py):
-no error but RESOURCE_EXHAUSTED, the scheduling invariants hold at every
-instant of every workflow's event stream, and the scheduler's memory is flat
-over the second half."""
+"""Sustained load from 50 clients of 10 users for 36 s (bench/load_test.py;
+the benchmark runs 60 s): no error but RESOURCE_EXHAUSTED, the scheduling
+invariants hold at every instant of every workflow's event stream, and the
+scheduler's memory is flat over the second half. Finished workflows are
+pruned 10.8 s after they end (the benchmark: 18 s), so the store is at its
+steady size from about 12 s on, well before the second half begins."""
 
 from __future__ import annotations
 
@@ -13,11 +15,11 @@ from bench.load_test import run
 
 
 @pytest.mark.timeout(300)
-def test_sixty_seconds_of_mixed_load(tmp_path: Path) -> None:
-    report = run(seconds=60, clients=50, users=10, workdir=tmp_path)
+def test_sustained_mixed_load(tmp_path: Path) -> None:
+    report = run(seconds=36, clients=50, users=10, workdir=tmp_path, retention_hours=0.003)
     assert report.unexpected_errors() == {}
     assert report.violations == []
-    assert report.workflows > 500 and report.audited_events > 2 * report.workflows
+    assert report.workflows > 300 and report.audited_events > 2 * report.workflows
     assert report.cancelled > 0 and set(report.ops) == {"create", "get", "list", "watch", "cancel"}
     growth = report.rss_growth_second_half()
     assert growth < 0.10, [round(mb, 1) for _, mb in report.rss_mb]
