@@ -72,3 +72,21 @@ class Authenticator:
         except PermissionDenied as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         raise AssertionError("unreachable")  # context.abort raises
+
+    async def confirm(self, context: Context, user: str) -> None:
+        """Ends a long call (a watch) whose credential no longer names ``user``:
+        a token revoked in the file while the stream is open. Not a failed
+        authentication: nothing is counted against the address."""
+        try:
+            still = identify(
+                _first(context, metadata.USER_ID),
+                _first(context, metadata.AUTHORIZATION),
+                self.tokens,
+            )
+        except (Unauthenticated, PermissionDenied):
+            still = None
+        if still != user:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the token of this stream is no longer valid (revoked); the stream ends",
+            )

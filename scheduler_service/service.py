@@ -47,6 +47,7 @@ from wsi_runtime.limits import RateLimiter, retry_after
 from wsi_runtime.slide_paths import SlidePathError, check_slide_format, resolve_slide
 
 if TYPE_CHECKING:
+    from scheduler_service.events import Subscription
     from wsi_runtime.serving import Context
 
 log = logging.getLogger("wsi.scheduler")
@@ -54,6 +55,7 @@ DEFAULT_PAGE_SIZE = 50
 DEFAULT_SLIDE_PAGE = 100
 MAX_PAGE_SIZE = 1000
 MAX_ID_LENGTH = 128
+IDENTITY_RECHECK_S = 5.0  # an open watch re-checks its caller's token this often
 
 
 class MalformedRequest(ValueError):
@@ -291,7 +293,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             if wf.terminal and last >= wf.feed.sequence:
                 return
             while True:
-                event = await subscription.next()
+                event = await self._next_event(subscription, context, user)
                 if event is None:  # fell behind: resynchronise
                     event = self._snapshot(wf)
                 elif event.sequence <= last:
@@ -303,6 +305,23 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         finally:
             subscription.close()
             self.watch_streams -= 1
+
+    async def _next_event(
+        self, subscription: Subscription, context: Context, user: str
+    ) -> pb.WorkflowEvent | None:
+        """The watch's next event; meanwhile, every ``IDENTITY_RECHECK_S``, the
+        caller's credential checked again (identity is otherwise read only
+        when a call starts, and a watch may stay open for days)."""
+        while True:
+            try:
+                event: pb.WorkflowEvent | None = await asyncio.wait_for(
+                    subscription.next(), IDENTITY_RECHECK_S
+                )
+            except TimeoutError:
+                await self.authenticate.confirm(context, user)
+                continue
+            await self.authenticate.confirm(context, user)
+            return event
 
     def _snapshot(self, wf: WorkflowRecord) -> pb.WorkflowEvent:
         return convert.snapshot_event(self.store, wf, self.clock())

@@ -12,15 +12,18 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
 import pytest
 
-from tests.harness import CMU, Cluster, Service, bearer, cluster_with_gateway
+from scheduler_service.service import IDENTITY_RECHECK_S
+from tests.harness import CMU, Cluster, Service, bearer, cluster, cluster_with_gateway
 from tests.integration.support import LONG, spec
 from wsi_client.client import SchedulerClient, job
 from wsi_protocol import metadata
@@ -170,6 +173,32 @@ def test_a_token_revoked_in_the_file_stops_working_at_once(system: TokenCluster)
     assert code_of(lambda: stub.ListWorkflows(request, metadata=bearer(dave))) is (
         grpc.StatusCode.UNAUTHENTICATED
     )
+
+
+def test_a_revoked_token_ends_its_open_watch(tmp_path: Path) -> None:
+    """Identity is read when a call starts; a watch may stay open for days,
+    so it is checked again while the stream is open (no worker here: the
+    job waits, and the stream with it)."""
+    tokens_file = tmp_path / "tokens.txt"
+    erin, frank = add_token(tokens_file, "erin"), add_token(tokens_file, "frank")
+    with cluster(tmp_path, worker_slots=(), auth_tokens=str(tokens_file)) as c:
+        streams: dict[str, Any] = {}  # grpc's stream: an iterator and a call
+        for token in (erin, frank):
+            request = pb.CreateWorkflowRequest(name="w", jobs=[spec("a", "b")])
+            made = c.stub.CreateWorkflow(request, metadata=bearer(token), timeout=10)
+            watch = pb.WatchWorkflowRequest(workflow_id=made.workflow_id)
+            streams[token] = c.stub.WatchWorkflow(watch, metadata=bearer(token), timeout=60)
+            assert next(streams[token]).workflow_state == pb.WORKFLOW_STATE_PENDING
+        assert revoke_user(tokens_file, "erin") == 1
+        revoked = time.monotonic()
+        with pytest.raises(grpc.RpcError) as ended:
+            next(streams[erin])
+        assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert "revoked" in (ended.value.details() or "")
+        assert time.monotonic() - revoked < IDENTITY_RECHECK_S + 5
+        # Frank's stream, his token still valid, stays open.
+        assert not streams[frank].done()
+        streams[frank].cancel()
 
 
 def test_cli_and_client_take_a_token(
