@@ -196,10 +196,24 @@ async def test_result_files_are_served_by_job_id_and_plain_name_only(
         return b"".join([c.data async for c in worker.servicer.ReadResult(request, ctx)])
 
     assert await read(job_id, "summary.json") == b"{}"
-    for job, name in ((job_id, "../x"), (job_id, "a/b"), (job_id, "nope"), ("../r", "s")):
+    # A job folder that is a link out of the results root (to a folder holding a file).
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "summary.json").write_bytes(b"{}")
+    linked = str(uuid.uuid4())
+    (tmp_path / "results" / linked).symlink_to(outside)
+    for job, name in (
+        (job_id, "../x"),
+        (job_id, "a/b"),
+        (job_id, "nope"),
+        ("../r", "s"),
+        (job_id, "summary.json\x00"),
+        (job_id, "a\x00b"),
+        (linked, "summary.json"),
+    ):
         with pytest.raises(Aborted) as refused:
             await read(job, name)
-        assert refused.value.code is grpc.StatusCode.NOT_FOUND
+        assert refused.value.code is grpc.StatusCode.NOT_FOUND, (job, name)
 
 
 @pytest.mark.parametrize(

@@ -297,8 +297,11 @@ async def _viewer_answer(context: Context, work: Awaitable[T]) -> T:
 
 
 def _result_file(results_dir: Path, job_id: str, name: str) -> Path | None:
-    folder = result_files.job_folder(results_dir, job_id)
-    path = Path(os.path.realpath(folder / name))
+    try:
+        folder = result_files.job_folder(results_dir, job_id)
+        path = Path(os.path.realpath(folder / name))
+    except (ValueError, OSError):  # a NUL in the name; a job folder linked out of the root
+        return None
     return path if path.parent == folder and path.is_file() else None
 
 
