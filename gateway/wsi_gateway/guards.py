@@ -5,6 +5,8 @@ headers that make responses safe in a browser."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
@@ -97,10 +99,19 @@ class HostAllowList:
         await self.app(scope, receive, send)
 
 
+DRAIN_BODIES_UP_TO = 8  # times the cap: read and dropped before a 413, so the client sees it
+DRAIN_SECONDS = 10.0
+
+
 class BodyLimit:
-    """413 for a body over ``max_bytes``: at once from Content-Length, else
-    as soon as the bytes read pass the cap (what the app answers then is
-    replaced). Nothing over the cap is ever buffered."""
+    """413 for a body over ``max_bytes``: decided at once from Content-Length,
+    else as soon as the bytes read pass the cap (what the app answers then is
+    replaced). Nothing over the cap is ever buffered. Before the 413 goes
+    out, the rest of a body up to ``DRAIN_BODIES_UP_TO`` times the cap is
+    read and dropped (within ``DRAIN_SECONDS``): a client that sends its whole
+    body before it reads (no ``Expect: 100-continue``: urllib, many SDKs)
+    would otherwise meet a reset connection instead of the answer. A larger
+    body, or one announced with ``Expect: 100-continue``, is not waited for."""
 
     def __init__(self, app: ASGIApp, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.app = app
@@ -108,6 +119,16 @@ class BodyLimit:
 
     def _too_large(self) -> str:
         return f"the request body is larger than {self.max_bytes} bytes"
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, pending: int) -> None:
+        """The 413, after reading and dropping the ``pending`` bytes still to
+        come where that is worth it (``pending`` < 0: unknown, chunked)."""
+        waits = _header(scope, b"expect") is None
+        if waits and pending <= DRAIN_BODIES_UP_TO * self.max_bytes:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_SECONDS):
+                    await _drain(receive, DRAIN_BODIES_UP_TO * self.max_bytes)
+        await _send_error(send, 413, "PAYLOAD_TOO_LARGE", self._too_large())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -121,7 +142,7 @@ class BodyLimit:
                 await _send_error(send, 400, "INVALID_ARGUMENT", "Content-Length is not a number")
                 return
             if length > self.max_bytes:
-                await _send_error(send, 413, "PAYLOAD_TOO_LARGE", self._too_large())
+                await self._refuse(scope, receive, send, length)
                 return
         received = 0
         overflowed = False
@@ -144,13 +165,25 @@ class BodyLimit:
             if overflowed:
                 if not answered:
                     answered = True
-                    await _send_error(send, 413, "PAYLOAD_TOO_LARGE", self._too_large())
+                    await self._refuse(scope, receive, send, -1)
                 return
             await send(message)
 
         await self.app(scope, counted_receive, guarded_send)
         if overflowed and not answered:
-            await _send_error(send, 413, "PAYLOAD_TOO_LARGE", self._too_large())
+            await self._refuse(scope, receive, send, -1)
+
+
+async def _drain(receive: Receive, limit: int) -> None:
+    """Reads and drops the request's body until it ends or ``limit`` bytes."""
+    dropped = 0
+    while dropped <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def is_slide_path(path: str) -> bool:

@@ -14,6 +14,8 @@ import shutil
 import socket
 import statistics
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,6 +111,32 @@ def test_a_62_mb_body_is_refused_while_read_and_memory_stays_flat(gateway: Servi
     with httpx.Client(base_url=gateway.address, timeout=10) as http:
         reply = http.post("/workflows", headers={"X-User-ID": "small"}, json={"jobs": []})
         assert reply.status_code == 400
+
+
+def test_a_client_that_sends_its_whole_body_first_gets_the_413(gateway: Service) -> None:
+    """urllib sends the body before it reads, without Expect: 100-continue:
+    a 6 MB body over the 4 MB cap, announced and chunked, gets the 413 (read
+    and dropped first), not a reset connection."""
+    body = b"x" * (6 * 2**20)
+    request = urllib.request.Request(
+        f"{gateway.address}/workflows",
+        data=body,
+        method="POST",
+        headers={"X-User-ID": "eager", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 413
+    assert json.loads(refused.value.read())["code"] == "PAYLOAD_TOO_LARGE"
+    chunked = urllib.request.Request(
+        f"{gateway.address}/workflows",
+        data=iter([body[i : i + 65536] for i in range(0, len(body), 65536)]),
+        method="POST",
+        headers={"X-User-ID": "eager", "Transfer-Encoding": "chunked"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(chunked, timeout=30)
+    assert refused.value.code == 413
 
 
 @pytest.mark.parametrize(
