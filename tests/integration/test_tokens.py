@@ -23,7 +23,15 @@ import httpx
 import pytest
 
 from scheduler_service.service import IDENTITY_RECHECK_S
-from tests.harness import CMU, Cluster, Service, bearer, cluster, cluster_with_gateway
+from tests.harness import (
+    CMU,
+    Cluster,
+    Service,
+    bearer,
+    cluster,
+    cluster_with_gateway,
+    start_gateway,
+)
 from tests.integration.support import LONG, spec
 from wsi_client.client import SchedulerClient, job
 from wsi_protocol import metadata
@@ -287,3 +295,31 @@ def test_a_flood_of_bad_tokens_is_limited_and_never_locks_out_a_valid_one(
     assert direct[-1] is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert through[0] == 401 and through.count(429) >= 50
     assert forged.count(429) >= 50  # a new forged address per guess does not help
+
+
+def test_a_named_proxy_s_forwarded_address_is_the_one_limited(tmp_path: Path) -> None:
+    """A gateway told to trust 127.0.0.1 as its proxy limits failed tokens
+    per forwarded address: one address's flood is limited, another address
+    behind the same proxy, and the proxy's own calls, are not."""
+    tokens_file = tmp_path / "tokens.txt"
+    good = add_token(tokens_file, "gina")
+    with cluster(tmp_path, worker_slots=(), auth_tokens=str(tokens_file)) as c:
+        gateway = start_gateway(
+            tmp_path, c.scheduler, auth_tokens=str(tokens_file), trusted_proxies="127.0.0.1"
+        )
+        try:
+            with httpx.Client(base_url=gateway.address, timeout=10) as http:
+
+                def status(xff: str | None, token: str) -> int:
+                    headers = {"Authorization": f"Bearer {token}"}
+                    if xff is not None:
+                        headers["X-Forwarded-For"] = xff
+                    return http.get("/workflows", headers=headers).status_code
+
+                flood = [status("203.0.113.9", f"wsi_guess{i}") for i in range(30)]
+                assert flood[0] == 401 and flood.count(429) >= 5, flood
+                assert status("198.51.100.1", "wsi_guess_other") == 401  # its own budget
+                assert status(None, "wsi_guess_proxy") == 401  # the proxy's own address
+                assert status("203.0.113.9", good) == 200  # a valid token, never refused
+        finally:
+            gateway.stop()
