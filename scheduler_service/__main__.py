@@ -16,6 +16,7 @@ from scheduler_service import convert, recovery, retention, token_admin
 from scheduler_service import registry as registry_service
 from scheduler_service.authentication import Authenticator
 from scheduler_service.dispatcher import Dispatcher
+from scheduler_service.job_runner import JOB_SILENCE_S
 from scheduler_service.journal import MEMORY, JournalDamaged, JournalError, SqliteJournal
 from scheduler_service.observability import SchedulerMetrics, TransitionLog
 from scheduler_service.policy import SchedulingPolicy
@@ -65,6 +66,13 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
     settings.add(parser, "--max-workers", 4, "jobs running at once, all users")
     settings.add(parser, "--max-active-users", 3, "users holding an active slot at once")
     settings.add(parser, "--max-attempts", 3, "runs of a job before a lost worker fails it")
+    settings.add(
+        parser,
+        "--job-silence-s",
+        JOB_SILENCE_S,
+        "a running job whose worker sends nothing, not even a heartbeat, this long is"
+        " taken back and retried",
+    )
     settings.add(parser, "--max-jobs-per-workflow", 1000, "jobs one workflow may hold")
     settings.add(
         parser, "--min-tile-size", 128, "smallest tile_size a job may ask for, px (submit check)"
@@ -140,6 +148,7 @@ def build(
         grpc_connect(tls.channel_credentials(tls_files)),
         worker_secret=secret,
         on_error=lambda task: metrics.background_errors.labels(task).inc(),
+        job_silence_s=args.job_silence_s,
     )
     servicer = SchedulerServicer(
         store,

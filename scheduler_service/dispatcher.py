@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from scheduler_service.background import Background
-from scheduler_service.job_runner import JobRunner
+from scheduler_service.job_runner import JOB_SILENCE_S, JobRunner
 from scheduler_service.store import Store
 from scheduler_service.worker_links import Connect, WorkerLinks
 from scheduler_service.worker_proxy import WorkerProxy
@@ -23,13 +23,14 @@ class Dispatcher:
         retry_initial: float = 0.2,
         retry_max: float = 5.0,
         on_error: Callable[[str], None] = lambda kind: None,
+        job_silence_s: float = JOB_SILENCE_S,
     ) -> None:
         self.background = Background(on_error)
         self.links = WorkerLinks(
             worker_addresses, connect, self.background, worker_secret, retry_initial, retry_max
         )
         self.proxy = WorkerProxy(self.links)
-        self.runner = JobRunner(store, self.links, self.proxy, self.background)
+        self.runner = JobRunner(store, self.links, self.proxy, self.background, job_silence_s)
 
     def start(self) -> None:
         self.links.start()

@@ -36,11 +36,20 @@ LEASE_BROKEN = frozenset(
 JobCall = grpc.aio.UnaryStreamCall[wpb.RunJobRequest, wpb.JobUpdate]
 
 
+JOB_SILENCE_S = 60.0  # a worker sends at least a heartbeat every 10 s while it runs a job
+
+
 class JobRunner:
     def __init__(
-        self, store: Store, links: WorkerLinks, proxy: WorkerProxy, background: Background
+        self,
+        store: Store,
+        links: WorkerLinks,
+        proxy: WorkerProxy,
+        background: Background,
+        job_silence_s: float = JOB_SILENCE_S,
     ) -> None:
         self.store, self.links, self.proxy = store, links, proxy
+        self.job_silence_s = job_silence_s
         self._background = background
         self._calls: dict[str, JobCall] = {}
         self._kick_pending = False
@@ -140,10 +149,24 @@ class JobRunner:
 
     async def _follow(self, job_id: str, link: WorkerLink, call: JobCall) -> None:
         """Relays the stream's updates to the store until the job ends; a
-        stream that ends without an outcome loses the job (it is retried)."""
+        stream that ends without an outcome, or whose worker says nothing
+        (not even a heartbeat) for ``job_silence_s``, loses the job (it is
+        retried): a worker that accepts a job and goes quiet cannot hold it."""
         finished = False
+        updates = call.__aiter__()
         try:
-            async for update in call:
+            while True:
+                try:
+                    update = await asyncio.wait_for(anext(updates), self.job_silence_s)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    call.cancel()
+                    self._end_unfinished(
+                        job_id,
+                        f"worker {link.address} said nothing for {self.job_silence_s:g} s",
+                    )
+                    return
                 finished = self._apply(job_id, update) or finished
             if not finished:
                 self._end_unfinished(job_id, "worker ended the job without a result")

@@ -22,6 +22,7 @@ from scheduler_service.worker_links import Connect
 from scheduler_service.worker_proxy import WorkerRefusal, WorkerUnavailable
 from tests.unit.fake_workers import FakeJobCall, FakeNetwork, FakeWorker
 from wsi_protocol import metadata
+from wsi_protocol.worker.v1 import worker_pb2 as wpb
 
 W1, W2 = "10.0.0.1:50052", "10.0.0.2:50052"
 
@@ -57,10 +58,19 @@ async def network() -> FakeNetwork:
 
 @asynccontextmanager
 async def started(
-    store: Store, network: FakeNetwork, addresses: tuple[str, ...] = (W1,)
+    store: Store,
+    network: FakeNetwork,
+    addresses: tuple[str, ...] = (W1,),
+    job_silence_s: float = 60.0,
 ) -> AsyncIterator[Dispatcher]:
     dispatcher = Dispatcher(
-        store, addresses, cast(Connect, network), "s" * 20, retry_initial=0.01, retry_max=0.02
+        store,
+        addresses,
+        cast(Connect, network),
+        "s" * 20,
+        retry_initial=0.01,
+        retry_max=0.02,
+        job_silence_s=job_silence_s,
     )
     dispatcher.start()
     try:
@@ -179,6 +189,30 @@ async def test_a_worker_lost_mid_job_requeues_it_at_the_head(network: FakeNetwor
         network.workers[W1].up = True
         await until(lambda: first.state is State.RUNNING, "the retry")
         assert first.attempt == 2 and len(network.workers[W1].calls) == 3
+
+
+async def test_a_job_whose_worker_goes_silent_is_taken_back_and_retried(
+    network: FakeNetwork,
+) -> None:
+    """A worker that accepts a job and then says nothing, not even a
+    heartbeat, cannot hold it: after the silence bound the call is cancelled
+    and the job retried; heartbeats alone keep a job running."""
+    store = new_store()
+    (job,) = submit(store, "a")
+    async with started(store, network, job_silence_s=1.0) as dispatcher:
+        await until(lambda: job.state is State.RUNNING, "dispatch")
+        silent = running_call(network.workers[W1], job)
+        await until(lambda: job.attempt == 2, "the retry", within_s=3.0)
+        assert silent.cancelled and job.state is State.RUNNING
+        again = network.workers[W1].calls[-1]
+        for _ in range(20):  # 2 s of heartbeats, twice the bound
+            again.send(wpb.JobUpdate(heartbeat=wpb.Heartbeat()))
+            await asyncio.sleep(0.1)
+        assert job.attempt == 2 and not again.cancelled
+        again.succeed()
+        again.end()
+        await until(lambda: job.state is State.SUCCEEDED, "the retry's outcome")
+        await until(lambda: dispatcher.links.slots_busy == 0, "the slot given back")
 
 
 async def test_a_job_finished_before_its_stream_breaks_stays_succeeded(

@@ -22,6 +22,7 @@ from worker_service.errors import JobCancelled, SlideError
 from worker_service.pipeline.context import JobContext
 from worker_service.pipeline.job import JobOutcome, JobSpec
 from worker_service.pipeline.tile_pool import TilePool
+from worker_service.server import job_run
 from worker_service.server.metrics import WorkerMetrics
 from worker_service.server.servicer import WorkerServicer, _viewer_status
 from worker_service.viewer.cell_queries import TooManyNuclei
@@ -108,6 +109,25 @@ async def test_progress_is_relayed_and_the_outcome_ends_the_stream(
     assert result.files == {"summary.json": f"{job_id}/summary.json"}  # no server path
     assert result.summary == '{"nuclei": 5}'
     assert worker.servicer.running == 0 and worker.ended("succeeded") == 1
+
+
+async def test_a_quiet_job_sends_heartbeats(
+    tmp_path: Path, job_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long phase with no progress to report still says the job is alive,
+    so the scheduler's silence bound takes back only a worker gone quiet."""
+    monkeypatch.setattr(job_run, "HEARTBEAT_S", 0.05)
+
+    async def play(spec: JobSpec, ctx: JobContext, token: int) -> JobOutcome:
+        await asyncio.sleep(0.4)
+        ctx.report(1, 1)
+        return JobOutcome({}, {"nuclei": 0})
+
+    worker = Worker(tmp_path, play)
+    updates = await worker.updates(job_id)
+    kinds = [u.WhichOneof("update") for u in updates]
+    assert kinds[-2:] == ["progress", "result"]
+    assert kinds.count("heartbeat") >= 3 and set(kinds[:-2]) == {"heartbeat"}, kinds
 
 
 @pytest.mark.parametrize(

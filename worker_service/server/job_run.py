@@ -29,6 +29,7 @@ from wsi_protocol.worker.v1 import worker_pb2 as pb
 from wsi_runtime.job_params import InvalidParams
 
 log = logging.getLogger("wsi.worker")
+HEARTBEAT_S = 10.0  # with no progress to report, a running job says it is alive this often
 
 # Runs a job to its outcome: (spec, its context, its cancellation token).
 RunOne = Callable[[JobSpec, JobContext, int], Awaitable[JobOutcome]]
@@ -86,7 +87,14 @@ class JobRun:
         future = asyncio.ensure_future(self._outcome())
         future.add_done_callback(lambda _: self._updates.put_nowait(None))
         try:
-            while (item := await self._updates.get()) is not None:
+            while True:
+                try:
+                    item = await asyncio.wait_for(self._updates.get(), HEARTBEAT_S)
+                except TimeoutError:  # a long phase or tile: say the job is alive
+                    yield pb.JobUpdate(heartbeat=pb.Heartbeat())
+                    continue
+                if item is None:
+                    break
                 done, total = item
                 yield pb.JobUpdate(progress=pb.TileProgress(tiles_done=done, tiles_total=total))
             yield await self._final(future)

@@ -524,30 +524,54 @@ class JobError(_message.Message):
 Global___JobError: _TypeAlias = JobError  # noqa: Y015
 
 @_typing.final
+class Heartbeat(_message.Message):
+    """Sent while a job runs and nothing else is to be said (every HEARTBEAT_S,
+    10 s): the scheduler takes back a job whose worker says nothing at all for
+    its --job-silence-s.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
 class JobUpdate(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PROGRESS_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def progress(self) -> Global___TileProgress: ...
     @_builtins.property
     def result(self) -> Global___JobOutput: ...
     @_builtins.property
     def error(self) -> Global___JobError: ...
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat: ...
     def __init__(
         self,
         *,
         progress: Global___TileProgress | None = ...,
         result: Global___JobOutput | None = ...,
         error: Global___JobError | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "progress", b"progress", "result", b"result", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "heartbeat", b"heartbeat", "progress", b"progress", "result", b"result", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "progress", b"progress", "result", b"result", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "heartbeat", b"heartbeat", "progress", b"progress", "result", b"result", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["progress", "result", "error"]  # noqa: Y015
+    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["progress", "result", "error", "heartbeat"]  # noqa: Y015
     _WhichOneofArgType_update: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_update) -> _WhichOneofReturnType_update | None: ...
 
