@@ -171,8 +171,11 @@ def test_cancel_a_job_and_a_workflow_then_watch_exits_3(setup: Setup) -> None:
     assert first["params"] == {"tile_size": "256", "overlap": "32"}
     cancelled = ok_json(wsi(setup, "--json", "cancel", second["job_id"]))
     assert isinstance(cancelled, dict) and cancelled["state"] == "CANCELLED"
-    ended = ok_json(wsi(setup, "--json", "cancel", "--workflow", created["workflow_id"]))
-    assert isinstance(ended, dict)
+    ending = wsi(setup, "--json", "cancel", "--workflow", created["workflow_id"])
+    if ending.returncode == 0:
+        assert isinstance(json.loads(ending.stdout), dict)
+    else:  # the first job finished first (a fast machine): the workflow had ended
+        one_line_error(ending, 1, "FAILED_PRECONDITION", "already ended CANCELLED")
     done = wsi(setup, "watch", created["workflow_id"])
     assert done.returncode == 3, (done.stdout, done.stderr)
     assert f"workflow {created['workflow_id']}: CANCELLED" in done.stdout
