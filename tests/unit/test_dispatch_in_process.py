@@ -79,7 +79,10 @@ async def started(
         await dispatcher.close()
 
 
-def running_call(worker: FakeWorker, job: JobRecord) -> FakeJobCall:
+async def running_call(worker: FakeWorker, job: JobRecord) -> FakeJobCall:
+    """The job's RunJob call on ``worker`` (RUNNING comes with the dispatch, the
+    call itself a loop turn or two later)."""
+    await until(lambda: any(c.request.job_id == job.job_id for c in worker.calls), "the call")
     return next(call for call in worker.calls if call.request.job_id == job.job_id)
 
 
@@ -92,7 +95,7 @@ async def one_job_running(
     (job,) = submit(store, "a")
     async with started(store, network) as dispatcher:
         await until(lambda: job.state is State.RUNNING, "dispatch")
-        yield dispatcher, job, running_call(network.workers[W1], job)
+        yield dispatcher, job, await running_call(network.workers[W1], job)
 
 
 # ---- links: probing, capacity, membership -------------------------------------------
@@ -125,7 +128,9 @@ async def test_a_joined_worker_is_used_then_forgotten_when_silent(network: FakeN
         links.forget_silent(now=20.0, silence_s=5.0)
         assert links.links == [] and network.workers[W1].closed is False  # closing, soon
         await until(lambda: network.workers[W1].closed, "its channel closed")
-        running_call(network.workers[W1], job).break_with(grpc.StatusCode.CANCELLED, "closed")
+        (await running_call(network.workers[W1], job)).break_with(
+            grpc.StatusCode.CANCELLED, "closed"
+        )
         await until(lambda: job.state is State.PENDING, "the job requeued")
         assert not links.heartbeat(W1, now=21.0)  # it must join again
 
@@ -138,7 +143,7 @@ async def test_a_job_runs_reports_progress_and_succeeds(network: FakeNetwork) ->
     (job,) = submit(store, "a")
     async with started(store, network) as dispatcher:
         await until(lambda: job.state is State.RUNNING, "dispatch")
-        call = running_call(network.workers[W1], job)
+        call = await running_call(network.workers[W1], job)
         assert call.request.wsi_path == "s.svs" and call.request.attempt == 1  # root-relative
         call.progress(2, 8)
         await until(lambda: job.tiles_done == 2, "progress")
@@ -165,7 +170,7 @@ async def test_a_result_a_worker_should_not_give_fails_the_job_cleanly(
     (job,) = submit(store, "a")
     async with started(store, network):
         await until(lambda: job.state is State.RUNNING, "dispatch")
-        call = running_call(network.workers[W1], job)
+        call = await running_call(network.workers[W1], job)
         call.succeed(files={name: path.format(job=job.job_id)})
         await until(lambda: job.state is State.FAILED, "refused")
         assert "the worker's answer was refused" in job.error and not job.result_files
@@ -178,7 +183,7 @@ async def test_a_worker_lost_mid_job_requeues_it_at_the_head(network: FakeNetwor
     async with started(store, network) as dispatcher:
         links = dispatcher.links
         await until(lambda: second.state is State.RUNNING, "both running")
-        call = running_call(network.workers[W1], first)
+        call = await running_call(network.workers[W1], first)
         call.progress(3, 8)
         await until(lambda: first.tiles_done == 3, "progress")
         network.workers[W1].up = False
@@ -201,7 +206,7 @@ async def test_a_job_whose_worker_goes_silent_is_taken_back_and_retried(
     (job,) = submit(store, "a")
     async with started(store, network, job_silence_s=1.0) as dispatcher:
         await until(lambda: job.state is State.RUNNING, "dispatch")
-        silent = running_call(network.workers[W1], job)
+        silent = await running_call(network.workers[W1], job)
         await until(lambda: job.attempt == 2, "the retry", within_s=3.0)
         assert silent.cancelled and job.state is State.RUNNING
         again = network.workers[W1].calls[-1]
