@@ -28,6 +28,7 @@ import openslide
 
 from bench.slide_generator import slide_path
 from tests.harness import ROOT, Service, start_scheduler, start_worker
+from tests.processes import cpu_seconds
 from worker_service.analysis.merge import keep_owned
 from worker_service.analysis.nuclei import (
     NucleusParams,
@@ -120,26 +121,6 @@ def peak_rss_mb(service: Service) -> dict[str, float]:
     }
 
 
-def cpu_seconds(service: Service) -> float:
-    """User and system CPU seconds of the worker and its pool processes so
-    far: on a shared VM, time stolen by other guests is not in it, so the
-    ratio of two jobs' CPU seconds is steadier than that of their wall time."""
-    pids = [service.process.pid] + [
-        int(pid)
-        for pid in subprocess.run(
-            ["pgrep", "-P", str(service.process.pid)], capture_output=True, text=True
-        ).stdout.split()
-    ]
-    ticks = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # ended in between
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def through_services(
     path: Path,
     job_type: int,
@@ -170,7 +151,7 @@ def through_services(
         stub = pb_grpc.SchedulerStub(channel)
         metadata = (("x-user-id", "bench"),)
         time.sleep(1.0)  # the scheduler learns the worker's slots
-        cpu_before = cpu_seconds(worker)
+        cpu_before = cpu_seconds(worker.process.pid)
         started = time.perf_counter()
         wf = stub.CreateWorkflow(
             pb.CreateWorkflowRequest(
@@ -192,7 +173,7 @@ def through_services(
             if event.job.state in TERMINAL:
                 break
         seconds = time.perf_counter() - started
-        cpu = cpu_seconds(worker) - cpu_before
+        cpu = cpu_seconds(worker.process.pid) - cpu_before
         job = stub.GetWorkflow(
             pb.GetWorkflowRequest(workflow_id=wf.workflow_id), metadata=metadata
         ).jobs[0]

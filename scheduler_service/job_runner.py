@@ -157,7 +157,8 @@ class JobRunner:
         try:
             while True:
                 try:
-                    update = await asyncio.wait_for(anext(updates), self.job_silence_s)
+                    async with asyncio.timeout(self.job_silence_s):
+                        update = await anext(updates)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:

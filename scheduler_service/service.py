@@ -47,7 +47,6 @@ from wsi_runtime.limits import RateLimiter, retry_after
 from wsi_runtime.slide_paths import SlidePathError, check_slide_format, resolve_slide
 
 if TYPE_CHECKING:
-    from scheduler_service.events import Subscription
     from wsi_runtime.serving import Context
 
 log = logging.getLogger("wsi.scheduler")
@@ -292,8 +291,21 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             # when the client already has the terminal state.
             if wf.terminal and last >= wf.feed.sequence:
                 return
+            # Identity is read when a call starts; a watch may stay open for days,
+            # so its credential is checked again every IDENTITY_RECHECK_S.
+            recheck_at = time.monotonic() + IDENTITY_RECHECK_S
             while True:
-                event = await self._next_event(subscription, context, user)
+                quiet = False
+                try:
+                    async with asyncio.timeout(max(0.0, recheck_at - time.monotonic())):
+                        event = await subscription.next()
+                except TimeoutError:
+                    quiet = True
+                if time.monotonic() >= recheck_at:
+                    await self.authenticate.confirm(context, user)
+                    recheck_at = time.monotonic() + IDENTITY_RECHECK_S
+                if quiet:
+                    continue
                 if event is None:  # fell behind: resynchronise
                     event = self._snapshot(wf)
                 elif event.sequence <= last:
@@ -305,23 +317,6 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         finally:
             subscription.close()
             self.watch_streams -= 1
-
-    async def _next_event(
-        self, subscription: Subscription, context: Context, user: str
-    ) -> pb.WorkflowEvent | None:
-        """The watch's next event; meanwhile, every ``IDENTITY_RECHECK_S``, the
-        caller's credential checked again (identity is otherwise read only
-        when a call starts, and a watch may stay open for days)."""
-        while True:
-            try:
-                event: pb.WorkflowEvent | None = await asyncio.wait_for(
-                    subscription.next(), IDENTITY_RECHECK_S
-                )
-            except TimeoutError:
-                await self.authenticate.confirm(context, user)
-                continue
-            await self.authenticate.confirm(context, user)
-            return event
 
     def _snapshot(self, wf: WorkflowRecord) -> pb.WorkflowEvent:
         return convert.snapshot_event(self.store, wf, self.clock())

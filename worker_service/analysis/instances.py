@@ -65,16 +65,18 @@ def labels_from_logits(logits: Maps, params: InstanceParams) -> Labels:
     count, markers = cv2.connectedComponents(seeds.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
     if count <= 1:
         return np.zeros(distance.shape, np.int32)
-    # Small seeds cleared, working on the seed pixels only (a tenth of a tile).
-    seeded = np.flatnonzero(markers)
-    owners = markers.ravel()[seeded]
-    small = np.bincount(owners, minlength=count) < params.min_seed_px
-    markers.ravel()[seeded[small[owners]]] = 0
+    markers = _without_small(markers, count, params.min_seed_px)
     labels = morphology.flood(-distance.astype(np.float32), markers, nucleus.view(np.uint8))
-    # Small nuclei dropped and the rest numbered 1.. (on the labelled pixels only).
+    return _without_small(labels, count, params.min_area_px)
+
+
+def _without_small(labels: Labels, count: int, min_px: int) -> Labels:
+    """``labels`` (ids below ``count``) less those under ``min_px`` pixels,
+    the rest numbered 1.. in their order; worked on the labelled pixels only
+    (a tenth to a third of a tile)."""
     labelled = np.flatnonzero(labels)
     owners = labels.ravel()[labelled]
-    keep = np.bincount(owners, minlength=count) >= params.min_area_px
+    keep = np.bincount(owners, minlength=count) >= min_px
     keep[0] = False
     renumbered = np.zeros(len(keep), np.int32)
     renumbered[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)

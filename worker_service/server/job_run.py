@@ -89,7 +89,8 @@ class JobRun:
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(self._updates.get(), HEARTBEAT_S)
+                    async with asyncio.timeout(HEARTBEAT_S):
+                        item = await self._updates.get()
                 except TimeoutError:  # a long phase or tile: say the job is alive
                     yield pb.JobUpdate(heartbeat=pb.Heartbeat())
                     continue

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -161,28 +160,19 @@ def nucleus_feature_text(
     """``nucleus_feature`` as the compact JSON that cells.geojson holds: the
     bytes ``json.dumps`` gives (ASCII: byte offsets into the file are
     character offsets), from orjson, which encodes the rounded array as it is
-    (about 5x faster; a nucleus's JSON was a fifth of a learned tile's work)."""
+    (about 5x faster; a nucleus's JSON was a fifth of a learned tile's work).
+    orjson writes UTF-8: the micro sign of two measurement names is escaped
+    here; any other character json.dumps would escape sends the feature
+    through json.dumps itself."""
     feature = _detection(feature_id, np.round(polygon, 2), measurements)
-    return _as_ascii(orjson.dumps(feature, option=orjson.OPT_SERIALIZE_NUMPY).decode())
-
-
-_NOT_ASCII = re.compile(r"[^\x00-\x7e]")  # what json.dumps escapes, DEL included
-MICRO = "\N{MICRO SIGN}"  # in two measurement names: escaped by str.replace, fast
-
-
-def _escaped(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    code -= 0x10000  # beyond the BMP: a surrogate pair, as json.dumps writes it
-    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
-
-
-def _as_ascii(text: str) -> str:
-    """JSON text with every character json.dumps would escape escaped (only
-    strings hold any)."""
+    text = orjson.dumps(feature, option=orjson.OPT_SERIALIZE_NUMPY).decode()
     text = text.replace(MICRO, "\\u00b5")
-    return text if text.isascii() and "\x7f" not in text else _NOT_ASCII.sub(_escaped, text)
+    if text.isascii() and "\x7f" not in text:
+        return text
+    return json.dumps(nucleus_feature(feature_id, polygon, measurements), separators=(",", ":"))
+
+
+MICRO = "\N{MICRO SIGN}"
 
 
 def tissue_feature(
