@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     QuantFormat,
@@ -25,10 +26,14 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from worker_service.backends.learned import (
+    INPUT_SCALE,
+    INPUT_ZERO_POINT,
     INT8_FILE,
     ONNX_FILE,
     OnnxEngine,
+    centred,
     model_input,
+    pixel_blocks,
 )
 from wsi_training import data
 from wsi_training.train import learned_scores
@@ -44,10 +49,52 @@ class Crops(CalibrationDataReader):  # type: ignore[misc]
         for example in examples:
             crops.append(example.rgb[:CALIBRATION_CROP, :CALIBRATION_CROP])
             crops.append(example.rgb[-CALIBRATION_CROP:, -CALIBRATION_CROP:])
-        self._batches = iter([{"rgb": model_input(crop)[None]} for crop in crops])
+        self._batches = iter(
+            [{"rgb": centred(pixel_blocks(model_input(crop)[None]))} for crop in crops]
+        )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
+
+
+def bytes_in(path: Path) -> None:
+    """Makes the quantised graph take its input already quantised: the
+    QuantizeLinear of the input (behind the layout change, if any) is taken
+    out, the input becomes uint8, and its scale and zero point go into the
+    file's metadata, from which ``OnnxEngine`` makes a table of the 256
+    values: each pixel value quantised once instead of each pixel of each
+    tile converted to float and back (the same bytes reach the first
+    convolution)."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    (source,) = graph.input
+    layout = {source.name}  # the input and what Transposes make of it
+    quantise = None
+    for node in graph.node:
+        if node.op_type == "Transpose" and node.input[0] in layout:
+            layout.add(node.output[0])
+        elif node.op_type == "QuantizeLinear" and node.input[0] in layout:
+            quantise = node
+            break
+    if quantise is None:
+        raise ValueError(f"{path}: no QuantizeLinear on the graph's input")
+    constants = {c.name: onnx.numpy_helper.to_array(c) for c in graph.initializer}
+    scale, zero_point = constants[quantise.input[1]], constants[quantise.input[2]]
+    if scale.size != 1 or zero_point.dtype != np.uint8:
+        raise ValueError(f"{path}: the input is not quantised per tensor to uint8")
+    for node in graph.node:
+        node.input[:] = [quantise.input[0] if n == quantise.output[0] else n for n in node.input]
+    graph.node.remove(quantise)
+    uint8 = onnx.TensorProto.UINT8
+    source.type.tensor_type.elem_type = uint8
+    for info in graph.value_info:
+        if info.name in layout:
+            info.type.tensor_type.elem_type = uint8
+    onnx.helper.set_model_props(
+        model, {INPUT_SCALE: repr(float(scale)), INPUT_ZERO_POINT: str(int(zero_point))}
+    )
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def scores(model: Path, examples: list[data.Example]) -> dict[str, Any]:
@@ -82,6 +129,7 @@ def main() -> None:
             # AVX2-only EPYC; 0.97 with reduce_range).
             reduce_range=True,
         )
+    bytes_in(target)
     result = {"float32": scores(source, validation), "int8": scores(target, validation)}
     log_path = args.weights / "training_log.json"
     if log_path.is_file():

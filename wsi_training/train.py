@@ -30,6 +30,8 @@ from worker_service.backends.learned import (
     SPACE_TO_DEPTH,
     WIDTHS,
     LearnedSegmenter,
+    centred,
+    pixel_blocks,
     pixels_from_blocks,
 )
 from worker_service.backends.unet import Blocks, UNet
@@ -52,9 +54,11 @@ class TrainingEngine:
         self.model, self.device = model, device
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
+        blocks = pixel_blocks(batch, self.model.space_to_depth)
+        tensor = torch.from_numpy(centred(blocks)).to(self.device)
         with torch.inference_mode():
-            blocks = self.model.blocks(torch.from_numpy(batch).to(self.device)).cpu().numpy()
-        return pixels_from_blocks(blocks, self.model.space_to_depth)
+            logits = self.model.blocks(tensor).cpu().numpy()
+        return pixels_from_blocks(logits, self.model.space_to_depth)
 
 
 Segment = Callable[[np.ndarray], np.ndarray]  # RGB to instance labels
@@ -186,7 +190,8 @@ def export(model: nn.Module, out: Path) -> dict[str, str]:
     weights = out / "nuclei_unet.pt"
     torch.save(model.state_dict(), weights)
     onnx_path = out / "nuclei_unet.onnx"
-    example = torch.zeros(1, 64, 64, 3)  # model_input: channels last
+    blocks = 3 * model.space_to_depth**2
+    example = torch.zeros(1, 32, 32, blocks)  # centred pixel_blocks, channels last
     torch.onnx.export(
         Blocks(model),
         (example,),

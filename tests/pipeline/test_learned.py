@@ -22,7 +22,10 @@ from worker_service.backends.learned import (
     LearnedSegmenter,
     OnnxEngine,
     TorchEngine,
+    centred,
     model_input,
+    pixel_blocks,
+    pixels_from_blocks,
 )
 from worker_service.pipeline.tile_pool import TilePool
 from wsi_runtime.synthetic_slides import SyntheticSlide
@@ -54,6 +57,24 @@ def test_onnx_runtime_and_pytorch_agree_on_the_cpu() -> None:
     assert onnx.shape == torch.shape == (3, 4, 256, 256)
     assert np.abs(onnx - torch).max() < LOGIT_TOLERANCE
     assert np.array_equal(onnx[:, :3].argmax(axis=1), torch[:, :3].argmax(axis=1))
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is an optional extra (pip install '.[gpu]')")
+def test_training_sees_the_pixel_blocks_the_engines_feed() -> None:
+    """The network as trained (RGB in, pixels out) and as the engines run it
+    (``pixel_blocks`` in, block logits shuffled back) are one function."""
+    import torch
+
+    from worker_service.backends.unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet().eval()
+    tile = cmu_tiles(1)[0]
+    with torch.inference_mode():
+        trained = model(torch.from_numpy(tile).permute(2, 0, 1)[None].float() / 255).numpy()
+        blocks = torch.from_numpy(centred(pixel_blocks(model_input(tile)[None])))
+        served = pixels_from_blocks(model.blocks(blocks).numpy())
+    assert np.abs(trained - served).max() < 1e-4
 
 
 def test_the_8_bit_model_finds_the_nuclei_of_the_float_model() -> None:

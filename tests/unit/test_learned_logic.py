@@ -1,5 +1,6 @@
 """The learned backend's pure parts: training targets from instance labels,
-instances from the model's maps, and the scores it is judged by."""
+instances from the model's maps, the model's input and output layouts, and
+the scores it is judged by."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from worker_service.analysis.instances import (
     labels_from_logits,
     logit,
 )
+from worker_service.backends.learned import pixel_blocks, pixels_from_blocks, quantised
 from wsi_training.metrics import score
 
 
@@ -120,3 +122,29 @@ def test_scores_of_known_cases() -> None:
     assert moved.matched == 2
     assert moved.aji == pytest.approx((12 + 16) / (20 + 16), abs=1e-4)
     assert score(truth, np.zeros_like(truth)).f1 == 0.0
+
+
+@pytest.mark.parametrize("s", [1, 2, 4])
+def test_pixel_blocks_put_each_pixel_where_the_network_expects_it(s: int) -> None:
+    rng = np.random.default_rng(s)
+    batch = rng.integers(0, 256, (2, 4 * s, 3 * s, 3), np.uint8)
+    blocks = pixel_blocks(batch, s)
+    assert blocks.shape == (2, 4, 3, 3 * s * s)
+    for n, y, x, c in [(0, 0, 0, 0), (1, 4 * s - 1, 3 * s - 1, 2), (1, s, 2 * s - 1, 1)]:
+        i, j = y % s, x % s
+        assert blocks[n, y // s, x // s, 3 * (s * i + j) + c] == batch[n, y, x, c]
+
+
+def test_block_logits_go_back_to_their_pixels() -> None:
+    s, maps = 2, 4
+    blocks = np.arange(1 * 3 * 5 * maps * s * s, dtype=np.float32).reshape(1, 3, 5, maps * s * s)
+    pixels = pixels_from_blocks(blocks, s)
+    assert pixels.shape == (1, maps, 3 * s, 5 * s)
+    for k, y, x in [(0, 0, 0), (3, 5, 9), (2, 4, 1)]:
+        i, j = y % s, x % s
+        assert pixels[0, k, y, x] == blocks[0, y // s, x // s, k * s * s + i * s + j]
+
+
+def test_quantised_input_rounds_half_to_even_and_clips() -> None:
+    values = np.array([-1.0, -0.25, 0.0, 0.125, 0.375, 0.25, 99.0], np.float32)
+    assert quantised(values, 0.25, 2).tolist() == [0, 1, 2, 2, 4, 3, 255]

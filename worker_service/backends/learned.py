@@ -40,13 +40,22 @@ SPACE_TO_DEPTH = 2  # it works on 2 x 2 blocks of pixels (unet.py)
 MULTIPLE = SPACE_TO_DEPTH * 2 ** (len(WIDTHS) - 1)
 
 
+PixelBlocks = npt.NDArray[np.uint8]  # (N, H/s, W/s, 3 s^2): pixel_blocks
+
+
 class Engine(Protocol):
-    def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """(N, 4, H, W) logits of a batch of ``model_input``."""
+    def logits(self, batch: RGB) -> npt.NDArray[np.float32]:
+        """(N, 4, H, W) logits of a batch of ``model_input``, (N, H, W, 3)."""
         ...
 
 
 class OnnxEngine:
+    """A graph whose input is float (``centred`` pixel blocks) or, for the
+    8-bit one, their quantised bytes: ``wsi_training.quantise`` moved the input's
+    quantisation out of the graph, and its scale and zero point into the
+    file's metadata, so that each pixel value is quantised once, by a table,
+    instead of each pixel of each tile converted to float and back."""
+
     def __init__(self, model: Path = INT8_FILE, threads: int = 1) -> None:
         import onnxruntime
 
@@ -56,10 +65,38 @@ class OnnxEngine:
         self._session = onnxruntime.InferenceSession(
             str(model), options, providers=["CPUExecutionProvider"]
         )
+        self._table: npt.NDArray[np.uint8] | None = None
+        if self._session.get_inputs()[0].type == "tensor(uint8)":
+            metadata = self._session.get_modelmeta().custom_metadata_map
+            self._table = quantised(
+                centred(np.arange(256, dtype=np.uint8)),
+                float(metadata[INPUT_SCALE]),
+                int(metadata[INPUT_ZERO_POINT]),
+            )
 
-    def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        (blocks,) = self._session.run(None, {"rgb": batch})
+    def logits(self, batch: RGB) -> npt.NDArray[np.float32]:
+        blocks = pixel_blocks(batch)
+        if self._table is None:
+            feed: npt.NDArray[Any] = centred(blocks)
+        else:
+            rows = blocks.reshape(-1, blocks.shape[-2] * blocks.shape[-1])
+            feed = cv2.LUT(rows, self._table).reshape(blocks.shape)
+        (blocks,) = self._session.run(None, {"rgb": feed})
         return pixels_from_blocks(blocks)
+
+
+# Metadata of the 8-bit graph: the quantisation of its (centred) input.
+INPUT_SCALE, INPUT_ZERO_POINT = "input_scale", "input_zero_point"
+
+
+def quantised(
+    values: npt.NDArray[np.float32], scale: float, zero_point: int
+) -> npt.NDArray[np.uint8]:
+    """ONNX QuantizeLinear to uint8: round half to even of value / scale (in
+    float32, as ONNX Runtime divides), plus the zero point, clipped."""
+    steps = np.rint(values / np.float32(scale)) + zero_point
+    result: npt.NDArray[np.uint8] = np.clip(steps, 0, 255).astype(np.uint8)
+    return result
 
 
 class TorchEngine:
@@ -76,9 +113,9 @@ class TorchEngine:
         model = model.eval().to(self.device)
         self._model = model.half() if self.half else model
 
-    def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    def logits(self, batch: RGB) -> npt.NDArray[np.float32]:
         torch = self._torch
-        tensor = torch.from_numpy(batch).to(self.device)
+        tensor = torch.from_numpy(centred(pixel_blocks(batch))).to(self.device)
         if self.half:
             tensor = tensor.half()
         with torch.inference_mode():
@@ -201,15 +238,32 @@ class LearnedSegmenter(BatchedModel):
         return result
 
 
-def model_input(rgb: RGB) -> npt.NDArray[np.float32]:
-    """(H', W', 3) float RGB centred on 0 (-0.5 to 0.5), channels last as the
-    tile comes, padded at the bottom and right (edge pixels repeated) to
+def model_input(rgb: RGB) -> RGB:
+    """The tile padded at the bottom and right (edge pixels repeated) to
     multiples of ``MULTIPLE``; crop the output back."""
     height, width = rgb.shape[:2]
     pad_h, pad_w = -height % MULTIPLE, -width % MULTIPLE
     if pad_h or pad_w:
         rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    result: npt.NDArray[np.float32] = rgb.astype(np.float32)
+    return rgb
+
+
+def pixel_blocks(batch: RGB, space_to_depth: int = SPACE_TO_DEPTH) -> PixelBlocks:
+    """A batch of ``model_input``, (N, H, W, 3), as the network's s x s pixel
+    blocks, (N, H/s, W/s, 3 s^2), channel 3 (s i + j) + c for colour c of
+    pixel (i, j) of its block: a pixel unshuffle, done on bytes before the
+    graph (inside it, it moved floats between layouts)."""
+    s = space_to_depth
+    n, height, width = batch.shape[:3]
+    rows = np.ascontiguousarray(batch).reshape(n * height // s, s, width // s, 3 * s)
+    # Row i of each block, its s pixels' colours side by side, as one channel group.
+    blocks: PixelBlocks = cv2.merge([rows[:, i] for i in range(s)])
+    return blocks.reshape(n, height // s, width // s, 3 * s * s)
+
+
+def centred(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """What the float network takes: pixel values / 255 - 0.5."""
+    result: npt.NDArray[np.float32] = pixels.astype(np.float32)
     result *= 1 / 255
     result -= 0.5
     return result

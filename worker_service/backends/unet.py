@@ -24,11 +24,10 @@ from worker_service.backends.learned import SPACE_TO_DEPTH, WIDTHS
 OUTPUTS = CLASSES + 1  # the class logits and the distance logit
 
 
-def _conv(inputs: int, outputs: int, size: int = 3, stride: int = 1) -> nn.Sequential:
-    """Convolution, batch norm, ReLU; "same" padding in units of the stride."""
-    padding = stride * (size // stride // 2)
+def _conv(inputs: int, outputs: int) -> nn.Sequential:
+    """3 x 3 convolution ("same" padding), batch norm, ReLU."""
     return nn.Sequential(
-        nn.Conv2d(inputs, outputs, size, stride, padding=padding, bias=False),
+        nn.Conv2d(inputs, outputs, 3, padding=1, bias=False),
         nn.BatchNorm2d(outputs),
         nn.ReLU(inplace=True),
     )
@@ -37,25 +36,26 @@ def _conv(inputs: int, outputs: int, size: int = 3, stride: int = 1) -> nn.Seque
 class UNet(nn.Module):  # type: ignore[misc]
     """``forward`` (training): (N, 3, H, W) float RGB in [0, 1], H and W
     multiples of ``learned.MULTIPLE``, to (N, 4, H, W) logits. ``blocks``
-    (the worker's engines, the exported graph): what ``learned.model_input``
-    gives, (N, H, W, 3) RGB centred on 0, to (N, H/s, W/s, 4 s^2) logits of
-    s x s blocks, channels last (``learned.pixels_from_blocks``).
+    (the worker's engines, the exported graph): ``learned.pixel_blocks``,
+    ``learned.centred``, (N, H/s, W/s, 3 s^2), to (N, H/s, W/s, 4 s^2)
+    logits of the same blocks, channels last (``learned.pixels_from_blocks``).
 
     ``space_to_depth`` s > 1: the network works on s x s blocks of pixels,
     so on s^2 times fewer positions without losing any of the input's
-    pixels. Its first convolution (s k) x (s k) of stride s over the pixels is
-    a pixel unshuffle followed by a k x k convolution in one operation; each
-    output position holds the 4 logits of its s^2 pixels. Both ends stay
-    channels last, so ONNX Runtime's int8 graph moves no data between layouts
-    (each such move, and a pixel shuffle inside the graph, cost it more than
-    a convolution)."""
+    pixels: its first convolution, over each block's 3 s^2 values, sees the
+    same pixels as an (s k) x (s k) convolution of stride s over the image.
+    Each output position holds the 4 logits of its s^2 pixels. The blocks are
+    made and undone outside the graph (on bytes, and as runs of floats), and
+    both ends stay channels last, so ONNX Runtime's int8 graph moves no data
+    between layouts (each such move, and a pixel shuffle inside the graph,
+    cost it more than a convolution)."""
 
     def __init__(
         self, widths: tuple[int, ...] = WIDTHS, space_to_depth: int = SPACE_TO_DEPTH
     ) -> None:
         super().__init__()
         self.space_to_depth = s = space_to_depth
-        self.stem = _conv(3, widths[0], size=3 * s, stride=s)
+        self.stem = _conv(3 * s * s, widths[0])
         self.down = nn.ModuleList(
             nn.Sequential(_conv(widths[i - 1], widths[i]), _conv(widths[i], widths[i]))
             for i in range(1, len(widths))
@@ -87,8 +87,12 @@ class UNet(nn.Module):  # type: ignore[misc]
         return self.head(x).permute(0, 2, 3, 1)
 
     def forward(self, x: Any) -> Any:
-        out = self.blocks((x - 0.5).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return nn.functional.pixel_shuffle(out, self.space_to_depth)
+        s = self.space_to_depth
+        n, _, height, width = x.shape
+        # learned.pixel_blocks: (n, c, Y, i, X, j) -> (n, Y, X, i, j, c)
+        blocks = (x - 0.5).reshape(n, 3, height // s, s, width // s, s).permute(0, 2, 4, 3, 5, 1)
+        out = self.blocks(blocks.reshape(n, height // s, width // s, 3 * s * s))
+        return nn.functional.pixel_shuffle(out.permute(0, 3, 1, 2), s)
 
 
 class Blocks(nn.Module):  # type: ignore[misc]
