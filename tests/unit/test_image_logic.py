@@ -50,15 +50,14 @@ def test_any_centroid_is_owned_by_exactly_one_tile(cx: float, cy: float, overlap
 
 def test_keep_owned_moves_to_level_0() -> None:
     tile = tile_grid(1024, 1024, 512, 64)[1]  # x = 448
-    (kept,) = keep_owned(
-        tile,
-        [Nucleus((100.0, 50.0), np.array([(100.0, 40.0), (110.0, 50.0), (100.0, 60.0)]), 7)],
-        4.0,
-    )
-    assert kept.centroid == ((448 + 100) * 4.0, 50 * 4.0)
-    assert tuple(kept.polygon[0]) == ((448 + 100) * 4.0, 40 * 4.0)
-    in_the_overlap = Nucleus((5.0, 5.0), np.array([(5.0, 5.0)]), 1)
-    assert keep_owned(tile, [in_the_overlap], 1.0) == []
+    in_the_overlap = Nucleus((5.0, 5.0), np.array([(5.0, 5.0), (6.0, 5.0), (5.0, 5.0)]), 1)
+    ring = np.array([(100.0, 40.0), (110.0, 50.0), (100.0, 60.0), (100.0, 40.0)])
+    kept = keep_owned(tile, [in_the_overlap, Nucleus((100.0, 50.0), ring, 7, 0.25)], 4.0)
+    assert len(kept) == 1
+    assert kept.centroids.tolist() == [[(448 + 100) * 4.0, 50 * 4.0]]
+    assert kept.polygon(0).tolist() == [[(448 + x) * 4.0, y * 4.0] for x, y in ring.tolist()]
+    assert kept.areas_px.tolist() == [7] and kept.stains.tolist() == [0.25]
+    assert len(keep_owned(tile, [in_the_overlap], 1.0)) == 0
 
 
 def test_tile_tissue_fractions_from_the_mask() -> None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from worker_service.analysis.measurements import nucleus_measurements
+from worker_service.analysis.measurements import nuclei_measurements, nucleus_measurements
 from worker_service.analysis.nuclei import haematoxylin, nuclei_from_labels
 
 
@@ -61,3 +61,25 @@ def test_mean_haematoxylin_is_over_the_nucleus_pixels_only() -> None:
         float(haematoxylin(rgb)[10:20, 10:20].mean()), rel=1e-5
     )
     assert nucleus.mean_haematoxylin > float(haematoxylin(rgb)[0:5, 0:5].mean())
+
+
+def test_a_tile_s_nuclei_measure_together_as_each_alone() -> None:
+    rings = [_circle(6.0) + 20, np.array([(0, 0), (10, 0), (10, 10), (0, 10), (0, 0)], float)]
+    rings.append(np.array([(0, 0), (10, 0), (10, 5), (5, 5), (5, 10), (0, 10), (0, 0)], float))
+    centroids = np.array([(20.0, 20.0), (5.0, 5.0), (4.0, 4.0)])
+    areas, stains = np.array([113.0, 100.0, 75.0]), np.array([0.2, 0.3, 0.4])
+    together = nuclei_measurements(
+        np.concatenate(rings),
+        np.cumsum([0, *(len(r) for r in rings)]),
+        centroids,
+        areas,
+        0.25,
+        stains,
+        pixel=2.0,
+    )
+    alone = [
+        nucleus_measurements(r, (float(c[0]), float(c[1])), float(a), 0.25, float(s), pixel=2.0)
+        for r, c, a, s in zip(rings, centroids, areas, stains, strict=True)
+    ]
+    assert together == alone
+    assert len({m["Circularity"] for m in together}) == 3

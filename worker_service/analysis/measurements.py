@@ -8,8 +8,59 @@ import math
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from worker_service.analysis.shapes import Ring
+
+Floats = npt.NDArray[np.float64]
+
+
+def nuclei_measurements(
+    points: Floats,
+    starts: npt.NDArray[np.int64],
+    centroids: Floats,
+    areas_px: npt.NDArray[np.floating],
+    mpp: float | None,
+    stains: Floats,
+    pixel: float = 1.0,
+) -> list[dict[str, float]]:
+    """QuPath-named measurements of n nuclei: outline k is ``points[starts[k]
+    : starts[k + 1]]`` (closed rings laid end to end), ``centroids`` (n, 2).
+    ``areas_px``: each nucleus's pixel count in level-0 pixels (what "Area"
+    has always reported); perimeter, circularity and solidity come from the
+    outline (4 pi area / perimeter^2, area / convex hull area; both 1 for a
+    disc, in (0, 1]) simplified by half a ``pixel`` (the segmented image's
+    pixel, in level-0 px): the half-pixel steps a pixel outline takes would
+    add a fifth to a small nucleus's perimeter and make a disc look 0.74
+    round."""
+    count = len(centroids)
+    traced = np.ascontiguousarray(points, dtype=np.float32)
+    outline_area, perimeter, hull_area = np.zeros(count), np.zeros(count), np.zeros(count)
+    for k, (start, stop) in enumerate(zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True)):
+        ring = cv2.approxPolyDP(traced[start:stop], 0.5 * pixel, True)
+        outline_area[k] = cv2.contourArea(ring)
+        perimeter[k] = cv2.arcLength(ring, True)
+        hull_area[k] = cv2.contourArea(cv2.convexHull(ring))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        circularity = np.where(perimeter > 0, 4 * math.pi * outline_area / perimeter**2, 0.0)
+        solidity = np.where(hull_area > 0, outline_area / hull_area, 0.0)
+    # name: (values, decimals); rounded by Python's round, which rounds the
+    # decimal value of each float correctly (numpy's scales it first).
+    columns: dict[str, tuple[npt.NDArray[np.floating], int]] = {
+        "Centroid X px": (centroids[:, 0], 2),
+        "Centroid Y px": (centroids[:, 1], 2),
+        "Area px^2": (areas_px, 2),
+        "Perimeter px": (perimeter, 2),
+    }
+    if mpp:
+        columns["Area µm^2"] = (areas_px * mpp * mpp, 3)
+        columns["Perimeter µm"] = (perimeter * mpp, 3)
+    columns["Circularity"] = (np.minimum(circularity, 1.0), 4)
+    columns["Solidity"] = (np.minimum(solidity, 1.0), 4)
+    columns["Hematoxylin OD mean"] = (stains, 4)
+    rounded = [[round(v, places) for v in values.tolist()] for values, places in columns.values()]
+    names = list(columns)
+    return [dict(zip(names, row, strict=True)) for row in zip(*rounded, strict=True)]
 
 
 def nucleus_measurements(
@@ -20,30 +71,14 @@ def nucleus_measurements(
     mean_haematoxylin: float,
     pixel: float = 1.0,
 ) -> dict[str, float]:
-    """QuPath-named measurements. ``area_px``: the nucleus's pixel count in
-    level-0 pixels (what "Area" has always reported); perimeter, circularity
-    and solidity come from the outline (4 pi area / perimeter^2, area /
-    convex hull area; both 1 for a disc, in (0, 1]) simplified by half a
-    ``pixel`` (the segmented image's pixel, in level-0 px): the half-pixel
-    steps a pixel outline takes would add a fifth to a small nucleus's
-    perimeter and make a disc look 0.74 round."""
-    traced = np.ascontiguousarray(polygon, dtype=np.float32).reshape(-1, 1, 2)
-    ring = cv2.approxPolyDP(traced, 0.5 * pixel, True)
-    outline_area = float(cv2.contourArea(ring))
-    perimeter = float(cv2.arcLength(ring, True))
-    hull_area = float(cv2.contourArea(cv2.convexHull(ring)))
-    circularity = 4 * math.pi * outline_area / (perimeter * perimeter) if perimeter else 0.0
-    solidity = outline_area / hull_area if hull_area else 0.0
-    measured = {
-        "Centroid X px": round(centroid[0], 2),
-        "Centroid Y px": round(centroid[1], 2),
-        "Area px^2": round(area_px, 2),
-        "Perimeter px": round(perimeter, 2),
-    }
-    if mpp:
-        measured["Area µm^2"] = round(area_px * mpp * mpp, 3)
-        measured["Perimeter µm"] = round(perimeter * mpp, 3)
-    measured["Circularity"] = round(min(circularity, 1.0), 4)
-    measured["Solidity"] = round(min(solidity, 1.0), 4)
-    measured["Hematoxylin OD mean"] = round(mean_haematoxylin, 4)
+    """``nuclei_measurements`` of one nucleus."""
+    (measured,) = nuclei_measurements(
+        np.asarray(polygon, np.float64),
+        np.array([0, len(polygon)], np.int64),
+        np.array([centroid], np.float64),
+        np.array([area_px], np.float64),
+        mpp,
+        np.array([mean_haematoxylin], np.float64),
+        pixel,
+    )
     return measured

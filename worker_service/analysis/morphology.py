@@ -53,8 +53,16 @@ def fill_holes(mask: Mask) -> Mask:
 
 def distance_to_background(mask: Mask) -> Image32:
     """Exact Euclidean distance of each foreground pixel to the nearest
-    background pixel (``ndimage.distance_transform_edt``)."""
+    background pixel (``ndimage.distance_transform_edt``), the same on every
+    run: OpenCV 5.1's exact transform, on one thread as the worker's pool
+    runs it, is sometimes a unit in the last place off, and not always at the
+    same pixels (a tie in the nuclei's markers then fell another way on a
+    rerun). Each distance is the root of a whole number of squared pixels:
+    that number is recovered from the result and its root taken again."""
     result: Image32 = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    np.multiply(result, result, out=result)
+    np.rint(result, out=result)
+    np.sqrt(result, out=result)
     return result
 
 

@@ -157,52 +157,62 @@ def outlines(traced: Traced) -> list[Ring]:
     squares draws it: every traced boundary pixel centre moved half a pixel
     across the edges it leaves and reaches (0.35 px across a diagonal one), so
     straight runs sit on the pixel edge, diagonal runs on the midpoints, and
-    a corner is cut between the midpoints of its two edges."""
+    a corner is cut between the midpoints of its two edges. (All rings at
+    once, x and y apart: numpy is slow on the short axis of (n, 2) arrays.)"""
     if not len(traced):
         return []
     lengths = np.array([len(b) for b in traced.boundaries])
-    points = np.concatenate(traced.boundaries).astype(np.float64)
-    nxt = _next_in_ring(lengths)
-    prev = np.empty_like(nxt)
-    prev[nxt] = np.arange(len(nxt))
+    points = np.concatenate(traced.boundaries)
+    x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
+    nxt, prev = _neighbours_in_ring(lengths)
     starts = np.cumsum(lengths) - lengths
-    edges = points[nxt] - points
-    cross = points[:, 0] * points[nxt, 1] - points[nxt, 0] * points[:, 1]
-    orientation = np.repeat(np.where(np.add.reduceat(cross, starts) >= 0, 1.0, -1.0), lengths)
-    normals = np.stack([edges[:, 1], -edges[:, 0]], axis=1) * orientation[:, None]
-    across = 0.5 * normals / np.maximum((normals**2).sum(axis=1, keepdims=True), 1.0)
+    dx, dy = x[nxt] - x, y[nxt] - y
+    cross = x * y[nxt] - x[nxt] * y
+    # Half the outward normal of each edge over its squared length (at least 1).
+    half = np.repeat(np.where(np.add.reduceat(cross, starts) >= 0, 0.5, -0.5), lengths)
+    squared = np.maximum(dx * dx + dy * dy, 1.0)
+    across_x, across_y = dy * half / squared, -dx * half / squared
     # Two candidate points per boundary pixel, one per edge; one where they agree.
-    moved = np.stack([points + across[prev], points + across], axis=1)
-    distinct = np.ones((len(points), 2), bool)
-    distinct[:, 1] = np.any(across != across[prev], axis=1)
-    flat, kept_per_ring = _without_straight_through(
-        moved[distinct], np.add.reduceat(distinct.sum(axis=1), starts)
+    second = (across_x != across_x[prev]) | (across_y != across_y[prev])
+    pick = np.ones(2 * len(x), bool)
+    pick[1::2] = second
+    moved_x, moved_y = np.empty(2 * len(x)), np.empty(2 * len(x))
+    moved_x[0::2], moved_x[1::2] = x + across_x[prev], x + across_x
+    moved_y[0::2], moved_y[1::2] = y + across_y[prev], y + across_y
+    flat_x, flat_y, kept = _without_straight_through(
+        moved_x[pick], moved_y[pick], lengths + np.add.reduceat(second, starts)
     )
-    rings = []
-    offset = 0
-    for start, length, kept in zip(
-        starts.tolist(), lengths.tolist(), kept_per_ring.tolist(), strict=True
-    ):
-        if length <= 2:  # one or two pixels: the box around their squares
-            raw = points[start : start + length]
-            (x0, y0), (x1, y1) = raw.min(axis=0) - 0.5, raw.max(axis=0) + 0.5
-            ring = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
-        else:
-            ring = flat[offset : offset + kept]
-        offset += kept
-        rings.append(np.concatenate([ring, ring[:1]]))
+    # Each ring closed by its first point again, all in one array.
+    closed = kept + 1
+    kept_starts = np.cumsum(kept) - kept
+    place = np.arange(int(closed.sum())) - np.repeat(np.cumsum(closed) - closed, closed)
+    source = np.repeat(kept_starts, closed) + np.where(place == np.repeat(kept, closed), 0, place)
+    rings = np.split(np.stack([flat_x[source], flat_y[source]], axis=1), np.cumsum(closed)[:-1])
+    for index in np.flatnonzero(lengths <= 2).tolist():  # one or two pixels: their squares' box
+        raw = points[starts[index] : starts[index] + lengths[index]].astype(np.float64)
+        (x0, y0), (x1, y1) = raw.min(axis=0) - 0.5, raw.max(axis=0) + 0.5
+        rings[index] = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)])
     return rings
 
 
-def _without_straight_through(points: Ring, lengths: Ints) -> tuple[Ring, Ints]:
-    """Rings laid end to end, less every point that lies on the straight line
-    through its neighbours: the same polygons in about half the points."""
+def _neighbours_in_ring(lengths: Ints) -> tuple[Ints, Ints]:
+    """For points of rings laid end to end, each one's successor and predecessor."""
     nxt = _next_in_ring(lengths)
     prev = np.empty_like(nxt)
     prev[nxt] = np.arange(len(nxt))
-    before, after = points - points[prev], points[nxt] - points
-    turn = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
-    onward = (before * after).sum(axis=1) > 0
+    return nxt, prev
+
+
+def _without_straight_through(
+    x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], lengths: Ints
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], Ints]:
+    """Rings laid end to end, less every point that lies on the straight line
+    through its neighbours: the same polygons in about half the points."""
+    nxt, prev = _neighbours_in_ring(lengths)
+    before_x, before_y = x - x[prev], y - y[prev]
+    after_x, after_y = x[nxt] - x, y[nxt] - y
+    turn = before_x * after_y - before_y * after_x
+    onward = before_x * after_x + before_y * after_y > 0
     keep = ~((np.abs(turn) < 1e-9) & onward) | (np.repeat(lengths, lengths) <= 4)
     ring_of = np.repeat(np.arange(len(lengths)), lengths)
-    return points[keep], np.bincount(ring_of[keep], minlength=len(lengths))
+    return x[keep], y[keep], np.bincount(ring_of[keep], minlength=len(lengths))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,14 @@ class Tile:
 
     def core_contains(self, cx: float, cy: float) -> bool:
         return self.core_x0 <= cx < self.core_x1 and self.core_y0 <= cy < self.core_y1
+
+    def core_holds(self, points: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+        """``core_contains`` of each (x, y) row of ``points``."""
+        x, y = points[:, 0], points[:, 1]
+        inside: npt.NDArray[np.bool_] = (
+            (self.core_x0 <= x) & (x < self.core_x1) & (self.core_y0 <= y) & (y < self.core_y1)
+        )
+        return inside
 
 
 def _axis_count(length: int, tile: int, stride: int) -> int:

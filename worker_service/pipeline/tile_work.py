@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 import openslide
 
-from worker_service.analysis.measurements import nucleus_measurements
-from worker_service.analysis.merge import SlideNucleus, keep_owned
+from worker_service.analysis.measurements import nuclei_measurements
+from worker_service.analysis.merge import OwnedNuclei, keep_owned
 from worker_service.analysis.nuclei import RGB
 from worker_service.analysis.tiling import Tile
 from worker_service.backends.base import Recipe, Segmenter
@@ -115,13 +115,8 @@ def _segmented(
     per_tile = (time.perf_counter() - started) / max(1, len(tasks))
     return [
         TileResult(
-            [
-                _feature(nucleus, task, feature_id)
-                for nucleus, feature_id in zip(
-                    nuclei, nucleus_ids(task, segmenter_name, len(nuclei)), strict=True
-                )
-            ],
-            [n.centroid for n in nuclei],
+            _features(nuclei, task, nucleus_ids(task, segmenter_name, len(nuclei))),
+            [(x, y) for x, y in nuclei.centroids.tolist()],
             per_tile,
             _bounds(nuclei),
         )
@@ -149,27 +144,27 @@ def nucleus_ids(task: TileTask, backend: str, count: int) -> list[str]:
     return ids
 
 
-def _feature(nucleus: SlideNucleus, task: TileTask, feature_id: str) -> str:
-    area_px0 = nucleus.area_px * task.downsample * task.downsample
-    measured = nucleus_measurements(
-        nucleus.polygon,
-        nucleus.centroid,
-        area_px0,
+def _features(nuclei: OwnedNuclei, task: TileTask, feature_ids: list[str]) -> list[str]:
+    pixel = task.downsample
+    measured = nuclei_measurements(
+        nuclei.points,
+        nuclei.starts,
+        nuclei.centroids,
+        nuclei.areas_px * (pixel * pixel),  # in level-0 pixels
         task.mpp,
-        nucleus.mean_haematoxylin,
-        pixel=task.downsample,
+        nuclei.stains,
+        pixel=pixel,
     )
-    return result_files.nucleus_feature_text(feature_id, nucleus.polygon, measured)
+    return result_files.nuclei_feature_texts(feature_ids, nuclei.points, nuclei.starts, measured)
 
 
-def _bounds(nuclei: Sequence[SlideNucleus]) -> npt.NDArray[np.float64]:
+def _bounds(nuclei: OwnedNuclei) -> npt.NDArray[np.float64]:
     """Each outline's box, widened by the rounding of the coordinates written
     (all of a tile's outlines in one pass: per outline it would cost more
     than the measurements)."""
-    if not nuclei:
+    if not len(nuclei):
         return np.zeros((0, 4))
-    points = np.concatenate([n.polygon for n in nuclei])
-    starts = np.cumsum([0] + [len(n.polygon) for n in nuclei[:-1]])
-    low = np.minimum.reduceat(points, starts, axis=0) - 0.01
-    high = np.maximum.reduceat(points, starts, axis=0) + 0.01
+    starts = nuclei.starts[:-1]
+    low = np.minimum.reduceat(nuclei.points, starts, axis=0) - 0.01
+    high = np.maximum.reduceat(nuclei.points, starts, axis=0) + 0.01
     return np.concatenate([low, high], axis=1)
