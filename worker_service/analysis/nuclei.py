@@ -166,10 +166,12 @@ def nuclei_from_labels(labels: Labels, rgb: RGB | None = None) -> list[Nucleus]:
 def haematoxylin_at(
     pixels: npt.NDArray[np.uint8], where: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.float32]:
-    """``haematoxylin`` of the (n, 3) ``pixels`` at indices ``where``."""
-    picked = pixels[where]
+    """``haematoxylin`` of the (n, 3) ``pixels`` at indices ``where`` (each
+    channel picked from its own plane: numpy gathers single bytes faster
+    than 3-byte rows)."""
+    red, green, blue = (plane.ravel()[where] for plane in cv2.split(pixels.reshape(-1, 1, 3)))
     table = _HAEMATOXYLIN_TABLE[:, 0]  # (256, 3): each channel's contribution
-    summed = table[picked[:, 0], 0] + table[picked[:, 1], 1] + table[picked[:, 2], 2]
+    summed = table[red, 0] + table[green, 1] + table[blue, 2]
     result: npt.NDArray[np.float32] = np.maximum(summed, 0)
     return result
 

@@ -58,13 +58,17 @@ def trace(labels: Labels, intensity: Intensity | None = None) -> Traced:
     ``intensity``: an image of the labels' shape, or what gives the values
     at given flat pixel indices (the labelled ones only)."""
     contours, _ = cv2.findContours(labels, cv2.RETR_FLOODFILL, cv2.CHAIN_APPROX_NONE)
-    largest: dict[int, npt.NDArray[np.int32]] = {}
-    for contour in contours:
-        x, y = contour[0, 0]
-        label = int(labels[y, x])  # traced around the region it starts in
-        if label and len(contour) > len(largest.get(label, ())):
-            largest[label] = contour.reshape(-1, 2)
-    order = np.array(sorted(largest), np.int64)
+    # Each label's longest contour (the first of equals), a contour being
+    # traced around the region it starts in.
+    starts = np.array([c[0, 0] for c in contours], np.int64).reshape(-1, 2)
+    lengths = np.array([len(c) for c in contours], np.int64)
+    starting = labels[starts[:, 1], starts[:, 0]].astype(np.int64)
+    ranked = np.lexsort((np.arange(len(contours)), -lengths, starting))
+    ranked = ranked[starting[ranked] > 0]
+    first = np.ones(len(ranked), bool)
+    first[1:] = starting[ranked[1:]] != starting[ranked[:-1]]
+    chosen = ranked[first]
+    order = starting[chosen]
     flat = labels.ravel()
     inside = np.flatnonzero(flat)
     owners = flat[inside]
@@ -82,7 +86,8 @@ def trace(labels: Labels, intensity: Intensity | None = None) -> Traced:
         values = intensity(inside) if callable(intensity) else intensity.ravel()[inside]
         sums = np.bincount(owners, weights=values, minlength=size)
         means = sums[order] / per_pixel
-    return Traced(order, [largest[int(label)] for label in order], areas, centroids, means)
+    boundaries = [contours[k].reshape(-1, 2) for k in chosen.tolist()]
+    return Traced(order, boundaries, areas, centroids, means)
 
 
 def convex_area_px(boundary: npt.NDArray[np.int32]) -> int:
