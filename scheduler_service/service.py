@@ -36,6 +36,7 @@ from scheduler_service.validation import (
     TooManyJobs,
     normalise_jobs,
 )
+from scheduler_service.viewer_gate import ViewerBusy, ViewerGate
 from scheduler_service.worker_proxy import WorkerRefusal, WorkerUnavailable
 from wsi_protocol import result_files
 from wsi_protocol.job_types import JobType
@@ -88,7 +89,7 @@ def status_for(exc: Exception) -> grpc.StatusCode | None:
         InvalidSpec | InvalidPageToken | MalformedRequest | InvalidSlideToken,
     ):
         return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, LimitExceeded | TooManyJobs):
+    if isinstance(exc, LimitExceeded | TooManyJobs | ViewerBusy):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(exc, JournalError | WorkerUnavailable):
         return grpc.StatusCode.UNAVAILABLE  # nothing was changed; the caller may retry
@@ -113,6 +114,8 @@ async def domain_errors(context: Context) -> AsyncIterator[None]:
         trailing: tuple[tuple[str, str], ...] = ((SERVER_ANSWER_METADATA, "1"),)
         if isinstance(exc, LimitExceeded) and exc.retry_after:
             trailing += ((RETRY_AFTER_METADATA, str(exc.retry_after)),)
+        if isinstance(exc, ViewerBusy):
+            trailing += ((RETRY_AFTER_METADATA, "1"),)
         message = str(exc)
         if isinstance(exc, JournalError):  # names the journal's file: for the log only
             log.error("journal failure answered UNAVAILABLE: %s", exc)
@@ -133,6 +136,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         min_tile_size: int = 0,
         authenticate: Authenticator | None = None,
         operators: frozenset[str] = frozenset(),
+        viewer_gate: ViewerGate | None = None,
     ) -> None:
         self.authenticate = authenticate or Authenticator(tokens=None)
         # Who sees workers' addresses and transport errors (internal details).
@@ -146,6 +150,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         self.watch_streams = 0
         self.limiter = limiter or RateLimiter(rate=0, burst=0)
         self.max_pending_per_user = max_pending_per_user
+        self.viewer_gate = viewer_gate or ViewerGate()
 
     def _check_rate(self, user: str) -> None:
         """Mutating calls only: reads and watches are never limited."""
@@ -341,7 +346,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         self, request: pb.GetSlideDeepZoomRequest, context: Context
     ) -> pb.DeepZoomInfo:
         user = await self.authenticate(context)
-        async with domain_errors(context):
+        async with domain_errors(context), self.viewer_gate.turn(user):
             job = self.store.job(user, request.job_id[:MAX_ID_LENGTH])
             return await self.dispatcher.proxy.deep_zoom(job)
         raise AssertionError("unreachable")
@@ -350,7 +355,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         self, request: pb.GetSlideTileRequest, context: Context
     ) -> pb.DeepZoomTile:
         user = await self.authenticate(context)
-        async with domain_errors(context):
+        async with domain_errors(context), self.viewer_gate.turn(user):
             job = self.store.job(user, request.job_id[:MAX_ID_LENGTH])
             if min(request.level, request.col, request.row) < 0:
                 raise NotFound(f"no tile {request.level}/{request.col}_{request.row}")
@@ -378,7 +383,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                 box = check_box((request.x0, request.y0, request.x1, request.y1))
             except BoxError as exc:
                 raise MalformedRequest(str(exc)) from None
-        async with domain_errors(context):
+        async with domain_errors(context), self.viewer_gate.turn(user):
             async for data in self.dispatcher.proxy.query_cells(job.worker, job.job_id, box):
                 yield pb.ResultChunk(data=data)
 
@@ -386,7 +391,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         self, request: pb.GetCellDensityRequest, context: Context
     ) -> pb.CellDensity:
         user = await self.authenticate(context)
-        async with domain_errors(context):
+        async with domain_errors(context), self.viewer_gate.turn(user):
             job = self._segmented_job(user, request.job_id)
             if not (math.isfinite(request.cell_px) and request.cell_px >= 0):
                 raise MalformedRequest("cell_px must be a finite number, 0 or more")

@@ -80,6 +80,7 @@ class WorkerLink:
     last_seen: float = 0.0  # of a joined worker: its last join or heartbeat (monotonic)
     removed: bool = False  # forgotten (left, or silent): no more jobs, no more probes
     backends: tuple[str, ...] = ()
+    worker_id: str = ""  # what the worker calls itself (GetInfo); "" from older workers
 
     @property
     def stub(self) -> wpb_grpc.WorkerAsyncStub:
@@ -220,16 +221,42 @@ class WorkerLinks:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max)
                 continue
-            delay = self.retry_initial
-            link.error, link.failed_probes = "", 0
             if link.removed:
                 return
+            twin = self._twin(link, info.worker_id)
+            if twin is not None:
+                # One worker under two addresses (localhost:P and 127.0.0.1:P):
+                # counted once; this address takes over if the other is lost.
+                link.error = f"the same worker as {twin.address}: counted once"
+                log.warning("worker %s is %s again: not counted twice", link.address, twin.address)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+                continue
+            delay = self.retry_initial
+            link.error, link.failed_probes = "", 0
+            link.worker_id = info.worker_id
             link.slots, link.connected = max(0, info.slots), True
             link.backends = tuple(info.backends)
             link.lost.clear()
             log.info("worker %s connected: %d slots", link.address, link.slots)
             self.on_change()
             await link.lost.wait()
+
+    def _twin(self, link: WorkerLink, worker_id: str) -> WorkerLink | None:
+        """Another connected link to the worker called ``worker_id``."""
+        if not worker_id:
+            return None
+        return next(
+            (
+                other
+                for other in self.links
+                if other is not link
+                and other.connected
+                and not other.removed
+                and other.worker_id == worker_id
+            ),
+            None,
+        )
 
     def mark_lost(self, link: WorkerLink, error: str = "") -> None:
         if link.connected:

@@ -70,12 +70,22 @@ class GatewaySettings:
     scheduler_credentials: grpc.ChannelCredentials | None = None  # TLS to the scheduler
 
 
+# Each stream's receive window stays at gRPC's 64 KB instead of growing by
+# bandwidth probes to megabytes: a streamed answer (a whole-slide box of
+# nuclei, a result file) then waits in the scheduler, not here, while the
+# HTTP client reads it; twenty at once cost this process tens of MB, not
+# hundreds. Loopback or a LAN fills 64 KB windows fast enough.
+SCHEDULER_CHANNEL = [("grpc.http2.bdp_probe", 0)]
+
+
 def create_app(settings: GatewaySettings) -> FastAPI:
     auth = GatewayAuth(settings.tokens)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        channel = tls.aio_channel(settings.scheduler_address, settings.scheduler_credentials)
+        channel = tls.aio_channel(
+            settings.scheduler_address, settings.scheduler_credentials, SCHEDULER_CHANNEL
+        )
         app.state.gateway = GatewayState(pb_grpc.SchedulerStub(channel), settings.keepalive_s, auth)
         yield
         await channel.close(grace=None)

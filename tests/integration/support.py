@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
+import httpx
 import pytest
 
 from tests.harness import CMU, Cluster, user
+from tests.timing import patience
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 # Nucleus segmentation of CMU-1-Small-Region in 256 px tiles: ~100 tissue tiles, a few
@@ -143,3 +147,17 @@ def json_documents(text: str) -> list[dict[str, object]]:
         documents.append(document)
         rest = rest[end:].strip()
     return documents
+
+
+def succeeded_over_http(
+    http: httpx.Client, workflow_id: str, who: dict[str, str], within_s: float = 120
+) -> dict[str, Any]:
+    """The workflow once it ends, through the gateway; it must have succeeded."""
+    deadline = time.monotonic() + patience(within_s)
+    while time.monotonic() < deadline:
+        wf: dict[str, Any] = http.get(f"/workflows/{workflow_id}", headers=who).json()
+        if wf["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            assert wf["state"] == "SUCCEEDED", wf
+            return wf
+        time.sleep(0.2)
+    raise TimeoutError(workflow_id)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import math
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from PIL import Image
 from shapely.geometry import shape
 
 from tests.harness import CMU, cluster_with_gateway
-from tests.timing import patience
+from tests.integration.support import succeeded_over_http
 
 ALICE = {"X-User-ID": "alice"}
 BOB = {"X-User-ID": "bob"}
@@ -31,17 +30,6 @@ class Viewer:
     cells_job: str
     mask_job: str
     cells: list[dict[str, Any]]
-
-
-def _finished(http: httpx.Client, workflow_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + patience(120)
-    while time.monotonic() < deadline:
-        wf = http.get(f"/workflows/{workflow_id}", headers=ALICE).json()
-        if wf["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
-            assert wf["state"] == "SUCCEEDED", wf
-            return wf  # type: ignore[no-any-return]
-        time.sleep(0.2)
-    raise TimeoutError(workflow_id)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +45,7 @@ def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
         ]
         reply = http.post("/workflows", json={"jobs": jobs}, headers=ALICE)
         assert reply.status_code == 201, reply.text
-        wf = _finished(http, reply.json()["workflow_id"])
+        wf = succeeded_over_http(http, reply.json()["workflow_id"], ALICE)
         by_key = {job["key"]: job["job_id"] for job in wf["jobs"]}
         cells = http.get(f"/jobs/{by_key['cells']}/results/cells.geojson", headers=ALICE).json()
         yield Viewer(http, by_key["cells"], by_key["mask"], cells["features"])

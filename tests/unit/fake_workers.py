@@ -4,6 +4,7 @@ GetInfo, RunJob and the relayed calls, driven by the test (no sockets)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -71,6 +72,7 @@ class FakeWorker:
     answer: grpc.StatusCode | None = None  # every relayed call fails with this, when set
     seen_metadata: list[tuple[tuple[str, str], ...]] = field(default_factory=list)
     closed: bool = False
+    worker_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def _check(self) -> None:
         if self.answer is not None:
@@ -83,7 +85,7 @@ class FakeWorker:
         self.seen_metadata.append(metadata)
         if not self.up:
             raise rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused")
-        return wpb.WorkerInfo(slots=self.slots, backends=["classical"])
+        return wpb.WorkerInfo(slots=self.slots, backends=["classical"], worker_id=self.worker_id)
 
     def RunJob(self, request: wpb.RunJobRequest, metadata: object) -> FakeJobCall:
         call = FakeJobCall(request)

@@ -138,6 +138,31 @@ async def test_a_joined_worker_is_used_then_forgotten_when_silent(network: FakeN
 # ---- the job runner --------------------------------------------------------------------
 
 
+async def test_one_worker_under_two_spellings_counts_once(network: FakeNetwork) -> None:
+    """Joined as localhost:P and as 127.0.0.1:P, the same worker (its id says
+    so) offers its slots once; the other address takes over when the first
+    is lost (as when the first spelling stops resolving)."""
+    worker = network.workers["localhost:50052"] = FakeWorker(slots=4)
+    store = new_store()
+    async with started(store, network, ()) as dispatcher:
+        links = dispatcher.links
+        links.join("localhost:50052", now=0.0)
+        await until(lambda: links.workers_connected == 1, "the first spelling")
+        network.workers["127.0.0.1:50052"] = worker
+        links.join("127.0.0.1:50052", now=0.0)
+        await until(lambda: "same worker" in links.links[1].error, "the second spelling's probe")
+        assert (links.workers_connected, links.slots_total) == (1, 4)
+        assert links.links[1].error == "the same worker as localhost:50052: counted once"
+        links.leave("localhost:50052", "gone")
+        await until(lambda: links.workers_connected == 1, "the other spelling taking over")
+        assert links.slots_total == 4 and links.links[0].address == "127.0.0.1:50052"
+        other = FakeWorker(slots=2)  # another worker: counted on its own
+        network.workers["10.0.0.9:50052"] = other
+        links.join("10.0.0.9:50052", now=0.0)
+        await until(lambda: links.workers_connected == 2, "another worker")
+        assert links.slots_total == 6
+
+
 async def test_a_job_runs_reports_progress_and_succeeds(network: FakeNetwork) -> None:
     store = new_store()
     (job,) = submit(store, "a")

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
+from scheduler_service.viewer_gate import ViewerBusy, ViewerGate
 from wsi_runtime.limits import RateLimiter, retry_after
 
 
@@ -33,3 +38,47 @@ def test_table_of_buckets_stays_bounded() -> None:
     for index in range(10):
         limiter.acquire(f"user{index}", float(index * 2))  # each older one is full again
     assert len(limiter._buckets) <= 3
+
+
+async def test_viewer_calls_wait_behind_their_own_user_s_only() -> None:
+    gate = ViewerGate(running=2, waiting=1)
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def call(user: str, name: str) -> None:
+        async with gate.turn(user):
+            started.append(name)
+            await release.wait()
+
+    first = [asyncio.create_task(call("burst", f"b{k}")) for k in range(3)]
+    await asyncio.sleep(0)
+    assert started == ["b0", "b1"] and gate.holding("burst") == 3  # b2 waits its turn
+    with pytest.raises(ViewerBusy, match="2 viewer calls of yours are running and 1 more"):
+        async with gate.turn("burst"):
+            pass
+    other = asyncio.create_task(call("quiet", "q0"))
+    await asyncio.sleep(0)
+    assert "q0" in started  # another user's call does not wait behind the burst
+    release.set()
+    await asyncio.gather(*first, other)
+    assert started[-1] == "b2"  # the burst's third call ran once a turn was free
+    assert gate.holding("burst") == gate.holding("quiet") == 0 and gate._lanes == {}
+
+
+async def test_a_cancelled_waiting_call_gives_its_place_back() -> None:
+    gate = ViewerGate(running=1, waiting=1)
+    hold = asyncio.Event()
+
+    async def call() -> None:
+        async with gate.turn("u"):
+            await hold.wait()
+
+    running = asyncio.create_task(call())
+    waiting = asyncio.create_task(call())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert gate.holding("u") == 1
+    hold.set()
+    await running
+    assert gate._lanes == {}

@@ -25,7 +25,7 @@ from worker_service.pipeline.tile_pool import TilePool
 from worker_service.server import job_run
 from worker_service.server.metrics import WorkerMetrics
 from worker_service.server.servicer import WorkerServicer, _viewer_status
-from worker_service.viewer.cell_queries import TooManyNuclei
+from worker_service.viewer.cell_queries import CellQueries, Selection, TooManyNuclei
 from worker_service.viewer.slide_tiles import NoSuchTile
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as spb
 from wsi_protocol.worker.v1 import worker_pb2 as pb
@@ -258,3 +258,45 @@ def test_viewer_errors_become_public_statuses_once(
 
 def test_anything_else_is_not_a_viewer_answer() -> None:
     assert _viewer_status(RuntimeError("a bug")) is None
+
+
+async def test_a_box_s_nuclei_stream_in_bounded_reads_as_one_collection(
+    tmp_path: Path, job_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read a few nuclei at a time and sent in chunks, the answer is the one
+    collection the whole selection makes, boundaries and commas included."""
+    from tests.unit.test_cell_index import _nuclei, _write
+    from worker_service.analysis import cell_index
+
+    async def play(spec: JobSpec, ctx: JobContext, token: int) -> JobOutcome:
+        raise AssertionError("no job here")
+
+    worker = Worker(tmp_path, play)
+    folder = tmp_path / "results" / job_id
+    folder.mkdir()
+    cells = folder / "cells.geojson"
+    with (folder / cell_index.INDEX_NAME).open("wb") as handle:
+        cell_index.save(_write(cells, _nuclei(500, 3)), handle)
+    box = (200.0, 300.0, 2500.0, 2600.0)
+    whole = CellQueries().features(cells, box)
+    assert len(whole) > 200
+    reads: list[int] = []
+    original = CellQueries.read
+
+    def counted(self: CellQueries, selection: Selection, start: int, stop: int) -> list[bytes]:
+        found = original(self, selection, start, stop)
+        reads.append(len(found))
+        return found
+
+    monkeypatch.setattr("worker_service.server.servicer.NUCLEI_PER_READ", 37)
+    monkeypatch.setattr("worker_service.server.servicer.RESULT_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(CellQueries, "read", counted)
+    request = pb.QueryCellsRequest(job_id=job_id, x0=box[0], y0=box[1], x1=box[2], y1=box[3])
+    ctx = cast(Any, FakeContext())
+    chunks = [c.data async for c in worker.servicer.QueryCells(request, ctx)]
+    assert len(chunks) > 10 and max(map(len, chunks)) < 4096 + 2000
+    assert max(reads) <= 37 and sum(reads) == len(whole)
+    start = b'{"type":"FeatureCollection","features":['
+    assert b"".join(chunks) == start + b",".join(whole) + b"]}"
+    empty = pb.QueryCellsRequest(job_id=job_id, x0=-90, y0=-90, x1=-80, y1=-80)
+    assert [c.data async for c in worker.servicer.QueryCells(empty, ctx)] == [start + b"]}"]

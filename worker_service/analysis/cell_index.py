@@ -143,11 +143,7 @@ def from_collection(data: bytes) -> CellIndex:
     return builder.build()
 
 
-def collection(features: Iterable[bytes]) -> Iterable[bytes]:
-    """A GeoJSON FeatureCollection of ``features`` (encoded), in pieces."""
-    yield b'{"type":"FeatureCollection","features":['
-    first = True
-    for feature in features:
-        yield feature if first else b"," + feature
-        first = False
-    yield b"]}"
+# A GeoJSON FeatureCollection of encoded features: this, the features
+# separated by commas, then COLLECTION_END.
+COLLECTION_START = b'{"type":"FeatureCollection","features":['
+COLLECTION_END = b"]}"

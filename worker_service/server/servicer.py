@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +20,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from worker_service.analysis import tissue_codec
-from worker_service.analysis.cell_index import collection
+from worker_service.analysis.cell_index import COLLECTION_END, COLLECTION_START
 from worker_service.analysis.tissue_codec import ReusedTissue
 from worker_service.backends import registry
 from worker_service.backends.base import ModelSettings
@@ -33,7 +34,7 @@ from worker_service.server.metrics import WorkerMetrics
 from worker_service.storage import result_files
 from worker_service.storage.slides import SlideCache
 from worker_service.viewer import slide_tiles
-from worker_service.viewer.cell_queries import TooManyNuclei
+from worker_service.viewer.cell_queries import NUCLEI_PER_READ, TooManyNuclei
 from worker_service.viewer.reader import ViewerReader
 from wsi_protocol import result_files as names
 from wsi_protocol.ids import is_scheduler_id
@@ -71,6 +72,9 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         """``run`` and ``viewer`` default to the real ones (jobs in threads and
         the pool, slides through OpenSlide); tests pass their own."""
         self.slots = slots
+        # Kept while the process lives: the scheduler counts this worker once
+        # under every address it is reached by.
+        self.worker_id = uuid.uuid4().hex
         self.default_backend = default_backend
         self.models = models or ModelSettings()
         self.max_tiles = max_tiles
@@ -98,6 +102,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             version=VERSION,
             backends=list(backends),
             backend_mpp=backends,
+            worker_id=self.worker_id,
         )
 
     # ---- jobs ------------------------------------------------------------------
@@ -237,17 +242,26 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     async def QueryCells(
         self, request: pb.QueryCellsRequest, context: Context
     ) -> AsyncIterator[pb.FileChunk]:
+        """A FeatureCollection in chunks, read ``NUCLEI_PER_READ`` nuclei at a
+        time: what one call holds stays bounded however large the box."""
         cells = await self._result_path(request.job_id, names.CELLS, context)
         box = (request.x0, request.y0, request.x1, request.y1)
-        found = await _viewer_answer(context, self.viewer.cells(cells, box))
-        buffered: list[bytes] = []
-        size = 0
-        for piece in collection(found):
-            buffered.append(piece)
-            size += len(piece)
-            if size >= RESULT_CHUNK_BYTES:
-                yield pb.FileChunk(data=b"".join(buffered))
-                buffered, size = [], 0
+        selection = await _viewer_answer(context, self.viewer.select_cells(cells, box))
+        buffered: list[bytes] = [COLLECTION_START]
+        size, first = len(COLLECTION_START), True
+        for start in range(0, len(selection), NUCLEI_PER_READ):
+            found = await _viewer_answer(
+                context, self.viewer.read_cells(selection, start, start + NUCLEI_PER_READ)
+            )
+            for feature in found:
+                piece = feature if first else b"," + feature
+                first = False
+                buffered.append(piece)
+                size += len(piece)
+                if size >= RESULT_CHUNK_BYTES:
+                    yield pb.FileChunk(data=b"".join(buffered))
+                    buffered, size = [], 0
+        buffered.append(COLLECTION_END)
         yield pb.FileChunk(data=b"".join(buffered))
 
     async def CellDensity(

@@ -1,11 +1,14 @@
 """Answers to "which nuclei are here" from a job's cells.geojson and its cell
-index: a few recent jobs' indexes kept in memory, the file read by slices."""
+index: a few recent jobs' indexes kept in memory, the file read by slices,
+a bounded number of nuclei at a time (a whole-slide box can hold 50,000
+nuclei, about 40 MB of GeoJSON: an answer is streamed, never held whole)."""
 
 from __future__ import annotations
 
 import mmap
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,22 @@ from wsi_runtime.boxes import Box
 
 MAX_NUCLEI_PER_BOX = 50_000
 KEPT_INDEXES = 8
+NUCLEI_PER_READ = 2_000  # about 2 MB of GeoJSON: what one call holds at a time
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The nuclei whose boxes meet a query box, in file order: ``within[k]``
+    where nucleus k's box lies inside it (its outline surely meets it)."""
+
+    cells: Path
+    box: Box
+    offsets: npt.NDArray[np.int64]
+    lengths: npt.NDArray[np.int64]
+    within: npt.NDArray[np.bool_]
+
+    def __len__(self) -> int:
+        return len(self.offsets)
 
 
 class TooManyNuclei(ValueError):
@@ -53,8 +72,8 @@ class CellQueries:
                 self._indexes.popitem(last=False)
         return index
 
-    def features(self, cells: Path, box: Box) -> list[bytes]:
-        """The encoded features whose outlines meet ``box``, in file order."""
+    def select(self, cells: Path, box: Box) -> Selection:
+        """The candidates for ``box``; TooManyNuclei past the cap."""
         index = self.index(cells)
         rows, within = index.near(box)
         if len(rows) > MAX_NUCLEI_PER_BOX:
@@ -62,18 +81,30 @@ class CellQueries:
                 f"the box holds about {len(rows):,} nuclei, more than {MAX_NUCLEI_PER_BOX:,};"
                 " ask for a smaller box, or for the density"
             )
-        if not len(rows):
+        return Selection(cells, box, index.offsets[rows], index.lengths[rows], within)
+
+    def read(self, selection: Selection, start: int, stop: int) -> list[bytes]:
+        """The encoded features of candidates ``start`` to ``stop`` whose
+        outlines meet the box, in file order."""
+        offsets, lengths = selection.offsets[start:stop], selection.lengths[start:stop]
+        if not len(offsets):
             return []
         with (
-            cells.open("rb") as handle,
+            selection.cells.open("rb") as handle,
             mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
         ):
-            found = _slices(data, index.offsets[rows], index.lengths[rows])
+            found = _slices(data, offsets, lengths)
+        sure = selection.within[start:stop].tolist()
         return [
             feature
-            for feature, sure in zip(found, within.tolist(), strict=True)
-            if sure or cell_index.outline_meets(feature, box)
+            for feature, inside in zip(found, sure, strict=True)
+            if inside or cell_index.outline_meets(feature, selection.box)
         ]
+
+    def features(self, cells: Path, box: Box) -> list[bytes]:
+        """Every feature whose outline meets ``box``, at once (small boxes, tests)."""
+        selection = self.select(cells, box)
+        return self.read(selection, 0, len(selection))
 
     def density(self, cells: Path, cell_px: float) -> tuple[float, int, int, npt.NDArray[np.int64]]:
         return self.index(cells).density(cell_px)

@@ -17,7 +17,7 @@ import openslide
 
 from worker_service.storage.slides import SlideCache
 from worker_service.viewer import slide_tiles
-from worker_service.viewer.cell_queries import CellQueries
+from worker_service.viewer.cell_queries import CellQueries, Selection
 from wsi_runtime.boxes import Box, check_box
 from wsi_runtime.slide_paths import resolve_slide
 
@@ -46,10 +46,13 @@ class ViewerReader:
             lambda: slide_tiles.tile_jpeg(self._slide(wsi_path), level, col, row)
         )
 
-    async def cells(self, cells_file: Path, box: Box) -> list[bytes]:
+    async def select_cells(self, cells_file: Path, box: Box) -> Selection:
         """BoxError for a malformed box, before any thread is taken."""
         checked = check_box(box)
-        return await self._in_thread(lambda: self._cells.features(cells_file, checked))
+        return await self._in_thread(lambda: self._cells.select(cells_file, checked))
+
+    async def read_cells(self, selection: Selection, start: int, stop: int) -> list[bytes]:
+        return await self._in_thread(lambda: self._cells.read(selection, start, stop))
 
     async def density(
         self, cells_file: Path, cell_px: float

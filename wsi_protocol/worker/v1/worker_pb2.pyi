@@ -621,9 +621,15 @@ class WorkerInfo(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     BACKENDS_FIELD_NUMBER: _builtins.int
     BACKEND_MPP_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
     slots: _builtins.int
     """How many jobs it runs at once."""
     version: _builtins.str
+    worker_id: _builtins.str
+    """An id the worker makes when it starts and keeps until it stops: the
+    scheduler counts one worker once, however its address is spelt
+    (localhost:P and 127.0.0.1:P). Empty from older workers.
+    """
     @_builtins.property
     def job_types(self) -> _containers.RepeatedScalarFieldContainer[_scheduler_pb2.JobType.ValueType]: ...
     @_builtins.property
@@ -642,10 +648,11 @@ class WorkerInfo(_message.Message):
         version: _builtins.str = ...,
         backends: _abc.Iterable[_builtins.str] | None = ...,
         backend_mpp: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        worker_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend_mpp", b"backend_mpp", "backends", b"backends", "job_types", b"job_types", "slots", b"slots", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend_mpp", b"backend_mpp", "backends", b"backends", "job_types", b"job_types", "slots", b"slots", "version", b"version", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,128 @@
+"""One user's burst of whole-slide nucleus boxes, through gateway, scheduler
+and worker: every answer whole and the same, the memory of gateway and
+worker bounded (answers are streamed, never held whole), and another user's
+viewer tiles still quick (each user's viewer calls wait behind their own)."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.slide_generator import slide_path
+from tests.harness import cluster_with_gateway
+from tests.integration.support import succeeded_over_http
+
+ALICE = {"X-User-ID": "alice"}
+BOB = {"X-User-ID": "bob"}
+BURST = 20
+MIN_NUCLEI = 40_000
+RSS_GROWTH_MB = 150
+TILE_SLOWDOWN = 3.0
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process now (not its children: the worker's
+    tile pool takes no part in viewer answers)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class RssPeaks:
+    """The highest resident memory of some processes, sampled every 20 ms."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.peaks = {name: rss_mb(pid) for name, pid in pids.items()}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            for name, pid in self.pids.items():
+                self.peaks[name] = max(self.peaks[name], rss_mb(pid))
+
+    def __enter__(self) -> RssPeaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def submit(
+    http: httpx.Client, who: dict[str, str], job_type: str, slide: str, **params: str
+) -> str:
+    job = {"key": "j", "branch": "a", "job_type": job_type, "wsi_path": slide, "params": params}
+    reply = http.post("/workflows", json={"jobs": [job]}, headers=who)
+    assert reply.status_code == 201, reply.text
+    wf = succeeded_over_http(http, reply.json()["workflow_id"], who, within_s=240)
+    return str(wf["jobs"][0]["job_id"])
+
+
+def tile_seconds(
+    http: httpx.Client, job: str, level: int, count: int, until: Callable[[], bool] | None = None
+) -> list[float]:
+    """Bob's viewer: ``count`` different tiles of his job's slide, one after
+    another (or as many as come before ``until`` holds)."""
+    times = []
+    for k in range(count if until is None else 10**6):
+        if until is not None and until():
+            break
+        started = time.perf_counter()
+        reply = http.get(f"/jobs/{job}/slide_files/{level}/{k % 8}_{k // 8 % 6}.jpeg", headers=BOB)
+        times.append(time.perf_counter() - started)
+        assert reply.status_code == 200, reply.text
+    return times
+
+
+@pytest.mark.integration
+def test_a_burst_of_whole_slide_boxes_is_streamed_and_starves_no_one(tmp_path: Path) -> None:
+    slides = tmp_path / "slides"
+    slide = slide_path(slides, megapixels=100, mpp=0.5)
+    with (
+        cluster_with_gateway(tmp_path, worker_slots=(2,), slide_roots=str(slides)) as (c, gateway),
+        httpx.Client(base_url=gateway.address, timeout=120) as http,
+    ):
+        # The learned model: about 390 nuclei per MP of this mosaic.
+        cells_job = submit(http, ALICE, "CELL_SEGMENTATION", slide.name, backend="learned")
+        tiles_job = submit(http, BOB, "TISSUE_MASK", slide.name)
+        levels = http.get(f"/jobs/{cells_job}/deepzoom", headers=ALICE).json()["levels"]
+        whole = f"0,0,{levels[-1]['width']},{levels[-1]['height']}"
+        single = http.get(f"/jobs/{cells_job}/cells", params={"bbox": whole}, headers=ALICE)
+        assert single.status_code == 200, single.text
+        nuclei = single.content.count(b'"type":"Feature"')
+        assert nuclei >= MIN_NUCLEI, nuclei
+        level = len(levels) - 3  # a level of 8 x 6 tiles or more
+        tile_seconds(http, tiles_job, level, 8)  # the slide opened, caches warm
+        quiet = statistics.median(tile_seconds(http, tiles_job, level, 40))
+
+        def whole_box(_: int) -> bytes:
+            reply = http.get(f"/jobs/{cells_job}/cells", params={"bbox": whole}, headers=ALICE)
+            assert reply.status_code == 200, reply.text
+            return reply.content
+
+        pids = {"gateway": gateway.process.pid, "worker": c.workers[0].process.pid}
+        with RssPeaks(pids) as rss, ThreadPoolExecutor(BURST) as burst:
+            before = dict(rss.peaks)
+            pending = [burst.submit(whole_box, k) for k in range(BURST)]
+            time.sleep(0.2)  # the burst under way
+            during = tile_seconds(
+                http, tiles_job, level, 0, until=lambda: all(f.done() for f in pending)
+            )
+            answers = [f.result() for f in pending]
+        assert all(answer == single.content for answer in answers)
+        assert len(during) >= 10, f"only {len(during)} tiles while the burst lasted"
+        for name in pids:
+            grew = rss.peaks[name] - before[name]
+            assert grew < RSS_GROWTH_MB, f"{name} grew {grew:.0f} MB during the burst"
+        assert statistics.median(during) < TILE_SLOWDOWN * quiet, (during, quiet)
