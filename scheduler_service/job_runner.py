@@ -77,7 +77,7 @@ class JobRunner:
         placed: dict[str, WorkerLink] = {}
 
         def place(job: JobRecord) -> str:
-            link = self.links.freest()
+            link = self.links.freest(tried=job.attempt_workers)
             link.busy += 1
             placed[job.job_id] = link
             return link.address

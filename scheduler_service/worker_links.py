@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -177,8 +177,13 @@ class WorkerLinks:
     def free_slots(self) -> int:
         return sum(link.free for link in self.links)
 
-    def freest(self) -> WorkerLink:
-        return max(self.links, key=lambda candidate: candidate.free)
+    def freest(self, tried: Collection[str] = ()) -> WorkerLink:
+        """The worker with the most free slots, one that has not had the job
+        before (``tried``: the workers of its earlier attempts) first: a job
+        whose worker went silent or was lost is retried elsewhere when it can be."""
+        return max(
+            self.links, key=lambda link: (link.free > 0, link.address not in tried, link.free)
+        )
 
     def connected(self, address: str) -> WorkerLink | None:
         return next((w for w in self.links if w.address == address and w.connected), None)

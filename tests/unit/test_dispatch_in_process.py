@@ -245,6 +245,25 @@ async def test_a_job_whose_worker_goes_silent_is_taken_back_and_retried(
         await until(lambda: dispatcher.links.slots_busy == 0, "the slot given back")
 
 
+async def test_a_retry_goes_to_a_worker_that_has_not_had_the_job(network: FakeNetwork) -> None:
+    """The freest worker first, but not the one that just let the job down
+    while another has a free slot; with no other, the same one again."""
+    network.workers[W1] = FakeWorker(slots=4)
+    network.workers[W2] = FakeWorker(slots=1)
+    store = new_store()
+    (job,) = submit(store, "a")
+    async with started(store, network, (W1, W2), job_silence_s=0.5) as dispatcher:
+        await until(lambda: dispatcher.links.workers_connected == 2, "both workers")
+        await until(lambda: job.state is State.RUNNING, "dispatch")
+        await running_call(network.workers[W1], job)  # the freest; then silent
+        await until(lambda: job.attempt == 2, "the retry", within_s=3.0)
+        assert job.attempt_workers == [W1, W2]
+        network.workers[W2].up = False
+        dispatcher.links.mark_lost(dispatcher.links.links[1], "gone")
+        await until(lambda: job.attempt == 3, "the next retry", within_s=3.0)
+        assert job.attempt_workers == [W1, W2, W1]  # no other left: the same one again
+
+
 async def test_a_job_finished_before_its_stream_breaks_stays_succeeded(
     network: FakeNetwork,
 ) -> None:

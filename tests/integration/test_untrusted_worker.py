@@ -1,0 +1,152 @@
+"""A worker that joins with the secret is still not believed blindly: one
+that accepts a job and then says nothing loses it to a real worker, one that
+names a result file that is not a plain file name fails that job cleanly,
+and one reached under two spellings of its address counts once. The fake
+worker here is a real gRPC server in the test process, joined as any worker
+joins (WorkerRegistry.Join with the secret, heartbeats)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.harness import WORKER_SECRET, Cluster, cluster, user
+from tests.integration.support import create, get, spec
+from tests.timing import patience
+from wsi_protocol import metadata
+from wsi_protocol.job_types import JobType
+from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
+from wsi_protocol.worker.v1 import worker_pb2 as wpb
+from wsi_protocol.worker.v1 import worker_pb2_grpc as wpb_grpc
+
+SILENCE_S = 3  # the scheduler's --job-silence-s here
+SECRET = ((metadata.WORKER_SECRET, WORKER_SECRET),)
+OPERATOR = "ops"
+
+
+class MisbehavingWorker(wpb_grpc.WorkerServicer):
+    """Offers many slots (so it is picked first); each job it is given meets
+    the next behaviour in line: "silent" accepts and never answers, "bad name"
+    succeeds with a result file name that is no plain file name."""
+
+    def __init__(self, behaviours: list[str]) -> None:
+        self.behaviours = behaviours
+        self.given: list[str] = []  # job ids, in the order they came
+        self.stop = threading.Event()
+
+    def GetInfo(self, request: wpb.GetInfoRequest, context: grpc.ServicerContext) -> wpb.WorkerInfo:
+        return wpb.WorkerInfo(
+            slots=8,
+            job_types=[t.number for t in JobType],
+            backends=["classical"],
+            backend_mpp={"classical": 0.0},
+            worker_id="misbehaving",
+        )
+
+    def RunJob(
+        self, request: wpb.RunJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[wpb.JobUpdate]:
+        self.given.append(request.job_id)
+        behaviour = self.behaviours.pop(0) if self.behaviours else "silent"
+        if behaviour == "bad name":
+            files = {"evil\r\nSet-Cookie: x": f"{request.job_id}/evil"}
+            yield wpb.JobUpdate(result=wpb.JobOutput(files=files, summary="{}"))
+            return
+        while not self.stop.is_set() and context.is_active():  # accepted, then silence
+            time.sleep(0.05)
+
+
+@contextmanager
+def joined(c: Cluster, worker: MisbehavingWorker) -> Iterator[str]:
+    """The fake worker served on loopback and joined to the scheduler, with heartbeats."""
+    server = grpc.server(futures.ThreadPoolExecutor(8))
+    wpb_grpc.add_WorkerServicer_to_server(worker, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    address = f"127.0.0.1:{port}"
+    registry = wpb_grpc.WorkerRegistryStub(c.channel)
+    registry.Join(wpb.JoinRequest(address=address), metadata=SECRET, timeout=5)
+
+    def beat() -> None:
+        while not worker.stop.wait(0.5):
+            try:
+                registry.Heartbeat(wpb.HeartbeatRequest(address=address), metadata=SECRET)
+            except grpc.RpcError:
+                return
+
+    beating = threading.Thread(target=beat, daemon=True)
+    beating.start()
+    try:
+        yield address
+    finally:
+        worker.stop.set()
+        beating.join(timeout=5)
+        server.stop(grace=None)
+
+
+def stats(c: Cluster) -> pb.SchedulerStats:
+    return c.stub.GetStats(pb.GetStatsRequest(), metadata=user(OPERATOR))
+
+
+def wait_for(check: Callable[[], bool], what: str, within_s: float = 20) -> None:
+    deadline = time.monotonic() + patience(within_s)
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.1)
+
+
+@pytest.mark.integration
+def test_a_joined_worker_is_checked_not_believed(workdir: Path) -> None:
+    # The generated servicer declares every call abstract; unlisted ones answer UNIMPLEMENTED.
+    fake = MisbehavingWorker(["silent", "bad name"])  # type: ignore[abstract]
+    with (
+        cluster(
+            workdir,
+            worker_slots=(1,),
+            job_silence_s=str(SILENCE_S),
+            operators=OPERATOR,
+        ) as c,
+        joined(c, fake) as fake_address,
+    ):
+        real = c.workers[0].address
+        wait_for(lambda: stats(c).worker_slots_total == 9, "the fake worker's 8 slots")
+        # The real worker joined again under another spelling of its address: once.
+        port = real.rsplit(":", 1)[1]
+        wpb_grpc.WorkerRegistryStub(c.channel).Join(
+            wpb.JoinRequest(address=f"localhost:{port}"), metadata=SECRET, timeout=5
+        )
+        wait_for(
+            lambda: any("same worker" in w.error for w in stats(c).workers), "the second spelling"
+        )
+        assert (stats(c).worker_slots_total, stats(c).workers_connected) == (9, 2)
+
+        # Silent after accepting: taken back after SILENCE_S, retried on the real worker.
+        started = time.monotonic()
+        wf = create(c, "alice", [spec("mask", "a")])
+        wait_for(lambda: len(fake.given) == 1, "the job given to the fake worker")
+        wait_for(
+            lambda: get(c, "alice", wf.workflow_id).state == pb.WORKFLOW_STATE_SUCCEEDED,
+            "the retry to succeed",
+            within_s=SILENCE_S + 30,
+        )
+        (job,) = get(c, "alice", wf.workflow_id).jobs
+        assert list(job.attempt_workers) == [fake_address, real], job
+        assert time.monotonic() - started < patience(SILENCE_S + 30)
+
+        # A result name that is no plain file name: the job fails, with a message.
+        wf = create(c, "alice", [spec("mask", "b")])
+        wait_for(lambda: len(fake.given) == 2, "the second job given to the fake worker")
+        wait_for(
+            lambda: get(c, "alice", wf.workflow_id).state == pb.WORKFLOW_STATE_FAILED,
+            "the job with a bad result name to fail",
+        )
+        (job,) = get(c, "alice", wf.workflow_id).jobs
+        assert "result" in job.error and "\r" not in job.error, job.error
