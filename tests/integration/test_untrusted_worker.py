@@ -1,7 +1,9 @@
 """A worker that joins with the secret is still not believed blindly: one
 that accepts a job and then says nothing loses it to a real worker, one that
 names a result file that is not a plain file name fails that job cleanly,
-and one reached under two spellings of its address counts once. The fake
+one whose result bytes do not make up the size it announced ends the
+download instead of the gateway, and one reached under two spellings of its
+address counts once. The fake
 worker here is a real gRPC server in the test process, joined as any worker
 joins (WorkerRegistry.Join with the secret, heartbeats)."""
 
@@ -15,9 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
-from tests.harness import WORKER_SECRET, Cluster, cluster, user
+from tests.harness import WORKER_SECRET, Cluster, cluster_with_gateway, user
 from tests.integration.support import create, get, spec
 from tests.timing import patience
 from wsi_protocol import metadata
@@ -34,7 +37,8 @@ OPERATOR = "ops"
 class MisbehavingWorker(wpb_grpc.WorkerServicer):
     """Offers many slots (so it is picked first); each job it is given meets
     the next behaviour in line: "silent" accepts and never answers, "bad name"
-    succeeds with a result file name that is no plain file name."""
+    succeeds with a result file name that is no plain file name, "wrong size"
+    succeeds and then serves its summary.json as 10^12 bytes and sends 140."""
 
     def __init__(self, behaviours: list[str]) -> None:
         self.behaviours = behaviours
@@ -50,13 +54,19 @@ class MisbehavingWorker(wpb_grpc.WorkerServicer):
             worker_id="misbehaving",
         )
 
+    def ReadResult(
+        self, request: wpb.ReadResultRequest, context: grpc.ServicerContext
+    ) -> Iterator[wpb.FileChunk]:
+        yield wpb.FileChunk(data=b"x" * 140, size=10**12)
+
     def RunJob(
         self, request: wpb.RunJobRequest, context: grpc.ServicerContext
     ) -> Iterator[wpb.JobUpdate]:
         self.given.append(request.job_id)
         behaviour = self.behaviours.pop(0) if self.behaviours else "silent"
-        if behaviour == "bad name":
-            files = {"evil\r\nSet-Cookie: x": f"{request.job_id}/evil"}
+        if behaviour in ("bad name", "wrong size"):
+            name = "evil\r\nSet-Cookie: x" if behaviour == "bad name" else "summary.json"
+            files = {name: f"{request.job_id}/{name}"}
             yield wpb.JobUpdate(result=wpb.JobOutput(files=files, summary="{}"))
             return
         while not self.stop.is_set() and context.is_active():  # accepted, then silence
@@ -106,15 +116,16 @@ def wait_for(check: Callable[[], bool], what: str, within_s: float = 20) -> None
 @pytest.mark.integration
 def test_a_joined_worker_is_checked_not_believed(workdir: Path) -> None:
     # The generated servicer declares every call abstract; unlisted ones answer UNIMPLEMENTED.
-    fake = MisbehavingWorker(["silent", "bad name"])  # type: ignore[abstract]
+    fake = MisbehavingWorker(["silent", "bad name", "wrong size"])  # type: ignore[abstract]
     with (
-        cluster(
+        cluster_with_gateway(
             workdir,
             worker_slots=(1,),
             job_silence_s=str(SILENCE_S),
             operators=OPERATOR,
-        ) as c,
+        ) as (c, gateway),
         joined(c, fake) as fake_address,
+        httpx.Client(base_url=gateway.address, timeout=30) as http,
     ):
         real = c.workers[0].address
         wait_for(lambda: stats(c).worker_slots_total == 9, "the fake worker's 8 slots")
@@ -150,3 +161,16 @@ def test_a_joined_worker_is_checked_not_believed(workdir: Path) -> None:
         )
         (job,) = get(c, "alice", wf.workflow_id).jobs
         assert "result" in job.error and "\r" not in job.error, job.error
+
+        # A result whose announced size its bytes do not make up: the download
+        # ends without its body (no 500, no hang), and the gateway goes on.
+        wf = create(c, "alice", [spec("mask", "c")])
+        wait_for(lambda: len(fake.given) == 3, "the third job given to the fake worker")
+        wait_for(
+            lambda: get(c, "alice", wf.workflow_id).state == pb.WORKFLOW_STATE_SUCCEEDED,
+            "the job with a lying result to 'succeed'",
+        )
+        (job,) = get(c, "alice", wf.workflow_id).jobs
+        with pytest.raises(httpx.RemoteProtocolError):
+            http.get(f"/jobs/{job.job_id}/results/summary.json", headers={"X-User-ID": "alice"})
+        assert http.get("/healthz").status_code == 200
