@@ -20,7 +20,7 @@ DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 ENGINES = ("auto", "onnx-int8", "onnx", "torch")
 BATCH_RANGE = (1, 256)
 # Tiles per forward pass where --model-batch is auto: one on a CPU (ONNX
-# Runtime's 8-bit model segments 5.0 MP/s per core one tile at a time, 3.0
+# Runtime's 8-bit model segments 5.8 MP/s per core one tile at a time, 4.9
 # eight at a time: docs/benchmarks.md), eight on a GPU (it is fed in bulk).
 CPU_BATCH, GPU_BATCH = 1, 8
 # Batches per pool task for the model backends: a reader thread decodes each
