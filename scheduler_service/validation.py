@@ -49,9 +49,10 @@ def normalise_jobs(
         )
     out: list[JobInput] = []
     seen: set[str] = set()
+    named: dict[str, str] = {}  # key -> how a message names the job
     for index, job in enumerate(jobs):
         key = job.key or str(index)
-        where = f"job {key!r}"
+        where = named[key] = job_name(job, index)
         if len(key) > MAX_KEY_LENGTH or len(job.branch) > MAX_KEY_LENGTH:
             raise InvalidSpec(f"{where}: key and branch may be at most {MAX_KEY_LENGTH} characters")
         if key in seen:
@@ -88,11 +89,19 @@ def normalise_jobs(
     for job in out:
         for dep in job.depends_on:
             if dep not in seen:
-                raise InvalidSpec(f"job {job.key!r} depends on unknown job key {dep!r}")
+                raise InvalidSpec(f"{named[job.key]} depends on unknown job key {dep!r}")
             if dep == job.key:
-                raise InvalidSpec(f"job {job.key!r} depends on itself")
+                raise InvalidSpec(f"{named[job.key]} depends on itself")
     _reject_cycles(out)
     return out
+
+
+def job_name(job: JobInput, index: int) -> str:
+    """A job as its submitter knows it: by the key they gave, else by its
+    place in their list as people count (1, 2, ...) and its branch."""
+    if job.key:
+        return f"job {job.key!r}"
+    return f"job {index + 1} in the list (no key; branch {job.branch or 'default'!r})"
 
 
 def _reject_cycles(jobs: Sequence[JobInput]) -> None:

@@ -82,6 +82,12 @@ def parse(job_type: str, params: Mapping[str, str], min_tile_size: int = 0) -> J
         text = raw.strip()
         if text:
             values[name] = _value(name, text, FIELDS[name])
+    tile_size = values.get("tile_size")
+    if "overlap" not in values and isinstance(tile_size, int):
+        # The default overlap, shrunk to fit a small tile: defaults are always
+        # valid together, down to the smallest tile_size (tile_size=128 with
+        # the default would break the rule below).
+        values["overlap"] = min(JobParams.overlap, tile_size // 2 - 1)
     parsed = JobParams(**values)  # type: ignore[arg-type]
     if parsed.tile_size < min_tile_size:
         raise InvalidParams(

@@ -23,7 +23,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from wsi_gateway.auth import AuthFailure, GatewayAuth
 from wsi_gateway.dependencies import BadRequest, GatewayState, GrpcFailure, NotFoundError
 from wsi_gateway.guards import DEFAULT_MAX_BODY_BYTES, BodyLimit, HostAllowList, SecurityHeaders
-from wsi_gateway.http_errors import error_body, http_status
+from wsi_gateway.http_errors import body_problems, error_body, http_status
 from wsi_gateway.metrics import HttpMetrics, MetricsMiddleware
 from wsi_gateway.routes import router
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
@@ -139,9 +139,7 @@ def _map_errors(app: FastAPI, auth: GatewayAuth) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = body_problems(exc.errors(), request.headers.get("content-type", ""))
         return JSONResponse(error_body("INVALID_ARGUMENT", problems), status_code=400)
 
     @app.exception_handler(AuthFailure)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import grpc
 
 HTTP_STATUS = {
@@ -28,3 +31,23 @@ def http_status(code: grpc.StatusCode) -> int:
 def error_body(code: grpc.StatusCode | str, message: str) -> dict[str, str]:
     name = code if isinstance(code, str) else code.name
     return {"code": name, "message": message}
+
+
+def body_problems(errors: Sequence[Mapping[str, Any]], content_type: str) -> str:
+    """What is wrong with a request body, by the API's field names (FastAPI's
+    own words name positions and Python types: "10: JSON decode error")."""
+    messages = []
+    for error in errors:
+        where = ".".join(str(part) for part in tuple(error.get("loc", ()))[1:])
+        kind = error.get("type", "")
+        if kind == "json_invalid":
+            reason = (error.get("ctx") or {}).get("error", "JSON decode error")
+            messages.append(f"body: not valid JSON at character {where or 0} ({reason})")
+        elif not where and kind in ("model_attributes_type", "dict_type"):
+            if "json" not in content_type.lower():
+                messages.append("body: send a JSON object with Content-Type: application/json")
+            else:
+                messages.append('body: expected a JSON object, e.g. {"jobs": [...]}')
+        else:
+            messages.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+    return "; ".join(messages)

@@ -118,3 +118,28 @@ def test_a_body_nested_too_deeply_gets_the_apis_error_shape() -> None:
     assert deep.status_code == 400
     assert deep.json()["code"] == "INVALID_ARGUMENT" and "nested" in deep.json()["message"]
     assert missing.status_code == 404  # other HTTP errors as before
+
+
+def test_a_body_that_is_not_a_json_object_is_answered_in_the_user_s_terms() -> None:
+    """No Content-Type, broken JSON, a list, a wrong field: each a 400 in the
+    API's {code, message}, saying what to send."""
+    from fastapi.testclient import TestClient
+
+    from wsi_gateway.app import GatewaySettings, create_app
+
+    settings = GatewaySettings(scheduler_address="127.0.0.1:1", allowed_hosts=("testserver",))
+    workflow = '{"jobs": [{"job_type": "TISSUE_MASK", "wsi_path": "x"}]}'
+    json_type = {"X-User-ID": "u", "Content-Type": "application/json"}
+    no_type = {"X-User-ID": "u"}
+    cases = [
+        (no_type, workflow, "body: send a JSON object with Content-Type: application/json"),
+        (json_type, '{"jobs": [,]}', "body: not valid JSON at character 10 (Expecting value)"),
+        (json_type, "[1]", 'body: expected a JSON object, e.g. {"jobs": [...]}'),
+        (json_type, '{"jobs": [{"job_type": 5}]}', "jobs.0.job_type: Input should be a valid"),
+    ]
+    with TestClient(create_app(settings)) as client:
+        for headers, body, message in cases:
+            reply = client.post("/workflows", content=body, headers=headers)
+            assert reply.status_code == 400, body
+            assert reply.json()["code"] == "INVALID_ARGUMENT"
+            assert reply.json()["message"].startswith(message), reply.json()

@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 
 from wsi_protocol.param_text import param_text
-from wsi_runtime.job_params import InvalidParams, JobParams, parse
+from wsi_runtime.job_params import (
+    TARGET_MPP_RANGE,
+    TILE_SIZE_RANGE,
+    InvalidParams,
+    JobParams,
+    parse,
+)
 
 
 @pytest.mark.parametrize(
@@ -53,6 +59,24 @@ def test_a_deployment_minimum_tile_size_narrows_the_schema() -> None:
     assert parse("TISSUE_MASK", {"tile_size": "128", "overlap": "32"}, 128).tile_size == 128
     with pytest.raises(InvalidParams, match="below this deployment's minimum of 128"):
         parse("TISSUE_MASK", {"tile_size": "64"}, min_tile_size=128)
+
+
+def test_defaults_and_bounds_are_valid_together_at_every_edge() -> None:
+    """The default overlap fits any tile size from the smallest up; each
+    bound's edge is accepted with the other defaults."""
+    low, high = TILE_SIZE_RANGE
+    assert parse("CELL_SEGMENTATION", {}) == JobParams()
+    for tile in (low, 128, 129, 130, 512, high):
+        parsed = parse("CELL_SEGMENTATION", {"tile_size": str(tile)}, min_tile_size=low)
+        assert parsed.overlap == min(64, tile // 2 - 1) and parsed.overlap < tile // 2
+    assert parse("CELL_SEGMENTATION", {"tile_size": "512", "overlap": "0"}).overlap == 0
+    assert parse("CELL_SEGMENTATION", {"tile_size": "512", "overlap": "255"}).overlap == 255
+    for mpp in TARGET_MPP_RANGE:
+        assert parse("CELL_SEGMENTATION", {"target_mpp": str(mpp)}).target_mpp == mpp
+    for share in ("0", "1"):
+        assert parse("CELL_SEGMENTATION", {"min_tissue": share}).min_tissue == float(share)
+    with pytest.raises(InvalidParams, match="overlap=64 must be less than half of tile_size"):
+        parse("CELL_SEGMENTATION", {"tile_size": "128", "overlap": "64"})  # asked for: refused
 
 
 def test_unknown_job_type() -> None:

@@ -51,6 +51,16 @@ def test_invalid_specs(jobs: list[JobInput], message: str) -> None:
         normalise_jobs(jobs, 10)
 
 
+def test_a_job_without_a_key_is_named_by_its_place_and_branch() -> None:
+    with pytest.raises(InvalidSpec) as refused:
+        normalise_jobs([ji(), ji(branch="scans", job_type="SEGMENT")], 10)
+    assert str(refused.value).startswith("job 2 in the list (no key; branch 'scans'): unknown")
+    with pytest.raises(InvalidSpec, match=r"^job 1 in the list \(no key; branch 'default'\)"):
+        normalise_jobs([JobInput("", "", "TISSUE_MASK", "")], 10)
+    with pytest.raises(InvalidSpec, match=r"^job 'seg': wsi_path"):
+        normalise_jobs([JobInput("seg", "", "TISSUE_MASK", "")], 10)
+
+
 def test_too_many_jobs_is_a_quota_not_a_malformed_request() -> None:
     with pytest.raises(TooManyJobs, match="at most 10 jobs, got 11: split it"):
         normalise_jobs([ji(str(i)) for i in range(11)], 10)
