@@ -34,6 +34,7 @@ from scheduler_service.validation import (
     InvalidSpec,
     JobInput,
     TooManyJobs,
+    check_backends,
     normalise_jobs,
 )
 from scheduler_service.viewer_gate import ViewerBusy, ViewerGate
@@ -204,21 +205,19 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                     f"name may be at most {MAX_NAME_LENGTH} and request_id "
                     f"{MAX_ID_LENGTH} characters"
                 )
-            jobs = normalise_jobs(
-                [
-                    JobInput(
-                        key=spec.key,
-                        branch=spec.branch,
-                        job_type=_job_type_name(spec.job_type),
-                        wsi_path=spec.wsi_path,
-                        depends_on=tuple(spec.depends_on),
-                        params=dict(spec.params),
-                    )
-                    for spec in request.jobs
-                ],
-                self.max_jobs_per_workflow,
-                self.min_tile_size,
-            )
+            submitted = [
+                JobInput(
+                    key=spec.key,
+                    branch=spec.branch,
+                    job_type=_job_type_name(spec.job_type),
+                    wsi_path=spec.wsi_path,
+                    depends_on=tuple(spec.depends_on),
+                    params=dict(spec.params),
+                )
+                for spec in request.jobs
+            ]
+            jobs = normalise_jobs(submitted, self.max_jobs_per_workflow, self.min_tile_size)
+            check_backends(submitted, self.dispatcher.links.backends_offered())
             # Path lookups and the format check read the disk (perhaps a network
             # share): not on the event loop, which serves every other call.
             slide_files = await asyncio.to_thread(self._resolve_slides, jobs)

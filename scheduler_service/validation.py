@@ -96,6 +96,23 @@ def normalise_jobs(
     return out
 
 
+def check_backends(jobs: Sequence[JobInput], offered: Sequence[frozenset[str]]) -> None:
+    """Refuses a job that names a backend no connected worker can run (it would
+    only fail there). ``offered``: the backends of each connected worker; with
+    none connected, or one that does not say (an older worker), nothing can be
+    known yet and the jobs wait for workers as always."""
+    if not offered or not all(offered):
+        return
+    available = frozenset().union(*offered)
+    for index, job in enumerate(jobs):
+        backend = job.params.get("backend", "").strip()
+        if backend and backend not in available:
+            raise InvalidSpec(
+                f"{job_name(job, index)}: backend {backend!r} cannot run on any connected"
+                f" worker; they offer {', '.join(sorted(available))}"
+            )
+
+
 def job_name(job: JobInput, index: int) -> str:
     """A job as its submitter knows it: by the key they gave, else by its
     place in their list as people count (1, 2, ...) and its branch."""

@@ -174,6 +174,10 @@ class WorkerLinks:
     def workers_connected(self) -> int:
         return sum(1 for link in self.links if link.connected)
 
+    def backends_offered(self) -> list[frozenset[str]]:
+        """The segmentation backends of each connected worker (empty: it does not say)."""
+        return [frozenset(link.backends) for link in self.links if link.connected]
+
     def free_slots(self) -> int:
         return sum(link.free for link in self.links)
 

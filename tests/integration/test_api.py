@@ -106,6 +106,12 @@ def test_missing_or_malformed_user_is_unauthenticated(
         ([spec("a", slide="/etc/passwd")], grpc.StatusCode.PERMISSION_DENIED, "outside"),
         ([spec("a", slide="../../etc/passwd")], grpc.StatusCode.PERMISSION_DENIED, "outside"),
         ([spec("a", slide=str(SLIDES))], grpc.StatusCode.INVALID_ARGUMENT, "not a regular file"),
+        (
+            # The fixture workers offer classical and learned (no InstanSeg model file).
+            [spec("a", params={"backend": "instanseg"})],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "backend 'instanseg' cannot run on any connected worker; they offer classical, learned",
+        ),
     ],
 )
 def test_bad_workflows_are_refused_before_queueing(

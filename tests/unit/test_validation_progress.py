@@ -14,6 +14,7 @@ from scheduler_service.validation import (
     InvalidSpec,
     JobInput,
     TooManyJobs,
+    check_backends,
     normalise_jobs,
 )
 from worker_service.analysis.progress_throttle import ProgressThrottle
@@ -59,6 +60,21 @@ def test_a_job_without_a_key_is_named_by_its_place_and_branch() -> None:
         normalise_jobs([JobInput("", "", "TISSUE_MASK", "")], 10)
     with pytest.raises(InvalidSpec, match=r"^job 'seg': wsi_path"):
         normalise_jobs([JobInput("seg", "", "TISSUE_MASK", "")], 10)
+
+
+def test_a_backend_no_connected_worker_runs_is_refused_at_submit() -> None:
+    wants = [JobInput("", "scans", "CELL_SEGMENTATION", "x.svs", (), {"backend": "instanseg"})]
+    workers = [frozenset({"classical", "learned"}), frozenset({"classical"})]
+    with pytest.raises(InvalidSpec) as refused:
+        check_backends([ji("mask"), *wants], workers)
+    assert str(refused.value) == (
+        "job 2 in the list (no key; branch 'scans'): backend 'instanseg' cannot run on any"
+        " connected worker; they offer classical, learned"
+    )
+    check_backends(wants, [*workers, frozenset({"instanseg"})])  # one worker offers it
+    check_backends(wants, [])  # none connected yet: the job waits for workers
+    check_backends(wants, [frozenset({"classical"}), frozenset()])  # one does not say
+    check_backends([ji("plain")], workers)  # no backend named: the worker's default
 
 
 def test_too_many_jobs_is_a_quota_not_a_malformed_request() -> None:
