@@ -216,3 +216,29 @@ def test_view_folds_events_and_maps_the_outcome_to_an_exit_status() -> None:
     assert view.exit_status() == EXIT_CANCELLED
     view.apply(job_event(5, "b", pb.JOB_STATE_FAILED, pb.WORKFLOW_STATE_FAILED))
     assert view.exit_status() == EXIT_FAILED
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--json", "--user", "ana", "--timeout", "3", "submit", "a.svs", "-t", "TISSUE_MASK"],
+        ["submit", "a.svs", "-t", "TISSUE_MASK", "--json", "--user", "ana", "--timeout", "3"],
+        ["--user", "bob", "submit", "--json", "a.svs", "--user", "ana", "-t", "TISSUE_MASK"],
+    ],
+)
+def test_global_options_go_before_or_after_the_command(argv: list[str]) -> None:
+    """`wsi submit ... --json` as people write it (the README's form too)."""
+    from wsi_client.cli.main import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.command, args.slides, args.types, args.json, args.user) == (
+        "submit",
+        ["a.svs"],
+        ["TISSUE_MASK"],
+        True,
+        "ana",
+    )
+    if "--timeout" in argv:
+        assert args.timeout == 3.0
+    plain = build_parser().parse_args(["list"])
+    assert plain.json is False and plain.timeout == 10.0

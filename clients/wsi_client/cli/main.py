@@ -26,41 +26,62 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsi",
         description="Submit, follow and manage WSI analysis workflows.",
-        epilog="Exit status: 0 ok, 1 error or a FAILED job, 2 bad usage, 3 CANCELLED.",
+        epilog="Exit status: 0 ok, 1 error or a FAILED job, 2 bad usage, 3 CANCELLED."
+        " Global options go before or after the command (wsi --json list, wsi list --json).",
     )
+    _global_options(parser, suppress=False)
+    # The same options after the command; given there, they win.
+    after = argparse.ArgumentParser(add_help=False)
+    _global_options(after, suppress=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_submit(sub, after)
+    _add_queries(sub, after)
+    return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """``suppress``: no defaults (a command's copy sets only what it is given)."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
     parser.add_argument(
         "--address",
-        default=os.environ.get("WSI_ADDRESS", DEFAULT_ADDRESS),
-        help="scheduler gRPC address (env WSI_ADDRESS; default %(default)s)",
+        default=default(os.environ.get("WSI_ADDRESS", DEFAULT_ADDRESS)),
+        help=f"scheduler gRPC address (env WSI_ADDRESS; default {DEFAULT_ADDRESS})",
     )
     parser.add_argument(
         "--user",
-        default=os.environ.get("WSI_USER", ""),
+        default=default(os.environ.get("WSI_USER", "")),
         help="your user id, sent as x-user-id (env WSI_USER)",
     )
     parser.add_argument(
         "--token",
-        default=os.environ.get("WSI_TOKEN", ""),
+        default=default(os.environ.get("WSI_TOKEN", "")),
         help="your API token, where the scheduler runs in token mode (env WSI_TOKEN)",
     )
     parser.add_argument(
         "--tls-ca",
-        default=os.environ.get("WSI_TLS_CA", ""),
+        default=default(os.environ.get("WSI_TLS_CA", "")),
         help="PEM CA bundle: talk TLS to a scheduler and gateway it signed (env WSI_TLS_CA)",
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
     parser.add_argument(
-        "--timeout", type=float, default=10.0, help="deadline of each call, s (default 10)"
+        "--json", action="store_true", default=default(False), help="machine-readable JSON output"
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_submit(sub)
-    _add_queries(sub)
-    return parser
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=default(10.0),
+        help="deadline of each call, s (default 10)",
+    )
 
 
-def _add_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_submit(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], after: argparse.ArgumentParser
+) -> None:
     submit = sub.add_parser(
         "submit",
+        parents=[after],
         help="create a workflow",
         description="Create a workflow from a file (JSON or YAML) or from slides and flags. "
         "From flags, every slide gets its own branch running --type jobs in order.",
@@ -84,31 +105,35 @@ def _add_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     submit.add_argument("-w", "--watch", action="store_true", help="then follow it like watch")
 
 
-def _add_queries(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_queries(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], after: argparse.ArgumentParser
+) -> None:
     """Every command but submit."""
-    listing = sub.add_parser("list", help="your workflows, newest first")
+    listing = sub.add_parser("list", parents=[after], help="your workflows, newest first")
     listing.add_argument("-n", "--limit", type=int, default=20, help="at most N (0: all)")
 
-    status = sub.add_parser("status", help="one workflow (or job) with its jobs")
+    status = sub.add_parser("status", parents=[after], help="one workflow (or job) with its jobs")
     status.add_argument("id", help="workflow id or job id")
 
-    watch = sub.add_parser("watch", help="follow a workflow live until it ends")
+    watch = sub.add_parser("watch", parents=[after], help="follow a workflow live until it ends")
     watch.add_argument("workflow_id")
     watch.add_argument("--after", type=int, default=0, help="resume after this sequence")
 
-    cancel = sub.add_parser("cancel", help="cancel a job, or a whole workflow")
+    cancel = sub.add_parser("cancel", parents=[after], help="cancel a job, or a whole workflow")
     target = cancel.add_mutually_exclusive_group(required=True)
     target.add_argument("job_id", nargs="?", help="the job to cancel")
     target.add_argument("--workflow", metavar="ID", help="cancel every unfinished job of it")
 
-    results = sub.add_parser("results", help="a job's result files: their paths, or download them")
+    results = sub.add_parser(
+        "results", parents=[after], help="a job's result files: their paths, or download them"
+    )
     results.add_argument("job_id")
     results.add_argument(
         "-d", "--download", metavar="DIR", help="save the files into DIR (over gRPC)"
     )
     results.add_argument("--name", action="append", help="only this file (repeatable)")
 
-    sub.add_parser("stats", help="queue and capacity numbers")
+    sub.add_parser("stats", parents=[after], help="queue and capacity numbers")
 
 
 async def run(args: argparse.Namespace, console: Console) -> int:
