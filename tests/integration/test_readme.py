@@ -19,6 +19,7 @@ from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_runtime.synthetic_slides import synthetic_he_slide
 
 BIN = Path(sys.executable).parent  # make installs grpcurl and wsi here
+DEFAULT = "127.0.0.1:50051"  # the scheduler's address in the README's recipes
 
 
 def shell(command: str, cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -107,7 +108,7 @@ def test_readme_grpcurl_recipes_run_as_written(tmp_path: Path) -> None:
         env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
 
         def run(command: str, **ids: str) -> str:
-            command = command.replace("127.0.0.1:50051", c.scheduler.address)
+            command = command.replace(DEFAULT, c.scheduler.address)
             for name, value in ids.items():
                 command = command.replace(name, value)
             done = subprocess.run(
@@ -273,3 +274,36 @@ def test_readme_wsi_examples_and_workflow_file_run_as_written(tmp_path: Path) ->
         downloaded = json.loads((tmp_path / "out" / "cells.geojson").read_text())
         assert downloaded["type"] == "FeatureCollection"
         assert run(commands[9])
+
+
+def test_readme_python_snippet_runs_as_written(tmp_path: Path) -> None:
+    """The Python client's example, as the README prints it: its address
+    substituted, ``slide`` (the name it leaves to the reader) set, and its
+    top-level ``async with`` run in a coroutine, as a notebook would."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## The Python client") :]
+    block = re.search(r"```python\n(.*?)```", section, re.S)
+    assert block is not None
+    imports, _, body = block.group(1).partition("\n\n")
+    with cluster(tmp_path, worker_slots=(2,)) as c:
+        source = "\n".join(
+            [
+                "import asyncio",
+                imports,
+                f"slide = {CMU!r}",
+                "async def main():",
+                *(
+                    "    " + line
+                    for line in body.replace(DEFAULT, c.scheduler.address).splitlines()
+                ),
+                "asyncio.run(main())",
+            ]
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", source], capture_output=True, text=True, timeout=120, cwd=ROOT
+        )
+    assert done.returncode == 0, (source, done.stderr)
+    # One line per event (kind, job key, tiles done) until the workflow ended.
+    events = [line.split() for line in done.stdout.splitlines()]
+    assert {key for _, key, _ in events} == {"mask", "cells"}
+    assert events[-1][1] == "cells" and int(events[-1][2]) > 0, events[-3:]
