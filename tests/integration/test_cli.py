@@ -105,6 +105,13 @@ def test_submit_watch_status_results_list_stats(setup: Setup, tmp_path: Path) ->
     workflows = ok_json(wsi(setup, "--json", "list"))
     assert isinstance(workflows, list) and workflows[0]["workflow_id"] == workflow_id
     assert wsi(setup, "list").stdout.count("cli run") == 1
+    # What a person compares, in the list and in the status table: the slide,
+    # the backend that ran, the nuclei found, the time it took.
+    nuclei = job_status["result"]["summary"]["nuclei"]
+    backend = job_status["result"]["summary"]["backend"]
+    row = next(line for line in wsi(setup, "list").stdout.splitlines() if workflow_id in line)
+    assert CMU in row and backend in row and f"{nuclei:,}" in row and " s " in row, row
+    assert f"{nuclei:,}" in human.stdout and backend in human.stdout
     stats = ok_json(wsi(setup, "--json", "stats"))
     assert isinstance(stats, dict) and stats["workers_connected"] == 1
 

@@ -242,3 +242,60 @@ def test_global_options_go_before_or_after_the_command(argv: list[str]) -> None:
         assert args.timeout == 3.0
     plain = build_parser().parse_args(["list"])
     assert plain.json is False and plain.timeout == 10.0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "written"),
+    [
+        (0.04, "0.0 s"),
+        (1.9983, "2.0 s"),
+        (5.71, "5.7 s"),
+        (42.4, "42 s"),
+        (60.0, "1 min"),
+        (192.3, "3 min 12 s"),
+        (3599.6, "60 min"),
+        (7500.0, "2 h 05 min"),
+    ],
+)
+def test_durations_as_people_read_them(seconds: float, written: str) -> None:
+    from wsi_client.digest import human_duration
+
+    assert human_duration(seconds) == written
+
+
+def test_a_workflow_digest_has_what_people_compare() -> None:
+    from wsi_client.digest import digest, human_age
+
+    def job(slide: str, start: int, end: int, summary: str = "") -> pb.Job:
+        made = pb.Job(wsi_path=f"/data/{slide}")
+        if start:
+            made.start_time.FromSeconds(start)
+        if end:
+            made.end_time.FromSeconds(end)
+        if summary:
+            made.result.summary = summary
+        return made
+
+    wf = pb.Workflow(
+        jobs=[
+            job("a.svs", 1000, 1002),
+            job("a.svs", 1002, 1030, '{"nuclei": 1481, "backend": "classical"}'),
+            job("b.tiff", 1001, 1075, '{"nuclei": 2656, "backend": "learned"}'),
+        ]
+    )
+    wf.create_time.FromSeconds(990)
+    seen = digest(wf, now_s=1190)
+    assert (seen.slides, seen.backends, seen.nuclei) == (
+        "a.svs, b.tiff",
+        "classical, learned",
+        4137,
+    )
+    assert seen.seconds == 75 and seen.age_s == 200 and human_age(seen.age_s) == "3 min ago"
+    running = pb.Workflow(jobs=[job("a.svs", 1000, 0)])
+    assert digest(running, now_s=1001).seconds is None and digest(running, 1001).nuclei is None
+    assert [human_age(s) for s in (1, 30, 7200, 3 * 86400)] == [
+        "just now",
+        "30 s ago",
+        "2 h ago",
+        "3 d ago",
+    ]

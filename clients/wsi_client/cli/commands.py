@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,7 @@ async def list_workflows(
     if args.json:
         _print_json(console, [to_json(w) for w in workflows])
     elif workflows:
-        console.print(workflows_table(workflows))
+        console.print(workflows_table(workflows, time.time()))
     else:
         console.print("no workflows yet")
     return 0

@@ -3,7 +3,6 @@ a one-line summary per job. (``--json`` output does not pass through here.)"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -12,6 +11,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
+from wsi_client.digest import (
+    digest,
+    human_age,
+    human_duration,
+    job_backend,
+    job_nuclei,
+    job_seconds,
+)
 from wsi_client.workflow_view import (
     WorkflowView,
     job_state_name,
@@ -40,28 +47,36 @@ def _time(ts: pb.Job | pb.Workflow) -> str:
     return created.ToDatetime().replace(microsecond=0).isoformat(sep=" ") + "Z"
 
 
-def workflows_table(workflows: Iterable[pb.Workflow]) -> Table:
+def workflows_table(workflows: Iterable[pb.Workflow], now_s: float) -> Table:
+    """What a person compares: slides, state, backend, nuclei, time taken, age."""
     table = Table(box=None, header_style="bold")
-    for column in ("WORKFLOW", "NAME", "STATE", "PROGRESS", "JOBS", "CREATED"):
-        table.add_column(column, no_wrap=column != "NAME")
+    columns = ("WORKFLOW", "NAME", "SLIDES", "STATE", "PROGRESS", "BACKEND", "NUCLEI", "TOOK")
+    for column in (*columns, "CREATED"):
+        table.add_column(column, no_wrap=column not in ("NAME", "SLIDES"))
     for wf in workflows:
+        seen = digest(wf, now_s)
         table.add_row(
             wf.workflow_id,
             escape(wf.name),
+            escape(seen.slides),
             styled(workflow_state_name(wf.state)),
             f"{wf.progress.percent:5.1f} %",
-            str(len(wf.jobs)),
-            _time(wf),
+            escape(seen.backends) or "-",
+            f"{seen.nuclei:,}" if seen.nuclei is not None else "-",
+            human_duration(seen.seconds) if seen.seconds is not None else "-",
+            human_age(seen.age_s),
         )
     return table
 
 
 def jobs_table(jobs: Iterable[pb.Job]) -> Table:
     table = Table(box=None, header_style="bold")
-    for column in ("JOB", "KEY", "BRANCH", "TYPE", "STATE", "TILES", "ATTEMPT", "NOTE"):
+    columns = ("JOB", "KEY", "BRANCH", "TYPE", "STATE", "TILES", "BACKEND", "NUCLEI", "TOOK")
+    for column in (*columns, "ATTEMPT", "NOTE"):
         table.add_column(column, no_wrap=column not in ("BRANCH", "NOTE"))
     for j in jobs:
         state = job_state_name(j.state)
+        nuclei, seconds = job_nuclei(j), job_seconds(j)
         table.add_row(
             j.job_id,
             escape(j.key),
@@ -69,6 +84,9 @@ def jobs_table(jobs: Iterable[pb.Job]) -> Table:
             job_type_name(j.job_type),
             styled(state),
             f"{j.progress.tiles_done}/{j.progress.tiles_total}",
+            escape(job_backend(j)) or "-",
+            f"{nuclei:,}" if nuclei is not None else "-",
+            human_duration(seconds) if seconds is not None else "-",
             str(j.attempt),
             escape(j.pending_reason if state == "PENDING" else j.error),
         )
@@ -121,18 +139,16 @@ def job_summary(j: pb.Job) -> str:
     parts = [f"{_label(j)}: {styled(state)}"]
     if j.progress.tiles_total:
         parts.append(f"{j.progress.tiles_done}/{j.progress.tiles_total} tiles")
-    if j.start_time.seconds and j.end_time.seconds:
-        seconds = (j.end_time.ToNanoseconds() - j.start_time.ToNanoseconds()) / 1e9
-        parts.append(f"{seconds:.1f} s")
+    seconds = job_seconds(j)
+    if seconds is not None:
+        parts.append(human_duration(seconds))
     if j.attempt > 1:
         parts.append(f"attempt {j.attempt}")
-    if j.result.summary:
-        try:
-            nuclei = json.loads(j.result.summary).get("nuclei")
-        except (ValueError, AttributeError):
-            nuclei = None
-        if nuclei is not None:
-            parts.append(f"{nuclei} nuclei")
+    nuclei = job_nuclei(j)
+    if nuclei is not None:
+        parts.append(f"{nuclei} nuclei")
+    if job_backend(j):
+        parts.append(escape(job_backend(j)))
     if j.error:
         parts.append(escape(j.error))
     return ", ".join(parts)
