@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.browser.conftest import Ui, needs_chromium, screenshot, use_user, wait_until
 from tests.harness import CMU
@@ -37,6 +40,16 @@ def test_create_watch_to_100_percent_and_open_the_result(
     wait_until(page, "document.querySelector('#result-preview').naturalWidth > 0")
     nuclei = int(page.locator("[data-fact=nuclei]").inner_text())
     assert nuclei > 1000
+    # Rounded as people read it ("2.0 s", not "1.9983 s").
+    assert re.fullmatch(
+        r"\d+\.\d s|\d+ s|\d+ min( \d+ s)?", page.locator("[data-fact=time]").inner_text()
+    )
+    # The card says what a person compares between runs: slide, backend, nuclei, time, age.
+    facts = workflow.locator(".workflow-facts").inner_text()
+    assert facts.startswith(CMU) and f"{nuclei:,} nuclei" in facts and "took " in facts, facts
+    assert (
+        "created " in facts and f"{nuclei:,} nuclei" in workflow.locator(".job-facts").inner_text()
+    )
     assert page.locator("#result-links [data-file='cells.geojson']").count() == 1
     screenshot(page, "result.png", tmp_path)
 
@@ -99,3 +112,59 @@ def test_job_parameters_from_the_form_bounded_as_the_api_bounds_them(
 def identity_headers(ui: Ui, user: str) -> dict[str, str]:
     credential = ui.credentials[user]
     return {"Authorization": f"Bearer {credential}"} if ui.mode == "token" else {"X-User-ID": user}
+
+
+SLIDE = "cohort-2024/site-b/TCGA-A1-A0SB-01Z-00-DX1.8AB1C3E7-2C4A-4F9B.svs"  # a realistic name
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 800), (1920, 1080)])
+def test_every_form_field_is_labelled_and_shows_its_whole_text(
+    page: Any, gateway: Ui, tmp_path: Path, width: int, height: int
+) -> None:
+    """At common screen sizes, a job's fields show all they hold (a long slide
+    path included) and each has a name a screen reader reads out."""
+    page.set_viewport_size({"width": width, "height": height})
+    use_user(page, gateway, "ui-carol")
+    page.click("#add-row")
+    first, second = (
+        page.locator("#job-rows tbody tr").nth(0),
+        page.locator("#job-rows tbody tr").nth(1),
+    )
+    first.locator("[name=key]").fill("mask")
+    first.locator("[name=job_type]").select_option("TISSUE_MASK")
+    first.locator("[name=wsi_path]").fill(SLIDE)
+    second.locator("[name=key]").fill("cells")
+    second.locator("[name=wsi_path]").fill(SLIDE)
+    second.locator("[name=depends_on]").fill("mask")
+    second.locator("[name=tile_size]").fill("1024")
+    second.locator("[name=target_mpp]").fill("0.25")
+    second.locator("[name=backend]").select_option("classical")
+    # The text a field shows (its value, else its placeholder; a select's
+    # chosen option) measured in its own font, against the room inside it
+    # (less a select's arrow).
+    fields = page.evaluate(
+        """() => {
+            const pen = document.createElement('canvas').getContext('2d');
+            const fields = document.querySelectorAll('#create-form input, #create-form select');
+            return [...fields].map((e) => {
+                const style = getComputedStyle(e);
+                pen.font = style.font;
+                const select = e.tagName === 'SELECT';
+                const shown = select ? e.selectedOptions[0].text : e.value || e.placeholder;
+                const padding = parseFloat(style.paddingLeft) + parseFloat(style.paddingRight);
+                const room = e.clientWidth - padding - (select ? 20 : 0);
+                return {name: e.name || e.id, shown, room,
+                        needs: pen.measureText(shown).width,
+                        labelled: e.labels.length > 0 || !!e.ariaLabel,
+                        label: [...e.labels].map((l) => l.textContent.trim()).join(' ')};
+            });
+        }"""
+    )
+    for field in fields:
+        field["fits"] = field["needs"] <= field["room"]
+    assert len(fields) == 1 + 2 * 8, fields  # the name, and 8 fields per job
+    assert all(f["labelled"] for f in fields), [f for f in fields if not f["labelled"]]
+    assert all(f["fits"] for f in fields), [f for f in fields if not f["fits"]]
+    labels = {f["name"]: f["label"] for f in fields}
+    assert labels["tile_size"].startswith("Tile size, px") and "µm/px" in labels["target_mpp"]
+    screenshot(page, f"form-{width}.png", tmp_path)

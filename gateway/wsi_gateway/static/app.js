@@ -75,6 +75,7 @@ function fitParams(row) {
       input.min = String(field.min);
       input.max = String(field.max);
       input.placeholder = String(field.default);
+      input.title = `${field.help}: ${field.min} to ${field.max} (default ${field.default})`;
     }
   }
 }
@@ -186,6 +187,59 @@ function bar(progress) {
   return el("div", { class: "bar", role: "progressbar", "aria-valuenow": String(percent(progress)) }, fill);
 }
 
+// Durations and ages as people read them (the CLI's wsi_client.digest does the same).
+function humanDuration(seconds) {
+  if (seconds < 10) return `${seconds.toFixed(1)} s`;
+  if (seconds < 60) return `${Math.round(seconds)} s`;
+  if (seconds < 3600) {
+    const whole = Math.round(seconds);
+    const rest = whole % 60;
+    return rest ? `${Math.floor(whole / 60)} min ${rest} s` : `${whole / 60} min`;
+  }
+  const minutes = Math.round(seconds / 60);
+  return `${Math.floor(minutes / 60)} h ${String(minutes % 60).padStart(2, "0")} min`;
+}
+
+function humanAge(seconds) {
+  if (seconds < 5) return "just now";
+  if (seconds < 60) return `${Math.round(seconds)} s ago`;
+  if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
+  if (seconds < 86400) return `${Math.round(seconds / 3600)} h ago`;
+  return `${Math.round(seconds / 86400)} d ago`;
+}
+
+function jobSeconds(job) {
+  return job.start_time && job.end_time ? (Date.parse(job.end_time) - Date.parse(job.start_time)) / 1000 : null;
+}
+
+// What a person compares between runs: backend, nuclei, time taken.
+function jobFacts(job) {
+  const summary = job.result?.summary || {};
+  const seconds = jobSeconds(job);
+  const facts = [
+    summary.backend || null,
+    typeof summary.nuclei === "number" ? `${summary.nuclei.toLocaleString("en")} nuclei` : null,
+    seconds !== null ? humanDuration(seconds) : null,
+  ].filter(Boolean);
+  return facts.join(" · ");
+}
+
+function workflowFacts(wf) {
+  const slides = [...new Set(wf.jobs.map((job) => job.wsi_path.split("/").pop()))];
+  const backends = [...new Set(wf.jobs.map((job) => job.result?.summary?.backend).filter(Boolean))];
+  const counts = wf.jobs.map((job) => job.result?.summary?.nuclei).filter((n) => typeof n === "number");
+  const starts = wf.jobs.map((job) => job.start_time).filter(Boolean).map(Date.parse);
+  const ends = wf.jobs.map((job) => job.end_time).filter(Boolean).map(Date.parse);
+  const facts = [slides.join(", ")];
+  if (backends.length) facts.push(backends.join(", "));
+  if (counts.length) facts.push(`${counts.reduce((a, b) => a + b, 0).toLocaleString("en")} nuclei`);
+  if (TERMINAL.has(wf.state) && starts.length && ends.length === wf.jobs.length) {
+    facts.push(`took ${humanDuration((Math.max(...ends) - Math.min(...starts)) / 1000)}`);
+  }
+  if (wf.create_time) facts.push(`created ${humanAge((Date.now() - Date.parse(wf.create_time)) / 1000)}`);
+  return facts.join(" · ");
+}
+
 function jobRow(job) {
   const tiles = job.progress?.tiles_total ? `${job.progress.tiles_done} / ${job.progress.tiles_total} tiles` : "";
   const actions = [];
@@ -197,7 +251,8 @@ function jobRow(job) {
   }
   return el("tr", { "data-job": job.key, "data-state": job.state },
     el("td", {}, el("strong", {}, job.key), el("div", { class: "muted" }, `${job.branch} · ${job.job_type}`),
-      el("div", { class: "muted slide" }, job.wsi_path)),
+      el("div", { class: "muted slide" }, job.wsi_path),
+      job.state === "SUCCEEDED" ? el("div", { class: "muted job-facts" }, jobFacts(job)) : null),
     el("td", {}, el("span", { class: `badge ${job.state}` }, job.state),
       job.attempt > 1 ? el("div", { class: "muted" }, `attempt ${job.attempt}`) : null),
     el("td", { class: "progress-cell" }, bar(job.progress), el("div", { class: "tiles" }, tiles ? `${tiles} · ${percent(job.progress)}%` : `${percent(job.progress)}%`),
@@ -218,6 +273,7 @@ function render() {
         el("span", { class: "spacer" }),
         el("span", { class: "muted workflow-percent" }, `${percent(wf.progress)}%`),
         TERMINAL.has(wf.state) ? null : el("button", { class: "cancel-workflow", onclick: () => act(() => api("POST", `/workflows/${wf.workflow_id}/cancel`)) }, "Cancel all")),
+      el("div", { class: "muted workflow-facts" }, workflowFacts(wf)),
       bar(wf.progress),
       el("table", { class: "jobs" }, el("tbody", {}, wf.jobs.map(jobRow))))));
 }
@@ -321,7 +377,7 @@ async function showResult(job) {
     "tiles processed / skipped": `${summary.tiles_processed ?? 0} / ${summary.tiles_skipped ?? 0}`,
     "pixel size used": summary.mpp_used ? `${summary.mpp_used} µm/px (level ${summary.level})` : `level ${summary.level ?? 0}`,
     "backend": summary.backend || "–",
-    "time": summary.timings?.total_s ? `${summary.timings.total_s} s` : "–",
+    "time": summary.timings?.total_s ? humanDuration(summary.timings.total_s) : "–",
   };
   $("#result-summary").replaceChildren(...Object.entries(facts).flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-fact": k }, v)]));
   const links = $("#result-links");
