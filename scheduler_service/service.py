@@ -35,6 +35,7 @@ from scheduler_service.validation import (
     JobInput,
     TooManyJobs,
     check_backends,
+    job_name,
     normalise_jobs,
 )
 from scheduler_service.viewer_gate import ViewerBusy, ViewerGate
@@ -173,9 +174,10 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                 " wait for some to finish or cancel them"
             )
 
-    def _resolve_slides(self, jobs: Sequence[JobInput]) -> list[str]:
+    def _resolve_slides(self, jobs: Sequence[JobInput], names: Sequence[str]) -> list[str]:
+        """``names``: how messages name each job (``validation.job_name``)."""
         resolved: dict[str, str] = {}
-        for job in jobs:
+        for job, name in zip(jobs, names, strict=True):
             if job.wsi_path not in resolved:
                 try:
                     real = resolve_slide(job.wsi_path, self.slide_roots)
@@ -183,9 +185,23 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                     resolved[job.wsi_path] = str(real)
                 except SlidePathError as exc:
                     raise SlidePathError(
-                        f"job {job.key!r}: {exc}", permission=exc.permission
+                        f"{name}: {exc}{self._nearest_slides(job.wsi_path, exc)}",
+                        permission=exc.permission,
                     ) from exc
         return [resolved[job.wsi_path] for job in jobs]
+
+    def _nearest_slides(self, wanted: str, error: SlidePathError) -> str:
+        """For a slide not found: where slides are looked for, and the names
+        most like the one asked for (the roots' paths stay in the log)."""
+        if not error.missing:
+            return ""
+        names = [name for name, _ in slide_catalog.slide_names(self.slide_roots)]
+        close = slide_catalog.nearest_names(wanted, names)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        return (
+            f"{hint} (names are relative to the scheduler's --slide-roots;"
+            " GET /slides or ListSlides lists them)"
+        )
 
     def _stop(self, running_job_ids: Sequence[str]) -> None:
         for job_id in running_job_ids:
@@ -220,7 +236,8 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             check_backends(submitted, self.dispatcher.links.backends_offered())
             # Path lookups and the format check read the disk (perhaps a network
             # share): not on the event loop, which serves every other call.
-            slide_files = await asyncio.to_thread(self._resolve_slides, jobs)
+            names = [job_name(job, index) for index, job in enumerate(submitted)]
+            slide_files = await asyncio.to_thread(self._resolve_slides, jobs, names)
             self._check_pending(user, len(jobs))
             wf, _ = self.store.create_workflow(
                 user, request.name or "workflow", jobs, slide_files, request.request_id

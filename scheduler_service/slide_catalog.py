@@ -6,12 +6,13 @@ the service calls it off the event loop."""
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from scheduler_service import page_tokens
 
@@ -123,3 +124,16 @@ def _describe(name: str, path: str, size: int, mtime_ns: int) -> SlideInfo:
     except (openslide.OpenSlideError, OSError) as exc:
         message = str(exc).replace(path, name) or type(exc).__name__
         return SlideInfo(name, size, error=f"cannot be read: {message}")
+
+
+def nearest_names(wanted: str, names: Sequence[str], count: int = 3) -> list[str]:
+    """The names most like ``wanted`` (a typo, another folder, another case),
+    best first: by the whole name and by the file name alone."""
+    by_file: dict[str, list[str]] = {}
+    for name in names:
+        by_file.setdefault(PurePosixPath(name).name.lower(), []).append(name)
+    close = difflib.get_close_matches(wanted, names, n=count, cutoff=0.6)
+    wanted_file = PurePosixPath(wanted).name.lower()
+    for file_name in difflib.get_close_matches(wanted_file, list(by_file), n=count, cutoff=0.6):
+        close += [name for name in by_file[file_name] if name not in close]
+    return close[:count]

@@ -10,11 +10,12 @@ from pathlib import Path
 
 
 class SlidePathError(ValueError):
-    """``permission`` is True when the path points outside the slide roots."""
+    """``permission`` is True when the path points outside the slide roots,
+    ``missing`` when no file of that name is under them."""
 
-    def __init__(self, message: str, *, permission: bool = False) -> None:
+    def __init__(self, message: str, *, permission: bool = False, missing: bool = False) -> None:
         super().__init__(message)
-        self.permission = permission
+        self.permission, self.missing = permission, missing
 
 
 def resolve_slide(path: str, roots: Sequence[Path]) -> Path:
@@ -43,7 +44,7 @@ def resolve_slide(path: str, roots: Sequence[Path]) -> Path:
     if outside:
         # The roots themselves are the server's business: they go to its log only.
         raise SlidePathError(f"slide path {path!r} is outside the slide roots", permission=True)
-    raise SlidePathError(f"slide {path!r} not found under the slide roots")
+    raise SlidePathError(f"slide {path!r} not found under the slide roots", missing=True)
 
 
 def shown_path(path: str | Path, roots: Sequence[Path]) -> str:

@@ -103,6 +103,13 @@ def test_missing_or_malformed_user_is_unauthenticated(
         ([spec("a"), spec("a")], grpc.StatusCode.INVALID_ARGUMENT, "duplicate"),
         ([spec("a", slide="")], grpc.StatusCode.INVALID_ARGUMENT, "wsi_path is required"),
         ([spec("a", slide="missing.svs")], grpc.StatusCode.INVALID_ARGUMENT, "not found"),
+        (
+            [spec("a", slide="CMU-1-Small-Regoin.svs")],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "job 'a': slide 'CMU-1-Small-Regoin.svs' not found under the slide roots; did you"
+            " mean 'CMU-1-Small-Region.svs'? (names are relative to the scheduler's"
+            " --slide-roots; GET /slides or ListSlides lists them)",
+        ),
         ([spec("a", slide="/etc/passwd")], grpc.StatusCode.PERMISSION_DENIED, "outside"),
         ([spec("a", slide="../../etc/passwd")], grpc.StatusCode.PERMISSION_DENIED, "outside"),
         ([spec("a", slide=str(SLIDES))], grpc.StatusCode.INVALID_ARGUMENT, "not a regular file"),

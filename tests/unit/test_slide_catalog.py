@@ -13,6 +13,7 @@ import pytest
 from scheduler_service.slide_catalog import (
     InvalidSlideToken,
     describe,
+    nearest_names,
     page,
     slide_names,
 )
@@ -68,3 +69,11 @@ def test_slides_are_described_and_broken_ones_say_why(tmp_path: Path) -> None:
     shutil.copy(SLIDES / "unopenable.tiff", tmp_path / "broken.tiff")
     broken = describe("lab/broken.tiff", tmp_path / "broken.tiff")
     assert broken.error.startswith("cannot be read") and str(tmp_path) not in broken.error
+
+
+def test_the_names_nearest_a_slide_not_found() -> None:
+    names = ["CMU-1-Small-Region.svs", "boxes.tiff", "cohort/TCGA-A1-A0SB.svs", "small.svs"]
+    assert nearest_names("CMU-1-Small-Regoin.svs", names) == ["CMU-1-Small-Region.svs"]
+    assert nearest_names("tcga-a1-a0sb.svs", names) == ["cohort/TCGA-A1-A0SB.svs"]  # folder, case
+    assert nearest_names("other/boxes.tif", names) == ["boxes.tiff"]
+    assert nearest_names("zzzz.svs", names) == []
