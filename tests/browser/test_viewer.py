@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import pytest
+import shapely
 from PIL import Image
+from shapely.geometry import shape
 
 from tests.browser.conftest import (
     Ui,
@@ -168,6 +170,29 @@ def test_the_viewer_draws_each_nucleus_and_measures_it(
     ex, ey = (int(v) for v in empty_xy)
     assert np.abs(with_density[by, bx] - without[by, bx]).sum() > 60  # the density is drawn there
     assert np.abs(with_density[ey, ex] - without[ey, ex]).sum() < 10  # and not on empty glass
+    # A square of the grid with nuclei that reaches past the tissue's edge is
+    # drawn over the tissue only: not on the glass beside it.
+    tissue = shapely.unary_union(
+        [
+            shape(f["geometry"])
+            for f in httpx.get(
+                f"{ui.address}/jobs/{job_id}/results/tissue.geojson", headers=headers
+            ).json()["features"]
+        ]
+    )
+    beside = [
+        (x, y)
+        for row, col in zip(*np.nonzero(counts), strict=True)
+        for x in np.linspace(col * cell + 2, (col + 1) * cell - 2, 9)
+        for y in np.linspace(row * cell + 2, (row + 1) * cell - 2, 9)
+        if tissue.distance(shapely.Point(x, y)) > 0.05 * cell
+    ]
+    assert beside, "no square of the density grid reaches past the tissue"
+    (glass_xy,) = _to_screen(page, [beside[len(beside) // 2]])
+    gx, gy = (int(v) for v in glass_xy)
+    assert np.abs(with_density[gy, gx] - without[gy, gx]).sum() < 10, (gx, gy)
+    legend = page.locator("#density-legend").inner_text()
+    assert legend.startswith(f"Density: nuclei per {cell:g} x {cell:g} px square of tissue"), legend
     page.check("#layer-density")
 
     # Zoom onto a known nucleus: its outline is drawn around it.

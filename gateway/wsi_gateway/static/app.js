@@ -317,6 +317,7 @@ function closeViewer() {
   $("#viewer").removeAttribute("data-nuclei");
   $("#viewer-panel").hidden = true;
   $("#viewer-error").textContent = "";
+  $("#density-legend").textContent = "";
   $("#result-dialog").classList.remove("viewing");
   showNucleus(null);
 }
@@ -352,7 +353,9 @@ async function openViewer(job) {
     $("#viewer-error").textContent = `The slide viewer cannot open: ${error.message}`;
     return;
   }
-  if (slideViewer === viewer) window.wsiViewer = viewer; // for scripts and tests driving the view
+  if (slideViewer !== viewer) return;
+  $("#density-legend").textContent = viewer.densityLegend();
+  window.wsiViewer = viewer; // for scripts and tests driving the view
 }
 
 function clearResult() {

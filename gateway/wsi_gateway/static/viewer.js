@@ -97,6 +97,13 @@ class SlideViewer {
     if (this.closed) return;
     this.hasCells = hasCells;
     this.tissue = (tissue?.features || []).flatMap((f) => f.geometry.coordinates.map(ringPath));
+    // The density is drawn within the tissue only (its cells are squares of the
+    // slide, and a square at the tissue's edge reaches onto the glass).
+    this.tissueArea = null;
+    if (this.tissue.length) {
+      this.tissueArea = new Path2D();
+      for (const path of this.tissue) this.tissueArea.addPath(path);
+    }
     this.density = density && density.columns ? this.densityImage(density) : null;
     this.osd = OSD({
       element: this.element,
@@ -151,7 +158,14 @@ class SlideViewer {
       image.data.set([...DENSITY_RGB, alpha], k * 4);
     });
     context.putImageData(image, 0, 0);
-    return { canvas, cell: density.cell_px, columns: density.columns, rows: density.rows };
+    return { canvas, cell: density.cell_px, columns: density.columns, rows: density.rows, high };
+  }
+
+  // What the density's shades mean, for the page's legend.
+  densityLegend() {
+    if (!this.density) return "";
+    const { cell, high } = this.density;
+    return `Density: nuclei per ${cell} x ${cell} px square of tissue; palest 1, darkest ${high} or more`;
   }
 
   // The visible part of the slide, in level-0 slide pixels: [x0, y0, x1, y1].
@@ -228,8 +242,11 @@ class SlideViewer {
     let mode = "none";
     if (!zoomedIn && this.layers.density && this.density) {
       const { canvas: grid, cell, columns, rows } = this.density;
+      context.save();
+      if (this.tissueArea) context.clip(this.tissueArea, "evenodd"); // holes stay clear
       context.imageSmoothingEnabled = false; // honest cells, no halo past the tissue
       context.drawImage(grid, 0, 0, columns * cell, rows * cell);
+      context.restore();
       mode = "density";
     }
     if (zoomedIn && this.layers.nuclei) {
