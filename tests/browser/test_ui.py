@@ -168,3 +168,15 @@ def test_every_form_field_is_labelled_and_shows_its_whole_text(
     labels = {f["name"]: f["label"] for f in fields}
     assert labels["tile_size"].startswith("Tile size, px") and "µm/px" in labels["target_mpp"]
     screenshot(page, f"form-{width}.png", tmp_path)
+
+
+def test_a_running_job_before_its_first_tile_says_what_it_is_doing(page: Any, gateway: Ui) -> None:
+    """While it reads the slide and loads its model a job shows a phase, not a bare 0 %."""
+    use_user(page, gateway, "ui-bob")
+    phases = page.evaluate(
+        """() => [0, 3].map((done) => jobRow({
+            key: 'cells', branch: 'main', job_type: 'CELL_SEGMENTATION', wsi_path: 'a.svs',
+            state: 'RUNNING', attempt: 1, progress: {tiles_done: done, tiles_total: 26},
+        }).querySelector('.phase')?.textContent || '')"""
+    )
+    assert phases[0].startswith("preparing: reading the slide") and phases[1] == ""

@@ -256,6 +256,9 @@ function jobRow(job) {
     el("td", {}, el("span", { class: `badge ${job.state}` }, job.state),
       job.attempt > 1 ? el("div", { class: "muted" }, `attempt ${job.attempt}`) : null),
     el("td", { class: "progress-cell" }, bar(job.progress), el("div", { class: "tiles" }, tiles ? `${tiles} · ${percent(job.progress)}%` : `${percent(job.progress)}%`),
+      // Before its first tile a running job reads the slide, finds the tissue and
+      // loads its segmenter (a model takes seconds): say so, not just "0 %".
+      job.state === "RUNNING" && !job.progress?.tiles_done ? el("div", { class: "phase muted" }, "preparing: reading the slide, finding the tissue, loading the segmenter") : null,
       job.state === "PENDING" && job.pending_reason ? el("div", { class: "reason muted" }, job.pending_reason) : null,
       job.error ? el("div", { class: "err" }, job.error) : null),
     el("td", {}, actions));
