@@ -45,6 +45,7 @@ from wsi_protocol.job_types import JobType
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from wsi_protocol.status import RETRY_AFTER_METADATA, SERVER_ANSWER_METADATA
+from wsi_runtime import job_params
 from wsi_runtime.boxes import BoxError, check_box
 from wsi_runtime.limits import RateLimiter, retry_after
 from wsi_runtime.slide_paths import SlidePathError, check_slide_format, resolve_slide
@@ -434,6 +435,17 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     def _slides_page(self, size: int, token: str) -> tuple[list[slide_catalog.SlideInfo], str]:
         chosen, token = slide_catalog.page(slide_catalog.slide_names(self.slide_roots), size, token)
         return [slide_catalog.describe(name, path) for name, path in chosen], token
+
+    async def GetJobParams(
+        self, request: pb.GetJobParamsRequest, context: Context
+    ) -> pb.JobParamsInfo:
+        await self.authenticate(context)
+        offered = self.dispatcher.links.backends_offered()
+        known = bool(offered) and all(offered)
+        return pb.JobParamsInfo(
+            min_tile_size=max(self.min_tile_size, job_params.TILE_SIZE_RANGE[0]),
+            backends=sorted(frozenset().union(*offered)) if known else [],
+        )
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.SchedulerStats:
         user = await self.authenticate(context)

@@ -9,7 +9,7 @@ accepted as people write them: ``"512"``, ``"512.0"``, ``" 0.25 "``."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from wsi_protocol.job_types import JobType
@@ -127,9 +127,11 @@ def _value(name: str, text: str, field: _Field) -> object:
     return number
 
 
-def schema() -> dict[str, dict[str, object]]:
+def schema(min_tile_size: int = 0, backends: Sequence[str] = ()) -> dict[str, dict[str, object]]:
     """The parameters as the web UI builds its inputs from them: kind, bounds,
-    default and choices, the same the scheduler checks against."""
+    default and choices, the same the scheduler checks against; narrowed, when
+    a deployment says so, to its smallest tile size and to the ``backends``
+    its workers offer (empty: every backend, not known yet)."""
     defaults = JobParams()
     described: dict[str, dict[str, object]] = {}
     for name, field in FIELDS.items():
@@ -139,11 +141,13 @@ def schema() -> dict[str, dict[str, object]]:
             "default": getattr(defaults, name),
         }
         if field.choices:
-            entry["choices"] = list(field.choices)
+            offered = [c for c in field.choices if c in backends] if name == "backend" else []
+            entry["choices"] = offered or list(field.choices)
             if name == "backend":
                 entry["choice_help"] = dict(BACKEND_HELP)
                 entry["default_help"] = DEFAULT_BACKEND_HELP
         else:
-            entry["min"], entry["max"] = field.low, field.high
+            low = max(field.low, min_tile_size) if name == "tile_size" else field.low
+            entry["min"], entry["max"] = low, field.high
         described[name] = entry
     return described

@@ -13,7 +13,14 @@ from fastapi.responses import Response, StreamingResponse
 
 from wsi_gateway import deep_zoom, events, sse
 from wsi_gateway.bodies import WorkflowIn
-from wsi_gateway.dependencies import BadRequest, Caller, Gateway, NotFoundError, call
+from wsi_gateway.dependencies import (
+    BadRequest,
+    Caller,
+    Gateway,
+    MaybeCaller,
+    NotFoundError,
+    call,
+)
 from wsi_gateway.sized_body import relayed, sized_body
 from wsi_protocol import result_files
 from wsi_protocol.json_format import to_json
@@ -203,10 +210,15 @@ async def stats(gateway: Gateway, caller: Caller) -> Any:
     "/job-params",
     summary="The job parameters: kind, bounds, default, choices",
     description="For `backend`, also what each choice is for and costs (`choice_help`) and"
-    " what a job that names none gets (`default_help`: learned wherever it can run).",
+    " what a job that names none gets (`default_help`: learned wherever it can run)."
+    " Asked with an identity, the bounds and choices are this deployment's: its smallest"
+    " tile size and the backends its connected workers offer; without, the schema's.",
 )
-async def job_params_schema() -> dict[str, dict[str, object]]:
-    return job_params.schema()
+async def job_params_schema(gateway: Gateway, caller: MaybeCaller) -> dict[str, dict[str, object]]:
+    if caller is None:
+        return job_params.schema()
+    here = await call(gateway.stub.GetJobParams(pb.GetJobParamsRequest(), metadata=caller))
+    return job_params.schema(here.min_tile_size, list(here.backends))
 
 
 @router.get("/result-files", summary="The names of a job's result files, by role")

@@ -145,6 +145,26 @@ def test_result_files_are_served_to_their_owner_only(
     assert stranger.status_code == 404 and stranger.json()["code"] == "NOT_FOUND"
 
 
+def test_job_params_are_this_deployment_s_and_each_edge_is_accepted(gw: Gateway) -> None:
+    """Asked with an identity, /job-params gives the bounds and backends that
+    hold here (the scheduler's --min-tile-size 128; the workers offer classical
+    and learned); a job at each tile-size edge, other parameters left to their
+    defaults, is accepted; without an identity, the schema's own."""
+    schema = gw.http.get("/job-params").json()
+    assert schema["tile_size"]["min"] == 64 and "instanseg" in schema["backend"]["choices"]
+    here = gw.http.get("/job-params", headers=gw.as_user("edges")).json()
+    assert here["tile_size"]["min"] == 128 and here["tile_size"]["max"] == 8192
+    assert here["backend"]["choices"] == ["classical", "learned"]
+    for tile in (here["tile_size"]["min"], here["tile_size"]["max"]):
+        gw.create("edges", [mask(params={"tile_size": str(tile)})])
+    below = gw.http.post(
+        "/workflows",
+        json={"jobs": [mask(params={"tile_size": str(here["tile_size"]["min"] - 1)})]},
+        headers=gw.as_user("edges"),
+    )
+    assert below.status_code == 400 and "minimum of 128" in below.json()["message"]
+
+
 def test_unknown_result_name_and_path_tricks_are_refused(gw: Gateway) -> None:
     wf = gw.create("paths", [mask(slide="small.svs")])
     gw.wait_done("paths", wf["workflow_id"])

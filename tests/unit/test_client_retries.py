@@ -51,7 +51,7 @@ class Flaky(pb_grpc.SchedulerServicer):
 
     CancelWorkflow = GetJob = ListWorkflows = WatchWorkflow = _unused  # type: ignore[assignment]
     ReadResult = ListSlides = GetSlideDeepZoom = GetSlideTile = _unused  # type: ignore[assignment]
-    QueryCells = GetCellDensity = _unused  # type: ignore[assignment]
+    QueryCells = GetCellDensity = GetJobParams = _unused  # type: ignore[assignment]
 
     async def GetStats(self, request, context):
         self.calls["GetStats"] += 1

@@ -12,6 +12,7 @@ from wsi_runtime.job_params import (
     InvalidParams,
     JobParams,
     parse,
+    schema,
 )
 
 
@@ -77,6 +78,15 @@ def test_defaults_and_bounds_are_valid_together_at_every_edge() -> None:
         assert parse("CELL_SEGMENTATION", {"min_tissue": share}).min_tissue == float(share)
     with pytest.raises(InvalidParams, match="overlap=64 must be less than half of tile_size"):
         parse("CELL_SEGMENTATION", {"tile_size": "128", "overlap": "64"})  # asked for: refused
+
+
+def test_the_schema_narrowed_to_a_deployment() -> None:
+    plain, here = schema(), schema(128, ["learned", "classical"])
+    assert plain["tile_size"]["min"] == 64 and here["tile_size"]["min"] == 128
+    assert plain["backend"]["choices"] == ["classical", "learned", "instanseg"]
+    assert here["backend"]["choices"] == ["classical", "learned"]  # in the schema's order
+    assert schema(0, [])["backend"]["choices"] == plain["backend"]["choices"]  # not known yet
+    assert here["overlap"] == plain["overlap"]
 
 
 def test_unknown_job_type() -> None:

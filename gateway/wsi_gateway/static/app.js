@@ -472,6 +472,12 @@ async function useIdentity(identity) {
   state.identity = identity;
   state.workflows.clear();
   clearResult();
+  try {
+    // This deployment's bounds and the backends its workers offer, now that it can be asked.
+    paramSchema = await api("GET", "/job-params");
+  } catch (error) {
+    console.warn("job params", error.message);
+  }
   clearForm();
   clearDashboard();
   storage().setItem("wsi-identity", identity);

@@ -692,6 +692,49 @@ class GetStatsRequest(_message.Message):
 Global___GetStatsRequest: _TypeAlias = GetStatsRequest  # noqa: Y015
 
 @_typing.final
+class GetJobParamsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobParamsRequest: _TypeAlias = GetJobParamsRequest  # noqa: Y015
+
+@_typing.final
+class JobParamsInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_TILE_SIZE_FIELD_NUMBER: _builtins.int
+    BACKENDS_FIELD_NUMBER: _builtins.int
+    min_tile_size: _builtins.int
+    """The smallest tile_size a job may ask for here (the scheduler's --min-tile-size)."""
+    @_builtins.property
+    def backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The segmentation backends a connected worker offers; empty while that is
+        not known (no worker connected, or one that does not say).
+        """
+
+    def __init__(
+        self,
+        *,
+        min_tile_size: _builtins.int = ...,
+        backends: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "min_tile_size", b"min_tile_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobParamsInfo: _TypeAlias = JobParamsInfo  # noqa: Y015
+
+@_typing.final
 class BranchDepth(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -74,6 +74,11 @@ class SchedulerStub:
                 request_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.SchedulerStats.FromString,
                 _registered_method=True)
+        self.GetJobParams = channel.unary_unary(
+                '/wsi.scheduler.v1.Scheduler/GetJobParams',
+                request_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetJobParamsRequest.SerializeToString,
+                response_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.JobParamsInfo.FromString,
+                _registered_method=True)
         self.ReadResult = channel.unary_stream(
                 '/wsi.scheduler.v1.Scheduler/ReadResult',
                 request_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.ReadResultRequest.SerializeToString,
@@ -173,6 +178,15 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJobParams(self, request, context):
+        """What this deployment accepts beyond the parameters' schema: its smallest
+        tile size and the backends its connected workers offer (GET /job-params
+        narrows the schema by them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReadResult(self, request, context):
         """One result file of the caller's own finished job, in chunks (the first
         says the size), fetched from the worker that holds it: no folder needs to
@@ -266,6 +280,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetStatsRequest.FromString,
                     response_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.SchedulerStats.SerializeToString,
+            ),
+            'GetJobParams': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobParams,
+                    request_deserializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetJobParamsRequest.FromString,
+                    response_serializer=wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.JobParamsInfo.SerializeToString,
             ),
             'ReadResult': grpc.unary_stream_rpc_method_handler(
                     servicer.ReadResult,
@@ -514,6 +533,33 @@ class Scheduler:
             '/wsi.scheduler.v1.Scheduler/GetStats',
             wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetStatsRequest.SerializeToString,
             wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.SchedulerStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobParams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wsi.scheduler.v1.Scheduler/GetJobParams',
+            wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.GetJobParamsRequest.SerializeToString,
+            wsi_dot_scheduler_dot_v1_dot_scheduler__pb2.JobParamsInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -70,6 +70,11 @@ class SchedulerStub:
     """
     GetStats: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetStatsRequest, _scheduler_pb2.SchedulerStats]
     """Queue and capacity numbers for a dashboard."""
+    GetJobParams: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetJobParamsRequest, _scheduler_pb2.JobParamsInfo]
+    """What this deployment accepts beyond the parameters' schema: its smallest
+    tile size and the backends its connected workers offer (GET /job-params
+    narrows the schema by them).
+    """
     ReadResult: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.ReadResultRequest, _scheduler_pb2.ResultChunk]
     """One result file of the caller's own finished job, in chunks (the first
     says the size), fetched from the worker that holds it: no folder needs to
@@ -127,6 +132,11 @@ class SchedulerAsyncStub(SchedulerStub):
     """
     GetStats: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetStatsRequest, _scheduler_pb2.SchedulerStats]  # type: ignore[assignment]
     """Queue and capacity numbers for a dashboard."""
+    GetJobParams: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetJobParamsRequest, _scheduler_pb2.JobParamsInfo]  # type: ignore[assignment]
+    """What this deployment accepts beyond the parameters' schema: its smallest
+    tile size and the backends its connected workers offer (GET /job-params
+    narrows the schema by them).
+    """
     ReadResult: _aio.UnaryStreamMultiCallable[_scheduler_pb2.ReadResultRequest, _scheduler_pb2.ResultChunk]  # type: ignore[assignment]
     """One result file of the caller's own finished job, in chunks (the first
     says the size), fetched from the worker that holds it: no folder needs to
@@ -229,6 +239,17 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.SchedulerStats, _abc.Awaitable[_scheduler_pb2.SchedulerStats]]:
         """Queue and capacity numbers for a dashboard."""
+
+    @_abc_1.abstractmethod
+    def GetJobParams(
+        self,
+        request: _scheduler_pb2.GetJobParamsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.JobParamsInfo, _abc.Awaitable[_scheduler_pb2.JobParamsInfo]]:
+        """What this deployment accepts beyond the parameters' schema: its smallest
+        tile size and the backends its connected workers offer (GET /job-params
+        narrows the schema by them).
+        """
 
     @_abc_1.abstractmethod
     def ReadResult(
