@@ -38,7 +38,7 @@ from scheduler_service.validation import (
     job_name,
     normalise_jobs,
 )
-from scheduler_service.viewer_gate import ViewerBusy, ViewerGate
+from scheduler_service.viewer_gate import ViewerGate
 from scheduler_service.worker_proxy import WorkerRefusal, WorkerUnavailable
 from wsi_protocol import result_files
 from wsi_protocol.job_types import JobType
@@ -47,7 +47,7 @@ from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from wsi_protocol.status import RETRY_AFTER_METADATA, SERVER_ANSWER_METADATA
 from wsi_runtime import job_params
 from wsi_runtime.boxes import BoxError, check_box
-from wsi_runtime.limits import RateLimiter, retry_after
+from wsi_runtime.limits import LimitExceeded, RateLimiter, retry_after
 from wsi_runtime.slide_paths import SlidePathError, check_slide_format, resolve_slide
 
 if TYPE_CHECKING:
@@ -63,14 +63,6 @@ IDENTITY_RECHECK_S = 5.0  # an open watch re-checks its caller's token this ofte
 
 class MalformedRequest(ValueError):
     """A malformed request the store never sees."""
-
-
-class LimitExceeded(RuntimeError):
-    """A per-user limit; ``retry_after`` is the hint in whole seconds (0: none)."""
-
-    def __init__(self, message: str, retry_after: int = 0) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 def status_for(exc: Exception) -> grpc.StatusCode | None:
@@ -92,7 +84,7 @@ def status_for(exc: Exception) -> grpc.StatusCode | None:
         InvalidSpec | InvalidPageToken | MalformedRequest | InvalidSlideToken,
     ):
         return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, LimitExceeded | TooManyJobs | ViewerBusy):
+    if isinstance(exc, LimitExceeded | TooManyJobs):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(exc, JournalError | WorkerUnavailable):
         return grpc.StatusCode.UNAVAILABLE  # nothing was changed; the caller may retry
@@ -117,8 +109,6 @@ async def domain_errors(context: Context) -> AsyncIterator[None]:
         trailing: tuple[tuple[str, str], ...] = ((SERVER_ANSWER_METADATA, "1"),)
         if isinstance(exc, LimitExceeded) and exc.retry_after:
             trailing += ((RETRY_AFTER_METADATA, str(exc.retry_after)),)
-        if isinstance(exc, ViewerBusy):
-            trailing += ((RETRY_AFTER_METADATA, "1"),)
         message = str(exc)
         if isinstance(exc, JournalError):  # names the journal's file: for the log only
             log.error("journal failure answered UNAVAILABLE: %s", exc)
@@ -441,10 +431,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     ) -> pb.JobParamsInfo:
         await self.authenticate(context)
         offered = self.dispatcher.links.backends_offered()
-        known = bool(offered) and all(offered)
         return pb.JobParamsInfo(
             min_tile_size=max(self.min_tile_size, job_params.TILE_SIZE_RANGE[0]),
-            backends=sorted(frozenset().union(*offered)) if known else [],
+            backends=sorted(offered or ()),
         )
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.SchedulerStats:

@@ -96,14 +96,12 @@ def normalise_jobs(
     return out
 
 
-def check_backends(jobs: Sequence[JobInput], offered: Sequence[frozenset[str]]) -> None:
+def check_backends(jobs: Sequence[JobInput], available: frozenset[str] | None) -> None:
     """Refuses a job that names a backend no connected worker can run (it would
-    only fail there). ``offered``: the backends of each connected worker; with
-    none connected, or one that does not say (an older worker), nothing can be
-    known yet and the jobs wait for workers as always."""
-    if not offered or not all(offered):
+    only fail there). ``available``: what the connected workers offer, None
+    while not known: the jobs then wait for workers as always."""
+    if available is None:
         return
-    available = frozenset().union(*offered)
     for index, job in enumerate(jobs):
         backend = job.params.get("backend", "").strip()
         if backend and backend not in available:

@@ -11,26 +11,27 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from wsi_runtime.limits import LimitExceeded
 
 # A browser opens about 6 connections per host: a viewer's own tiles never wait.
 RUNNING_PER_USER = 6
 WAITING_PER_USER = 64
 
 
-class ViewerBusy(RuntimeError):
+class ViewerBusy(LimitExceeded):
     """This user already has ``running`` viewer calls at the workers and
-    ``waiting`` more in line."""
+    ``waiting`` more in line: retry in a second."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=1)
 
 
 @dataclass
 class _Lane:
-    running: int
-    turns: asyncio.Semaphore = field(init=False)
+    turns: asyncio.Semaphore
     holders: int = 0  # calls running or waiting
-
-    def __post_init__(self) -> None:
-        self.turns = asyncio.Semaphore(self.running)
 
 
 class ViewerGate:
@@ -50,7 +51,7 @@ class ViewerGate:
         """Held for the whole call (a streamed answer included)."""
         lane = self._lanes.get(user)
         if lane is None:
-            lane = self._lanes[user] = _Lane(self.running)
+            lane = self._lanes[user] = _Lane(asyncio.Semaphore(self.running))
         if lane.holders >= self.running + self.waiting:
             raise ViewerBusy(
                 f"{self.running} viewer calls of yours are running and {self.waiting} more"

@@ -174,9 +174,14 @@ class WorkerLinks:
     def workers_connected(self) -> int:
         return sum(1 for link in self.links if link.connected)
 
-    def backends_offered(self) -> list[frozenset[str]]:
-        """The segmentation backends of each connected worker (empty: it does not say)."""
-        return [frozenset(link.backends) for link in self.links if link.connected]
+    def backends_offered(self) -> frozenset[str] | None:
+        """The segmentation backends the connected workers offer between them;
+        None while that is not known (no worker connected, or one that does
+        not say: an older worker)."""
+        offered = [frozenset(link.backends) for link in self.links if link.connected]
+        if not offered or not all(offered):
+            return None
+        return frozenset().union(*offered)
 
     def free_slots(self) -> int:
         return sum(link.free for link in self.links)

@@ -9,6 +9,15 @@ import math
 from dataclasses import dataclass, field
 
 
+class LimitExceeded(RuntimeError):
+    """A per-user limit reached; ``retry_after`` is the hint in whole seconds
+    (0: none). The scheduler answers RESOURCE_EXHAUSTED with it."""
+
+    def __init__(self, message: str, retry_after: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass
 class _Bucket:
     tokens: float

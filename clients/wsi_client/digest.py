@@ -25,30 +25,32 @@ def human_duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def _summary(job: pb.Job) -> dict[str, Any]:
-    if not job.result.summary:
-        return {}
-    try:
-        loaded = json.loads(job.result.summary)
-    except ValueError:
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
+@dataclass(frozen=True)
+class JobFacts:
+    backend: str  # the backend that segmented ("" for none)
+    nuclei: int | None  # None: not a finished segmentation
+    seconds: float | None  # from its start to its end, once it ended
 
 
-def job_nuclei(job: pb.Job) -> int | None:
-    nuclei = _summary(job).get("nuclei")
-    return nuclei if isinstance(nuclei, int) else None
-
-
-def job_backend(job: pb.Job) -> str:
-    backend = _summary(job).get("backend")
-    return backend if isinstance(backend, str) else ""
-
-
-def job_seconds(job: pb.Job) -> float | None:
-    if job.start_time.seconds and job.end_time.seconds:
-        return (job.end_time.ToNanoseconds() - job.start_time.ToNanoseconds()) / 1e9
-    return None
+def job_facts(job: pb.Job) -> JobFacts:
+    """What a job's summary and times say (the summary's JSON read once)."""
+    summary: Any = {}
+    if job.result.summary:
+        try:
+            summary = json.loads(job.result.summary)
+        except ValueError:
+            summary = {}
+    if not isinstance(summary, dict):
+        summary = {}
+    backend, nuclei = summary.get("backend"), summary.get("nuclei")
+    ended = job.start_time.seconds and job.end_time.seconds
+    return JobFacts(
+        backend=backend if isinstance(backend, str) else "",
+        nuclei=nuclei if isinstance(nuclei, int) else None,
+        seconds=(job.end_time.ToNanoseconds() - job.start_time.ToNanoseconds()) / 1e9
+        if ended
+        else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,10 @@ class WorkflowDigest:
 def digest(workflow: pb.Workflow, now_s: float) -> WorkflowDigest:
     """``now_s``: the time now, in seconds since the epoch (the caller's clock)."""
     jobs = list(workflow.jobs)
+    facts = [job_facts(j) for j in jobs]
     slides = dict.fromkeys(PurePosixPath(j.wsi_path).name for j in jobs)
-    backends = dict.fromkeys(b for b in map(job_backend, jobs) if b)
-    counts = [n for n in map(job_nuclei, jobs) if n is not None]
+    backends = dict.fromkeys(f.backend for f in facts if f.backend)
+    counts = [f.nuclei for f in facts if f.nuclei is not None]
     starts = [j.start_time.ToNanoseconds() for j in jobs if j.start_time.seconds]
     ends = [j.end_time.ToNanoseconds() for j in jobs if j.end_time.seconds]
     ended = bool(jobs) and len(ends) == len(jobs)

@@ -4,7 +4,7 @@ which app.py maps to HTTP in one place."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Awaitable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
@@ -54,6 +54,19 @@ async def collect(stream: AsyncIterable[M]) -> list[M]:
         return [message async for message in stream]
     except grpc.aio.AioRpcError as error:
         raise GrpcFailure(error) from error
+
+
+async def opened(stream: AsyncIterable[M], empty: str) -> tuple[M, AsyncIterator[M]]:
+    """A server stream's first message, its error raised as ``call`` does
+    (before any byte of a streamed answer is sent), and the rest of it;
+    ``empty``: what to say of a stream with no message at all (the
+    scheduler's bug, not the user's)."""
+    messages = stream.__aiter__()
+    try:
+        first = await call(anext(messages))
+    except StopAsyncIteration:
+        raise BadRequest(empty) from None
+    return first, messages
 
 
 def gateway_state(request: Request) -> GatewayState:

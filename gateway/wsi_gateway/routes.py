@@ -4,7 +4,6 @@ X-User-ID as metadata ``x-user-id``, its answer as JSON."""
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import AsyncIterator
 from pathlib import PurePath
 from typing import Annotated, Any
 
@@ -20,6 +19,7 @@ from wsi_gateway.dependencies import (
     MaybeCaller,
     NotFoundError,
     call,
+    opened,
 )
 from wsi_gateway.sized_body import relayed, sized_body
 from wsi_protocol import result_files
@@ -92,17 +92,11 @@ async def get_result(job_id: str, name: str, gateway: Gateway, caller: Caller) -
     """Streamed from the worker that wrote it, through the scheduler (which
     checks the owner): no folder is shared between hosts."""
     request = pb.ReadResultRequest(job_id=job_id, name=name)
-    chunks = gateway.stub.ReadResult(request, metadata=caller).__aiter__()
-    try:
-        first = await call(anext(chunks))  # errors (404, 503) before any byte is sent
-    except StopAsyncIteration:  # no chunk at all: the scheduler's bug, not the user's
-        raise BadRequest(f"result {name!r} of job {job_id!r} came back empty") from None
-
-    async def rest() -> AsyncIterator[bytes]:
-        async for chunk in chunks:
-            yield chunk.data
-
-    body = sized_body(first.size, first.data, rest(), f"result {name!r} of job {job_id!r}")
+    what = f"result {name!r} of job {job_id!r}"
+    first, rest = await opened(
+        gateway.stub.ReadResult(request, metadata=caller), f"{what} came back empty"
+    )
+    body = sized_body(first.size, first.data, (chunk.data async for chunk in rest), what)
     media = RESULT_TYPES.get(PurePath(name).suffix) or mimetypes.guess_type(name)[0]
     headers = {
         "Content-Length": str(first.size),
@@ -159,17 +153,11 @@ async def cells_in_box(
     # Streamed as it comes, one chunk held at a time: a whole-slide box of
     # 50,000 nuclei is about 40 MB, and twenty of them at once must not be
     # 800 MB here.
-    chunks = gateway.stub.QueryCells(request, metadata=caller).__aiter__()
-    try:
-        first = await call(anext(chunks))  # errors (400, 404, 503) before any byte is sent
-    except StopAsyncIteration:  # no chunk at all: the scheduler's bug, not the user's
-        raise BadRequest(f"the nuclei of job {job_id!r} came back empty") from None
-
-    async def rest() -> AsyncIterator[bytes]:
-        async for chunk in chunks:
-            yield chunk.data
-
-    body = relayed(first.data, rest(), f"the nuclei of job {job_id!r} in {bbox!r}")
+    what = f"the nuclei of job {job_id!r} in {bbox!r}"
+    first, rest = await opened(
+        gateway.stub.QueryCells(request, metadata=caller), f"{what} came back empty"
+    )
+    body = relayed(first.data, (chunk.data async for chunk in rest), what)
     return StreamingResponse(body, media_type="application/geo+json")
 
 

@@ -73,6 +73,7 @@ class FakeWorker:
     seen_metadata: list[tuple[tuple[str, str], ...]] = field(default_factory=list)
     closed: bool = False
     worker_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    backends: tuple[str, ...] = ("classical",)
 
     def _check(self) -> None:
         if self.answer is not None:
@@ -85,7 +86,9 @@ class FakeWorker:
         self.seen_metadata.append(metadata)
         if not self.up:
             raise rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused")
-        return wpb.WorkerInfo(slots=self.slots, backends=["classical"], worker_id=self.worker_id)
+        return wpb.WorkerInfo(
+            slots=self.slots, backends=list(self.backends), worker_id=self.worker_id
+        )
 
     def RunJob(self, request: wpb.RunJobRequest, metadata: object) -> FakeJobCall:
         call = FakeJobCall(request)

@@ -15,7 +15,7 @@ from shapely.geometry import shape
 
 from worker_service.analysis import cell_index
 from worker_service.analysis.cell_index import IndexBuilder
-from worker_service.storage.result_files import FeatureCollectionWriter, nucleus_feature_text
+from worker_service.storage.result_files import FeatureCollectionWriter, nuclei_feature_texts
 from worker_service.viewer.cell_queries import CellQueries, TooManyNuclei
 from wsi_runtime.boxes import BoxError, parse_box
 
@@ -33,11 +33,22 @@ def _nuclei(count: int, seed: int, extent: float = 3000.0) -> list[np.ndarray]:
     return rings
 
 
+AREA = {"Area px^2": 1.0}
+
+
+def features(
+    queries: CellQueries, cells: Path, box: tuple[float, float, float, float]
+) -> list[bytes]:
+    """Every feature whose outline meets ``box``, in one read."""
+    selection = queries.select(cells, box)
+    return queries.read(selection, 0, len(selection))
+
+
 def _write(path: Path, rings: list[np.ndarray]) -> cell_index.CellIndex:
     writer = FeatureCollectionWriter(path)
     builder = IndexBuilder()
     for k, ring in enumerate(rings):
-        text = nucleus_feature_text(f"id-{k}", ring, {"Area px^2": 1.0})
+        (text,) = nuclei_feature_texts([f"id-{k}"], ring, np.array([0, len(ring)]), [AREA])
         rounded = np.round(ring, 2)
         box = np.concatenate([rounded.min(0) - 0.01, rounded.max(0) + 0.01])
         builder.add([writer.add_text(text)], [len(text)], box)
@@ -69,7 +80,7 @@ def test_a_box_gives_what_filtering_the_whole_file_gives(tmp_path: Path, seed: i
     for _ in range(40):
         x0, y0 = rng.uniform(-50, 2900, 2)
         box = (x0, y0, x0 + rng.uniform(0.5, 800), y0 + rng.uniform(0.5, 800))
-        found = [json.loads(f)["id"] for f in queries.features(cells, box)]
+        found = [json.loads(f)["id"] for f in features(queries, cells, box)]
         assert found == _brute_force(outlines, box)
 
 
@@ -78,8 +89,8 @@ def test_an_outline_box_corner_in_the_box_is_not_enough(tmp_path: Path) -> None:
     cells = tmp_path / "cells.geojson"
     diamond = np.array([(10.0, 0.0), (20.0, 10.0), (10.0, 20.0), (0.0, 10.0), (10.0, 0.0)])
     _write(cells, [diamond])
-    assert CellQueries().features(cells, (17.0, 17.0, 30.0, 30.0)) == []
-    assert len(CellQueries().features(cells, (14.0, 14.0, 30.0, 30.0))) == 1
+    assert features(CellQueries(), cells, (17.0, 17.0, 30.0, 30.0)) == []
+    assert len(features(CellQueries(), cells, (14.0, 14.0, 30.0, 30.0))) == 1
 
 
 def test_the_index_of_an_old_file_is_built_from_its_lines(tmp_path: Path) -> None:
@@ -91,7 +102,7 @@ def test_the_index_of_an_old_file_is_built_from_its_lines(tmp_path: Path) -> Non
     assert np.allclose(rebuilt.bounds, written.bounds)
     # Without a saved index the query builds one, saves it, and answers the same.
     box = (100.0, 100.0, 900.0, 900.0)
-    found = [json.loads(f)["id"] for f in CellQueries().features(cells, box)]
+    found = [json.loads(f)["id"] for f in features(CellQueries(), cells, box)]
     assert found == _brute_force(_outlines(cells), box)
     assert (tmp_path / cell_index.INDEX_NAME).is_file()
 
@@ -116,7 +127,7 @@ def test_a_box_with_too_many_nuclei_is_refused(
     _write(cells, _nuclei(300, 5, extent=500))
     monkeypatch.setattr("worker_service.viewer.cell_queries.MAX_NUCLEI_PER_BOX", 100)
     with pytest.raises(TooManyNuclei, match="smaller box"):
-        CellQueries().features(cells, (0.0, 0.0, 600.0, 600.0))
+        features(CellQueries(), cells, (0.0, 0.0, 600.0, 600.0))
 
 
 @pytest.mark.parametrize(
@@ -144,7 +155,7 @@ def test_results_deleted_under_a_query_say_so(tmp_path: Path) -> None:
     cells = tmp_path / "cells.geojson"
     _write(cells, _nuclei(50, 8))
     queries = CellQueries()
-    assert queries.features(cells, (0.0, 0.0, 3000.0, 3000.0))
+    assert features(queries, cells, (0.0, 0.0, 3000.0, 3000.0))
     cells.unlink()
     with pytest.raises(FileNotFoundError):
-        queries.features(cells, (0.0, 0.0, 3000.0, 3000.0))
+        features(queries, cells, (0.0, 0.0, 3000.0, 3000.0))

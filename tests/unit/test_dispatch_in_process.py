@@ -163,6 +163,21 @@ async def test_one_worker_under_two_spellings_counts_once(network: FakeNetwork) 
         assert links.slots_total == 6
 
 
+async def test_the_backends_offered_are_known_once_every_connected_worker_says(
+    network: FakeNetwork,
+) -> None:
+    network.workers[W1] = FakeWorker(backends=("classical", "learned"))
+    network.workers[W2] = FakeWorker(backends=("classical",), up=False)
+    async with started(new_store(), network, (W1, W2)) as dispatcher:
+        links = dispatcher.links
+        assert links.backends_offered() is None  # none connected yet
+        await until(lambda: links.workers_connected == 1, "the first worker")
+        assert links.backends_offered() == frozenset({"classical", "learned"})
+        network.workers[W2].backends, network.workers[W2].up = (), True  # an older worker
+        await until(lambda: links.workers_connected == 2, "the second worker")
+        assert links.backends_offered() is None  # one does not say: not known
+
+
 async def test_a_job_runs_reports_progress_and_succeeds(network: FakeNetwork) -> None:
     store = new_store()
     (job,) = submit(store, "a")

@@ -55,7 +55,8 @@ def test_keep_owned_moves_to_level_0() -> None:
     kept = keep_owned(tile, [in_the_overlap, Nucleus((100.0, 50.0), ring, 7, 0.25)], 4.0)
     assert len(kept) == 1
     assert kept.centroids.tolist() == [[(448 + 100) * 4.0, 50 * 4.0]]
-    assert kept.polygon(0).tolist() == [[(448 + x) * 4.0, y * 4.0] for x, y in ring.tolist()]
+    assert kept.starts.tolist() == [0, len(ring)]
+    assert kept.points.tolist() == [[(448 + x) * 4.0, y * 4.0] for x, y in ring.tolist()]
     assert kept.areas_px.tolist() == [7] and kept.stains.tolist() == [0.25]
     assert len(keep_owned(tile, [in_the_overlap], 1.0)) == 0
 
@@ -129,6 +130,4 @@ def test_haematoxylin_at_some_pixels_is_the_image_s_there(seed: int) -> None:
     rng = np.random.default_rng(seed)
     rgb = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
     where = rng.choice(40 * 50, 300, replace=False)
-    assert np.array_equal(
-        haematoxylin_at(rgb.reshape(-1, 3), where), haematoxylin(rgb).ravel()[where]
-    )
+    assert np.array_equal(haematoxylin_at(rgb, where), haematoxylin(rgb).ravel()[where])

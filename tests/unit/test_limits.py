@@ -82,3 +82,39 @@ async def test_a_cancelled_waiting_call_gives_its_place_back() -> None:
     hold.set()
     await running
     assert gate._lanes == {}
+
+
+async def test_a_full_viewer_lane_is_answered_as_a_limit_with_a_retry_hint() -> None:
+    """Through the one mapping of domain errors: RESOURCE_EXHAUSTED and a
+    retry hint of 1 s (the gateway's 429 and Retry-After: 1)."""
+    import grpc
+
+    from scheduler_service.service import domain_errors
+    from wsi_protocol.status import RETRY_AFTER_METADATA
+
+    class Ended(Exception):
+        pass
+
+    class Context:
+        async def abort(
+            self, code: grpc.StatusCode, message: str, trailing_metadata: object
+        ) -> None:
+            self.code, self.trailing = code, trailing_metadata
+            raise Ended(message)
+
+    gate, context = ViewerGate(running=1, waiting=0), Context()
+    hold = asyncio.Event()
+
+    async def viewing() -> None:
+        async with gate.turn("u"):
+            await hold.wait()
+
+    first = asyncio.create_task(viewing())
+    await asyncio.sleep(0)
+    with pytest.raises(Ended, match="1 viewer calls of yours are running"):
+        async with domain_errors(context), gate.turn("u"):  # type: ignore[arg-type]
+            pass
+    assert context.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (RETRY_AFTER_METADATA, "1") in context.trailing  # type: ignore[operator]
+    hold.set()
+    await first

@@ -7,8 +7,29 @@ import math
 import numpy as np
 import pytest
 
-from worker_service.analysis.measurements import nuclei_measurements, nucleus_measurements
+from worker_service.analysis.measurements import nuclei_measurements
 from worker_service.analysis.nuclei import haematoxylin, nuclei_from_labels
+
+
+def nucleus_measurements(
+    ring: np.ndarray,
+    centroid: tuple[float, float],
+    area_px: float,
+    mpp: float | None,
+    stain: float,
+    pixel: float = 1.0,
+) -> dict[str, float]:
+    """One nucleus through the tile-at-once function."""
+    (measured,) = nuclei_measurements(
+        np.asarray(ring, np.float64),
+        np.array([0, len(ring)]),
+        np.array([centroid], np.float64),
+        np.array([area_px], np.float64),
+        mpp,
+        np.array([stain], np.float64),
+        pixel,
+    )
+    return measured
 
 
 def _circle(radius: float, points: int = 360) -> np.ndarray:

@@ -19,8 +19,8 @@ from worker_service.pipeline.tile_work import TileTask, nucleus_ids
 from worker_service.storage.result_files import (
     RESULT_FILE_MODE,
     AtomicFile,
+    nuclei_feature_texts,
     nucleus_feature,
-    nucleus_feature_text,
     write_json,
     write_png,
 )
@@ -65,7 +65,7 @@ def test_a_nucleus_s_text_is_the_json_of_its_feature_byte_for_byte(
         "Circularity": round(values[2], 4),
         "Solidity": round(values[3] / 1e6, 4),
     }
-    text = nucleus_feature_text("id-1", polygon, measured)
+    (text,) = nuclei_feature_texts(["id-1"], polygon, np.array([0, len(polygon)]), [measured])
     expected = json.dumps(nucleus_feature("id-1", polygon, measured), separators=(",", ":"))
     assert text == expected and text.isascii()
 

@@ -265,7 +265,7 @@ async def test_a_box_s_nuclei_stream_in_bounded_reads_as_one_collection(
 ) -> None:
     """Read a few nuclei at a time and sent in chunks, the answer is the one
     collection the whole selection makes, boundaries and commas included."""
-    from tests.unit.test_cell_index import _nuclei, _write
+    from tests.unit.test_cell_index import _nuclei, _write, features
     from worker_service.analysis import cell_index
 
     async def play(spec: JobSpec, ctx: JobContext, token: int) -> JobOutcome:
@@ -278,7 +278,7 @@ async def test_a_box_s_nuclei_stream_in_bounded_reads_as_one_collection(
     with (folder / cell_index.INDEX_NAME).open("wb") as handle:
         cell_index.save(_write(cells, _nuclei(500, 3)), handle)
     box = (200.0, 300.0, 2500.0, 2600.0)
-    whole = CellQueries().features(cells, box)
+    whole = features(CellQueries(), cells, box)
     assert len(whole) > 200
     reads: list[int] = []
     original = CellQueries.read

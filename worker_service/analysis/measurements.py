@@ -10,8 +10,6 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from worker_service.analysis.shapes import Ring
-
 Floats = npt.NDArray[np.float64]
 
 
@@ -61,24 +59,3 @@ def nuclei_measurements(
     rounded = [[round(v, places) for v in values.tolist()] for values, places in columns.values()]
     names = list(columns)
     return [dict(zip(names, row, strict=True)) for row in zip(*rounded, strict=True)]
-
-
-def nucleus_measurements(
-    polygon: Ring,
-    centroid: tuple[float, float],
-    area_px: float,
-    mpp: float | None,
-    mean_haematoxylin: float,
-    pixel: float = 1.0,
-) -> dict[str, float]:
-    """``nuclei_measurements`` of one nucleus."""
-    (measured,) = nuclei_measurements(
-        np.asarray(polygon, np.float64),
-        np.array([0, len(polygon)], np.int64),
-        np.array([centroid], np.float64),
-        np.array([area_px], np.float64),
-        mpp,
-        np.array([mean_haematoxylin], np.float64),
-        pixel,
-    )
-    return measured

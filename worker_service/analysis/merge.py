@@ -10,7 +10,6 @@ import numpy as np
 import numpy.typing as npt
 
 from worker_service.analysis.nuclei import Nucleus
-from worker_service.analysis.shapes import Ring
 from worker_service.analysis.tiling import Tile
 
 
@@ -29,9 +28,6 @@ class OwnedNuclei:
     def __len__(self) -> int:
         return len(self.centroids)
 
-    def polygon(self, k: int) -> Ring:
-        return self.points[self.starts[k] : self.starts[k + 1]]
-
 
 def keep_owned(tile: Tile, found: Sequence[Nucleus], downsample: float) -> OwnedNuclei:
     """The nuclei of ``tile`` (found in tile pixel coordinates) that its core
@@ -40,13 +36,12 @@ def keep_owned(tile: Tile, found: Sequence[Nucleus], downsample: float) -> Owned
     centroids = np.array([n.centroid for n in found], np.float64).reshape(-1, 2) + offset
     owned = tile.core_holds(centroids)
     kept = [n for n, keep in zip(found, owned.tolist(), strict=True) if keep]
-    lengths = [len(n.polygon) for n in kept]
     rings = [n.polygon for n in kept]
     points = np.concatenate(rings) if rings else np.zeros((0, 2))
     return OwnedNuclei(
         centroids=centroids[owned] * downsample,
         points=(points + offset) * downsample,
-        starts=np.cumsum([0, *lengths], dtype=np.int64),
+        starts=np.cumsum([0, *map(len, rings)], dtype=np.int64),
         areas_px=np.array([n.area_px for n in kept], np.int64),
         stains=np.array([n.mean_haematoxylin for n in kept], np.float64),
     )

@@ -159,17 +159,14 @@ def nuclei_from_labels(labels: Labels, rgb: RGB | None = None) -> list[Nucleus]:
     with its mean haematoxylin (computed at the nuclei's pixels only)."""
     if rgb is None:
         return _nuclei(shapes.trace(labels))
-    pixels = rgb.reshape(-1, 3)
-    return _nuclei(shapes.trace(labels, lambda where: haematoxylin_at(pixels, where)))
+    return _nuclei(shapes.trace(labels, lambda where: haematoxylin_at(rgb, where)))
 
 
-def haematoxylin_at(
-    pixels: npt.NDArray[np.uint8], where: npt.NDArray[np.int64]
-) -> npt.NDArray[np.float32]:
-    """``haematoxylin`` of the (n, 3) ``pixels`` at indices ``where`` (each
-    channel picked from its own plane: numpy gathers single bytes faster
-    than 3-byte rows)."""
-    red, green, blue = (plane.ravel()[where] for plane in cv2.split(pixels.reshape(-1, 1, 3)))
+def haematoxylin_at(rgb: RGB, where: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+    """``haematoxylin(rgb)`` at the flat pixel indices ``where`` (each channel
+    picked from its own plane: numpy gathers single bytes faster than 3-byte
+    rows)."""
+    red, green, blue = (plane.ravel()[where] for plane in cv2.split(np.ascontiguousarray(rgb)))
     table = _HAEMATOXYLIN_TABLE[:, 0]  # (256, 3): each channel's contribution
     summed = table[red, 0] + table[green, 1] + table[blue, 2]
     result: npt.NDArray[np.float32] = np.maximum(summed, 0)

@@ -29,11 +29,10 @@ class Tile:
     core_x1: int
     core_y1: int
 
-    def core_contains(self, cx: float, cy: float) -> bool:
-        return self.core_x0 <= cx < self.core_x1 and self.core_y0 <= cy < self.core_y1
-
     def core_holds(self, points: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
-        """``core_contains`` of each (x, y) row of ``points``."""
+        """Whether the core holds each (x, y) row of ``points`` (its left and
+        top edges in, its right and bottom edges out: the cores partition the
+        image)."""
         x, y = points[:, 0], points[:, 1]
         inside: npt.NDArray[np.bool_] = (
             (self.core_x0 <= x) & (x < self.core_x1) & (self.core_y0 <= y) & (y < self.core_y1)

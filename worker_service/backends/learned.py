@@ -81,8 +81,8 @@ class OnnxEngine:
         else:
             rows = blocks.reshape(-1, blocks.shape[-2] * blocks.shape[-1])
             feed = cv2.LUT(rows, self._table).reshape(blocks.shape)
-        (blocks,) = self._session.run(None, {"rgb": feed})
-        return pixels_from_blocks(blocks)
+        (block_logits,) = self._session.run(None, {"rgb": feed})
+        return pixels_from_blocks(block_logits)
 
 
 # Metadata of the 8-bit graph: the quantisation of its (centred) input.

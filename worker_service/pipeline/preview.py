@@ -30,10 +30,11 @@ class Preview:
                 draw.line(points, fill=(0, 160, 0), width=2)
         self._dots = np.zeros((self.image.height, self.image.width), np.uint8)
 
-    def nuclei(self, centroids: list[tuple[float, float]]) -> None:
-        if not centroids:
+    def nuclei(self, centroids: npt.NDArray[np.float64]) -> None:
+        """``centroids``: (n, 2) of level-0 (x, y)."""
+        if not len(centroids):
             return
-        at = np.rint(np.asarray(centroids) * self.scale).astype(np.int64)
+        at = np.rint(centroids * self.scale).astype(np.int64)
         height, width = self._dots.shape
         inside = (at[:, 0] >= 0) & (at[:, 0] < width) & (at[:, 1] >= 0) & (at[:, 1] < height)
         self._dots[at[inside, 1], at[inside, 0]] = 255

@@ -60,7 +60,7 @@ class TileResult:
     centroids, for the preview, and bounding boxes, for the cell index."""
 
     features: list[str]
-    centroids: list[tuple[float, float]]
+    centroids: npt.NDArray[np.float64]  # (n, 2) of level-0 (x, y)
     seconds: float  # reading and segmenting it, in the pool process
     bounds: npt.NDArray[np.float64]  # (n, 4): x0, y0, x1, y1 of each outline
 
@@ -116,7 +116,7 @@ def _segmented(
     return [
         TileResult(
             _features(nuclei, task, nucleus_ids(task, segmenter_name, len(nuclei))),
-            [(x, y) for x, y in nuclei.centroids.tolist()],
+            nuclei.centroids,
             per_tile,
             _bounds(nuclei),
         )

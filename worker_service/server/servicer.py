@@ -247,22 +247,21 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         cells = await self._result_path(request.job_id, names.CELLS, context)
         box = (request.x0, request.y0, request.x1, request.y1)
         selection = await _viewer_answer(context, self.viewer.select_cells(cells, box))
-        buffered: list[bytes] = [COLLECTION_START]
-        size, first = len(COLLECTION_START), True
+        pending = bytearray(COLLECTION_START)
+        separator = b""
         for start in range(0, len(selection), NUCLEI_PER_READ):
             found = await _viewer_answer(
                 context, self.viewer.read_cells(selection, start, start + NUCLEI_PER_READ)
             )
-            for feature in found:
-                piece = feature if first else b"," + feature
-                first = False
-                buffered.append(piece)
-                size += len(piece)
-                if size >= RESULT_CHUNK_BYTES:
-                    yield pb.FileChunk(data=b"".join(buffered))
-                    buffered, size = [], 0
-        buffered.append(COLLECTION_END)
-        yield pb.FileChunk(data=b"".join(buffered))
+            if found:
+                pending += separator
+                pending += found
+                separator = b","
+            while len(pending) >= RESULT_CHUNK_BYTES:
+                yield pb.FileChunk(data=bytes(pending[:RESULT_CHUNK_BYTES]))
+                del pending[:RESULT_CHUNK_BYTES]
+        pending += COLLECTION_END
+        yield pb.FileChunk(data=bytes(pending))
 
     async def CellDensity(
         self, request: pb.CellDensityRequest, context: Context

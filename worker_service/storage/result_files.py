@@ -154,15 +154,7 @@ def _detection(feature_id: str, ring: object, measurements: dict[str, float]) ->
     }
 
 
-def nucleus_feature_text(
-    feature_id: str, polygon: npt.NDArray[np.float64], measurements: dict[str, float]
-) -> str:
-    """``nucleus_feature`` as the compact JSON that cells.geojson holds
-    (``nuclei_feature_texts`` of one)."""
-    (text,) = nuclei_feature_texts(
-        [feature_id], polygon, np.array([0, len(polygon)], np.int64), [measurements]
-    )
-    return text
+MICRO = "\N{MICRO SIGN}"  # in two measurement names; orjson writes it as UTF-8
 
 
 def nuclei_feature_texts(
@@ -193,9 +185,6 @@ def nuclei_feature_texts(
             text = json.dumps(feature, separators=(",", ":"))
         texts.append(text)
     return texts
-
-
-MICRO = "\N{MICRO SIGN}"
 
 
 def tissue_feature(

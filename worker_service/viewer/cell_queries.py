@@ -101,11 +101,6 @@ class CellQueries:
             if inside or cell_index.outline_meets(feature, selection.box)
         ]
 
-    def features(self, cells: Path, box: Box) -> list[bytes]:
-        """Every feature whose outline meets ``box``, at once (small boxes, tests)."""
-        selection = self.select(cells, box)
-        return self.read(selection, 0, len(selection))
-
     def density(self, cells: Path, cell_px: float) -> tuple[float, int, int, npt.NDArray[np.int64]]:
         return self.index(cells).density(cell_px)
 

@@ -51,8 +51,10 @@ class ViewerReader:
         checked = check_box(box)
         return await self._in_thread(lambda: self._cells.select(cells_file, checked))
 
-    async def read_cells(self, selection: Selection, start: int, stop: int) -> list[bytes]:
-        return await self._in_thread(lambda: self._cells.read(selection, start, stop))
+    async def read_cells(self, selection: Selection, start: int, stop: int) -> bytes:
+        """The features of candidates ``start`` to ``stop`` that meet the box,
+        comma-separated (joined here, not on the event loop)."""
+        return await self._in_thread(lambda: b",".join(self._cells.read(selection, start, stop)))
 
     async def density(
         self, cells_file: Path, cell_px: float

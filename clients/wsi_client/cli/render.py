@@ -11,14 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from wsi_client.digest import (
-    digest,
-    human_age,
-    human_duration,
-    job_backend,
-    job_nuclei,
-    job_seconds,
-)
+from wsi_client.digest import digest, human_age, human_duration, job_facts
 from wsi_client.workflow_view import (
     WorkflowView,
     job_state_name,
@@ -76,7 +69,7 @@ def jobs_table(jobs: Iterable[pb.Job]) -> Table:
         table.add_column(column, no_wrap=column not in ("BRANCH", "NOTE"))
     for j in jobs:
         state = job_state_name(j.state)
-        nuclei, seconds = job_nuclei(j), job_seconds(j)
+        facts = job_facts(j)
         table.add_row(
             j.job_id,
             escape(j.key),
@@ -84,9 +77,9 @@ def jobs_table(jobs: Iterable[pb.Job]) -> Table:
             job_type_name(j.job_type),
             styled(state),
             f"{j.progress.tiles_done}/{j.progress.tiles_total}",
-            escape(job_backend(j)) or "-",
-            f"{nuclei:,}" if nuclei is not None else "-",
-            human_duration(seconds) if seconds is not None else "-",
+            escape(facts.backend) or "-",
+            f"{facts.nuclei:,}" if facts.nuclei is not None else "-",
+            human_duration(facts.seconds) if facts.seconds is not None else "-",
             str(j.attempt),
             escape(j.pending_reason if state == "PENDING" else j.error),
         )
@@ -139,16 +132,15 @@ def job_summary(j: pb.Job) -> str:
     parts = [f"{_label(j)}: {styled(state)}"]
     if j.progress.tiles_total:
         parts.append(f"{j.progress.tiles_done}/{j.progress.tiles_total} tiles")
-    seconds = job_seconds(j)
-    if seconds is not None:
-        parts.append(human_duration(seconds))
+    facts = job_facts(j)
+    if facts.seconds is not None:
+        parts.append(human_duration(facts.seconds))
     if j.attempt > 1:
         parts.append(f"attempt {j.attempt}")
-    nuclei = job_nuclei(j)
-    if nuclei is not None:
-        parts.append(f"{nuclei} nuclei")
-    if job_backend(j):
-        parts.append(escape(job_backend(j)))
+    if facts.nuclei is not None:
+        parts.append(f"{facts.nuclei} nuclei")
+    if facts.backend:
+        parts.append(escape(facts.backend))
     if j.error:
         parts.append(escape(j.error))
     return ", ".join(parts)
