@@ -101,7 +101,8 @@ def switch_users(page: Any, gateway: Ui) -> None:
             const original = window.fetch;
             window.fetch = async (input, init) => {
                 const sent = Object.values(init?.headers || {}).join(" ");
-                if (String(input).startsWith("/workflows?") && sent.includes(slow)) {
+                const late = String(input).startsWith("/workflows?") && sent.includes(slow);
+                if (late || String(input) === "/job-params") {
                     await new Promise((r) => setTimeout(r, ms));
                 }
                 return original(input, init);
@@ -114,7 +115,10 @@ def switch_users(page: Any, gateway: Ui) -> None:
     page.click("#user-form button")
     page.fill("#user-id", gateway.credentials["ui-bob"])
     page.click("#user-form button")
-    page.wait_for_timeout(SLOW_LIST_MS + 1000)  # alice's late answer has arrived by now
+    # Before any answer for bob (his /job-params too is slow), none of alice's is shown.
+    page.wait_for_timeout(300)
+    assert "alice's secret workflow" not in page.locator(".workflow .name").all_inner_texts()
+    page.wait_for_timeout(2 * SLOW_LIST_MS + 1000)  # alice's late answer has arrived by now
     names = page.locator(".workflow .name").all_inner_texts()
     assert "bob's workflow" in names
     assert "alice's secret workflow" not in names

@@ -63,14 +63,17 @@ function fitParams(row) {
     const field = paramSchema[name];
     if (!input || !field) continue;
     if (field.choices) {
-      if (input.options.length === 1) {
-        const help = field.choice_help || {};
-        // Short option names; what each is for and costs in its tooltip.
-        if (field.default_help) input.options[0].title = field.default_help;
-        for (const choice of field.choices) {
-          input.append(el("option", { value: choice, title: help[choice] || "" }, choice));
-        }
+      // Short option names; what each is for and costs in its tooltip. Asked
+      // again once the identity is known, the choices can narrow: what was
+      // picked stays picked while it is still offered.
+      const help = field.choice_help || {};
+      const picked = input.value;
+      if (field.default_help) input.options[0].title = field.default_help;
+      while (input.options.length > 1) input.remove(1);
+      for (const choice of field.choices) {
+        input.append(el("option", { value: choice, title: help[choice] || "" }, choice));
       }
+      input.value = field.choices.includes(picked) ? picked : "";
     } else {
       input.min = String(field.min);
       input.max = String(field.max);
@@ -471,18 +474,21 @@ async function useIdentity(identity) {
   state.streams.clear();
   state.identity = identity;
   state.workflows.clear();
+  // Nothing of the previous identity stays on screen while the new one's answers are on their way.
   clearResult();
+  clearForm();
+  clearDashboard();
+  render();
+  storage().setItem("wsi-identity", identity);
+  $("#user-id").value = state.mode === "token" ? "" : identity;
   try {
     // This deployment's bounds and the backends its workers offer, now that it can be asked.
     paramSchema = await api("GET", "/job-params");
+    for (const row of document.querySelectorAll("#job-rows tbody tr")) fitParams(row);
   } catch (error) {
+    if (error instanceof Stale) throw error;
     console.warn("job params", error.message);
   }
-  clearForm();
-  clearDashboard();
-  storage().setItem("wsi-identity", identity);
-  $("#user-id").value = state.mode === "token" ? "" : identity;
-  render();
   const page = await api("GET", "/workflows?page_size=50");
   for (const wf of page.workflows) state.workflows.set(wf.workflow_id, wf);
   render();
