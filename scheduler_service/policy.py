@@ -133,7 +133,7 @@ class SchedulingPolicy:
         self._active_set: set[str] = set()
         self._waiting: deque[str] = deque()  # users waiting for a slot, FIFO
         self._waiting_set: set[str] = set()
-        self._running = 0
+        self._running: dict[str, None] = {}  # RUNNING job ids, in start order
         self._pending = 0
         self._order = 0
         self._by_order: dict[int, str] = {}
@@ -142,7 +142,7 @@ class SchedulingPolicy:
 
     @property
     def running_count(self) -> int:
-        return self._running
+        return len(self._running)
 
     @property
     def pending_count(self) -> int:
@@ -176,7 +176,7 @@ class SchedulingPolicy:
         return self._job(job_id).lane
 
     def running_jobs(self) -> list[str]:
-        return [j.job_id for j in self._jobs.values() if j.state is State.RUNNING]
+        return list(self._running)
 
     def pending_of(self, user: str) -> int:
         """The user's PENDING jobs, kept as a count: O(1) on the create path."""
@@ -252,7 +252,7 @@ class SchedulingPolicy:
 
     def next_dispatches(self, free_slots: int) -> list[str]:
         """Picks the jobs to start now and marks them RUNNING (attempt + 1)."""
-        budget = min(free_slots, self.max_workers - self._running)
+        budget = min(free_slots, self.max_workers - len(self._running))
         started: list[str] = []
         while budget > 0:
             job_id = self._pick()
@@ -268,7 +268,7 @@ class SchedulingPolicy:
         normal pick is tried first, so an exact replay keeps the round-robin and
         admission order exactly; otherwise the job starts if it could run at
         all, its user taking a free active slot. False if it cannot start."""
-        if self._running >= self.max_workers:
+        if len(self._running) >= self.max_workers:
             return False
         if self._pick_matches(job_id):
             return True
@@ -321,7 +321,7 @@ class SchedulingPolicy:
             raise PolicyError(f"{state.value} is not a final state")
         lane = self._lanes[job.lane]
         lane.running = None
-        self._running -= 1
+        del self._running[job_id]
         if state is State.FAILED:
             lane.failed = True
         out = [self._end(job, state, reason)]
@@ -354,7 +354,7 @@ class SchedulingPolicy:
             )
         lane = self._lanes[job.lane]
         lane.running = None
-        self._running -= 1
+        del self._running[job_id]
         job.state = State.PENDING
         self._pending += 1
         self._users[job.user].pending += 1
@@ -457,7 +457,7 @@ class SchedulingPolicy:
         job.attempt += 1
         self._pending -= 1
         self._users[job.user].pending -= 1
-        self._running += 1
+        self._running[job_id] = None
 
     def _end(self, job: _Job, state: State, reason: str, cause: str = "") -> Transition:
         user = self._users[job.user]

@@ -6,7 +6,6 @@ the scheduler's event loop and never blocks."""
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -248,7 +247,7 @@ class Store:
             "name": name,
             "request_id": request_id,
             "jobs": [
-                {**dataclasses.asdict(job), "job_id": job_id, "slide_file": slide_file}
+                {**_job_payload(job), "job_id": job_id, "slide_file": slide_file}
                 for job, job_id, slide_file in zip(jobs, job_ids, slide_files, strict=True)
             ],
         }
@@ -550,6 +549,19 @@ __all__ = [
     "Store",
     "WorkflowRecord",
 ]
+
+
+def _job_payload(job: JobInput) -> dict[str, object]:
+    """A job as its CREATE record holds it (``dataclasses.asdict``'s keys,
+    without its deep copy: 1,000 jobs a workflow)."""
+    return {
+        "key": job.key,
+        "branch": job.branch,
+        "job_type": job.job_type,
+        "wsi_path": job.wsi_path,
+        "depends_on": job.depends_on,
+        "params": dict(job.params),
+    }
 
 
 def _job_records(

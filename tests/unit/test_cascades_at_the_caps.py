@@ -117,7 +117,7 @@ def drain(store: Store) -> None:
             store.succeed(job.job_id, {}, "{}", 1)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     first=st.lists(
         st.tuples(st.sampled_from(["chain", "fan", "diamond", "lane"]), st.integers(0, 3)),

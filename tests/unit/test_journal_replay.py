@@ -89,6 +89,7 @@ def fingerprint(store: Store) -> dict[str, Any]:
                 [
                     (
                         j.key,
+                        (j.branch, j.job_type, j.wsi_path, j.slide_file, j.depends_on, j.params),
                         j.state.value,
                         j.attempt,
                         j.error,
@@ -143,6 +144,7 @@ def drive(store: Store, script: list[Op]) -> None:
                     "TISSUE_MASK",
                     "s.svs",
                     (f"k{i - 1}",) if i and (pick + i) % 4 == 0 else (),
+                    {"tile_size": str(256 + pick % 5)} if pick % 3 else {},
                 )
                 for i in range(1 + pick % 4)
             ]
