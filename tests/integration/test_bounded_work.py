@@ -19,7 +19,7 @@ from tests.crafted_slides import crafted_tiff
 from tests.harness import CMU, SLIDES, Cluster, cluster, cluster_with_gateway, user
 from tests.integration.support import LONG, create, get, rpc_error, spec
 from tests.processes import cpu_seconds, peak_rss_mb
-from tests.timing import patience
+from tests.timing import patience, wait_for
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 GIANT = (200_000, 200_000)
@@ -121,6 +121,13 @@ def test_a_cancel_stops_the_workers_cpu_within_two_seconds(
     job_type = pb.CELL_SEGMENTATION if params else pb.TISSUE_MASK
     wf = create(hostile, "carol", [spec("long", slide=slide, params=params, job_type=job_type)])
     wait_state(hostile, "carol", wf.workflow_id, 0, {pb.JOB_STATE_RUNNING})
+    if job_type == pb.CELL_SEGMENTATION:
+        # Among its tiles: preparing them (overview, tissue) takes longer on a busy machine.
+        wait_for(
+            lambda: get(hostile, "carol", wf.workflow_id).jobs[0].progress.tiles_total > 0,
+            30,
+            "the job to reach its tiles",
+        )
     time.sleep(running_for)
     busy_before = cpu_seconds(worker)
     time.sleep(0.5)

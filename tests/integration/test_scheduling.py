@@ -36,7 +36,7 @@ def test_same_branch_jobs_never_overlap_and_keep_fifo_order(shared: Cluster) -> 
 
 def test_branches_overlap_up_to_the_cap_and_never_beyond(workdir: Path) -> None:
     with cluster(workdir, worker_slots=(4,), max_workers=2) as c:
-        wf = create(c, "caps", [spec(f"b{i}", branch=f"b{i}", params=LONG) for i in range(4)])
+        wf = create(c, "caps", [spec(f"b{i}", branch=f"b{i}") for i in range(4)])
         transitions = job_transitions(follow(c, "caps", wf))
     assert max_concurrency(transitions) == 2
     assert sorted(k for k, s in transitions if s == "SUCCEEDED") == ["b0", "b1", "b2", "b3"]
@@ -51,8 +51,7 @@ def test_cap_never_exceeds_connected_worker_slots(workdir: Path) -> None:
 def test_fourth_user_waits_for_a_slot_then_starts(workdir: Path) -> None:
     with cluster(workdir, worker_slots=(4,), max_workers=4, max_active_users=3) as c:
         holders = {
-            who: create(c, who, [spec("first", params=LONG), spec("second", params=LONG)])
-            for who in ("u1", "u2", "u3")
+            who: create(c, who, [spec("first"), spec("second")]) for who in ("u1", "u2", "u3")
         }
         fourth = create(c, "u4", [spec("waiting")])
         pending = fourth.jobs[0]

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
+import uvicorn
 from google.protobuf.timestamp_pb2 import Timestamp
+from uvicorn.server import ServerState
 
 from wsi_gateway import sse
 from wsi_gateway.bodies import JobIn, WorkflowIn
+from wsi_gateway.connections import HeaderTimeoutH11Protocol
 from wsi_gateway.dependencies import BadRequest
 from wsi_gateway.http_errors import error_body, http_status
 from wsi_gateway.sized_body import SizeMismatch, sized_body
@@ -143,3 +148,41 @@ def test_a_body_that_is_not_a_json_object_is_answered_in_the_user_s_terms() -> N
             assert reply.status_code == 400, body
             assert reply.json()["code"] == "INVALID_ARGUMENT"
             assert reply.json()["message"].startswith(message), reply.json()
+
+
+def test_each_connection_answers_without_waiting_for_the_clients_ack() -> None:
+    """TCP_NODELAY on every accepted connection, whose listening socket is made
+    as the gateway makes it (proto 0, where asyncio itself sets nothing):
+    without it each keep-alive request after the first waited 40 ms."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("no request is sent")
+
+    async def accept_one() -> int:
+        config = uvicorn.Config(app, http=HeaderTimeoutH11Protocol, log_level="warning")
+        config.load()
+        state = ServerState()
+        made = asyncio.Event()
+
+        class Seen(HeaderTimeoutH11Protocol):
+            def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+                super().connection_made(transport)
+                made.set()
+
+        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listening.bind(("127.0.0.1", 0))
+        server = await asyncio.get_running_loop().create_server(
+            lambda: Seen(config, state, {}), sock=listening
+        )
+        async with server:
+            _, writer = await asyncio.open_connection(*listening.getsockname()[:2])
+            await asyncio.wait_for(made.wait(), 10)
+            (protocol,) = state.connections
+            accepted = protocol.transport.get_extra_info("socket")
+            option = int(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+            for connection in list(state.connections):
+                connection.shutdown()
+            return option
+
+    assert asyncio.run(accept_one()) == 1
