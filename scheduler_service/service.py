@@ -434,6 +434,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         return pb.JobParamsInfo(
             min_tile_size=max(self.min_tile_size, job_params.TILE_SIZE_RANGE[0]),
             backends=sorted(offered or ()),
+            max_jobs_per_workflow=self.max_jobs_per_workflow,
         )
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.SchedulerStats:

@@ -1,6 +1,7 @@
 """Hostile slides made by hand: tiled TIFFs that claim an enormous size while
 every tile entry points at one small compressed tile, so a file of a few
-hundred KB describes gigapixels. OpenSlide reads them as generic TIFFs."""
+hundred KB describes gigapixels (OpenSlide reads them as generic TIFFs); and
+damaged scans, whose tiles are unreadable."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import struct
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+
+import tifffile
 
 # TIFF tag numbers and types
 _SHORT, _LONG = 3, 4
@@ -70,3 +73,15 @@ def crafted_tiff(
         struct.pack_into("<I", out, here + 2 + 12 * entry_count, following)
     path.write_bytes(bytes(out))
     return path
+
+
+def damaged(slide: Path) -> None:
+    """A damaged scan: a TIFF by its header and directories, every tile of its
+    full resolution overwritten (a slide OpenSlide opens and cannot read)."""
+    with tifffile.TiffFile(slide) as tiff:
+        page = tiff.pages[0]
+        tiles = list(zip(page.dataoffsets, page.databytecounts, strict=True))
+    with open(slide, "r+b") as out:
+        for offset, count in tiles:
+            out.seek(offset)
+            out.write(b"\xff" * count)

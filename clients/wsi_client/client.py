@@ -219,6 +219,31 @@ class SchedulerClient:
             lambda: self._stub.GetStats(request, metadata=self._metadata, timeout=self.timeout)
         )
 
+    async def job_params(self) -> pb.JobParamsInfo:
+        """This deployment's bounds: smallest tile, backends offered, jobs per workflow."""
+        request = pb.GetJobParamsRequest()
+        return await self._retrying(
+            lambda: self._stub.GetJobParams(request, metadata=self._metadata, timeout=self.timeout)
+        )
+
+    async def iter_slides(self, page_size: int = 1000) -> AsyncIterator[pb.Slide]:
+        """Every slide under the scheduler's slide roots, by the name jobs use."""
+        token = ""
+        while True:
+            request = pb.ListSlidesRequest(page_size=page_size, page_token=token)
+            page = await self._retrying(
+                lambda: self._stub.ListSlides(
+                    request,  # noqa: B023 (awaited before the loop goes on)
+                    metadata=self._metadata,
+                    timeout=self.timeout,
+                )
+            )
+            for slide in page.slides:
+                yield slide
+            token = page.next_page_token
+            if not token:
+                return
+
     async def read_result(self, job_id: str, name: str) -> AsyncIterator[bytes]:
         """A result file of one of the caller's jobs, in chunks, from the worker
         that holds it (through the scheduler). UNAVAILABLE: that worker is not

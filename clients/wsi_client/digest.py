@@ -4,11 +4,10 @@ made, with durations written as people read them ("5.7 s", "3 min 12 s")."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
 
+from wsi_protocol.cohort_table import job_seconds, summary_of
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 
@@ -34,22 +33,12 @@ class JobFacts:
 
 def job_facts(job: pb.Job) -> JobFacts:
     """What a job's summary and times say (the summary's JSON read once)."""
-    summary: Any = {}
-    if job.result.summary:
-        try:
-            summary = json.loads(job.result.summary)
-        except ValueError:
-            summary = {}
-    if not isinstance(summary, dict):
-        summary = {}
+    summary = summary_of(job)
     backend, nuclei = summary.get("backend"), summary.get("nuclei")
-    ended = job.start_time.seconds and job.end_time.seconds
     return JobFacts(
         backend=backend if isinstance(backend, str) else "",
         nuclei=nuclei if isinstance(nuclei, int) else None,
-        seconds=(job.end_time.ToNanoseconds() - job.start_time.ToNanoseconds()) / 1e9
-        if ended
-        else None,
+        seconds=job_seconds(job),
     )
 
 

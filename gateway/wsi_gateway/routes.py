@@ -22,7 +22,7 @@ from wsi_gateway.dependencies import (
     opened,
 )
 from wsi_gateway.sized_body import relayed, sized_body
-from wsi_protocol import result_files
+from wsi_protocol import cohort_table, result_files
 from wsi_protocol.json_format import to_json
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_runtime import job_params
@@ -67,6 +67,23 @@ async def get_progress(workflow_id: str, gateway: Gateway, caller: Caller) -> An
         **{k: full[k] for k in ("workflow_id", "state", "progress")},
         "jobs": [{k: job[k] for k in job_fields} for job in full["jobs"]],
     }
+
+
+@router.get(
+    "/workflows/{workflow_id}/table",
+    summary="The workflow as CSV, one row per job: state, error, nuclei, density, measurements",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}}},
+)
+async def workflow_table(workflow_id: str, gateway: Gateway, caller: Caller) -> Response:
+    request = pb.GetWorkflowRequest(workflow_id=workflow_id)
+    workflow = await call(gateway.stub.GetWorkflow(request, metadata=caller))
+    name = f"workflow-{workflow.workflow_id[:8]}.csv"
+    return Response(
+        cohort_table.to_csv(cohort_table.workflow_rows(workflow)),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
 
 
 @router.post("/workflows/{workflow_id}/cancel", summary="Cancel every unfinished job")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,16 @@ def test_create_watch_to_100_percent_and_open_the_result(
     )
     assert page.locator("#result-links [data-file='cells.geojson']").count() == 1
     screenshot(page, "result.png", tmp_path)
+    # The workflow's table, downloaded from its card: the job's row with its nuclei.
+    page.keyboard.press("Escape")
+    with page.expect_download() as download:
+        workflow.locator(".workflow-table").click()
+    saved = Path(download.value.path())
+    rows = list(csv.DictReader(saved.open(newline="")))
+    assert download.value.suggested_filename.endswith(".csv")
+    assert [(r["key"], r["state"], r["nuclei"]) for r in rows] == [
+        ("cells", "SUCCEEDED", str(nuclei))
+    ]
 
 
 def test_cancel_a_pending_job(page: Any, gateway: Ui, tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ address and the ids they ask you to fill in are substituted)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.crafted_slides import damaged
 from tests.harness import CMU, ROOT, SLIDES, cluster, start_gateway, user
 from tests.integration.support import json_documents
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
@@ -307,3 +310,60 @@ def test_readme_python_snippet_runs_as_written(tmp_path: Path) -> None:
     events = [line.split() for line in done.stdout.splitlines()]
     assert {key for _, key, _ in events} == {"mask", "cells"}
     assert events[-1][1] == "cells" and int(events[-1][2]) > 0, events[-3:]
+
+
+def test_readme_cohort_recipe_runs_as_written(tmp_path: Path) -> None:
+    """The cohort lines under `make run`: three slides in ./slides/cohort/, one
+    of them damaged (its watch exits 1), mended before the resubmit."""
+    slides = tmp_path / "slides"
+    for k in range(3):
+        synthetic_he_slide(slides / f"cohort/c{k}.tiff", width=768, height=512, seed=k)
+    damaged(slides / "cohort/c2.tiff")
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### A cohort") :]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None
+    lines = [line.split("  #")[0].strip() for line in block.group(1).splitlines()]
+    export, *commands = [line for line in lines if line]
+    assert export.startswith("export PATH=") and len(commands) == 6
+    with cluster(tmp_path, worker_slots=(2,), slide_roots=str(slides)) as c:
+        gateway = start_gateway(tmp_path, c.scheduler)
+        env = {
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "WSI_ADDRESS": c.scheduler.address,
+        }
+        try:
+
+            def run(command: str, ids: dict[str, str] | None = None, status: int = 0) -> str:
+                for name, value in {
+                    **(ids or {}),
+                    "http://127.0.0.1:8000": gateway.address,
+                }.items():
+                    command = command.replace(name, value)
+                done = subprocess.run(
+                    ["bash", "-c", f"{export}; {command}"],
+                    cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                )  # fmt: skip
+                assert done.returncode == status, (command, done.stdout, done.stderr)
+                return done.stdout
+
+            assert run(commands[0]).count("cohort/c") == 3
+            found = re.search(r"workflow ([0-9a-f-]{36})", run(commands[1]))
+            assert found, "no workflow id printed"
+            ids = {"WORKFLOW_ID": str(found[1])}
+            run(commands[2], ids, status=1)  # c2 failed
+            run(commands[3], ids)
+            rows = list(csv.DictReader((tmp_path / "cohort-1.csv").open(newline="")))
+            assert [(r["slide"], r["state"]) for r in rows] == [
+                ("cohort/c0.tiff", "SUCCEEDED"), ("cohort/c1.tiff", "SUCCEEDED"),
+                ("cohort/c2.tiff", "FAILED"),
+            ]  # fmt: skip
+            (slides / "cohort/c2.tiff").unlink()
+            synthetic_he_slide(slides / "cohort/c2.tiff", width=768, height=512, seed=2)
+            again = run(commands[4], ids)
+            assert "SUCCEEDED" in again and "c0.tiff" not in again
+            served = list(csv.reader(io.StringIO(run(commands[5], ids))))
+            assert served == list(csv.reader((tmp_path / "cohort-1.csv").open(newline="")))
+        finally:
+            gateway.stop()

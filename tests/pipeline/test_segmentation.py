@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -167,11 +168,26 @@ def test_real_slide_finds_thousands_of_nuclei_inside_the_tissue(
     found = centroids(outcome)
     assert 1000 < len(found) < 20000
     with open(outcome.files["tissue.geojson"]) as handle:
-        tissue = [shape(f["geometry"]).buffer(20) for f in json.load(handle)["features"]]
+        outlines = [shape(f["geometry"]) for f in json.load(handle)["features"]]
+    tissue = [outline.buffer(20) for outline in outlines]
     inside = sum(any(t.contains(Point(x, y)) for t in tissue) for x, y in found[::10])
     assert inside / len(found[::10]) > 0.95  # a few sit on faint wisps the coarse mask omits
     # The top-left corner of this slide is glass: no nuclei there.
     assert not ((found[:, 0] < 500) & (found[:, 1] < 500)).any()
+    # The summary's statistics are those of the nuclei written, and the tissue
+    # area that of the outlines (0.499 um/px).
+    with open(outcome.files["cells.geojson"]) as handle:
+        written = [f["properties"]["measurements"] for f in json.load(handle)["features"]]
+    stats: Any = outcome.summary["measurements"]
+    for name, source in (("area_um2", "Area µm^2"), ("circularity", "Circularity")):
+        values = np.array([m[source] for m in written])
+        assert stats[name]["mean"] == pytest.approx(values.mean(), rel=1e-3)
+        for statistic, q in (("p05", 0.05), ("p50", 0.5), ("p95", 0.95)):
+            assert stats[name][statistic] == pytest.approx(np.quantile(values, q), rel=0.012)
+    slide: Any = outcome.summary["slide"]
+    mpp = slide["mpp"]
+    area_mm2 = sum(outline.area for outline in outlines) * mpp * mpp / 1e6
+    assert outcome.summary["tissue_area_mm2"] == pytest.approx(area_mm2, rel=1e-3)
 
 
 def test_cancellation_stops_the_job_within_a_second(

@@ -146,6 +146,8 @@ def _summary(
         "overlap": params.overlap,
         "min_tissue": params.min_tissue,
         "tissue_fraction": round(float(tissue.mask.mask.mean()), 4),
+        # The tissue outlines' area (tissue.geojson), for densities; None without a pixel size.
+        "tissue_area_mm2": _area_mm2(tissue, overview.mpp),
         # The scale and threshold of tissue_mask.png: what a later job on this
         # slide needs to take the mask instead of finding the tissue again.
         "tissue_mask": {"downsample": tissue.mask.downsample, "threshold": tissue.mask.threshold},
@@ -163,9 +165,17 @@ def _summary(
             # Whether the job named its backend or took the worker's default.
             backend_from="job" if spec.params.get("backend") else "worker default",
             backend_details=cells.backend_details,
+            # Mean and quantiles of each nucleus measurement over the slide.
+            measurements=cells.measures,
         )
     summary["timings"] = timings
     return summary
+
+
+def _area_mm2(tissue: TissueAnalysis, mpp: float | None) -> float | None:
+    if not mpp:
+        return None
+    return float(f"{sum(p.area for p in tissue.polygons) * mpp * mpp / 1e6:.6g}")
 
 
 def _mpp_note(spec: JobSpec, params: JobParams, overview: Overview) -> str:

@@ -14,6 +14,7 @@ import numpy.typing as npt
 from shapely.geometry import Polygon
 
 from worker_service.analysis import cell_index, tissue_codec
+from worker_service.analysis.measurement_stats import MeasureStats
 from worker_service.analysis.nuclei import RGB
 from worker_service.analysis.tiling import Tile, TileGrid, choose_level, usable_mpp
 from worker_service.analysis.tissue import (
@@ -78,6 +79,7 @@ class Cells:
     cells_file: str
     backend_details: dict[str, object] = field(default_factory=dict)
     reference_s: float = 0.0  # preparing the backend (the classical stain reference)
+    measures: dict[str, dict[str, float]] = field(default_factory=dict)  # MeasureStats.summary
 
 
 def read_overview(path: str, params: JobParams, slides: SlideCache, ctx: JobContext) -> Overview:
@@ -142,6 +144,7 @@ def segment_cells(
     ctx.report(0, total)
     cells = result_files.FeatureCollectionWriter(out_dir / names.CELLS)
     index = cell_index.IndexBuilder()
+    stats = MeasureStats()
     done = 0
     ok = False
     try:
@@ -155,13 +158,14 @@ def segment_cells(
                 offsets = [cells.add_text(feature) for feature in found.features]
                 index.add(offsets, map(len, found.features), found.bounds)
                 preview.nuclei(found.centroids)
+                stats.add(found.measures)
                 done += 1
             ctx.report(done, total)
         ok = True
     finally:
         path = cells.close(ok)
     result_files.write_cell_index(out_dir / names.CELL_INDEX, index.build())
-    return Cells(cells.count, done, str(path), prepared.details, reference_s)
+    return Cells(cells.count, done, str(path), prepared.details, reference_s, stats.summary())
 
 
 def _prepare(

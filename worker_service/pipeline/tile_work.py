@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import openslide
 
+from worker_service.analysis.measurement_stats import measure_values
 from worker_service.analysis.measurements import nuclei_measurements
 from worker_service.analysis.merge import OwnedNuclei, keep_owned
 from worker_service.analysis.nuclei import RGB
@@ -63,6 +64,7 @@ class TileResult:
     centroids: npt.NDArray[np.float64]  # (n, 2) of level-0 (x, y)
     seconds: float  # reading and segmenting it, in the pool process
     bounds: npt.NDArray[np.float64]  # (n, 4): x0, y0, x1, y1 of each outline
+    measures: npt.NDArray[np.float64]  # (n, len(MEASURES)), for the slide's statistics
 
 
 def segmenter_for(recipe: Recipe) -> Segmenter:
@@ -113,15 +115,15 @@ def _segmented(
         for task, nuclei in zip(tasks, segmenter.find(tiles), strict=True)
     ]
     per_tile = (time.perf_counter() - started) / max(1, len(tasks))
-    return [
-        TileResult(
-            _features(nuclei, task, nucleus_ids(task, segmenter_name, len(nuclei))),
-            nuclei.centroids,
-            per_tile,
-            _bounds(nuclei),
+    results = []
+    for task, nuclei in zip(tasks, owned, strict=True):
+        measured = _measured(nuclei, task)
+        ids = nucleus_ids(task, segmenter_name, len(nuclei))
+        texts = result_files.nuclei_feature_texts(ids, nuclei.points, nuclei.starts, measured)
+        results.append(
+            TileResult(texts, nuclei.centroids, per_tile, _bounds(nuclei), measure_values(measured))
         )
-        for task, nuclei in zip(tasks, owned, strict=True)
-    ]
+    return results
 
 
 def nucleus_ids(task: TileTask, backend: str, count: int) -> list[str]:
@@ -144,9 +146,9 @@ def nucleus_ids(task: TileTask, backend: str, count: int) -> list[str]:
     return ids
 
 
-def _features(nuclei: OwnedNuclei, task: TileTask, feature_ids: list[str]) -> list[str]:
+def _measured(nuclei: OwnedNuclei, task: TileTask) -> list[dict[str, float]]:
     pixel = task.downsample
-    measured = nuclei_measurements(
+    return nuclei_measurements(
         nuclei.points,
         nuclei.starts,
         nuclei.centroids,
@@ -155,7 +157,6 @@ def _features(nuclei: OwnedNuclei, task: TileTask, feature_ids: list[str]) -> li
         nuclei.stains,
         pixel=pixel,
     )
-    return result_files.nuclei_feature_texts(feature_ids, nuclei.points, nuclei.starts, measured)
 
 
 def _bounds(nuclei: OwnedNuclei) -> npt.NDArray[np.float64]:

@@ -5,6 +5,7 @@ event, a line each). Each returns the process's exit status."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -15,6 +16,7 @@ from typing import Any
 import grpc
 from rich.console import Console
 
+from wsi_client import cohort
 from wsi_client.cli.render import (
     WatchDisplay,
     jobs_table,
@@ -25,6 +27,7 @@ from wsi_client.cli.render import (
 from wsi_client.client import SchedulerClient, SchedulerError
 from wsi_client.workflow_file import jobs_from_flags, parse_params, parse_workflow
 from wsi_client.workflow_view import WorkflowView, job_state_name
+from wsi_protocol import cohort_table
 from wsi_protocol.json_format import to_json
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
@@ -78,20 +81,102 @@ async def submit(client: SchedulerClient, args: argparse.Namespace, console: Con
             raise CommandError("--file takes no slides, --type, --branch or --param")
         document = parse_workflow(_load_document(args.file))
         name, jobs, request_id = document.name, document.jobs, document.request_id
+        parts = [(name, jobs)]
     else:
         types = args.types or DEFAULT_TYPES
-        jobs, request_id = jobs_from_flags(args.slides, types, args.branch, params), ""
-        name = Path(args.slides[0]).name + (f" +{len(args.slides) - 1}" if args.slides[1:] else "")
-    workflow = await client.create_workflow(
-        jobs,
-        name=args.name if args.name is not None else name,
-        request_id=args.request_id or request_id or None,
-    )
+        slides = await _slides(client, args.slides)
+        runs = [slides]
+        if len(slides) > 1 and not args.branch:  # one branch per slide: a cohort
+            runs = cohort.split(
+                slides, len(types), (await client.job_params()).max_jobs_per_workflow
+            )
+        request_id = ""
+        name = Path(slides[0]).name + (f" +{len(slides) - 1}" if slides[1:] else "")
+        name = args.name if args.name is not None else name
+        parts = [
+            (name if len(runs) == 1 else f"{name} ({k}/{len(runs)})",
+             jobs_from_flags(run, types, args.branch, params))
+            for k, run in enumerate(runs, 1)
+        ]  # fmt: skip
+    if len(parts) > 1:
+        if args.watch:
+            raise CommandError(f"--watch follows one workflow; these slides make {len(parts)}")
+        if args.request_id:
+            raise CommandError(f"--request-id names one workflow; these slides make {len(parts)}")
+        console.file.write(
+            f"{sum(len(j) for _, j in parts)} jobs: more than one workflow may hold here;"
+            f" split into {len(parts)} workflows\n"
+        )
+    made = [
+        await client.create_workflow(
+            jobs,
+            name=args.name if args.name is not None and len(parts) == 1 else part_name,
+            request_id=args.request_id or request_id or None,
+        )
+        for part_name, jobs in parts
+    ]
     if args.watch:
         if not args.json:
-            console.print(f"created workflow {workflow.workflow_id}", highlight=False)
-        return await _follow(client, args, console, workflow.workflow_id, 0)
-    _show_workflow(console, args, workflow)
+            console.print(f"created workflow {made[0].workflow_id}", highlight=False)
+        return await _follow(client, args, console, made[0].workflow_id, 0)
+    for workflow in made:
+        _show_workflow(console, args, workflow)
+    return 0
+
+
+async def _slides(client: SchedulerClient, arguments: list[str]) -> list[str]:
+    """The slides named, with patterns and folders expanded against the slides
+    the scheduler lists (what it allows this user to run)."""
+    if not any(cohort.is_pattern(a) for a in arguments):
+        return arguments
+    names = [slide.name async for slide in client.iter_slides()]
+    return cohort.expand(arguments, names)
+
+
+async def resubmit(client: SchedulerClient, args: argparse.Namespace, console: Console) -> int:
+    """A new workflow of the jobs of ``args.workflow_id`` that did not succeed."""
+    workflow = await client.get_workflow(args.workflow_id)
+    if workflow.state in (pb.WORKFLOW_STATE_PENDING, pb.WORKFLOW_STATE_RUNNING):
+        raise CommandError(
+            f"workflow {workflow.workflow_id} has not ended; resubmit it once it has"
+        )
+    jobs = cohort.unfinished_business(workflow)
+    if not jobs:
+        raise CommandError(f"every job of workflow {workflow.workflow_id} succeeded")
+    again = await client.create_workflow(jobs, name=f"{workflow.name or 'workflow'} (again)")
+    if args.watch:
+        if not args.json:
+            console.print(f"created workflow {again.workflow_id}", highlight=False)
+        return await _follow(client, args, console, again.workflow_id, 0)
+    _show_workflow(console, args, again)
+    return 0
+
+
+async def table(client: SchedulerClient, args: argparse.Namespace, console: Console) -> int:
+    """One row per job (``wsi_protocol.cohort_table``): CSV, or JSON rows."""
+    rows = cohort_table.workflow_rows(await client.get_workflow(args.workflow_id))
+    if args.json:
+        _print_json(console, rows)
+    elif args.output:
+        text = cohort_table.to_csv(rows)
+        await asyncio.to_thread(Path(args.output).write_text, text, newline="")
+        console.print(f"{len(rows)} rows in {args.output}", highlight=False)
+    else:
+        console.file.write(cohort_table.to_csv(rows))
+    return 0
+
+
+async def slides(client: SchedulerClient, args: argparse.Namespace, console: Console) -> int:
+    """The slides under the slide roots (matching ``args.patterns``, if any)."""
+    listed = [slide async for slide in client.iter_slides()]
+    if args.patterns:
+        wanted = set(cohort.expand(args.patterns, [s.name for s in listed]))
+        listed = [s for s in listed if s.name in wanted]
+    if args.json:
+        _print_json(console, [to_json(s) for s in listed])
+    else:
+        for slide in listed:  # tab-separated, for `cut` and friends
+            console.file.write(f"{slide.name}\t{slide.width}x{slide.height}\t{slide.error}\n")
     return 0
 
 
@@ -206,4 +291,7 @@ COMMANDS: dict[str, Command] = {
     "cancel": cancel,
     "results": results,
     "stats": stats,
+    "slides": slides,
+    "table": table,
+    "resubmit": resubmit,
 }

@@ -84,9 +84,16 @@ def _add_submit(
         parents=[after],
         help="create a workflow",
         description="Create a workflow from a file (JSON or YAML) or from slides and flags. "
-        "From flags, every slide gets its own branch running --type jobs in order.",
+        "From flags, every slide gets its own branch running --type jobs in order; a cohort"
+        " larger than one workflow may hold is split into several.",
     )
-    submit.add_argument("slides", nargs="*", metavar="SLIDE", help="slide paths (without --file)")
+    submit.add_argument(
+        "slides",
+        nargs="*",
+        metavar="SLIDE",
+        help="slide paths (without --file); a glob ('cohort/*.svs', quoted) or a folder"
+        " ('cohort/') takes every slide the scheduler lists that matches",
+    )
     submit.add_argument("-f", "--file", help="workflow file, JSON or YAML ('-' for stdin)")
     submit.add_argument(
         "-t",
@@ -134,6 +141,25 @@ def _add_queries(
     results.add_argument("--name", action="append", help="only this file (repeatable)")
 
     sub.add_parser("stats", parents=[after], help="queue and capacity numbers")
+
+    slides = sub.add_parser(
+        "slides", parents=[after], help="the slides under the slide roots, as jobs name them"
+    )
+    slides.add_argument("patterns", nargs="*", metavar="PATTERN", help="only these (globs, DIR/)")
+
+    table = sub.add_parser(
+        "table",
+        parents=[after],
+        help="a workflow as CSV, one row per job: state, error, nuclei, density, measurements",
+    )
+    table.add_argument("workflow_id")
+    table.add_argument("-o", "--output", metavar="FILE", help="write the CSV to FILE")
+
+    again = sub.add_parser(
+        "resubmit", parents=[after], help="run a workflow's failed and cancelled jobs again"
+    )
+    again.add_argument("workflow_id")
+    again.add_argument("-w", "--watch", action="store_true", help="then follow it like watch")
 
 
 async def run(args: argparse.Namespace, console: Console) -> int:

@@ -278,6 +278,7 @@ function render() {
         el("span", { class: `badge ${wf.state}` }, wf.state),
         el("span", { class: "spacer" }),
         el("span", { class: "muted workflow-percent" }, `${percent(wf.progress)}%`),
+        el("button", { class: "workflow-table", title: "one row per job: state, error, nuclei, density, measurements", onclick: () => act(() => downloadTable(wf)) }, "Table (CSV)"),
         TERMINAL.has(wf.state) ? null : el("button", { class: "cancel-workflow", onclick: () => act(() => api("POST", `/workflows/${wf.workflow_id}/cancel`)) }, "Cancel all")),
       el("div", { class: "muted workflow-facts" }, workflowFacts(wf)),
       bar(wf.progress),
@@ -303,6 +304,14 @@ async function blobUrl(path) {
   const url = URL.createObjectURL(blob);
   state.blobs.add(url);
   return url;
+}
+
+// The workflow's table, saved as a file (fetched with the identity header, which a plain link cannot send).
+async function downloadTable(wf) {
+  const link = el("a", { href: await blobUrl(`/workflows/${wf.workflow_id}/table`), download: `workflow-${wf.workflow_id.slice(0, 8)}.csv` });
+  document.body.append(link);
+  link.click();
+  link.remove();
 }
 
 function revokeBlobs() {

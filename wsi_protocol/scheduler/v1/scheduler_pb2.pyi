@@ -712,8 +712,13 @@ class JobParamsInfo(_message.Message):
 
     MIN_TILE_SIZE_FIELD_NUMBER: _builtins.int
     BACKENDS_FIELD_NUMBER: _builtins.int
+    MAX_JOBS_PER_WORKFLOW_FIELD_NUMBER: _builtins.int
     min_tile_size: _builtins.int
     """The smallest tile_size a job may ask for here (the scheduler's --min-tile-size)."""
+    max_jobs_per_workflow: _builtins.int
+    """The most jobs one workflow may have here (the scheduler's
+    --max-jobs-per-workflow): a larger cohort is split into several.
+    """
     @_builtins.property
     def backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The segmentation backends a connected worker offers; empty while that is
@@ -725,10 +730,11 @@ class JobParamsInfo(_message.Message):
         *,
         min_tile_size: _builtins.int = ...,
         backends: _abc.Iterable[_builtins.str] | None = ...,
+        max_jobs_per_workflow: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "min_tile_size", b"min_tile_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "max_jobs_per_workflow", b"max_jobs_per_workflow", "min_tile_size", b"min_tile_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
