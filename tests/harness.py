@@ -186,15 +186,17 @@ def start_gateway(
     scheduler: Service,
     keepalive: float = 15.0,
     tls: TlsClient | None = None,
+    root: Path = ROOT,
     **extra: str,
 ) -> Service:
-    """``tls``: how to reach an HTTPS gateway; other keywords are flags
-    (``auth_tokens=PATH`` -> ``--auth-tokens PATH``)."""
+    """``tls``: how to reach an HTTPS gateway; ``root``: the checkout to run
+    (see ``_start``); other keywords are flags (``auth_tokens=PATH`` ->
+    ``--auth-tokens PATH``)."""
     args = ["--gateway-port", "0", "--scheduler-address", scheduler.address]
     args += ["--sse-keepalive", str(keepalive)]
     for key, value in extra.items():
         args += [f"--{key.replace('_', '-')}", value]
-    service = _start("wsi_gateway", "gateway", workdir, args, {}, health=False, tls=tls)
+    service = _start("wsi_gateway", "gateway", workdir, args, {}, health=False, tls=tls, root=root)
     service.address = "http://" + service.address
     return service
 
@@ -258,7 +260,7 @@ def cluster_with_gateway(
     ``auth_tokens`` (a token file) puts scheduler and gateway in token mode."""
     tokens = {"auth_tokens": auth_tokens} if auth_tokens else {}
     with cluster(workdir, **tokens, **settings) as c:  # type: ignore[arg-type]
-        gateway = start_gateway(workdir, c.scheduler, 15.0, None, **tokens)
+        gateway = start_gateway(workdir, c.scheduler, 15.0, None, ROOT, **tokens)
         try:
             yield c, gateway
         finally:

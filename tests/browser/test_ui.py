@@ -180,6 +180,77 @@ def test_every_form_field_is_labelled_and_shows_its_whole_text(
     screenshot(page, f"form-{width}.png", tmp_path)
 
 
+def test_on_a_narrow_window_the_form_stacks_and_nothing_spills(
+    page: Any, gateway: Ui, tmp_path: Path
+) -> None:
+    """A window 400 px wide (a phone, a window beside another): the page never
+    scrolls sideways, every field is labelled and shows all it holds, but a
+    long slide path, which gets the row's width and scrolls inside its field."""
+    page.set_viewport_size({"width": 400, "height": 800})
+    use_user(page, gateway, "ui-carol")
+    row = page.locator("#job-rows tbody tr").first
+    row.locator("[name=wsi_path]").fill(SLIDE)
+    row.locator("[name=job_type]").select_option("CELL_SEGMENTATION")
+    layout = page.evaluate(
+        """() => {
+            const pen = document.createElement('canvas').getContext('2d');
+            const fields = [...document.querySelectorAll(
+                '#create-form input, #create-form select')];
+            return {
+                page: document.documentElement.scrollWidth,
+                window: document.documentElement.clientWidth,
+                fields: fields.map((e) => {
+                    const style = getComputedStyle(e);
+                    pen.font = style.font;
+                    const select = e.tagName === 'SELECT';
+                    const shown = select ? e.selectedOptions[0].text : e.value || e.placeholder;
+                    const padding = parseFloat(style.paddingLeft) + parseFloat(style.paddingRight);
+                    const box = e.getBoundingClientRect();
+                    return {name: e.name || e.id, left: box.left, right: box.right,
+                            width: box.width, shown,
+                            room: e.clientWidth - padding - (select ? 20 : 0),
+                            needs: pen.measureText(shown).width,
+                            labelled: e.labels.length > 0 || !!e.ariaLabel};
+                }),
+            };
+        }"""
+    )
+    assert layout["page"] <= layout["window"], layout
+    for field in layout["fields"]:
+        assert field["labelled"], field
+        assert field["left"] >= 0 and field["right"] <= layout["window"], field
+        if field["name"] != "wsi_path":  # a long path scrolls inside its field
+            assert field["needs"] <= field["room"], field
+    path = next(f for f in layout["fields"] if f["name"] == "wsi_path")
+    assert path["width"] >= 0.7 * layout["window"], path  # the slide path gets the row
+    screenshot(page, "form-400.png", tmp_path)  # with the workflows of the tests before
+
+
+def test_a_folder_of_slides_becomes_a_job_row_each(page: Any, gateway: Ui) -> None:
+    """The slide picker offers each folder of the listed slides; adding one
+    fills the row in use, then adds a row per slide, each in its own branch,
+    with that row's job type and parameters."""
+    use_user(page, gateway, "ui-carol")
+    row = page.locator("#job-rows tbody tr").first
+    row.locator("[name=job_type]").select_option("CELL_SEGMENTATION")
+    row.locator("[name=tile_size]").fill("1024")
+    names = ["a.svs", "cohort/x.svs", "cohort/y.svs", "cohort/sub/z.svs"]
+    offered = page.evaluate(
+        "(names) => folderButtons(names).map((item) => item.textContent)", names
+    )
+    assert offered == ["Add all 2 slides of cohort/", "Add all 1 slide of cohort/sub/"]
+    page.evaluate("() => addFolder(['cohort/x.svs', 'cohort/y.svs'])")
+    rows = page.evaluate(
+        """() => [...document.querySelectorAll('#job-rows tbody tr')].map((row) =>
+            ['wsi_path', 'branch', 'job_type', 'tile_size'].map(
+                (name) => row.querySelector(`[name=${name}]`).value))"""
+    )
+    assert rows == [
+        ["cohort/x.svs", "x.svs", "CELL_SEGMENTATION", "1024"],
+        ["cohort/y.svs", "y.svs", "CELL_SEGMENTATION", "1024"],
+    ]
+
+
 def test_a_running_job_before_its_first_tile_says_what_it_is_doing(page: Any, gateway: Ui) -> None:
     """While it reads the slide and loads its model a job shows a phase, not a bare 0 %."""
     use_user(page, gateway, "ui-bob")

@@ -9,14 +9,17 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.crafted_slides import damaged
-from tests.harness import CMU, ROOT, SLIDES, cluster, start_gateway, user
+from tests.harness import CMU, ROOT, SLIDES, Service, cluster, start_gateway, user
 from tests.integration.support import json_documents
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_runtime.synthetic_slides import synthetic_he_slide
@@ -42,6 +45,17 @@ def readme_block(heading: str) -> list[str]:
     assert block is not None
     joined = block.group(1).replace("\\\n", " ")
     return [line.strip() for line in joined.splitlines() if line.strip().startswith("curl")]
+
+
+@contextmanager
+def held_still(worker: Service) -> Iterator[None]:
+    """The worker stopped (SIGSTOP) for a moment: a job queued behind its
+    running one is still waiting whatever the machine's speed."""
+    worker.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        worker.process.send_signal(signal.SIGCONT)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
@@ -147,21 +161,22 @@ def test_readme_grpcurl_recipes_run_as_written(tmp_path: Path) -> None:
         assert resumed[-1]["sequence"] == events[-1]["sequence"]
 
         # A job that is still waiting, so the cancel has something to cancel.
-        waiting = c.stub.CreateWorkflow(
-            pb.CreateWorkflowRequest(
-                jobs=[
-                    pb.JobSpec(
-                        branch="z",
-                        job_type=pb.CELL_SEGMENTATION,
-                        wsi_path=CMU,
-                        params={"tile_size": "256"},
-                    ),
-                    pb.JobSpec(branch="z", job_type=pb.TISSUE_MASK, wsi_path=CMU),
-                ]
-            ),
-            metadata=user("alice"),
-        )
-        cancelled = json.loads(run(commands[7], JOB_ID=waiting.jobs[1].job_id))
+        with held_still(c.workers[0]):
+            waiting = c.stub.CreateWorkflow(
+                pb.CreateWorkflowRequest(
+                    jobs=[
+                        pb.JobSpec(
+                            branch="z",
+                            job_type=pb.CELL_SEGMENTATION,
+                            wsi_path=CMU,
+                            params={"tile_size": "256"},
+                        ),
+                        pb.JobSpec(branch="z", job_type=pb.TISSUE_MASK, wsi_path=CMU),
+                    ]
+                ),
+                metadata=user("alice"),
+            )
+            cancelled = json.loads(run(commands[7], JOB_ID=waiting.jobs[1].job_id))
         assert cancelled["state"] == "JOB_STATE_CANCELLED"
         stats = json.loads(run(commands[8]))
         assert int(stats["worker_slots_total"]) == 2 and int(stats["workers_connected"]) == 1
@@ -261,16 +276,17 @@ def test_readme_wsi_examples_and_workflow_file_run_as_written(tmp_path: Path) ->
         assert "demo.tiff" in run(commands[4], **ids)
         run(commands[5], **ids)  # watch: until the workflow ends, and it succeeded
         run(f"wsi watch {from_file.workflow_id}")  # the workflow file's jobs all succeed too
-        waiting = c.stub.CreateWorkflow(
-            pb.CreateWorkflowRequest(
-                jobs=[
-                    pb.JobSpec(branch="z", job_type=pb.CELL_SEGMENTATION, wsi_path="demo.tiff"),
-                    pb.JobSpec(branch="z", job_type=pb.TISSUE_MASK, wsi_path="demo.tiff"),
-                ]
-            ),
-            metadata=user("alice"),
-        )
-        assert "CANCELLED" in run(commands[6], JOB_ID=waiting.jobs[1].job_id)
+        with held_still(c.workers[0]):  # the second job still waits when it is cancelled
+            waiting = c.stub.CreateWorkflow(
+                pb.CreateWorkflowRequest(
+                    jobs=[
+                        pb.JobSpec(branch="z", job_type=pb.CELL_SEGMENTATION, wsi_path="demo.tiff"),
+                        pb.JobSpec(branch="z", job_type=pb.TISSUE_MASK, wsi_path="demo.tiff"),
+                    ]
+                ),
+                metadata=user("alice"),
+            )
+            assert "CANCELLED" in run(commands[6], JOB_ID=waiting.jobs[1].job_id)
         cells_job = first.jobs[1].job_id
         assert "cells.geojson" in run(commands[7], JOB_ID=cells_job)
         run(commands[8], JOB_ID=cells_job)

@@ -432,6 +432,39 @@ function pickSlide(name) {
   target.focus();
 }
 
+// A cohort from the picker: every listed slide of a folder, one job row each.
+function folderButtons(names) {
+  const folders = new Map();
+  for (const name of names) {
+    const cut = name.lastIndexOf("/");
+    if (cut > 0) folders.set(name.slice(0, cut), [...(folders.get(name.slice(0, cut)) || []), name]);
+  }
+  return [...folders].map(([folder, slides]) =>
+    el("li", {}, el("button", { type: "button", class: "add-folder", "data-folder": folder, onclick: () => addFolder(slides) },
+      `Add all ${slides.length} slide${slides.length === 1 ? "" : "s"} of ${folder}/`)));
+}
+
+// One job row per slide, each in its own branch (named after the file), with the
+// job type and parameters of the row whose slide field was used last (its template);
+// that row takes the first slide if its slide field is empty.
+function addFolder(slides) {
+  const rows = [...document.querySelectorAll("#job-rows tbody tr")];
+  const template = rows.find((row) => row.querySelector("[name=wsi_path]") === slideTarget) || rows[rows.length - 1];
+  const copied = {};
+  for (const name of ["job_type", ...PARAMS]) copied[name] = template.querySelector(`[name=${name}]`).value;
+  let fill = template.querySelector("[name=wsi_path]").value ? null : template;
+  for (const slide of slides) {
+    const branch = slide.slice(slide.lastIndexOf("/") + 1);
+    if (fill) {
+      fill.querySelector("[name=wsi_path]").value = slide;
+      fill.querySelector("[name=branch]").value = branch;
+      fill = null;
+    } else {
+      addRow({ ...copied, wsi_path: slide, branch });
+    }
+  }
+}
+
 async function loadSlides() {
   try {
     const listing = await api("GET", "/slides?page_size=1000");
@@ -439,9 +472,10 @@ async function loadSlides() {
       : [`${slide.width} x ${slide.height} px`, slide.mpp ? `${Number(slide.mpp).toFixed(3)} µm/px` : "", slide.vendor]
         .filter(Boolean).join(", ")]);
     $("#slide-list").replaceChildren(...described.map(([name, facts]) => el("option", { value: name }, facts)));
-    $("#slide-picker-list").replaceChildren(...described.map(([name, facts]) =>
-      el("li", {}, el("button", { type: "button", "data-slide": name, onclick: () => pickSlide(name) },
-        el("strong", {}, name), " ", el("span", { class: "muted" }, facts)))));
+    $("#slide-picker-list").replaceChildren(...folderButtons(listing.slides.map((slide) => slide.name)),
+      ...described.map(([name, facts]) =>
+        el("li", {}, el("button", { type: "button", "data-slide": name, onclick: () => pickSlide(name) },
+          el("strong", {}, name), " ", el("span", { class: "muted" }, facts)))));
   } catch (error) {
     if (!(error instanceof Stale)) console.warn("slides", error.message);
   }
