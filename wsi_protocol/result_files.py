@@ -9,6 +9,7 @@ TISSUE = "tissue.geojson"  # tissue outline: QuPath annotations
 TISSUE_MASK = "tissue_mask.png"  # the tissue mask at the overview's scale
 PREVIEW = "preview.png"  # the overview with tissue and nuclei drawn
 SUMMARY = "summary.json"
+NUCLEI_TABLE = "nuclei.parquet"  # nuclei: one row each, the feature's id, centroid, measurements
 CELL_INDEX = "cells.index.npz"  # the worker's own index of CELLS: never a result
 
 # The result files by role, as the web UI asks for them.
@@ -18,6 +19,7 @@ BY_ROLE = {
     "tissue_mask": TISSUE_MASK,
     "preview": PREVIEW,
     "summary": SUMMARY,
+    "nuclei_table": NUCLEI_TABLE,
 }
 
 # A result file's name as a worker may give it: a plain file name of the job's

@@ -32,6 +32,7 @@ RESULT_TYPES = {
     ".geojson": "application/geo+json",
     ".json": "application/json",
     ".png": "image/png",
+    ".parquet": "application/vnd.apache.parquet",
 }
 router = APIRouter()
 

@@ -224,7 +224,7 @@ def test_slide_formats_and_broken_slides(
         assert to_json(job.result.structured_summary) == summary
         expected = {"summary.json", "tissue.geojson", "tissue_mask.png", "preview.png"}
         if job_type == pb.CELL_SEGMENTATION:
-            expected.add("cells.geojson")
+            expected |= {"cells.geojson", "nuclei.parquet"}
             assert summary["tiles_processed"] == summary["tiles_tissue"]
         assert set(job.result.files) == expected
         assert all(shared.result_file(p).is_file() for p in job.result.files.values())

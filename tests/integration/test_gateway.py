@@ -126,6 +126,7 @@ def test_readme_body_creates_and_every_read_route_answers(gw: Gateway) -> None:
         ("tissue_mask.png", "image/png"),
         ("preview.png", "image/png"),
         ("summary.json", "application/json"),
+        ("nuclei.parquet", "application/vnd.apache.parquet"),
     ],
 )
 def test_result_files_are_served_to_their_owner_only(
@@ -139,6 +140,8 @@ def test_result_files_are_served_to_their_owner_only(
     assert reply.headers["content-type"].startswith(media_type)
     if name.endswith("json"):
         assert reply.json()
+    elif name.endswith(".parquet"):
+        assert reply.content[:4] == reply.content[-4:] == b"PAR1"
     else:
         assert reply.content[:8] == b"\x89PNG\r\n\x1a\n"
     stranger = gw.http.get(f"/jobs/{job_id}/results/{name}", headers=gw.as_user("stranger"))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from shapely.geometry import Point, shape
@@ -188,6 +189,38 @@ def test_real_slide_finds_thousands_of_nuclei_inside_the_tissue(
     mpp = slide["mpp"]
     area_mm2 = sum(outline.area for outline in outlines) * mpp * mpp / 1e6
     assert outcome.summary["tissue_area_mm2"] == pytest.approx(area_mm2, rel=1e-3)
+
+
+def test_the_nucleus_table_holds_each_feature_s_id_centroid_and_measurements(
+    pool: TilePool, tmp_path: Path
+) -> None:
+    """nuclei.parquet, read as a user reads it (pyarrow, which pandas uses):
+    one row per GeoJSON feature, in its order, with its values; no spool left."""
+    outcome = run(pool, tmp_path, str(SLIDES / "CMU-1-Small-Region.svs"))
+    table = pq.read_table(outcome.files["nuclei.parquet"]).to_pydict()
+    with open(outcome.files["cells.geojson"]) as handle:
+        features = json.load(handle)["features"]
+    assert len(features) > 1000 and table["id"] == [f["id"] for f in features]
+    named = {
+        "centroid_x": "Centroid X px",
+        "centroid_y": "Centroid Y px",
+        "area_um2": "Area µm^2",
+        "perimeter_um": "Perimeter µm",
+        "circularity": "Circularity",
+        "solidity": "Solidity",
+        "hematoxylin_od": "Hematoxylin OD mean",
+    }
+    for column, measurement in named.items():
+        assert table[column] == [f["properties"]["measurements"][measurement] for f in features]
+    # Each nucleus lies in the tile it is said to come from (level 0, 512 px tiles here).
+    for x, y, tx, ty in zip(
+        table["centroid_x"], table["centroid_y"], table["tile_x"], table["tile_y"], strict=True
+    ):
+        assert tx <= x < tx + 512 and ty <= y < ty + 512
+    assert sorted(p.name for p in Path(outcome.files["nuclei.parquet"]).parent.iterdir()) == [
+        "cells.geojson", "cells.index.npz", "nuclei.parquet", "preview.png", "summary.json",
+        "tissue.geojson", "tissue_mask.png",
+    ]  # fmt: skip
 
 
 def test_cancellation_stops_the_job_within_a_second(

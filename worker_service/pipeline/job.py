@@ -106,6 +106,7 @@ def run_job(
         assert pool is not None, "cell segmentation needs the tile pool"
         cells = segment_cells(overview, tissue, backend, pool, out_dir, preview, ctx)
         files[names.CELLS] = cells.cells_file
+        files[names.NUCLEI_TABLE] = cells.table_file
         segmentation = timings.phase("segmentation_s")
         timings.phases["reference_s"] = round(cells.reference_s, 4)  # the stain reference
         timings.phases["tiles_s"] = round(segmentation - cells.reference_s, 4)

@@ -31,6 +31,7 @@ from worker_service.pipeline.context import JobContext
 from worker_service.pipeline.preview import Preview
 from worker_service.pipeline.tile_pool import TilePool
 from worker_service.storage import result_files
+from worker_service.storage.nucleus_table import NucleusSpool
 from worker_service.storage.slides import SlideCache, SlideInfo, describe, read_thumbnail
 from wsi_protocol import result_files as names
 from wsi_runtime.job_params import JobParams
@@ -80,6 +81,7 @@ class Cells:
     backend_details: dict[str, object] = field(default_factory=dict)
     reference_s: float = 0.0  # preparing the backend (the classical stain reference)
     measures: dict[str, dict[str, float]] = field(default_factory=dict)  # MeasureStats.summary
+    table_file: str = ""  # nuclei.parquet
 
 
 def read_overview(path: str, params: JobParams, slides: SlideCache, ctx: JobContext) -> Overview:
@@ -145,6 +147,7 @@ def segment_cells(
     cells = result_files.FeatureCollectionWriter(out_dir / names.CELLS)
     index = cell_index.IndexBuilder()
     stats = MeasureStats()
+    table = NucleusSpool(out_dir / ".nuclei-spool", out_dir / names.NUCLEI_TABLE)
     done = 0
     ok = False
     try:
@@ -158,14 +161,26 @@ def segment_cells(
                 offsets = [cells.add_text(feature) for feature in found.features]
                 index.add(offsets, map(len, found.features), found.bounds)
                 preview.nuclei(found.centroids)
-                stats.add(found.measures)
+                stats.add(found.values[:, 2:])
+                table.add(found.ids, found.values, found.origin)
                 done += 1
             ctx.report(done, total)
         ok = True
     finally:
         path = cells.close(ok)
+        if not ok:
+            table.discard()
     result_files.write_cell_index(out_dir / names.CELL_INDEX, index.build())
-    return Cells(cells.count, done, str(path), prepared.details, reference_s, stats.summary())
+    table_file = table.publish()
+    return Cells(
+        cells.count,
+        done,
+        str(path),
+        prepared.details,
+        reference_s,
+        stats.summary(),
+        str(table_file),
+    )
 
 
 def _prepare(

@@ -64,7 +64,9 @@ class TileResult:
     centroids: npt.NDArray[np.float64]  # (n, 2) of level-0 (x, y)
     seconds: float  # reading and segmenting it, in the pool process
     bounds: npt.NDArray[np.float64]  # (n, 4): x0, y0, x1, y1 of each outline
-    measures: npt.NDArray[np.float64]  # (n, len(MEASURES)), for the slide's statistics
+    ids: list[str]  # each nucleus's feature id
+    values: npt.NDArray[np.float64]  # (n, 7): centroid x, y as written, then MEASURES
+    origin: tuple[int, int]  # the tile's level-0 origin
 
 
 def segmenter_for(recipe: Recipe) -> Segmenter:
@@ -120,10 +122,21 @@ def _segmented(
         measured = _measured(nuclei, task)
         ids = nucleus_ids(task, segmenter_name, len(nuclei))
         texts = result_files.nuclei_feature_texts(ids, nuclei.points, nuclei.starts, measured)
+        origin = (round(task.tile.x * task.downsample), round(task.tile.y * task.downsample))
         results.append(
-            TileResult(texts, nuclei.centroids, per_tile, _bounds(nuclei), measure_values(measured))
+            TileResult(
+                texts, nuclei.centroids, per_tile, _bounds(nuclei), ids, _values(measured), origin
+            )
         )
     return results
+
+
+def _values(measured: list[dict[str, float]]) -> npt.NDArray[np.float64]:
+    """The numbers of the nucleus table's row, as the GeoJSON holds them."""
+    centroids = [[m["Centroid X px"], m["Centroid Y px"]] for m in measured]
+    return np.concatenate(
+        [np.array(centroids, dtype=np.float64).reshape(-1, 2), measure_values(measured)], axis=1
+    )
 
 
 def nucleus_ids(task: TileTask, backend: str, count: int) -> list[str]:

@@ -1,0 +1,114 @@
+"""The per-nucleus table beside cells.geojson (``nuclei.parquet``): one row
+per nucleus, the values of its GeoJSON feature (id, centroid, measurements)
+and the level-0 origin of the tile it came from, for pandas, polars, R or
+DuckDB. Written in two steps so that the worker's memory does not grow with
+the nuclei, nor with the Parquet library: each column is spooled to a raw
+file as tiles finish, then a short-lived process (``parquet_writer``) writes
+the Parquet file from the spool in row groups, importing pyarrow there only
+(60 MB the worker itself never holds), and the spool is removed."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from worker_service.storage.result_files import RESULT_FILE_MODE
+
+ID_BYTES = 36  # a UUID's text
+# Name and raw type of each column, in the table's order. The measures are
+# wsi_protocol.measures' names, in micrometres: NaN on a slide without a pixel size.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", f"S{ID_BYTES}"),
+    ("centroid_x", "<f8"),  # level-0 px
+    ("centroid_y", "<f8"),
+    ("area_um2", "<f8"),
+    ("perimeter_um", "<f8"),
+    ("circularity", "<f8"),
+    ("solidity", "<f8"),
+    ("hematoxylin_od", "<f8"),
+    ("tile_x", "<i8"),  # the level-0 origin of the tile whose core holds the nucleus
+    ("tile_y", "<i8"),
+)
+WRITE_TIMEOUT_S = 600
+PARQUET_WRITER = "worker_service.storage.parquet_writer"  # the module of the writing process
+
+
+class NucleusSpool:
+    """The table's columns, appended tile by tile to raw files in ``folder``;
+    the process that will write ``target`` is started at once, so that its
+    start (Python, pyarrow: about 0.3 s) overlaps the job's tiles."""
+
+    def __init__(self, folder: Path, target: Path) -> None:
+        self.folder, self.target = folder, target
+        folder.mkdir(parents=True, exist_ok=True)
+        self._files = {name: open(folder / name, "wb") for name, _ in COLUMNS}  # noqa: SIM115
+        self.rows = 0
+        self._writer = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                PARQUET_WRITER,
+                str(folder),
+                str(target),
+                f"{RESULT_FILE_MODE:o}",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def add(
+        self,
+        ids: list[str],
+        values: npt.NDArray[np.float64],
+        tile_origin: tuple[int, int],
+    ) -> None:
+        """``values``: (n, 7) of centroid x, y and the five measures."""
+        count = len(ids)
+        if not count:
+            return
+        columns = [np.array(ids, dtype=f"S{ID_BYTES}")]
+        columns += [np.ascontiguousarray(values[:, k], dtype="<f8") for k in range(7)]
+        columns += [np.full(count, origin, dtype="<i8") for origin in tile_origin]
+        for (name, _), column in zip(COLUMNS, columns, strict=True):
+            self._files[name].write(column.tobytes())
+        self.rows += count
+
+    def _close_files(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+
+    def discard(self) -> None:
+        """No table: the writer told to stop, the spool removed."""
+        self._close_files()
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            self._writer.communicate("", timeout=5)  # end of input: it writes nothing
+        if self._writer.poll() is None:
+            self._writer.kill()
+            self._writer.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def publish(self) -> Path:
+        """The writer told how many rows the spool holds; returns once the
+        table is whole under ``target`` (OSError if it could not be written).
+        The spool is removed either way."""
+        self._close_files()
+        try:
+            _, errors = self._writer.communicate(f"{self.rows}\n", timeout=WRITE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._writer.kill()
+            self._writer.wait()
+            raise OSError(f"the nucleus table was not written within {WRITE_TIMEOUT_S} s") from None
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        if self._writer.returncode != 0:
+            last = (errors.strip().splitlines() or ["no message"])[-1]
+            raise OSError(f"the nucleus table was not written: {last}")
+        return self.target
