@@ -429,7 +429,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     async def GetJobParams(
         self, request: pb.GetJobParamsRequest, context: Context
     ) -> pb.JobParamsInfo:
-        await self.authenticate(context)
+        """Asks for no identity: the deployment's facts are the same for every
+        caller (as health and reflection are), and a form needs them before
+        anyone has signed in."""
         offered = self.dispatcher.links.backends_offered()
         return pb.JobParamsInfo(
             min_tile_size=max(self.min_tile_size, job_params.TILE_SIZE_RANGE[0]),

@@ -90,17 +90,5 @@ def caller(
     return gateway_state(request).auth.metadata_for(client, user, authorization)
 
 
-def caller_if_any(
-    request: Request,
-    user: Annotated[str | None, Header(alias="X-User-ID")] = None,
-    authorization: Annotated[str | None, Header(alias="Authorization")] = None,
-) -> Metadata | None:
-    """``caller``, for a route that also answers whoever does not say who they are."""
-    if user is None and authorization is None:
-        return None
-    return caller(request, user, authorization)
-
-
 Gateway = Annotated[GatewayState, Depends(gateway_state)]
 Caller = Annotated[Metadata, Depends(caller)]
-MaybeCaller = Annotated[Metadata | None, Depends(caller_if_any)]

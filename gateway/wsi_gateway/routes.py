@@ -16,7 +16,6 @@ from wsi_gateway.dependencies import (
     BadRequest,
     Caller,
     Gateway,
-    MaybeCaller,
     NotFoundError,
     call,
     opened,
@@ -217,13 +216,11 @@ async def stats(gateway: Gateway, caller: Caller) -> Any:
     summary="The job parameters: kind, bounds, default, choices",
     description="For `backend`, also what each choice is for and costs (`choice_help`) and"
     " what a job that names none gets (`default_help`: learned wherever it can run)."
-    " Asked with an identity, the bounds and choices are this deployment's: its smallest"
-    " tile size and the backends its connected workers offer; without, the schema's.",
+    " The bounds and choices are this deployment's: its smallest tile size and the"
+    " backends its connected workers offer (no identity needed).",
 )
-async def job_params_schema(gateway: Gateway, caller: MaybeCaller) -> dict[str, dict[str, object]]:
-    if caller is None:
-        return job_params.schema()
-    here = await call(gateway.stub.GetJobParams(pb.GetJobParamsRequest(), metadata=caller))
+async def job_params_schema(gateway: Gateway) -> dict[str, dict[str, object]]:
+    here = await call(gateway.stub.GetJobParams(pb.GetJobParamsRequest()))
     return job_params.schema(here.min_tile_size, list(here.backends))
 
 

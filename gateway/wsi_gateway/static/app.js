@@ -525,7 +525,7 @@ async function useIdentity(identity) {
   storage().setItem("wsi-identity", identity);
   $("#user-id").value = state.mode === "token" ? "" : identity;
   try {
-    // This deployment's bounds and the backends its workers offer, now that it can be asked.
+    // This deployment's bounds and the backends its workers offer, asked again: workers come and go.
     paramSchema = await api("GET", "/job-params");
     for (const row of document.querySelectorAll("#job-rows tbody tr")) fitParams(row);
   } catch (error) {

@@ -180,8 +180,9 @@ class SchedulerServicer:
 
     def GetJobParams(self, request, context):
         """What this deployment accepts beyond the parameters' schema: its smallest
-        tile size and the backends its connected workers offer (GET /job-params
-        narrows the schema by them).
+        tile size, the backends its connected workers offer and the jobs one
+        workflow may hold (GET /job-params narrows the schema by them). Needs no
+        identity: the same for every caller.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -72,8 +72,9 @@ class SchedulerStub:
     """Queue and capacity numbers for a dashboard."""
     GetJobParams: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetJobParamsRequest, _scheduler_pb2.JobParamsInfo]
     """What this deployment accepts beyond the parameters' schema: its smallest
-    tile size and the backends its connected workers offer (GET /job-params
-    narrows the schema by them).
+    tile size, the backends its connected workers offer and the jobs one
+    workflow may hold (GET /job-params narrows the schema by them). Needs no
+    identity: the same for every caller.
     """
     ReadResult: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.ReadResultRequest, _scheduler_pb2.ResultChunk]
     """One result file of the caller's own finished job, in chunks (the first
@@ -134,8 +135,9 @@ class SchedulerAsyncStub(SchedulerStub):
     """Queue and capacity numbers for a dashboard."""
     GetJobParams: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetJobParamsRequest, _scheduler_pb2.JobParamsInfo]  # type: ignore[assignment]
     """What this deployment accepts beyond the parameters' schema: its smallest
-    tile size and the backends its connected workers offer (GET /job-params
-    narrows the schema by them).
+    tile size, the backends its connected workers offer and the jobs one
+    workflow may hold (GET /job-params narrows the schema by them). Needs no
+    identity: the same for every caller.
     """
     ReadResult: _aio.UnaryStreamMultiCallable[_scheduler_pb2.ReadResultRequest, _scheduler_pb2.ResultChunk]  # type: ignore[assignment]
     """One result file of the caller's own finished job, in chunks (the first
@@ -247,8 +249,9 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.JobParamsInfo, _abc.Awaitable[_scheduler_pb2.JobParamsInfo]]:
         """What this deployment accepts beyond the parameters' schema: its smallest
-        tile size and the backends its connected workers offer (GET /job-params
-        narrows the schema by them).
+        tile size, the backends its connected workers offer and the jobs one
+        workflow may hold (GET /job-params narrows the schema by them). Needs no
+        identity: the same for every caller.
         """
 
     @_abc_1.abstractmethod
