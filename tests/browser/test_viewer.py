@@ -145,6 +145,12 @@ def test_the_viewer_draws_each_nucleus_and_measures_it(
     wait_until(page, "!!window.wsiViewer && !!window.wsiViewer.osd", 20)
     wait_until(page, "window.wsiViewer.osd.world.getItemCount() === 1", 20)
     wait_until(page, "window.wsiViewer.osd.world.getItemAt(0).getFullyLoaded()", 20)
+    # Zoom goes to the slide's full resolution and on to 4 screen px per slide px.
+    most = page.evaluate(
+        """() => { const v = window.wsiViewer.osd.viewport;
+                   return v.viewportToImageZoom(v.getMaxZoom()); }"""
+    )
+    assert most == pytest.approx(4.0, rel=0.01)
 
     # Zoomed out (the whole slide): density, no outlines.
     wait_until(page, "document.querySelector('#viewer').dataset.mode === 'density'")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow.parquet as pq
 
 from tests.crafted_slides import damaged
 from tests.harness import cluster_with_gateway
@@ -78,6 +79,22 @@ def test_a_cohort_from_pattern_to_table_and_its_failures_run_again(tmp_path: Pat
         saved = tmp_path / "cohort.csv"
         wsi("table", made["workflow_id"], "-o", str(saved))
         assert saved.read_bytes() == reply.content
+        # The same table as Parquet, from the gateway and from wsi, read with pyarrow.
+        as_parquet = http.get(
+            f"/workflows/{made['workflow_id']}/table", params={"format": "parquet"}, headers=WHO
+        )
+        assert as_parquet.headers["content-type"] == "application/vnd.apache.parquet"
+        columns = pq.read_table(io.BytesIO(as_parquet.content)).to_pydict()
+        assert dict(zip(columns["slide"], columns["nuclei"], strict=True)) == {
+            slide: int(row["nuclei"]) if row["nuclei"] else None for slide, row in rows.items()
+        }
+        assert columns["error"] == [rows[slide]["error"] for slide in columns["slide"]]
+        wsi("table", made["workflow_id"], "-o", str(tmp_path / "cohort.parquet"))
+        assert pq.read_table(tmp_path / "cohort.parquet").to_pydict() == columns
+        bad = http.get(
+            f"/workflows/{made['workflow_id']}/table", params={"format": "xlsx"}, headers=WHO
+        )
+        assert bad.status_code == 400 and "csv, parquet" in bad.json()["message"]
 
         for name in names[GOOD:]:  # mended, as a user would, then only those run again
             (slides / name).unlink()

@@ -153,7 +153,9 @@ def _add_queries(
         help="a workflow as CSV, one row per job: state, error, nuclei, density, measurements",
     )
     table.add_argument("workflow_id")
-    table.add_argument("-o", "--output", metavar="FILE", help="write the CSV to FILE")
+    table.add_argument(
+        "-o", "--output", metavar="FILE", help="write it to FILE: Parquet if FILE ends .parquet"
+    )
 
     again = sub.add_parser(
         "resubmit", parents=[after], help="run a workflow's failed and cancelled jobs again"
