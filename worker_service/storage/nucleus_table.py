@@ -18,23 +18,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from worker_service.storage.nucleus_columns import COLUMNS, ID_BYTES
 from worker_service.storage.result_files import RESULT_FILE_MODE
 
-ID_BYTES = 36  # a UUID's text
-# Name and raw type of each column, in the table's order. The measures are
-# wsi_protocol.measures' names, in micrometres: NaN on a slide without a pixel size.
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("id", f"S{ID_BYTES}"),
-    ("centroid_x", "<f8"),  # level-0 px
-    ("centroid_y", "<f8"),
-    ("area_um2", "<f8"),
-    ("perimeter_um", "<f8"),
-    ("circularity", "<f8"),
-    ("solidity", "<f8"),
-    ("hematoxylin_od", "<f8"),
-    ("tile_x", "<i8"),  # the level-0 origin of the tile whose core holds the nucleus
-    ("tile_y", "<i8"),
-)
 WRITE_TIMEOUT_S = 600
 PARQUET_WRITER = "worker_service.storage.parquet_writer"  # the module of the writing process
 

@@ -4,7 +4,7 @@ number of rows the spool (``nucleus_table``) then holds, and writes them as
 Parquet, a row group at a time, appearing under TARGET (with the octal file
 MODE) only when whole; end of input without a number: the job has no table.
 A process of its own, so that pyarrow's 60 MB are never the worker's; it
-imports nothing but pyarrow."""
+imports nothing but pyarrow and the column list."""
 
 from __future__ import annotations
 
@@ -15,42 +15,33 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from worker_service.storage.nucleus_columns import COLUMNS, ID_BYTES, width
+
 ROW_GROUP = 65_536
-# Column name -> (Arrow type in the spool, bytes per value); the spool's
-# order is the table's. Kept here as text so this process needs no numpy.
-SPOOLED = {
-    "id": (pa.binary(36), 36),
-    "centroid_x": (pa.float64(), 8),
-    "centroid_y": (pa.float64(), 8),
-    "area_um2": (pa.float64(), 8),
-    "perimeter_um": (pa.float64(), 8),
-    "circularity": (pa.float64(), 8),
-    "solidity": (pa.float64(), 8),
-    "hematoxylin_od": (pa.float64(), 8),
-    "tile_x": (pa.int64(), 8),
-    "tile_y": (pa.int64(), 8),
-}
+ARROW_TYPES = {"<f8": pa.float64(), "<i8": pa.int64(), f"S{ID_BYTES}": pa.binary(ID_BYTES)}
 
 
 def write(spool: Path, target: Path, rows: int, mode: int) -> None:
     schema = pa.schema(
-        [(name, pa.string() if name == "id" else kind) for name, (kind, _) in SPOOLED.items()]
+        [(name, pa.string() if name == "id" else ARROW_TYPES[kind]) for name, kind in COLUMNS]
     )
-    sources = {name: pa.memory_map(str(spool / name)) for name in SPOOLED}
+    sources = {name: pa.memory_map(str(spool / name)) for name, _ in COLUMNS}
     partial = target.with_name(f".tmp-{target.name}")
     try:
         with pq.ParquetWriter(partial, schema, compression="zstd") as writer:
             for start in range(0, max(rows, 1), ROW_GROUP):
                 count = min(ROW_GROUP, rows - start)
                 arrays = []
-                for name, (kind, width) in SPOOLED.items():
-                    sources[name].seek(start * width)
-                    data = sources[name].read_buffer(count * width)
+                for name, kind in COLUMNS:
+                    size = width(kind)
+                    sources[name].seek(start * size)
+                    data = sources[name].read_buffer(count * size)
+                    arrow = ARROW_TYPES[kind]
                     if name == "id":  # ASCII UUIDs: as text
-                        ids = pa.FixedSizeBinaryArray.from_buffers(kind, count, [None, data])
+                        ids = pa.FixedSizeBinaryArray.from_buffers(arrow, count, [None, data])
                         arrays.append(ids.cast(pa.binary()).cast(pa.string()))
                     else:
-                        arrays.append(pa.Array.from_buffers(kind, count, [None, data]))
+                        arrays.append(pa.Array.from_buffers(arrow, count, [None, data]))
                 writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
         os.chmod(partial, mode)
         os.replace(partial, target)
