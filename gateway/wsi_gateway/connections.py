@@ -2,19 +2,11 @@
 finish each request's headers within ``HEADER_TIMEOUT_S`` of opening (or of
 its previous answer), else it is closed. Uvicorn's own keep-alive timer is
 cancelled by any byte received, so slow-header clients would otherwise hold
-their connections for ever. Passed to uvicorn as its ``http`` class.
-
-Each connection also gets TCP_NODELAY. asyncio sets it only on sockets whose
-``proto`` is IPPROTO_TCP, and a listening socket made as ``socket(AF_INET,
-SOCK_STREAM)`` (ours, uvicorn's) hands out accepted sockets with proto 0: an
-answer's headers and body, written apart, then waited on the client's delayed
-ACK, and every request after a connection's first took 40 ms more."""
+their connections for ever. Passed to uvicorn as its ``http`` class."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -27,7 +19,6 @@ class HeaderTimeoutH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_timer: asyncio.TimerHandle | None = None
-        no_delay(transport)
         super().connection_made(transport)
         self._arm()
 
@@ -65,11 +56,3 @@ def with_header_timeout(seconds: float) -> type[HeaderTimeoutH11Protocol]:
     return type(
         "HeaderTimeoutH11Protocol", (HeaderTimeoutH11Protocol,), {"header_timeout_s": seconds}
     )
-
-
-def no_delay(transport: asyncio.BaseTransport) -> None:
-    """Answers leave as they are written, not after the client's delayed ACK."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):  # a connection already gone
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

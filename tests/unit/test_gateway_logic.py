@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import pytest
-import uvicorn
 from google.protobuf.timestamp_pb2 import Timestamp
-from uvicorn.server import ServerState
 
 from wsi_gateway import sse
+from wsi_gateway.__main__ import listening_socket
 from wsi_gateway.bodies import JobIn, WorkflowIn
-from wsi_gateway.connections import HeaderTimeoutH11Protocol
 from wsi_gateway.dependencies import BadRequest
 from wsi_gateway.http_errors import error_body, http_status
 from wsi_gateway.sized_body import SizeMismatch, sized_body
@@ -151,38 +148,26 @@ def test_a_body_that_is_not_a_json_object_is_answered_in_the_user_s_terms() -> N
 
 
 def test_each_connection_answers_without_waiting_for_the_clients_ack() -> None:
-    """TCP_NODELAY on every accepted connection, whose listening socket is made
-    as the gateway makes it (proto 0, where asyncio itself sets nothing):
-    without it each keep-alive request after the first waited 40 ms."""
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        raise AssertionError("no request is sent")
+    """The gateway's listening socket hands asyncio connections it turns
+    Nagle off on (TCP_NODELAY): with a socket made as SOCK_STREAM alone,
+    each keep-alive request after the first waited 40 ms."""
 
     async def accept_one() -> int:
-        config = uvicorn.Config(app, http=HeaderTimeoutH11Protocol, log_level="warning")
-        config.load()
-        state = ServerState()
-        made = asyncio.Event()
+        made: asyncio.Future[asyncio.Transport] = asyncio.get_running_loop().create_future()
 
-        class Seen(HeaderTimeoutH11Protocol):
-            def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-                super().connection_made(transport)
-                made.set()
+        class Accepted(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                made.set_result(transport)  # type: ignore[arg-type]
 
-        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listening.bind(("127.0.0.1", 0))
-        server = await asyncio.get_running_loop().create_server(
-            lambda: Seen(config, state, {}), sock=listening
-        )
+        listening = listening_socket("127.0.0.1", 0)
+        server = await asyncio.get_running_loop().create_server(Accepted, sock=listening)
         async with server:
             _, writer = await asyncio.open_connection(*listening.getsockname()[:2])
-            await asyncio.wait_for(made.wait(), 10)
-            (protocol,) = state.connections
-            accepted = protocol.transport.get_extra_info("socket")
+            transport = await asyncio.wait_for(made, 10)
+            accepted = transport.get_extra_info("socket")
             option = int(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
             writer.close()
-            for connection in list(state.connections):
-                connection.shutdown()
+            transport.close()
             return option
 
     assert asyncio.run(accept_one()) == 1
