@@ -60,12 +60,12 @@ def test_tile_by_tile_is_all_at_once_and_empty_tiles_change_nothing() -> None:
 
 
 def test_a_slide_without_pixel_size_has_no_size_statistics() -> None:
-    measured = [
-        {"Area px^2": 50.0, "Perimeter px": 25.0, "Circularity": 0.9, "Solidity": 0.95,
-         "Hematoxylin OD mean": 0.4},
-    ]  # fmt: skip
+    measured = {
+        "Area px^2": [50.0], "Perimeter px": [25.0], "Circularity": [0.9], "Solidity": [0.95],
+        "Hematoxylin OD mean": [0.4],
+    }  # fmt: skip
     stats = MeasureStats()
-    stats.add(measure_values(measured))
+    stats.add(measure_values(measured, 1))
     assert set(stats.summary()) == {"circularity", "solidity", "hematoxylin_od"}
     assert stats.summary()["circularity"] == {
         "mean": 0.9, "p05": 0.9, "p25": 0.9, "p50": 0.9, "p75": 0.9, "p95": 0.9

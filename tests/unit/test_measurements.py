@@ -28,7 +28,7 @@ def nucleus_measurements(
         mpp,
         np.array([stain], np.float64),
         pixel,
-    )
+    ).rows()
     return measured
 
 
@@ -97,7 +97,7 @@ def test_a_tile_s_nuclei_measure_together_as_each_alone() -> None:
         0.25,
         stains,
         pixel=2.0,
-    )
+    ).rows()
     alone = [
         nucleus_measurements(r, (float(c[0]), float(c[1])), float(a), 0.25, float(s), pixel=2.0)
         for r, c, a, s in zip(rings, centroids, areas, stains, strict=True)

@@ -24,7 +24,7 @@ def test_what_is_spooled_is_what_the_table_holds(tmp_path: Path) -> None:
     for origin, count in zip(tiles, (3, 0, 70_000), strict=True):
         batch_ids = [str(uuid.UUID(int=int(rng.integers(2**62)))) for _ in range(count)]
         batch = rng.random((count, 7))
-        spool.add(batch_ids, batch, origin)
+        spool.add(batch_ids, batch[:, :2], batch[:, 2:], origin)
         ids += batch_ids
         values.append(np.column_stack([batch, np.tile(origin, (count, 1))]))
     target = spool.publish()
@@ -40,7 +40,7 @@ def test_what_is_spooled_is_what_the_table_holds(tmp_path: Path) -> None:
 
 def test_a_discarded_spool_leaves_nothing(tmp_path: Path) -> None:
     spool = NucleusSpool(tmp_path / ".spool", tmp_path / "nuclei.parquet")
-    spool.add([str(uuid.uuid4())], np.zeros((1, 7)), (0, 0))
+    spool.add([str(uuid.uuid4())], np.zeros((1, 2)), np.zeros((1, 5)), (0, 0))
     spool.discard()
     assert list(tmp_path.iterdir()) == []
 

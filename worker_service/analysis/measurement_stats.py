@@ -20,10 +20,10 @@ from wsi_protocol import measures as names
 @dataclass(frozen=True)
 class Measure:
     """One statistic's name (the summary's key), the per-nucleus measurement
-    it reads (the first of ``sources`` a nucleus has), and its histogram."""
+    it reads (QuPath's name), and its histogram."""
 
     name: str
-    sources: tuple[str, ...]
+    source: str
     low: float
     high: float
     bins: int
@@ -38,26 +38,22 @@ class Measure:
 # In the order of ``names.MEASURES``. A slide without a pixel size has no
 # measurement in micrometres, and so no size statistics.
 MEASURES = (
-    Measure(names.AREA_UM2, ("Area µm^2",), 1e-3, 1e7, 2048, True),
-    Measure(names.PERIMETER_UM, ("Perimeter µm",), 1e-3, 1e7, 2048, True),
-    Measure(names.CIRCULARITY, ("Circularity",), 0.0, 1.0, 1000, False),
-    Measure(names.SOLIDITY, ("Solidity",), 0.0, 1.0, 1000, False),
-    Measure(names.HEMATOXYLIN_OD, ("Hematoxylin OD mean",), 0.0, 4.0, 2000, False),
+    Measure(names.AREA_UM2, "Area µm^2", 1e-3, 1e7, 2048, True),
+    Measure(names.PERIMETER_UM, "Perimeter µm", 1e-3, 1e7, 2048, True),
+    Measure(names.CIRCULARITY, "Circularity", 0.0, 1.0, 1000, False),
+    Measure(names.SOLIDITY, "Solidity", 0.0, 1.0, 1000, False),
+    Measure(names.HEMATOXYLIN_OD, "Hematoxylin OD mean", 0.0, 4.0, 2000, False),
 )
 
 
-def measure_values(measured: Sequence[Mapping[str, float]]) -> npt.NDArray[np.float64]:
-    """(n, len(MEASURES)) of n nuclei's measurements; NaN where a nucleus
-    lacks one (sizes, on a slide without a pixel size)."""
-    rows = [[_first(m, measure.sources) for measure in MEASURES] for m in measured]
-    return np.array(rows, dtype=np.float64).reshape(len(rows), len(MEASURES))
-
-
-def _first(measured: Mapping[str, float], sources: tuple[str, ...]) -> float:
-    for source in sources:
-        if source in measured:
-            return float(measured[source])
-    return float("nan")
+def measure_values(columns: Mapping[str, Sequence[float]], count: int) -> npt.NDArray[np.float64]:
+    """(count, len(MEASURES)) of measurement ``columns`` (``Measured.columns``);
+    NaN where a column is missing (sizes, on a slide without a pixel size)."""
+    values = np.full((count, len(MEASURES)), np.nan)
+    for k, measure in enumerate(MEASURES):
+        if measure.source in columns:
+            values[:, k] = columns[measure.source]
+    return values
 
 
 class MeasureStats:

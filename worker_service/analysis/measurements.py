@@ -5,6 +5,7 @@ stain is measured where the pixels are, in the segmenter)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -21,7 +22,7 @@ def nuclei_measurements(
     mpp: float | None,
     stains: Floats,
     pixel: float = 1.0,
-) -> list[dict[str, float]]:
+) -> Measured:
     """QuPath-named measurements of n nuclei: outline k is ``points[starts[k]
     : starts[k + 1]]`` (closed rings laid end to end), ``centroids`` (n, 2).
     ``areas_px``: each nucleus's pixel count in level-0 pixels (what "Area"
@@ -56,6 +57,24 @@ def nuclei_measurements(
     columns["Circularity"] = (np.minimum(circularity, 1.0), 4)
     columns["Solidity"] = (np.minimum(solidity, 1.0), 4)
     columns["Hematoxylin OD mean"] = (stains, 4)
-    rounded = [[round(v, places) for v in values.tolist()] for values, places in columns.values()]
-    names = list(columns)
-    return [dict(zip(names, row, strict=True)) for row in zip(*rounded, strict=True)]
+    return Measured(
+        {
+            name: [round(v, places) for v in values.tolist()]
+            for name, (values, places) in columns.items()
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Measured:
+    """n nuclei's measurements by QuPath's names, column by column, rounded
+    as cells.geojson writes them: its features take the rows, the nucleus
+    table and the slide's statistics the columns."""
+
+    columns: dict[str, list[float]]
+
+    def rows(self) -> list[dict[str, float]]:
+        names = list(self.columns)
+        return [
+            dict(zip(names, row, strict=True)) for row in zip(*self.columns.values(), strict=True)
+        ]

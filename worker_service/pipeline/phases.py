@@ -161,25 +161,25 @@ def segment_cells(
                 offsets = [cells.add_text(feature) for feature in found.features]
                 index.add(offsets, map(len, found.features), found.bounds)
                 preview.nuclei(found.centroids)
-                stats.add(found.values[:, 2:])
-                table.add(found.ids, found.values, found.origin)
+                stats.add(found.measures)
+                table.add(found.ids, found.centroids, found.measures, found.origin)
                 done += 1
             ctx.report(done, total)
+        table_file = table.publish()
         ok = True
     finally:
         path = cells.close(ok)
         if not ok:
             table.discard()
     result_files.write_cell_index(out_dir / names.CELL_INDEX, index.build())
-    table_file = table.publish()
     return Cells(
-        cells.count,
-        done,
-        str(path),
-        prepared.details,
-        reference_s,
-        stats.summary(),
-        str(table_file),
+        nuclei=cells.count,
+        tiles_processed=done,
+        cells_file=str(path),
+        backend_details=prepared.details,
+        reference_s=reference_s,
+        measures=stats.summary(),
+        table_file=str(table_file),
     )
 
 

@@ -17,7 +17,7 @@ import numpy.typing as npt
 import openslide
 
 from worker_service.analysis.measurement_stats import measure_values
-from worker_service.analysis.measurements import nuclei_measurements
+from worker_service.analysis.measurements import Measured, nuclei_measurements
 from worker_service.analysis.merge import OwnedNuclei, keep_owned
 from worker_service.analysis.nuclei import RGB
 from worker_service.analysis.tiling import Tile
@@ -61,11 +61,11 @@ class TileResult:
     centroids, for the preview, and bounding boxes, for the cell index."""
 
     features: list[str]
-    centroids: npt.NDArray[np.float64]  # (n, 2) of level-0 (x, y)
+    centroids: npt.NDArray[np.float64]  # (n, 2) of level-0 (x, y), as the features write them
     seconds: float  # reading and segmenting it, in the pool process
     bounds: npt.NDArray[np.float64]  # (n, 4): x0, y0, x1, y1 of each outline
     ids: list[str]  # each nucleus's feature id
-    values: npt.NDArray[np.float64]  # (n, 7): centroid x, y as written, then MEASURES
+    measures: npt.NDArray[np.float64]  # (n, len(MEASURES)), as the features write them
     origin: tuple[int, int]  # the tile's level-0 origin
 
 
@@ -121,22 +121,23 @@ def _segmented(
     for task, nuclei in zip(tasks, owned, strict=True):
         measured = _measured(nuclei, task)
         ids = nucleus_ids(task, segmenter_name, len(nuclei))
-        texts = result_files.nuclei_feature_texts(ids, nuclei.points, nuclei.starts, measured)
-        origin = (round(task.tile.x * task.downsample), round(task.tile.y * task.downsample))
+        texts = result_files.nuclei_feature_texts(
+            ids, nuclei.points, nuclei.starts, measured.rows()
+        )
+        columns = measured.columns
+        centroids = np.column_stack([columns["Centroid X px"], columns["Centroid Y px"]])
         results.append(
             TileResult(
-                texts, nuclei.centroids, per_tile, _bounds(nuclei), ids, _values(measured), origin
+                features=texts,
+                centroids=centroids.reshape(-1, 2),
+                seconds=per_tile,
+                bounds=_bounds(nuclei),
+                ids=ids,
+                measures=measure_values(columns, len(nuclei)),
+                origin=(round(task.tile.x * task.downsample), round(task.tile.y * task.downsample)),
             )
         )
     return results
-
-
-def _values(measured: list[dict[str, float]]) -> npt.NDArray[np.float64]:
-    """The numbers of the nucleus table's row, as the GeoJSON holds them."""
-    centroids = [[m["Centroid X px"], m["Centroid Y px"]] for m in measured]
-    return np.concatenate(
-        [np.array(centroids, dtype=np.float64).reshape(-1, 2), measure_values(measured)], axis=1
-    )
 
 
 def nucleus_ids(task: TileTask, backend: str, count: int) -> list[str]:
@@ -159,7 +160,7 @@ def nucleus_ids(task: TileTask, backend: str, count: int) -> list[str]:
     return ids
 
 
-def _measured(nuclei: OwnedNuclei, task: TileTask) -> list[dict[str, float]]:
+def _measured(nuclei: OwnedNuclei, task: TileTask) -> Measured:
     pixel = task.downsample
     return nuclei_measurements(
         nuclei.points,

@@ -1,7 +1,7 @@
 """The columns of the per-nucleus table, in its order, with the raw type of
 each in the spool (a numpy dtype string): one list for the worker that
 spools them (``nucleus_table``) and the process that writes them as Parquet
-(``parquet_writer``, which imports nothing heavier than this)."""
+(``parquet_writer``, which so needs none of the worker's result-file code)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,3 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("tile_x", "<i8"),  # the level-0 origin of the tile whose core holds the nucleus
     ("tile_y", "<i8"),
 )
-
-
-def width(kind: str) -> int:
-    """Bytes per value of a spooled column."""
-    return int(kind[2:]) if kind[0] in "<>" else int(kind[1:])

@@ -9,7 +9,6 @@ the Parquet file from the spool in row groups, importing pyarrow there only
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import subprocess
 import sys
@@ -53,18 +52,19 @@ class NucleusSpool:
     def add(
         self,
         ids: list[str],
-        values: npt.NDArray[np.float64],
+        centroids: npt.NDArray[np.float64],
+        measures: npt.NDArray[np.float64],
         tile_origin: tuple[int, int],
     ) -> None:
-        """``values``: (n, 7) of centroid x, y and the five measures."""
+        """One tile's nuclei: (n, 2) centroids, (n, 5) measures, as written."""
         count = len(ids)
         if not count:
             return
         columns = [np.array(ids, dtype=f"S{ID_BYTES}")]
-        columns += [np.ascontiguousarray(values[:, k], dtype="<f8") for k in range(7)]
-        columns += [np.full(count, origin, dtype="<i8") for origin in tile_origin]
-        for (name, _), column in zip(COLUMNS, columns, strict=True):
-            self._files[name].write(column.tobytes())
+        columns += [*centroids.T, *measures.T]
+        columns += [np.full(count, origin) for origin in tile_origin]
+        for (name, kind), column in zip(COLUMNS, columns, strict=True):
+            self._files[name].write(np.ascontiguousarray(column, dtype=kind).tobytes())
         self.rows += count
 
     def _close_files(self) -> None:
@@ -72,13 +72,12 @@ class NucleusSpool:
             handle.close()
 
     def discard(self) -> None:
-        """No table: the writer told to stop, the spool removed."""
+        """No table: the writer ended (it was waiting to be told the rows,
+        or is done), the spool removed."""
         self._close_files()
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            self._writer.communicate("", timeout=5)  # end of input: it writes nothing
         if self._writer.poll() is None:
             self._writer.kill()
-            self._writer.wait()
+        self._writer.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def publish(self) -> Path:

@@ -3,8 +3,7 @@ started with its job's segmentation, it waits for one line on stdin, the
 number of rows the spool (``nucleus_table``) then holds, and writes them as
 Parquet, a row group at a time, appearing under TARGET (with the octal file
 MODE) only when whole; end of input without a number: the job has no table.
-A process of its own, so that pyarrow's 60 MB are never the worker's; it
-imports nothing but pyarrow and the column list."""
+A process of its own, so that pyarrow's 60 MB are never the worker's."""
 
 from __future__ import annotations
 
@@ -12,18 +11,22 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from worker_service.storage.nucleus_columns import COLUMNS, ID_BYTES, width
+from worker_service.storage.nucleus_columns import COLUMNS
 
 ROW_GROUP = 65_536
-ARROW_TYPES = {"<f8": pa.float64(), "<i8": pa.int64(), f"S{ID_BYTES}": pa.binary(ID_BYTES)}
 
 
 def write(spool: Path, target: Path, rows: int, mode: int) -> None:
+    kinds = {name: np.dtype(kind) for name, kind in COLUMNS}
     schema = pa.schema(
-        [(name, pa.string() if name == "id" else ARROW_TYPES[kind]) for name, kind in COLUMNS]
+        [
+            (name, pa.string() if name == "id" else pa.from_numpy_dtype(kinds[name]))
+            for name in kinds
+        ]
     )
     sources = {name: pa.memory_map(str(spool / name)) for name, _ in COLUMNS}
     partial = target.with_name(f".tmp-{target.name}")
@@ -32,16 +35,18 @@ def write(spool: Path, target: Path, rows: int, mode: int) -> None:
             for start in range(0, max(rows, 1), ROW_GROUP):
                 count = min(ROW_GROUP, rows - start)
                 arrays = []
-                for name, kind in COLUMNS:
-                    size = width(kind)
-                    sources[name].seek(start * size)
-                    data = sources[name].read_buffer(count * size)
-                    arrow = ARROW_TYPES[kind]
+                for name, kind in kinds.items():
+                    sources[name].seek(start * kind.itemsize)
+                    data = sources[name].read_buffer(count * kind.itemsize)
                     if name == "id":  # ASCII UUIDs: as text
-                        ids = pa.FixedSizeBinaryArray.from_buffers(arrow, count, [None, data])
+                        ids = pa.FixedSizeBinaryArray.from_buffers(
+                            pa.binary(kind.itemsize), count, [None, data]
+                        )
                         arrays.append(ids.cast(pa.binary()).cast(pa.string()))
                     else:
-                        arrays.append(pa.Array.from_buffers(arrow, count, [None, data]))
+                        arrays.append(
+                            pa.Array.from_buffers(schema.field(name).type, count, [None, data])
+                        )
                 writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
         os.chmod(partial, mode)
         os.replace(partial, target)
