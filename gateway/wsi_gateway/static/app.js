@@ -278,7 +278,7 @@ function render() {
         el("span", { class: `badge ${wf.state}` }, wf.state),
         el("span", { class: "spacer" }),
         el("span", { class: "muted workflow-percent" }, `${percent(wf.progress)}%`),
-        el("button", { class: "workflow-table", title: "one row per job: state, error, nuclei, density, measurements", onclick: () => act(() => downloadTable(wf)) }, "Table (CSV)"),
+        el("button", { class: "workflow-table", title: "one row per job: state, error, nuclei, density, measurements", onclick: () => act(() => saveAs(`/workflows/${wf.workflow_id}/table`, `workflow-${wf.workflow_id.slice(0, 8)}.csv`)) }, "Table (CSV)"),
         TERMINAL.has(wf.state) ? null : el("button", { class: "cancel-workflow", onclick: () => act(() => api("POST", `/workflows/${wf.workflow_id}/cancel`)) }, "Cancel all")),
       el("div", { class: "muted workflow-facts" }, workflowFacts(wf)),
       bar(wf.progress),
@@ -306,12 +306,9 @@ async function blobUrl(path) {
   return url;
 }
 
-// The workflow's table, saved as a file (fetched with the identity header, which a plain link cannot send).
-async function downloadTable(wf) {
-  const link = el("a", { href: await blobUrl(`/workflows/${wf.workflow_id}/table`), download: `workflow-${wf.workflow_id.slice(0, 8)}.csv` });
-  document.body.append(link);
-  link.click();
-  link.remove();
+// An answer saved as a file: fetched with the identity header, which a plain link cannot send.
+async function saveAs(path, name) {
+  el("a", { href: await blobUrl(path), download: name }).click();
 }
 
 function revokeBlobs() {
@@ -403,10 +400,7 @@ async function showResult(job) {
     const link = el("a", { href: "#", "data-file": name }, name);
     link.addEventListener("click", (event) => {
       event.preventDefault();
-      act(async () => {
-        const url = await blobUrl(`/jobs/${job.job_id}/results/${name}`);
-        el("a", { href: url, download: name }).click();
-      });
+      act(() => saveAs(`/jobs/${job.job_id}/results/${name}`, name));
     });
     links.append(link);
   }
