@@ -22,9 +22,7 @@ slides = SlideCache(per_thread=2)
 _board: MutableSequence[int] | None = None  # the worker's CancelBoard array, set at start
 
 
-def start_process(
-    parent_pid: int, board: MutableSequence[int], slide_roots: Sequence[Path] = ()
-) -> None:
+def start_process(board: MutableSequence[int], slide_roots: Sequence[Path] = ()) -> None:
     """Pool initializer: keeps the worker's cancellation board, opens slides
     only inside the slide roots, ends with the worker, and keeps OpenCV to one
     thread: the pool is the parallelism, and OpenCV's own threads in every
@@ -33,7 +31,7 @@ def start_process(
     _board = board
     slides.confine(slide_roots)
     cv2.setNumThreads(1)
-    exit_with_parent(parent_pid)
+    exit_with_parent(os.getppid())
 
 
 def is_cancelled(token: int) -> bool:
@@ -42,8 +40,9 @@ def is_cancelled(token: int) -> bool:
 
 
 def exit_with_parent(parent_pid: int) -> None:
-    """A pool process ends when its worker dies, even by SIGKILL, instead of
-    lingering as an orphan."""
+    """A pool process ends when its parent dies instead of lingering as an
+    orphan. Its parent is the worker's fork server, which ends when the
+    worker does, even by SIGKILL (``multiprocessing.forkserver``)."""
 
     def watch() -> None:
         while os.getppid() == parent_pid:
