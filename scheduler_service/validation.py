@@ -20,6 +20,18 @@ class InvalidSpec(ValueError):
     """The submission is malformed; the message says what to fix."""
 
 
+def _check_param_sizes(params: dict[str, str], where: str) -> None:
+    if len(params) > MAX_PARAMS:
+        raise InvalidSpec(f"{where}: at most {MAX_PARAMS} params, got {len(params)}")
+    for name, value in params.items():
+        limit = job_params.MAX_VALUE_LENGTH.get(name, MAX_PARAM_LENGTH)
+        if len(name) > MAX_PARAM_LENGTH or len(value) > limit:
+            raise InvalidSpec(
+                f"{where}: param {name[:40]!r} is too long: names and values of at most"
+                f" {MAX_PARAM_LENGTH} characters ({limit:,} for its value)"
+            )
+
+
 class TooManyJobs(ValueError):
     """The workflow holds more jobs than the configured cap (a quota)."""
 
@@ -66,12 +78,7 @@ def normalise_jobs(
             raise InvalidSpec(f"{where}: wsi_path is required")
         if len(job.wsi_path) > MAX_PATH_LENGTH:
             raise InvalidSpec(f"{where}: wsi_path is longer than {MAX_PATH_LENGTH} characters")
-        if len(job.params) > MAX_PARAMS or any(
-            len(k) > MAX_PARAM_LENGTH or len(v) > MAX_PARAM_LENGTH for k, v in job.params.items()
-        ):
-            raise InvalidSpec(
-                f"{where}: at most {MAX_PARAMS} params of at most {MAX_PARAM_LENGTH} characters"
-            )
+        _check_param_sizes(job.params, where)
         try:
             job_params.parse(job.job_type, job.params, min_tile_size)
         except job_params.InvalidParams as exc:

@@ -16,6 +16,12 @@ class JobFailed(JobError):
     """A job's own check failed (too many tiles, a backend that is missing)."""
 
 
+class RegionOutsideSlide(JobFailed):
+    """The job's region does not meet its slide."""
+
+    code = "INVALID_ARGUMENT"
+
+
 class SlideError(JobError):
     """The slide cannot be opened or read; the message is OpenSlide's."""
 

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from wsi_protocol.job_types import JobType
+from wsi_runtime import regions
+from wsi_runtime.regions import Region
 
 JOB_TYPES = tuple(JobType)  # the public API's job types
 BACKENDS = ("classical", "learned", "instanseg")
@@ -44,6 +46,7 @@ class JobParams:
     target_mpp: float = 0.5
     min_tissue: float = 0.05  # tiles with a smaller tissue share are skipped
     backend: str = ""  # empty: the worker's default backend (its --default-backend)
+    region: Region | None = None  # level-0 box or polygon; None: the whole tissue
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,16 @@ FIELDS: dict[str, _Field] = {
     "target_mpp": _Field(float, *TARGET_MPP_RANGE, "pixel size to work at, um/px"),
     "min_tissue": _Field(float, 0.0, 1.0, "tissue share below which a tile is skipped"),
     "backend": _Field(str, 0, 0, "segmentation backend", BACKENDS),
+    "region": _Field(
+        Region,
+        0,
+        0,
+        "level-0 box 'x0,y0,x1,y1' or polygon 'x,y x,y x,y ...' to analyse instead of the"
+        " whole tissue",
+    ),
 }
+# Characters a value may have: a polygon region is long (see ``regions.MAX_TEXT``).
+MAX_VALUE_LENGTH = {"region": regions.MAX_TEXT}
 
 
 def parse(job_type: str, params: Mapping[str, str], min_tile_size: int = 0) -> JobParams:
@@ -103,6 +115,11 @@ def parse(job_type: str, params: Mapping[str, str], min_tile_size: int = 0) -> J
 
 
 def _value(name: str, text: str, field: _Field) -> object:
+    if field.kind is Region:
+        try:
+            return regions.parse(text)
+        except regions.InvalidRegion as exc:
+            raise InvalidParams(f"param {name}: {exc}") from None
     if field.choices:
         if text not in field.choices:
             raise InvalidParams(
@@ -140,7 +157,9 @@ def schema(min_tile_size: int = 0, backends: Sequence[str] = ()) -> dict[str, di
             "help": field.help,
             "default": getattr(defaults, name),
         }
-        if field.choices:
+        if field.kind is Region:
+            entry["type"], entry["default"] = "region", ""
+        elif field.choices:
             offered = [c for c in field.choices if c in backends] if name == "backend" else []
             entry["choices"] = offered or list(field.choices)
             if name == "backend":

@@ -6,6 +6,7 @@ nothing fetched from anywhere but the gateway."""
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tests.browser.conftest import (
 )
 from tests.browser.test_ui import identity_headers
 from tests.harness import SLIDES, cluster_with_gateway
+from tests.timing import patience
 from wsi_runtime.synthetic_slides import SyntheticSlide, synthetic_he_slide
 from wsi_runtime.token_file import add_token
 
@@ -245,3 +247,92 @@ def test_the_viewer_draws_each_nucleus_and_measures_it(
     # Slide tiles went through the gateway with the caller's identity.
     tiles = [url for url in page.requests if "/slide_files/" in url]
     assert tiles and all(f"/jobs/{job_id}/" in url for url in tiles)
+
+
+def _finished_workflow(ui: Ui, user: str, slide: SyntheticSlide, **params: str) -> dict[str, Any]:
+    headers = identity_headers(ui, user)
+    body = {
+        "name": "region test",
+        "jobs": [
+            {
+                "key": "cells",
+                "branch": "a",
+                "job_type": "CELL_SEGMENTATION",
+                "wsi_path": slide.path.name,
+                "params": params,
+            }
+        ],
+    }
+    workflow = httpx.post(f"{ui.address}/workflows", json=body, headers=headers).json()
+    return _wait_finished(ui, user, workflow["workflow_id"])
+
+
+def _wait_finished(ui: Ui, user: str, workflow_id: str) -> dict[str, Any]:
+    headers = identity_headers(ui, user)
+    deadline = time.monotonic() + patience(60)
+    while time.monotonic() < deadline:
+        workflow: dict[str, Any] = httpx.get(
+            f"{ui.address}/workflows/{workflow_id}", headers=headers
+        ).json()
+        if workflow["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            return workflow
+        time.sleep(0.2)
+    raise AssertionError(f"workflow {workflow_id} did not finish")
+
+
+def test_a_box_drawn_in_the_viewer_is_analysed_as_a_new_job(
+    viewer_page: Any, viewer_ui: tuple[Ui, SyntheticSlide]
+) -> None:
+    """Drawing a box offers "Analyse this region"; the new job has the first
+    one's type and parameters, limited to the box, and finds only the nuclei
+    inside it. (One identity mode: the page sends its identity the same way
+    for this call as for every other, which test_ui checks in both.)"""
+    ui, slide = viewer_ui
+    if ui.mode != "header":
+        pytest.skip("the identity modes are covered by test_ui; the drawing by the header mode")
+    page = viewer_page
+    done = _finished_workflow(ui, "ui-vera", slide, tile_size="384")
+    first = done["jobs"][0]
+    assert first["state"] == "SUCCEEDED", first
+    use_user(page, ui, "ui-vera")
+    page.locator(f".workflow[data-workflow='{done['workflow_id']}'] .show-result").click()
+    wait_until(page, "document.querySelector('#result-preview').naturalWidth > 0")
+    page.click("#open-viewer")
+    wait_until(page, "!!window.wsiViewer && !!window.wsiViewer.osd", 20)
+    wait_until(page, "window.wsiViewer.osd.world.getItemAt(0).getFullyLoaded()", 20)
+    # Drag over the upper-left quarter of the tissue, after "Select a region".
+    x0, y0, x1, y1 = slide.tissue_box
+    wanted = (x0, y0, (x0 + x1) / 2, (y0 + y1) / 2)
+    (start, end) = _to_screen(page, [wanted[:2], wanted[2:]])
+    origin = page.locator("#viewer").bounding_box()
+    page.click("#draw-region")
+    page.mouse.move(origin["x"] + start[0], origin["y"] + start[1])
+    page.mouse.down()
+    page.mouse.move(origin["x"] + end[0], origin["y"] + end[1], steps=8)
+    page.mouse.up()
+    page.wait_for_selector("#analyse-region", state="visible")
+    box = page.evaluate("window.wsiViewer.region")
+    assert box == pytest.approx(list(wanted), abs=0.02 * slide.width), (box, wanted)
+    shown = page.locator("#region-size").inner_text()
+    assert shown.startswith(f"{box[2] - box[0]} x {box[3] - box[1]} px from ({box[0]}, {box[1]})")
+    page.click("#analyse-region")
+    wait_until(page, "!!document.querySelector('#region-status').dataset.workflow")
+    workflow_id = page.evaluate("document.querySelector('#region-status').dataset.workflow")
+    workflow = _wait_finished(ui, "ui-vera", workflow_id)
+    (job,) = workflow["jobs"]
+    assert job["state"] == "SUCCEEDED", job
+    assert (job["job_type"], job["wsi_path"]) == (first["job_type"], first["wsi_path"])
+    assert job["params"] == {**first["params"], "region": ",".join(map(str, box))}
+    # Only nuclei inside the box, and fewer than the whole slide's.
+    headers = identity_headers(ui, "ui-vera")
+    cells = httpx.get(
+        f"{ui.address}/jobs/{job['job_id']}/results/cells.geojson", headers=headers
+    ).json()["features"]
+    inside = [
+        box[0] <= m["Centroid X px"] <= box[2] and box[1] <= m["Centroid Y px"] <= box[3]
+        for m in (f["properties"]["measurements"] for f in cells)
+    ]
+    assert cells and all(inside)
+    assert 0 < job["result"]["summary"]["nuclei"] < first["result"]["summary"]["nuclei"]
+    # The new workflow is in the list, followed live like any other.
+    page.wait_for_selector(f".workflow[data-workflow='{workflow_id}'][data-state=SUCCEEDED]")

@@ -201,7 +201,19 @@ def cases(c: Cluster, theirs: pb.Workflow) -> list[tuple[str, Callable[[], objec
             "oversize param",
             make(spec("a", params={"x": "v" * 300})),
             Code.INVALID_ARGUMENT,
-            "params of at most 256",
+            "param 'x' is too long",
+        ),
+        (
+            "a region that crosses itself",
+            make(spec("a", params={"region": "0,0 100,100 100,0 0,200"})),
+            Code.INVALID_ARGUMENT,
+            "param region: polygon is not simple",
+        ),
+        (
+            "an empty box",
+            make(spec("a", params={"region": "500,500,100,900"})),
+            Code.INVALID_ARGUMENT,
+            "box '500,500,100,900' is empty",
         ),
         (
             "a 5 MB request",

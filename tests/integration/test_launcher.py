@@ -5,7 +5,9 @@ exit, and the seed's caps hold out of the box on a small machine."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from tests.harness import CMU, SLIDES, user
@@ -181,7 +184,25 @@ def job(stub: pb_grpc.SchedulerStub, who: str, job_id: str) -> pb.Job:
     return stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=user(who))
 
 
-def test_a_killed_worker_is_restarted_and_its_job_retried(tmp_path: Path) -> None:
+def tiles_segmented(metrics_port: str) -> float:
+    """The worker's count of tiles it segmented (since its process started)."""
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    found = re.search(
+        r'^wsi_worker_tiles_processed_total\{job_type="CELL_SEGMENTATION"\} (\S+)$', text, re.M
+    )
+    return float(found.group(1)) if found else 0.0
+
+
+def nuclei_of(results: Path, job_id: str) -> dict[str, object]:
+    with open(results / job_id / "cells.geojson") as handle:
+        return {f["id"]: f["geometry"] for f in json.load(handle)["features"]}
+
+
+def test_a_killed_worker_is_restarted_and_its_job_resumed(tmp_path: Path) -> None:
+    """SIGKILL at about 60 % of a segmentation job: the launcher starts the
+    worker again, the scheduler retries the job there, and the retry takes
+    the tiles the killed run recorded: it segments only the rest, and its
+    nuclei are those of a run that was never interrupted."""
     with launched(tmp_path) as run:
         before = run.services()
         wf = run.stub.CreateWorkflow(
@@ -189,10 +210,14 @@ def test_a_killed_worker_is_restarted_and_its_job_retried(tmp_path: Path) -> Non
             metadata=user("alice"),
         )
         job_id = wf.jobs[0].job_id
-        wait_for(
-            lambda: job(run.stub, "alice", job_id).progress.tiles_done > 0,
+        progress = wait_for(
+            lambda: (
+                (p := job(run.stub, "alice", job_id).progress).tiles_done
+                >= 0.6 * max(1, p.tiles_total)
+                and p
+            ),
             60,
-            "the job to be under way",
+            "the job to be 60 % done",
         )
         os.kill(before["worker_service"], signal.SIGKILL)
         done = wait_for(
@@ -201,12 +226,36 @@ def test_a_killed_worker_is_restarted_and_its_job_retried(tmp_path: Path) -> Non
             "the job to be retried and succeed",
         )
         assert done.attempt == 2
+        summary = json.loads(done.result.summary)
+        total, resumed = summary["tiles_processed"], summary["tiles_resumed"]
+        # Every tile reported done before the kill had been recorded first.
+        assert progress.tiles_done <= resumed < total
+        # The retry segmented the rest only: total work is one run's.
+        metrics = str(int(run.env["WSI_METRICS_PORT"]) + 1)
+        assert tiles_segmented(metrics) == total - resumed
         after = run.services()
         assert after["worker_service"] != before["worker_service"]
         assert after["scheduler_service"] == before["scheduler_service"]
         assert after["wsi_gateway"] == before["wsi_gateway"]
         assert run.process.poll() is None
         assert "launcher: worker exited" in run.log.read_text()
+        # The same job never interrupted: the same nuclei, ids and outlines.
+        again = (
+            run.stub.CreateWorkflow(
+                pb.CreateWorkflowRequest(name="w2", jobs=[spec("seg", params=LONG)]),
+                metadata=user("alice"),
+            )
+            .jobs[0]
+            .job_id
+        )
+        wait_for(
+            lambda: job(run.stub, "alice", again).state == pb.JOB_STATE_SUCCEEDED,
+            120,
+            "the uninterrupted job to succeed",
+        )
+        results = Path(run.env["WSI_RESULTS_DIR"])
+        assert nuclei_of(results, job_id) == nuclei_of(results, again)
+        assert not (results / job_id / ".tiles-journal").exists()
 
 
 def test_out_of_the_box_four_jobs_run_and_a_freed_user_slot_starts_the_fourth_user(

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.pipeline.support import run
+from worker_service.pipeline.job import JobOutcome
 from worker_service.pipeline.tile_pool import TilePool
 from wsi_runtime.synthetic_slides import SyntheticSlide, synthetic_he_slide
 
@@ -22,3 +24,12 @@ def pool() -> Iterator[TilePool]:
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSlide:
     return synthetic_he_slide(tmp_path_factory.mktemp("slides") / "synthetic.tiff", seed=7)
+
+
+@pytest.fixture(scope="session")
+def learned_whole(
+    pool: TilePool, synthetic: SyntheticSlide, tmp_path_factory: pytest.TempPathFactory
+) -> JobOutcome:
+    """A learned job of the whole synthetic slide, for the tests that judge it
+    and those that compare another job with it."""
+    return run(pool, tmp_path_factory.mktemp("whole"), str(synthetic.path), backend="learned")

@@ -27,6 +27,7 @@ from worker_service.backends.learned import (
     pixel_blocks,
     pixels_from_blocks,
 )
+from worker_service.pipeline.job import JobOutcome
 from worker_service.pipeline.tile_pool import TilePool
 from wsi_runtime.synthetic_slides import SyntheticSlide
 from wsi_training.metrics import score
@@ -92,9 +93,9 @@ def test_the_8_bit_model_finds_the_nuclei_of_the_float_model() -> None:
 
 
 def test_a_learned_job_finds_every_synthetic_nucleus_once(
-    pool: TilePool, synthetic: SyntheticSlide, tmp_path: Path
+    learned_whole: JobOutcome, synthetic: SyntheticSlide
 ) -> None:
-    outcome = run(pool, tmp_path, str(synthetic.path), backend="learned")
+    outcome = learned_whole
     assert outcome.summary["backend"] == "learned"
     found = centroids(outcome)
     truth = np.array([[n.x, n.y] for n in synthetic.nuclei])

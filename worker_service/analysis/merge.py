@@ -28,6 +28,18 @@ class OwnedNuclei:
     def __len__(self) -> int:
         return len(self.centroids)
 
+    def select(self, keep: npt.NDArray[np.bool_]) -> OwnedNuclei:
+        """The nuclei where ``keep`` (one flag per nucleus) is True, in order."""
+        lengths = np.diff(self.starts)
+        kept_points = np.repeat(keep, lengths)
+        return OwnedNuclei(
+            centroids=self.centroids[keep],
+            points=self.points[kept_points],
+            starts=np.cumsum([0, *lengths[keep]], dtype=np.int64),
+            areas_px=self.areas_px[keep],
+            stains=self.stains[keep],
+        )
+
 
 def keep_owned(tile: Tile, found: Sequence[Nucleus], downsample: float) -> OwnedNuclei:
     """The nuclei of ``tile`` (found in tile pixel coordinates) that its core

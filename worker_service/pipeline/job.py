@@ -158,7 +158,17 @@ def _summary(
         "tiles_tissue": len(tissue.tissue_tiles),
         "tiles_skipped": tiles_total - len(tissue.tissue_tiles),
         "tiles_processed": cells.tiles_processed if cells else 0,
+        # Of those, the tiles an earlier, interrupted run of the job had done.
+        "tiles_resumed": cells.tiles_resumed if cells else 0,
     }
+    if params.region is not None:
+        # The job covered this region only: tissue, tiles and nuclei inside it.
+        mpp = overview.mpp
+        summary["region"] = {
+            "text": params.region.text(),
+            "bounds": [round(v, 2) for v in params.region.bounds],
+            "area_mm2": float(f"{tissue.region_area_px * mpp * mpp / 1e6:.6g}") if mpp else None,
+        }
     if cells is not None:
         summary.update(
             nuclei=cells.nuclei,

@@ -5,6 +5,8 @@ raises only the worker's own errors (``errors.py``)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from shapely.geometry import Polygon
 
-from worker_service.analysis import cell_index, tissue_codec
+from worker_service.analysis import cell_index, regions, tissue_codec
 from worker_service.analysis.measurement_stats import MeasureStats
 from worker_service.analysis.nuclei import RGB
 from worker_service.analysis.tiling import Tile, TileGrid, choose_level, usable_mpp
@@ -24,8 +26,8 @@ from worker_service.analysis.tissue import (
     tissue_polygons,
 )
 from worker_service.analysis.tissue_codec import ReusedTissue
-from worker_service.backends.base import Backend, JobSlide, Prepared
-from worker_service.errors import JobFailed
+from worker_service.backends.base import Backend, JobSlide, Prepared, Recipe
+from worker_service.errors import JobFailed, RegionOutsideSlide
 from worker_service.pipeline import tile_work
 from worker_service.pipeline.context import JobContext
 from worker_service.pipeline.preview import Preview
@@ -33,11 +35,14 @@ from worker_service.pipeline.tile_pool import TilePool
 from worker_service.storage import result_files
 from worker_service.storage.nucleus_table import NucleusSpool
 from worker_service.storage.slides import SlideCache, SlideInfo, describe, read_thumbnail
+from worker_service.storage.tile_journal import TileJournal, TileResult
 from wsi_protocol import result_files as names
 from wsi_runtime.job_params import JobParams
+from wsi_runtime.version import VERSION
 
 OVERVIEW_SIZE = 1024  # longest side of the image tissue is found on (and the preview)
 DEFAULT_MPP = JobParams().target_mpp  # taken for a slide that gives no pixel size
+JOURNAL = ".tiles-journal"  # a segmentation job's finished tiles, for a retry (tile_journal)
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,8 @@ class Overview:
     def working_mpp(self) -> float | None:
         return round(self.mpp * self.downsample, 4) if self.mpp else None
 
-    def task(self, tile: Tile) -> tile_work.TileTask:
-        return tile_work.TileTask(self.path, self.level, self.downsample, tile, self.mpp)
+    def task(self, tile: Tile, region: regions.Vertices | None = None) -> tile_work.TileTask:
+        return tile_work.TileTask(self.path, self.level, self.downsample, tile, self.mpp, region)
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,16 @@ class TissueAnalysis:
     mask: TissueMask
     polygons: list[Polygon]
     grid: TileGrid
-    tissue_tiles: list[Tile]  # the tiles with at least min_tissue tissue
+    tissue_tiles: list[Tile]  # the tiles with at least min_tissue tissue (in the region)
     files: dict[str, str]  # tissue.geojson, tissue_mask.png
     reused_from: str = ""  # the job whose mask this is, when not found here
+    # Per tissue tile, the region to cut its nuclei to (None: keep all it owns).
+    cuts: list[regions.Vertices | None] = field(default_factory=list)
+    region_area_px: float = 0.0  # of the job's region on the slide (level-0 px^2)
+
+    def tasks(self, overview: Overview) -> list[tile_work.TileTask]:
+        cuts = self.cuts or [None] * len(self.tissue_tiles)
+        return [overview.task(t, cut) for t, cut in zip(self.tissue_tiles, cuts, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,7 @@ class Cells:
     reference_s: float = 0.0  # preparing the backend (the classical stain reference)
     measures: dict[str, dict[str, float]] = field(default_factory=dict)  # MeasureStats.summary
     table_file: str = ""  # nuclei.parquet
+    tiles_resumed: int = 0  # taken from the journal of an earlier run, not segmented again
 
 
 def read_overview(path: str, params: JobParams, slides: SlideCache, ctx: JobContext) -> Overview:
@@ -111,6 +124,7 @@ def analyse_tissue(
             f" {overview.level}, tile_size {params.tile_size}); a job may cover at most"
             f" {ctx.max_tiles:,}. Use a larger tile_size or target_mpp"
         )
+    region = _region_on(overview, params)
     ctx.check()
     scale = overview.info.width / overview.image.shape[1]
     if reused is not None and tissue_codec.fits(reused.mask, overview.image.shape[:2], scale):
@@ -118,12 +132,35 @@ def analyse_tissue(
     else:
         mask, reused_from = detect_tissue(overview.image, scale), ""
     polygons = tissue_polygons(mask)
+    if region is not None:
+        polygons = regions.clip(polygons, region)
     ctx.check()
     files = _write_tissue(out_dir, mask, polygons, overview.mpp)
     fractions = tile_tissue_fractions(mask, grid, overview.downsample)
     tissue_tiles = [t for t, f in zip(grid, fractions, strict=True) if f >= params.min_tissue]
+    cuts: list[regions.Vertices | None] = []
+    area = 0.0
+    if region is not None:
+        chosen = regions.tiles_for(region, tissue_tiles, overview.downsample)
+        tissue_tiles, cuts = [t for t, _ in chosen], [cut for _, cut in chosen]
+        area = regions.area_on_slide(region, overview.info.width, overview.info.height)
     ctx.check()
-    return TissueAnalysis(mask, polygons, grid, tissue_tiles, files, reused_from)
+    return TissueAnalysis(mask, polygons, grid, tissue_tiles, files, reused_from, cuts, area)
+
+
+def _region_on(overview: Overview, params: JobParams) -> Polygon | None:
+    """The job's region, checked against the slide (RegionOutsideSlide if they do not meet)."""
+    if params.region is None:
+        return None
+    region = Polygon(params.region.vertices)
+    width, height = overview.info.width, overview.info.height
+    if regions.area_on_slide(region, width, height) <= 0:
+        x0, y0, x1, y1 = (round(v) for v in params.region.bounds)
+        raise RegionOutsideSlide(
+            f"param region ({x0},{y0} to {x1},{y1}) lies outside the slide, which is"
+            f" {width} x {height} px at level 0"
+        )
+    return region
 
 
 def segment_cells(
@@ -136,51 +173,128 @@ def segment_cells(
     ctx: JobContext,
 ) -> Cells:
     """Segments the tissue tiles in the pool and streams every nucleus a tile's
-    core owns to cells.geojson and the preview."""
+    core owns to the result files. Each finished tile is recorded in the
+    job's journal, and the tiles an earlier run of the job recorded are
+    taken from there instead of being segmented again."""
     started = time.perf_counter()
     prepared = _prepare(backend, overview, tissue.tissue_tiles, pool, ctx)
     reference_s = time.perf_counter() - started
     ctx.check()
-    tiles = tissue.tissue_tiles
-    total = len(tiles)
-    ctx.report(0, total)
-    cells = result_files.FeatureCollectionWriter(out_dir / names.CELLS)
-    index = cell_index.IndexBuilder()
-    stats = MeasureStats()
-    table = NucleusSpool(out_dir / ".nuclei-spool", out_dir / names.NUCLEI_TABLE)
-    done = 0
+    tasks = tissue.tasks(overview)
+    fingerprint = _fingerprint(overview, tasks, prepared.recipe)
+    journal = TileJournal(out_dir / JOURNAL, fingerprint, ctx.cancelled)
     ok = False
     try:
-        # One tile per pool task (a batch for a model): every process busy to the last tile.
-        size = prepared.recipe.tiles_per_task
-        chunks = ([overview.task(t) for t in tiles[i : i + size]] for i in range(0, total, size))
-        recipe = (prepared.recipe,)
-        for _, chunk in pool.imap(tile_work.segment_tiles, chunks, recipe, ctx.cancelled):
-            for found in chunk:
-                ctx.on_tile(found.seconds)
-                offsets = [cells.add_text(feature) for feature in found.features]
-                index.add(offsets, map(len, found.features), found.bounds)
-                preview.nuclei(found.centroids)
-                stats.add(found.measures)
-                table.add(found.ids, found.centroids, found.measures, found.origin)
-                done += 1
-            ctx.report(done, total)
-        table_file = table.publish()
-        ok = True
+        if journal.held:  # the partial files are a killed run's, not a running one's
+            _remove_partial_files(out_dir)
+        sink = _CellSink(out_dir, preview)
+        try:
+            resumed = sink.replay(journal)
+            tiles_done = _segment(tasks, resumed, prepared, pool, sink, journal, ctx)
+            table_file = sink.table.publish()
+            ok = True
+        finally:
+            sink.close(ok)
     finally:
-        path = cells.close(ok)
         if not ok:
-            table.discard()
-    result_files.write_cell_index(out_dir / names.CELL_INDEX, index.build())
+            journal.close()  # kept: a retry continues from it
+    result_files.write_cell_index(out_dir / names.CELL_INDEX, sink.index.build())
+    journal.remove()
     return Cells(
-        nuclei=cells.count,
-        tiles_processed=done,
-        cells_file=str(path),
+        nuclei=sink.cells.count,
+        tiles_processed=tiles_done,
+        cells_file=str(sink.cells.path),
         backend_details=prepared.details,
         reference_s=reference_s,
-        measures=stats.summary(),
+        measures=sink.stats.summary(),
         table_file=str(table_file),
+        tiles_resumed=len(resumed),
     )
+
+
+def _segment(
+    tasks: list[tile_work.TileTask],
+    resumed: set[int],
+    prepared: Prepared,
+    pool: TilePool,
+    sink: _CellSink,
+    journal: TileJournal,
+    ctx: JobContext,
+) -> int:
+    """The tiles not ``resumed``, segmented in the pool and taken by ``sink``
+    as they finish; returns the tiles done, resumed ones included."""
+    total, done = len(tasks), len(resumed)
+    ctx.report(done, total)
+    position = {task: i for i, task in enumerate(tasks)}
+    todo = [task for i, task in enumerate(tasks) if i not in resumed]
+    # One tile per pool task (a batch for a model): every process busy to the last tile.
+    size = prepared.recipe.tiles_per_task
+    chunks = (todo[i : i + size] for i in range(0, len(todo), size))
+    recipe = (prepared.recipe,)
+    for chunk, results in pool.imap(tile_work.segment_tiles, chunks, recipe, ctx.cancelled):
+        for task, found in zip(chunk, results, strict=True):
+            ctx.on_tile(found.seconds)
+            sink.take(found)
+            journal.add(position[task], found)
+            done += 1
+        ctx.report(done, total)
+    return done
+
+
+class _CellSink:
+    """Where a job's nuclei go, tile by tile: cells.geojson, its index, the
+    preview, the measurement statistics and the nucleus table."""
+
+    def __init__(self, out_dir: Path, preview: Preview) -> None:
+        self.preview = preview
+        self.index = cell_index.IndexBuilder()
+        self.stats = MeasureStats()
+        self.table = NucleusSpool(out_dir / ".nuclei-spool", out_dir / names.NUCLEI_TABLE)
+        try:
+            self.cells = result_files.FeatureCollectionWriter(out_dir / names.CELLS)
+        except BaseException:
+            self.table.discard()
+            raise
+
+    def take(self, found: TileResult) -> None:
+        offsets = [self.cells.add_text(feature) for feature in found.features]
+        self.index.add(offsets, map(len, found.features), found.bounds)
+        self.preview.nuclei(found.centroids)
+        self.stats.add(found.measures)
+        self.table.add(found.ids, found.centroids, found.measures, found.origin)
+
+    def replay(self, journal: TileJournal) -> set[int]:
+        """The tiles ``journal`` holds, taken as if just segmented; their indices."""
+        taken: set[int] = set()
+        for index, found in journal.recorded():
+            if index not in taken:
+                self.take(found)
+                taken.add(index)
+        return taken
+
+    def close(self, ok: bool) -> None:
+        self.cells.close(ok)
+        if not ok:
+            self.table.discard()
+
+
+def _fingerprint(overview: Overview, tasks: list[tile_work.TileTask], recipe: Recipe) -> str:
+    """What a journal's records are valid for: this worker's version, the
+    slide file as it is now, the tiles in their order (the tissue found, the
+    region's cuts) and the segmenter's recipe (its stain reference, say)."""
+    stat = os.stat(overview.path)
+    digest = hashlib.sha256()
+    digest.update(f"{VERSION}|{overview.path}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
+    digest.update(f"{overview.level}|{overview.downsample}|{recipe!r}|".encode())
+    for task in tasks:
+        tile = task.tile
+        digest.update(f"{tile.x},{tile.y},{tile.width},{tile.height},{task.region}|".encode())
+    return digest.hexdigest()
+
+
+def _remove_partial_files(out_dir: Path) -> None:
+    for partial in out_dir.glob(".tmp-*"):
+        partial.unlink(missing_ok=True)
 
 
 def _prepare(

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import openslide
 
+from worker_service.analysis import regions
 from worker_service.analysis.measurement_stats import measure_values
 from worker_service.analysis.measurements import Measured, nuclei_measurements
 from worker_service.analysis.merge import OwnedNuclei, keep_owned
@@ -26,6 +27,7 @@ from worker_service.errors import TileReadError
 from worker_service.pipeline.pool_process import slides
 from worker_service.storage import result_files
 from worker_service.storage.slides import rgb_over_white
+from worker_service.storage.tile_journal import TileResult
 
 # This process's segmenters, one per recipe (a model loads once), kept small:
 # a classical recipe holds one slide's stain reference.
@@ -40,6 +42,9 @@ class TileTask:
     downsample: float
     tile: Tile
     mpp: float | None = None  # level-0 um per pixel, for nucleus areas in um^2
+    # The job's region, for a tile not wholly inside it: its nuclei are kept
+    # only where their centroid lies in the region (None: keep all it owns).
+    region: regions.Vertices | None = None
 
 
 def read_tile(task: TileTask) -> RGB:
@@ -52,21 +57,6 @@ def read_tile(task: TileTask) -> RGB:
     except openslide.OpenSlideError as exc:
         raise TileReadError(f"cannot read tile at level-0 {location}: {exc}") from exc
     return rgb_over_white(np.asarray(region))
-
-
-@dataclass(frozen=True)
-class TileResult:
-    """A tile's nuclei as GeoJSON features ready to write (encoded here, in
-    the pool, not in the worker's one main process) and their level-0
-    centroids, for the preview, and bounding boxes, for the cell index."""
-
-    features: list[str]
-    centroids: npt.NDArray[np.float64]  # (n, 2) of level-0 (x, y), as the features write them
-    seconds: float  # reading and segmenting it, in the pool process
-    bounds: npt.NDArray[np.float64]  # (n, 4): x0, y0, x1, y1 of each outline
-    ids: list[str]  # each nucleus's feature id
-    measures: npt.NDArray[np.float64]  # (n, len(MEASURES)), as the features write them
-    origin: tuple[int, int]  # the tile's level-0 origin
 
 
 def segmenter_for(recipe: Recipe) -> Segmenter:
@@ -118,9 +108,16 @@ def _segmented(
     ]
     per_tile = (time.perf_counter() - started) / max(1, len(tasks))
     results = []
-    for task, nuclei in zip(tasks, owned, strict=True):
+    for task, all_owned in zip(tasks, owned, strict=True):
+        # Ids are given before the region's cut: a nucleus has the same id
+        # in a region job as in a job of the whole slide.
+        ids = nucleus_ids(task, segmenter_name, len(all_owned))
+        nuclei = all_owned
+        if task.region is not None:
+            keep = regions.inside(task.region, all_owned.centroids)
+            nuclei = all_owned.select(keep)
+            ids = [i for i, kept in zip(ids, keep.tolist(), strict=True) if kept]
         measured = _measured(nuclei, task)
-        ids = nucleus_ids(task, segmenter_name, len(nuclei))
         texts = result_files.nuclei_feature_texts(
             ids, nuclei.points, nuclei.starts, measured.rows()
         )

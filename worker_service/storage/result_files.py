@@ -99,6 +99,10 @@ class FeatureCollectionWriter:
         self._position = len(self._HEAD)
         self.count = 0
 
+    @property
+    def path(self) -> Path:
+        return self._file.path
+
     def add(self, feature: dict[str, object]) -> None:
         self.add_text(json.dumps(feature, separators=(",", ":")))
 

@@ -331,7 +331,49 @@ function closeViewer() {
   $("#viewer-error").textContent = "";
   $("#density-legend").textContent = "";
   $("#result-dialog").classList.remove("viewing");
+  delete $("#region-status").dataset.workflow;
+  clearRegion();
   showNucleus(null);
+}
+
+// ---- a region of the slide, analysed as a new job ----------------------------
+
+function clearRegion() {
+  $("#draw-region").setAttribute("aria-pressed", "false");
+  $("#region-actions").hidden = true;
+  $("#region-size").textContent = "";
+  $("#region-status").textContent = "";
+}
+
+function drawRegion(job) {
+  const viewer = slideViewer;
+  if (!viewer) return;
+  clearRegion();
+  $("#draw-region").setAttribute("aria-pressed", "true");
+  $("#region-status").textContent = "Drag on the slide to draw the region.";
+  viewer.drawRegion((box) => {
+    if (slideViewer !== viewer) return;
+    clearRegion();
+    if (!box) return;
+    const [x0, y0, x1, y1] = box;
+    $("#region-size").textContent = `${x1 - x0} x ${y1 - y0} px from (${x0}, ${y0}):`;
+    $("#region-actions").hidden = false;
+    $("#analyse-region").onclick = () => act(() => analyseRegion(job, box));
+  });
+}
+
+// A new workflow of one job: this job's type, slide and parameters, limited to the box.
+async function analyseRegion(job, box) {
+  const params = { ...(job.params || {}), region: box.join(",") };
+  const workflow = await api("POST", "/workflows", {
+    name: `${job.key}: region ${box.join(",")}`,
+    jobs: [{ key: "region", branch: "region", job_type: job.job_type, wsi_path: job.wsi_path, params }],
+  });
+  upsert(workflow);
+  follow(workflow);
+  $("#region-actions").hidden = true;
+  $("#region-status").textContent = `Submitted: workflow ${workflow.workflow_id}, in the list below.`;
+  $("#region-status").dataset.workflow = workflow.workflow_id;
 }
 
 function layers() {
@@ -366,6 +408,7 @@ async function openViewer(job) {
     return;
   }
   if (slideViewer !== viewer) return;
+  $("#draw-region").onclick = () => drawRegion(job);
   $("#density-legend").textContent = viewer.densityLegend();
   window.wsiViewer = viewer; // for scripts and tests driving the view
 }

@@ -13,6 +13,7 @@ const NUCLEUS_STROKE = "rgb(0, 255, 255)";
 const SELECTED_FILL = "rgba(255, 0, 255, 0.55)";
 const TISSUE_STROKE = "rgb(40, 220, 40)";
 const DENSITY_RGB = [255, 110, 0];
+const REGION_STROKE = "rgb(255, 215, 0)";
 
 let openSeadragonLoading = null;
 
@@ -72,6 +73,8 @@ class SlideViewer {
     this.density = null;
     this.selected = null;
     this.closed = false;
+    this.region = null; // a box drawn by the user: [x0, y0, x1, y1], level-0 slide pixels
+    this.drawing = null; // { start, onDrawn } while the next drag draws a box
   }
 
   async get(path) {
@@ -133,8 +136,50 @@ class SlideViewer {
     this.osd.addHandler("animation-finish", () => this.fetchNuclei());
     this.osd.addHandler("open", () => this.fetchNuclei());
     this.osd.addHandler("canvas-click", (event) => {
-      if (event.quick) this.select(event.position);
+      if (event.quick && !this.drawing) this.select(event.position);
     });
+    this.osd.addHandler("canvas-press", (event) => {
+      if (this.drawing) this.drawing.start = this.slidePoint(event.position);
+    });
+    this.osd.addHandler("canvas-drag", (event) => {
+      if (!this.drawing?.start) return;
+      event.preventDefaultAction = true; // draw, do not pan
+      this.region = this.boxOn(this.drawing.start, this.slidePoint(event.position));
+      this.draw();
+    });
+    this.osd.addHandler("canvas-drag-end", (event) => {
+      if (!this.drawing?.start) return;
+      event.preventDefaultAction = true;
+      const { start, onDrawn } = this.drawing;
+      this.drawing = null;
+      delete this.element.dataset.drawing;
+      const box = this.boxOn(start, this.slidePoint(event.position));
+      this.region = box[2] - box[0] >= 1 && box[3] - box[1] >= 1 ? box : null;
+      this.draw();
+      onDrawn(this.region);
+    });
+  }
+
+  // The next drag on the slide draws a box instead of moving the view;
+  // onDrawn(box | null) gets it, in level-0 slide pixels, once released.
+  drawRegion(onDrawn) {
+    this.drawing = { start: null, onDrawn };
+    this.element.dataset.drawing = "on";
+  }
+
+  // Level-0 slide pixels under a point of the viewer element.
+  slidePoint(position) {
+    const OSD = window.OpenSeadragon;
+    const point = this.osd.viewport.viewerElementToImageCoordinates(new OSD.Point(position.x, position.y));
+    return [point.x + (this.info.offset_x || 0), point.y + (this.info.offset_y || 0)];
+  }
+
+  // The box two corners span, in whole pixels, kept on the slide.
+  boxOn([ax, ay], [bx, by]) {
+    const { offset_x: ox = 0, offset_y: oy = 0, width, height } = this.info;
+    const clampX = (v) => Math.round(Math.min(Math.max(v, ox), ox + width));
+    const clampY = (v) => Math.round(Math.min(Math.max(v, oy), oy + height));
+    return [clampX(Math.min(ax, bx)), clampY(Math.min(ay, by)), clampX(Math.max(ax, bx)), clampY(Math.max(ay, by))];
   }
 
   close() {
@@ -250,19 +295,27 @@ class SlideViewer {
       mode = "density";
     }
     if (zoomedIn && this.layers.nuclei) {
-      context.lineWidth = 2 / scale;
-      context.strokeStyle = NUCLEUS_STROKE;
-      for (const nucleus of this.nuclei) context.stroke(nucleus.path);
-      if (this.selected) {
+      if (this.selected) { // under the outlines: the selected one keeps its edge
         context.fillStyle = SELECTED_FILL;
         context.fill(this.selected.path);
       }
+      context.lineWidth = 2 / scale;
+      context.strokeStyle = NUCLEUS_STROKE;
+      for (const nucleus of this.nuclei) context.stroke(nucleus.path);
       mode = "nuclei";
     }
     if (this.layers.tissue) {
       context.lineWidth = 2.5 / scale;
       context.strokeStyle = TISSUE_STROKE;
       for (const path of this.tissue) context.stroke(path);
+    }
+    if (this.region) {
+      const [x0, y0, x1, y1] = this.region;
+      context.lineWidth = 2 / scale;
+      context.setLineDash([8 / scale, 6 / scale]);
+      context.strokeStyle = REGION_STROKE;
+      context.strokeRect(x0, y0, x1 - x0, y1 - y0);
+      context.setLineDash([]);
     }
     this.element.dataset.mode = mode;
   }
