@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
+from tests.harness import start_worker
+from tests.integration.test_launcher import alive
+from tests.processes import pids_of
+from tests.timing import wait_for
 from worker_service.errors import PoolCrashed
 from worker_service.pipeline.tile_pool import TilePool
 
@@ -45,3 +50,18 @@ def test_awaited_tasks_run_and_a_crash_fails_only_its_own_await() -> None:
         asyncio.run(scenario(pool))
     finally:
         pool.close()
+
+
+def test_the_pool_ends_with_its_worker_killed_by_sigkill(tmp_path: Path) -> None:
+    """Pool processes are forked from the worker's fork server, which lives
+    on while any of them does: they must see the worker's end themselves, or
+    every killed worker would leave its pool (a model loaded in each) behind."""
+    worker = start_worker(tmp_path, processes="2")
+    try:
+        family = pids_of(worker.process.pid)
+        assert len(family) >= 4  # the worker, its fork server, two pool processes
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.wait(5)
+        wait_for(lambda: not any(alive(pid) for pid in family), 5, "the pool to end")
+    finally:
+        worker.kill()

@@ -41,6 +41,7 @@ PURE = (
     "worker_service/analysis/instances.py",
     "wsi_training/metrics.py",
     "wsi_runtime/job_params.py",
+    "wsi_runtime/regions.py",
     "wsi_runtime/identity.py",
     "wsi_runtime/limits.py",
     "scheduler_service/page_tokens.py",

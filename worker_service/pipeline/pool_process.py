@@ -4,10 +4,11 @@ every job it serves, and the cancellation board it polls."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-import time
 from collections.abc import MutableSequence, Sequence
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import cv2
@@ -22,7 +23,9 @@ slides = SlideCache(per_thread=2)
 _board: MutableSequence[int] | None = None  # the worker's CancelBoard array, set at start
 
 
-def start_process(board: MutableSequence[int], slide_roots: Sequence[Path] = ()) -> None:
+def start_process(
+    board: MutableSequence[int], slide_roots: Sequence[Path], worker_alive: Connection
+) -> None:
     """Pool initializer: keeps the worker's cancellation board, opens slides
     only inside the slide roots, ends with the worker, and keeps OpenCV to one
     thread: the pool is the parallelism, and OpenCV's own threads in every
@@ -31,7 +34,7 @@ def start_process(board: MutableSequence[int], slide_roots: Sequence[Path] = ())
     _board = board
     slides.confine(slide_roots)
     cv2.setNumThreads(1)
-    exit_with_parent(os.getppid())
+    exit_with_worker(worker_alive)
 
 
 def is_cancelled(token: int) -> bool:
@@ -39,17 +42,19 @@ def is_cancelled(token: int) -> bool:
     return cancel_board.is_marked(_board, token)
 
 
-def exit_with_parent(parent_pid: int) -> None:
-    """A pool process ends when its parent dies instead of lingering as an
-    orphan. Its parent is the worker's fork server, which ends when the
-    worker does, even by SIGKILL (``multiprocessing.forkserver``)."""
+def exit_with_worker(worker_alive: Connection) -> None:
+    """A pool process ends when its worker dies, even by SIGKILL, instead of
+    lingering as an orphan. Its parent is the worker's fork server, which
+    outlives the worker while any pool process is left, so the process
+    watches the worker itself: ``worker_alive`` is the read end of a pipe
+    whose write end only the worker holds, and reads as ended when it dies."""
 
     def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
+        with contextlib.suppress(OSError):
+            worker_alive.poll(None)
         os._exit(0)
 
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name="worker-watch", daemon=True).start()
 
 
 def warm_up() -> None:

@@ -40,6 +40,11 @@ class TilePool:
         self._lock = threading.Lock()
         self._jobs = 0
         self.cancel_board = CancelBoard()
+        # Its write end lives in this process only: the pool processes see
+        # its end when the worker dies, however it dies.
+        self._worker_alive, self._alive_writer = multiprocessing.get_context("forkserver").Pipe(
+            duplex=False
+        )
         self._executor = self._new_executor()
 
     def _new_executor(self) -> ProcessPoolExecutor:
@@ -49,7 +54,7 @@ class TilePool:
             self.processes,
             mp_context=context,
             initializer=pool_process.start_process,
-            initargs=(self.cancel_board.array, self.slide_roots),
+            initargs=(self.cancel_board.array, self.slide_roots, self._worker_alive),
         )
 
     def _replace_broken(self, broken: ProcessPoolExecutor) -> None:
