@@ -7,22 +7,53 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import socketserver
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
+from wsgiref import simple_server
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 
 Behaviour = Callable[..., Any]
 
 
+STOP_POLL_S = 0.05  # how often the endpoint's loop looks for its stop
+
+
+class _MetricsServer(socketserver.ThreadingMixIn, simple_server.WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(simple_server.WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged: one every few seconds would drown the log."""
+
+
 def serve(registry: CollectorRegistry, host: str, port: int) -> tuple[str, Callable[[], None]]:
     """Serves ``/metrics`` from a daemon thread; returns its URL and a stopper.
-    Port 0 picks a free port."""
-    server, _ = start_http_server(port, host, registry=registry)
-    url = f"http://{host}:{server.server_port}/metrics"
-    return url, server.shutdown
+    Port 0 picks a free port. Its own loop rather than the library's
+    ``start_http_server``, which looks for a stop every 0.5 s: every service's
+    stop waited up to that long for it."""
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    server_class = type("MetricsServer", (_MetricsServer,), {"address_family": family})
+    server: simple_server.WSGIServer = simple_server.make_server(
+        bare, port, make_wsgi_app(registry), server_class, _QuietHandler
+    )
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": STOP_POLL_S}, daemon=True
+    )
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return f"http://{host}:{server.server_port}/metrics", stop
 
 
 class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
