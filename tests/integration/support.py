@@ -4,16 +4,18 @@ over real gRPC, reading event streams. Fixtures live in conftest.py."""
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
 import httpx
 import pytest
 
-from tests.harness import CMU, Cluster, user
+from tests.harness import CMU, Cluster, Service, user
 from tests.timing import patience
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
@@ -161,3 +163,14 @@ def succeeded_over_http(
             return wf
         time.sleep(0.2)
     raise TimeoutError(workflow_id)
+
+
+@contextmanager
+def held_still(worker: Service) -> Iterator[None]:
+    """The worker stopped (SIGSTOP) for a moment: a job it was given stays
+    RUNNING, and one queued behind it waiting, whatever the machine's speed."""
+    worker.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        worker.process.send_signal(signal.SIGCONT)

@@ -9,18 +9,15 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.crafted_slides import damaged
-from tests.harness import CMU, ROOT, SLIDES, Service, cluster, start_gateway, user
-from tests.integration.support import json_documents
+from tests.harness import CMU, ROOT, SLIDES, cluster, start_gateway, user
+from tests.integration.support import held_still, json_documents
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_runtime.synthetic_slides import synthetic_he_slide
 
@@ -45,17 +42,6 @@ def readme_block(heading: str) -> list[str]:
     assert block is not None
     joined = block.group(1).replace("\\\n", " ")
     return [line.strip() for line in joined.splitlines() if line.strip().startswith("curl")]
-
-
-@contextmanager
-def held_still(worker: Service) -> Iterator[None]:
-    """The worker stopped (SIGSTOP) for a moment: a job queued behind its
-    running one is still waiting whatever the machine's speed."""
-    worker.process.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        worker.process.send_signal(signal.SIGCONT)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")

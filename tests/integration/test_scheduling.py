@@ -16,6 +16,7 @@ from tests.integration.support import (
     create,
     follow,
     get,
+    held_still,
     intervals,
     job_transitions,
     max_concurrency,
@@ -23,6 +24,7 @@ from tests.integration.support import (
     spec,
     watch,
 )
+from tests.timing import wait_for
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 
@@ -72,8 +74,16 @@ def test_fourth_user_waits_for_a_slot_then_starts(workdir: Path) -> None:
 
 def test_slot_released_after_last_job_fails(workdir: Path) -> None:
     with cluster(workdir, worker_slots=(2,), max_workers=2, max_active_users=1) as c:
-        first = create(c, "holder", [spec("bad", slide="unreadable.svs")])
-        second = create(c, "next", [spec("good")])
+        # The worker held still: the holder's job, which fails at once, has not
+        # failed yet when the second user comes.
+        with held_still(c.workers[0]):
+            first = create(c, "holder", [spec("bad", slide="unreadable.svs")])
+            wait_for(
+                lambda: get(c, "holder", first.workflow_id).jobs[0].state == pb.JOB_STATE_RUNNING,
+                10,
+                "the holder's job to be dispatched",
+            )
+            second = create(c, "next", [spec("good")])
         assert "active-user slot" in second.jobs[0].pending_reason
         events = follow(c, "holder", first)
         assert job_transitions(events)[-1] == ("bad", "FAILED")

@@ -23,7 +23,7 @@ from tests.timing import patience
 
 ALICE = {"X-User-ID": "alice"}
 BOB = {"X-User-ID": "bob"}
-BURST = 20
+BURST = 10
 MIN_NUCLEI = 40_000
 RSS_GROWTH_MB = 150
 TILE_SLOWDOWN = 3.0

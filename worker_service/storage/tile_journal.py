@@ -40,7 +40,7 @@ from worker_service.errors import JobCancelled
 FORMAT = b"wsi-tiles-journal 1"
 _RECORD = struct.Struct("<II")  # payload length, CRC-32 of the payload
 LOCK_POLL_S = 0.1
-LOCK_WAIT_S = 5.0  # for another run of the job to let go of the journal
+LOCK_WAIT_S = 2.0  # for another run of the job to let go of the journal (it does in < 1 s)
 
 
 @dataclass(frozen=True)
