@@ -1,10 +1,29 @@
-"""Reading a service's process tree from /proc (Linux): which processes a
+"""Starting a program in a session of its own, its output to a log, and
+reading a service's process tree from /proc (Linux): which processes a
 service left, how much memory and CPU they used."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+
+def started(
+    command: Sequence[str], cwd: Path, env: Mapping[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    """``command`` running in a session of its own (its whole group can be
+    killed), stdout and stderr to ``log``."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def pids_of(root: int) -> list[int]:

@@ -24,7 +24,7 @@ import pytest
 
 from tests.harness import CMU, SLIDES, user
 from tests.integration.support import LONG, spec
-from tests.processes import pids_of
+from tests.processes import pids_of, started
 from tests.timing import wait_for
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
@@ -86,15 +86,7 @@ def _free(port: int) -> bool:
 def launched(workdir: Path, **extra: str) -> Iterator[Launched]:
     env = {**launcher_env(workdir), **extra}
     log = workdir / "launcher.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "wsi_runtime.launch"],
-            cwd=workdir,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = started([sys.executable, "-m", "wsi_runtime.launch"], workdir, env, log)
     try:
         wait_for(
             lambda: "Ctrl-C stops everything" in log.read_text() or process.poll() is not None,

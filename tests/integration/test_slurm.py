@@ -17,6 +17,7 @@ import grpc
 
 from tests.harness import CMU, ROOT, SLIDES, WORKER_SECRET, start_scheduler, user
 from tests.integration.support import spec
+from tests.processes import started
 from tests.timing import wait_for
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
@@ -55,15 +56,7 @@ def test_the_batch_script_starts_a_worker_that_joins_runs_a_job_and_leaves(
     }
     env.pop("WSI_WORKER_SECRET", None)  # the file only, as on a cluster
     log = tmp_path / "slurm-4242.out"
-    with open(log, "wb") as out:
-        batch = subprocess.Popen(
-            ["bash", str(SCRIPT)],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    batch = started(["bash", str(SCRIPT)], tmp_path, env, log)
     try:
         with grpc.insecure_channel(scheduler.address) as channel:
             stub = pb_grpc.SchedulerStub(channel)
