@@ -281,7 +281,7 @@ def _wait_finished(ui: Ui, user: str, workflow_id: str) -> dict[str, Any]:
 
 
 def test_a_box_drawn_in_the_viewer_is_analysed_as_a_new_job(
-    viewer_page: Any, viewer_ui: tuple[Ui, SyntheticSlide]
+    viewer_page: Any, viewer_ui: tuple[Ui, SyntheticSlide], tmp_path: Path
 ) -> None:
     """Drawing a box offers "Analyse this region"; the new job has the first
     one's type and parameters, limited to the box, and finds only the nuclei
@@ -313,6 +313,7 @@ def test_a_box_drawn_in_the_viewer_is_analysed_as_a_new_job(
     page.wait_for_selector("#analyse-region", state="visible")
     box = page.evaluate("window.wsiViewer.region")
     assert box == pytest.approx(list(wanted), abs=0.02 * slide.width), (box, wanted)
+    screenshot(page, "viewer-region.png", tmp_path)
     shown = page.locator("#region-size").inner_text()
     assert shown.startswith(f"{box[2] - box[0]} x {box[3] - box[1]} px from ({box[0]}, {box[1]})")
     page.click("#analyse-region")
