@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := protos/wsi/scheduler/v1/scheduler.proto protos/wsi/worker/v1/worker.proto
 GEN    := wsi_protocol/scheduler wsi_protocol/worker
 
-.PHONY: all venv run test test-fast lint proto proto-check bench clean browser torch train-model web
+.PHONY: all venv run test test-fast lint proto proto-check bench clean browser torch train-model web container-tools image
 
 all: test
 
@@ -37,8 +37,10 @@ run: $(STAMP) web
 ## pytest processes, each taking whole files (module fixtures stay shared):
 ## much of an integration test is waiting on its services, so two share the
 ## cores well (674 s of pytest alone, 423-545 s as two, on a noisy 2-core VM).
+## Where podman is, the image is built first, so that its test finds it built.
 PYTEST_WORKERS ?= 2
-test: $(STAMP) web browser torch proto-check lint
+test: $(STAMP) web browser torch container-tools proto-check lint
+	@if command -v podman >/dev/null 2>&1; then $(MAKE) --no-print-directory image; fi
 	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadfile
 
 ## Debian's Chromium for the browser tests (Playwright drives it; nothing is downloaded
@@ -48,6 +50,29 @@ browser:
 		if [ "$$(id -u)" = 0 ]; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else echo "chromium missing and not root: browser tests will be skipped"; fi; }
+
+## Podman with runc and mmdebstrap, for the container image and its test. Needs
+## root, as on CI; without them the image's test is skipped.
+container-tools:
+	@command -v podman >/dev/null 2>&1 && command -v mmdebstrap >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc mmdebstrap >/dev/null; \
+		else echo "podman missing and not root: the image's test will be skipped"; fi; }
+
+## The services' image (Containerfile), here from a Debian base made locally
+## (no image registry is reachable): mmdebstrap's minbase with Python, imported
+## once. Elsewhere `podman build -t wsi .` takes the public base. pip reaches
+## the package registries through the host's network and certificates.
+IMAGE      ?= localhost/wsi:dev
+LOCAL_BASE ?= localhost/wsi-base:bookworm
+export CONTAINERS_CONF ?= $(CURDIR)/deploy/containers.conf
+image: container-tools web
+	@podman image exists $(LOCAL_BASE) || \
+		mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
+			bookworm - | podman import - $(LOCAL_BASE) >/dev/null
+	podman build --quiet --network host -v /etc/ssl/certs:/etc/ssl/certs:ro \
+		--build-arg CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt \
+		--build-arg BASE=$(LOCAL_BASE) -t $(IMAGE) .
 
 ## PyTorch's CPU build, for the tests of the InstanSeg backend (batched inference on a
 ## scripted model), when a local wheel of it is at hand: this workplace keeps one where
