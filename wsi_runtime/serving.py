@@ -122,6 +122,32 @@ def bind(
     return f"{host}:{bound}"
 
 
+WILDCARD_HOSTS = ("0.0.0.0", "[::]", "::")
+
+
+def route_address(target: str, port: int) -> str:
+    """``host:port`` with the host this machine's address on its route to
+    ``target`` (host:port): what a peer there dials to reach a server bound
+    to every interface (a pod's IP under Kubernetes, a node's under Slurm).
+    No packet is sent: a UDP socket is only connected. StartupError if the
+    target's name does not resolve or no route leads there."""
+    host, _, target_port = target.rpartition(":")
+    host = host.strip("[]")
+    try:
+        family, kind, proto, _, peer = socket.getaddrinfo(
+            host, int(target_port or 0), type=socket.SOCK_DGRAM
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.connect(peer)
+            local = probe.getsockname()[0]
+    except (OSError, ValueError) as exc:
+        raise StartupError(
+            f"cannot find this host's address towards {target}: {exc};"
+            " give --advertise-address (the host:port the scheduler dials)"
+        ) from None
+    return f"[{local}]:{port}" if ":" in local else f"{local}:{port}"
+
+
 async def start(
     server: grpc.aio.Server, service_name: str, also_reflected: Sequence[str] = ()
 ) -> health_aio.HealthServicer:

@@ -67,7 +67,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser,
         "--advertise-address",
         "",
-        "host:port the scheduler dials to reach this worker (default: --host and the bound port)",
+        "host:port the scheduler dials to reach this worker (default: --host and the bound"
+        " port; bound to every interface, this host's address on its route to --scheduler)",
     )
     worker_secret.add_setting(parser)
     tls.add_settings(parser)
@@ -150,10 +151,10 @@ async def serve(args: argparse.Namespace) -> None:
     credentials = tls.server_credentials(files)
     address = serving.bind(server, args.host, args.worker_port, credentials)
     advertised = args.advertise_address or address
-    if args.scheduler and advertised.startswith(("0.0.0.0:", "[::]:")):
-        raise serving.StartupError(
-            f"--advertise-address is needed: the scheduler cannot dial {advertised}"
-        )
+    if args.scheduler and not args.advertise_address and args.host in serving.WILDCARD_HOSTS:
+        # Bound to every interface: the address the scheduler can dial is this
+        # host's on the route to it (a pod's IP, a node's).
+        advertised = serving.route_address(args.scheduler, int(address.rpartition(":")[2]))
     stop_metrics = serving.serve_metrics("worker", registry, args.host, args.metrics_port)
     models = model_settings(args)
     pool = TilePool(args.processes, args.slide_roots)
