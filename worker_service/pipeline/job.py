@@ -126,19 +126,11 @@ def _summary(
     cells: Cells | None,
     timings: dict[str, float],
 ) -> dict[str, object]:
-    info = overview.info
     tiles_total = len(tissue.grid)
     summary: dict[str, object] = {
         "job_id": spec.job_id,
         "job_type": spec.job_type,
-        "slide": {
-            "path": spec.slide_name or Path(spec.slide_path).name,
-            "vendor": info.vendor,
-            "width": info.width,
-            "height": info.height,
-            "levels": info.level_count,
-            "mpp": info.mpp,
-        },
+        "slide": _slide_summary(spec, overview),
         "level": overview.level,
         "downsample": overview.downsample,
         "mpp_used": overview.working_mpp,
@@ -148,7 +140,7 @@ def _summary(
         "min_tissue": params.min_tissue,
         "tissue_fraction": round(float(tissue.mask.mask.mean()), 4),
         # The tissue outlines' area (tissue.geojson), for densities; None without a pixel size.
-        "tissue_area_mm2": _area_mm2(tissue, overview.mpp),
+        "tissue_area_mm2": _mm2(sum(p.area for p in tissue.polygons), overview.mpp),
         # The scale and threshold of tissue_mask.png: what a later job on this
         # slide needs to take the mask instead of finding the tissue again.
         "tissue_mask": {"downsample": tissue.mask.downsample, "threshold": tissue.mask.threshold},
@@ -163,11 +155,10 @@ def _summary(
     }
     if params.region is not None:
         # The job covered this region only: tissue, tiles and nuclei inside it.
-        mpp = overview.mpp
         summary["region"] = {
             "text": params.region.text(),
             "bounds": [round(v, 2) for v in params.region.bounds],
-            "area_mm2": float(f"{tissue.region_area_px * mpp * mpp / 1e6:.6g}") if mpp else None,
+            "area_mm2": _mm2(tissue.region_area_px, overview.mpp),
         }
     if cells is not None:
         summary.update(
@@ -183,10 +174,23 @@ def _summary(
     return summary
 
 
-def _area_mm2(tissue: TissueAnalysis, mpp: float | None) -> float | None:
+def _slide_summary(spec: JobSpec, overview: Overview) -> dict[str, object]:
+    info = overview.info
+    return {
+        "path": spec.slide_name or Path(spec.slide_path).name,
+        "vendor": info.vendor,
+        "width": info.width,
+        "height": info.height,
+        "levels": info.level_count,
+        "mpp": info.mpp,
+    }
+
+
+def _mm2(area_px: float, mpp: float | None) -> float | None:
+    """A level-0 area in mm^2 (6 significant digits); None without a pixel size."""
     if not mpp:
         return None
-    return float(f"{sum(p.area for p in tissue.polygons) * mpp * mpp / 1e6:.6g}")
+    return float(f"{area_px * mpp * mpp / 1e6:.6g}")
 
 
 def _mpp_note(spec: JobSpec, params: JobParams, overview: Overview) -> str:

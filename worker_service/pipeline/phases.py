@@ -74,15 +74,15 @@ class TissueAnalysis:
     polygons: list[Polygon]
     grid: TileGrid
     tissue_tiles: list[Tile]  # the tiles with at least min_tissue tissue (in the region)
+    # Per tissue tile, the region to cut its nuclei to (None: keep all it owns).
+    cuts: list[regions.Vertices | None]
     files: dict[str, str]  # tissue.geojson, tissue_mask.png
     reused_from: str = ""  # the job whose mask this is, when not found here
-    # Per tissue tile, the region to cut its nuclei to (None: keep all it owns).
-    cuts: list[regions.Vertices | None] = field(default_factory=list)
     region_area_px: float = 0.0  # of the job's region on the slide (level-0 px^2)
 
     def tasks(self, overview: Overview) -> list[tile_work.TileTask]:
-        cuts = self.cuts or [None] * len(self.tissue_tiles)
-        return [overview.task(t, cut) for t, cut in zip(self.tissue_tiles, cuts, strict=True)]
+        pairs = zip(self.tissue_tiles, self.cuts, strict=True)
+        return [overview.task(tile, cut) for tile, cut in pairs]
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def analyse_tissue(
             f" {overview.level}, tile_size {params.tile_size}); a job may cover at most"
             f" {ctx.max_tiles:,}. Use a larger tile_size or target_mpp"
         )
-    region = _region_on(overview, params)
+    region, region_area = _region_on(overview, params)
     ctx.check()
     scale = overview.info.width / overview.image.shape[1]
     if reused is not None and tissue_codec.fits(reused.mask, overview.image.shape[:2], scale):
@@ -138,29 +138,31 @@ def analyse_tissue(
     files = _write_tissue(out_dir, mask, polygons, overview.mpp)
     fractions = tile_tissue_fractions(mask, grid, overview.downsample)
     tissue_tiles = [t for t, f in zip(grid, fractions, strict=True) if f >= params.min_tissue]
-    cuts: list[regions.Vertices | None] = []
-    area = 0.0
+    cuts: list[regions.Vertices | None] = [None] * len(tissue_tiles)
     if region is not None:
         chosen = regions.tiles_for(region, tissue_tiles, overview.downsample)
         tissue_tiles, cuts = [t for t, _ in chosen], [cut for _, cut in chosen]
-        area = regions.area_on_slide(region, overview.info.width, overview.info.height)
     ctx.check()
-    return TissueAnalysis(mask, polygons, grid, tissue_tiles, files, reused_from, cuts, area)
+    return TissueAnalysis(
+        mask, polygons, grid, tissue_tiles, cuts, files, reused_from, region_area_px=region_area
+    )
 
 
-def _region_on(overview: Overview, params: JobParams) -> Polygon | None:
-    """The job's region, checked against the slide (RegionOutsideSlide if they do not meet)."""
+def _region_on(overview: Overview, params: JobParams) -> tuple[Polygon | None, float]:
+    """The job's region and its area on the slide (level-0 px^2), checked
+    against the slide (RegionOutsideSlide if they do not meet)."""
     if params.region is None:
-        return None
+        return None, 0.0
     region = Polygon(params.region.vertices)
     width, height = overview.info.width, overview.info.height
-    if regions.area_on_slide(region, width, height) <= 0:
+    area = regions.area_on_slide(region, width, height)
+    if area <= 0:
         x0, y0, x1, y1 = (round(v) for v in params.region.bounds)
         raise RegionOutsideSlide(
             f"param region ({x0},{y0} to {x1},{y1}) lies outside the slide, which is"
             f" {width} x {height} px at level 0"
         )
-    return region
+    return region, area
 
 
 def segment_cells(
@@ -183,23 +185,23 @@ def segment_cells(
     tasks = tissue.tasks(overview)
     fingerprint = _fingerprint(overview, tasks, prepared.recipe)
     journal = TileJournal(out_dir / JOURNAL, fingerprint, ctx.cancelled)
-    ok = False
     try:
         if journal.held:  # the partial files are a killed run's, not a running one's
             _remove_partial_files(out_dir)
         sink = _CellSink(out_dir, preview)
+        published = False
         try:
             resumed = sink.replay(journal)
             tiles_done = _segment(tasks, resumed, prepared, pool, sink, journal, ctx)
             table_file = sink.table.publish()
-            ok = True
+            published = True
         finally:
-            sink.close(ok)
-    finally:
-        if not ok:
-            journal.close()  # kept: a retry continues from it
-    result_files.write_cell_index(out_dir / names.CELL_INDEX, sink.index.build())
-    journal.remove()
+            sink.close(published)
+        result_files.write_cell_index(out_dir / names.CELL_INDEX, sink.index.build())
+    except BaseException:
+        journal.close()  # kept: a retry continues from it
+        raise
+    journal.remove()  # the files are whole
     return Cells(
         nuclei=sink.cells.count,
         tiles_processed=tiles_done,
@@ -226,10 +228,10 @@ def _segment(
     total, done = len(tasks), len(resumed)
     ctx.report(done, total)
     position = {task: i for i, task in enumerate(tasks)}
-    todo = [task for i, task in enumerate(tasks) if i not in resumed]
+    remaining = [task for i, task in enumerate(tasks) if i not in resumed]
     # One tile per pool task (a batch for a model): every process busy to the last tile.
     size = prepared.recipe.tiles_per_task
-    chunks = (todo[i : i + size] for i in range(0, len(todo), size))
+    chunks = (remaining[i : i + size] for i in range(0, len(remaining), size))
     recipe = (prepared.recipe,)
     for chunk, results in pool.imap(tile_work.segment_tiles, chunks, recipe, ctx.cancelled):
         for task, found in zip(chunk, results, strict=True):
