@@ -6,7 +6,6 @@ nothing fetched from anywhere but the gateway."""
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from tests.browser.conftest import (
 )
 from tests.browser.test_ui import identity_headers
 from tests.harness import SLIDES, cluster_with_gateway
-from tests.timing import patience
+from tests.integration.support import succeeded_over_http
 from wsi_runtime.synthetic_slides import SyntheticSlide, synthetic_he_slide
 from wsi_runtime.token_file import add_token
 
@@ -250,34 +249,11 @@ def test_the_viewer_draws_each_nucleus_and_measures_it(
 
 
 def _finished_workflow(ui: Ui, user: str, slide: SyntheticSlide, **params: str) -> dict[str, Any]:
-    headers = identity_headers(ui, user)
-    body = {
-        "name": "region test",
-        "jobs": [
-            {
-                "key": "cells",
-                "branch": "a",
-                "job_type": "CELL_SEGMENTATION",
-                "wsi_path": slide.path.name,
-                "params": params,
-            }
-        ],
-    }
-    workflow = httpx.post(f"{ui.address}/workflows", json=body, headers=headers).json()
-    return _wait_finished(ui, user, workflow["workflow_id"])
-
-
-def _wait_finished(ui: Ui, user: str, workflow_id: str) -> dict[str, Any]:
-    headers = identity_headers(ui, user)
-    deadline = time.monotonic() + patience(60)
-    while time.monotonic() < deadline:
-        workflow: dict[str, Any] = httpx.get(
-            f"{ui.address}/workflows/{workflow_id}", headers=headers
-        ).json()
-        if workflow["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
-            return workflow
-        time.sleep(0.2)
-    raise AssertionError(f"workflow {workflow_id} did not finish")
+    job = {"key": "cells", "branch": "a", "job_type": "CELL_SEGMENTATION"}
+    body = {"name": "region test", "jobs": [{**job, "wsi_path": slide.path.name, "params": params}]}
+    with httpx.Client(base_url=ui.address, timeout=60) as http:
+        made = http.post("/workflows", json=body, headers=identity_headers(ui, user)).json()
+        return succeeded_over_http(http, made["workflow_id"], identity_headers(ui, user))
 
 
 def test_a_box_drawn_in_the_viewer_is_analysed_as_a_new_job(
@@ -319,7 +295,8 @@ def test_a_box_drawn_in_the_viewer_is_analysed_as_a_new_job(
     page.click("#analyse-region")
     wait_until(page, "!!document.querySelector('#region-status').dataset.workflow")
     workflow_id = page.evaluate("document.querySelector('#region-status').dataset.workflow")
-    workflow = _wait_finished(ui, "ui-vera", workflow_id)
+    with httpx.Client(base_url=ui.address, timeout=60) as http:
+        workflow = succeeded_over_http(http, workflow_id, identity_headers(ui, "ui-vera"))
     (job,) = workflow["jobs"]
     assert job["state"] == "SUCCEEDED", job
     assert (job["job_type"], job["wsi_path"]) == (first["job_type"], first["wsi_path"])

@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from tests.harness import ROOT
+from tests.integration.support import succeeded_over_http
 from tests.integration.test_slurm import free_port
 from tests.timing import wait_for
 from wsi_runtime.synthetic_slides import synthetic_he_slide
@@ -50,10 +50,15 @@ def image() -> str:
 
 
 @pytest.fixture
-def containers() -> Iterator[list[str]]:
+def containers(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """The test's containers, removed after it; their logs printed if it failed."""
     names: list[str] = []
     yield names
+    failed = getattr(request.node, "failed_call", False)
     for name in names:
+        if failed:
+            logs = subprocess.run(["podman", "logs", name], env=ENV, capture_output=True, text=True)
+            print(f"--- {name}\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}")
         subprocess.run(["podman", "rm", "-f", "-t", "2", name], env=ENV, capture_output=True)
 
 
@@ -83,89 +88,55 @@ def run(
     return name
 
 
-def test_the_image_runs_every_service_as_non_root_and_a_workflow_through_them(
-    image: str, containers: list[str], tmp_path: Path
-) -> None:
-    secret = secrets.token_urlsafe(24)
+def start_services(image: str, names: list[str], secret: str, tmp_path: Path) -> str:
+    """Scheduler, worker and gateway from ``image`` on loopback, each with its
+    volumes (the results and state folders owned by the image's user); the
+    gateway's URL."""
     slides, results, state = tmp_path / "slides", tmp_path / "results", tmp_path / "state"
     for folder in (slides, results, state):
         folder.mkdir()
     synthetic_he_slide(slides / "demo.tiff", width=2048, height=1536, seed=2)
     for folder in (results, state):
-        os.chown(folder, 10001, 10001)  # the image's user writes there
+        os.chown(folder, 10001, 10001)
     scheduler_port, worker_port, gateway_port = free_port(), free_port(), free_port()
     scheduler = f"127.0.0.1:{scheduler_port}"
     ro = f"{slides}:/slides:ro"
-    run(
-        containers,
-        image,
-        secret,
-        {
-            "WSI_SCHEDULER_PORT": str(scheduler_port),
-            "WSI_METRICS_PORT": "-1",
-            "WSI_WORKER_ADDRESSES": "",
-        },
-        [ro, f"{state}:/state"],
-        ["wsi-scheduler"],
-    )
-    run(
-        containers,
-        image,
-        secret,
-        {
-            "WSI_WORKER_PORT": str(worker_port),
-            "WSI_METRICS_PORT": "-1",
-            "WSI_SCHEDULER": scheduler,
-            "WSI_PROCESSES": "2",
-        },
-        [ro, f"{results}:/results"],
-        ["wsi-worker"],
-    )
-    run(
-        containers,
-        image,
-        secret,
-        {"WSI_GATEWAY_PORT": str(gateway_port), "WSI_SCHEDULER_ADDRESS": scheduler},
-        [],
-        ["wsi-gateway"],
-    )
-    gateway = f"http://127.0.0.1:{gateway_port}"
+    no_metrics = {"WSI_METRICS_PORT": "-1"}
+    scheduler_env = {"WSI_SCHEDULER_PORT": str(scheduler_port), **no_metrics}
+    run(names, image, secret, scheduler_env, [ro, f"{state}:/state"], ["wsi-scheduler"])
+    worker_env = {"WSI_WORKER_PORT": str(worker_port), "WSI_SCHEDULER": scheduler, **no_metrics}
+    run(names, image, secret, worker_env, [ro, f"{results}:/results"], ["wsi-worker"])
+    gateway_env = {"WSI_GATEWAY_PORT": str(gateway_port), "WSI_SCHEDULER_ADDRESS": scheduler}
+    run(names, image, secret, gateway_env, [], ["wsi-gateway"])
+    return f"http://127.0.0.1:{gateway_port}"
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_the_image_runs_every_service_as_non_root_and_a_workflow_through_them(
+    image: str, containers: list[str], tmp_path: Path
+) -> None:
+    secret = secrets.token_urlsafe(24)
+    gateway = start_services(image, containers, secret, tmp_path)
+    wait_for(lambda: answers(gateway), 60, "the gateway to answer")
     who = {"X-User-ID": "lab"}
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{gateway}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, 60, "the gateway to answer")
-    jobs = [
-        {"key": "mask", "branch": "a", "job_type": "TISSUE_MASK", "wsi_path": "demo.tiff"},
-        {
-            "key": "cells",
-            "branch": "a",
-            "job_type": "CELL_SEGMENTATION",
-            "wsi_path": "demo.tiff",
-            "depends_on": ["mask"],
-        },
-    ]
-    created = httpx.post(f"{gateway}/workflows", json={"jobs": jobs}, headers=who, timeout=30)
-    assert created.status_code == 201, created.text
-    workflow_id = created.json()["workflow_id"]
-    deadline = time.monotonic() + 120
-    while (wf := httpx.get(f"{gateway}/workflows/{workflow_id}", headers=who).json())[
-        "state"
-    ] not in ("SUCCEEDED", "FAILED", "CANCELLED") and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert wf["state"] == "SUCCEEDED", wf
-    cells = next(j for j in wf["jobs"] if j["key"] == "cells")
-    assert cells["result"]["summary"]["nuclei"] > 100
-    download = httpx.get(
-        f"{gateway}/jobs/{cells['job_id']}/results/cells.geojson", headers=who, timeout=60
-    )
+    mask = {"key": "mask", "branch": "a", "job_type": "TISSUE_MASK", "wsi_path": "demo.tiff"}
+    cells = {**mask, "key": "cells", "job_type": "CELL_SEGMENTATION", "depends_on": ["mask"]}
+    with httpx.Client(base_url=gateway, timeout=60) as http:
+        created = http.post("/workflows", json={"jobs": [mask, cells]}, headers=who)
+        assert created.status_code == 201, created.text
+        wf = succeeded_over_http(http, created.json()["workflow_id"], who)
+        done = next(j for j in wf["jobs"] if j["key"] == "cells")
+        assert done["result"]["summary"]["nuclei"] > 100
+        download = http.get(f"/jobs/{done['job_id']}/results/cells.geojson", headers=who)
     assert download.status_code == 200 and download.json()["type"] == "FeatureCollection"
     # Every service runs as the image's non-root user; the secret is in no layer.
     for name in containers:
         assert podman("exec", name, "id", "-u") == "10001"
     assert secret not in podman("image", "inspect", image)
-    assert "WORKER_SECRET=" not in podman("history", "--no-trunc", image)
+    assert secret not in podman("history", "--no-trunc", image)
