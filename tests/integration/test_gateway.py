@@ -336,7 +336,7 @@ def test_scheduler_down_is_503(tmp_path: Path) -> None:
 
 
 def test_rate_limit_is_429_with_retry_after_and_spares_other_users(tmp_path: Path) -> None:
-    with cluster(tmp_path, worker_slots=(1,), rate_limit=1, rate_burst=2) as c:
+    with cluster(tmp_path, worker_slots=(1,), rate_limit="0.2", rate_burst=2) as c:
         gateway = start_gateway(tmp_path, c.scheduler)
         try:
             with httpx.Client(base_url=gateway.address, timeout=30) as http:

@@ -126,7 +126,7 @@ def test_limits_count_per_token_whatever_x_user_id_says(system: TokenCluster) ->
         md = (*bearer(system.carol), (metadata.USER_ID, f"rotating-{index}"))
         answers.append(cancel_code(system, md, f"no-such-job-{index}"))
     assert set(answers) == {grpc.StatusCode.PERMISSION_DENIED}
-    answers = [cancel_code(system, bearer(system.carol), f"no-such-{i}") for i in range(30)]
+    answers = [cancel_code(system, bearer(system.carol), f"no-such-{i}") for i in range(60)]
     assert answers.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 10
     # The pending cap (3) belongs to the token's user too.
     bobs = bearer(system.bob)
@@ -292,7 +292,9 @@ def test_a_flood_of_bad_tokens_is_limited_and_never_locks_out_a_valid_one(
                 )
     assert valid == [grpc.StatusCode.OK, 200] * 50
     assert direct[0] is grpc.StatusCode.UNAUTHENTICATED
-    assert direct[-1] is grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Not the last call's code: the bucket refills one failure a second, so
+    # under a flood one guess a second is answered UNAUTHENTICATED again.
+    assert direct.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 50
     assert through[0] == 401 and through.count(429) >= 50
     assert forged.count(429) >= 50  # a new forged address per guess does not help
 
