@@ -66,6 +66,8 @@ container-tools:
 ## once. Elsewhere `podman build -t wsi .` takes the public base. pip reaches
 ## the package registries through the host's network and certificates.
 IMAGE      ?= localhost/wsi:dev
+# gpu: the GPU variant (PyTorch's CUDA build), e.g. IMAGE=localhost/wsi-gpu:dev EXTRAS=gpu
+EXTRAS     ?=
 LOCAL_BASE ?= localhost/wsi-base:bookworm
 export CONTAINERS_CONF ?= $(CURDIR)/deploy/containers.conf
 image: container-tools web
@@ -74,7 +76,7 @@ image: container-tools web
 			bookworm - | podman import - $(LOCAL_BASE) >/dev/null
 	podman build --quiet --network host -v /etc/ssl/certs:/etc/ssl/certs:ro \
 		--build-arg CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt \
-		--build-arg BASE=$(LOCAL_BASE) -t $(IMAGE) .
+		--build-arg BASE=$(LOCAL_BASE) --build-arg EXTRAS=$(EXTRAS) -t $(IMAGE) .
 
 ## PyTorch's CPU build, for the tests of the InstanSeg backend (batched inference on a
 ## scripted model), when a local wheel of it is at hand: this workplace keeps one where

@@ -3,14 +3,12 @@ podman on this host's loopback (host network, every service bound to
 127.0.0.1): scheduler, worker and gateway from the one image, as the
 non-root user it declares, the secret passed at run time and in no layer; a
 workflow on a generated slide runs to SUCCEEDED and its result downloads
-through the gateway. (The Kubernetes manifests and their kube-play test are
-still to come: issue 29.)"""
+through the gateway. The Kubernetes manifests: test_kube.py."""
 
 from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -19,34 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import ROOT
+from tests.deploy.podman import ENV, logs, needs_podman, podman
 from tests.integration.support import succeeded_over_http
 from tests.integration.test_slurm import free_port
 from tests.timing import wait_for
 from wsi_runtime.synthetic_slides import synthetic_he_slide
 
-IMAGE = "localhost/wsi:dev"
-ENV = {**os.environ, "CONTAINERS_CONF": str(ROOT / "deploy" / "containers.conf")}
-pytestmark = pytest.mark.skipif(
-    shutil.which("podman") is None or os.geteuid() != 0,
-    reason="needs podman, as root (make test installs it on CI)",
-)
-
-
-def podman(*args: str, timeout: float = 120) -> str:
-    done = subprocess.run(
-        ["podman", *args], env=ENV, capture_output=True, text=True, timeout=timeout
-    )
-    if done.returncode != 0:
-        raise AssertionError(f"podman {' '.join(args[:3])} ...: {done.stderr.strip()}")
-    return done.stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    """Built by the README's command (the build is cached between runs)."""
-    subprocess.run(["make", "image"], cwd=ROOT, env=ENV, check=True, timeout=1200)
-    return IMAGE
+pytestmark = needs_podman
 
 
 @pytest.fixture
@@ -57,8 +34,7 @@ def containers(request: pytest.FixtureRequest) -> Iterator[list[str]]:
     failed = getattr(request.node, "failed_call", False)
     for name in names:
         if failed:
-            logs = subprocess.run(["podman", "logs", name], env=ENV, capture_output=True, text=True)
-            print(f"--- {name}\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}")
+            print(logs(name))
         subprocess.run(["podman", "rm", "-f", "-t", "2", name], env=ENV, capture_output=True)
 
 

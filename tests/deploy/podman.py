@@ -1,0 +1,33 @@
+"""Podman as the deploy tests call it: with the project's containers.conf,
+skipped where podman is missing or the tests do not run as root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.harness import ROOT
+
+IMAGE = "localhost/wsi:dev"
+ENV = {**os.environ, "CONTAINERS_CONF": str(ROOT / "deploy" / "containers.conf")}
+needs_podman = pytest.mark.skipif(
+    shutil.which("podman") is None or os.geteuid() != 0,
+    reason="needs podman, as root (make test installs it on CI)",
+)
+
+
+def podman(*args: str, timeout: float = 120) -> str:
+    done = subprocess.run(
+        ["podman", *args], env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"podman {' '.join(args[:3])} ...: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def logs(name: str) -> str:
+    done = subprocess.run(["podman", "logs", name], env=ENV, capture_output=True, text=True)
+    return f"--- {name}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"

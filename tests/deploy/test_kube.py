@@ -1,0 +1,148 @@
+"""The Kubernetes manifests, played by podman as the README says
+(`deploy/kubernetes/play_local.py`, the README's block run as it stands):
+the gateway answers with a token, a workflow runs to SUCCEEDED on a
+generated slide and its result downloads; a worker added by raising the
+replicas joins and takes jobs; the scheduler's pod removed and played again
+on its volume still has the finished workflow. Every container runs as uid
+10001 on a read-only root file system."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.deploy.podman import ENV, logs, needs_podman, podman
+from tests.harness import ROOT
+from tests.integration.support import succeeded_over_http
+from tests.integration.test_slurm import free_port
+from tests.timing import wait_for
+from wsi_runtime.synthetic_slides import synthetic_he_slide
+
+pytestmark = needs_podman
+PLAY = [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "deploy/kubernetes/play_local.py")]
+MARK = "<!-- kube-play: tests/deploy/test_kube.py runs this block as it stands -->"
+
+
+def readme_block() -> str:
+    """The README's kube-play commands, with the clone's paths made absolute
+    and a free gateway port."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(re.escape(MARK) + r"\n```bash\n(.*?)```", text, re.S)
+    assert block, "the README has no kube-play block"
+    return block.group(1)
+
+
+def play(*args: str) -> None:
+    subprocess.run([*PLAY, *args], env=ENV, check=True, capture_output=True, timeout=300)
+
+
+@pytest.fixture
+def played(image: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The README's block run in ``tmp_path`` (a slide in ``slides/``); the
+    gateway's URL and the token. Everything removed after, logs shown on failure."""
+    play("down", "--volumes")
+    (tmp_path / "slides").mkdir()
+    synthetic_he_slide(tmp_path / "slides" / "demo.tiff", width=2048, height=1536, seed=2)
+    port = free_port()
+    script = (
+        readme_block()
+        .replace(".venv/bin/", f"{ROOT}/.venv/bin/")
+        .replace("deploy/kubernetes/", f"{ROOT}/deploy/kubernetes/")
+        .replace("make image", f"make -C {ROOT} image")
+        .replace("--gateway-port 8000", f"--gateway-port {port}")
+    )
+    try:
+        done = subprocess.run(
+            ["bash", "-euc", script], cwd=tmp_path, env=ENV, capture_output=True, timeout=900
+        )
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        token = (tmp_path / "alice.token").read_text().strip()
+        yield {"url": f"http://127.0.0.1:{port}", "token": token, "dir": tmp_path}
+    finally:
+        if getattr(request.node, "failed_call", False):
+            for name in podman("ps", "-a", "--format", "{{.Names}}").split():
+                if name.startswith("wsi-") and not name.endswith("-infra"):
+                    print(logs(name))
+        play("down", "--volumes")
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def joined(http: httpx.Client, who: dict[str, str], count: int) -> bool:
+    try:
+        stats = http.get("/stats", headers=who).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return int(stats.get("workers_connected", 0)) == count
+
+
+def pod_ip(pod: str) -> str:
+    container = f"{pod}-{pod.split('-')[1]}"  # wsi-worker-2-pod-0 -> ...-worker
+    return podman(
+        "inspect", container, "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+    )
+
+
+def workflow(http: httpx.Client, who: dict[str, str], branch: str) -> dict[str, Any]:
+    mask = {"key": "mask", "branch": branch, "job_type": "TISSUE_MASK", "wsi_path": "demo.tiff"}
+    cells = {**mask, "key": "cells", "job_type": "CELL_SEGMENTATION", "depends_on": ["mask"]}
+    created = http.post("/workflows", json={"jobs": [mask, cells]}, headers=who)
+    assert created.status_code == 201, created.text
+    return succeeded_over_http(http, created.json()["workflow_id"], who, within_s=240)
+
+
+def test_the_manifests_play_a_workflow_scale_and_keep_the_journal(
+    played: dict[str, Any],
+) -> None:
+    url, who = played["url"], {"Authorization": f"Bearer {played['token']}"}
+    wait_for(lambda: answers(url), 90, "the gateway to answer")
+    with httpx.Client(base_url=url, timeout=60) as http:
+        assert http.get("/workflows").status_code == 401  # token mode
+        wait_for(lambda: joined(http, who, 2), 90, "the two workers of the replicas to join")
+        first = workflow(http, who, "first")
+        cells = next(j for j in first["jobs"] if j["key"] == "cells")
+        assert cells["result"]["summary"]["nuclei"] > 100
+        download = http.get(f"/jobs/{cells['job_id']}/results/cells.geojson", headers=who)
+        assert download.status_code == 200 and download.json()["type"] == "FeatureCollection"
+
+        # A third replica joins; with the first two gone, it takes the next workflow.
+        slides = str(played["dir"] / "slides")
+        play("up", "--slides", slides, "--workers", "3")
+        wait_for(lambda: joined(http, who, 3), 90, "the third worker to join")
+        third = pod_ip("wsi-worker-3-pod-0")
+        for pod in ("wsi-worker-pod-0", "wsi-worker-2-pod-0"):
+            podman("pod", "rm", "--force", "--time", "10", pod)
+        wait_for(lambda: joined(http, who, 1), 60, "the removed workers to leave")
+        second = workflow(http, who, "second")
+        assert {j["attempt_workers"][-1] for j in second["jobs"]} == {f"{third}:50052"}
+
+        # The scheduler's pod removed and played again: its journal is on the volume.
+        podman("pod", "rm", "--force", "--time", "10", "wsi-scheduler-pod-0")
+        play("up", "--slides", slides, "--workers", "3")
+        wait_for(
+            lambda: http.get(f"/workflows/{first['workflow_id']}", headers=who).status_code == 200,
+            90,
+            "the played-again scheduler to answer",
+        )
+        again = http.get(f"/workflows/{first['workflow_id']}", headers=who).json()
+        assert again["state"] == "SUCCEEDED" and len(again["jobs"]) == 2
+
+    # Every service as the image's user, on a read-only root file system.
+    for name in (
+        "wsi-scheduler-pod-0-scheduler",
+        "wsi-worker-3-pod-0-worker",
+        "wsi-gateway-pod-0-gateway",
+    ):
+        assert podman("exec", name, "id", "-u") == "10001"
+        assert podman("inspect", name, "--format", "{{.HostConfig.ReadonlyRootfs}}") == "true"
