@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from worker_service.server.servicer import WorkerServicer
 from wsi_protocol import addresses
 from wsi_protocol.worker.v1 import worker_pb2, worker_pb2_grpc
 from wsi_runtime import lifetime, serving, settings, tls, worker_secret
+from wsi_runtime.cpus import available_cpus
 from wsi_runtime.job_params import BACKENDS
 from wsi_runtime.metrics import RpcMetrics
 
@@ -40,7 +40,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "jobs run at once (they share the tile pool: slots are about concurrency, not cores)",
     )
     settings.add(
-        parser, "--processes", os.cpu_count() or 1, "tile-processing processes (default: cores)"
+        parser,
+        "--processes",
+        available_cpus(),
+        "tile-processing processes (default: the CPUs this worker may use: its affinity"
+        " and CPU quota, a container's limit)",
     )
     settings.add(
         parser, "--max-tiles-per-job", DEFAULT_MAX_TILES, "tiles one job may cover; more: FAILED"
