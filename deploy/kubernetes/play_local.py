@@ -163,11 +163,15 @@ def _play(deployment: Manifest) -> str:
 
 
 def down(args: argparse.Namespace) -> None:
-    names = podman("pod", "ps", "--format", "{{.Name}}").split()
-    for name in names:
-        if name.startswith("wsi-") and name.endswith("-pod-0"):
-            podman("pod", "rm", "--force", "--time", "10", name)
-            print(f"removed {name}")
+    listed = podman("pod", "ps", "--format", "{{.Name}}").split()
+    names = [n for n in listed if n.startswith("wsi-") and n.endswith("-pod-0")]
+    # Workers and gateways first, all at once (each within its grace), then
+    # the scheduler: a worker leaving a scheduler that is gone waits for it.
+    scheduler = [n for n in names if n == pod_name("wsi-scheduler")]
+    for group in ([n for n in names if n not in scheduler], scheduler):
+        if group:
+            podman("pod", "rm", "--force", "--time", "10", *group)
+            print("removed " + " ".join(group))
     if args.volumes:
         for volume in ("wsi-results", "wsi-scheduler-state", SECRETS_VOLUME):
             podman("volume", "rm", "--force", volume, check=False)

@@ -48,6 +48,12 @@ class Ui:
         self.address = self.gateway.address
 
 
+# For a test whose subject is not identity (layout, forms, framing): the
+# header mode only. Every call of the UI goes through one fetch wrapper, so
+# the flows that run in both modes cover the token's trip.
+header_mode_only = pytest.mark.parametrize("gateway", ["header"], indirect=True)
+
+
 @pytest.fixture(scope="module", params=["header", "token"])
 def gateway(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

@@ -1,4 +1,5 @@
-"""The web UI in real headless Chromium, in both identity modes."""
+"""The web UI in real headless Chromium: the main flow in both identity
+modes, the rest (layout, forms) in the header mode."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import Ui, needs_chromium, screenshot, use_user, wait_until
+from tests.browser.conftest import (
+    Ui,
+    header_mode_only,
+    needs_chromium,
+    screenshot,
+    use_user,
+    wait_until,
+)
 from tests.harness import CMU
 
 pytestmark = needs_chromium
@@ -65,6 +73,7 @@ def test_create_watch_to_100_percent_and_open_the_result(
     ]
 
 
+@header_mode_only
 def test_cancel_a_pending_job(page: Any, gateway: Ui, tmp_path: Path) -> None:
     use_user(page, gateway, "ui-bob")
     page.click("#add-row")
@@ -85,6 +94,7 @@ def test_cancel_a_pending_job(page: Any, gateway: Ui, tmp_path: Path) -> None:
     assert page.locator(".workflow").first.get_attribute("data-state") == "CANCELLED"
 
 
+@header_mode_only
 def test_job_parameters_from_the_form_bounded_as_the_api_bounds_them(
     page: Any, gateway: Ui
 ) -> None:
@@ -128,6 +138,7 @@ SLIDE = "cohort-2024/site-b/TCGA-A1-A0SB-01Z-00-DX1.8AB1C3E7-2C4A-4F9B.svs"  # a
 
 
 @pytest.mark.parametrize(("width", "height"), [(1280, 800), (1920, 1080)])
+@header_mode_only
 def test_every_form_field_is_labelled_and_shows_its_whole_text(
     page: Any, gateway: Ui, tmp_path: Path, width: int, height: int
 ) -> None:
@@ -180,6 +191,7 @@ def test_every_form_field_is_labelled_and_shows_its_whole_text(
     screenshot(page, f"form-{width}.png", tmp_path)
 
 
+@header_mode_only
 def test_on_a_narrow_window_the_form_stacks_and_nothing_spills(
     page: Any, gateway: Ui, tmp_path: Path
 ) -> None:
@@ -226,6 +238,7 @@ def test_on_a_narrow_window_the_form_stacks_and_nothing_spills(
     screenshot(page, "form-400.png", tmp_path)  # with the workflows of the tests before
 
 
+@header_mode_only
 def test_a_folder_of_slides_becomes_a_job_row_each(page: Any, gateway: Ui) -> None:
     """The slide picker offers each folder of the listed slides; adding one
     fills the row in use, then adds a row per slide, each in its own branch,
@@ -251,6 +264,7 @@ def test_a_folder_of_slides_becomes_a_job_row_each(page: Any, gateway: Ui) -> No
     ]
 
 
+@header_mode_only
 def test_a_running_job_before_its_first_tile_says_what_it_is_doing(page: Any, gateway: Ui) -> None:
     """While it reads the slide and loads its model a job shows a phase, not a bare 0 %."""
     use_user(page, gateway, "ui-bob")

@@ -13,7 +13,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser.conftest import Ui, collect_errors, needs_chromium, use_user, wait_until
+from tests.browser.conftest import (
+    Ui,
+    collect_errors,
+    header_mode_only,
+    needs_chromium,
+    use_user,
+    wait_until,
+)
 from tests.harness import CMU
 from tests.timing import wait_for
 from wsi_gateway.app import DOCS_ASSETS
@@ -157,6 +164,7 @@ def framing_site() -> Iterator[str]:
         server.server_close()
 
 
+@header_mode_only
 def test_another_site_cannot_frame_the_ui(browser: Any, gateway: Ui, framing_site: str) -> None:
     context = browser.new_context()
     page = context.new_page()
@@ -174,6 +182,7 @@ def test_another_site_cannot_frame_the_ui(browser: Any, gateway: Ui, framing_sit
 
 
 @pytest.mark.skipif(not DOCS_ASSETS.is_dir(), reason="Swagger UI not installed (make web)")
+@header_mode_only
 def test_docs_render_from_the_gateway_alone_under_its_csp(browser: Any, gateway: Ui) -> None:
     context = browser.new_context()
     page = context.new_page()

@@ -256,6 +256,7 @@ def _finished_workflow(ui: Ui, user: str, slide: SyntheticSlide, **params: str) 
         return succeeded_over_http(http, made["workflow_id"], identity_headers(ui, user))
 
 
+@pytest.mark.parametrize("viewer_ui", ["header"], indirect=True)
 def test_a_box_drawn_in_the_viewer_is_analysed_as_a_new_job(
     viewer_page: Any, viewer_ui: tuple[Ui, SyntheticSlide], tmp_path: Path
 ) -> None:
@@ -264,8 +265,6 @@ def test_a_box_drawn_in_the_viewer_is_analysed_as_a_new_job(
     inside it. (One identity mode: the page sends its identity the same way
     for this call as for every other, which test_ui checks in both.)"""
     ui, slide = viewer_ui
-    if ui.mode != "header":
-        pytest.skip("the identity modes are covered by test_ui; the drawing by the header mode")
     page = viewer_page
     done = _finished_workflow(ui, "ui-vera", slide, tile_size="384")
     first = done["jobs"][0]

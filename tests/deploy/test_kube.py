@@ -121,8 +121,7 @@ def test_the_manifests_play_a_workflow_scale_and_keep_the_journal(
         play("up", "--slides", slides, "--workers", "3")
         wait_for(lambda: joined(http, who, 3), 90, "the third worker to join")
         third = pod_ip("wsi-worker-3-pod-0")
-        for pod in ("wsi-worker-pod-0", "wsi-worker-2-pod-0"):
-            podman("pod", "rm", "--force", "--time", "10", pod)
+        podman("pod", "rm", "--force", "--time", "10", "wsi-worker-pod-0", "wsi-worker-2-pod-0")
         wait_for(lambda: joined(http, who, 1), 60, "the removed workers to leave")
         second = workflow(http, who, "second")
         assert {j["attempt_workers"][-1] for j in second["jobs"]} == {f"{third}:50052"}
