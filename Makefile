@@ -37,13 +37,14 @@ run: $(STAMP) web
 ## pytest processes, each taking whole files (module fixtures stay shared):
 ## much of an integration test is waiting on its services, so two share the
 ## cores well (674 s of pytest alone, 423-545 s as two, on a noisy 2-core VM).
-## As root where podman is (CI), the image is built first, so that its test
-## finds it built; elsewhere that test is skipped.
+## As root where podman is (CI), the image is built first, so that its tests
+## (the image, the Kubernetes manifests) find it built; elsewhere they are
+## skipped. The 15 slowest steps are listed at the end, for planning.
 PYTEST_WORKERS ?= 2
 test: $(STAMP) web browser torch container-tools proto-check lint
 	@if [ "$$(id -u)" = 0 ] && command -v podman >/dev/null 2>&1; then \
 		$(MAKE) --no-print-directory image; fi
-	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadfile --durations=15
 
 ## Debian's Chromium for the browser tests (Playwright drives it; nothing is downloaded
 ## by Playwright itself). Needs root, as on CI; without it the browser tests are skipped.
