@@ -53,8 +53,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser,
         "--trusted-proxies",
         "",
-        "comma-separated addresses of reverse proxies whose X-Forwarded-For and"
-        " X-Forwarded-Proto are believed (default: none; the peer's own address counts)",
+        "comma-separated addresses or networks (10.0.0.0/8) of reverse proxies whose"
+        " X-Forwarded-For and X-Forwarded-Proto are believed (default: none; the peer's"
+        " own address counts)",
     )
     tls.add_settings(parser)
     settings.add_logging(parser)

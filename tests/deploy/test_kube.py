@@ -87,6 +87,12 @@ def joined(http: httpx.Client, who: dict[str, str], count: int) -> bool:
     return int(stats.get("workers_connected", 0)) == count
 
 
+def remove_pods(*pods: str) -> None:
+    """As a pod is deleted: its containers stopped within their grace, then removed."""
+    podman("pod", "stop", "--time", "10", *pods)
+    podman("pod", "rm", *pods)
+
+
 def pod_ip(pod: str) -> str:
     container = f"{pod}-{pod.split('-')[1]}"  # wsi-worker-2-pod-0 -> ...-worker
     return podman(
@@ -121,13 +127,13 @@ def test_the_manifests_play_a_workflow_scale_and_keep_the_journal(
         play("up", "--slides", slides, "--workers", "3")
         wait_for(lambda: joined(http, who, 3), 90, "the third worker to join")
         third = pod_ip("wsi-worker-3-pod-0")
-        podman("pod", "rm", "--force", "--time", "10", "wsi-worker-pod-0", "wsi-worker-2-pod-0")
+        remove_pods("wsi-worker-pod-0", "wsi-worker-2-pod-0")
         wait_for(lambda: joined(http, who, 1), 60, "the removed workers to leave")
         second = workflow(http, who, "second")
         assert {j["attempt_workers"][-1] for j in second["jobs"]} == {f"{third}:50052"}
 
         # The scheduler's pod removed and played again: its journal is on the volume.
-        podman("pod", "rm", "--force", "--time", "10", "wsi-scheduler-pod-0")
+        remove_pods("wsi-scheduler-pod-0")
         play("up", "--slides", slides, "--workers", "3")
         wait_for(
             lambda: http.get(f"/workflows/{first['workflow_id']}", headers=who).status_code == 200,

@@ -300,14 +300,18 @@ def test_a_flood_of_bad_tokens_is_limited_and_never_locks_out_a_valid_one(
 
 
 def test_a_named_proxy_s_forwarded_address_is_the_one_limited(tmp_path: Path) -> None:
-    """A gateway told to trust 127.0.0.1 as its proxy limits failed tokens
-    per forwarded address: one address's flood is limited, another address
-    behind the same proxy, and the proxy's own calls, are not."""
+    """A gateway told to trust 127.0.0.0/8 as its proxies (a network, as a
+    cluster's ingress pods need) limits failed tokens per forwarded address:
+    one address's flood is limited, another address behind the same proxy,
+    and the proxy's own calls, are not."""
     tokens_file = tmp_path / "tokens.txt"
     good = add_token(tokens_file, "gina")
     with cluster(tmp_path, worker_slots=(), auth_tokens=str(tokens_file)) as c:
         gateway = start_gateway(
-            tmp_path, c.scheduler, auth_tokens=str(tokens_file), trusted_proxies="127.0.0.1"
+            tmp_path,
+            c.scheduler,
+            auth_tokens=str(tokens_file),
+            trusted_proxies="192.0.2.7,127.0.0.0/8",
         )
         try:
             with httpx.Client(base_url=gateway.address, timeout=10) as http:
