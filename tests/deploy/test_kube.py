@@ -43,9 +43,10 @@ def play(*args: str) -> None:
 
 
 @pytest.fixture
-def played(image: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    """The README's block run in ``tmp_path`` (a slide in ``slides/``); the
-    gateway's URL and the token. Everything removed after, logs shown on failure."""
+def played(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The README's block run in ``tmp_path`` (a slide in ``slides/``; the
+    block builds the image); the gateway's URL and the token. Everything
+    removed after, logs shown on failure."""
     play("down", "--volumes")
     (tmp_path / "slides").mkdir()
     synthetic_he_slide(tmp_path / "slides" / "demo.tiff", width=2048, height=1536, seed=2)
