@@ -2,7 +2,7 @@
 with ``podman kube play``: to try them before a cluster, and for their test.
 
     python deploy/kubernetes/play_local.py up --secrets DIR --slides DIR [--gateway-port 8000]
-    python deploy/kubernetes/play_local.py up --workers 2      # one more worker pod
+    python deploy/kubernetes/play_local.py up --slides DIR --workers 3   # a third worker pod
     python deploy/kubernetes/play_local.py down [--volumes]
 
 ``up`` plays every Deployment whose pod is not there yet, so running it again
@@ -55,12 +55,13 @@ def load(base: Path = BASE) -> list[Manifest]:
     return objects
 
 
-def pod_name(deployment: str, replica: int = 1) -> str:
+def pod_name(deployment: str) -> str:
     """The pod ``kube play`` makes of a Deployment (one per Deployment)."""
-    return f"{replica_name(deployment, replica)}-pod-0"
+    return f"{deployment}-pod-0"
 
 
 def replica_name(deployment: str, replica: int) -> str:
+    """Replica 1 keeps the Deployment's name; the others are numbered from 2."""
     return deployment if replica == 1 else f"{deployment}-{replica}"
 
 
