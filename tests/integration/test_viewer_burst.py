@@ -23,8 +23,8 @@ from tests.timing import patience
 
 ALICE = {"X-User-ID": "alice"}
 BOB = {"X-User-ID": "bob"}
-BURST = 10
-MIN_NUCLEI = 40_000
+BURST = 14
+MIN_NUCLEI = 18_000
 RSS_GROWTH_MB = 150
 TILE_SLOWDOWN = 3.0
 QUICK_TILE_S = 0.2
@@ -96,8 +96,10 @@ def test_a_burst_of_whole_slide_boxes_is_streamed_and_starves_no_one(tmp_path: P
         cluster_with_gateway(tmp_path, worker_slots=(2,), slide_roots=str(slides)) as (c, gateway),
         httpx.Client(base_url=gateway.address, timeout=120) as http,
     ):
-        # The learned model: about 390 nuclei per MP of this mosaic.
-        cells_job = submit(http, ALICE, "CELL_SEGMENTATION", slide.name, backend="learned")
+        # The classical segmenter (what segments is not the subject; it costs a
+        # quarter of the model's CPU): about 196 nuclei per MP of this mosaic,
+        # 18.6 MB an answer, so 14 answers held whole would be 260 MB.
+        cells_job = submit(http, ALICE, "CELL_SEGMENTATION", slide.name, backend="classical")
         tiles_job = submit(http, BOB, "TISSUE_MASK", slide.name)
         levels = http.get(f"/jobs/{cells_job}/deepzoom", headers=ALICE).json()["levels"]
         whole = f"0,0,{levels[-1]['width']},{levels[-1]['height']}"
