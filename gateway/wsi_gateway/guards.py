@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
@@ -72,6 +73,17 @@ def host_name(host_header: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def _is_local_address(host: str, scope: Scope) -> bool:
+    """``host`` is the IP address this connection was made to."""
+    server = scope.get("server")
+    if not server or not host:
+        return False
+    try:
+        return ipaddress.ip_address(host) == ipaddress.ip_address(str(server[0]))
+    except ValueError:  # a name, not an address
+        return False
+
+
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope.get("headers", ()):
         if key == name:
@@ -81,7 +93,10 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 class HostAllowList:
     """400 for a ``Host`` the gateway is not known by: a page on a rebound
-    DNS name reaches a loopback gateway, but with its own name as Host."""
+    DNS name reaches a loopback gateway, but with its own name as Host. The
+    address the connection reached, given as the Host, is taken too: only a
+    client that dialled that IP sends it (a cluster's probes and Prometheus
+    call a pod by its IP), never a page on a rebound name."""
 
     def __init__(self, app: ASGIApp, allowed: Iterable[str]) -> None:
         self.app = app
@@ -91,7 +106,7 @@ class HostAllowList:
         if scope["type"] == "http":
             raw = _header(scope, b"host")
             host = host_name(raw.decode("latin-1")) if raw is not None else ""
-            if host not in self.allowed:
+            if host not in self.allowed and not _is_local_address(host, scope):
                 await _send_error(
                     send, 400, "INVALID_ARGUMENT", "the Host header is not one this gateway serves"
                 )

@@ -3,9 +3,11 @@ skipped where podman is missing or the tests do not run as root."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
+from types import ModuleType
 
 import pytest
 
@@ -31,3 +33,17 @@ def podman(*args: str, timeout: float = 120) -> str:
 def logs(name: str) -> str:
     done = subprocess.run(["podman", "logs", name], env=ENV, capture_output=True, text=True)
     return f"--- {name}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+
+
+def _play_local() -> ModuleType:
+    """deploy/kubernetes/play_local.py, a script, imported as a module."""
+    spec = importlib.util.spec_from_file_location(
+        "play_local", ROOT / "deploy/kubernetes/play_local.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+play_local = _play_local()

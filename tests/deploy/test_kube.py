@@ -3,8 +3,9 @@
 the gateway answers with a token, a workflow runs to SUCCEEDED on a
 generated slide and its result downloads; a worker added by raising the
 replicas joins and takes jobs; the scheduler's pod removed and played again
-on its volume still has the finished workflow. Every container runs as uid
-10001 on a read-only root file system."""
+on its volume still has the finished workflow; each pod answers Prometheus
+where its annotations say. Every container runs as uid 10001 on a read-only
+root file system."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.deploy.podman import ENV, logs, needs_podman, podman
+from tests.deploy.podman import ENV, logs, needs_podman, play_local, podman
 from tests.harness import ROOT
 from tests.integration.support import succeeded_over_http
 from tests.integration.test_slurm import free_port
@@ -143,6 +144,17 @@ def test_the_manifests_play_a_workflow_scale_and_keep_the_journal(
         )
         again = http.get(f"/workflows/{first['workflow_id']}", headers=who).json()
         assert again["state"] == "SUCCEEDED" and len(again["jobs"]) == 2
+
+    # Prometheus scrapes each pod by its IP, where its annotations say.
+    for deployment in (o for o in play_local.load() if o["kind"] == "Deployment"):
+        name = deployment["metadata"]["name"]
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        pod = pod_ip(play_local.pod_name(name if name != "wsi-worker" else "wsi-worker-3"))
+        target = (
+            f"http://{pod}:{annotations['prometheus.io/port']}{annotations['prometheus.io/path']}"
+        )
+        scraped = httpx.get(target, timeout=10)
+        assert scraped.status_code == 200 and b"# TYPE" in scraped.content, target
 
     # Every service as the image's user, on a read-only root file system.
     for name in (

@@ -7,7 +7,6 @@ claims, Secrets, the scheduler's Service in the workers' address); and how
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.deploy.podman import play_local
 from tests.harness import ROOT
 
 KUBE = ROOT / "deploy" / "kubernetes"
 VERSIONS = ("1.28", "1.33")  # gRPC probes are GA from 1.27
-spec = importlib.util.spec_from_file_location("play_local", KUBE / "play_local.py")
-assert spec and spec.loader
-play_local = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(play_local)
 
 OBJECTS: list[dict[str, Any]] = play_local.load()
 

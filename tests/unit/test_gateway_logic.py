@@ -14,6 +14,7 @@ from wsi_gateway import sse
 from wsi_gateway.__main__ import listening_socket
 from wsi_gateway.bodies import JobIn, WorkflowIn
 from wsi_gateway.dependencies import BadRequest
+from wsi_gateway.guards import HostAllowList
 from wsi_gateway.http_errors import error_body, http_status
 from wsi_gateway.sized_body import SizeMismatch, sized_body
 from wsi_protocol.json_format import to_json
@@ -171,3 +172,35 @@ def test_each_connection_answers_without_waiting_for_the_clients_ack() -> None:
             return option
 
     assert asyncio.run(accept_one()) == 1
+
+
+@pytest.mark.parametrize(
+    ("host", "server", "allowed"),
+    [
+        ("10.1.2.3:8000", ("10.1.2.3", 8000), True),  # a probe or a scrape by pod IP
+        ("[fd00::7]:8000", ("fd00::7", 8000), True),
+        ("10.1.2.4:8000", ("10.1.2.3", 8000), False),  # another address
+        ("attacker.example", ("10.1.2.3", 8000), False),  # a rebound name
+        ("127.0.0.2", ("127.0.0.1", 8000), False),
+        ("wsi-gateway", ("10.1.2.3", 8000), True),  # a listed name
+        ("", ("10.1.2.3", 8000), False),
+    ],
+)
+def test_the_host_allow_list_takes_its_names_and_the_address_dialled(
+    host: str, server: tuple[str, int], allowed: bool
+) -> None:
+    reached: list[str] = []
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        reached.append("app")
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    guard = HostAllowList(app, ["wsi-gateway"])
+    scope = {"type": "http", "headers": [(b"host", host.encode())], "server": server}
+    asyncio.run(guard(scope, None, send))  # type: ignore[arg-type]
+    assert (reached == ["app"]) is allowed
+    assert allowed or sent[0]["status"] == 400
