@@ -42,6 +42,7 @@ BASE = Path(__file__).resolve().parent / "base"
 NETWORK = "wsi"
 SECRETS_VOLUME = "wsi-secrets"
 SLIDES_CLAIM = "wsi-slides"
+VOLUMES = ("wsi-results", "wsi-scheduler-state", SECRETS_VOLUME)  # what down --volumes removes
 IMAGE_UID = 10001
 Manifest = dict[str, Any]
 
@@ -175,7 +176,7 @@ def down(args: argparse.Namespace) -> None:
             podman("pod", "rm", *group)
             print("removed " + " ".join(group))
     if args.volumes:
-        for volume in ("wsi-results", "wsi-scheduler-state", SECRETS_VOLUME):
+        for volume in VOLUMES:
             podman("volume", "rm", "--force", volume, check=False)
 
 

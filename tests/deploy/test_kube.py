@@ -47,8 +47,21 @@ def play(*args: str) -> None:
 def played(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """The README's block run in ``tmp_path`` (a slide in ``slides/``; the
     block builds the image); the gateway's URL and the token. Everything
-    removed after, logs shown on failure."""
-    play("down", "--volumes")
+    removed after, logs shown on failure. A deployment already played here
+    (someone trying the README) is left alone: the test is skipped."""
+    there = [
+        *(p for p in podman("pod", "ps", "--format", "{{.Name}}").split() if p.startswith("wsi-")),
+        *(
+            v
+            for v in podman("volume", "ls", "--format", "{{.Name}}").split()
+            if v in play_local.VOLUMES
+        ),
+    ]
+    if there:
+        pytest.skip(
+            f"a kube-play deployment is here ({', '.join(there)}); the test would remove it:"
+            " `deploy/kubernetes/play_local.py down --volumes` first"
+        )
     (tmp_path / "slides").mkdir()
     synthetic_he_slide(tmp_path / "slides" / "demo.tiff", width=2048, height=1536, seed=2)
     port = free_port()
