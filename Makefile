@@ -55,7 +55,7 @@ browser:
 		else echo "chromium missing and not root: browser tests will be skipped"; fi; }
 
 ## Podman with runc and mmdebstrap, for the container image and its test. Needs
-## root, as on CI; without them the image's test is skipped.
+## root, as on CI; without them the image's and the manifests' tests are skipped.
 container-tools:
 	@command -v podman >/dev/null 2>&1 && command -v mmdebstrap >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ]; then \

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from tests.processes import started
 from tests.timing import patience
 from wsi_protocol import metadata
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
@@ -115,15 +116,7 @@ def _start(
         full_env["PYTHONPATH"] = os.pathsep.join(
             [str(root), str(root / "clients"), str(root / "gateway")]
         )
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [*prefix, sys.executable, "-m", module, *args],
-            cwd=root,
-            env=full_env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = started([*prefix, sys.executable, "-m", module, *args], root, full_env, log_path)
     service = Service(name, process, log_path)
     deadline = time.monotonic() + patience(30)
     while time.monotonic() < deadline:

@@ -1,10 +1,12 @@
-"""Starting a program in a session of its own, its output to a log, and
-reading a service's process tree from /proc (Linux): which processes a
-service left, how much memory and CPU they used."""
+"""Starting a program in a session of its own, its output to a log; a free
+port for it; and reading a service's process tree from /proc (Linux):
+which processes a service left, whether they live, how much memory and CPU
+they used."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +26,22 @@ def started(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def pids_of(root: int) -> list[int]:

@@ -19,8 +19,9 @@ import pytest
 
 from tests.deploy.podman import ENV, logs, needs_podman, podman
 from tests.integration.support import succeeded_over_http
-from tests.integration.test_slurm import free_port
-from tests.timing import wait_for
+from tests.processes import free_port
+from tests.timing import patience
+from wsi_runtime.health_wait import wait_http
 from wsi_runtime.synthetic_slides import synthetic_he_slide
 
 pytestmark = needs_podman
@@ -87,19 +88,12 @@ def start_services(image: str, names: list[str], secret: str, tmp_path: Path) ->
     return f"http://127.0.0.1:{gateway_port}"
 
 
-def answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def test_the_image_runs_every_service_as_non_root_and_a_workflow_through_them(
     image: str, containers: list[str], tmp_path: Path
 ) -> None:
     secret = secrets.token_urlsafe(24)
     gateway = start_services(image, containers, secret, tmp_path)
-    wait_for(lambda: answers(gateway), 60, "the gateway to answer")
+    wait_http(gateway.removeprefix("http://"), patience(60))
     who = {"X-User-ID": "lab"}
     mask = {"key": "mask", "branch": "a", "job_type": "TISSUE_MASK", "wsi_path": "demo.tiff"}
     cells = {**mask, "key": "cells", "job_type": "CELL_SEGMENTATION", "depends_on": ["mask"]}

@@ -21,8 +21,9 @@ import pytest
 from tests.deploy.podman import ENV, logs, needs_podman, play_local, podman
 from tests.harness import ROOT
 from tests.integration.support import succeeded_over_http
-from tests.integration.test_slurm import free_port
-from tests.timing import wait_for
+from tests.processes import free_port
+from tests.timing import patience, wait_for
+from wsi_runtime.health_wait import wait_http
 from wsi_runtime.synthetic_slides import synthetic_he_slide
 
 pytestmark = needs_podman
@@ -31,8 +32,7 @@ MARK = "<!-- kube-play: tests/deploy/test_kube.py runs this block as it stands -
 
 
 def readme_block() -> str:
-    """The README's kube-play commands, with the clone's paths made absolute
-    and a free gateway port."""
+    """The README's kube-play commands, as they stand."""
     text = (ROOT / "README.md").read_text()
     block = re.search(re.escape(MARK) + r"\n```bash\n(.*?)```", text, re.S)
     assert block, "the README has no kube-play block"
@@ -87,13 +87,6 @@ def played(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str,
         play("down", "--volumes")
 
 
-def answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def joined(http: httpx.Client, who: dict[str, str], count: int) -> bool:
     try:
         stats = http.get("/stats", headers=who).json()
@@ -127,7 +120,7 @@ def test_the_manifests_play_a_workflow_scale_and_keep_the_journal(
     played: dict[str, Any],
 ) -> None:
     url, who = played["url"], {"Authorization": f"Bearer {played['token']}"}
-    wait_for(lambda: answers(url), 90, "the gateway to answer")
+    wait_http(url.removeprefix("http://"), patience(90))
     with httpx.Client(base_url=url, timeout=60) as http:
         assert http.get("/workflows").status_code == 401  # token mode
         wait_for(lambda: joined(http, who, 2), 90, "the two workers of the replicas to join")

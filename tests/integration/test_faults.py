@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from tests.harness import Cluster, Service, cluster, start_scheduler, start_worker, user
 from tests.integration.support import LONG, create, get, job_transitions, spec, watch
+from tests.processes import free_port
 from tests.timing import patience
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
@@ -137,12 +137,6 @@ def test_a_killed_scheduler_comes_back_with_everything(
         finally:
             scheduler.stop()
             worker.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_a_worker_unreachable_at_start_is_retried_and_reported(workdir: Path) -> None:

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.harness import CMU, SLIDES, Service, cluster, cluster_with_gateway, start_gateway
+from tests.processes import free_port
 from tests.timing import wait_for
 
 HEADER_TIMEOUT_S = 2.0
@@ -261,9 +262,7 @@ def test_every_answer_carries_the_browser_safety_headers(gateway: Service) -> No
 
 
 def test_an_unreachable_scheduler_is_503_without_its_address(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     nobody = Service("nobody", None, tmp_path / "none.log", address=f"127.0.0.1:{port}")  # type: ignore[arg-type]
     gateway = start_gateway(tmp_path, nobody)
     try:

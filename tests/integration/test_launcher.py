@@ -24,16 +24,10 @@ import pytest
 
 from tests.harness import CMU, SLIDES, user
 from tests.integration.support import LONG, spec
-from tests.processes import pids_of, started
+from tests.processes import alive, free_port, pids_of, started
 from tests.timing import wait_for
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -107,14 +101,6 @@ def launched(workdir: Path, **extra: str) -> Iterator[Launched]:
         for pid in pids:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_sigkill_of_the_launcher_leaves_no_service_behind(tmp_path: Path) -> None:

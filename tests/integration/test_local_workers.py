@@ -14,7 +14,8 @@ import httpx
 
 from tests.harness import CMU, user
 from tests.integration.support import spec
-from tests.integration.test_launcher import _free, free_port, launched
+from tests.integration.test_launcher import _free, launched
+from tests.processes import free_port
 from tests.timing import wait_for
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 

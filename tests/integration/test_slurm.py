@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,19 +16,13 @@ import grpc
 
 from tests.harness import CMU, ROOT, SLIDES, WORKER_SECRET, start_scheduler, user
 from tests.integration.support import spec
-from tests.processes import started
+from tests.processes import free_port, started
 from tests.timing import wait_for
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 
 SCRIPT = ROOT / "deploy" / "slurm" / "wsi-worker.sbatch"
 LAB = user("lab")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_the_batch_script_starts_a_worker_that_joins_runs_a_job_and_leaves(

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import start_worker
-from tests.integration.test_launcher import alive
-from tests.processes import pids_of
+from tests.processes import alive, pids_of
 from tests.timing import wait_for
 from worker_service.errors import PoolCrashed
 from worker_service.pipeline.tile_pool import TilePool
