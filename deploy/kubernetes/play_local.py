@@ -80,27 +80,31 @@ def render(
     for deployment in (o for o in objects if o["kind"] == "Deployment"):
         name = deployment["metadata"]["name"]
         replicas = workers if workers and name == "wsi-worker" else deployment["spec"]["replicas"]
+        published = gateway_port if name == "wsi-gateway" else None
         for replica in range(1, replicas + 1):
             one = copy.deepcopy(deployment)
             one["metadata"]["name"] = replica_name(name, replica)
             one["spec"]["replicas"] = 1
             pod = one["spec"]["template"]["spec"]
             for container in pod["containers"]:
-                _map_container(container, services, image)
-                published = name == "wsi-gateway" and gateway_port
-                container["ports"] = (
-                    [{"containerPort": 8000, "hostIP": "127.0.0.1", "hostPort": gateway_port}]
-                    if published
-                    else []
-                )
+                _map_container(container, services, image, published)
             pod["volumes"] = [_map_volume(v, slides) for v in pod["volumes"]]
             played.append(one)
     return played
 
 
-def _map_container(container: Manifest, services: set[str], image: str | None) -> None:
+def _map_container(
+    container: Manifest, services: set[str], image: str | None, published: int | None
+) -> None:
     if image:
         container["image"] = image
+    # kube play would publish every port on every host address: only the
+    # gateway's first port, on loopback, when asked.
+    ports = container.get("ports", [])[:1] if published else []
+    container["ports"] = [
+        {"containerPort": p["containerPort"], "hostIP": "127.0.0.1", "hostPort": published}
+        for p in ports
+    ]
     for variable in container.get("env", []):
         host, sep, port = str(variable.get("value", "")).partition(":")
         if sep and host in services:
@@ -152,16 +156,17 @@ def up(args: argparse.Namespace) -> None:
         sys.exit("no secrets yet: give --secrets DIR (worker-secret and tokens.txt)")
     slides = args.slides.resolve()
     for deployment in render(load(), slides, args.image, args.gateway_port, args.workers):
-        if not _present("pod", pod_name(deployment["metadata"]["name"])):
-            print(_play(deployment))
+        pod = pod_name(deployment["metadata"]["name"])
+        if not _present("pod", pod):
+            _play(deployment)
+            print(f"played {pod}")
 
 
-def _play(deployment: Manifest) -> str:
+def _play(deployment: Manifest) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
         yaml.safe_dump(deployment, file)
         file.flush()
         podman("kube", "play", "--network", NETWORK, file.name)
-    return f"played {pod_name(deployment['metadata']['name'])}"
 
 
 def down(args: argparse.Namespace) -> None:
