@@ -28,6 +28,10 @@ class _MetricsServer(socketserver.ThreadingMixIn, simple_server.WSGIServer):
     daemon_threads = True
 
 
+class _MetricsServer6(_MetricsServer):
+    address_family = socket.AF_INET6
+
+
 class _QuietHandler(simple_server.WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not logged: one every few seconds would drown the log."""
@@ -39,8 +43,7 @@ def serve(registry: CollectorRegistry, host: str, port: int) -> tuple[str, Calla
     ``start_http_server``, which looks for a stop every 0.5 s: every service's
     stop waited up to that long for it."""
     bare = host.strip("[]")
-    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
-    server_class = type("MetricsServer", (_MetricsServer,), {"address_family": family})
+    server_class = _MetricsServer6 if ":" in bare else _MetricsServer
     server: simple_server.WSGIServer = simple_server.make_server(
         bare, port, make_wsgi_app(registry), server_class, _QuietHandler
     )
