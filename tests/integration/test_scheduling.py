@@ -234,6 +234,9 @@ def test_worker_killed_mid_job_is_retried_on_the_other_worker(workdir: Path) -> 
     assert final.state == pb.JOB_STATE_SUCCEEDED
     assert final.attempt == 2
     assert final.worker != killed[0]
+    # Both workers write to one results folder (as on a shared volume): the
+    # retry on the other one took the tiles the killed one had recorded.
+    assert json.loads(final.result.summary)["tiles_resumed"] > 0
     states = job_transitions(events)
     assert states == [
         ("victim", "RUNNING"),

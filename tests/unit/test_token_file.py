@@ -55,3 +55,21 @@ def test_add_token_on_a_hand_edited_file_keeps_every_token(tmp_path: Path) -> No
 def test_revoking_on_a_missing_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no API token file"):
         revoke_user(tmp_path / "none.txt", "alice")
+
+
+def test_a_secret_volume_s_update_is_read_at_the_next_lookup(tmp_path: Path) -> None:
+    """As the kubelet updates a mounted Secret: the file is a link through
+    ``..data``, and the update swaps ``..data`` to a new folder at once."""
+    old, new = tmp_path / "..2026_01", tmp_path / "..2026_02"
+    old.mkdir()
+    alice = add_token(old / "tokens.txt", "alice")
+    (tmp_path / "..data").symlink_to(old.name)
+    (tmp_path / "tokens.txt").symlink_to("..data/tokens.txt")
+    tokens = TokenFile(tmp_path / "tokens.txt")
+    assert tokens.user_of(alice) == "alice"
+    new.mkdir()
+    bob = add_token(new / "tokens.txt", "bob")  # alice is not in the new Secret
+    (tmp_path / "..data_tmp").symlink_to(new.name)
+    os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+    assert tokens.user_of(bob) == "bob"
+    assert tokens.user_of(alice) is None
