@@ -9,6 +9,7 @@ joins (WorkerRegistry.Join with the secret, heartbeats)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -85,11 +86,16 @@ def joined(c: Cluster, worker: MisbehavingWorker) -> Iterator[str]:
     registry.Join(wpb.JoinRequest(address=address), metadata=SECRET, timeout=5)
 
     def beat() -> None:
+        """As a worker beats: on through a failed beat, joining again if forgotten."""
         while not worker.stop.wait(0.5):
             try:
-                registry.Heartbeat(wpb.HeartbeatRequest(address=address), metadata=SECRET)
-            except grpc.RpcError:
-                return
+                registry.Heartbeat(
+                    wpb.HeartbeatRequest(address=address), metadata=SECRET, timeout=5
+                )
+            except grpc.RpcError as exc:
+                if exc.code() is grpc.StatusCode.NOT_FOUND:
+                    with contextlib.suppress(grpc.RpcError):
+                        registry.Join(wpb.JoinRequest(address=address), metadata=SECRET, timeout=5)
 
     beating = threading.Thread(target=beat, daemon=True)
     beating.start()
@@ -122,8 +128,8 @@ def one_job(
 ) -> pb.Job:
     """A one-job workflow, which goes to the fake worker first (it offers the
     most free slots), once the workflow has ended in ``ends``."""
+    given = len(fake.given) + 1  # counted before: the job may reach it before create returns
     wf = create(c, "alice", [spec("mask", branch)])
-    given = len(fake.given) + 1
     wait_for(lambda: len(fake.given) == given, f"the job of branch {branch} at the fake worker")
     wait_for(
         lambda: get(c, "alice", wf.workflow_id).state == ends,
