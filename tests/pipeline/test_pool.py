@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import pytest
 from tests.harness import start_worker
 from tests.processes import alive, pids_of
 from tests.timing import wait_for
-from worker_service.errors import PoolCrashed
+from worker_service.errors import JobCancelled, PoolCrashed
+from worker_service.pipeline import pool_process
 from worker_service.pipeline.tile_pool import TilePool
 
 
@@ -24,6 +26,18 @@ def square(x: int) -> int:
     return x * x
 
 
+def square_task(x: int, stop_token: int) -> int:
+    return x * x
+
+
+def spin_until_stopped(seconds: float, stop_token: int) -> float:
+    """Busy for ``seconds`` unless its imap is stopped first; how long it ran."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds and not pool_process.is_cancelled(stop_token):
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
 def test_a_crashed_process_fails_its_task_and_the_pool_recovers() -> None:
     pool = TilePool(2)
     try:
@@ -32,7 +46,10 @@ def test_a_crashed_process_fails_its_task_and_the_pool_recovers() -> None:
             pool.call(die)
         # Later work runs on a fresh pool.
         assert pool.map_all(square, [1, 2, 3], ()) == [1, 4, 9]
-        assert [r for _, r in pool.imap(square, [4, 5], (), lambda: False)] in ([16, 25], [25, 16])
+        assert [r for _, r in pool.imap(square_task, [4, 5], (), lambda: False)] in (
+            [16, 25],
+            [25, 16],
+        )
     finally:
         pool.close()
 
@@ -47,6 +64,25 @@ def test_awaited_tasks_run_and_a_crash_fails_only_its_own_await() -> None:
     pool = TilePool(2)
     try:
         asyncio.run(scenario(pool))
+    finally:
+        pool.close()
+
+
+def test_a_stopped_imap_ends_the_tasks_it_had_started_or_queued() -> None:
+    """A cancelled job must free the pool within a tile, not after every task
+    it had handed out: those see their stop token and end."""
+    pool = TilePool(2)
+    try:
+        pool.warm_up()
+        cancel_at = time.monotonic() + 0.5
+        with pytest.raises(JobCancelled):
+            for _ in pool.imap(
+                spin_until_stopped, [60.0] * 6, (), lambda: time.monotonic() > cancel_at
+            ):
+                pass
+        started = time.monotonic()
+        assert pool.map_all(square, [1, 2, 3], ()) == [1, 4, 9]
+        assert time.monotonic() - started < 10  # not the 60 s the stopped tasks asked for
     finally:
         pool.close()
 

@@ -98,10 +98,15 @@ class TilePool:
         extra: tuple[Any, ...],
         cancelled: Callable[[], bool],
     ) -> Iterator[tuple[T, R]]:
-        """Runs ``fn(item, *extra)`` for every item, yielding (item, result) as they
-        complete. Stops submitting once ``cancelled()``; raises JobCancelled then."""
+        """Runs ``fn(item, *extra, stop_token)`` for every item, yielding (item,
+        result) as they complete. Stops submitting once ``cancelled()``; raises
+        JobCancelled then. However the caller stops (a cancel, an error, closing
+        the iterator), ``stop_token`` is marked on the cancel board, so that tasks
+        already started or queued can end at their next
+        ``pool_process.is_cancelled(stop_token)`` instead of running on."""
         with self._lock:
             self._jobs += 1
+        stop_token = self.cancel_board.new_token()
         pending: dict[Future[R], T] = {}
         source = iter(items)
         exhausted = False
@@ -114,13 +119,15 @@ class TilePool:
                     if item is None:
                         exhausted = True
                         break
-                    pending[self._submit(fn, item, *extra)] = item
+                    pending[self._submit(fn, item, *extra, stop_token)] = item
                 if not pending:
                     return
                 done, _ = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
                 for future in done:
                     yield pending.pop(future), self._result(future)
         finally:
+            if pending:
+                self.cancel_board.cancel(stop_token)
             for future in pending:
                 future.cancel()
             with self._lock:

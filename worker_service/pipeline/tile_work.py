@@ -23,7 +23,8 @@ from worker_service.analysis.merge import OwnedNuclei, keep_owned
 from worker_service.analysis.nuclei import RGB
 from worker_service.analysis.tiling import Tile
 from worker_service.backends.base import Recipe, Segmenter
-from worker_service.errors import TileReadError
+from worker_service.errors import JobCancelled, TileReadError
+from worker_service.pipeline import pool_process
 from worker_service.pipeline.pool_process import slides
 from worker_service.storage import result_files
 from worker_service.storage.slides import rgb_over_white
@@ -69,26 +70,38 @@ def segmenter_for(recipe: Recipe) -> Segmenter:
     return segmenter
 
 
-def segment_tiles(tasks: Sequence[TileTask], recipe: Recipe) -> list[TileResult]:
+def segment_tiles(tasks: Sequence[TileTask], recipe: Recipe, stop_token: int) -> list[TileResult]:
     """Reads and segments ``tasks`` in order, ``recipe.tiles_per_pass`` tiles
     per pass of the segmenter. With more than one pass, a reader thread decodes
     the next batch while the segmenter works on this one (OpenSlide and
-    PyTorch both release the GIL)."""
+    PyTorch both release the GIL). Before each pass it looks at ``stop_token``
+    (see ``TilePool.imap``): a cancelled job's task ends after the pass it is
+    in, not after all its tiles."""
     segmenter = segmenter_for(recipe)
     size = max(1, recipe.tiles_per_pass)
     batches = [tasks[i : i + size] for i in range(0, len(tasks), size)]
+    _stop_if_cancelled(stop_token)
     if len(batches) == 1:
         started = time.perf_counter()
         return _segmented(
             segmenter, recipe.backend, batches[0], [read_tile(t) for t in batches[0]], started
         )
     results: list[TileResult] = []
-    with ThreadPoolExecutor(1, thread_name_prefix="tile-reader") as reader:
+    reader = ThreadPoolExecutor(1, thread_name_prefix="tile-reader")
+    try:
         pending = [reader.submit(_read_all, batch) for batch in batches]
         for batch, decoded in zip(batches, pending, strict=True):
+            _stop_if_cancelled(stop_token)
             started = time.perf_counter()
             results += _segmented(segmenter, recipe.backend, batch, decoded.result(), started)
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)  # no reads left for a stopped task
     return results
+
+
+def _stop_if_cancelled(stop_token: int) -> None:
+    if pool_process.is_cancelled(stop_token):
+        raise JobCancelled()
 
 
 def _read_all(tasks: Sequence[TileTask]) -> list[RGB]:
