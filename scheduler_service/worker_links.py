@@ -17,21 +17,13 @@ from scheduler_service.background import Background
 from wsi_protocol import metadata
 from wsi_protocol.worker.v1 import worker_pb2 as wpb
 from wsi_protocol.worker.v1 import worker_pb2_grpc as wpb_grpc
-from wsi_runtime import tls
+from wsi_runtime import serving, tls
 
 log = logging.getLogger("wsi.scheduler.dispatch")
 
 # A worker that dies without closing its connection (power, network) is noticed
 # within about keepalive_time + keepalive_timeout on a running job's stream.
-# (gRPC also sends pings of its own for flow control; ping_timeout bounds how
-# long any of them may go unanswered, else a frozen peer is never noticed.)
-CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 5_000),
-    ("grpc.keepalive_timeout_ms", 3_000),
-    ("grpc.http2.ping_timeout_ms", 3_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
+CHANNEL_OPTIONS = serving.KEEPALIVE_CHANNEL
 PROBE_TIMEOUT_S = 2.0
 
 

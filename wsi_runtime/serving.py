@@ -38,6 +38,21 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 1_000),
     ("grpc.http2.max_ping_strikes", 0),
 ]
+# Every channel of one service to another (scheduler to worker, worker to
+# scheduler, gateway to scheduler): a peer that goes silent without closing
+# the connection (power, network, a pod whose address vanished, a frozen
+# host) is noticed within about keepalive_time + keepalive_timeout; its calls
+# end UNAVAILABLE and the channel connects again, resolving the name anew.
+# Without these, TCP takes minutes to give up and every call waits meanwhile.
+# (gRPC also sends pings of its own for flow control; ping_timeout bounds how
+# long any of them may go unanswered, and pings may go out without data.)
+KEEPALIVE_CHANNEL = [
+    ("grpc.keepalive_time_ms", 5_000),
+    ("grpc.keepalive_timeout_ms", 3_000),
+    ("grpc.http2.ping_timeout_ms", 3_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 DEFAULT_MAX_REQUEST_MB = 4.0
 
 

@@ -28,7 +28,7 @@ from wsi_gateway.metrics import HttpMetrics, MetricsMiddleware
 from wsi_gateway.routes import router
 from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from wsi_protocol.status import is_server_answer, retry_after_seconds
-from wsi_runtime import tls
+from wsi_runtime import serving, tls
 from wsi_runtime.identity import TokenLookup
 from wsi_runtime.version import VERSION
 
@@ -75,7 +75,9 @@ class GatewaySettings:
 # nuclei, a result file) then waits in the scheduler, not here, while the
 # HTTP client reads it; twenty at once cost this process tens of MB, not
 # hundreds. Loopback or a LAN fills 64 KB windows fast enough.
-SCHEDULER_CHANNEL = [("grpc.http2.bdp_probe", 0)]
+# Keep-alive pings notice a scheduler gone silent (see KEEPALIVE_CHANNEL):
+# its calls answer 503 in seconds, not after minutes.
+SCHEDULER_CHANNEL = [("grpc.http2.bdp_probe", 0), *serving.KEEPALIVE_CHANNEL]
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:

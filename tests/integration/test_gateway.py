@@ -4,6 +4,7 @@ status codes of the API table, tenancy, and Server-Sent Events."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from tests.harness import CMU, Cluster, Service, cluster, cluster_with_gateway, start_gateway, user
-from tests.timing import patience
+from tests.timing import patience, wait_for
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 
@@ -331,6 +332,32 @@ def test_scheduler_down_is_503(tmp_path: Path) -> None:
             c.scheduler.stop()
             reply = httpx.get(f"{gateway.address}/stats", headers={"X-User-ID": "u"}, timeout=30)
             assert reply.status_code == 503 and reply.json()["code"] == "UNAVAILABLE"
+        finally:
+            gateway.stop()
+
+
+def test_a_frozen_scheduler_is_503_within_seconds_and_the_gateway_recovers(tmp_path: Path) -> None:
+    """SIGSTOP keeps the scheduler's connection open but silent, as a pod
+    whose address vanished on a cluster does: without keep-alive pings the
+    gateway's call would wait for TCP to give up (minutes), holding the
+    user's request. It must fail over to 503 in seconds, and answer again once
+    the scheduler does."""
+    with cluster(tmp_path, worker_slots=(1,)) as c:
+        gateway = start_gateway(tmp_path, c.scheduler)
+        try:
+            with httpx.Client(base_url=gateway.address, timeout=60) as http:
+                who = {"X-User-ID": "u"}
+                assert http.get("/stats", headers=who).status_code == 200  # connected
+                c.scheduler.process.send_signal(signal.SIGSTOP)
+                try:
+                    asked = time.monotonic()
+                    reply = http.get("/stats", headers=who)
+                    waited = time.monotonic() - asked
+                finally:
+                    c.scheduler.process.send_signal(signal.SIGCONT)
+                assert reply.status_code == 503 and reply.json()["code"] == "UNAVAILABLE"
+                assert waited < 20, f"the frozen scheduler was noticed after {waited:.1f} s"
+                wait_for(lambda: http.get("/stats", headers=who).status_code == 200, 30, "recovery")
         finally:
             gateway.stop()
 

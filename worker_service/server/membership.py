@@ -16,7 +16,7 @@ import grpc
 from wsi_protocol import metadata
 from wsi_protocol.worker.v1 import worker_pb2 as pb
 from wsi_protocol.worker.v1 import worker_pb2_grpc as pb_grpc
-from wsi_runtime import tls
+from wsi_runtime import serving, tls
 
 log = logging.getLogger("wsi.worker.membership")
 RETRY_FIRST_S = 0.5
@@ -36,7 +36,9 @@ class Membership:
         self.advertised = advertised
         self.info = info
         self._metadata = ((metadata.WORKER_SECRET, secret),)
-        self._channel = tls.aio_channel(scheduler, credentials)
+        # Pings notice a scheduler whose address vanished (a replaced pod), so
+        # the channel connects again to the name instead of beating into a void.
+        self._channel = tls.aio_channel(scheduler, credentials, serving.KEEPALIVE_CHANNEL)
         self._stub = pb_grpc.WorkerRegistryStub(self._channel)
 
     async def run(self) -> None:
