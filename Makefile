@@ -39,12 +39,15 @@ run: $(STAMP) web
 ## cores well (674 s of pytest alone, 423-545 s as two, on a noisy 2-core VM).
 ## As root where podman is (CI), the image is built first, so that its tests
 ## (the image, the Kubernetes manifests) find it built; elsewhere they are
-## skipped. The 15 slowest steps are listed at the end, for planning.
+## skipped; the tests are told the image's id, so that they do not build it
+## again. The 15 slowest steps are listed at the end, for planning.
 PYTEST_WORKERS ?= 2
 test: $(STAMP) web browser torch container-tools proto-check lint
-	@if [ "$$(id -u)" = 0 ] && command -v podman >/dev/null 2>&1; then \
-		$(MAKE) --no-print-directory image; fi
-	$(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) --dist loadfile --durations=15
+	@built=""; if [ "$$(id -u)" = 0 ] && command -v podman >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory image || exit 1; \
+		built=$$(podman image inspect --format '{{.Id}}' $(IMAGE)); fi; \
+	WSI_TEST_IMAGE_ID="$$built" $(BIN)/python -m pytest -q -rs -n $(PYTEST_WORKERS) \
+		--dist loadfile --durations=15
 
 ## Debian's Chromium for the browser tests (Playwright drives it; nothing is downloaded
 ## by Playwright itself). Needs root, as on CI; without it the browser tests are skipped.

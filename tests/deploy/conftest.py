@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.podman import ENV, IMAGE
+from tests.deploy.podman import ENV, IMAGE, image_built_by_make_test
 from tests.harness import ROOT
 
 
@@ -24,6 +24,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Generator[None, A
 
 @pytest.fixture(scope="session")
 def image() -> str:
-    """Built by the README's command (the build is cached between runs)."""
-    subprocess.run(["make", "image"], cwd=ROOT, env=ENV, check=True, timeout=1200)
+    """Built by the README's command (the build is cached between runs),
+    unless ``make test`` has just built it."""
+    if not image_built_by_make_test():
+        subprocess.run(["make", "image"], cwd=ROOT, env=ENV, check=True, timeout=1200)
     return IMAGE

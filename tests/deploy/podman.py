@@ -21,6 +21,21 @@ needs_podman = pytest.mark.skipif(
 )
 
 
+def image_built_by_make_test() -> bool:
+    """Whether ``make test`` built IMAGE from this tree just before pytest
+    (it passes the image's id): then the tests need not build it again."""
+    built = os.environ.get("WSI_TEST_IMAGE_ID", "")
+    if not built:
+        return False
+    found = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{.Id}}", IMAGE],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    return found.returncode == 0 and found.stdout.strip() == built
+
+
 def podman(*args: str, timeout: float = 120) -> str:
     done = subprocess.run(
         ["podman", *args], env=ENV, capture_output=True, text=True, timeout=timeout

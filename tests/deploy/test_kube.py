@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.deploy.podman import ENV, logs, needs_podman, play_local, podman
+from tests.deploy.podman import ENV, image_built_by_make_test, logs, needs_podman, play_local, podman
 from tests.harness import ROOT
 from tests.integration.support import succeeded_over_http
 from tests.processes import free_port
@@ -69,7 +69,8 @@ def played(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str,
         readme_block()
         .replace(".venv/bin/", f"{ROOT}/.venv/bin/")
         .replace("deploy/kubernetes/", f"{ROOT}/deploy/kubernetes/")
-        .replace("make image", f"make -C {ROOT} image")
+        # (built by `make test` just before pytest, or here)
+        .replace("make image", "true" if image_built_by_make_test() else f"make -C {ROOT} image")
         .replace("--gateway-port 8000", f"--gateway-port {port}")
     )
     try:
