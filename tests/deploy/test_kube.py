@@ -18,7 +18,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.deploy.podman import ENV, image_built_by_make_test, logs, needs_podman, play_local, podman
+from tests.deploy.podman import (
+    ENV,
+    image_built_by_make_test,
+    logs,
+    needs_podman,
+    play_local,
+    podman,
+)
 from tests.harness import ROOT
 from tests.integration.support import succeeded_over_http
 from tests.processes import free_port
