@@ -180,9 +180,10 @@ def down(args: argparse.Namespace) -> None:
             podman("pod", "stop", "--time", "10", *group)
             podman("pod", "rm", *group)
             print("removed " + " ".join(group))
-    if args.volumes:
+    if args.volumes:  # all gone: the volumes, and the network `up` made
         for volume in VOLUMES:
             podman("volume", "rm", "--force", volume, check=False)
+        podman("network", "rm", NETWORK, check=False)
 
 
 def main(argv: list[str] | None = None) -> None:
