@@ -21,9 +21,6 @@ from wsi_runtime import serving, tls
 
 log = logging.getLogger("wsi.scheduler.dispatch")
 
-# A worker that dies without closing its connection (power, network) is noticed
-# within about keepalive_time + keepalive_timeout on a running job's stream.
-CHANNEL_OPTIONS = serving.KEEPALIVE_CHANNEL
 PROBE_TIMEOUT_S = 2.0
 
 
@@ -52,7 +49,9 @@ def grpc_connect(credentials: grpc.ChannelCredentials | None = None) -> Connect:
     """Real connections: one channel per worker, TLS when ``credentials``."""
 
     def connect(address: str) -> GrpcConnection:
-        channel = tls.aio_channel(address, credentials, CHANNEL_OPTIONS)
+        # A worker that dies without closing its connection (power, network)
+        # is noticed within seconds on a running job's stream.
+        channel = tls.aio_channel(address, credentials, serving.KEEPALIVE_CHANNEL)
         return GrpcConnection(channel, wpb_grpc.WorkerStub(channel))
 
     return connect

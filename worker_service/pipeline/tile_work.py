@@ -25,7 +25,6 @@ from worker_service.analysis.tiling import Tile
 from worker_service.backends.base import Recipe, Segmenter
 from worker_service.errors import JobCancelled, TileReadError
 from worker_service.pipeline import pool_process
-from worker_service.pipeline.pool_process import slides
 from worker_service.storage import result_files
 from worker_service.storage.slides import rgb_over_white
 from worker_service.storage.tile_journal import TileResult
@@ -50,7 +49,7 @@ class TileTask:
 
 def read_tile(task: TileTask) -> RGB:
     """The tile as RGB; transparent areas (outside the scanned region) become white."""
-    slide = slides.get(task.slide_path)
+    slide = pool_process.slides.get(task.slide_path)
     tile = task.tile
     location = (round(tile.x * task.downsample), round(tile.y * task.downsample))
     try:
@@ -80,7 +79,7 @@ def segment_tiles(tasks: Sequence[TileTask], recipe: Recipe, stop_token: int) ->
     segmenter = segmenter_for(recipe)
     size = max(1, recipe.tiles_per_pass)
     batches = [tasks[i : i + size] for i in range(0, len(tasks), size)]
-    _stop_if_cancelled(stop_token)
+    _stop_if_cancelled(stop_token)  # a task still queued when its job stopped reads nothing
     if len(batches) == 1:
         started = time.perf_counter()
         return _segmented(
