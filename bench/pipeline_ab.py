@@ -128,6 +128,9 @@ def main() -> None:
             "nuclei": [r["nuclei"] for r in side_runs],
             "phases_median_s": _median_phases(side_runs),
             "worker_and_pool_peak_mb": max(r["worker_and_pool_mb"] for r in side_runs),
+            "worker_tree_at_once_peak_mb": max(
+                r.get("worker_tree_at_once_mb", 0.0) for r in side_runs
+            ),
             "backend": side_runs[0]["backend"],
             "backend_details": side_runs[0]["backend_details"],
         }

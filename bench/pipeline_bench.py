@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from contextlib import ExitStack
@@ -28,7 +27,8 @@ import openslide
 
 from bench.slide_generator import slide_path
 from tests.harness import ROOT, Service, start_scheduler, start_worker
-from tests.processes import cpu_seconds
+from tests.processes import TreeRssPeak, cpu_seconds, status_mb
+from tests.processes import peak_rss_mb as tree_peak_rss_mb
 from worker_service.analysis.merge import keep_owned
 from worker_service.analysis.nuclei import (
     NucleusParams,
@@ -103,21 +103,11 @@ def floor(path: Path, processes: int) -> dict[str, float]:
 
 
 def peak_rss_mb(service: Service) -> dict[str, float]:
-    """VmHWM of the worker process, and of it plus its pool processes."""
-
-    def hwm(pid: int) -> float:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    children = subprocess.run(
-        ["pgrep", "-P", str(service.process.pid)], capture_output=True, text=True
-    ).stdout.split()
-    main = hwm(service.process.pid)
+    """VmHWM of the worker process, and the sum of it and of every process
+    below it (the fork server's pool processes are its grandchildren)."""
     return {
-        "worker_mb": round(main, 1),
-        "worker_and_pool_mb": round(main + sum(hwm(int(c)) for c in children), 1),
+        "worker_mb": round(status_mb(service.process.pid, "VmHWM"), 1),
+        "worker_and_pool_mb": round(tree_peak_rss_mb(service.process.pid), 1),
     }
 
 
@@ -152,27 +142,28 @@ def through_services(
         metadata = (("x-user-id", "bench"),)
         time.sleep(1.0)  # the scheduler learns the worker's slots
         cpu_before = cpu_seconds(worker.process.pid)
-        started = time.perf_counter()
-        wf = stub.CreateWorkflow(
-            pb.CreateWorkflowRequest(
-                jobs=[
-                    pb.JobSpec(
-                        branch="b",
-                        job_type=job_type,  # type: ignore[arg-type]
-                        wsi_path=path.name,
-                        params=params or {},
-                    )
-                ]
-            ),
-            metadata=metadata,
-        )
-        for event in stub.WatchWorkflow(
-            pb.WatchWorkflowRequest(workflow_id=wf.workflow_id, after_sequence=wf.sequence),
-            metadata=metadata,
-        ):
-            if event.job.state in TERMINAL:
-                break
-        seconds = time.perf_counter() - started
+        with TreeRssPeak(worker.process.pid) as at_once:
+            started = time.perf_counter()
+            wf = stub.CreateWorkflow(
+                pb.CreateWorkflowRequest(
+                    jobs=[
+                        pb.JobSpec(
+                            branch="b",
+                            job_type=job_type,  # type: ignore[arg-type]
+                            wsi_path=path.name,
+                            params=params or {},
+                        )
+                    ]
+                ),
+                metadata=metadata,
+            )
+            for event in stub.WatchWorkflow(
+                pb.WatchWorkflowRequest(workflow_id=wf.workflow_id, after_sequence=wf.sequence),
+                metadata=metadata,
+            ):
+                if event.job.state in TERMINAL:
+                    break
+            seconds = time.perf_counter() - started
         cpu = cpu_seconds(worker.process.pid) - cpu_before
         job = stub.GetWorkflow(
             pb.GetWorkflowRequest(workflow_id=wf.workflow_id), metadata=metadata
@@ -189,6 +180,7 @@ def through_services(
             "backend_details": summary.get("backend_details"),
             "files": dict(job.result.files),
             **peak_rss_mb(worker),
+            "worker_tree_at_once_mb": round(at_once.peak_mb, 1),
         }
 
 

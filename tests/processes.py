@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -62,16 +63,47 @@ def pids_of(root: int) -> list[int]:
     return found
 
 
+def status_mb(pid: int, field: str) -> float:
+    """A memory field of /proc/PID/status (``VmHWM``, ``VmRSS``) in MB; 0 for
+    a process that is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def peak_rss_mb(root: int) -> float:
-    total = 0
-    for pid in pids_of(root):
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
+    """The sum of each living process's own peak (VmHWM) in ``root``'s tree."""
+    return sum(status_mb(pid, "VmHWM") for pid in pids_of(root))
+
+
+class TreeRssPeak:
+    """The largest sum of RSS over ``root`` and every process below it,
+    sampled every ``every_s`` while in the ``with`` block: the memory they
+    held at once, counting processes that ended before the block did (a
+    job's table writer), which a sum of each survivor's VmHWM misses."""
+
+    def __init__(self, root: int, every_s: float = 0.05) -> None:
+        self.root, self.every_s, self.peak_mb = root, every_s, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            total = sum(status_mb(pid, "VmRSS") for pid in pids_of(self.root))
+            self.peak_mb = max(self.peak_mb, total)
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> TreeRssPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def cpu_seconds(root: int) -> float:
