@@ -6,7 +6,7 @@ MODE) only when whole; end of input without a number: the job has no table.
 A process of its own, so that pyarrow's 60 MB are never the worker's, and
 pyarrow imported only once told (0.1 s), so that while the job's tiles run
 it holds 10 MB, not 60, beside the worker and its pool. Its peak, about
-105 MB, does not grow with the rows."""
+85 MB, does not grow with the rows."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from worker_service.storage.nucleus_columns import COLUMNS
 
-# Rows per row group: what the writer holds at once (16,384 rows: +40 MB over
-# the imports; 65,536: +80 MB); readers still get a few dozen groups per
+# Rows per row group: what the writer holds at once (16,384 rows: +25 MB over
+# the imports; 65,536: +45 MB); readers still get a few dozen groups per
 # million nuclei.
 ROW_GROUP = 16_384
 
