@@ -208,10 +208,20 @@ def environment_reads(path: Path) -> list[str]:
     return found
 
 
+# A program a job starts, in a process of its own: it may set its own
+# library's environment before loading it (the nucleus table's writer).
+PROGRAMS = {WORKER / "storage" / "parquet_writer.py"}
+
+
 def job_code() -> list[Path]:
-    """Everything a job runs: every worker layer but the server."""
+    """Everything a job runs in the worker and its pool: every worker layer
+    but the server, and no program of its own."""
     return [
-        p for layer in WORKER_LAYERS if layer != "server" for p in (WORKER / layer).rglob("*.py")
+        p
+        for layer in WORKER_LAYERS
+        if layer != "server"
+        for p in (WORKER / layer).rglob("*.py")
+        if p not in PROGRAMS
     ]
 
 

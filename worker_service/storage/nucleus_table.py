@@ -9,7 +9,6 @@ the Parquet file from the spool in row groups, importing pyarrow there only
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -44,9 +43,6 @@ class NucleusSpool:
                 str(target),
                 f"{RESULT_FILE_MODE:o}",
             ],
-            # The system allocator: pyarrow's default (mimalloc) reserves
-            # about 20 MB more than the writing needs (85 MB peak, not 103).
-            env={**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "system"},
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -66,6 +66,10 @@ def write(spool: Path, target: Path, rows: int, mode: int) -> None:
 
 
 if __name__ == "__main__":
+    # The system allocator, chosen before pyarrow starts: its default
+    # (mimalloc) holds about 20 MB more than the writing needs (85 MB peak,
+    # not 103). This process's own library setting, not a worker setting.
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     told = sys.stdin.readline().strip()
     if told:
         write(Path(sys.argv[1]), Path(sys.argv[2]), int(told), int(sys.argv[3], 8))
