@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
+from starlette.routing import BaseRoute, Match
 
 from wsi_gateway.auth import AuthFailure, GatewayAuth
 from wsi_gateway.dependencies import BadRequest, GatewayState, GrpcFailure, NotFoundError
@@ -132,11 +133,21 @@ def _map_errors(app: FastAPI, auth: GatewayAuth) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        """FastAPI's own 400 (a body it cannot parse: nested past Python's
-        recursion limit, say) in the API's {code, message}; others as they are."""
+        """FastAPI's own errors in the API's {code, message}: a body it cannot
+        parse (nested past Python's recursion limit, say), a path no route
+        has, a method the path does not take; others as they are."""
+        route = f"{request.method} {request.url.path}"
         if exc.status_code == 400:
             message = f"body: {exc.detail} (not JSON, or nested too deeply)"
             return JSONResponse(error_body("INVALID_ARGUMENT", message), status_code=400)
+        if exc.status_code == 404:
+            message = f"nothing at {route}: the API's routes are listed at /docs"
+            return JSONResponse(error_body("NOT_FOUND", message), status_code=404)
+        if exc.status_code == 405:  # Starlette's Allow names the first route's methods only
+            allowed = ", ".join(_methods_at(app, request))
+            message = f"{route} is not allowed; {request.url.path} takes {allowed}"
+            body = error_body("UNIMPLEMENTED", message)
+            return JSONResponse(body, status_code=405, headers={"Allow": allowed})
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
@@ -158,6 +169,23 @@ def _map_errors(app: FastAPI, auth: GatewayAuth) -> None:
     @app.exception_handler(NotFoundError)
     async def not_found(request: Request, exc: NotFoundError) -> JSONResponse:
         return JSONResponse(error_body("NOT_FOUND", str(exc)), status_code=404)
+
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _methods_at(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route takes at the request's path (each one asked:
+    included routers answer for their routes only as a whole)."""
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(
+            isinstance(route, BaseRoute)
+            and route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in app.router.routes
+        )
+    ]
 
 
 def _serve_pages(app: FastAPI, metrics: HttpMetrics, auth: GatewayAuth) -> None:

@@ -47,8 +47,14 @@ async def create_workflow(body: WorkflowIn, gateway: Gateway, caller: Caller) ->
 async def list_workflows(
     gateway: Gateway, caller: Caller, page_size: int = 0, page_token: str = ""
 ) -> Any:
-    request = pb.ListWorkflowsRequest(page_size=page_size, page_token=page_token)
+    request = pb.ListWorkflowsRequest(page_size=_page_size(page_size), page_token=page_token)
     return to_json(await call(gateway.stub.ListWorkflows(request, metadata=caller)))
+
+
+def _page_size(asked: int) -> int:
+    """Within the field's 32 bits: a page larger than that is the server's
+    largest anyway (a negative one stays, for the scheduler to refuse)."""
+    return min(asked, 2**31 - 1)
 
 
 async def _workflow(gateway: Gateway, caller: Caller, workflow_id: str) -> Any:
@@ -214,7 +220,7 @@ async def workflow_events(
 async def list_slides(
     gateway: Gateway, caller: Caller, page_size: int = 0, page_token: str = ""
 ) -> Any:
-    request = pb.ListSlidesRequest(page_size=page_size, page_token=page_token)
+    request = pb.ListSlidesRequest(page_size=_page_size(page_size), page_token=page_token)
     return to_json(await call(gateway.stub.ListSlides(request, metadata=caller)))
 
 

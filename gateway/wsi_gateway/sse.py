@@ -21,11 +21,16 @@ def comment(text: str) -> str:
     return f": {text}\n\n"
 
 
+LAST_SEQUENCE = 2**64 - 1  # the largest a sequence (uint64) can be
+
+
 def resume_after(last_event_id: str | None, after: int | None) -> int:
-    """The sequence to resume after: the Last-Event-ID header wins over ?after=."""
+    """The sequence to resume after: the Last-Event-ID header wins over ?after=.
+    One past any sequence there can be means "after everything": a fresh
+    snapshot, as for any sequence the scheduler never issued."""
     if last_event_id:
         try:
-            return max(0, int(last_event_id.strip()))
+            return min(max(0, int(last_event_id.strip())), LAST_SEQUENCE)
         except ValueError:
             pass
-    return max(0, after or 0)
+    return min(max(0, after or 0), LAST_SEQUENCE)

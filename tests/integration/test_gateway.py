@@ -241,6 +241,24 @@ def test_bad_page_token_cancel_of_finished_job_and_unknown_ids(gw: Gateway) -> N
     assert gw.http.get("/jobs/does-not-exist", headers=headers).status_code == 404
 
 
+def test_numbers_past_their_fields_are_answered_not_a_500(gw: Gateway) -> None:
+    """A page size past 32 bits is the largest page; a Last-Event-ID past 64
+    bits resumes after everything (a snapshot, then the end of a finished
+    workflow's stream). Both were 500s from protobuf."""
+    headers = gw.as_user("numbers")
+    wf = gw.create("numbers", [mask(slide="small.svs")])
+    gw.wait_done("numbers", wf["workflow_id"])
+    for route in ("/workflows", "/slides"):
+        reply = gw.http.get(route, params={"page_size": 10**11}, headers=headers)
+        assert reply.status_code == 200, reply.text
+    assert gw.http.get("/workflows", params={"page_size": -1}, headers=headers).status_code == 400
+    huge = {**headers, "Last-Event-ID": "9" * 30}
+    with gw.http.stream("GET", f"/workflows/{wf['workflow_id']}/events", headers=huge) as events:
+        assert events.status_code == 200
+        text = b"".join(events.iter_bytes()).decode()
+    assert '"SUCCEEDED"' in text
+
+
 def test_cancel_routes(gw: Gateway) -> None:
     headers = gw.as_user("canceller")
     wf = gw.create("canceller", [cells(params={"tile_size": "256", "overlap": "32"}), mask()])

@@ -69,6 +69,10 @@ def test_sse_framing_and_resume_point() -> None:
     assert sse.resume_after("12", 3) == 12
     assert sse.resume_after(None, 3) == 3
     assert sse.resume_after("garbage", None) == 0
+    # Past any uint64 sequence (a 500 from protobuf before): after everything.
+    assert sse.resume_after("9" * 30, None) == 2**64 - 1
+    assert sse.resume_after(None, 10**30) == 2**64 - 1
+    assert sse.resume_after("-5", None) == 0
 
 
 def test_text_no_grpc_string_can_carry_is_a_bad_request_naming_the_field() -> None:
@@ -108,7 +112,8 @@ def test_a_streamed_result_is_held_to_its_announced_size(
 
 
 def test_a_body_nested_too_deeply_gets_the_apis_error_shape() -> None:
-    """FastAPI's own 400 for a body it cannot parse was {"detail": ...}."""
+    """FastAPI's own 400 for a body it cannot parse, 404 for a path no route
+    has and 405 for a method a path does not take were {"detail": ...}."""
     from fastapi.testclient import TestClient
 
     from wsi_gateway.app import GatewaySettings, create_app
@@ -118,9 +123,19 @@ def test_a_body_nested_too_deeply_gets_the_apis_error_shape() -> None:
     with TestClient(create_app(settings)) as client:
         deep = client.post("/workflows", content="[" * 10_000 + "]" * 10_000, headers=headers)
         missing = client.get("/no-such-route", headers=headers)
+        wrong_method = client.delete("/workflows", headers=headers)
     assert deep.status_code == 400
     assert deep.json()["code"] == "INVALID_ARGUMENT" and "nested" in deep.json()["message"]
-    assert missing.status_code == 404  # other HTTP errors as before
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "code": "NOT_FOUND",
+        "message": "nothing at GET /no-such-route: the API's routes are listed at /docs",
+    }
+    assert wrong_method.status_code == 405 and wrong_method.headers["Allow"] == "GET, POST"
+    assert wrong_method.json() == {
+        "code": "UNIMPLEMENTED",
+        "message": "DELETE /workflows is not allowed; /workflows takes GET, POST",
+    }
 
 
 def test_a_body_that_is_not_a_json_object_is_answered_in_the_user_s_terms() -> None:
