@@ -47,6 +47,7 @@ from wsi_protocol.scheduler.v1 import scheduler_pb2_grpc as pb_grpc
 from wsi_protocol.status import RETRY_AFTER_METADATA, SERVER_ANSWER_METADATA
 from wsi_runtime import job_params
 from wsi_runtime.boxes import BoxError, check_box
+from wsi_runtime.clipped import clipped
 from wsi_runtime.limits import LimitExceeded, RateLimiter, retry_after
 from wsi_runtime.slide_paths import SlidePathError, check_slide_format, resolve_slide
 
@@ -58,6 +59,7 @@ DEFAULT_PAGE_SIZE = 50
 DEFAULT_SLIDE_PAGE = 100
 MAX_PAGE_SIZE = 1000
 MAX_ID_LENGTH = 128
+MAX_MESSAGE_CHARS = 1000  # an error's message, echoed input included
 IDENTITY_RECHECK_S = 5.0  # an open watch re-checks its caller's token this often
 
 
@@ -109,7 +111,9 @@ async def domain_errors(context: Context) -> AsyncIterator[None]:
         trailing: tuple[tuple[str, str], ...] = ((SERVER_ANSWER_METADATA, "1"),)
         if isinstance(exc, LimitExceeded) and exc.retry_after:
             trailing += ((RETRY_AFTER_METADATA, str(exc.retry_after)),)
-        message = str(exc)
+        # Bounded whatever input it echoes (non-ASCII is sent as up to 12
+        # characters each).
+        message = clipped(str(exc), MAX_MESSAGE_CHARS)
         if isinstance(exc, JournalError):  # names the journal's file: for the log only
             log.error("journal failure answered UNAVAILABLE: %s", exc)
             message = "the scheduler cannot record changes just now; nothing was changed, retry"

@@ -244,7 +244,8 @@ def test_bad_page_token_cancel_of_finished_job_and_unknown_ids(gw: Gateway) -> N
 def test_numbers_past_their_fields_are_answered_not_a_500(gw: Gateway) -> None:
     """A page size past 32 bits is the largest page; a Last-Event-ID past 64
     bits resumes after everything (a snapshot, then the end of a finished
-    workflow's stream). Both were 500s from protobuf."""
+    workflow's stream): both were 500s from protobuf. A huge page token is
+    refused with its reason (it was echoed whole, past gRPC's 16 KB)."""
     headers = gw.as_user("numbers")
     wf = gw.create("numbers", [mask(slide="small.svs")])
     gw.wait_done("numbers", wf["workflow_id"])
@@ -252,6 +253,9 @@ def test_numbers_past_their_fields_are_answered_not_a_500(gw: Gateway) -> None:
         reply = gw.http.get(route, params={"page_size": 10**11}, headers=headers)
         assert reply.status_code == 200, reply.text
     assert gw.http.get("/workflows", params={"page_size": -1}, headers=headers).status_code == 400
+    # A token of 30,000 characters: its 400, not the 429 of an oversized status.
+    reply = gw.http.get("/workflows", params={"page_token": "A" * 30_000}, headers=headers)
+    assert reply.status_code == 400 and reply.json()["code"] == "INVALID_ARGUMENT", reply.text
     huge = {**headers, "Last-Event-ID": "9" * 30}
     with gw.http.stream("GET", f"/workflows/{wf['workflow_id']}/events", headers=huge) as events:
         assert events.status_code == 200

@@ -45,6 +45,7 @@ PURE = (
     "wsi_runtime/identity.py",
     "wsi_runtime/limits.py",
     "scheduler_service/page_tokens.py",
+    "wsi_runtime/clipped.py",
     "clients/wsi_client/backoff.py",
     "clients/wsi_client/watch_cursor.py",
 )
