@@ -98,8 +98,11 @@ def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials | None:
 
 
 def aio_channel(
-    address: str, credentials: grpc.ChannelCredentials | None, options: Any = None
+    address: str,
+    credentials: grpc.ChannelCredentials | None,
+    options: Any = None,
+    interceptors: Any = None,
 ) -> grpc.aio.Channel:
     if credentials is None:
-        return grpc.aio.insecure_channel(address, options)
-    return grpc.aio.secure_channel(address, credentials, options)
+        return grpc.aio.insecure_channel(address, options, interceptors=interceptors)
+    return grpc.aio.secure_channel(address, credentials, options, interceptors=interceptors)

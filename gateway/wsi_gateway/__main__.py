@@ -47,6 +47,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     settings.add(
         parser, "--header-timeout", HEADER_TIMEOUT_S, "seconds a client has to send its headers"
     )
+    settings.add(
+        parser,
+        "--call-timeout",
+        60.0,
+        "seconds a request waits for the scheduler's answer (else 504; event streams and"
+        " downloads have no limit)",
+    )
     settings.add(parser, "--keep-alive-timeout", 5.0, "seconds an idle connection stays open")
     settings.add(parser, "--max-connections", 512, "open connections at once; more get 503")
     settings.add(
@@ -80,6 +87,7 @@ def gateway_settings(args: argparse.Namespace) -> GatewaySettings:
         max_body_bytes=int(args.max_body_mb * 2**20),
         allowed_hosts=(*LOCAL_NAMES, args.host, *extra),
         scheduler_credentials=tls.channel_credentials(tls.TlsFiles(ca=files.ca, cert="", key="")),
+        call_timeout_s=args.call_timeout,
     )
 
 

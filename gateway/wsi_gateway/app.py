@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
@@ -69,6 +70,9 @@ class GatewaySettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
     scheduler_credentials: grpc.ChannelCredentials | None = None  # TLS to the scheduler
+    # A unary call's longest wait for the scheduler (streams have none): one
+    # alive but stuck answers 504 instead of holding the request for ever.
+    call_timeout_s: float = 60.0
 
 
 # Each stream's receive window stays at gRPC's 64 KB instead of growing by
@@ -81,13 +85,32 @@ class GatewaySettings:
 SCHEDULER_CHANNEL = [("grpc.http2.bdp_probe", 0), *serving.KEEPALIVE_CHANNEL]
 
 
+class DefaultDeadline(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Gives every unary call that sets no timeout this one: a scheduler that
+    is alive but stuck (its keep-alive pings still answered) would otherwise
+    hold the HTTP request, and its connection, as long as it takes."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        if client_call_details.timeout is None:
+            client_call_details = client_call_details._replace(timeout=self.seconds)
+        return await continuation(client_call_details, request)
+
+
 def create_app(settings: GatewaySettings) -> FastAPI:
     auth = GatewayAuth(settings.tokens)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         channel = tls.aio_channel(
-            settings.scheduler_address, settings.scheduler_credentials, SCHEDULER_CHANNEL
+            settings.scheduler_address,
+            settings.scheduler_credentials,
+            SCHEDULER_CHANNEL,
+            [DefaultDeadline(settings.call_timeout_s)],
         )
         app.state.gateway = GatewayState(pb_grpc.SchedulerStub(channel), settings.keepalive_s, auth)
         yield

@@ -363,25 +363,43 @@ def test_a_frozen_scheduler_is_503_within_seconds_and_the_gateway_recovers(tmp_p
     whose address vanished on a cluster does: without keep-alive pings the
     gateway's call would wait for TCP to give up (minutes), holding the
     user's request. It must fail over to 503 in seconds, and answer again once
-    the scheduler does."""
+    the scheduler does. A call's own deadline (--call-timeout) bounds the
+    wait for a scheduler that is alive but stuck: 504."""
     with cluster(tmp_path, worker_slots=(1,)) as c:
         gateway = start_gateway(tmp_path, c.scheduler)
+        # A second gateway whose calls wait 1 s at most (--call-timeout): the
+        # same silence is its 504, before keep-alive has noticed anything.
+        hasty = start_gateway(tmp_path, c.scheduler, call_timeout="1")
         try:
-            with httpx.Client(base_url=gateway.address, timeout=60) as http:
+            with (
+                httpx.Client(base_url=gateway.address, timeout=60) as http,
+                httpx.Client(base_url=hasty.address, timeout=60) as quick,
+            ):
                 who = {"X-User-ID": "u"}
                 assert http.get("/stats", headers=who).status_code == 200  # connected
+                assert quick.get("/stats", headers=who).status_code == 200
                 c.scheduler.process.send_signal(signal.SIGSTOP)
                 try:
+                    asked = time.monotonic()
+                    timed_out = quick.get("/stats", headers=who)
+                    waited_quick = time.monotonic() - asked
                     asked = time.monotonic()
                     reply = http.get("/stats", headers=who)
                     waited = time.monotonic() - asked
                 finally:
                     c.scheduler.process.send_signal(signal.SIGCONT)
+                assert timed_out.status_code == 504, timed_out.text
+                assert timed_out.json()["code"] == "DEADLINE_EXCEEDED"
+                assert waited_quick < patience(4), (
+                    f"the 1 s deadline answered after {waited_quick:.1f} s"
+                )
                 assert reply.status_code == 503 and reply.json()["code"] == "UNAVAILABLE"
                 assert waited < 20, f"the frozen scheduler was noticed after {waited:.1f} s"
                 wait_for(lambda: http.get("/stats", headers=who).status_code == 200, 30, "recovery")
+                assert quick.get("/stats", headers=who).status_code == 200
         finally:
             gateway.stop()
+            hasty.stop()
 
 
 def test_rate_limit_is_429_with_retry_after_and_spares_other_users(tmp_path: Path) -> None:
