@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, Mount
 
 from wsi_gateway.auth import AuthFailure, GatewayAuth
 from wsi_gateway.dependencies import BadRequest, GatewayState, GrpcFailure, NotFoundError
@@ -83,6 +83,7 @@ class GatewaySettings:
 # Keep-alive pings notice a scheduler gone silent (see KEEPALIVE_CHANNEL):
 # its calls answer 503 in seconds, not after minutes.
 SCHEDULER_CHANNEL = [("grpc.http2.bdp_probe", 0), *serving.KEEPALIVE_CHANNEL]
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
 class DefaultDeadline(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
@@ -194,19 +195,24 @@ def _map_errors(app: FastAPI, auth: GatewayAuth) -> None:
         return JSONResponse(error_body("NOT_FOUND", str(exc)), status_code=404)
 
 
-HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
-
-
 def _methods_at(app: FastAPI, request: Request) -> list[str]:
-    """Every method some route takes at the request's path (each one asked:
-    included routers answer for their routes only as a whole)."""
+    """Every method some route takes at the request's path, each one asked of
+    the app's routes as a fresh request would be (included routers answer for
+    their routes only as a whole; a mount has rewritten the scope's path).
+    Mounts take any method by matching: here they are static files, GET/HEAD."""
+
+    def scope(method: str) -> dict[str, str]:
+        return {"type": "http", "path": request.url.path, "root_path": "", "method": method}
+
+    routes = [r for r in app.router.routes if isinstance(r, BaseRoute)]
+    mounted = [r for r in routes if isinstance(r, Mount)]
+    if any(r.matches(scope("GET"))[0] is Match.FULL for r in mounted):
+        return ["GET", "HEAD"]
     return [
         method
         for method in HTTP_METHODS
         if any(
-            isinstance(route, BaseRoute)
-            and route.matches({**request.scope, "method": method})[0] is Match.FULL
-            for route in app.router.routes
+            r.matches(scope(method))[0] is Match.FULL for r in routes if not isinstance(r, Mount)
         )
     ]
 

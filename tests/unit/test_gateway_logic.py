@@ -124,6 +124,7 @@ def test_a_body_nested_too_deeply_gets_the_apis_error_shape() -> None:
         deep = client.post("/workflows", content="[" * 10_000 + "]" * 10_000, headers=headers)
         missing = client.get("/no-such-route", headers=headers)
         wrong_method = client.delete("/workflows", headers=headers)
+        static_post = client.post("/static/app.js", headers=headers)
     assert deep.status_code == 400
     assert deep.json()["code"] == "INVALID_ARGUMENT" and "nested" in deep.json()["message"]
     assert missing.status_code == 404
@@ -136,6 +137,7 @@ def test_a_body_nested_too_deeply_gets_the_apis_error_shape() -> None:
         "code": "UNIMPLEMENTED",
         "message": "DELETE /workflows is not allowed; /workflows takes GET, POST",
     }
+    assert static_post.status_code == 405 and static_post.headers["Allow"] == "GET, HEAD"
 
 
 def test_a_body_that_is_not_a_json_object_is_answered_in_the_user_s_terms() -> None:
