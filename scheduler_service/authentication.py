@@ -15,7 +15,13 @@ import grpc
 
 from wsi_protocol import metadata
 from wsi_protocol.status import RETRY_AFTER_METADATA
-from wsi_runtime.identity import PermissionDenied, TokenLookup, Unauthenticated, identify
+from wsi_runtime.identity import (
+    PermissionDenied,
+    TokenLookup,
+    Unauthenticated,
+    identify,
+    one_value,
+)
 from wsi_runtime.limits import RateLimiter, retry_after
 
 if TYPE_CHECKING:
@@ -33,11 +39,16 @@ def peer_host(peer: str) -> str:
     return peer
 
 
-def _first(context: Context, key: str) -> str | None:
+def _credentials(context: Context) -> tuple[str | None, str | None]:
+    """The call's claimed user and authorization, each sent at most once."""
+    found: dict[str, list[str]] = {metadata.USER_ID: [], metadata.AUTHORIZATION: []}
     for name, value in context.invocation_metadata() or ():
-        if name == key:
-            return value if isinstance(value, str) else value.decode(errors="replace")
-    return None
+        if name in found:
+            found[name].append(value if isinstance(value, str) else value.decode(errors="replace"))
+    return (
+        one_value(found[metadata.USER_ID], "metadata x-user-id"),
+        one_value(found[metadata.AUTHORIZATION], "metadata authorization"),
+    )
 
 
 class Authenticator:
@@ -53,10 +64,8 @@ class Authenticator:
 
     async def __call__(self, context: Context) -> str:
         """The caller's user id, or the call ends with the status that says why not."""
-        claimed = _first(context, metadata.USER_ID)
-        authorization = _first(context, metadata.AUTHORIZATION)
         try:
-            return identify(claimed, authorization, self.tokens)
+            return identify(*_credentials(context), self.tokens)
         except Unauthenticated as exc:
             peer, now = peer_host(context.peer() or ""), self.clock()
             wait = self.failures.blocked(peer, now)
@@ -78,11 +87,7 @@ class Authenticator:
         a token revoked in the file while the stream is open. Not a failed
         authentication: nothing is counted against the address."""
         try:
-            still = identify(
-                _first(context, metadata.USER_ID),
-                _first(context, metadata.AUTHORIZATION),
-                self.tokens,
-            )
+            still = identify(*_credentials(context), self.tokens)
         except (Unauthenticated, PermissionDenied):
             still = None
         if still != user:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -33,6 +33,15 @@ class PermissionDenied(Exception):
 
 def valid_user_id(user_id: str | None) -> bool:
     return bool(user_id) and USER_ID_PATTERN.fullmatch(user_id or "") is not None
+
+
+def one_value(values: Sequence[str], name: str) -> str | None:
+    """The value of a credential sent once (or repeated alike); None if absent.
+    Two different values are refused, not chosen between: which one a proxy
+    in front would have checked is not knowable here."""
+    if len(set(values)) > 1:
+        raise Unauthenticated(f"{name} is given {len(values)} times with different values")
+    return values[0] if values else None
 
 
 def token_hash(token: str) -> str:

@@ -9,11 +9,17 @@ scheduler checks the same again."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from wsi_protocol import metadata
-from wsi_runtime.identity import PermissionDenied, TokenLookup, Unauthenticated, identify
+from wsi_runtime.identity import (
+    PermissionDenied,
+    TokenLookup,
+    Unauthenticated,
+    identify,
+    one_value,
+)
 from wsi_runtime.limits import RateLimiter, retry_after
 
 Metadata = tuple[tuple[str, str], ...]
@@ -41,9 +47,14 @@ class GatewayAuth:
     def mode(self) -> Literal["token", "header"]:
         return "token" if self.tokens is not None else "header"
 
-    def metadata_for(self, client: str, user: str | None, authorization: str | None) -> Metadata:
-        """The gRPC metadata that carries the caller's identity to the scheduler."""
+    def metadata_for(
+        self, client: str, users: Sequence[str], authorizations: Sequence[str]
+    ) -> Metadata:
+        """The gRPC metadata that carries the caller's identity to the scheduler
+        (each header's values as the request gave them)."""
         try:
+            user = one_value(users, "header X-User-ID")
+            authorization = one_value(authorizations, "header Authorization")
             identify(user, authorization, self.tokens)
         except Unauthenticated as exc:
             now = self.clock()

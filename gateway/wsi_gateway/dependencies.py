@@ -85,9 +85,14 @@ def caller(
         Header(alias="Authorization", description="'Bearer TOKEN' (token mode)"),
     ] = None,
 ) -> Metadata:
-    """The caller's identity, checked here and again by the scheduler, as gRPC metadata."""
+    """The caller's identity, checked here and again by the scheduler, as gRPC
+    metadata. (``user`` and ``authorization`` document the headers; every
+    value the request carries is read, as a header sent twice is refused.)"""
     client = request.client.host if request.client else ""
-    return gateway_state(request).auth.metadata_for(client, user, authorization)
+    headers = request.headers
+    return gateway_state(request).auth.metadata_for(
+        client, headers.getlist("x-user-id"), headers.getlist("authorization")
+    )
 
 
 Gateway = Annotated[GatewayState, Depends(gateway_state)]

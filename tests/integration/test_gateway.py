@@ -241,6 +241,18 @@ def test_bad_page_token_cancel_of_finished_job_and_unknown_ids(gw: Gateway) -> N
     assert gw.http.get("/jobs/does-not-exist", headers=headers).status_code == 404
 
 
+def test_an_identity_header_sent_twice_differently_is_refused(gw: Gateway) -> None:
+    """Behind a proxy that adds X-User-ID after a client's own, the first
+    value would have been the client's: two different values are a 401;
+    the same one twice is that user."""
+    twice = [("X-User-ID", "mallory"), ("X-User-ID", "alice")]
+    reply = gw.http.get("/workflows", headers=twice)
+    assert reply.status_code == 401, reply.text
+    assert reply.json()["message"] == "header X-User-ID is given 2 times with different values"
+    same = [("X-User-ID", "alice"), ("X-User-ID", "alice")]
+    assert gw.http.get("/workflows", headers=same).status_code == 200
+
+
 def test_numbers_past_their_fields_are_answered_not_a_500(gw: Gateway) -> None:
     """A page size past 32 bits is the largest page; a Last-Event-ID past 64
     bits resumes after everything (a snapshot, then the end of a finished

@@ -56,6 +56,12 @@ def cases(c: Cluster, theirs: pb.Workflow) -> list[tuple[str, Callable[[], objec
             "1 to 64 characters",
         ),
         (
+            "two different user ids",  # which one a proxy checked is unknowable
+            make(spec("a"), who=(("x-user-id", "mallory"), ("x-user-id", "alice"))),  # type: ignore[arg-type]
+            Code.UNAUTHENTICATED,
+            "metadata x-user-id is given 2 times with different values",
+        ),
+        (
             "user id too long",
             make(spec("a"), who=user("m" * 65)),
             Code.UNAUTHENTICATED,

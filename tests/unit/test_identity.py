@@ -105,3 +105,11 @@ def test_only_scheduler_ids_name_a_results_folder() -> None:
     assert is_scheduler_id("4ab618c4-0001-431b-81e6-4237c208cdaf")
     for bad in ("", "..", "../x", "/tmp/x", "4AB618C4-0001-431B-81E6-4237C208CDAF", "a" * 36):
         assert not is_scheduler_id(bad)
+
+
+def test_a_credential_sent_twice_counts_only_if_both_say_the_same() -> None:
+    assert identity.one_value([], "header X-User-ID") is None
+    assert identity.one_value(["alice"], "header X-User-ID") == "alice"
+    assert identity.one_value(["alice", "alice"], "header X-User-ID") == "alice"
+    with pytest.raises(Unauthenticated, match="X-User-ID is given 3 times with different values"):
+        identity.one_value(["alice", "alice", "bob"], "header X-User-ID")
