@@ -149,6 +149,7 @@ def test_the_manifests_play_a_workflow_scale_and_keep_the_journal(
         assert {j["attempt_workers"][-1] for j in second["jobs"]} == {f"{third}:50052"}
 
         # The scheduler's pod removed and played again: its journal is on the volume.
+        before = pod_ip("wsi-scheduler-pod-0")
         remove_pods("wsi-scheduler-pod-0")
         play("up", "--slides", slides, "--workers", "3")
         wait_for(
@@ -158,6 +159,14 @@ def test_the_manifests_play_a_workflow_scale_and_keep_the_journal(
         )
         again = http.get(f"/workflows/{first['workflow_id']}", headers=who).json()
         assert again["state"] == "SUCCEEDED" and len(again["jobs"]) == 2
+        # The worker that stayed finds the new pod by its name (at another
+        # address) and joins it, beside the two replicas played again.
+        assert pod_ip("wsi-scheduler-pod-0") != before
+        wait_for(lambda: joined(http, who, 3), 10, "every worker to join the new scheduler")
+        mask = {"branch": "after", "job_type": "TISSUE_MASK", "wsi_path": "demo.tiff"}
+        created = http.post("/workflows", json={"jobs": [mask]}, headers=who)
+        assert created.status_code == 201, created.text
+        succeeded_over_http(http, created.json()["workflow_id"], who, within_s=60)
 
     # Prometheus scrapes each pod by its IP, where its annotations say.
     for deployment in (o for o in play_local.load() if o["kind"] == "Deployment"):
