@@ -196,6 +196,10 @@ def test_errors_are_one_line_with_a_non_zero_status(setup: Setup, tmp_path: Path
     one_line_error(wsi(setup, "list", user="bad user!"), 1, "UNAUTHENTICATED")
     one_line_error(wsi(setup, "status", "no-such-id"), 1, "no workflow or job 'no-such-id'")
     one_line_error(wsi(setup, "submit", "../../etc/passwd"), 1, "PERMISSION_DENIED")
+    # A pattern that matches nothing: its reason, not a traceback.
+    nothing = "no slide under the scheduler's slide roots matches 'nomatch/*.svs'"
+    one_line_error(wsi(setup, "submit", "nomatch/*.svs", "-t", "TISSUE_MASK"), 2, nothing)
+    one_line_error(wsi(setup, "slides", "nomatch/*.svs"), 2, nothing)
     bad = tmp_path / "bad.yaml"
     bad.write_text("jobs: [{job_type: SEGMENT, wsi_path: x}]")
     one_line_error(wsi(setup, "submit", "-f", str(bad)), 2, "jobs[0]: unknown job type 'SEGMENT'")

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from wsi_client.cli import commands
 from wsi_client.client import DEFAULT_ADDRESS, SchedulerClient, SchedulerError
+from wsi_client.cohort import CohortError
 from wsi_client.workflow_file import WorkflowFileError
 
 EXIT_ERROR = 1
@@ -193,9 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SchedulerError as exc:
         hint = f" (retry in {exc.retry_after} s)" if exc.retry_after else ""
         errors.print(f"wsi: {exc.code.name}: {exc.message}{hint}", markup=False)
-    except (WorkflowFileError, commands.CommandError) as exc:
+    except (WorkflowFileError, CohortError, commands.CommandError) as exc:
         errors.print(f"wsi: error: {exc}", markup=False)
-        return EXIT_USAGE if isinstance(exc, WorkflowFileError) else EXIT_ERROR
+        usage = isinstance(exc, WorkflowFileError | CohortError)  # what the user wrote
+        return EXIT_USAGE if usage else EXIT_ERROR
     except KeyboardInterrupt:
         errors.print("wsi: interrupted")
         return 130
