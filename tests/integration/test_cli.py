@@ -200,6 +200,13 @@ def test_errors_are_one_line_with_a_non_zero_status(setup: Setup, tmp_path: Path
     nothing = "no slide under the scheduler's slide roots matches 'nomatch/*.svs'"
     one_line_error(wsi(setup, "submit", "nomatch/*.svs", "-t", "TISSUE_MASK"), 2, nothing)
     one_line_error(wsi(setup, "slides", "nomatch/*.svs"), 2, nothing)
+    # A table written where it cannot be, or as a format it is not: one line each.
+    made = ok_json(wsi(setup, "submit", "small.svs", "-t", "TISSUE_MASK", "--json"))
+    assert isinstance(made, dict)
+    workflow = str(made["workflow_id"])
+    missing = str(tmp_path / "no-such-folder" / "t.csv")
+    one_line_error(wsi(setup, "table", workflow, "-o", missing), 1, missing, "No such file")
+    one_line_error(wsi(setup, "table", workflow, "-o", "t.xlsx"), 1, "a .csv or a .parquet file")
     bad = tmp_path / "bad.yaml"
     bad.write_text("jobs: [{job_type: SEGMENT, wsi_path: x}]")
     one_line_error(wsi(setup, "submit", "-f", str(bad)), 2, "jobs[0]: unknown job type 'SEGMENT'")

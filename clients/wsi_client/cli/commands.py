@@ -155,10 +155,13 @@ async def resubmit(client: SchedulerClient, args: argparse.Namespace, console: C
 async def table(client: SchedulerClient, args: argparse.Namespace, console: Console) -> int:
     """One row per job (``wsi_protocol.cohort_table``): CSV, JSON rows, or
     Parquet into a FILE named ``*.parquet``."""
+    suffix = Path(args.output or "").suffix.lower()
+    if args.output and suffix not in (".csv", ".parquet"):
+        raise CommandError(f"-o {args.output}: the table is written as a .csv or a .parquet file")
     rows = cohort_table.workflow_rows(await client.get_workflow(args.workflow_id))
     if args.json:
         _print_json(console, rows)
-    elif args.output and args.output.endswith(".parquet"):
+    elif suffix == ".parquet":
         data = cohort_table.to_parquet(rows)
         await asyncio.to_thread(Path(args.output).write_bytes, data)
         console.print(f"{len(rows)} rows in {args.output}", highlight=False)

@@ -155,7 +155,10 @@ def _add_queries(
     )
     table.add_argument("workflow_id")
     table.add_argument(
-        "-o", "--output", metavar="FILE", help="write it to FILE: Parquet if FILE ends .parquet"
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write it to FILE: FILE.csv, or FILE.parquet for Parquet",
     )
 
     again = sub.add_parser(
@@ -198,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         errors.print(f"wsi: error: {exc}", markup=False)
         usage = isinstance(exc, WorkflowFileError | CohortError)  # what the user wrote
         return EXIT_USAGE if usage else EXIT_ERROR
+    except OSError as exc:  # a file it was told to read or write
+        where = f"{exc.filename}: " if exc.filename else ""
+        errors.print(f"wsi: error: {where}{exc.strerror or exc}", markup=False)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         errors.print("wsi: interrupted")
         return 130
