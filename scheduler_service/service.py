@@ -26,6 +26,7 @@ from scheduler_service.store import (
     InvalidPageToken,
     JobRecord,
     NotFound,
+    RequestIdReused,
     Store,
     WorkflowRecord,
 )
@@ -75,6 +76,8 @@ def status_for(exc: Exception) -> grpc.StatusCode | None:
         return grpc.StatusCode.NOT_FOUND
     if isinstance(exc, AlreadyFinished):
         return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, RequestIdReused):
+        return grpc.StatusCode.ALREADY_EXISTS
     if isinstance(exc, SlidePathError):
         return (
             grpc.StatusCode.PERMISSION_DENIED

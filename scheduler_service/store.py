@@ -45,6 +45,11 @@ class InvalidPageToken(ValueError):
     pass
 
 
+class RequestIdReused(ValueError):
+    """A create's request_id already names a workflow made from other jobs:
+    returning that one would lose the new request without a word."""
+
+
 @dataclass(slots=True)
 class JobRecord:
     job_id: str
@@ -236,7 +241,13 @@ class Store:
         request_id). ``ids`` (workflow id, job ids) are given when replaying."""
         index = self._users.get(user)
         if request_id and index is not None and request_id in index.requests:
-            return self._workflows[index.requests[request_id]], False
+            first = self._workflows[index.requests[request_id]]
+            if not _same_request(first, name, jobs):
+                raise RequestIdReused(
+                    f"request_id {request_id!r} already made workflow {first.workflow_id}"
+                    f" ({first.name!r}) from other jobs; a new workflow needs a new request_id"
+                )
+            return first, False
         now = self._stamp()
         if ids is None:
             workflow_id, job_ids = self._new_id(), [self._new_id() for _ in jobs]
@@ -549,6 +560,17 @@ __all__ = [
     "Store",
     "WorkflowRecord",
 ]
+
+
+def _same_request(wf: WorkflowRecord, name: str, jobs: Sequence[JobInput]) -> bool:
+    """Whether ``wf`` is what a create of ``name`` and ``jobs`` would make (a
+    retry of the same request), compared as the scheduler normalised both."""
+    asked = [(j.key, j.branch, j.job_type, j.wsi_path, tuple(j.depends_on), j.params) for j in jobs]
+    made = [
+        (r.key, r.branch, r.job_type.value, r.wsi_path, tuple(r.depends_on), r.params)
+        for r in wf.jobs
+    ]
+    return wf.name == name and asked == made
 
 
 def _job_payload(job: JobInput) -> dict[str, object]:

@@ -64,6 +64,11 @@ async def test_a_create_with_the_same_request_id_returns_the_first(shared: Clust
         four = await wsi.create_workflow(jobs)
         assert one.workflow_id == two.workflow_id
         assert len({one.workflow_id, three.workflow_id, four.workflow_id}) == 3
+        # The same id for other jobs: refused, not the first workflow in their place.
+        with pytest.raises(SchedulerError) as reused:
+            await wsi.create_workflow([job("b", "TISSUE_MASK", CMU)], request_id="batch-7")
+        assert reused.value.code is grpc.StatusCode.ALREADY_EXISTS
+        assert f"already made workflow {one.workflow_id}" in reused.value.message
 
 
 async def test_bad_input_raises_with_the_servers_status(shared: Cluster) -> None:

@@ -5,6 +5,7 @@ forgets workflows for good."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -16,11 +17,18 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from scheduler_service import convert
-from scheduler_service.journal import Journal, JournalError, Record, SqliteJournal
+from scheduler_service.journal import Journal, JournalError, Record, RecordKind, SqliteJournal
 from scheduler_service.policy import SchedulingPolicy, State
 from scheduler_service.recovery import RESTART_REASON, Recovered, StoreFactory, rebuild, recover
 from scheduler_service.retention import Deleter, prune_expired
-from scheduler_service.store import AlreadyFinished, JobRecord, NotFound, Store, WorkflowRecord
+from scheduler_service.store import (
+    AlreadyFinished,
+    JobRecord,
+    NotFound,
+    RequestIdReused,
+    Store,
+    WorkflowRecord,
+)
 from scheduler_service.validation import JobInput
 
 
@@ -148,13 +156,16 @@ def drive(store: Store, script: list[Op]) -> None:
                 )
                 for i in range(1 + pick % 4)
             ]
-            store.create_workflow(
-                user,
-                f"wf{pick}",
-                specs,
-                ["/s.svs"] * len(specs),
-                request_id=f"r{pick % 7}" if pick % 2 else "",
-            )
+            # A request_id again: the same request gives the first workflow,
+            # other jobs are refused (and nothing is journaled).
+            with contextlib.suppress(RequestIdReused):
+                store.create_workflow(
+                    user,
+                    f"wf{pick}",
+                    specs,
+                    ["/s.svs"] * len(specs),
+                    request_id=f"r{pick % 7}" if pick % 2 else "",
+                )
         elif op == "dispatch":
             store.take_dispatches(1 + pick % 2, (lambda w: lambda job: w)(f"worker{pick % 2}"))
         elif running and op in ("succeed", "fail", "lose", "progress"):
@@ -408,3 +419,21 @@ def test_a_failing_journal_refuses_user_changes_but_keeps_worker_outcomes() -> N
     store.succeed(started[0].job_id, {}, "{}", 1)
     store.fail(started[1].job_id, "boom")
     assert {j.state for j in wf.jobs} == {State.SUCCEEDED, State.FAILED}
+
+
+def test_a_request_id_gives_its_workflow_to_the_same_request_only() -> None:
+    """A retry (same name and jobs) gets the first workflow, journaled once;
+    other jobs under the same request_id are refused with the id they reused,
+    and another user's request_id is theirs alone."""
+    journal = SqliteJournal(":memory:")
+    store = new_store(journal)
+    first = submit(store, "w", "xy", request_id="batch-7")
+    assert submit(store, "w", "xy", request_id="batch-7").workflow_id == first.workflow_id
+    with pytest.raises(RequestIdReused, match=f"already made workflow {first.workflow_id}"):
+        submit(store, "w", "xyz", request_id="batch-7")
+    with pytest.raises(RequestIdReused):
+        submit(store, "renamed", "xy", request_id="batch-7")
+    assert submit(store, "w", "xyz", user="u1", request_id="batch-7").workflow_id != (
+        first.workflow_id
+    )
+    assert len([r for r in journal.records() if r.kind == RecordKind.CREATE]) == 2
