@@ -72,12 +72,13 @@ def test_a_killed_scheduler_comes_back_with_everything(
         # A finished workflow, a reference run, and one caught mid-run.
         done = create(c, "alice", [spec("mask"), spec("seg", params=LONG)], name="done")
         watch(c, "alice", done.workflow_id)
+        request = pb.CreateWorkflowRequest(
+            name="mid",
+            request_id="req-1",
+            jobs=[spec("mask"), spec("seg", params=LONG), spec("after")],
+        )
         retried = c.stub.CreateWorkflow(
-            pb.CreateWorkflowRequest(
-                name="mid",
-                request_id="req-1",
-                jobs=[spec("mask"), spec("seg", params=LONG), spec("after")],
-            ),
+            request,
             metadata=user("alice"),
         )
         other = create(c, "bob", [spec("queued", params=LONG, branch="z")], name="bob's")
@@ -109,10 +110,7 @@ def test_a_killed_scheduler_comes_back_with_everything(
                 done.workflow_id,
             ]
             # The create is still idempotent: no duplicate from a retried request.
-            again = c.stub.CreateWorkflow(
-                pb.CreateWorkflowRequest(name="mid", request_id="req-1", jobs=[spec("x")]),
-                metadata=user("alice"),
-            )
+            again = c.stub.CreateWorkflow(request, metadata=user("alice"))
             assert again.workflow_id == retried.workflow_id
             # A watcher resumes from what it had seen, without a gap or a repeat.
             events = watch(c, "alice", retried.workflow_id, after=last_sequence)
