@@ -239,14 +239,8 @@ class Store:
     ) -> tuple[WorkflowRecord, bool]:
         """Returns the workflow and whether it is new (False on a repeated
         request_id). ``ids`` (workflow id, job ids) are given when replaying."""
-        index = self._users.get(user)
-        if request_id and index is not None and request_id in index.requests:
-            first = self._workflows[index.requests[request_id]]
-            if not _same_request(first, name, jobs):
-                raise RequestIdReused(
-                    f"request_id {request_id!r} already made workflow {first.workflow_id}"
-                    f" ({first.name!r}) from other jobs; a new workflow needs a new request_id"
-                )
+        first = self._made_by(user, request_id, name, jobs)
+        if first is not None:
             return first, False
         now = self._stamp()
         if ids is None:
@@ -290,6 +284,22 @@ class Store:
             record.state_since = now
             self._on_transition(JobTransition(record, "", State.PENDING.value, "", 0.0, now))
         return wf, True
+
+    def _made_by(
+        self, user: str, request_id: str, name: str, jobs: Sequence[JobInput]
+    ) -> WorkflowRecord | None:
+        """The workflow ``request_id`` already made, if this create repeats it;
+        RequestIdReused if the id made one from other jobs."""
+        index = self._users.get(user)
+        if not request_id or index is None or request_id not in index.requests:
+            return None
+        first = self._workflows[index.requests[request_id]]
+        if not _same_request(first, name, jobs):
+            raise RequestIdReused(
+                f"request_id {request_id!r} already made workflow {first.workflow_id}"
+                f" ({first.name!r}) from other jobs; a new workflow needs a new request_id"
+            )
+        return first
 
     def take_dispatches(
         self, free_slots: int, place: Callable[[JobRecord], str]

@@ -11,6 +11,7 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 
 def started(
@@ -80,30 +81,57 @@ def peak_rss_mb(root: int) -> float:
     return sum(status_mb(pid, "VmHWM") for pid in pids_of(root))
 
 
-class TreeRssPeak:
-    """The largest sum of RSS over ``root`` and every process below it,
-    sampled every ``every_s`` while in the ``with`` block: the memory they
-    held at once, counting processes that ended before the block did (a
-    job's table writer), which a sum of each survivor's VmHWM misses."""
+class Sampler:
+    """Calls ``sample()`` every ``every_s`` in a thread while in the ``with``
+    block (memory peaks read from /proc while a test drives its load)."""
 
-    def __init__(self, root: int, every_s: float = 0.05) -> None:
-        self.root, self.every_s, self.peak_mb = root, every_s, 0.0
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> None:
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
         while not self._stop.is_set():
-            total = sum(status_mb(pid, "VmRSS") for pid in pids_of(self.root))
-            self.peak_mb = max(self.peak_mb, total)
+            self.sample()
             self._stop.wait(self.every_s)
 
-    def __enter__(self) -> TreeRssPeak:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class TreeRssPeak(Sampler):
+    """The largest sum of RSS over ``root`` and every process below it: the
+    memory they held at once, counting processes that ended before the block
+    did (a job's table writer), which a sum of each survivor's VmHWM misses."""
+
+    def __init__(self, root: int, every_s: float = 0.05) -> None:
+        super().__init__(every_s)
+        self.root, self.peak_mb = root, 0.0
+
+    def sample(self) -> None:
+        total = sum(status_mb(pid, "VmRSS") for pid in pids_of(self.root))
+        self.peak_mb = max(self.peak_mb, total)
+
+
+class RssPeaks(Sampler):
+    """Each named process's own largest RSS (not its children's)."""
+
+    def __init__(self, pids: dict[str, int], every_s: float = 0.02) -> None:
+        super().__init__(every_s)
+        self.pids = pids
+        self.peaks = {name: status_mb(pid, "VmRSS") for name, pid in pids.items()}
+
+    def sample(self) -> None:
+        for name, pid in self.pids.items():
+            self.peaks[name] = max(self.peaks[name], status_mb(pid, "VmRSS"))
 
 
 def cpu_seconds(root: int) -> float:

@@ -7,7 +7,6 @@ within 3x of a quiet tile, or 200 ms."""
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ import pytest
 from bench.slide_generator import slide_path
 from tests.harness import cluster_with_gateway
 from tests.integration.support import succeeded_over_http
+from tests.processes import RssPeaks
 from tests.timing import patience
 
 ALICE = {"X-User-ID": "alice"}
@@ -28,38 +28,6 @@ MIN_NUCLEI = 18_000
 RSS_GROWTH_MB = 150
 TILE_SLOWDOWN = 3.0
 QUICK_TILE_S = 0.2
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of one process now (not its children: the worker's
-    tile pool takes no part in viewer answers)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-class RssPeaks:
-    """The highest resident memory of some processes, sampled every 20 ms."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.peaks = {name: rss_mb(pid) for name, pid in pids.items()}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.02):
-            for name, pid in self.pids.items():
-                self.peaks[name] = max(self.peaks[name], rss_mb(pid))
-
-    def __enter__(self) -> RssPeaks:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def submit(
