@@ -45,6 +45,12 @@ def podman(*args: str, timeout: float = 120) -> str:
     return done.stdout.strip()
 
 
+def full_log(name: str) -> str:
+    """A container's whole output, both streams."""
+    done = subprocess.run(["podman", "logs", name], env=ENV, capture_output=True, text=True)
+    return done.stdout + done.stderr
+
+
 def logs(name: str) -> str:
     done = subprocess.run(["podman", "logs", name], env=ENV, capture_output=True, text=True)
     return f"--- {name}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"

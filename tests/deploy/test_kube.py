@@ -20,6 +20,7 @@ import pytest
 
 from tests.deploy.podman import (
     ENV,
+    full_log,
     image_built_by_make_test,
     logs,
     needs_podman,
@@ -164,9 +165,13 @@ def test_the_manifests_play_a_workflow_scale_and_keep_the_journal(
         again = http.get(f"/workflows/{first['workflow_id']}", headers=who).json()
         assert again["state"] == "SUCCEEDED" and len(again["jobs"]) == 2
         # The worker that stayed finds the new pod by its name (at another
-        # address) and joins it, beside the two replicas played again.
+        # address) and joins it within seconds; the two replicas played again
+        # join once they have started (their start is not the point here).
         assert pod_ip("wsi-scheduler-pod-0") != before
-        wait_for(lambda: joined(http, who, 3), 10, "every worker to join the new scheduler")
+        stayed = "wsi-worker-3-pod-0-worker"
+        rejoined = lambda: full_log(stayed).count("joined the scheduler") == 2  # noqa: E731
+        wait_for(rejoined, 10, f"{stayed} to join the new scheduler")
+        wait_for(lambda: joined(http, who, 3), 60, "the replicas played again to join")
         mask = {"branch": "after", "job_type": "TISSUE_MASK", "wsi_path": "demo.tiff"}
         created = http.post("/workflows", json={"jobs": [mask]}, headers=who)
         assert created.status_code == 201, created.text
