@@ -112,18 +112,6 @@ def job_transitions(events: Sequence[pb.WorkflowEvent]) -> list[tuple[str, str]]
     ]
 
 
-def max_concurrency(transitions: Sequence[tuple[str, str]]) -> int:
-    running: set[str] = set()
-    peak = 0
-    for key, state in transitions:
-        if state == "RUNNING":
-            running.add(key)
-        else:
-            running.discard(key)
-        peak = max(peak, len(running))
-    return peak
-
-
 def intervals(wf: pb.Workflow) -> dict[str, tuple[float, float]]:
     return {
         j.key: (j.start_time.ToNanoseconds() / 1e9, j.end_time.ToNanoseconds() / 1e9)
