@@ -36,7 +36,8 @@ run: $(STAMP) web
 ## Everything CI checks: generated code fresh, lint, the whole test suite. Two
 ## pytest processes, each taking whole files (module fixtures stay shared):
 ## much of an integration test is waiting on its services, so two share the
-## cores well (674 s of pytest alone, 375-545 s as two, on a noisy 2-core VM).
+## cores well (as two: 303-326 s on this 2-core VM on 2026-12-07, 371-394 s when
+## its host was busier; one alone took about twice as long).
 ## As root where podman is (CI), the image is built first, so that its tests
 ## (the image, the Kubernetes manifests) find it built; elsewhere they are
 ## skipped; the tests are told the image's id, so that they do not build it

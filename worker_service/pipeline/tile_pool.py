@@ -24,13 +24,10 @@ from typing import Any, TypeVar
 from worker_service.errors import JobCancelled, PoolCrashed
 from worker_service.pipeline import pool_process
 from worker_service.pipeline.cancel_board import CancelBoard
+from worker_service.pipeline.fork_server import PRELOADED
 
 T = TypeVar("T")
 R = TypeVar("R")
-# What the fork server imports once for every pool process: the tile work and
-# the tissue job, with numpy, OpenCV, scikit-image, SciPy and OpenSlide. (The
-# model runtimes load in each process with its model, on first use.)
-PRELOADED = ["worker_service.pipeline.tile_work", "worker_service.pipeline.job"]
 
 
 class TilePool:
