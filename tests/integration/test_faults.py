@@ -206,3 +206,27 @@ def test_a_frozen_worker_is_noticed_within_seconds_by_keepalive(workdir: Path) -
         assert final.state == pb.JOB_STATE_SUCCEEDED and final.worker != address
         assert noticed_after < 15, f"the frozen worker was noticed after {noticed_after:.1f} s"
         assert follow_up[-1].workflow_state == pb.WORKFLOW_STATE_SUCCEEDED
+
+
+def test_a_worker_started_before_its_scheduler_joins_within_seconds_of_it(workdir: Path) -> None:
+    """A worker host up before the scheduler (a cluster booting): its joins
+    fail for 6 s, then it must be in within 5 s of the scheduler listening.
+    Before the membership opened a fresh channel after a failed join, the
+    old channel's reconnection backoff kept it out 9 s."""
+    port = free_port()
+    worker = start_worker(workdir, "early", 2, scheduler=f"127.0.0.1:{port}")
+    try:
+        time.sleep(6)
+        assert "cannot join the scheduler" in worker.log()
+        scheduler = start_scheduler(workdir, [], scheduler_port=str(port))
+        try:
+            listening = time.monotonic()
+            with grpc.insecure_channel(scheduler.address) as channel:
+                stub = pb_grpc.SchedulerStub(channel)
+                while stub.GetStats(pb.GetStatsRequest(), metadata=user("x")).workers_connected < 1:
+                    assert time.monotonic() - listening < 5, "the worker did not join within 5 s"
+                    time.sleep(0.05)
+        finally:
+            scheduler.stop()
+    finally:
+        worker.stop()
