@@ -33,16 +33,17 @@ web: $(WEB)/node_modules/.package-lock.json
 run: $(STAMP) web
 	$(BIN)/python -m wsi_runtime.launch
 
-## Everything CI checks: generated code fresh, lint, the whole test suite. Two
-## pytest processes, each taking whole files (module fixtures stay shared):
-## much of an integration test is waiting on its services, so two share the
-## cores well (as two: 303-326 s on this 2-core VM on 2026-12-07, 371-394 s when
-## its host was busier; one alone took about twice as long).
+## Everything CI checks: generated code fresh, lint, the whole test suite.
+## Three pytest processes, each taking whole files (module fixtures stay
+## shared): an integration test waits on its services much of the time, and
+## with two processes the 2 cores still sat idle 62 s of a 357 s run; with
+## three, 17 s of 325 s (the same hour, the same code, 2026-12-07). One
+## process alone takes about twice as long as two.
 ## As root where podman is (CI), the image is built first, so that its tests
 ## (the image, the Kubernetes manifests) find it built; elsewhere they are
 ## skipped; the tests are told the image's id, so that they do not build it
 ## again. The 15 slowest steps are listed at the end, for planning.
-PYTEST_WORKERS ?= 2
+PYTEST_WORKERS ?= 3
 test: $(STAMP) web browser torch container-tools proto-check lint
 	@built=""; if [ "$$(id -u)" = 0 ] && command -v podman >/dev/null 2>&1; then \
 		$(MAKE) --no-print-directory image || exit 1; \
