@@ -49,7 +49,9 @@ class Membership:
     def _open(self) -> None:
         # Pings notice a scheduler whose address vanished (a replaced pod), so
         # the channel connects again to the name instead of beating into a void.
-        options = serving.KEEPALIVE_CHANNEL
+        # A subchannel of its own: gRPC otherwise shares one per address among
+        # channels, and a new channel would inherit the old one's backoff.
+        options = [*serving.KEEPALIVE_CHANNEL, ("grpc.use_local_subchannel_pool", 1)]
         self._channel = tls.aio_channel(self.scheduler, self._credentials, options)
         self._stub = pb_grpc.WorkerRegistryStub(self._channel)
 
