@@ -55,9 +55,10 @@ KEEPALIVE_CHANNEL = [
     # A peer back at another address (a replaced pod reached by its name, a
     # moved host) is found in seconds: the name is resolved again at most
     # every 2 s while connecting fails (gRPC's default: 30 s), and a failed
-    # connection is retried within 10 s at most (default: up to 120 s).
+    # connection is tried again within 2 s at most (default: up to 120 s), so
+    # a peer that starts late is reached within about 2 s of listening.
     ("grpc.dns_min_time_between_resolutions_ms", 2_000),
-    ("grpc.max_reconnect_backoff_ms", 10_000),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 DEFAULT_MAX_REQUEST_MB = 4.0
 

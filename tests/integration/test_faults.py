@@ -211,13 +211,13 @@ def test_a_frozen_worker_is_noticed_within_seconds_by_keepalive(workdir: Path) -
 def test_a_worker_started_before_its_scheduler_joins_within_seconds_of_it(workdir: Path) -> None:
     """A worker host up before the scheduler (a cluster booting): its joins
     fail for 6 s, then it must be in within 5 s of the scheduler listening.
-    Before the membership opened a fresh channel after a failed join, the
-    old channel's reconnection backoff kept it out 9 s."""
+    With gRPC's reconnection backoff growing to 10 s and joins retried on
+    their own backoff, it was kept out 9 s."""
     port = free_port()
     worker = start_worker(workdir, "early", 2, scheduler=f"127.0.0.1:{port}")
     try:
         time.sleep(6)
-        assert "cannot join the scheduler" in worker.log()
+        assert "no scheduler at" in worker.log()  # it has been trying
         scheduler = start_scheduler(workdir, [], scheduler_port=str(port))
         try:
             listening = time.monotonic()
