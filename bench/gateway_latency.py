@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.pipeline_ab import worktree
+from bench.pipeline_ab import alternating, worktree
 from tests.harness import ROOT, start_gateway, start_scheduler, start_worker
 
 ROUTES = ("/healthz", "/auth", "/workflows", "/job-params", "/stats")
@@ -70,10 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     baseline_root, commit = worktree(args.baseline)
     sides: dict[str, list[dict[str, float]]] = {"this": [], "baseline": []}
-    for round_ in range(args.rounds):
-        order = [("this", ROOT), ("baseline", baseline_root)]
-        for side, root in order if round_ % 2 == 0 else order[::-1]:
-            sides[side].append(milliseconds(root, args.requests))
+    for side, root in alternating([("this", ROOT), ("baseline", baseline_root)], args.rounds):
+        sides[side].append(milliseconds(root, args.requests))
     print(f"{platform.node()}: this checkout against {commit[:12]}, {args.rounds} rounds,")
     print(f"{args.requests} requests per route and kind; median ms of the rounds' medians")
     print(f"{'route':34} {'baseline':>9} {'this':>9} {'ratio':>7}")

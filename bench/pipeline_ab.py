@@ -22,8 +22,9 @@ import platform
 import statistics
 import subprocess
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.pipeline_bench import OUT, through_services
 from bench.slide_generator import slide_path
@@ -31,6 +32,14 @@ from tests.harness import ROOT
 from wsi_protocol.scheduler.v1 import scheduler_pb2 as pb
 
 WORKTREES = OUT / "worktrees"
+T = TypeVar("T")
+
+
+def alternating(sides: Sequence[T], rounds: int) -> Iterator[T]:
+    """Each side once a round, the order reversed every other round, so that
+    neither side always runs first (on a warmer or a quieter machine)."""
+    for round_ in range(rounds):
+        yield from (sides if round_ % 2 == 0 else sides[::-1])
 
 
 def worktree(revision: str) -> tuple[Path, str]:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.pipeline_ab import worktree
+from bench.pipeline_ab import alternating, worktree
 from tests.harness import CMU, ROOT, SLIDES
 
 # Runs inside the side's checkout: one job, its summary's timings on stdout.
@@ -66,10 +66,8 @@ def main() -> None:
     args = parser.parse_args()
     baseline, commit = worktree(args.baseline)
     runs: dict[str, list[dict[str, float]]] = {"this": [], "baseline": []}
-    for round_ in range(args.rounds):
-        order = [("this", ROOT), ("baseline", baseline)]
-        for name, root in order if round_ % 2 == 0 else order[::-1]:
-            runs[name] += side(root, args.slide.resolve(), 3)
+    for name, root in alternating([("this", ROOT), ("baseline", baseline)], args.rounds):
+        runs[name] += side(root, args.slide.resolve(), 3)
     medians = {
         name: {
             phase: round(statistics.median(run[phase] for run in timings), 4)

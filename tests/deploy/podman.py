@@ -52,8 +52,8 @@ def full_log(name: str) -> str:
 
 
 def logs(name: str) -> str:
-    done = subprocess.run(["podman", "logs", name], env=ENV, capture_output=True, text=True)
-    return f"--- {name}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    """The end of a container's output, headed by its name, for a failure's report."""
+    return f"--- {name}\n{full_log(name)[-6000:]}"
 
 
 def _play_local() -> ModuleType:
