@@ -38,7 +38,7 @@ run: $(STAMP) web
 ## shared): an integration test waits on its services much of the time, and
 ## with two processes the 2 cores still sat idle 62 s of a 357 s run; with
 ## three, 17 s of 325 s (the same hour, the same code, 2026-12-07). One
-## process alone takes about twice as long as two.
+## process alone took 674 s (a smaller suite, 2026-12-06, 1b22289).
 ## As root where podman is (CI), the image is built first, so that its tests
 ## (the image, the Kubernetes manifests) find it built; elsewhere they are
 ## skipped; the tests are told the image's id, so that they do not build it

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from functools import partial
 
 from scheduler_service.convert import pending_reason
 from scheduler_service.policy import State
@@ -18,8 +19,12 @@ from tests.unit.fake_workers import FakeNetwork, FakeWorker
 from tests.unit.test_dispatch_in_process import W1, new_store, running_call, started, until
 
 
+def is_running(job: JobRecord) -> bool:
+    return job.state is State.RUNNING
+
+
 def running(jobs: Sequence[JobRecord]) -> list[JobRecord]:
-    return [job for job in jobs if job.state is State.RUNNING]
+    return [job for job in jobs if is_running(job)]
 
 
 async def finish_all(network: FakeNetwork, jobs: Sequence[JobRecord], cap: int) -> int:
@@ -82,7 +87,7 @@ async def test_a_fourth_user_waits_for_a_slot_then_starts() -> None:
         assert "active-user slot (3 users active" in pending_reason(store.waiting(fourth))
         first, second = holders["a"]
         for job in (first, second):  # a holder frees its slot with no job left
-            await until(lambda job=job: job.state is State.RUNNING, job.key)  # type: ignore[misc]
+            await until(partial(is_running, job), job.key)
             assert fourth.state is State.PENDING
             call = await running_call(network.workers[W1], job)
             call.succeed()
