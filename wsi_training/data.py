@@ -56,8 +56,8 @@ def add_data_argument(parser: argparse.ArgumentParser) -> None:
 class Example:
     name: str
     folder: str  # the name of the folder it came from
-    rgb: npt.NDArray[np.uint8]  # (H, W, 3) at MODEL_MPP
-    labels: npt.NDArray[np.int32]  # instance labels at MODEL_MPP
+    rgb: npt.NDArray[np.uint8]  # (H, W, 3) at the model's pixel size
+    labels: npt.NDArray[np.int32]  # instance labels at the model's pixel size
     classes: npt.NDArray[np.uint8]  # background / interior / boundary
     distance: npt.NDArray[np.float32]  # to the nucleus edge, 0 to 1 (instances.py)
     source_rgb: npt.NDArray[np.uint8]  # as annotated, at source_mpp
@@ -75,11 +75,13 @@ def read_pair(image_path: Path) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.i
     return rgb, labels.astype(np.int32)
 
 
-def example(image_path: Path, source_mpp: float = SOURCE_MPP) -> Example:
-    """One annotated image, also resampled to MODEL_MPP: the image by area
+def example(
+    image_path: Path, source_mpp: float = SOURCE_MPP, model_mpp: float = MODEL_MPP
+) -> Example:
+    """One annotated image, also resampled to ``model_mpp``: the image by area
     averaging, the labels by nearest pixel."""
     rgb, labels = read_pair(image_path)
-    scale = source_mpp / MODEL_MPP
+    scale = source_mpp / model_mpp
     size = (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale))
     method = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     small_rgb = cv2.resize(rgb, size, interpolation=method)
@@ -97,7 +99,7 @@ def example(image_path: Path, source_mpp: float = SOURCE_MPP) -> Example:
     )
 
 
-def load(folders: list[Path]) -> list[Example]:
+def load(folders: list[Path], model_mpp: float = MODEL_MPP) -> list[Example]:
     """Every NAME.jpg with its NAME.png labels in ``folders`` (0.25 um/px)."""
     images = sorted(path for folder in folders for path in folder.glob("*.jpg"))
     if not images:
@@ -105,7 +107,7 @@ def load(folders: list[Path]) -> list[Example]:
             f"no training images (NAME.jpg with NAME.png) in {', '.join(map(str, folders))}:"
             " point DATA at the nuclei-train/monuseg-2018-train(-extra) folders"
         )
-    return [example(path) for path in images]
+    return [example(path, model_mpp=model_mpp) for path in images]
 
 
 def split(examples: list[Example]) -> tuple[list[Example], list[Example]]:
@@ -122,14 +124,20 @@ def split(examples: list[Example]) -> tuple[list[Example], list[Example]]:
 Crop = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.float32]]
 
 
-def augmented_crop(example: Example, size: int, rng: np.random.Generator) -> Crop:
+def augmented_crop(
+    example: Example,
+    size: int,
+    rng: np.random.Generator,
+    scale_jitter: float = SCALE_JITTER,
+    stain_jitter: float = 1.0,
+) -> Crop:
     """A random square crop, scaled by up to SCALE_JITTER (scanners and
     pyramid levels are not exactly 0.5 um/px, and tiles are resampled to
     it), flipped and turned by a multiple of 90 degrees, its colours
     jittered as a different stain or scanner would: (3, size, size) float
     RGB in [0, 1], (size, size) classes and (size, size) distances."""
     height, width = example.classes.shape
-    scale = float(rng.uniform(1 / SCALE_JITTER, SCALE_JITTER))
+    scale = float(rng.uniform(1 / scale_jitter, scale_jitter))
     side = min(height, width, round(size / scale))
     y = int(rng.integers(0, height - side + 1))
     x = int(rng.integers(0, width - side + 1))
@@ -153,7 +161,7 @@ def augmented_crop(example: Example, size: int, rng: np.random.Generator) -> Cro
     )
     if rng.random() < 0.5:
         rgb, classes, distance = rgb[:, ::-1], classes[:, ::-1], distance[:, ::-1]
-    rgb = _stain_jitter(rgb, rng)
+    rgb = _stain_jitter(rgb, rng, stain_jitter)
     return (
         np.ascontiguousarray(rgb.transpose(2, 0, 1)),
         np.ascontiguousarray(classes, np.int64),
@@ -162,13 +170,17 @@ def augmented_crop(example: Example, size: int, rng: np.random.Generator) -> Cro
 
 
 def _stain_jitter(
-    rgb: npt.NDArray[np.float32], rng: np.random.Generator
+    rgb: npt.NDArray[np.float32], rng: np.random.Generator, strength: float = 1.0
 ) -> npt.NDArray[np.float32]:
     """Optical density scaled and shifted per channel (stain amount and hue),
-    then brightness and contrast."""
+    then brightness and contrast; ``strength`` widens every range."""
     density = -np.log(np.clip(rgb, 1 / 255, 1))
-    density = density * rng.uniform(0.8, 1.2, 3) + rng.uniform(-0.05, 0.05, 3)
+    s = strength
+    density = density * rng.uniform(1 - 0.2 * s, 1 + 0.2 * s, 3) + rng.uniform(
+        -0.05 * s, 0.05 * s, 3
+    )
     out = np.exp(-np.clip(density, 0, None))
-    out = (out - 0.5) * rng.uniform(0.85, 1.15) + 0.5 + rng.uniform(-0.06, 0.06)
+    out = (out - 0.5) * rng.uniform(1 - 0.15 * s, 1 + 0.15 * s) + 0.5
+    out += rng.uniform(-0.06 * s, 0.06 * s)
     result: npt.NDArray[np.float32] = np.clip(out, 0, 1).astype(np.float32)
     return result

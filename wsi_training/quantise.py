@@ -33,6 +33,7 @@ from worker_service.backends.learned import (
     OnnxEngine,
     centred,
     model_input,
+    padding_multiple,
     pixel_blocks,
 )
 from wsi_training import data
@@ -44,13 +45,16 @@ CALIBRATION_CROP = 256
 class Crops(CalibrationDataReader):  # type: ignore[misc]
     """The top-left and bottom-right crops of every training image."""
 
-    def __init__(self, examples: list[data.Example]) -> None:
-        crops = []
+    def __init__(self, examples: list[data.Example], space_to_depth: int) -> None:
+        crops, multiple = [], padding_multiple(space_to_depth)
         for example in examples:
             crops.append(example.rgb[:CALIBRATION_CROP, :CALIBRATION_CROP])
             crops.append(example.rgb[-CALIBRATION_CROP:, -CALIBRATION_CROP:])
         self._batches = iter(
-            [{"rgb": centred(pixel_blocks(model_input(crop)[None]))} for crop in crops]
+            [
+                {"rgb": centred(pixel_blocks(model_input(crop, multiple)[None], space_to_depth))}
+                for crop in crops
+            ]
         )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -97,8 +101,8 @@ def bytes_in(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def scores(model: Path, examples: list[data.Example]) -> dict[str, Any]:
-    return learned_scores(OnnxEngine(model), examples)
+def scores(model: Path, examples: list[data.Example], model_mpp: float) -> dict[str, Any]:
+    return learned_scores(OnnxEngine(model), examples, model_mpp)
 
 
 def main() -> None:
@@ -108,8 +112,13 @@ def main() -> None:
     data.add_data_argument(parser)
     parser.add_argument("--weights", type=Path, default=ONNX_FILE.parent)
     args = parser.parse_args()
-    training, validation = data.split(data.load(args.data))
+    log_path = args.weights / "training_log.json"
+    log = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    # A model trained at another pixel size or on other blocks says so in its log.
+    model_mpp = float(log.get("model_mpp", data.MODEL_MPP))
+    training, validation = data.split(data.load(args.data, model_mpp))
     source, target = args.weights / ONNX_FILE.name, args.weights / INT8_FILE.name
+    space_to_depth = OnnxEngine(source).space_to_depth
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # ONNX shape inference only: the symbolic one cannot follow a resize
@@ -118,7 +127,7 @@ def main() -> None:
         quantize_static(
             str(prepared),
             str(target),
-            Crops(training),
+            Crops(training, space_to_depth),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
@@ -130,10 +139,11 @@ def main() -> None:
             reduce_range=True,
         )
     bytes_in(target)
-    result = {"float32": scores(source, validation), "int8": scores(target, validation)}
-    log_path = args.weights / "training_log.json"
-    if log_path.is_file():
-        log = json.loads(log_path.read_text())
+    result = {
+        "float32": scores(source, validation, model_mpp),
+        "int8": scores(target, validation, model_mpp),
+    }
+    if log:
         log["validation"]["learned_int8_onnx"] = result["int8"]
         log.setdefault("files", {})["onnx_int8"] = target.name
         log_path.write_text(json.dumps(log, indent=2) + "\n")

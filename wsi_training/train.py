@@ -26,11 +26,11 @@ from torch import nn
 from worker_service.analysis.instances import CLASSES
 from worker_service.analysis.nuclei import NucleusParams, segment_nuclei, stain_reference
 from worker_service.backends.learned import (
-    MULTIPLE,
     SPACE_TO_DEPTH,
     WIDTHS,
     LearnedSegmenter,
     centred,
+    padding_multiple,
     pixel_blocks,
     pixels_from_blocks,
 )
@@ -52,6 +52,7 @@ class TrainingEngine:
 
     def __init__(self, model: nn.Module, device: torch.device) -> None:
         self.model, self.device = model, device
+        self.space_to_depth: int = model.space_to_depth
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         blocks = pixel_blocks(batch, self.model.space_to_depth)
@@ -91,17 +92,22 @@ def _means(rows: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def learned_scores(engine: Any, examples: list[data.Example]) -> dict[str, Any]:
+def learned_scores(
+    engine: Any, examples: list[data.Example], model_mpp: float = data.MODEL_MPP
+) -> dict[str, Any]:
     """The learned backend with ``engine``, resampling each image to the
     model's pixel size and the classes back, as the worker does."""
-    return evaluate(examples, lambda e: LearnedSegmenter(engine, tile_mpp=e.source_mpp))
+    return evaluate(
+        examples,
+        lambda e: LearnedSegmenter(engine, tile_mpp=e.source_mpp, model_mpp=model_mpp),
+    )
 
 
 def validate(
-    model: nn.Module, examples: list[data.Example], device: torch.device
+    model: nn.Module, examples: list[data.Example], device: torch.device, model_mpp: float
 ) -> dict[str, Any]:
     model.eval()
-    result = learned_scores(TrainingEngine(model, device), examples)
+    result = learned_scores(TrainingEngine(model, device), examples, model_mpp)
     model.train()
     return result
 
@@ -122,6 +128,16 @@ def classical_scores(examples: list[data.Example]) -> dict[str, Any]:
     return evaluate(examples, segmenter_for)
 
 
+def nucleus_dice_loss(outputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice of the nucleus pixels (interior or boundary) over the
+    batch: it weighs a nucleus's outline by its area, where cross-entropy
+    weighs every pixel alike, and so the large background matters less."""
+    nucleus = 1 - torch.softmax(outputs[:, :CLASSES], dim=1)[:, 0]
+    truth = (classes > 0).float()
+    overlap = (nucleus * truth).sum()
+    return 1 - (2 * overlap + 1) / (nucleus.sum() + truth.sum() + 1)
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -132,7 +148,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         torch.use_deterministic_algorithms(True)
         if args.threads:
             torch.set_num_threads(args.threads)
-    training, validation = data.split(data.load(args.data))
+    training, validation = data.split(data.load(args.data, args.model_mpp))
     model = UNet(args.widths, args.space_to_depth).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -144,7 +160,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     running = 0.0
     for step in range(1, args.steps + 1):
         crops = [
-            data.augmented_crop(training[int(rng.integers(len(training)))], args.crop, rng)
+            data.augmented_crop(
+                training[int(rng.integers(len(training)))],
+                args.crop,
+                rng,
+                args.scale_jitter,
+                args.stain_jitter,
+            )
             for _ in range(args.batch)
         ]
         inputs, classes, distances = (
@@ -154,6 +176,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         loss = loss_fn(outputs[:, :CLASSES], classes) + DISTANCE_WEIGHT * nn.functional.mse_loss(
             torch.sigmoid(outputs[:, CLASSES]), distances
         )
+        if args.dice_weight:
+            loss = loss + args.dice_weight * nucleus_dice_loss(outputs, classes)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -167,12 +191,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             }
             running = 0.0
             if step % args.validate_every == 0 or step == args.steps:
-                scores = validate(model, validation, device)
+                scores = validate(model, validation, device, args.model_mpp)
                 entry.update(val_f1=scores["f1"], val_aji=scores["aji"])
             log.append(entry)
             print(json.dumps(entry), flush=True)
     model.eval()
-    final = validate(model, validation, device)
+    final = validate(model, validation, device, args.model_mpp)
     return {
         "model": model,
         "device": str(device),
@@ -217,6 +241,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--dice-weight", type=float, default=0.0, help="weight of a soft Dice loss of nuclei"
+    )
+    parser.add_argument(
+        "--scale-jitter", type=float, default=data.SCALE_JITTER, help="crops scaled by 1/s to s"
+    )
+    parser.add_argument(
+        "--stain-jitter", type=float, default=1.0, help="width of the colour jitter, 1 = default"
+    )
+    parser.add_argument(
         "--widths",
         type=lambda text: tuple(int(w) for w in text.split(",")),
         default=WIDTHS,
@@ -229,13 +262,20 @@ def parse_args() -> argparse.Namespace:
         default=SPACE_TO_DEPTH,
         help="pixel block the network works on (the worker's PyTorch engine expects the default)",
     )
+    parser.add_argument(
+        "--model-mpp",
+        type=float,
+        default=data.MODEL_MPP,
+        help="pixel size it learns at, um/px (the worker's model expects the default)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: PyTorch's)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--validate-every", type=int, default=1000)
     args = parser.parse_args()
-    if args.crop % MULTIPLE:
-        parser.error(f"--crop must be a multiple of {MULTIPLE}")
+    multiple = padding_multiple(args.space_to_depth)
+    if args.crop % multiple:
+        parser.error(f"--crop must be a multiple of {multiple}")
     return args
 
 
@@ -262,7 +302,7 @@ def training_record(
             "space_to_depth": args.space_to_depth,
             "parameters": sum(p.numel() for p in network.parameters()),
         },
-        "model_mpp": data.MODEL_MPP,
+        "model_mpp": args.model_mpp,
         "files": files,
         **result,
     }

@@ -27,11 +27,11 @@ from wsi_training.train import classical_scores, learned_scores
 CPM15_20X = re.compile(r"CPM15_image0[1-7]$")
 
 
-def outside_examples(folder: Path) -> list[data.Example]:
+def outside_examples(folder: Path, model_mpp: float = data.MODEL_MPP) -> list[data.Example]:
     examples = []
     for path in sorted(folder.glob("*.jpg")):
         mpp = 0.5 if CPM15_20X.search(path.stem) else 0.25
-        examples.append(data.example(path, source_mpp=mpp))
+        examples.append(data.example(path, source_mpp=mpp, model_mpp=model_mpp))
     if not examples:
         raise FileNotFoundError(f"no NAME.jpg with NAME.png in {folder}")
     return examples
@@ -60,9 +60,12 @@ def main() -> None:
     parser.add_argument("--outside", type=Path, help="a folder never trained on (CPM-15)")
     parser.add_argument("--model", type=Path, nargs="+", default=[INT8_FILE])
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--model-mpp", type=float, default=data.MODEL_MPP, help="the models' pixel size, um/px"
+    )
     args = parser.parse_args()
-    _, held_out = data.split(data.load(args.data))
-    outside = outside_examples(args.outside) if args.outside else []
+    _, held_out = data.split(data.load(args.data, args.model_mpp))
+    outside = outside_examples(args.outside, args.model_mpp) if args.outside else []
     segmenters: dict[str, Any] = {str(model): OnnxEngine(model) for model in args.model}
     report: dict[str, Any] = {}
     for name, engine in [*segmenters.items(), ("classical", None)]:
@@ -70,7 +73,7 @@ def main() -> None:
         def scored(examples: list[data.Example], engine: Any = engine) -> dict[str, Any]:
             if engine is None:
                 return classical_scores(examples)
-            return learned_scores(engine, examples)
+            return learned_scores(engine, examples, args.model_mpp)
 
         entry: dict[str, Any] = {"held_out": scored(held_out)}
         if outside:

@@ -78,6 +78,32 @@ def test_training_sees_the_pixel_blocks_the_engines_feed() -> None:
     assert np.abs(trained - served).max() < 1e-4
 
 
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is an optional extra (pip install '.[gpu]')")
+def test_a_model_on_other_blocks_at_another_pixel_size_runs_as_exported(tmp_path: Path) -> None:
+    """A network trained on 4 x 4 blocks at 0.25 um/px (`wsi_training.train
+    --space-to-depth 4 --model-mpp 0.25`): its ONNX file says its blocks, and
+    the segmenter pads, feeds and shuffles by them as the network in
+    training does, on a tile of an odd size."""
+    import torch
+
+    from worker_service.backends.unet import UNet
+    from wsi_training.train import TrainingEngine, export
+
+    torch.manual_seed(0)
+    model = UNet(space_to_depth=4).eval()
+    tile = np.ascontiguousarray(cmu_tiles(1)[0][:200, :230])
+    batch = model_input(tile, 32)[None]
+    assert batch.shape[1:3] == (224, 256)  # multiples of 4 x 2^3
+    trained = TrainingEngine(model, torch.device("cpu")).logits(batch)
+    export(model, tmp_path)  # (leaves the model in training mode)
+    engine = OnnxEngine(tmp_path / ONNX_FILE.name)
+    assert engine.space_to_depth == 4
+    served = LearnedSegmenter(engine, tile_mpp=0.25, model_mpp=0.25)
+    assert served.multiple == 32
+    assert np.abs(engine.logits(batch) - trained).max() < LOGIT_TOLERANCE
+    assert served(tile).shape == tile.shape[:2]
+
+
 def test_the_8_bit_model_finds_the_nuclei_of_the_float_model() -> None:
     batch = np.stack([model_input(tile) for tile in cmu_tiles()])
     full = OnnxEngine(ONNX_FILE).logits(batch)

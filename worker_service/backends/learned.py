@@ -8,6 +8,7 @@ outputs (three class logits and a distance logit) become labelled nuclei in
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,13 +38,15 @@ LEARNED_MPP = 0.5  # the pixel size it was trained at (wsi_training.data.MODEL_M
 WIDTHS = (16, 32, 64, 128)  # the U-Net's channels at each of its scales (unet.py)
 SPACE_TO_DEPTH = 2  # it works on 2 x 2 blocks of pixels (unet.py)
 # Input sides are padded to multiples of this (the blocks, then the poolings).
-MULTIPLE = SPACE_TO_DEPTH * 2 ** (len(WIDTHS) - 1)
+MULTIPLE = SPACE_TO_DEPTH * 2 ** (len(WIDTHS) - 1)  # padding_multiple(SPACE_TO_DEPTH)
 
 
 PixelBlocks = npt.NDArray[np.uint8]  # (N, H/s, W/s, 3 s^2): pixel_blocks
 
 
 class Engine(Protocol):
+    space_to_depth: int  # the pixel blocks its network works on
+
     def logits(self, batch: RGB) -> npt.NDArray[np.float32]:
         """(N, 4, H, W) logits of a batch of ``model_input``, (N, H, W, 3)."""
         ...
@@ -66,7 +69,10 @@ class OnnxEngine:
             str(model), options, providers=["CPUExecutionProvider"]
         )
         self._table: npt.NDArray[np.uint8] | None = None
-        if self._session.get_inputs()[0].type == "tensor(uint8)":
+        source = self._session.get_inputs()[0]
+        # Each block's 3 s^2 bytes are the input's channels (its last axis).
+        self.space_to_depth = round(math.sqrt(int(source.shape[-1]) / 3))
+        if source.type == "tensor(uint8)":
             metadata = self._session.get_modelmeta().custom_metadata_map
             self._table = quantised(
                 centred(np.arange(256, dtype=np.uint8)),
@@ -75,14 +81,14 @@ class OnnxEngine:
             )
 
     def logits(self, batch: RGB) -> npt.NDArray[np.float32]:
-        blocks = pixel_blocks(batch)
+        blocks = pixel_blocks(batch, self.space_to_depth)
         if self._table is None:
             feed: npt.NDArray[Any] = centred(blocks)
         else:
             rows = blocks.reshape(-1, blocks.shape[-2] * blocks.shape[-1])
             feed = cv2.LUT(rows, self._table).reshape(blocks.shape)
         (block_logits,) = self._session.run(None, {"rgb": feed})
-        return pixels_from_blocks(block_logits)
+        return pixels_from_blocks(block_logits, self.space_to_depth)
 
 
 # Metadata of the 8-bit graph: the quantisation of its (centred) input.
@@ -100,6 +106,8 @@ def quantised(
 
 
 class TorchEngine:
+    space_to_depth = SPACE_TO_DEPTH
+
     def __init__(self, device: str) -> None:
         import torch
 
@@ -184,9 +192,9 @@ def engine_details(engine: str, device: str) -> dict[str, object]:
 RESAMPLE_BEYOND = 0.15  # tiles more than 15 % off the model's pixel size are resampled
 
 
-def model_zoom(tile_mpp: float) -> float:
+def model_zoom(tile_mpp: float, model_mpp: float = LEARNED_MPP) -> float:
     """Model pixels per tile pixel: 1 for tiles near the model's pixel size."""
-    zoom = tile_mpp / LEARNED_MPP
+    zoom = tile_mpp / model_mpp
     return 1.0 if abs(zoom - 1) <= RESAMPLE_BEYOND else zoom
 
 
@@ -198,11 +206,17 @@ class LearnedSegmenter(BatchedModel):
     out in tile pixels whatever the scan."""
 
     def __init__(
-        self, engine: str | Engine = "auto", device: str = "auto", tile_mpp: float = LEARNED_MPP
+        self,
+        engine: str | Engine = "auto",
+        device: str = "auto",
+        tile_mpp: float = LEARNED_MPP,
+        model_mpp: float = LEARNED_MPP,
     ) -> None:
-        """``engine``: a name (``ENGINES``) or an engine itself (training's)."""
+        """``engine``: a name (``ENGINES``) or an engine itself (training's,
+        whose model may work at another ``model_mpp``)."""
         self.engine = make_engine(engine, device) if isinstance(engine, str) else engine
-        self.zoom = model_zoom(tile_mpp)
+        self.multiple = padding_multiple(self.engine.space_to_depth)
+        self.zoom = model_zoom(tile_mpp, model_mpp)
         area = 1 / (self.zoom * self.zoom)  # tile pixels per model pixel
         defaults = InstanceParams()
         self.params = InstanceParams(
@@ -213,7 +227,7 @@ class LearnedSegmenter(BatchedModel):
     def _segment_one_size(self, tiles: list[RGB]) -> list[Labels]:
         height, width = tiles[0].shape[:2]
         size = (max(1, round(width * self.zoom)), max(1, round(height * self.zoom)))
-        inputs = [model_input(self._to_model(tile, size)) for tile in tiles]
+        inputs = [model_input(self._to_model(tile, size), self.multiple) for tile in tiles]
         batch = inputs[0][None] if len(inputs) == 1 else np.stack(inputs)
         outputs = self.engine.logits(batch)[:, :, : size[1], : size[0]]
         return [
@@ -238,11 +252,16 @@ class LearnedSegmenter(BatchedModel):
         return result
 
 
-def model_input(rgb: RGB) -> RGB:
+def padding_multiple(space_to_depth: int) -> int:
+    """What input sides must be multiples of: the blocks, then the poolings."""
+    return space_to_depth << (len(WIDTHS) - 1)
+
+
+def model_input(rgb: RGB, multiple: int = MULTIPLE) -> RGB:
     """The tile padded at the bottom and right (edge pixels repeated) to
-    multiples of ``MULTIPLE``; crop the output back."""
+    multiples of ``multiple``; crop the output back."""
     height, width = rgb.shape[:2]
-    pad_h, pad_w = -height % MULTIPLE, -width % MULTIPLE
+    pad_h, pad_w = -height % multiple, -width % multiple
     if pad_h or pad_w:
         rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     return rgb
