@@ -78,7 +78,10 @@ def test_training_sees_the_pixel_blocks_the_engines_feed() -> None:
     assert np.abs(trained - served).max() < 1e-4
 
 
-@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is an optional extra (pip install '.[gpu]')")
+@pytest.mark.skipif(
+    not HAS_TORCH or importlib.util.find_spec("onnx") is None,
+    reason="exporting needs PyTorch and onnx (pip install '.[train]')",
+)
 def test_a_model_on_other_blocks_at_another_pixel_size_runs_as_exported(tmp_path: Path) -> None:
     """A network trained on 4 x 4 blocks at 0.25 um/px (`wsi_training.train
     --space-to-depth 4 --model-mpp 0.25`): its ONNX file says its blocks, and
