@@ -138,6 +138,47 @@ def nucleus_dice_loss(outputs: torch.Tensor, classes: torch.Tensor) -> torch.Ten
     return 1 - (2 * overlap + 1) / (nucleus.sum() + truth.sum() + 1)
 
 
+def training_batch(
+    training: list[data.Example],
+    args: argparse.Namespace,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``args.batch`` augmented crops of random training images: inputs,
+    classes and distances."""
+    crops = [
+        data.augmented_crop(
+            training[int(rng.integers(len(training)))],
+            args.crop,
+            rng,
+            args.scale_jitter,
+            args.stain_jitter,
+        )
+        for _ in range(args.batch)
+    ]
+    inputs, classes, distances = (
+        torch.from_numpy(np.stack([c[part] for c in crops])).to(device) for part in range(3)
+    )
+    return inputs, classes, distances
+
+
+def batch_loss(
+    outputs: torch.Tensor,
+    classes: torch.Tensor,
+    distances: torch.Tensor,
+    loss_fn: nn.Module,
+    dice_weight: float,
+) -> torch.Tensor:
+    """Cross-entropy of the classes, the distance map's squared error and,
+    if weighted, the Dice loss of the nuclei."""
+    loss = loss_fn(outputs[:, :CLASSES], classes) + DISTANCE_WEIGHT * nn.functional.mse_loss(
+        torch.sigmoid(outputs[:, CLASSES]), distances
+    )
+    if dice_weight:
+        loss = loss + dice_weight * nucleus_dice_loss(outputs, classes)
+    return loss
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -159,25 +200,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     running = 0.0
     for step in range(1, args.steps + 1):
-        crops = [
-            data.augmented_crop(
-                training[int(rng.integers(len(training)))],
-                args.crop,
-                rng,
-                args.scale_jitter,
-                args.stain_jitter,
-            )
-            for _ in range(args.batch)
-        ]
-        inputs, classes, distances = (
-            torch.from_numpy(np.stack([c[part] for c in crops])).to(device) for part in range(3)
-        )
-        outputs = model(inputs)
-        loss = loss_fn(outputs[:, :CLASSES], classes) + DISTANCE_WEIGHT * nn.functional.mse_loss(
-            torch.sigmoid(outputs[:, CLASSES]), distances
-        )
-        if args.dice_weight:
-            loss = loss + args.dice_weight * nucleus_dice_loss(outputs, classes)
+        inputs, classes, distances = training_batch(training, args, rng, device)
+        loss = batch_loss(model(inputs), classes, distances, loss_fn, args.dice_weight)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
