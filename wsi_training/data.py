@@ -130,12 +130,14 @@ def augmented_crop(
     rng: np.random.Generator,
     scale_jitter: float = SCALE_JITTER,
     stain_jitter: float = 1.0,
+    soften: float = 0.0,
 ) -> Crop:
     """A random square crop, scaled by up to SCALE_JITTER (scanners and
     pyramid levels are not exactly 0.5 um/px, and tiles are resampled to
-    it), flipped and turned by a multiple of 90 degrees, its colours
-    jittered as a different stain or scanner would: (3, size, size) float
-    RGB in [0, 1], (size, size) classes and (size, size) distances."""
+    it), with probability ``soften`` softened (``_soften``), flipped and
+    turned by a multiple of 90 degrees, its colours jittered as a different
+    stain or scanner would: (3, size, size) float RGB in [0, 1], (size,
+    size) classes and (size, size) distances."""
     height, width = example.classes.shape
     scale = float(rng.uniform(1 / scale_jitter, scale_jitter))
     side = min(height, width, round(size / scale))
@@ -151,6 +153,8 @@ def augmented_crop(
         # A distance relative to its nucleus's depth does not change with scale.
         distance = cv2.resize(distance, (size, size), interpolation=cv2.INTER_LINEAR)
         distance[labels == 0] = 0
+    if soften and rng.random() < soften:
+        crop = _soften(crop, rng)
     rgb: npt.NDArray[np.float32] = crop.astype(np.float32)
     rgb /= 255
     turns = int(rng.integers(0, 4))
@@ -167,6 +171,18 @@ def augmented_crop(
         np.ascontiguousarray(classes, np.int64),
         np.ascontiguousarray(distance, np.float32),
     )
+
+
+def _soften(crop: npt.NDArray[np.uint8], rng: np.random.Generator) -> npt.NDArray[np.uint8]:
+    """The crop shrunk by 1 to 2 and enlarged back: the detail a scan of
+    lower magnification brought up to this pixel size, or a softer
+    scanner's optics, has; so that nuclei do not depend on it."""
+    size = crop.shape[0]
+    small = max(1, round(size / float(rng.uniform(1.0, 2.0))))
+    shrunk = cv2.resize(crop, (small, small), interpolation=cv2.INTER_AREA)
+    method = cv2.INTER_CUBIC if rng.random() < 0.5 else cv2.INTER_LINEAR
+    softened: npt.NDArray[np.uint8] = cv2.resize(shrunk, (size, size), interpolation=method)
+    return softened
 
 
 def _stain_jitter(

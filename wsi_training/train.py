@@ -153,6 +153,7 @@ def training_batch(
             rng,
             args.scale_jitter,
             args.stain_jitter,
+            args.soften,
         )
         for _ in range(args.batch)
     ]
@@ -272,6 +273,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--stain-jitter", type=float, default=1.0, help="width of the colour jitter, 1 = default"
+    )
+    parser.add_argument(
+        "--soften",
+        type=float,
+        default=0.0,
+        help="share of crops shrunk by 1 to 2 and enlarged back (lower-magnification scans)",
     )
     parser.add_argument(
         "--widths",
