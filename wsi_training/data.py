@@ -121,7 +121,9 @@ def split(examples: list[Example]) -> tuple[list[Example], list[Example]]:
     return training, validation
 
 
-Crop = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.float32]]
+Crop = tuple[
+    npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.int32]
+]
 
 
 def augmented_crop(
@@ -137,7 +139,7 @@ def augmented_crop(
     it), with probability ``soften`` softened (``_soften``), flipped and
     turned by a multiple of 90 degrees, its colours jittered as a different
     stain or scanner would: (3, size, size) float RGB in [0, 1], (size,
-    size) classes and (size, size) distances."""
+    size) classes, distances and instance labels."""
     height, width = example.classes.shape
     scale = float(rng.uniform(1 / scale_jitter, scale_jitter))
     side = min(height, width, round(size / scale))
@@ -145,10 +147,11 @@ def augmented_crop(
     x = int(rng.integers(0, width - side + 1))
     window = np.s_[y : y + side, x : x + side]
     crop, classes, distance = example.rgb[window], example.classes[window], example.distance[window]
+    labels = example.labels[window]
     if side != size:
         method = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
         crop = cv2.resize(crop, (size, size), interpolation=method)
-        labels = cv2.resize(example.labels[window], (size, size), interpolation=cv2.INTER_NEAREST)
+        labels = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
         classes = classes_from_labels(labels)
         # A distance relative to its nucleus's depth does not change with scale.
         distance = cv2.resize(distance, (size, size), interpolation=cv2.INTER_LINEAR)
@@ -158,18 +161,25 @@ def augmented_crop(
     rgb: npt.NDArray[np.float32] = crop.astype(np.float32)
     rgb /= 255
     turns = int(rng.integers(0, 4))
-    rgb, classes, distance = (
+    rgb, classes, distance, labels = (
         np.rot90(rgb, turns),
         np.rot90(classes, turns),
         np.rot90(distance, turns),
+        np.rot90(labels, turns),
     )
     if rng.random() < 0.5:
-        rgb, classes, distance = rgb[:, ::-1], classes[:, ::-1], distance[:, ::-1]
+        rgb, classes, distance, labels = (
+            rgb[:, ::-1],
+            classes[:, ::-1],
+            distance[:, ::-1],
+            labels[:, ::-1],
+        )
     rgb = _stain_jitter(rgb, rng, stain_jitter)
     return (
         np.ascontiguousarray(rgb.transpose(2, 0, 1)),
         np.ascontiguousarray(classes, np.int64),
         np.ascontiguousarray(distance, np.float32),
+        np.ascontiguousarray(labels, np.int32),
     )
 
 

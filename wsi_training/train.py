@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from worker_service.analysis.instances import CLASSES
+from worker_service.analysis.instances import CLASSES, DISTANCE, HORIZONTAL, offsets_from_labels
 from worker_service.analysis.nuclei import NucleusParams, segment_nuclei, stain_reference
 from worker_service.backends.learned import (
     SPACE_TO_DEPTH,
@@ -34,7 +34,7 @@ from worker_service.backends.learned import (
     pixel_blocks,
     pixels_from_blocks,
 )
-from worker_service.backends.unet import Blocks, UNet
+from worker_service.backends.unet import OFFSET_OUTPUTS, OUTPUTS, Blocks, UNet
 from wsi_training import data
 from wsi_training.metrics import score
 
@@ -44,6 +44,7 @@ CLASS_WEIGHTS = (1.0, 1.0, 2.0)  # the thin boundary class counts double
 # The distance map's squared error against the classes' cross-entropy: both
 # then move the weights about equally at the start of training.
 DISTANCE_WEIGHT = 4.0
+OFFSET_WEIGHT = 2.0  # of the offsets' squared error (two maps), when the model has them
 
 
 class TrainingEngine:
@@ -143,9 +144,9 @@ def training_batch(
     args: argparse.Namespace,
     rng: np.random.Generator,
     device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``args.batch`` augmented crops of random training images: inputs,
-    classes and distances."""
+    classes, distances and (``args.offsets``) offsets."""
     crops = [
         data.augmented_crop(
             training[int(rng.integers(len(training)))],
@@ -160,7 +161,10 @@ def training_batch(
     inputs, classes, distances = (
         torch.from_numpy(np.stack([c[part] for c in crops])).to(device) for part in range(3)
     )
-    return inputs, classes, distances
+    offsets = None
+    if args.offsets:
+        offsets = torch.from_numpy(np.stack([offsets_from_labels(c[3]) for c in crops])).to(device)
+    return inputs, classes, distances, offsets
 
 
 def batch_loss(
@@ -169,12 +173,17 @@ def batch_loss(
     distances: torch.Tensor,
     loss_fn: nn.Module,
     dice_weight: float,
+    offsets: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy of the classes, the distance map's squared error and,
-    if weighted, the Dice loss of the nuclei."""
+    """Cross-entropy of the classes, the distance map's squared error, the
+    offsets' if given and, if weighted, the Dice loss of the nuclei."""
     loss = loss_fn(outputs[:, :CLASSES], classes) + DISTANCE_WEIGHT * nn.functional.mse_loss(
-        torch.sigmoid(outputs[:, CLASSES]), distances
+        torch.sigmoid(outputs[:, DISTANCE]), distances
     )
+    if offsets is not None:
+        loss = loss + OFFSET_WEIGHT * nn.functional.mse_loss(
+            torch.tanh(outputs[:, HORIZONTAL:]), offsets
+        )
     if dice_weight:
         loss = loss + dice_weight * nucleus_dice_loss(outputs, classes)
     return loss
@@ -191,7 +200,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if args.threads:
             torch.set_num_threads(args.threads)
     training, validation = data.split(data.load(args.data, args.model_mpp))
-    model = UNet(args.widths, args.space_to_depth).to(device)
+    model = UNet(args.widths, args.space_to_depth, outputs_of(args)).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=args.lr, total_steps=args.steps, pct_start=0.1
@@ -201,8 +210,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     running = 0.0
     for step in range(1, args.steps + 1):
-        inputs, classes, distances = training_batch(training, args, rng, device)
-        loss = batch_loss(model(inputs), classes, distances, loss_fn, args.dice_weight)
+        inputs, classes, distances, offsets = training_batch(training, args, rng, device)
+        outputs = model(inputs)
+        loss = batch_loss(outputs, classes, distances, loss_fn, args.dice_weight, offsets)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -281,17 +291,22 @@ def parse_args() -> argparse.Namespace:
         help="share of crops shrunk by 1 to 2 and enlarged back (lower-magnification scans)",
     )
     parser.add_argument(
+        "--offsets",
+        action="store_true",
+        help="also learn each pixel's offset from its nucleus's centre (HoVer-Net's maps),"
+        " which separate touching nuclei",
+    )
+    parser.add_argument(
         "--widths",
         type=lambda text: tuple(int(w) for w in text.split(",")),
         default=WIDTHS,
-        help="channels at each scale, e.g. 16,32,64,128 (the worker's PyTorch engine expects"
-        " the default)",
+        help="channels at each scale, e.g. 16,32,64,128",
     )
     parser.add_argument(
         "--space-to-depth",
         type=int,
         default=SPACE_TO_DEPTH,
-        help="pixel block the network works on (the worker's PyTorch engine expects the default)",
+        help="pixel block the network works on",
     )
     parser.add_argument(
         "--model-mpp",
@@ -310,6 +325,10 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def outputs_of(args: argparse.Namespace) -> int:
+    return OFFSET_OUTPUTS if args.offsets else OUTPUTS
+
+
 def training_record(
     args: argparse.Namespace, result: dict[str, Any], files: dict[str, str]
 ) -> dict[str, Any]:
@@ -322,7 +341,7 @@ def training_record(
         for k, v in vars(args).items()
         if k not in ("data", "out")
     )
-    network = UNet(args.widths, args.space_to_depth)
+    network = UNet(args.widths, args.space_to_depth, outputs_of(args))
     return {
         "command": f"python -m wsi_training.train {flags}",
         "commit": commit,
@@ -331,6 +350,7 @@ def training_record(
             "name": "UNet",
             "widths": list(args.widths),
             "space_to_depth": args.space_to_depth,
+            "outputs": outputs_of(args),
             "parameters": sum(p.numel() for p in network.parameters()),
         },
         "model_mpp": args.model_mpp,

@@ -83,17 +83,18 @@ def test_training_sees_the_pixel_blocks_the_engines_feed() -> None:
     reason="exporting needs PyTorch and onnx (pip install '.[train]')",
 )
 def test_a_model_on_other_blocks_at_another_pixel_size_runs_as_exported(tmp_path: Path) -> None:
-    """A network trained on 4 x 4 blocks at 0.25 um/px (`wsi_training.train
-    --space-to-depth 4 --model-mpp 0.25`): its ONNX file says its blocks, and
-    the segmenter pads, feeds and shuffles by them as the network in
-    training does, on a tile of an odd size."""
+    """A network trained on 4 x 4 blocks at 0.25 um/px, with offsets and
+    other widths (`wsi_training.train --space-to-depth 4 --model-mpp 0.25
+    --offsets --widths 8,16,24,32`): its ONNX file and its weights say its
+    blocks, widths and maps, and the segmenter pads, feeds and shuffles by
+    them as the network in training does, on a tile of an odd size."""
     import torch
 
-    from worker_service.backends.unet import UNet
+    from worker_service.backends.unet import OFFSET_OUTPUTS, UNet
     from wsi_training.train import TrainingEngine, export
 
     torch.manual_seed(0)
-    model = UNet(space_to_depth=4).eval()
+    model = UNet((8, 16, 24, 32), space_to_depth=4, outputs=OFFSET_OUTPUTS).eval()
     tile = np.ascontiguousarray(cmu_tiles(1)[0][:200, :230])
     batch = model_input(tile, 32)[None]
     assert batch.shape[1:3] == (224, 256)  # multiples of 4 x 2^3
@@ -103,8 +104,12 @@ def test_a_model_on_other_blocks_at_another_pixel_size_runs_as_exported(tmp_path
     assert engine.space_to_depth == 4
     served = LearnedSegmenter(engine, tile_mpp=0.25, model_mpp=0.25)
     assert served.multiple == 32
+    assert trained.shape == (1, OFFSET_OUTPUTS, 224, 256)
     assert np.abs(engine.logits(batch) - trained).max() < LOGIT_TOLERANCE
     assert served(tile).shape == tile.shape[:2]
+    on_torch = TorchEngine("cpu", tmp_path / TORCH_FILE.name)
+    assert on_torch.space_to_depth == 4
+    assert np.abs(on_torch.logits(batch) - trained).max() < LOGIT_TOLERANCE
 
 
 def test_the_8_bit_model_finds_the_nuclei_of_the_float_model() -> None:

@@ -15,6 +15,7 @@ from worker_service.analysis.instances import (
     distance_from_labels,
     labels_from_logits,
     logit,
+    offsets_from_labels,
 )
 from worker_service.backends.learned import pixel_blocks, pixels_from_blocks, quantised
 from wsi_training.metrics import score
@@ -95,6 +96,33 @@ def test_touching_nuclei_separate_by_distance_even_without_a_boundary_between() 
     logits[2] = -SURE
     found = labels_from_logits(logits, InstanceParams())
     assert score(labels, found).predicted == 2
+
+
+def test_the_offsets_target_rises_across_each_nucleus_and_falls_where_two_meet() -> None:
+    labels = two_touching_discs()
+    horizontal, vertical = offsets_from_labels(labels)
+    assert not horizontal[labels == 0].any() and not vertical[labels == 0].any()
+    for nucleus in (1, 2):
+        inside = labels == nucleus
+        for offsets in (horizontal[inside], vertical[inside]):
+            assert np.abs(offsets).max() == pytest.approx(1)
+            assert offsets.min() < -0.8 and offsets.max() > 0.8
+    row = horizontal[20]
+    assert np.all(np.diff(row[10:28]) > 0)  # across disc 1 up to the contact
+    assert row[27] > 0.5 and row[28] < -0.5  # disc 1's right side, disc 2's left
+
+
+def test_offsets_separate_touching_nuclei_whose_distance_cores_merge() -> None:
+    """A model whose distance does not dip between two nuclei still splits
+    them where its offsets fall."""
+    labels = two_touching_discs()
+    logits = perfect_logits(labels)
+    logits[3] = np.where(labels > 0, SURE, -SURE)  # one core over both discs
+    offsets = np.clip(offsets_from_labels(labels), -0.999, 0.999)
+    with_offsets = np.concatenate([logits, np.arctanh(offsets)])
+    assert score(labels, labels_from_logits(logits, InstanceParams())).predicted == 1
+    found = labels_from_logits(with_offsets, InstanceParams())
+    assert score(labels, found).predicted == 2 and score(labels, found).f1 == 1.0
 
 
 def test_specks_are_not_nuclei() -> None:

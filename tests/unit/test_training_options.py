@@ -81,7 +81,7 @@ def test_softened_crops_lose_fine_detail_but_keep_their_labels() -> None:
     example = _example()
 
     def detail(soften: float) -> tuple[float, np.ndarray]:
-        rgb, classes, _ = data.augmented_crop(
+        rgb, classes, _, _ = data.augmented_crop(
             example, 64, np.random.default_rng(7), scale_jitter=1.0, stain_jitter=0.0, soften=soften
         )
         grey = rgb.mean(axis=0)

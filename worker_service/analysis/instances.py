@@ -28,9 +28,11 @@ from scipy import ndimage
 from worker_service.analysis import morphology
 
 Labels = npt.NDArray[np.int32]
-Maps = npt.NDArray[np.float32]  # (4, H, W) logits: background, interior, boundary, distance
+# (4, H, W) logits: background, interior, boundary, distance; a model with
+# offsets adds two (6, H, W): HORIZONTAL, VERTICAL (``offsets_from_labels``).
+Maps = npt.NDArray[np.float32]
 
-BACKGROUND, INTERIOR, BOUNDARY, DISTANCE = 0, 1, 2, 3
+BACKGROUND, INTERIOR, BOUNDARY, DISTANCE, HORIZONTAL, VERTICAL = 0, 1, 2, 3, 4, 5
 CLASSES = 3  # the maps before DISTANCE are class probabilities
 
 
@@ -41,6 +43,9 @@ class InstanceParams:
     mask_threshold: float = 0.5  # interior + boundary probability of a nucleus pixel
     min_seed_px: int = 4  # smaller seeds are noise
     min_area_px: int = 12  # smaller nuclei are dropped (3 um^2 at 0.5 um/px)
+    # Of a model with offsets: where they fall by more than this per pixel
+    # (across x for the horizontal, y for the vertical), two nuclei meet.
+    edge_threshold: float = 0.2
 
 
 def logit(probability: float) -> float:
@@ -62,12 +67,30 @@ def labels_from_logits(logits: Maps, params: InstanceParams) -> Labels:
     t = params.mask_threshold
     nucleus = odds > t / (1 - t)
     seeds = (distance > logit(params.seed_threshold)) & nucleus
+    if len(logits) > HORIZONTAL:
+        seeds &= ~_between_nuclei(logits[HORIZONTAL], logits[VERTICAL], params.edge_threshold)
     count, markers = cv2.connectedComponents(seeds.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
     if count <= 1:
         return np.zeros(distance.shape, np.int32)
     markers = _without_small(markers, count, params.min_seed_px)
     labels = morphology.flood(-distance.astype(np.float32), markers, nucleus.view(np.uint8))
     return _without_small(labels, count, params.min_area_px)
+
+
+def _between_nuclei(
+    horizontal: npt.NDArray[np.float32], vertical: npt.NDArray[np.float32], threshold: float
+) -> npt.NDArray[np.bool_]:
+    """Where the offsets fall: inside a nucleus they rise from -1 to 1
+    across it, so a fall is the edge between two nuclei (or a nucleus and
+    the background), however close their distance cores."""
+    h, v = np.tanh(horizontal), np.tanh(vertical)
+    falling_x = np.zeros_like(h)
+    falling_x[:, 1:-1] = h[:, :-2] - h[:, 2:]
+    falling_y = np.zeros_like(v)
+    falling_y[1:-1] = v[:-2] - v[2:]
+    # Central differences span 2 px.
+    between: npt.NDArray[np.bool_] = np.maximum(falling_x, falling_y) > 2 * threshold
+    return between
 
 
 def _without_small(labels: Labels, count: int, min_px: int) -> Labels:
@@ -99,6 +122,30 @@ def classes_from_labels(labels: npt.NDArray[np.integer]) -> npt.NDArray[np.uint8
     classes[as32 > 0] = INTERIOR
     classes[edge] = BOUNDARY
     return classes
+
+
+def offsets_from_labels(labels: npt.NDArray[np.integer]) -> npt.NDArray[np.float32]:
+    """The offsets target (HoVer-Net's horizontal and vertical maps): each
+    nucleus pixel's x and y less its nucleus's centroid's, divided by the
+    largest such offset in its nucleus (-1 to 1 across it); 0 outside."""
+    as32 = labels.astype(np.int32)
+    flat = as32.ravel()
+    count = int(flat.max(initial=0)) + 1
+    pixels = np.maximum(np.bincount(flat, minlength=count), 1)
+    # The largest offset is to an edge of the nucleus's bounding box.
+    low, high = np.zeros((count, 2), np.float32), np.zeros((count, 2), np.float32)
+    for index, box in enumerate(ndimage.find_objects(as32, count - 1), 1):
+        if box is not None:
+            low[index] = box[1].start, box[0].start
+            high[index] = box[1].stop - 1, box[0].stop - 1
+    maps = np.zeros((2, *labels.shape), np.float32)
+    for axis, coordinate in enumerate(np.indices(labels.shape, dtype=np.float32)[::-1]):
+        centre = (np.bincount(flat, coordinate.ravel(), count) / pixels).astype(np.float32)
+        reach = np.maximum(high[:, axis] - centre, centre - low[:, axis])
+        reach[reach == 0] = 1
+        maps[axis] = (coordinate - centre[as32]) / reach[as32]
+    maps[:, as32 == 0] = 0
+    return maps
 
 
 def distance_from_labels(labels: npt.NDArray[np.integer]) -> npt.NDArray[np.float32]:

@@ -106,9 +106,7 @@ def quantised(
 
 
 class TorchEngine:
-    space_to_depth = SPACE_TO_DEPTH
-
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, weights: Path = TORCH_FILE) -> None:
         import torch
 
         from worker_service.backends.unet import UNet
@@ -116,19 +114,27 @@ class TorchEngine:
         self._torch: Any = torch
         self.device = torch.device(device)
         self.half = self.device.type == "cuda"
-        model = UNet()
-        model.load_state_dict(torch.load(TORCH_FILE, map_location="cpu", weights_only=True))
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        # Its blocks, widths and maps per pixel, as the weights' layers hold them.
+        self.space_to_depth = round(math.sqrt(state["stem.0.weight"].shape[1] / 3))
+        widths = [state["stem.0.weight"].shape[0]]
+        while f"down.{len(widths) - 1}.0.0.weight" in state:
+            widths.append(state[f"down.{len(widths) - 1}.0.0.weight"].shape[0])
+        outputs = state["head.weight"].shape[0] // self.space_to_depth**2
+        model = UNet(tuple(widths), self.space_to_depth, outputs)
+        model.load_state_dict(state)
         model = model.eval().to(self.device)
         self._model = model.half() if self.half else model
 
     def logits(self, batch: RGB) -> npt.NDArray[np.float32]:
         torch = self._torch
-        tensor = torch.from_numpy(centred(pixel_blocks(batch))).to(self.device)
+        blocks = pixel_blocks(batch, self.space_to_depth)
+        tensor = torch.from_numpy(centred(blocks)).to(self.device)
         if self.half:
             tensor = tensor.half()
         with torch.inference_mode():
-            blocks = self._model.blocks(tensor).float().cpu().numpy()
-        return pixels_from_blocks(blocks)
+            logits = self._model.blocks(tensor).float().cpu().numpy()
+        return pixels_from_blocks(logits, self.space_to_depth)
 
 
 NVIDIA_DRIVER = (Path("/proc/driver/nvidia/version"), Path("/dev/nvidiactl"))
@@ -222,6 +228,8 @@ class LearnedSegmenter(BatchedModel):
         self.params = InstanceParams(
             min_seed_px=max(1, round(defaults.min_seed_px * area)),
             min_area_px=max(1, round(defaults.min_area_px * area)),
+            # Maps enlarged to the tile fall less per tile pixel.
+            edge_threshold=defaults.edge_threshold * self.zoom,
         )
 
     def _segment_one_size(self, tiles: list[RGB]) -> list[Labels]:

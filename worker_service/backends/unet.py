@@ -22,6 +22,7 @@ from worker_service.analysis.instances import CLASSES
 from worker_service.backends.learned import SPACE_TO_DEPTH, WIDTHS
 
 OUTPUTS = CLASSES + 1  # the class logits and the distance logit
+OFFSET_OUTPUTS = OUTPUTS + 2  # and the horizontal and vertical offsets
 
 
 def _conv(inputs: int, outputs: int) -> nn.Sequential:
@@ -51,10 +52,14 @@ class UNet(nn.Module):  # type: ignore[misc]
     cost it more than a convolution)."""
 
     def __init__(
-        self, widths: tuple[int, ...] = WIDTHS, space_to_depth: int = SPACE_TO_DEPTH
+        self,
+        widths: tuple[int, ...] = WIDTHS,
+        space_to_depth: int = SPACE_TO_DEPTH,
+        outputs: int = OUTPUTS,
     ) -> None:
         super().__init__()
         self.space_to_depth = s = space_to_depth
+        self.outputs = outputs
         self.stem = _conv(3 * s * s, widths[0])
         self.down = nn.ModuleList(
             nn.Sequential(_conv(widths[i - 1], widths[i]), _conv(widths[i], widths[i]))
@@ -68,7 +73,7 @@ class UNet(nn.Module):  # type: ignore[misc]
             for i in coarse_to_fine
         )
         self.refine = nn.ModuleList(_conv(widths[i - 1], widths[i - 1]) for i in coarse_to_fine)
-        self.head = nn.Conv2d(widths[0], OUTPUTS * s * s, 1)
+        self.head = nn.Conv2d(widths[0], outputs * s * s, 1)
 
     def blocks(self, x: Any) -> Any:
         x = self.stem(x.permute(0, 3, 1, 2))
