@@ -139,6 +139,25 @@ def nucleus_dice_loss(outputs: torch.Tensor, classes: torch.Tensor) -> torch.Ten
     return 1 - (2 * overlap + 1) / (nucleus.sum() + truth.sum() + 1)
 
 
+def offset_gradient_loss(
+    predicted: torch.Tensor, offsets: torch.Tensor, classes: torch.Tensor
+) -> torch.Tensor:
+    """HoVer-Net's: the squared error of the horizontal map's slope across x
+    and the vertical's across y, inside nuclei, so that the maps fall as
+    sharply as the truth's where two nuclei meet."""
+    inside = (classes[:, 1:-1, 1:-1] > 0).float()
+
+    def slopes(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        across_x = maps[:, 0, 1:-1, 2:] - maps[:, 0, 1:-1, :-2]
+        across_y = maps[:, 1, 2:, 1:-1] - maps[:, 1, :-2, 1:-1]
+        return across_x, across_y
+
+    error = torch.zeros((), device=predicted.device)
+    for slope, truth in zip(slopes(predicted), slopes(offsets), strict=True):
+        error = error + ((slope - truth) ** 2 * inside).sum() / inside.sum().clamp(min=1)
+    return error
+
+
 def training_batch(
     training: list[data.Example],
     args: argparse.Namespace,
@@ -174,6 +193,7 @@ def batch_loss(
     loss_fn: nn.Module,
     dice_weight: float,
     offsets: torch.Tensor | None = None,
+    offset_gradient_weight: float = 0.0,
 ) -> torch.Tensor:
     """Cross-entropy of the classes, the distance map's squared error, the
     offsets' if given and, if weighted, the Dice loss of the nuclei."""
@@ -181,9 +201,10 @@ def batch_loss(
         torch.sigmoid(outputs[:, DISTANCE]), distances
     )
     if offsets is not None:
-        loss = loss + OFFSET_WEIGHT * nn.functional.mse_loss(
-            torch.tanh(outputs[:, HORIZONTAL:]), offsets
-        )
+        predicted = torch.tanh(outputs[:, HORIZONTAL:])
+        loss = loss + OFFSET_WEIGHT * nn.functional.mse_loss(predicted, offsets)
+        if offset_gradient_weight:
+            loss = loss + offset_gradient_weight * offset_gradient_loss(predicted, offsets, classes)
     if dice_weight:
         loss = loss + dice_weight * nucleus_dice_loss(outputs, classes)
     return loss
@@ -212,7 +233,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     for step in range(1, args.steps + 1):
         inputs, classes, distances, offsets = training_batch(training, args, rng, device)
         outputs = model(inputs)
-        loss = batch_loss(outputs, classes, distances, loss_fn, args.dice_weight, offsets)
+        loss = batch_loss(
+            outputs,
+            classes,
+            distances,
+            loss_fn,
+            args.dice_weight,
+            offsets,
+            args.offset_gradient_weight,
+        )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -295,6 +324,12 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="also learn each pixel's offset from its nucleus's centre (HoVer-Net's maps),"
         " which separate touching nuclei",
+    )
+    parser.add_argument(
+        "--offset-gradient-weight",
+        type=float,
+        default=0.0,
+        help="weight of the offsets' slope error inside nuclei (with --offsets)",
     )
     parser.add_argument(
         "--widths",

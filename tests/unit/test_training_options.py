@@ -8,7 +8,11 @@ import importlib.util
 import numpy as np
 import pytest
 
-from worker_service.analysis.instances import classes_from_labels, distance_from_labels
+from worker_service.analysis.instances import (
+    classes_from_labels,
+    distance_from_labels,
+    offsets_from_labels,
+)
 from wsi_training import data
 from wsi_training.data import _stain_jitter
 
@@ -92,3 +96,21 @@ def test_softened_crops_lose_fine_detail_but_keep_their_labels() -> None:
     assert soft < 0.8 * sharp
     # The same window (turned otherwise: softening draws random numbers first).
     assert np.array_equal(np.bincount(sharp_classes.ravel()), np.bincount(soft_classes.ravel()))
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is an optional extra (pip install '.[gpu]')")
+def test_the_offsets_slope_loss_is_0_for_the_truth_and_high_for_maps_that_do_not_fall() -> None:
+    import torch
+
+    from wsi_training.train import offset_gradient_loss
+
+    labels = np.zeros((24, 40), np.int32)
+    labels[6:18, 4:20] = 1
+    labels[6:18, 20:36] = 2  # touching nucleus 1 along x
+    truth = torch.from_numpy(offsets_from_labels(labels))[None]
+    classes = torch.from_numpy(classes_from_labels(labels).astype(np.int64))[None]
+    assert float(offset_gradient_loss(truth, truth, classes)) < 1e-9
+    # Rising across both nuclei as if they were one: no fall where they meet.
+    xs = torch.linspace(-1, 1, 40).expand(24, 40)
+    merged = torch.stack([xs * (truth[0, 0] != 0), truth[0, 1]])[None]
+    assert float(offset_gradient_loss(merged, truth, classes)) > 0.05
