@@ -281,7 +281,8 @@ def export(model: nn.Module, out: Path) -> dict[str, str]:
     blocks = 3 * model.space_to_depth**2
     example = torch.zeros(1, 32, 32, blocks)  # centred pixel_blocks, channels last
     torch.onnx.export(
-        Blocks(model),
+        # In eval mode too: the exporter leaves the wrapper's mode on the model.
+        Blocks(model).eval(),
         (example,),
         str(onnx_path),
         input_names=["rgb"],

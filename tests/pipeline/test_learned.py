@@ -99,7 +99,8 @@ def test_a_model_on_other_blocks_at_another_pixel_size_runs_as_exported(tmp_path
     batch = model_input(tile, 32)[None]
     assert batch.shape[1:3] == (224, 256)  # multiples of 4 x 2^3
     trained = TrainingEngine(model, torch.device("cpu")).logits(batch)
-    export(model, tmp_path)  # (leaves the model in training mode)
+    export(model, tmp_path)
+    assert not model.training  # as it was given
     engine = OnnxEngine(tmp_path / ONNX_FILE.name)
     assert engine.space_to_depth == 4
     served = LearnedSegmenter(engine, tile_mpp=0.25, model_mpp=0.25)
