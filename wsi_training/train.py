@@ -294,17 +294,9 @@ def export(model: nn.Module, out: Path) -> dict[str, str]:
     return {"pytorch": weights.name, "onnx": onnx_path.name}
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    data.add_data_argument(parser)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--steps", type=int, default=6000)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--crop", type=int, default=192)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
+def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the network learns and from what: losses, augmentation,
+    architecture and pixel size (the model card's recipes differ only here)."""
     parser.add_argument(
         "--dice-weight", type=float, default=0.0, help="weight of a soft Dice loss of nuclei"
     )
@@ -350,6 +342,20 @@ def parse_args() -> argparse.Namespace:
         default=data.MODEL_MPP,
         help="pixel size it learns at, um/px (the worker's model expects the default)",
     )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    data.add_data_argument(parser)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=192)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    _add_recipe_arguments(parser)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: PyTorch's)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--log-every", type=int, default=25)
