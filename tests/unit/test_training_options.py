@@ -114,3 +114,5 @@ def test_the_offsets_slope_loss_is_0_for_the_truth_and_high_for_maps_that_do_not
     xs = torch.linspace(-1, 1, 40).expand(24, 40)
     merged = torch.stack([xs * (truth[0, 0] != 0), truth[0, 1]])[None]
     assert float(offset_gradient_loss(merged, truth, classes)) > 0.05
+    # Slopes as steep as the truth's but the wrong way: the sign counts.
+    assert float(offset_gradient_loss(-truth, truth, classes)) > 0.05
