@@ -22,7 +22,7 @@ BACKENDS = ("classical", "learned", "instanseg")
 # the web UI and the README say it (figures: docs/benchmarks.md).
 BACKEND_HELP = {
     "learned": "the project's nucleus model (the default wherever it can run, CPUs included):"
-    " finds more nuclei and outlines them better (held-out AJI 0.51 against classical's 0.25);"
+    " finds more nuclei and outlines them better (held-out AJI 0.53 against classical's 0.25);"
     " a job takes about 1.4x the classical one's time on a CPU",
     "classical": "colour deconvolution and watershed, no model: the fast, lower-quality option",
     "instanseg": "InstanSeg (needs PyTorch and its model file on the worker)",

@@ -169,7 +169,7 @@ def test_tiles_of_another_pixel_size_are_resampled_for_the_model() -> None:
     """A 40x scan with no 0.5 um/px level is read at 0.25 um/px: the model
     sees each tile at its own pixel size, and the nuclei come back in the
     tile's pixels. (The model's nuclei move a little with any change of the
-    input: `bench.stability` measures F1 0.93 for such a 2x copy.)"""
+    input: `bench.stability` measures F1 0.97 for such a 2x copy.)"""
     tile = np.concatenate(cmu_tiles(3), axis=0)  # 768 x 256 at 0.5 um/px
     scan40x = cv2.resize(tile, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
     at_model = LearnedSegmenter("onnx-int8", "cpu", 0.5).find([tile])[0]
@@ -183,5 +183,5 @@ def test_tiles_of_another_pixel_size_are_resampled_for_the_model() -> None:
             areas = [np.median([n.area_px for n in nuclei]) for nuclei in (found, at_model)]
             assert 3.0 <= areas[0] / areas[1] <= 5.0  # four times the pixels each
     assert len(at_model) > 50
-    assert scores["resampled"] >= 0.75, scores
+    assert scores["resampled"] >= 0.85, scores
     assert scores["resampled"] >= scores["read as if at 0.5"] + 0.3, scores

@@ -15,7 +15,9 @@ from worker_service.analysis.instances import (
     distance_from_labels,
     labels_from_logits,
     logit,
+    nucleus_mask,
     offsets_from_labels,
+    seeds_from_logits,
 )
 from worker_service.backends.learned import pixel_blocks, pixels_from_blocks, quantised
 from wsi_training.metrics import score
@@ -54,19 +56,71 @@ def perfect_logits(labels: np.ndarray) -> np.ndarray:
     return np.stack([*planes, np.log(distance / (1 - distance))])
 
 
-def test_thresholds_on_logits_are_the_thresholds_on_probabilities() -> None:
-    from scipy import ndimage
-
+def test_the_mask_on_logits_is_the_mask_on_probabilities() -> None:
     rng = np.random.default_rng(7)
     logits = rng.normal(0, 3, (4, 64, 64)).astype(np.float32)
     probabilities = np.exp(logits[:3]) / np.exp(logits[:3]).sum(axis=0)
-    nucleus = probabilities[1] + probabilities[2] > 0.5
-    cores = (1 / (1 + np.exp(-logits[3])) > 0.4) & nucleus
-    found = labels_from_logits(logits, InstanceParams(min_seed_px=1, min_area_px=1))
-    # Every labelled pixel is nucleus, every core pixel labelled, one nucleus per core.
-    assert not (found > 0)[~nucleus].any() and (found > 0)[cores].all()
-    assert found.max() == ndimage.label(cores)[1] > 20
+    for threshold in (0.3, 0.5, 0.7):
+        expected = probabilities[1] + probabilities[2] > threshold
+        assert np.array_equal(nucleus_mask(logits, threshold).astype(bool), expected)
     assert logit(0.5) == 0 and abs(1 / (1 + np.exp(-logit(0.4))) - 0.4) < 1e-12
+
+
+def domes(heights: list[float], centres: list[tuple[int, int]], shape=(48, 96)) -> np.ndarray:
+    """Logits of all-nucleus maps whose distance is the highest of Gaussian
+    domes (radius ~8 px) of the given heights."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    distance = np.zeros(shape)
+    for height, (y, x) in zip(heights, centres, strict=True):
+        distance = np.maximum(distance, height * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 72))
+    distance = np.clip(distance, 1e-6, 1 - 1e-6)
+    nucleus = distance > 0.05
+    interior = np.where(nucleus, SURE, -SURE)
+    planes = [-interior, interior, np.full(shape, -SURE), np.log(distance / (1 - distance))]
+    return np.stack(planes).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("gap", "nuclei"),
+    [(6, 1), (8, 1), (12, 2), (20, 2)],  # the dip between the domes: 0.11, 0.18, 0.35, 0.68
+)
+def test_two_peaks_are_two_nuclei_only_where_the_dip_between_them_is_deep(
+    gap: int, nuclei: int
+) -> None:
+    logits = domes([0.9, 0.9], [(24, 30), (24, 30 + gap)])
+    assert labels_from_logits(logits, InstanceParams(seed_height=0.2)).max() == nuclei
+
+
+def test_a_faint_nucleus_beside_a_bright_one_is_its_own_nucleus() -> None:
+    """Its peak is low (0.35), but it rises well above the pass to the other."""
+    logits = domes([0.95, 0.35], [(24, 30), (24, 58)])
+    found = labels_from_logits(logits, InstanceParams())
+    assert found.max() == 2 and found[24, 30] != found[24, 58] != 0
+    faint = domes([0.15], [(24, 48)])  # under seed_floor: no nucleus
+    assert labels_from_logits(faint, InstanceParams()).max() == 0
+
+
+def test_seeds_are_the_h_maxima_of_the_smoothed_distance() -> None:
+    from scipy import ndimage
+    from skimage.morphology import h_maxima
+
+    rng = np.random.default_rng(3)
+    count = 40
+    logits = domes(
+        list(rng.uniform(0.3, 1.0, count)),
+        [(int(y), int(x)) for y, x in rng.integers(0, (128, 128), (count, 2))],
+        shape=(128, 128),
+    )
+    params = InstanceParams()
+    seeds = seeds_from_logits(logits, params)
+    distance = ndimage.gaussian_filter(1 / (1 + np.exp(-logits[3])), params.seed_smoothing)
+    expected = h_maxima(distance, params.seed_height).astype(bool) & (distance > params.seed_floor)
+    found_groups, found = ndimage.label(seeds, np.ones((3, 3)))
+    expected_groups, wanted = ndimage.label(expected, np.ones((3, 3)))
+    assert found == wanted > 10
+    # Each peak of the one holds one of the other.
+    for group in range(1, wanted + 1):
+        assert len(np.unique(found_groups[expected_groups == group])) == 1
 
 
 def test_the_distance_target_is_0_outside_1_at_each_centre_and_falls_to_the_edge() -> None:

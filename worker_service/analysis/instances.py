@@ -4,16 +4,17 @@ and the training targets of those outputs.
 The model gives, per pixel, logits of three classes (background, nucleus
 interior, nucleus boundary) and the logit of the pixel's distance to the edge
 of its nucleus (0 at the edge, 1 at the nucleus's deepest point). The nucleus
-pixels are those likelier interior or boundary than background; each
-nucleus's core, where the distance is over ``seed_threshold``, is its seed,
-grown over the nucleus pixels by a watershed on the distance. Cores of
-touching nuclei lie half a radius apart, so they separate even where the thin
-boundary between two nuclei is not resolved (dense small nuclei, a coarse
-pixel size).
+pixels are those likelier interior or boundary than background; each peak of
+the (lightly smoothed) distance that rises ``seed_height`` above the pass to
+any higher peak is a nucleus's seed, grown over the nucleus pixels by a
+watershed on the distance. The distance dips between touching nuclei even
+where the thin boundary between them is not resolved (dense small nuclei, a
+coarse pixel size); a peak's height above its pass is what tells two nuclei
+from one, where a fixed threshold on the distance merged nuclei whose dip
+stayed above it and lost faint ones below it.
 
-The thresholds are on probabilities, but each test is made on the logits
-themselves (softmax and sigmoid are monotone): no exponential per pixel, and
-no ties where float32 probabilities saturate at 0 or 1."""
+The mask's threshold is on probabilities, but its test is made on the logits
+(softmax is monotone): no ties where float32 probabilities saturate at 0 or 1."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from scipy import ndimage
 from worker_service.analysis import morphology
 
 Labels = npt.NDArray[np.int32]
+Mask = npt.NDArray[np.uint8]  # 0 or 1
 # (4, H, W) logits: background, interior, boundary, distance; a model with
 # offsets adds two (6, H, W): HORIZONTAL, VERTICAL (``offsets_from_labels``).
 Maps = npt.NDArray[np.float32]
@@ -36,12 +38,19 @@ BACKGROUND, INTERIOR, BOUNDARY, DISTANCE, HORIZONTAL, VERTICAL = 0, 1, 2, 3, 4, 
 CLASSES = 3  # the maps before DISTANCE are class probabilities
 
 
+# The distance (0 to 1) in 8-bit steps for its peaks: a seed_height of 0.2
+# is 50 steps, and 8-bit reconstruction is several times faster than 16.
+DISTANCE_STEPS = 250
+
+
 @dataclass(frozen=True)
 class InstanceParams:
-    # Chosen on the held-out images (grid 0.3-0.5 x 0.5-0.7, the model card).
-    seed_threshold: float = 0.4  # distance to the nucleus edge of a seed pixel (0 to 1)
     mask_threshold: float = 0.5  # interior + boundary probability of a nucleus pixel
-    min_seed_px: int = 4  # smaller seeds are noise
+    # The seeds': chosen on the held-out images, checked on CPM-15 (the model
+    # card, "Seeds from the distance's peaks").
+    seed_smoothing: float = 0.5  # Gaussian sigma, model pixels: no peaks of noise
+    seed_height: float = 0.2  # a peak's least rise above its pass to a higher one
+    seed_floor: float = 0.2  # lower peaks are not nuclei
     min_area_px: int = 12  # smaller nuclei are dropped (3 um^2 at 0.5 um/px)
     # Of a model with offsets: where they fall by more than this per model
     # pixel (across x for the horizontal, y for the vertical), two nuclei
@@ -56,28 +65,72 @@ def logit(probability: float) -> float:
     return math.log(probability / (1 - probability))
 
 
-def labels_from_logits(logits: Maps, params: InstanceParams) -> Labels:
-    """Labelled nuclei from the model's (4, H, W) outputs. A pixel is nucleus
-    where P(interior) + P(boundary) > mask_threshold, that is where
+def labels_from_logits(logits: Maps, params: InstanceParams, seeds: Mask | None = None) -> Labels:
+    """Labelled nuclei from the model's (4, H, W) outputs: ``seeds``
+    (``seeds_from_logits``, found at the model's pixel size and brought to
+    these maps', a tile's) grown over the nucleus pixels by a watershed on
+    the distance. By default the seeds are found on these maps."""
+    nucleus = nucleus_mask(logits, params.mask_threshold)
+    if seeds is None:
+        seeds = _peaks(logits, nucleus, params)
+    count, markers = cv2.connectedComponents(seeds & nucleus, connectivity=8, ltype=cv2.CV_32S)
+    if count <= 1:
+        return np.zeros(nucleus.shape, np.int32)
+    elevation = np.negative(logits[DISTANCE], dtype=np.float32)
+    labels = morphology.flood(elevation, markers, nucleus)
+    return _without_small(labels, count, params.min_area_px)
+
+
+def nucleus_mask(logits: Maps, threshold: float) -> Mask:
+    """1 where P(interior) + P(boundary) > threshold, that is where
     (e^interior + e^boundary) / e^background > t / (1 - t) (an overflow to
-    infinity still compares right); a seed where the distance's sigmoid is
-    over seed_threshold, that is where its logit is over the threshold's."""
-    distance = logits[DISTANCE]
+    infinity still compares right)."""
     background = logits[BACKGROUND]
     with np.errstate(over="ignore"):
         odds = np.exp(logits[INTERIOR] - background)
         odds += np.exp(logits[BOUNDARY] - background)
-    t = params.mask_threshold
-    nucleus = odds > t / (1 - t)
-    seeds = (distance > logit(params.seed_threshold)) & nucleus
+    mask: Mask = (odds > threshold / (1 - threshold)).view(np.uint8)
+    return mask
+
+
+def seeds_from_logits(logits: Maps, params: InstanceParams) -> Mask:
+    """1 at the nuclei's seeds: the h-maxima of the smoothed distance
+    (``seed_height`` high) over ``seed_floor``, on nucleus pixels; for a
+    model with offsets, less where they fall between two nuclei. Found on
+    the model's own maps, so that a tile of another pixel size gets the
+    seeds the model's pixels hold (``seed_smoothing`` is in them)."""
+    return _peaks(logits, nucleus_mask(logits, params.mask_threshold), params)
+
+
+def _peaks(logits: Maps, nucleus: Mask, params: InstanceParams) -> Mask:
+    distance = np.negative(logits[DISTANCE], dtype=np.float32)
+    cv2.exp(distance, distance)
+    distance = 1 / (1 + distance)  # the sigmoid
+    distance = morphology.gaussian(distance, params.seed_smoothing)
+    levels = np.rint(distance * DISTANCE_STEPS).astype(np.uint8)
+    levels *= nucleus
+    height = round(params.seed_height * DISTANCE_STEPS)
+    passes = cv2.subtract(levels, height)
+    morphology.reconstruct_by_dilation(passes, levels)
+    # The reconstruction leaves each peak's cap (its pixels above the peak
+    # less `height`) below the distance, and the top of a peak that rises
+    # `height` above its pass exactly `height` below. Caps holding such a top
+    # are the seeds: two tops of one level on one cap (a flat ridge, near
+    # ties after rounding) are one nucleus, as the dip between them is less.
+    count, caps = cv2.connectedComponents(
+        cv2.compare(levels, passes, cv2.CMP_GT), connectivity=8, ltype=cv2.CV_32S
+    )
+    tops = (cv2.subtract(levels, passes) >= height) & (
+        levels > round(params.seed_floor * DISTANCE_STEPS)
+    )
+    seeded = np.zeros(count, bool)
+    seeded[caps[tops]] = True
+    seeded[0] = False
+    peaks = seeded[caps]
     if len(logits) > HORIZONTAL:
-        seeds &= ~_between_nuclei(logits[HORIZONTAL], logits[VERTICAL], params.edge_threshold)
-    count, markers = cv2.connectedComponents(seeds.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
-    if count <= 1:
-        return np.zeros(distance.shape, np.int32)
-    markers = _without_small(markers, count, params.min_seed_px)
-    labels = morphology.flood(-distance.astype(np.float32), markers, nucleus.view(np.uint8))
-    return _without_small(labels, count, params.min_area_px)
+        peaks &= ~_between_nuclei(logits[HORIZONTAL], logits[VERTICAL], params.edge_threshold)
+    seeds: Mask = peaks.view(np.uint8)
+    return seeds
 
 
 def _between_nuclei(

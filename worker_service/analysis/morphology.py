@@ -90,7 +90,7 @@ def h_maxima(image: Image32, h: float) -> Mask:
     if peak >= h:
         background = levels == drop
         marker[background] = drop
-    _reconstruct_by_dilation(marker, levels)
+    reconstruct_by_dilation(marker, levels)
     # Pixels the reconstruction left `drop` below: the tops of the domes.
     tops: Mask = ((levels - marker) >= drop).astype(np.uint8)
     _break_ties(tops, levels, drop, image)
@@ -130,7 +130,10 @@ def _break_ties(tops: Mask, levels: npt.NDArray[np.uint16], drop: int, image: Im
                     tops.ravel()[where[group_at == g]] = 0
 
 
-def _reconstruct_by_dilation(marker: npt.NDArray[np.uint16], mask: npt.NDArray[np.uint16]) -> None:
+def reconstruct_by_dilation(
+    marker: npt.NDArray[np.uint8] | npt.NDArray[np.uint16],
+    mask: npt.NDArray[np.uint8] | npt.NDArray[np.uint16],
+) -> None:
     """Raises ``marker`` in place to its grey reconstruction under ``mask``:
     3 x 3 dilations capped by the mask until nothing changes. Only the box
     around the last change (one pixel wider each step) is worked on: after the

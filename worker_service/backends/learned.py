@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from worker_service.analysis.instances import InstanceParams, labels_from_logits
+from worker_service.analysis.instances import InstanceParams, labels_from_logits, seeds_from_logits
 from worker_service.analysis.nuclei import RGB, Labels
 from worker_service.backends.base import (
     Backend,
@@ -224,13 +224,7 @@ class LearnedSegmenter(BatchedModel):
         self.multiple = padding_multiple(self.engine.space_to_depth)
         self.zoom = model_zoom(tile_mpp, model_mpp)
         area = 1 / (self.zoom * self.zoom)  # tile pixels per model pixel
-        defaults = InstanceParams()
-        self.params = InstanceParams(
-            min_seed_px=max(1, round(defaults.min_seed_px * area)),
-            min_area_px=max(1, round(defaults.min_area_px * area)),
-            # Maps enlarged to the tile fall less per tile pixel.
-            edge_threshold=defaults.edge_threshold * self.zoom,
-        )
+        self.params = InstanceParams(min_area_px=max(1, round(InstanceParams().min_area_px * area)))
 
     def _segment_one_size(self, tiles: list[RGB]) -> list[Labels]:
         height, width = tiles[0].shape[:2]
@@ -238,9 +232,16 @@ class LearnedSegmenter(BatchedModel):
         inputs = [model_input(self._to_model(tile, size), self.multiple) for tile in tiles]
         batch = inputs[0][None] if len(inputs) == 1 else np.stack(inputs)
         outputs = self.engine.logits(batch)[:, :, : size[1], : size[0]]
-        return [
-            labels_from_logits(self._to_tile(out, (width, height)), self.params) for out in outputs
-        ]
+        return [self._labels(out, (width, height)) for out in outputs]
+
+    def _labels(self, logits: npt.NDArray[np.float32], size: tuple[int, int]) -> Labels:
+        """Seeds from the model's maps, nuclei outlined on the tile's."""
+        if self.zoom == 1.0:
+            return labels_from_logits(logits, self.params)
+        seeds = cv2.resize(
+            seeds_from_logits(logits, self.params), size, interpolation=cv2.INTER_NEAREST
+        )
+        return labels_from_logits(self._to_tile(logits, size), self.params, seeds)
 
     def _to_model(self, rgb: RGB, size: tuple[int, int]) -> RGB:
         if self.zoom == 1.0:
