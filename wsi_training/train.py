@@ -174,6 +174,7 @@ def training_batch(
             args.scale_jitter,
             args.stain_jitter,
             args.soften,
+            args.fade,
         )
         for _ in range(args.batch)
     ]
@@ -311,6 +312,12 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         help="share of crops shrunk by 1 to 2 and enlarged back (lower-magnification scans)",
+    )
+    parser.add_argument(
+        "--fade",
+        type=float,
+        default=0.0,
+        help="share of crops whose haematoxylin is scaled by 0.4 to 1 (faint nuclei)",
     )
     parser.add_argument(
         "--offsets",

@@ -1,5 +1,6 @@
 """The training options the model card's tried recipes use: the colour
-jitter's strength and the Dice loss of nuclei."""
+jitter's strength, softening, fading, the Dice loss of nuclei and the
+offsets' slope loss."""
 
 from __future__ import annotations
 
@@ -71,10 +72,10 @@ def _example(size: int = 96) -> data.Example:
     )
 
 
-def test_softening_off_draws_the_random_numbers_the_shipped_weights_were_trained_with() -> None:
+def test_options_off_draw_the_random_numbers_the_shipped_weights_were_trained_with() -> None:
     """The default recipe reproduces the shipped weights only if an option
-    that is off draws nothing: the generator's next number after three
-    default crops, as before the option existed."""
+    that is off (softening, fading) draws nothing: the generator's next
+    number after three default crops, as before the options existed."""
     rng = np.random.default_rng(5)
     for _ in range(3):
         data.augmented_crop(_example(), 64, rng)
@@ -96,6 +97,33 @@ def test_softened_crops_lose_fine_detail_but_keep_their_labels() -> None:
     assert soft < 0.8 * sharp
     # The same window (turned otherwise: softening draws random numbers first).
     assert np.array_equal(np.bincount(sharp_classes.ravel()), np.bincount(soft_classes.ravel()))
+
+
+def test_faded_crops_lose_haematoxylin_keep_eosin_and_their_labels() -> None:
+    from skimage.color import hed2rgb, rgb2hed
+
+    size = 64
+    labels = np.zeros((size, size), np.int32)
+    labels[20:44, 20:44] = 1
+    stains = np.zeros((size, size, 3))
+    stains[..., 1] = 0.03  # eosin everywhere
+    stains[labels > 0, 0] = 0.08  # haematoxylin in the nucleus
+    rgb = np.round(np.clip(hed2rgb(stains), 0, 1) * 255).astype(np.uint8)
+    example = data.Example(
+        "he", "folder", rgb, labels, classes_from_labels(labels), distance_from_labels(labels),
+        rgb, labels, data.MODEL_MPP,
+    )  # fmt: skip
+
+    def stains_in_nucleus(fade: float) -> tuple[np.ndarray, np.ndarray]:
+        crop, classes, _, _ = data.augmented_crop(
+            example, size, np.random.default_rng(11), scale_jitter=1.0, stain_jitter=0.0, fade=fade
+        )
+        return rgb2hed(crop.transpose(1, 2, 0))[classes > 0].mean(axis=0), classes
+
+    (kept, kept_classes), (faded, faded_classes) = stains_in_nucleus(0.0), stains_in_nucleus(1.0)
+    assert faded[0] < 0.95 * kept[0]  # rng 11 draws a factor well under 1
+    assert abs(faded[1] - kept[1]) < 0.1 * kept[1]
+    assert np.array_equal(np.bincount(kept_classes.ravel()), np.bincount(faded_classes.ravel()))
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is an optional extra (pip install '.[gpu]')")
