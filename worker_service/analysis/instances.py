@@ -18,7 +18,6 @@ The mask's threshold is on probabilities, but its test is made on the logits
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import cv2
@@ -47,7 +46,7 @@ DISTANCE_STEPS = 250
 class InstanceParams:
     mask_threshold: float = 0.5  # interior + boundary probability of a nucleus pixel
     # The seeds': chosen on the held-out images, checked on CPM-15 (the model
-    # card, "Seeds from the distance's peaks").
+    # card's "Third round").
     seed_smoothing: float = 0.5  # Gaussian sigma, model pixels: no peaks of noise
     seed_height: float = 0.2  # a peak's least rise above its pass to a higher one
     seed_floor: float = 0.2  # lower peaks are not nuclei
@@ -58,11 +57,6 @@ class InstanceParams:
     # offsets (0.02-0.4 tried; the model card): their maps fall far less
     # sharply than the truth's 1 or more.
     edge_threshold: float = 0.05
-
-
-def logit(probability: float) -> float:
-    """The logit whose sigmoid is ``probability`` (in (0, 1))."""
-    return math.log(probability / (1 - probability))
 
 
 def labels_from_logits(logits: Maps, params: InstanceParams, seeds: Mask | None = None) -> Labels:
