@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,11 +93,21 @@ def test_metrics_move_as_a_workflow_runs_and_finishes(setup: Setup) -> None:
         peak_watchers = max(peak_watchers, value(during, "wsi_scheduler_watch_streams"))
         watcher.thread.join(0.2)
     watcher.join()
-    after_s, after_w = scrape(scheduler_url), scrape(worker_url)
-    seg = get(c, "metrics-user", wf.workflow_id).jobs[1]
 
     def delta(name: str, before: Samples, after: Samples, **labels: str) -> float:
         return total(after, name, **labels) - total(before, name, **labels)
+
+    after_s = scrape(scheduler_url)
+    # A RunJob call is counted as it closes, a moment after the scheduler has
+    # the job's last update (the job's own counters move before it).
+    deadline = time.monotonic() + 5
+    while True:
+        after_w = scrape(worker_url)
+        run_jobs = delta("wsi_worker_rpcs_total", before_w, after_w, method="Worker/RunJob")
+        if run_jobs >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    seg = get(c, "metrics-user", wf.workflow_id).jobs[1]
 
     assert peak_running >= 1 and peak_watchers >= 1
     s, w = (before_s, after_s), (before_w, after_w)

@@ -111,6 +111,32 @@ async def test_progress_is_relayed_and_the_outcome_ends_the_stream(
     assert worker.servicer.running == 0 and worker.ended("succeeded") == 1
 
 
+@pytest.mark.parametrize("fails", [False, True])
+async def test_the_end_is_counted_before_the_last_update_leaves(
+    tmp_path: Path, job_id: str, fails: bool
+) -> None:
+    """The scheduler acts on the last update at once: this worker's metrics
+    must already show the job ended then, and count it once."""
+
+    async def play(spec: JobSpec, ctx: JobContext, token: int) -> JobOutcome:
+        if fails:
+            raise SlideError("cannot open slide 's.svs': bad tile")
+        return JobOutcome({}, {"nuclei": 0})
+
+    worker = Worker(tmp_path, play)
+    outcome = "failed" if fails else "succeeded"
+    request = pb.RunJobRequest(
+        job_id=job_id, job_type=spb.CELL_SEGMENTATION, wsi_path="s.svs", attempt=1
+    )
+    stream = worker.servicer.RunJob(request, cast(Any, FakeContext()))
+    last = await anext(stream)
+    assert last.WhichOneof("update") == ("error" if fails else "result")
+    assert worker.servicer.running == 0 and worker.ended(outcome) == 1  # the stream still open
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
+    assert worker.servicer.running == 0 and worker.ended(outcome) == 1
+
+
 async def test_a_quiet_job_sends_heartbeats(
     tmp_path: Path, job_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -126,12 +126,24 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         )
         log.debug("job %s attempt %d: %s", spec.job_id, request.attempt, spec.job_type)
         self.running += 1
+        ended = False
+
+        def end() -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                self.running -= 1
+                self.metrics.job_ended(spec.job_type, run.outcome)
+
         try:
             async for update in run.updates():
+                if update.WhichOneof("update") in ("result", "error"):
+                    # Counted before the scheduler hears of it, so that this
+                    # worker's metrics never lag the job's state there.
+                    end()
                 yield update
         finally:
-            self.running -= 1
-            self.metrics.job_ended(spec.job_type, run.outcome)
+            end()  # a cancelled or lost call
 
     async def _admit(self, request: pb.RunJobRequest, context: Context) -> JobSpec | pb.JobUpdate:
         """The job to run, or the error update that refuses it (a slide it may
