@@ -195,10 +195,11 @@ def batch_loss(
     dice_weight: float,
     offsets: torch.Tensor | None = None,
     offset_gradient_weight: float = 0.0,
+    distance_weight: float = DISTANCE_WEIGHT,
 ) -> torch.Tensor:
     """Cross-entropy of the classes, the distance map's squared error, the
     offsets' if given and, if weighted, the Dice loss of the nuclei."""
-    loss = loss_fn(outputs[:, :CLASSES], classes) + DISTANCE_WEIGHT * nn.functional.mse_loss(
+    loss = loss_fn(outputs[:, :CLASSES], classes) + distance_weight * nn.functional.mse_loss(
         torch.sigmoid(outputs[:, DISTANCE]), distances
     )
     if offsets is not None:
@@ -242,6 +243,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             args.dice_weight,
             offsets,
             args.offset_gradient_weight,
+            args.distance_weight,
         )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -300,6 +302,12 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     architecture and pixel size (the model card's recipes differ only here)."""
     parser.add_argument(
         "--dice-weight", type=float, default=0.0, help="weight of a soft Dice loss of nuclei"
+    )
+    parser.add_argument(
+        "--distance-weight",
+        type=float,
+        default=DISTANCE_WEIGHT,
+        help="weight of the distance map's squared error (its peaks are the seeds)",
     )
     parser.add_argument(
         "--scale-jitter", type=float, default=data.SCALE_JITTER, help="crops scaled by 1/s to s"

@@ -144,3 +144,24 @@ def test_the_offsets_slope_loss_is_0_for_the_truth_and_high_for_maps_that_do_not
     assert float(offset_gradient_loss(merged, truth, classes)) > 0.05
     # Slopes as steep as the truth's but the wrong way: the sign counts.
     assert float(offset_gradient_loss(-truth, truth, classes)) > 0.05
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is an optional extra (pip install '.[gpu]')")
+def test_the_distance_weight_scales_the_distance_error_and_nothing_else() -> None:
+    import torch
+    from torch import nn
+
+    from wsi_training.train import DISTANCE_WEIGHT, batch_loss
+
+    generator = torch.Generator().manual_seed(0)
+    outputs = torch.randn(2, 4, 8, 8, generator=generator)
+    classes = torch.randint(0, 3, (2, 8, 8), generator=generator)
+    distances = torch.rand(2, 8, 8, generator=generator)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def loss(**weight: float) -> float:
+        return float(batch_loss(outputs, classes, distances, loss_fn, 0.0, **weight))
+
+    none, default, double = loss(distance_weight=0.0), loss(), loss(distance_weight=8.0)
+    assert DISTANCE_WEIGHT == 4.0  # the shipped recipe's
+    assert double - default == pytest.approx(default - none, rel=1e-5) and default > none
