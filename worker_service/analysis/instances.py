@@ -26,9 +26,9 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from worker_service.analysis import morphology
+from worker_service.analysis.morphology import Mask
 
 Labels = npt.NDArray[np.int32]
-Mask = npt.NDArray[np.uint8]  # 0 or 1
 # (4, H, W) logits: background, interior, boundary, distance; a model with
 # offsets adds two (6, H, W): HORIZONTAL, VERTICAL (``offsets_from_labels``).
 Maps = npt.NDArray[np.float32]
@@ -103,28 +103,14 @@ def _peaks(logits: Maps, nucleus: Mask, params: InstanceParams) -> Mask:
     distance = morphology.gaussian(distance, params.seed_smoothing)
     levels = np.rint(distance * DISTANCE_STEPS).astype(np.uint8)
     levels *= nucleus
-    height = round(params.seed_height * DISTANCE_STEPS)
-    passes = cv2.subtract(levels, height)
-    morphology.reconstruct_by_dilation(passes, levels)
-    # The reconstruction leaves each peak's cap (its pixels above the peak
-    # less `height`) below the distance, and the top of a peak that rises
-    # `height` above its pass exactly `height` below. Caps holding such a top
-    # are the seeds: two tops of one level on one cap (a flat ridge, near
-    # ties after rounding) are one nucleus, as the dip between them is less.
-    count, caps = cv2.connectedComponents(
-        cv2.compare(levels, passes, cv2.CMP_GT), connectivity=8, ltype=cv2.CV_32S
+    peaks = morphology.h_maxima_caps(
+        levels,
+        round(params.seed_height * DISTANCE_STEPS),
+        round(params.seed_floor * DISTANCE_STEPS),
     )
-    tops = (cv2.subtract(levels, passes) >= height) & (
-        levels > round(params.seed_floor * DISTANCE_STEPS)
-    )
-    seeded = np.zeros(count, bool)
-    seeded[caps[tops]] = True
-    seeded[0] = False
-    peaks = seeded[caps]
     if len(logits) > HORIZONTAL:
         peaks &= ~_between_nuclei(logits[HORIZONTAL], logits[VERTICAL], params.edge_threshold)
-    seeds: Mask = peaks.view(np.uint8)
-    return seeds
+    return peaks
 
 
 def _between_nuclei(
