@@ -53,23 +53,17 @@ def test_the_dice_loss_is_low_for_the_right_nuclei_and_high_for_none() -> None:
     assert float(nucleus_dice_loss(none, classes)) > 0.95
 
 
+def _example_of(rgb: np.ndarray, labels: np.ndarray) -> data.Example:
+    targets = classes_from_labels(labels), distance_from_labels(labels)
+    return data.Example("synthetic", "folder", rgb, labels, *targets, rgb, labels, data.MODEL_MPP)
+
+
 def _example(size: int = 96) -> data.Example:
     """Sharp-edged texture with one square nucleus: what softening blurs."""
     rng = np.random.default_rng(3)
-    rgb = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     labels = np.zeros((size, size), np.int32)
     labels[30:60, 30:60] = 1
-    return data.Example(
-        "synthetic",
-        "folder",
-        rgb,
-        labels,
-        classes_from_labels(labels),
-        distance_from_labels(labels),
-        rgb,
-        labels,
-        data.MODEL_MPP,
-    )
+    return _example_of(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), labels)
 
 
 def test_options_off_draw_the_random_numbers_the_shipped_weights_were_trained_with() -> None:
@@ -108,11 +102,7 @@ def test_faded_crops_lose_haematoxylin_keep_eosin_and_their_labels() -> None:
     stains = np.zeros((size, size, 3))
     stains[..., 1] = 0.03  # eosin everywhere
     stains[labels > 0, 0] = 0.08  # haematoxylin in the nucleus
-    rgb = np.round(np.clip(hed2rgb(stains), 0, 1) * 255).astype(np.uint8)
-    example = data.Example(
-        "he", "folder", rgb, labels, classes_from_labels(labels), distance_from_labels(labels),
-        rgb, labels, data.MODEL_MPP,
-    )  # fmt: skip
+    example = _example_of(np.round(np.clip(hed2rgb(stains), 0, 1) * 255).astype(np.uint8), labels)
 
     def stains_in_nucleus(fade: float) -> tuple[np.ndarray, np.ndarray]:
         crop, classes, _, _ = data.augmented_crop(

@@ -10,7 +10,7 @@ import errno
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -74,15 +74,17 @@ class Worker:
         )
         return value or 0.0
 
-    async def updates(self, job_id: str, slide: str = "s.svs") -> list[pb.JobUpdate]:
+    def stream(self, job_id: str, slide: str = "s.svs") -> AsyncIterator[pb.JobUpdate]:
         request = pb.RunJobRequest(
             job_id=job_id,
             job_type=spb.CELL_SEGMENTATION,
             wsi_path=slide,
             attempt=1,
         )
-        ctx = cast(Any, FakeContext())
-        return [update async for update in self.servicer.RunJob(request, ctx)]
+        return self.servicer.RunJob(request, cast(Any, FakeContext()))
+
+    async def updates(self, job_id: str, slide: str = "s.svs") -> list[pb.JobUpdate]:
+        return [update async for update in self.stream(job_id, slide)]
 
 
 @pytest.fixture
@@ -125,10 +127,7 @@ async def test_the_end_is_counted_before_the_last_update_leaves(
 
     worker = Worker(tmp_path, play)
     outcome = "failed" if fails else "succeeded"
-    request = pb.RunJobRequest(
-        job_id=job_id, job_type=spb.CELL_SEGMENTATION, wsi_path="s.svs", attempt=1
-    )
-    stream = worker.servicer.RunJob(request, cast(Any, FakeContext()))
+    stream = worker.stream(job_id)
     last = await anext(stream)
     assert last.WhichOneof("update") == ("error" if fails else "result")
     assert worker.servicer.running == 0 and worker.ended(outcome) == 1  # the stream still open
