@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := protos/wsi/scheduler/v1/scheduler.proto protos/wsi/worker/v1/worker.proto
 GEN    := wsi_protocol/scheduler wsi_protocol/worker
 
-.PHONY: all venv run test test-fast lint proto proto-check bench clean browser torch train-model web container-tools image
+.PHONY: all venv run test test-fast lint proto proto-check bench clean browser torch train-model web container-tools image gpu-wheels
 
 all: test
 
@@ -138,6 +138,19 @@ proto-check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
+
+## The wheels a GPU machine lent through the device tool lacks, for
+## bench/gpu_check.sh (its python3, GPU_PYTHON, already holds PyTorch with CUDA,
+## ONNX Runtime, OpenCV and scikit-image; nothing can be fetched there).
+GPU_PYTHON ?= 3.12
+gpu-wheels: $(STAMP)
+	$(BIN)/python -m pip download --quiet --only-binary=:all: --no-deps --implementation cp \
+		--python-version $(GPU_PYTHON) --platform manylinux_2_28_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .wheelhouse \
+		grpcio==$$($(BIN)/python -c 'import grpc; print(grpc.__version__)') \
+		grpcio-health-checking grpcio-reflection \
+		protobuf==$$($(BIN)/python -c 'import google.protobuf as p; print(p.__version__)') \
+		openslide-python openslide-bin shapely orjson imagecodecs
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
