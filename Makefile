@@ -148,7 +148,8 @@ gpu-wheels: $(STAMP)
 		--python-version $(GPU_PYTHON) --platform manylinux_2_28_x86_64 \
 		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .wheelhouse \
 		grpcio==$$($(BIN)/python -c 'import grpc; print(grpc.__version__)') \
-		grpcio-health-checking grpcio-reflection \
+		grpcio-health-checking==$$($(BIN)/python -m pip show grpcio-health-checking | sed -n 's/^Version: //p') \
+		grpcio-reflection==$$($(BIN)/python -m pip show grpcio-reflection | sed -n 's/^Version: //p') \
 		protobuf==$$($(BIN)/python -c 'import google.protobuf as p; print(p.__version__)') \
 		openslide-python openslide-bin shapely orjson imagecodecs
 
