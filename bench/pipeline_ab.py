@@ -86,12 +86,20 @@ def main() -> None:
     parser.add_argument("--params", default="", help="this side's job parameters, KEY=VALUE,...")
     parser.add_argument("--megapixels", type=float, default=320)
     parser.add_argument("--mpp", type=float, default=0.5, choices=(0.25, 0.5))
+    parser.add_argument(
+        "--level-step",
+        type=int,
+        default=2,
+        choices=(2, 4),
+        help="the slide's levels each 2x or 4x smaller (4, with --mpp 0.25: an"
+        " Aperio 40x scan, no 0.5 um/px level, so tiles are read at 0.25)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--processes", type=int, default=0, help="worker pool processes (default: one per core)"
     )
     args = parser.parse_args()
-    slide = slide_path(OUT, args.megapixels, args.mpp)
+    slide = slide_path(OUT, args.megapixels, args.mpp, args.level_step)
     same_commit = args.baseline == "HEAD"
     baseline_root, baseline_commit = (ROOT, "HEAD") if same_commit else worktree(args.baseline)
     job_params = {"baseline": _params(args.baseline_params), "this": _params(args.params)}

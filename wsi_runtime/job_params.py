@@ -23,7 +23,8 @@ BACKENDS = ("classical", "learned", "instanseg")
 BACKEND_HELP = {
     "learned": "the project's nucleus model (the default wherever it can run, CPUs included):"
     " finds more nuclei and outlines them better (held-out AJI 0.53 against classical's 0.25);"
-    " a job takes about 1.4x the classical one's time on a CPU",
+    " a job takes 1.3-1.4x the classical one's time on a CPU (about the same on a 40x scan"
+    " with no 20x level)",
     "classical": "colour deconvolution and watershed, no model: the fast, lower-quality option",
     "instanseg": "InstanSeg (needs PyTorch and its model file on the worker)",
 }

@@ -158,15 +158,17 @@ def write_pyramid(
     levels: int = 3,
     tile: int = 256,
     quality: int = 90,
+    step: int = 2,
 ) -> None:
-    """Writes a tiled, JPEG-compressed pyramid; level k is 2**k smaller.
+    """Writes a tiled, JPEG-compressed pyramid; level k is ``step``**k smaller
+    (4: an Aperio scan's levels, whose 40x slides have no 20x level).
     ``read(level, x, y, w, h)`` returns the RGB pixels of one tile at that level,
     so slides larger than memory can be written tile by tile."""
     path.parent.mkdir(parents=True, exist_ok=True)
     px_per_cm = 1e4 / mpp
     with tifffile.TiffWriter(path, bigtiff=width * height > 2**31) as tif:
         for level in range(levels):
-            scale = 2**level
+            scale = step**level
             w, h = max(1, width // scale), max(1, height // scale)
 
             def tiles(level: int = level, w: int = w, h: int = h) -> Iterator[RGB]:
@@ -202,13 +204,13 @@ def downsample(image: RGB, factor: int) -> RGB:
     return result
 
 
-def write_array_slide(path: Path, image: RGB, mpp: float, levels: int = 3) -> None:
-    pyramid = [downsample(image, 2**k) for k in range(levels)]
+def write_array_slide(path: Path, image: RGB, mpp: float, levels: int = 3, step: int = 2) -> None:
+    pyramid = [downsample(image, step**k) for k in range(levels)]
 
     def read(level: int, x: int, y: int, w: int, h: int) -> RGB:
         return pyramid[level][y : y + h, x : x + w]
 
-    write_pyramid(path, image.shape[1], image.shape[0], read, mpp, levels)
+    write_pyramid(path, image.shape[1], image.shape[0], read, mpp, levels, step=step)
 
 
 def synthetic_he_slide(
@@ -219,9 +221,11 @@ def synthetic_he_slide(
     tile_size: int = 512,
     overlap: int = 64,
     seed: int = 0,
+    level_step: int = 2,
 ) -> SyntheticSlide:
     """A synthetic H&E slide with ground-truth nuclei, some on the seams of the
-    worker's tile grid for (tile_size, overlap) at level 0."""
+    worker's tile grid for (tile_size, overlap) at level 0; its levels each
+    ``level_step`` times smaller (4: an Aperio scan's)."""
     margin_x, margin_y = width // 8, height // 8
     box = (margin_x, margin_y, width - margin_x, height - margin_y)
     nuclei = generate_nuclei(
@@ -233,5 +237,6 @@ def synthetic_he_slide(
         seams_y=seam_positions(height, tile_size, overlap),
         seed=seed,
     )
-    write_array_slide(path, render_he(width, height, nuclei, box, seed=seed), mpp)
+    image = render_he(width, height, nuclei, box, seed=seed)
+    write_array_slide(path, image, mpp, step=level_step)
     return SyntheticSlide(path, width, height, mpp, tuple(nuclei), box)

@@ -29,7 +29,7 @@ from worker_service.backends.learned import (
 )
 from worker_service.pipeline.job import JobOutcome
 from worker_service.pipeline.tile_pool import TilePool
-from wsi_runtime.synthetic_slides import SyntheticSlide
+from wsi_runtime.synthetic_slides import SyntheticSlide, synthetic_he_slide
 from wsi_training.metrics import score
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -163,6 +163,26 @@ def test_a_learned_job_finds_the_nuclei_of_a_real_scan(pool: TilePool, tmp_path:
     assert len(theirs) <= len(ours) <= 2.5 * len(theirs), (len(ours), len(theirs))
     tp, _, fn = match(ours, theirs, radius=3.0 / 0.5)
     assert tp >= 0.85 * len(theirs), (tp, fn)
+
+
+def test_a_40x_scan_with_no_20x_level_is_read_at_its_own_pixels_and_resampled(
+    pool: TilePool, tmp_path: Path
+) -> None:
+    """An Aperio 40x slide's levels are 1, 4 and 16 times smaller: none is
+    near the model's 0.5 um/px, so the job reads level 0 and each tile is
+    resampled for the model; the nuclei come back in level-0 pixels."""
+    slide = synthetic_he_slide(tmp_path / "aperio-40x.tiff", mpp=0.25, seed=3, level_step=4)
+    with openslide.OpenSlide(str(slide.path)) as opened:
+        assert opened.level_downsamples == pytest.approx((1.0, 4.0, 16.0), rel=0.01)
+    outcome = run(pool, tmp_path / "job", str(slide.path), backend="learned")
+    summary = outcome.summary
+    assert summary["backend"] == "learned" and summary["level"] == 0
+    assert summary["mpp_used"] == pytest.approx(0.25)
+    details = summary["backend_details"]
+    assert isinstance(details, dict) and details["tiles_resampled"] is True
+    truth = np.array([[n.x, n.y] for n in slide.nuclei])
+    tp, fp, fn = match(centroids(outcome), truth, radius=3.0 / slide.mpp)
+    assert f1(tp, fp, fn) >= 0.9, (tp, fp, fn)
 
 
 def test_tiles_of_another_pixel_size_are_resampled_for_the_model() -> None:
