@@ -177,7 +177,11 @@ def test_cancel_a_job_and_a_workflow_then_watch_exits_3(setup: Setup) -> None:
     first, second = created["jobs"]
     assert first["params"] == {"tile_size": "256", "overlap": "32"}
     cancelled = ok_json(wsi(setup, "--json", "cancel", second["job_id"]))
-    assert isinstance(cancelled, dict) and cancelled["state"] == "CANCELLED"
+    assert isinstance(cancelled, dict)
+    # Queued behind the first job, it is cancelled at once; if the first one
+    # ended before the cancel came (a busy machine, seen once in a full run),
+    # it was running and stops at its next tile, as the watch below shows.
+    assert cancelled["state"] in ("CANCELLED", "RUNNING"), cancelled
     ending = wsi(setup, "--json", "cancel", "--workflow", created["workflow_id"])
     if ending.returncode == 0:
         assert isinstance(json.loads(ending.stdout), dict)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import skimage.morphology as skmorphology
 from scipy import ndimage
-from skimage import measure, segmentation
+from skimage import draw, measure, segmentation
 
 from worker_service.analysis import morphology, shapes
 
@@ -107,17 +107,17 @@ def test_traced_shapes_match_regionprops(seed: int) -> None:
             assert bounds[index] <= region.area_convex
     for ring, area in zip(shapes.outlines(traced), traced.areas.tolist(), strict=True):
         assert np.array_equal(ring[0], ring[-1])
-        assert _ring_area(ring) == pytest.approx(area, rel=0.12, abs=2.5)
+        assert _ring_area(ring) == pytest.approx(area, rel=0.2, abs=2.5)
 
 
-def test_outlines_of_a_square_lie_on_its_pixel_edges() -> None:
+def test_outlines_of_a_square_lie_just_inside_its_pixel_edges() -> None:
     labels = np.zeros((12, 12), np.int32)
     labels[2:8, 3:9] = 1
     (ring,) = shapes.outlines(shapes.trace(labels))
-    assert ring[:, 0].min() == pytest.approx(2.5) and ring[:, 0].max() == pytest.approx(8.5)
-    assert ring[:, 1].min() == pytest.approx(1.5) and ring[:, 1].max() == pytest.approx(7.5)
-    # Corners cut as marching squares cuts them: 36 pixels less 4 eighths.
-    assert _ring_area(ring) == pytest.approx(36 - 4 * 0.125)
+    assert ring[:, 0].min() == pytest.approx(2.6) and ring[:, 0].max() == pytest.approx(8.4)
+    assert ring[:, 1].min() == pytest.approx(1.6) and ring[:, 1].max() == pytest.approx(7.4)
+    # A 5.8 px square, each corner cut as marching squares cuts it (legs of 0.4).
+    assert _ring_area(ring) == pytest.approx(5.8 * 5.8 - 4 * 0.08)
 
 
 def test_tiny_objects_get_a_box() -> None:
@@ -125,7 +125,43 @@ def test_tiny_objects_get_a_box() -> None:
     labels[1, 1] = 1
     labels[4, 3:5] = 2
     rings = shapes.outlines(shapes.trace(labels))
-    assert [_ring_area(r) for r in rings] == [pytest.approx(1.0), pytest.approx(2.0)]
+    assert [_ring_area(r) for r in rings] == [pytest.approx(0.8 * 0.8), pytest.approx(1.8 * 0.8)]
+    for label, ring in enumerate(rings, 1):
+        for filled in _filled(ring, labels.shape):
+            assert np.array_equal(filled, labels == label)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_outlines_fill_back_into_exactly_their_pixels(seed: int) -> None:
+    """Whether a rasteriser fills the pixels whose centres are inside
+    (scikit-image's draw.polygon) or also every pixel its edges touch
+    (OpenCV's fillPoly), the outlines give back the objects' pixels: a
+    scorer that rasterises the GeoJSON scores the nuclei that were found,
+    not a ring around them."""
+    mask = ndimage.binary_fill_holes(blobs(seed)).astype(np.uint8)
+    distance = morphology.gaussian(morphology.distance_to_background(mask), 1.0)
+    markers, _ = ndimage.label(skmorphology.h_maxima(distance, 1.4), structure=np.ones((3, 3)))
+    labels = morphology.flood(-distance, markers.astype(np.int32), mask)
+    traced = shapes.trace(labels)
+    checked = 0
+    for label, ring in zip(traced.labels.tolist(), shapes.outlines(traced), strict=True):
+        pixels = labels == label
+        if measure.label(pixels).max() > 1:
+            continue  # a watershed region in two pieces: its largest piece is outlined
+        for filled in _filled(ring, labels.shape):
+            assert np.array_equal(filled, pixels), label
+        checked += 1
+    assert checked >= 5
+
+
+def _filled(ring: np.ndarray, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """``ring`` rasterised by OpenCV (1/256 px precision) and by scikit-image."""
+    by_opencv = np.zeros(shape, np.uint8)
+    cv2.fillPoly(by_opencv, [np.rint(ring * 256).astype(np.int32)], 1, shift=8)
+    by_skimage = np.zeros(shape, bool)
+    rows, cols = draw.polygon(ring[:, 1], ring[:, 0], shape)
+    by_skimage[rows, cols] = True
+    return [by_opencv.view(bool), by_skimage]
 
 
 def _ring_area(ring: np.ndarray) -> float:

@@ -2,11 +2,12 @@
 OpenCV contour trace over the whole image, then array arithmetic over all the
 contours together, instead of one crop and one trace per object.
 
-Outlines follow the pixel edges the way marching squares at level 0.5 does
-(``skimage.measure.find_contours``): each traced boundary pixel centre moves
-half a pixel outwards, across the pixel edge, so an outline encloses about as
-many square units as the object has pixels. Solidity is scikit-image's:
-pixels over the pixels of the convex hull."""
+Outlines run just inside the pixel edges, the way marching squares at level
+0.5 draws them (``skimage.measure.find_contours``) but ``EDGE_REACH`` (0.4) of
+a pixel past each boundary pixel's centre instead of 0.5: an outline encloses
+about as many square units as the object has pixels, and the common ways of
+filling a polygon back into pixels all give back exactly the object's pixels.
+Solidity is scikit-image's: pixels over the pixels of the convex hull."""
 
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ Ring = npt.NDArray[np.float64]  # (n, 2) of (x, y), closed: first point repeated
 Ints = npt.NDArray[np.int64]
 
 _DIAMOND = np.array([(1, 0), (-1, 0), (0, 1), (0, -1)], np.int32)  # in half pixels
+
+# How far an outline runs past its boundary pixels' centres. A rasteriser that
+# fills the pixels whose centres are inside (scikit-image's draw.polygon,
+# shapely, rasterio) gives back the object's pixels for any reach under 0.5;
+# one that also fills every pixel its edges touch (OpenCV's fillPoly, the usual
+# one in nucleus-scoring code) adds a ring of pixels at 0.5, the pixel edge
+# itself: 7 % more area over the dense nuclei of a 40x image, 0.03 less AJI.
+EDGE_REACH = 0.4
 
 
 @dataclass(frozen=True)
@@ -159,11 +168,12 @@ def _lattice_points_in(polygon: Ints) -> int:
 
 def outlines(traced: Traced) -> list[Ring]:
     """Each object's outline, a closed ring in image coordinates, as marching
-    squares draws it: every traced boundary pixel centre moved half a pixel
-    across the edges it leaves and reaches (0.35 px across a diagonal one), so
-    straight runs sit on the pixel edge, diagonal runs on the midpoints, and
-    a corner is cut between the midpoints of its two edges. (All rings at
-    once, x and y apart: numpy is slow on the short axis of (n, 2) arrays.)"""
+    squares draws it but ``EDGE_REACH`` instead of half a pixel out: every
+    traced boundary pixel centre moved across the edges it leaves and reaches
+    (0.4 px across a straight one, 0.28 across a diagonal one), so straight
+    runs sit a tenth of a pixel inside the pixel edge and a corner is cut
+    between its two edges. (All rings at once, x and y apart: numpy is slow
+    on the short axis of (n, 2) arrays.)"""
     if not len(traced):
         return []
     lengths = np.array([len(b) for b in traced.boundaries])
@@ -173,10 +183,12 @@ def outlines(traced: Traced) -> list[Ring]:
     starts = np.cumsum(lengths) - lengths
     dx, dy = x[nxt] - x, y[nxt] - y
     cross = x * y[nxt] - x[nxt] * y
-    # Half the outward normal of each edge over its squared length (at least 1).
-    half = np.repeat(np.where(np.add.reduceat(cross, starts) >= 0, 0.5, -0.5), lengths)
+    # EDGE_REACH times the outward normal of each edge over its squared length
+    # (at least 1).
+    reach = np.where(np.add.reduceat(cross, starts) >= 0, EDGE_REACH, -EDGE_REACH)
+    outward = np.repeat(reach, lengths)
     squared = np.maximum(dx * dx + dy * dy, 1.0)
-    across_x, across_y = dy * half / squared, -dx * half / squared
+    across_x, across_y = dy * outward / squared, -dx * outward / squared
     # Two candidate points per boundary pixel, one per edge; one where they agree.
     second = (across_x != across_x[prev]) | (across_y != across_y[prev])
     pick = np.ones(2 * len(x), bool)
@@ -195,7 +207,7 @@ def outlines(traced: Traced) -> list[Ring]:
     rings = np.split(np.stack([flat_x[source], flat_y[source]], axis=1), np.cumsum(closed)[:-1])
     for index in np.flatnonzero(lengths <= 2).tolist():  # one or two pixels: their squares' box
         raw = points[starts[index] : starts[index] + lengths[index]].astype(np.float64)
-        (x0, y0), (x1, y1) = raw.min(axis=0) - 0.5, raw.max(axis=0) + 0.5
+        (x0, y0), (x1, y1) = raw.min(axis=0) - EDGE_REACH, raw.max(axis=0) + EDGE_REACH
         rings[index] = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)])
     return rings
 
