@@ -48,6 +48,7 @@ class JobParams:
     min_tissue: float = 0.05  # tiles with a smaller tissue share are skipped
     backend: str = ""  # empty: the worker's default backend (its --default-backend)
     region: Region | None = None  # level-0 box or polygon; None: the whole tissue
+    slide_mpp: float = 0.0  # the slide's level-0 pixel size; 0: what its metadata says
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,12 @@ FIELDS: dict[str, _Field] = {
     "tile_size": _Field(int, *TILE_SIZE_RANGE, "tile edge in pixels at the level read"),
     "overlap": _Field(int, 0, TILE_SIZE_RANGE[1] // 2, "pixels shared by neighbouring tiles"),
     "target_mpp": _Field(float, *TARGET_MPP_RANGE, "pixel size to work at, um/px"),
+    "slide_mpp": _Field(
+        float,
+        *TARGET_MPP_RANGE,
+        "the slide's level-0 pixel size, um/px, for a slide whose metadata has none or a"
+        " wrong one (default: the metadata's)",
+    ),
     "min_tissue": _Field(float, 0.0, 1.0, "tissue share below which a tile is skipped"),
     "backend": _Field(str, 0, 0, "segmentation backend", BACKENDS),
     "region": _Field(

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import openslide
 import pytest
+import tifffile
 
 from tests.harness import CMU, SLIDES
 from tests.pipeline.support import centroids, f1, match, run
@@ -183,6 +184,33 @@ def test_a_40x_scan_with_no_20x_level_is_read_at_its_own_pixels_and_resampled(
     truth = np.array([[n.x, n.y] for n in slide.nuclei])
     tp, fp, fn = match(centroids(outcome), truth, radius=3.0 / slide.mpp)
     assert f1(tp, fp, fn) >= 0.9, (tp, fp, fn)
+
+
+def test_slide_mpp_gives_a_slide_the_pixel_size_its_metadata_lacks_or_gets_wrong(
+    pool: TilePool, tmp_path: Path
+) -> None:
+    """Images cut from scans (MoNuSeg's, say) often carry no pixel size, and
+    a 40x image read as if at the model's 0.5 um/px shows it nuclei twice
+    their size: ``slide_mpp`` says what the metadata does not, or corrects it."""
+    slide = synthetic_he_slide(tmp_path / "40x.tiff", mpp=0.25, seed=4)
+    with openslide.OpenSlide(str(slide.path)) as opened:
+        image = np.asarray(opened.read_region((0, 0), 0, opened.dimensions))[..., :3]
+    bare = tmp_path / "no-pixel-size.tiff"
+    tifffile.imwrite(bare, image, tile=(256, 256), photometric="rgb")
+    unknown = run(pool, tmp_path / "unknown", str(bare), backend="learned")
+    assert unknown.summary["mpp_used"] is None
+    assert "no usable pixel size" in str(unknown.summary["mpp_note"])
+    given = run(pool, tmp_path / "given", str(bare), backend="learned", slide_mpp="0.25")
+    summary = given.summary
+    assert summary["mpp_used"] == pytest.approx(0.25) and summary["mpp_note"] == ""
+    details = summary["backend_details"]
+    assert isinstance(details, dict) and details["tiles_resampled"] is True
+    truth = np.array([[n.x, n.y] for n in slide.nuclei])
+    tp, fp, fn = match(centroids(given), truth, radius=3.0 / slide.mpp)
+    assert f1(tp, fp, fn) >= 0.9, (tp, fp, fn)
+    wrong = run(pool, tmp_path / "wrong", str(slide.path), backend="learned", slide_mpp="0.5")
+    assert wrong.summary["mpp_used"] == pytest.approx(0.5)
+    assert "slide_mpp=0.5 used instead of the slide's 0.25 um/px" in str(wrong.summary["mpp_note"])
 
 
 def test_tiles_of_another_pixel_size_are_resampled_for_the_model() -> None:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker_service.analysis.tiling import usable_mpp
 from worker_service.analysis.tissue import TissueMask
 from worker_service.analysis.tissue_codec import ReusedTissue
 from worker_service.backends import registry
@@ -199,6 +200,9 @@ def _mm2(area_px: float, mpp: float | None) -> float | None:
 def _mpp_note(spec: JobSpec, params: JobParams, overview: Overview) -> str:
     """Why the pixel size used is not the one asked for, when it is not."""
     notes = [] if overview.mpp else ["slide has no usable pixel size metadata: read level 0"]
+    own = usable_mpp(overview.info.mpp)
+    if params.slide_mpp and own and abs(own - params.slide_mpp) > 1e-6 * own:
+        notes.append(f"slide_mpp={params.slide_mpp:g} used instead of the slide's {own:g} um/px")
     asked = spec.params.get("target_mpp", "").strip()
     if asked and params.backend and spec.job_type == JobType.CELL_SEGMENTATION:
         model_mpp = registry.get(params.backend).mpp

@@ -101,7 +101,7 @@ def read_overview(path: str, params: JobParams, slides: SlideCache, ctx: JobCont
     slide = slides.get(path)
     info = describe(slide)
     image = read_thumbnail(slide, OVERVIEW_SIZE, ctx.cancelled)
-    mpp = usable_mpp(info.mpp)
+    mpp = params.slide_mpp or usable_mpp(info.mpp)
     level = choose_level(info.level_downsamples, mpp, params.target_mpp)
     return Overview(path, info, image, mpp, level, info.level_downsamples[level])
 
