@@ -130,35 +130,20 @@ def _mean_f1(truth: list[npt.NDArray[np.int32]], found: list[npt.NDArray[np.int3
     return round(statistics.mean(score(t, f).f1 for t, f in zip(truth, found, strict=True)), 4)
 
 
-def per_second(run: Callable[[], Any], megapixels: float, passes: int) -> float:
-    """The model alone (``megapixels_per_second`` times segmenters' ``find``)."""
-    run()  # warm-up: kernels chosen, memory allocated
-    rates = []
-    for _ in range(passes):
-        started = time.perf_counter()
-        run()
-        rates.append(megapixels / (time.perf_counter() - started))
-    return round(statistics.median(rates), 2)
-
-
 def model_only(
     tiles: list[npt.NDArray[np.uint8]], device: str, batches: list[int], passes: int
 ) -> dict[str, float]:
-    """MP/s of the model alone (tiles to logits on the host) and of the whole
-    segmenter in one process, per batch size."""
+    """MP/s of the model alone (its inputs to logits on the host) and of the
+    whole segmenter in one process, per batch size."""
     engine = learned.TorchEngine(device)
     segmenter = learned.LearnedSegmenter(engine)
     rates: dict[str, float] = {}
     for batch in batches:
         chosen = [tiles[i % len(tiles)] for i in range(max(batch, len(tiles)))]
-        stacked = np.stack([learned.model_input(t) for t in chosen])
-        megapixels = sum(t.shape[0] * t.shape[1] for t in chosen) / 1e6
-
-        def logits(stacked: npt.NDArray[np.uint8] = stacked, batch: int = batch) -> None:
-            for i in range(0, len(stacked), batch):
-                engine.logits(stacked[i : i + batch])
-
-        rates[f"model batch {batch}"] = per_second(logits, megapixels, passes)
+        inputs = [learned.model_input(t) for t in chosen]
+        rates[f"model batch {batch}"] = megapixels_per_second(
+            lambda part: engine.logits(np.stack(part)), inputs, batch, passes
+        )[0]
         rates[f"segmenter (one process) batch {batch}"] = megapixels_per_second(
             segmenter.find, chosen, batch, passes
         )[0]

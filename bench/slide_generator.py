@@ -33,16 +33,11 @@ def _source_levels(levels: int, mpp: float, step: int) -> list[RGB]:
     return [downsample(base, step**k) for k in range(levels)]
 
 
-def levels_for(step: int) -> int:
-    """Levels down to 1/8 (2x steps) or 1/16 (4x, as Aperio's) of the slide."""
-    return 4 if step == 2 else 3
-
-
-def mosaic_slide(
-    path: Path, width: int, height: int, levels: int = 4, mpp: float = 0.25, step: int = 2
-) -> Path:
+def mosaic_slide(path: Path, width: int, height: int, mpp: float = 0.25, step: int = 2) -> Path:
+    """Levels down to 1/8 of the slide (2x steps) or 1/16 (4x, as Aperio's)."""
     if mpp not in PIXEL_SIZES:
         raise ValueError(f"mpp must be one of {PIXEL_SIZES}")
+    levels = 4 if step == 2 else 3
     sources = _source_levels(levels, mpp, step)
     gap = round(GAP_UM / mpp)
     cell_h, cell_w = sources[0].shape[0] + gap, sources[0].shape[1] + gap
@@ -81,7 +76,7 @@ def slide_path(folder: Path, megapixels: float, mpp: float = 0.25, step: int = 2
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial.tiff")
-        mosaic_slide(partial, width, height, levels_for(step), mpp=mpp, step=step)
+        mosaic_slide(partial, width, height, mpp, step)
         partial.rename(path)
     return path
 
@@ -94,8 +89,7 @@ def main() -> None:
     parser.add_argument("--level-step", type=int, default=2, choices=(2, 4))
     args = parser.parse_args()
     width, height = size_for(args.megapixels)
-    step = args.level_step
-    mosaic_slide(args.out, width, height, levels_for(step), mpp=args.mpp, step=step)
+    mosaic_slide(args.out, width, height, args.mpp, args.level_step)
     print(f"{args.out}: {width} x {height} px ({width * height / 1e6:.0f} MP) at {args.mpp} um/px")
 
 

@@ -29,7 +29,7 @@ _DIAMOND = np.array([(1, 0), (-1, 0), (0, 1), (0, -1)], np.int32)  # in half pix
 # shapely, rasterio) gives back the object's pixels for any reach under 0.5;
 # one that also fills every pixel its edges touch (OpenCV's fillPoly, the usual
 # one in nucleus-scoring code) adds a ring of pixels at 0.5, the pixel edge
-# itself: 7 % more area over the dense nuclei of a 40x image, 0.03 less AJI.
+# itself: 7 % more area and 0.03 less AJI on a dense 40x image (TCGA-RD-A8N9).
 EDGE_REACH = 0.4
 
 

@@ -201,7 +201,7 @@ def _mpp_note(spec: JobSpec, params: JobParams, overview: Overview) -> str:
     """Why the pixel size used is not the one asked for, when it is not."""
     notes = [] if overview.mpp else ["slide has no usable pixel size metadata: read level 0"]
     own = usable_mpp(overview.info.mpp)
-    if params.slide_mpp and own and abs(own - params.slide_mpp) > 1e-6 * own:
+    if params.slide_mpp and own and own != params.slide_mpp:
         notes.append(f"slide_mpp={params.slide_mpp:g} used instead of the slide's {own:g} um/px")
     asked = spec.params.get("target_mpp", "").strip()
     if asked and params.backend and spec.job_type == JobType.CELL_SEGMENTATION:
