@@ -176,5 +176,7 @@ def schema(min_tile_size: int = 0, backends: Sequence[str] = ()) -> dict[str, di
         else:
             low = max(field.low, min_tile_size) if name == "tile_size" else field.low
             entry["min"], entry["max"] = low, field.high
+            if name == "slide_mpp":  # its default, 0, is no pixel size: what a form shows instead
+                entry["default_shown"] = "from the slide"
         described[name] = entry
     return described

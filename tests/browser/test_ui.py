@@ -104,6 +104,8 @@ def test_job_parameters_from_the_form_bounded_as_the_api_bounds_them(
     row.locator("[name=wsi_path]").fill(CMU)
     tile = row.locator("[name=tile_size]")
     assert tile.get_attribute("placeholder") == "512"  # the schema's default
+    # A slide's own pixel size defaults to what its file says, not to a number.
+    assert row.locator("[name=slide_mpp]").get_attribute("placeholder") == "from the slide"
     # The backends this deployment's workers offer (no InstanSeg model file here),
     # and its own smallest tile size (the scheduler's --min-tile-size).
     assert row.locator("[name=backend] option").all_inner_texts()[1:] == ["classical", "learned"]
@@ -112,6 +114,10 @@ def test_job_parameters_from_the_form_bounded_as_the_api_bounds_them(
     assert not tile.evaluate("input => input.checkValidity()")
     tile.fill("256")
     row.locator("[name=target_mpp]").fill("0.5")
+    slide_mpp = row.locator("[name=slide_mpp]")
+    slide_mpp.fill("0.01")  # below the schema's bound
+    assert not slide_mpp.evaluate("input => input.checkValidity()")
+    slide_mpp.fill("0.25")
     row.locator("[name=backend]").select_option("classical")
     page.click("#submit-workflow")
     page.wait_for_selector("tr[data-job=tuned]")
@@ -125,6 +131,7 @@ def test_job_parameters_from_the_form_bounded_as_the_api_bounds_them(
     assert workflow["jobs"][0]["params"] == {
         "tile_size": "256",
         "target_mpp": "0.5",
+        "slide_mpp": "0.25",
         "backend": "classical",
     }
 
@@ -159,6 +166,7 @@ def test_every_form_field_is_labelled_and_shows_its_whole_text(
     second.locator("[name=depends_on]").fill("mask")
     second.locator("[name=tile_size]").fill("1024")
     second.locator("[name=target_mpp]").fill("0.25")
+    second.locator("[name=slide_mpp]").fill("0.2527")
     second.locator("[name=backend]").select_option("classical")
     # The text a field shows (its value, else its placeholder; a select's
     # chosen option) measured in its own font, against the room inside it
@@ -183,11 +191,12 @@ def test_every_form_field_is_labelled_and_shows_its_whole_text(
     )
     for field in fields:
         field["fits"] = field["needs"] <= field["room"]
-    assert len(fields) == 1 + 2 * 8, fields  # the name, and 8 fields per job
+    assert len(fields) == 1 + 2 * 9, fields  # the name, and 9 fields per job
     assert all(f["labelled"] for f in fields), [f for f in fields if not f["labelled"]]
     assert all(f["fits"] for f in fields), [f for f in fields if not f["fits"]]
     labels = {f["name"]: f["label"] for f in fields}
     assert labels["tile_size"].startswith("Tile size, px") and "µm/px" in labels["target_mpp"]
+    assert labels["slide_mpp"].startswith("Slide's pixel size")
     screenshot(page, f"form-{width}.png", tmp_path)
 
 

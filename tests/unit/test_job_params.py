@@ -87,6 +87,9 @@ def test_the_schema_narrowed_to_a_deployment() -> None:
     assert here["backend"]["choices"] == ["classical", "learned"]  # in the schema's order
     assert schema(0, [])["backend"]["choices"] == plain["backend"]["choices"]  # not known yet
     assert here["overlap"] == plain["overlap"]
+    # A slide's own pixel size defaults to its file's, which a form shows as words.
+    assert plain["slide_mpp"]["default"] == 0.0 and plain["slide_mpp"]["min"] == 0.05
+    assert plain["slide_mpp"]["default_shown"] == "from the slide"
 
 
 def test_unknown_job_type() -> None:

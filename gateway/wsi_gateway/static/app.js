@@ -52,7 +52,7 @@ function el(tag, attrs = {}, ...children) {
 
 // The parameter inputs take their bounds, defaults and choices from /job-params:
 // the schema the scheduler checks against, so the form refuses what it would.
-const PARAMS = ["tile_size", "target_mpp", "backend"];
+const PARAMS = ["tile_size", "target_mpp", "slide_mpp", "backend"];
 let paramSchema = {};
 // Result file names by role (cells, tissue, preview, ...), from /result-files.
 let resultFiles = {};
@@ -77,8 +77,9 @@ function fitParams(row) {
     } else {
       input.min = String(field.min);
       input.max = String(field.max);
-      input.placeholder = String(field.default);
-      input.title = `${field.help}: ${field.min} to ${field.max} (default ${field.default})`;
+      const shown = field.default_shown || String(field.default);
+      input.placeholder = shown;
+      input.title = `${field.help}: ${field.min} to ${field.max} (default ${shown})`;
     }
   }
 }
