@@ -228,7 +228,7 @@ def _serve_pages(app: FastAPI, metrics: HttpMetrics, auth: GatewayAuth) -> None:
     async def auth_mode() -> dict[str, str]:
         return {"mode": auth.mode}
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 

@@ -247,6 +247,7 @@ async def result_file_names() -> dict[str, str]:
     return dict(result_files.BY_ROLE)
 
 
-@router.get("/healthz", summary="Liveness")
+# HEAD too: load balancers and uptime checks often ask liveness that way.
+@router.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}

@@ -95,6 +95,8 @@ def test_readme_body_creates_and_every_read_route_answers(gw: Gateway) -> None:
     stats = gw.http.get("/stats", headers=headers).json()
     assert stats["worker_slots_total"] == 2 and isinstance(stats["running_jobs"], int)
     assert gw.http.get("/healthz").json() == {"status": "ok"}
+    for path in ("/healthz", "/"):  # as uptime checks and load balancers ask
+        assert gw.http.head(path).status_code == 200, path
     metrics = gw.http.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     assert (
