@@ -199,7 +199,8 @@ def test_slide_mpp_gives_a_slide_the_pixel_size_its_metadata_lacks_or_gets_wrong
     tifffile.imwrite(bare, image, tile=(256, 256), photometric="rgb")
     unknown = run(pool, tmp_path / "unknown", str(bare), backend="learned")
     assert unknown.summary["mpp_used"] is None
-    assert "no usable pixel size" in str(unknown.summary["mpp_note"])
+    note = str(unknown.summary["mpp_note"])  # what the model took, and how to say otherwise
+    assert "no usable pixel size" in note and "taken as 0.5 um/px" in note and "slide_mpp" in note
     given = run(pool, tmp_path / "given", str(bare), backend="learned", slide_mpp="0.25")
     summary = given.summary
     assert summary["mpp_used"] == pytest.approx(0.25) and summary["mpp_note"] == ""

@@ -18,6 +18,7 @@ from worker_service.backends import registry
 from worker_service.pipeline import pool_process
 from worker_service.pipeline.context import DEFAULT_MAX_TILES, JobContext
 from worker_service.pipeline.phases import (
+    DEFAULT_MPP,
     Cells,
     Overview,
     TissueAnalysis,
@@ -199,7 +200,15 @@ def _mm2(area_px: float, mpp: float | None) -> float | None:
 
 def _mpp_note(spec: JobSpec, params: JobParams, overview: Overview) -> str:
     """Why the pixel size used is not the one asked for, when it is not."""
-    notes = [] if overview.mpp else ["slide has no usable pixel size metadata: read level 0"]
+    notes = (
+        []
+        if overview.mpp
+        else [
+            "slide has no usable pixel size metadata: level 0 read and taken as"
+            f" {DEFAULT_MPP:g} um/px; if it is another, give it as slide_mpp"
+            " (0.25 for a 40x scan)"
+        ]
+    )
     own = usable_mpp(overview.info.mpp)
     if params.slide_mpp and own and own != params.slide_mpp:
         notes.append(f"slide_mpp={params.slide_mpp:g} used instead of the slide's {own:g} um/px")
