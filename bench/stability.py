@@ -22,8 +22,9 @@ import numpy as np
 
 from bench.segmenter_profile import tissue_tiles
 from worker_service.analysis.nuclei import NucleusParams, stain_reference
+from worker_service.analysis.nucleus_scale import inner_areas
 from worker_service.backends.classical import ClassicalSegmenter
-from worker_service.backends.learned import LearnedSegmenter
+from worker_service.backends.learned import LEARNED_MPP, LearnedSegmenter, looking_mpp
 from wsi_training.metrics import score
 
 
@@ -36,6 +37,16 @@ def enlarged(rgb: np.ndarray) -> np.ndarray:
 def shrunk(image: np.ndarray, like: np.ndarray, method: int = cv2.INTER_AREA) -> np.ndarray:
     small: np.ndarray = cv2.resize(image, like.shape[1::-1], interpolation=method)
     return small
+
+
+def learned_as_in_a_job(tile_mpp: float, sample: list[np.ndarray]) -> LearnedSegmenter:
+    """The learned segmenter as a job prepares it: a first look at the
+    tiles at the model's own pixel size, a closer one where their nuclei are
+    small (``learned.looking_mpp``)."""
+    first = LearnedSegmenter("onnx-int8", "cpu", tile_mpp=tile_mpp)
+    areas = np.concatenate([inner_areas(first(tile)) for tile in sample])
+    looking = looking_mpp(areas, tile_mpp, LEARNED_MPP)
+    return LearnedSegmenter("onnx-int8", "cpu", tile_mpp=tile_mpp, model_mpp=looking)
 
 
 def f1(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -61,9 +72,11 @@ def main() -> None:
         [np.abs(a.astype(int) - b).mean() for a, b in zip(tiles, round_trip, strict=True)]
     )
     reference = stain_reference(tiles)
-    segmenters: dict[str, Callable[[float], Callable[[np.ndarray], np.ndarray]]] = {
-        "learned": lambda mpp: LearnedSegmenter("onnx-int8", "cpu", tile_mpp=mpp),
-        "classical": lambda mpp: ClassicalSegmenter(reference, NucleusParams(mpp=mpp)),
+    # Each copy's segmenter prepared as a job on that copy would prepare it.
+    Segment = Callable[[np.ndarray], np.ndarray]
+    segmenters: dict[str, Callable[[float, list[np.ndarray]], Segment]] = {
+        "learned": learned_as_in_a_job,
+        "classical": lambda mpp, _: ClassicalSegmenter(reference, NucleusParams(mpp=mpp)),
     }
     report: dict[str, object] = {
         "machine": f"{platform.node()} {platform.machine()}",
@@ -71,11 +84,13 @@ def main() -> None:
         "round_trip_mean_grey_level_difference": round(float(difference), 3),
     }
     for name in args.backends.split(","):
-        segment, segment_large = segmenters[name](0.5), segmenters[name](0.25)
+        segment = segmenters[name](0.5, tiles)
+        segment_back = segmenters[name](0.5, round_trip)
+        segment_large = segmenters[name](0.25, large)
         original = [segment(t) for t in tiles]
         report[name] = {
             "nuclei": int(sum(labels.max() for labels in original)),
-            "f1_round_trip": f1(list(zip(original, map(segment, round_trip), strict=True))),
+            "f1_round_trip": f1(list(zip(original, map(segment_back, round_trip), strict=True))),
             "f1_2x_copy": f1(
                 [
                     (labels, shrunk(segment_large(big), labels, cv2.INTER_NEAREST))

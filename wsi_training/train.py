@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from worker_service.analysis import nucleus_scale
 from worker_service.analysis.instances import CLASSES, DISTANCE, HORIZONTAL, offsets_from_labels
 from worker_service.analysis.nuclei import NucleusParams, segment_nuclei, stain_reference
 from worker_service.backends.learned import (
@@ -30,6 +31,7 @@ from worker_service.backends.learned import (
     WIDTHS,
     LearnedSegmenter,
     centred,
+    looking_mpp,
     padding_multiple,
     pixel_blocks,
     pixels_from_blocks,
@@ -94,14 +96,32 @@ def _means(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def learned_scores(
-    engine: Any, examples: list[data.Example], model_mpp: float = data.MODEL_MPP
+    engine: Any,
+    examples: list[data.Example],
+    model_mpp: float = data.MODEL_MPP,
+    size_look: bool = True,
 ) -> dict[str, Any]:
     """The learned backend with ``engine``, resampling each image to the
-    model's pixel size and the classes back, as the worker does."""
-    return evaluate(
-        examples,
-        lambda e: LearnedSegmenter(engine, tile_mpp=e.source_mpp, model_mpp=model_mpp),
-    )
+    model's pixel size and the classes back, as the worker does; with
+    ``size_look``, also as the worker does, looking closer at images whose
+    nuclei the first look finds small (``learned.looking_mpp``)."""
+
+    def segmenter_for(example: data.Example) -> Segment:
+        mpp = example.source_mpp
+        first = LearnedSegmenter(engine, tile_mpp=mpp, model_mpp=model_mpp)
+
+        def segment(rgb: np.ndarray) -> np.ndarray:
+            labels = first(rgb)
+            if not size_look:
+                return labels
+            looking = looking_mpp(nucleus_scale.inner_areas(labels), mpp, model_mpp)
+            if looking == model_mpp:
+                return labels
+            return LearnedSegmenter(engine, tile_mpp=mpp, model_mpp=looking)(rgb)
+
+        return segment
+
+    return evaluate(examples, segmenter_for)
 
 
 def validate(

@@ -2,11 +2,13 @@
 held-out image and per folder, of each model file given and of the classical
 segmenter, each image segmented at its own pixel size as a job on such a
 slide would be (the model's input resampled to its 0.5 um/px and its classes
-back). Optionally an outside check on images of another lab, never trained
+back; closer where the first look finds the nuclei small, as the worker
+does). Optionally an outside check on images of another lab, never trained
 on (CPM-15), reported per magnification.
 
     python -m wsi_training.validate --data DIR [DIR ...] [--outside CPM15_DIR]
         [--model worker_service/weights/nuclei_unet_int8.onnx ...] [--json OUT]
+        [--own-pixel-size-only]
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ def main() -> None:
     parser.add_argument(
         "--model-mpp", type=float, default=data.MODEL_MPP, help="the models' pixel size, um/px"
     )
+    parser.add_argument(
+        "--own-pixel-size-only",
+        action="store_true",
+        help="never look closer at small nuclei (as the worker did before 2026-12-07)",
+    )
     args = parser.parse_args()
     _, held_out = data.split(data.load(args.data, args.model_mpp))
     outside = outside_examples(args.outside, args.model_mpp) if args.outside else []
@@ -73,7 +80,9 @@ def main() -> None:
         def scored(examples: list[data.Example], engine: Any = engine) -> dict[str, Any]:
             if engine is None:
                 return classical_scores(examples)
-            return learned_scores(engine, examples, args.model_mpp)
+            return learned_scores(
+                engine, examples, args.model_mpp, size_look=not args.own_pixel_size_only
+            )
 
         entry: dict[str, Any] = {"held_out": scored(held_out)}
         if outside:

@@ -30,7 +30,7 @@ from worker_service.backends.learned import (
 )
 from worker_service.pipeline.job import JobOutcome
 from worker_service.pipeline.tile_pool import TilePool
-from wsi_runtime.synthetic_slides import SyntheticSlide, synthetic_he_slide
+from wsi_runtime.synthetic_slides import SyntheticSlide, synthetic_he_slide, write_array_slide
 from wsi_training.metrics import score
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -133,6 +133,9 @@ def test_a_learned_job_finds_every_synthetic_nucleus_once(
 ) -> None:
     outcome = learned_whole
     assert outcome.summary["backend"] == "learned"
+    details = outcome.summary["backend_details"]
+    assert isinstance(details, dict)  # nuclei of MoNuSeg's size: looked at as trained
+    assert details["model_mpp"] == 0.5 and float(str(details["sample_nucleus_um2"])) > 30
     found = centroids(outcome)
     truth = np.array([[n.x, n.y] for n in synthetic.nuclei])
     tp, fp, fn = match(found, truth, radius=3.0 / synthetic.mpp)
@@ -164,6 +167,35 @@ def test_a_learned_job_finds_the_nuclei_of_a_real_scan(pool: TilePool, tmp_path:
     assert len(theirs) <= len(ours) <= 2.5 * len(theirs), (len(ours), len(theirs))
     tp, _, fn = match(ours, theirs, radius=3.0 / 0.5)
     assert tp >= 0.85 * len(theirs), (tp, fn)
+
+
+def test_a_slide_of_small_nuclei_is_looked_at_closer(pool: TilePool, tmp_path: Path) -> None:
+    """CMU-1-Small-Region shrunk to half its size and said to be at 0.5 um/px:
+    its nuclei are a quarter of their area, smaller than the model learned
+    them. Its first look finds them small, and it looks at the slide
+    magnified: it finds more of the nuclei it finds on the original (at half
+    their coordinates) than it does at its own pixel size."""
+    with openslide.OpenSlide(str(SLIDES / CMU)) as slide:
+        image = np.asarray(slide.read_region((0, 0), 0, slide.dimensions))[..., :3]
+    height, width = image.shape[:2]
+    small = cv2.resize(image, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
+    path = tmp_path / "small-nuclei.tiff"
+    write_array_slide(path, small, 0.5, levels=1)
+    outcome = run(pool, tmp_path / "small", str(path), backend="learned", target_mpp="1.0")
+    details = outcome.summary["backend_details"]
+    assert isinstance(details, dict) and details["tiles_resampled"] is True
+    assert float(str(details["sample_nucleus_um2"])) < 20
+    assert 0.25 <= float(str(details["model_mpp"])) < 0.4
+    assert f"(here {details['model_mpp']}: its nuclei are small)" in str(
+        outcome.summary["mpp_note"]
+    )
+    original = run(pool, tmp_path / "original", str(SLIDES / CMU), backend="learned")
+    expected = centroids(original) / 2
+    tp, fp, fn = match(centroids(outcome), expected, radius=2.0)
+    closer = f1(tp, fp, fn)
+    own = LearnedSegmenter("onnx-int8", "cpu", 0.5).find([small])[0]
+    tp, fp, fn = match(np.array([n.centroid for n in own]), expected, radius=2.0)
+    assert closer >= f1(tp, fp, fn) + 0.1, (closer, f1(tp, fp, fn))
 
 
 def test_a_40x_scan_with_no_20x_level_is_read_at_its_own_pixels_and_resampled(

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from worker_service.analysis.nuclei import RGB, Labels, Nucleus, nuclei_from_labels
 from worker_service.analysis.tiling import per_size
 
@@ -91,6 +94,9 @@ class JobSlide:
     working_mpp: float | None  # pixel size of the tiles, when the slide says
     pixel_um: float  # the same, or the default pixel size where the slide says none
     sample_tiles: Callable[[int], list[RGB]]  # up to n tissue tiles spread over the slide
+    # The pixel areas of the nuclei a recipe's segmenter finds on up to n such
+    # tiles (segmented in the pool), those cut by a tile's edge left out.
+    sample_areas: Callable[[Recipe, int], npt.NDArray[np.int64]]
 
 
 @dataclass(frozen=True)

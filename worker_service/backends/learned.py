@@ -7,6 +7,7 @@ outputs (three class logits and a distance logit) become labelled nuclei in
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from worker_service.analysis import nucleus_scale
 from worker_service.analysis.instances import InstanceParams, labels_from_logits, seeds_from_logits
 from worker_service.analysis.nuclei import RGB, Labels
 from worker_service.backends.base import (
@@ -195,7 +197,8 @@ def engine_details(engine: str, device: str) -> dict[str, object]:
     return {"engine": name, "precision": precision, "runtime": runtime, "device": device}
 
 
-RESAMPLE_BEYOND = 0.15  # tiles more than 15 % off the model's pixel size are resampled
+RESAMPLE_BEYOND = nucleus_scale.TOLERANCE  # tiles more than 15 % off the model's size are resampled
+SIZE_SAMPLE_TILES = 8  # tissue tiles the model first looks at, for the nuclei's size
 
 
 def model_zoom(tile_mpp: float, model_mpp: float = LEARNED_MPP) -> float:
@@ -321,9 +324,20 @@ class LearnedRecipe(Recipe):
     engine: str = "auto"
     device: str = "auto"
     tile_mpp: float = 0.0  # of the tiles it is given; 0: unknown (taken as the model's)
+    model_mpp: float = LEARNED_MPP  # where the model looks at them (``looking_mpp``)
 
     def build(self) -> LearnedSegmenter:
-        return LearnedSegmenter(self.engine, self.device, self.tile_mpp or LEARNED_MPP)
+        return LearnedSegmenter(
+            self.engine, self.device, self.tile_mpp or LEARNED_MPP, self.model_mpp
+        )
+
+
+def looking_mpp(areas_px: npt.NDArray[np.integer], tile_mpp: float, model_mpp: float) -> float:
+    """The pixel size the model looks at a slide at, from the pixel areas of
+    the nuclei it found on tiles of ``tile_mpp`` looking at ``model_mpp`` (its
+    own): closer where they are small (``nucleus_scale``)."""
+    factor = nucleus_scale.magnification(areas_px * (tile_mpp * tile_mpp))
+    return model_mpp if factor == 1.0 else round(model_mpp / factor, 3)
 
 
 class LearnedBackend(Backend):
@@ -346,18 +360,25 @@ class LearnedBackend(Backend):
     def prepare(self, slide: JobSlide, settings: ModelSettings) -> Prepared:
         ran = engine_details(settings.learned_engine, settings.device)
         batching = model_batching(settings, str(ran["device"]))
-        recipe = LearnedRecipe(
+        own = LearnedRecipe(
             self.name,
             **batching,
             engine=settings.learned_engine,
             device=settings.device,
             tile_mpp=slide.working_mpp or 0.0,
         )
+        areas = slide.sample_areas(own, SIZE_SAMPLE_TILES)
+        looking = looking_mpp(areas, slide.pixel_um, LEARNED_MPP)
+        recipe = dataclasses.replace(own, model_mpp=looking)
         details: dict[str, object] = {
             "model": "nuclei_unet",
-            "model_mpp": LEARNED_MPP,
+            "model_mpp": looking,
+            # The first look's median nucleus (um^2), which chose model_mpp.
+            "sample_nucleus_um2": (
+                round(float(np.median(areas)) * slide.pixel_um**2, 1) if len(areas) else None
+            ),
             **ran,
-            "tiles_resampled": model_zoom(slide.working_mpp or LEARNED_MPP) != 1.0,
+            "tiles_resampled": model_zoom(slide.working_mpp or LEARNED_MPP, looking) != 1.0,
             "batch_size": batching["tiles_per_pass"],
         }
         return Prepared(recipe, details)

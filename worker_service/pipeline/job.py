@@ -139,7 +139,7 @@ def _summary(
         "level": overview.level,
         "downsample": overview.downsample,
         "mpp_used": overview.working_mpp,
-        "mpp_note": _mpp_note(spec, params, overview),
+        "mpp_note": _mpp_note(spec, params, overview, cells),
         "tile_size": params.tile_size,
         "overlap": params.overlap,
         "min_tissue": params.min_tissue,
@@ -198,7 +198,9 @@ def _mm2(area_px: float, mpp: float | None) -> float | None:
     return float(f"{area_px * mpp * mpp / 1e6:.6g}")
 
 
-def _mpp_note(spec: JobSpec, params: JobParams, overview: Overview) -> str:
+def _mpp_note(
+    spec: JobSpec, params: JobParams, overview: Overview, cells: Cells | None = None
+) -> str:
     """Why the pixel size used is not the one asked for, when it is not."""
     notes = (
         []
@@ -216,9 +218,11 @@ def _mpp_note(spec: JobSpec, params: JobParams, overview: Overview) -> str:
     if asked and params.backend and spec.job_type == JobType.CELL_SEGMENTATION:
         model_mpp = registry.get(params.backend).mpp
         if model_mpp and float(asked) != model_mpp:
+            looked = cells.backend_details.get("model_mpp", model_mpp) if cells else model_mpp
+            closer = f" (here {looked}: its nuclei are small)" if looked != model_mpp else ""
             notes.append(
                 f"target_mpp={asked} not used: the {params.backend} backend segments at"
-                f" {model_mpp} um/px, the pixel size its model was trained at"
+                f" {model_mpp} um/px, the pixel size its model was trained at{closer}"
             )
     return "; ".join(notes)
 

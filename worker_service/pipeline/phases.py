@@ -302,14 +302,21 @@ def _remove_partial_files(out_dir: Path) -> None:
 def _prepare(
     backend: Backend, overview: Overview, tissue_tiles: list[Tile], pool: TilePool, ctx: JobContext
 ) -> Prepared:
-    def sample_tiles(count: int) -> list[RGB]:
-        """``count`` tissue tiles spread over the slide, read in the pool."""
+    def spread(count: int) -> list[tile_work.TileTask]:
+        """``count`` tissue tiles spread over the slide."""
         step = max(1, len(tissue_tiles) // count)
-        sample = [overview.task(tile) for tile in tissue_tiles[::step][:count]]
-        return pool.map_all(tile_work.read_tile, sample, ())
+        return [overview.task(tile) for tile in tissue_tiles[::step][:count]]
+
+    def sample_tiles(count: int) -> list[RGB]:
+        return pool.map_all(tile_work.read_tile, spread(count), ())
+
+    def sample_areas(recipe: Recipe, count: int) -> npt.NDArray[np.int64]:
+        found = pool.map_all(tile_work.nucleus_areas, spread(count), (recipe,))
+        return np.concatenate([np.zeros(0, np.int64), *found])
 
     pixel_um = (overview.mpp or DEFAULT_MPP) * overview.downsample
-    return backend.prepare(JobSlide(overview.working_mpp, pixel_um, sample_tiles), ctx.models)
+    slide = JobSlide(overview.working_mpp, pixel_um, sample_tiles, sample_areas)
+    return backend.prepare(slide, ctx.models)
 
 
 def _write_tissue(

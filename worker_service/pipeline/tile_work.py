@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import openslide
 
-from worker_service.analysis import regions
+from worker_service.analysis import nucleus_scale, regions
 from worker_service.analysis.measurement_stats import measure_values
 from worker_service.analysis.measurements import Measured, nuclei_measurements
 from worker_service.analysis.merge import OwnedNuclei, keep_owned
@@ -57,6 +57,12 @@ def read_tile(task: TileTask) -> RGB:
     except openslide.OpenSlideError as exc:
         raise TileReadError(f"cannot read tile at level-0 {location}: {exc}") from exc
     return rgb_over_white(np.asarray(region))
+
+
+def nucleus_areas(task: TileTask, recipe: Recipe) -> npt.NDArray[np.int64]:
+    """The pixel areas of the nuclei ``recipe``'s segmenter finds on the tile,
+    but those its edge cuts: a backend's first look at a slide."""
+    return nucleus_scale.inner_areas(segmenter_for(recipe)(read_tile(task)))
 
 
 def segmenter_for(recipe: Recipe) -> Segmenter:

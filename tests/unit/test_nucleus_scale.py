@@ -1,0 +1,76 @@
+"""How much closer the learned model looks at a slide whose nuclei are small:
+pure rules, checked at their edges and over many samples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker_service.analysis.nucleus_scale import (
+    MIN_NUCLEI,
+    MOST,
+    REFERENCE_AREA_UM2,
+    TOLERANCE,
+    inner_areas,
+    magnification,
+)
+from worker_service.backends.learned import LEARNED_MPP, looking_mpp
+
+
+def test_nuclei_cut_by_the_edge_are_not_measured() -> None:
+    labels = np.zeros((10, 12), np.int32)
+    labels[0:2, 3:5] = 1  # touches the top
+    labels[4:6, 4:7] = 2  # inside: 6 px
+    labels[7:10, 0:2] = 3  # touches the left and the bottom
+    labels[3:5, 9:12] = 4  # touches the right
+    labels[6, 8] = 7  # inside, a label with gaps below it: 1 px
+    assert sorted(inner_areas(labels).tolist()) == [1, 6]
+    assert inner_areas(np.zeros((5, 5), np.int32)).size == 0
+
+
+def test_a_slide_whose_nuclei_are_the_models_size_is_looked_at_as_trained() -> None:
+    assert magnification(np.full(500, REFERENCE_AREA_UM2)) == 1.0
+    assert magnification(np.full(500, 4 * REFERENCE_AREA_UM2)) == 1.0  # never farther
+
+
+def test_small_nuclei_are_magnified_to_the_reference_at_most_twice() -> None:
+    quarter = np.full(500, REFERENCE_AREA_UM2 / 2.25)
+    assert magnification(quarter) == pytest.approx(1.5)
+    assert magnification(np.full(500, REFERENCE_AREA_UM2 / 100)) == MOST
+
+
+def test_a_change_within_the_tolerance_is_none() -> None:
+    just_inside = REFERENCE_AREA_UM2 / (1 + TOLERANCE) ** 2 * 1.01
+    just_beyond = REFERENCE_AREA_UM2 / (1 + TOLERANCE) ** 2 * 0.99
+    assert magnification(np.full(500, just_inside)) == 1.0
+    assert magnification(np.full(500, just_beyond)) > 1 + TOLERANCE
+
+
+def test_too_few_nuclei_say_nothing() -> None:
+    assert magnification(np.full(MIN_NUCLEI - 1, 1.0)) == 1.0
+    assert magnification(np.full(MIN_NUCLEI, 1.0)) == MOST
+    assert magnification(np.zeros(0)) == 1.0
+
+
+def test_the_same_tissue_gets_the_same_look_whatever_the_scan() -> None:
+    """Pixel areas at 0.25 um/px are four times those at 0.5: the same um^2,
+    so the same pixel size for the model."""
+    areas_20x = np.random.default_rng(0).integers(10, 60, 400)
+    at_20x = looking_mpp(areas_20x, 0.5, LEARNED_MPP)
+    at_40x = looking_mpp(areas_20x * 4, 0.25, LEARNED_MPP)
+    assert at_20x == at_40x < LEARNED_MPP
+
+
+@given(st.lists(st.floats(0.01, 1000), min_size=MIN_NUCLEI, max_size=200))
+def test_the_look_is_never_farther_nor_beyond_twice(areas: list[float]) -> None:
+    factor = magnification(np.array(areas))
+    assert factor == 1.0 or 1 + TOLERANCE < factor <= MOST
+    median = float(np.median(areas))
+    if factor > 1:
+        assert median < REFERENCE_AREA_UM2
+        # The median comes to the reference, or as close as twice allows.
+        assert math.isclose(median * factor**2, REFERENCE_AREA_UM2) or factor == MOST
