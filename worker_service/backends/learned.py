@@ -197,7 +197,7 @@ def engine_details(engine: str, device: str) -> dict[str, object]:
     return {"engine": name, "precision": precision, "runtime": runtime, "device": device}
 
 
-RESAMPLE_BEYOND = nucleus_scale.TOLERANCE  # tiles more than 15 % off the model's size are resampled
+RESAMPLE_BEYOND = 0.15  # tiles more than 15 % off the model's pixel size are resampled
 SIZE_SAMPLE_TILES = 8  # tissue tiles the model first looks at, for the nuclei's size
 
 
