@@ -28,8 +28,11 @@ from worker_service.backends.learned import (
     pixel_blocks,
     pixels_from_blocks,
 )
-from worker_service.pipeline.job import JobOutcome
+from worker_service.pipeline.context import JobContext
+from worker_service.pipeline.job import JobOutcome, JobSpec, run_job
 from worker_service.pipeline.tile_pool import TilePool
+from worker_service.storage.slides import SlideCache
+from wsi_protocol.job_types import JobType
 from wsi_runtime.synthetic_slides import SyntheticSlide, synthetic_he_slide, write_array_slide
 from wsi_training.metrics import score
 
@@ -174,7 +177,8 @@ def test_a_slide_of_small_nuclei_is_looked_at_closer(pool: TilePool, tmp_path: P
     its nuclei are a quarter of their area, smaller than the model learned
     them. Its first look finds them small, and it looks at the slide
     magnified: it finds more of the nuclei it finds on the original (at half
-    their coordinates) than it does at its own pixel size."""
+    their coordinates) than it does at its own pixel size; more again where
+    the slide has a finer level to read."""
     with openslide.OpenSlide(str(SLIDES / CMU)) as slide:
         image = np.asarray(slide.read_region((0, 0), 0, slide.dimensions))[..., :3]
     height, width = image.shape[:2]
@@ -186,9 +190,9 @@ def test_a_slide_of_small_nuclei_is_looked_at_closer(pool: TilePool, tmp_path: P
     assert isinstance(details, dict) and details["tiles_resampled"] is True
     assert float(str(details["sample_nucleus_um2"])) < 20
     assert 0.25 <= float(str(details["model_mpp"])) < 0.4
-    assert f"(here {details['model_mpp']}: its nuclei are small)" in str(
-        outcome.summary["mpp_note"]
-    )
+    note = str(outcome.summary["mpp_note"])
+    assert "target_mpp=1.0 not used" in note
+    assert f"looked at the slide at {details['model_mpp']} um/px" in note
     original = run(pool, tmp_path / "original", str(SLIDES / CMU), backend="learned")
     expected = centroids(original) / 2
     tp, fp, fn = match(centroids(outcome), expected, radius=2.0)
@@ -196,6 +200,22 @@ def test_a_slide_of_small_nuclei_is_looked_at_closer(pool: TilePool, tmp_path: P
     own = LearnedSegmenter("onnx-int8", "cpu", 0.5).find([small])[0]
     tp, fp, fn = match(np.array([n.centroid for n in own]), expected, radius=2.0)
     assert closer >= f1(tp, fp, fn) + 0.1, (closer, f1(tp, fp, fn))
+    # The same tissue in a slide that also has it at 0.25 um/px (CMU-1's
+    # pixels said to be that, the shrunk copy its level 1): the job reads
+    # that finer level for the closer look instead of enlarging the other.
+    pyramid = tmp_path / "small-nuclei-two-levels.tiff"
+    write_array_slide(pyramid, image, 0.25, levels=2)
+    finer = run(pool, tmp_path / "finer", str(pyramid), backend="learned")
+    summary = finer.summary
+    assert summary["level"] == 0 and summary["mpp_used"] == pytest.approx(0.25)
+    details = summary["backend_details"]
+    assert isinstance(details, dict) and 0.25 < float(str(details["model_mpp"])) < 0.4
+    tp, fp, fn = match(centroids(finer), expected * 2, radius=4.0)
+    assert f1(tp, fp, fn) >= closer + 0.04, (f1(tp, fp, fn), closer)
+    # Unless the finer level's tiles are more than a job may cover.
+    spec = JobSpec("bounded", JobType.CELL_SEGMENTATION, str(pyramid), {"backend": "learned"})
+    bounded = run_job(spec, tmp_path / "bounded", JobContext(max_tiles=20), SlideCache(), pool)
+    assert bounded.summary["level"] == 1 and int(str(bounded.summary["tiles_total"])) <= 20
 
 
 def test_a_40x_scan_with_no_20x_level_is_read_at_its_own_pixels_and_resampled(

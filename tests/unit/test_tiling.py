@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker_service.analysis.tiling import choose_level, tile_grid, usable_mpp
+from worker_service.analysis.tiling import choose_level, finer_level, tile_grid, usable_mpp
 from wsi_runtime.synthetic_slides import seam_positions
 
 
@@ -90,3 +90,18 @@ def test_the_synthetic_slides_seams_are_the_grids(length: int, tile: int, overla
     overlap = min(overlap, tile // 2 - 1)
     cores = [t.core_x1 for t in tile_grid(length, 1, tile, overlap)[:-1]]
     assert seam_positions(length, tile, overlap) == cores
+
+
+def test_a_closer_look_reads_the_coarsest_level_fine_enough_for_it() -> None:
+    halves, quarters = [1.0, 2.0, 4.0, 8.0], [1.0, 4.0, 16.0]
+    # A 40x slide with 2x levels, read at 0.5 um/px: a look at 0.384 reads 0.25.
+    assert finer_level(halves, 0.25, 1, 0.384) == 0
+    assert finer_level(halves, 0.25, 1, 0.44) == 1  # within 15 %: the level read is fine
+    assert finer_level(halves, 0.25, 1, None) == 1  # no closer look: as chosen
+    assert finer_level(halves, None, 1, 0.3) == 1  # no pixel size: nothing to compare
+    assert finer_level(halves, 0.125, 3, 0.4) == 1  # 0.25 is the coarsest fine enough
+    # Already at level 0 (an Aperio 40x read at 0.25 um/px): nothing finer to read.
+    assert finer_level(quarters, 0.25, 0, 0.3) == 0
+    # No level fine enough: the finest there is, enlarged less than the one chosen.
+    assert finer_level(quarters, 0.4, 1, 0.25) == 0
+    assert finer_level([1.0], 0.5, 0, 0.3) == 0

@@ -127,6 +127,28 @@ def choose_level(
     )
 
 
+def finer_level(
+    level_downsamples: Sequence[float],
+    base_mpp: float | None,
+    level: int,
+    wanted_mpp: float | None,
+    tolerance: float = 0.15,
+) -> int:
+    """The level to read instead of ``level`` for a segmenter that would look
+    at the slide at ``wanted_mpp`` (a model looking closer than its own pixel
+    size): the coarsest level no coarser than ``wanted_mpp`` (within
+    ``tolerance``), so that its tiles are shrunk for it, not enlarged, else
+    the finest there is; ``level`` where it is fine enough already or where
+    the slide has no pixel size."""
+    if not wanted_mpp or not base_mpp or base_mpp <= 0:
+        return level
+    enough = wanted_mpp * (1 + tolerance)
+    for candidate in range(level, 0, -1):  # from the level chosen towards level 0
+        if base_mpp * level_downsamples[candidate] <= enough:
+            return candidate
+    return 0
+
+
 T = TypeVar("T", bound=np.ndarray)
 R = TypeVar("R")
 

@@ -103,6 +103,9 @@ class JobSlide:
 class Prepared:
     recipe: Recipe
     details: dict[str, object]  # the summary's backend_details
+    # Finer than the tiles it was prepared on: the pixel size it would rather
+    # have them at (a model looking closer), which a finer level may give.
+    wants_mpp: float | None = None
 
 
 class Backend(ABC):
@@ -124,6 +127,11 @@ class Backend(ABC):
     def preferred_here(self, settings: ModelSettings) -> bool:
         """Whether ``--default-backend auto`` picks it on this worker."""
         return False
+
+    def tiles_at(self, prepared: Prepared, working_mpp: float | None) -> Prepared:
+        """``prepared`` for tiles read at another pixel size (a finer level,
+        read for its ``wants_mpp``)."""
+        return prepared
 
 
 class BatchedModel(ABC):

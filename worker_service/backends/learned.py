@@ -381,7 +381,15 @@ class LearnedBackend(Backend):
             "tiles_resampled": model_zoom(slide.working_mpp or LEARNED_MPP, looking) != 1.0,
             "batch_size": batching["tiles_per_pass"],
         }
-        return Prepared(recipe, details)
+        return Prepared(recipe, details, looking if looking != LEARNED_MPP else None)
+
+    def tiles_at(self, prepared: Prepared, working_mpp: float | None) -> Prepared:
+        recipe = prepared.recipe
+        assert isinstance(recipe, LearnedRecipe)
+        recipe = dataclasses.replace(recipe, tile_mpp=working_mpp or 0.0)
+        resampled = model_zoom(working_mpp or LEARNED_MPP, recipe.model_mpp) != 1.0
+        details = {**prepared.details, "tiles_resampled": resampled}
+        return Prepared(recipe, details, prepared.wants_mpp)
 
     def preferred_here(self, settings: ModelSettings) -> bool:
         """Wherever it can run, CPUs included: it finds nuclei the classical

@@ -23,6 +23,7 @@ from worker_service.pipeline.phases import (
     Overview,
     TissueAnalysis,
     analyse_tissue,
+    prepare_backend,
     read_overview,
     segment_cells,
 )
@@ -109,11 +110,14 @@ def run_job(
     cells: Cells | None = None
     if backend is not None:
         assert pool is not None, "cell segmentation needs the tile pool"
-        cells = segment_cells(overview, tissue, backend, pool, out_dir, preview, ctx)
+        ready = prepare_backend(backend, overview, tissue, params, pool, out_dir, ctx)
+        overview, tissue = ready.overview, ready.tissue  # a finer level, for a closer look
+        cells = segment_cells(ready, pool, out_dir, preview, ctx)
         files[names.CELLS] = cells.cells_file
         files[names.NUCLEI_TABLE] = cells.table_file
         segmentation = timings.phase("segmentation_s")
-        timings.phases["reference_s"] = round(cells.reference_s, 4)  # the stain reference
+        # Preparing the backend: the classical stain reference, the learned first look.
+        timings.phases["reference_s"] = round(cells.reference_s, 4)
         timings.phases["tiles_s"] = round(segmentation - cells.reference_s, 4)
     files[names.PREVIEW] = preview.write(out_dir)
     timings.phase("preview_s")
@@ -218,12 +222,17 @@ def _mpp_note(
     if asked and params.backend and spec.job_type == JobType.CELL_SEGMENTATION:
         model_mpp = registry.get(params.backend).mpp
         if model_mpp and float(asked) != model_mpp:
-            looked = cells.backend_details.get("model_mpp", model_mpp) if cells else model_mpp
-            closer = f" (here {looked}: its nuclei are small)" if looked != model_mpp else ""
             notes.append(
                 f"target_mpp={asked} not used: the {params.backend} backend segments at"
-                f" {model_mpp} um/px, the pixel size its model was trained at{closer}"
+                f" {model_mpp} um/px, the pixel size its model was trained at"
             )
+    details = cells.backend_details if cells else {}
+    if "model_mpp" in details and details["model_mpp"] != registry.get(params.backend).mpp:
+        notes.append(
+            f"the {params.backend} model looked at the slide at {details['model_mpp']} um/px,"
+            f" closer than its own: its nuclei are small (first look: median"
+            f" {details.get('sample_nucleus_um2')} um^2)"
+        )
     return "; ".join(notes)
 
 

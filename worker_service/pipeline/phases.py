@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,13 @@ from shapely.geometry import Polygon
 from worker_service.analysis import cell_index, regions, tissue_codec
 from worker_service.analysis.measurement_stats import MeasureStats
 from worker_service.analysis.nuclei import RGB
-from worker_service.analysis.tiling import Tile, TileGrid, choose_level, usable_mpp
+from worker_service.analysis.tiling import (
+    Tile,
+    TileGrid,
+    choose_level,
+    finer_level,
+    usable_mpp,
+)
 from worker_service.analysis.tissue import (
     TissueMask,
     detect_tissue,
@@ -165,10 +171,47 @@ def _region_on(overview: Overview, params: JobParams) -> tuple[Polygon | None, f
     return region, area
 
 
-def segment_cells(
+@dataclass(frozen=True)
+class Ready:
+    """A segmentation job ready to run: its backend prepared, at the level read."""
+
+    overview: Overview
+    tissue: TissueAnalysis
+    prepared: Prepared
+    seconds: float  # preparing the backend (a stain reference, a model's first look)
+
+
+def prepare_backend(
+    backend: Backend,
     overview: Overview,
     tissue: TissueAnalysis,
-    backend: Backend,
+    params: JobParams,
+    pool: TilePool,
+    out_dir: Path,
+    ctx: JobContext,
+) -> Ready:
+    """The backend prepared on the tissue tiles. Where it would rather look
+    at the slide closer than the level read (a model magnifying small
+    nuclei) and a finer level gives that, the job reads that level instead:
+    the tiles are cut again there (the tissue mask kept) unless they would
+    be more than a job may cover."""
+    started = time.perf_counter()
+    prepared = _prepare(backend, overview, tissue.tissue_tiles, pool, ctx)
+    ctx.check()
+    downsamples = overview.info.level_downsamples
+    level = finer_level(downsamples, overview.mpp, overview.level, prepared.wants_mpp)
+    if level != overview.level:
+        width, height = overview.info.level_dimensions[level]
+        if len(TileGrid(width, height, params.tile_size, params.overlap)) <= ctx.max_tiles:
+            overview = replace(overview, level=level, downsample=downsamples[level])
+            kept = ReusedTissue(tissue.mask, tissue.reused_from)
+            tissue = analyse_tissue(overview, params, out_dir, ctx, kept)
+            prepared = backend.tiles_at(prepared, overview.working_mpp)
+    return Ready(overview, tissue, prepared, time.perf_counter() - started)
+
+
+def segment_cells(
+    ready: Ready,
     pool: TilePool,
     out_dir: Path,
     preview: Preview,
@@ -178,10 +221,8 @@ def segment_cells(
     core owns to the result files. Each finished tile is recorded in the
     job's journal, and the tiles an earlier run of the job recorded are
     taken from there instead of being segmented again."""
-    started = time.perf_counter()
-    prepared = _prepare(backend, overview, tissue.tissue_tiles, pool, ctx)
-    reference_s = time.perf_counter() - started
-    ctx.check()
+    overview, tissue, prepared = ready.overview, ready.tissue, ready.prepared
+    reference_s = ready.seconds
     tasks = tissue.tasks(overview)
     fingerprint = _fingerprint(overview, tasks, prepared.recipe)
     journal = TileJournal(out_dir / JOURNAL, fingerprint, ctx.cancelled)
