@@ -238,6 +238,32 @@ def test_a_40x_scan_with_no_20x_level_is_read_at_its_own_pixels_and_resampled(
     assert f1(tp, fp, fn) >= 0.9, (tp, fp, fn)
 
 
+def test_a_40x_scan_with_a_20x_level_is_read_at_its_own_pixels_too(
+    pool: TilePool, tmp_path: Path
+) -> None:
+    """Nuclei are outlined on the finest pixels down to 0.25 um/px whatever
+    the file's pyramid: a 40x slide with a 0.5 um/px level is read at 0.25
+    as an Aperio one is (the same scan, the same nuclei), unless its tiles
+    there are more than a job may cover; the classical segmenter reads the
+    0.5 um/px level."""
+    slide = synthetic_he_slide(tmp_path / "40x-2x-levels.tiff", mpp=0.25, seed=5)
+    with openslide.OpenSlide(str(slide.path)) as opened:
+        assert opened.level_downsamples[1] == pytest.approx(2.0, rel=0.01)
+    learned = run(pool, tmp_path / "learned", str(slide.path), backend="learned")
+    assert learned.summary["level"] == 0 and learned.summary["mpp_used"] == pytest.approx(0.25)
+    truth = np.array([[n.x, n.y] for n in slide.nuclei])
+    tp, fp, fn = match(centroids(learned), truth, radius=3.0 / slide.mpp)
+    assert f1(tp, fp, fn) >= 0.9, (tp, fp, fn)
+    classical = run(pool, tmp_path / "classical", str(slide.path), backend="classical")
+    assert classical.summary["level"] == 1
+    spec = JobSpec("bounded", JobType.CELL_SEGMENTATION, str(slide.path), {"backend": "learned"})
+    level_1_tiles = int(str(classical.summary["tiles_total"]))
+    bounded = run_job(
+        spec, tmp_path / "bounded", JobContext(max_tiles=level_1_tiles), SlideCache(), pool
+    )
+    assert bounded.summary["level"] == 1
+
+
 def test_slide_mpp_gives_a_slide_the_pixel_size_its_metadata_lacks_or_gets_wrong(
     pool: TilePool, tmp_path: Path
 ) -> None:

@@ -103,8 +103,9 @@ class JobSlide:
 class Prepared:
     recipe: Recipe
     details: dict[str, object]  # the summary's backend_details
-    # Finer than the tiles it was prepared on: the pixel size it would rather
-    # have them at (a model looking closer), which a finer level may give.
+    # The pixel size it would rather have its tiles at, where a finer level
+    # than the one it was prepared on gives it (a model outlining its nuclei
+    # on finer pixels, or looking closer): None, as they are.
     wants_mpp: float | None = None
 
 

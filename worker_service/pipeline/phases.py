@@ -190,11 +190,11 @@ def prepare_backend(
     out_dir: Path,
     ctx: JobContext,
 ) -> Ready:
-    """The backend prepared on the tissue tiles. Where it would rather look
-    at the slide closer than the level read (a model magnifying small
-    nuclei) and a finer level gives that, the job reads that level instead:
-    the tiles are cut again there (the tissue mask kept) unless they would
-    be more than a job may cover."""
+    """The backend prepared on the tissue tiles. Where it would rather have
+    finer tiles than the level read (a model outlining on finer pixels than
+    its own, or looking closer at small nuclei) and a finer level gives
+    them, the job reads that level instead: the tiles are cut again there
+    (the tissue mask kept) unless they would be more than a job may cover."""
     started = time.perf_counter()
     prepared = _prepare(backend, overview, tissue.tissue_tiles, pool, ctx)
     ctx.check()
