@@ -127,22 +127,26 @@ def choose_level(
     )
 
 
+# Pixel sizes within 15 % of each other are taken as one: a tile that close
+# to a model's pixel size is not resampled for it, a level that close to the
+# pixels wanted is fine enough.
+PIXEL_SIZE_TOLERANCE = 0.15
+
+
 def finer_level(
     level_downsamples: Sequence[float],
     base_mpp: float | None,
     level: int,
     wanted_mpp: float | None,
-    tolerance: float = 0.15,
 ) -> int:
-    """The level to read instead of ``level`` for a segmenter that would look
-    at the slide at ``wanted_mpp`` (a model looking closer than its own pixel
-    size): the coarsest level no coarser than ``wanted_mpp`` (within
-    ``tolerance``), so that its tiles are shrunk for it, not enlarged, else
-    the finest there is; ``level`` where it is fine enough already or where
-    the slide has no pixel size."""
+    """The level to read instead of ``level`` for a segmenter that wants
+    pixels of ``wanted_mpp`` (a model outlining its nuclei on finer pixels
+    than it segments at): the coarsest level no coarser than ``wanted_mpp``
+    (within ``PIXEL_SIZE_TOLERANCE``), else the finest there is; ``level``
+    where it is fine enough already or where the slide has no pixel size."""
     if not wanted_mpp or not base_mpp or base_mpp <= 0:
         return level
-    enough = wanted_mpp * (1 + tolerance)
+    enough = wanted_mpp * (1 + PIXEL_SIZE_TOLERANCE)
     for candidate in range(level, 0, -1):  # from the level chosen towards level 0
         if base_mpp * level_downsamples[candidate] <= enough:
             return candidate

@@ -103,18 +103,18 @@ class JobSlide:
 class Prepared:
     recipe: Recipe
     details: dict[str, object]  # the summary's backend_details
-    # The pixel size it would rather have its tiles at, where a finer level
-    # than the one it was prepared on gives it (a model outlining its nuclei
-    # on finer pixels, or looking closer): None, as they are.
-    wants_mpp: float | None = None
 
 
 class Backend(ABC):
     """One segmentation backend. ``mpp``: the pixel size it segments at
-    (a model's training resolution), or None to work at the job's target_mpp."""
+    (a model's training resolution), or None to work at the job's target_mpp;
+    ``outline_mpp``: the finest pixels worth reading for it, where a slide
+    has them (a model that segments at ``mpp`` and outlines its nuclei on
+    the tile's finer pixels), or None: the level nearest ``mpp``."""
 
     name: ClassVar[str]
     mpp: ClassVar[float | None] = None
+    outline_mpp: ClassVar[float | None] = None
 
     @abstractmethod
     def check(self, settings: ModelSettings) -> None:
@@ -128,11 +128,6 @@ class Backend(ABC):
     def preferred_here(self, settings: ModelSettings) -> bool:
         """Whether ``--default-backend auto`` picks it on this worker."""
         return False
-
-    def tiles_at(self, prepared: Prepared, working_mpp: float | None) -> Prepared:
-        """``prepared`` for tiles read at another pixel size (a finer level,
-        read for its ``wants_mpp``)."""
-        return prepared
 
 
 class BatchedModel(ABC):

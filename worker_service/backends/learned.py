@@ -21,6 +21,7 @@ import numpy.typing as npt
 from worker_service.analysis import nucleus_scale
 from worker_service.analysis.instances import InstanceParams, labels_from_logits, seeds_from_logits
 from worker_service.analysis.nuclei import RGB, Labels
+from worker_service.analysis.tiling import PIXEL_SIZE_TOLERANCE
 from worker_service.backends.base import (
     Backend,
     BatchedModel,
@@ -197,7 +198,6 @@ def engine_details(engine: str, device: str) -> dict[str, object]:
     return {"engine": name, "precision": precision, "runtime": runtime, "device": device}
 
 
-RESAMPLE_BEYOND = 0.15  # tiles more than 15 % off the model's pixel size are resampled
 SIZE_SAMPLE_TILES = 8  # tissue tiles the model first looks at, for the nuclei's size
 # The pixels its nuclei are outlined on where the slide has them: the model's
 # maps are brought back to tiles this fine, whose outlines follow a nucleus
@@ -209,7 +209,7 @@ OUTLINE_MPP = LEARNED_MPP / 2
 def model_zoom(tile_mpp: float, model_mpp: float = LEARNED_MPP) -> float:
     """Model pixels per tile pixel: 1 for tiles near the model's pixel size."""
     zoom = tile_mpp / model_mpp
-    return 1.0 if abs(zoom - 1) <= RESAMPLE_BEYOND else zoom
+    return 1.0 if abs(zoom - 1) <= PIXEL_SIZE_TOLERANCE else zoom
 
 
 class LearnedSegmenter(BatchedModel):
@@ -348,6 +348,7 @@ def looking_mpp(areas_px: npt.NDArray[np.integer], tile_mpp: float, model_mpp: f
 class LearnedBackend(Backend):
     name = "learned"
     mpp = LEARNED_MPP
+    outline_mpp = OUTLINE_MPP
 
     def check(self, settings: ModelSettings) -> None:
         """Fails with an actionable message when the weights or ONNX Runtime are missing."""
@@ -386,15 +387,7 @@ class LearnedBackend(Backend):
             "tiles_resampled": model_zoom(slide.working_mpp or LEARNED_MPP, looking) != 1.0,
             "batch_size": batching["tiles_per_pass"],
         }
-        return Prepared(recipe, details, min(OUTLINE_MPP, looking))
-
-    def tiles_at(self, prepared: Prepared, working_mpp: float | None) -> Prepared:
-        recipe = prepared.recipe
-        assert isinstance(recipe, LearnedRecipe)
-        recipe = dataclasses.replace(recipe, tile_mpp=working_mpp or 0.0)
-        resampled = model_zoom(working_mpp or LEARNED_MPP, recipe.model_mpp) != 1.0
-        details = {**prepared.details, "tiles_resampled": resampled}
-        return Prepared(recipe, details, prepared.wants_mpp)
+        return Prepared(recipe, details)
 
     def preferred_here(self, settings: ModelSettings) -> bool:
         """Wherever it can run, CPUs included: it finds nuclei the classical

@@ -23,7 +23,6 @@ from worker_service.pipeline.phases import (
     Overview,
     TissueAnalysis,
     analyse_tissue,
-    prepare_backend,
     read_overview,
     segment_cells,
 )
@@ -101,7 +100,8 @@ def run_job(
         if backend.mpp:  # a model's own pixel size decides the level read
             params = dataclasses.replace(params, target_mpp=backend.mpp)
     out_dir = result_files.job_folder(results_dir, spec.job_id)
-    overview = read_overview(spec.slide_path, params, slides, ctx)
+    finest = backend.outline_mpp if backend else None
+    overview = read_overview(spec.slide_path, params, slides, ctx, finest)
     timings.phase("overview_s")  # opening the slide, reading its overview
     tissue = analyse_tissue(overview, params, out_dir, ctx, spec.tissue)
     timings.phase("tissue_s")  # the mask, its polygons and files, the tile choice
@@ -110,9 +110,7 @@ def run_job(
     cells: Cells | None = None
     if backend is not None:
         assert pool is not None, "cell segmentation needs the tile pool"
-        ready = prepare_backend(backend, overview, tissue, params, pool, out_dir, ctx)
-        overview, tissue = ready.overview, ready.tissue  # a finer level, for a closer look
-        cells = segment_cells(ready, pool, out_dir, preview, ctx)
+        cells = segment_cells(overview, tissue, backend, pool, out_dir, preview, ctx)
         files[names.CELLS] = cells.cells_file
         files[names.NUCLEI_TABLE] = cells.table_file
         segmentation = timings.phase("segmentation_s")
@@ -202,9 +200,7 @@ def _mm2(area_px: float, mpp: float | None) -> float | None:
     return float(f"{area_px * mpp * mpp / 1e6:.6g}")
 
 
-def _mpp_note(
-    spec: JobSpec, params: JobParams, overview: Overview, cells: Cells | None = None
-) -> str:
+def _mpp_note(spec: JobSpec, params: JobParams, overview: Overview, cells: Cells | None) -> str:
     """Why the pixel size used is not the one asked for, when it is not."""
     notes = (
         []

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -97,18 +97,32 @@ class Cells:
     tiles_processed: int
     cells_file: str
     backend_details: dict[str, object] = field(default_factory=dict)
-    reference_s: float = 0.0  # preparing the backend (the classical stain reference)
+    reference_s: float = 0.0  # preparing the backend (a stain reference, a model's first look)
     measures: dict[str, dict[str, float]] = field(default_factory=dict)  # MeasureStats.summary
     table_file: str = ""  # nuclei.parquet
     tiles_resumed: int = 0  # taken from the journal of an earlier run, not segmented again
 
 
-def read_overview(path: str, params: JobParams, slides: SlideCache, ctx: JobContext) -> Overview:
+def read_overview(
+    path: str,
+    params: JobParams,
+    slides: SlideCache,
+    ctx: JobContext,
+    finest_mpp: float | None = None,
+) -> Overview:
+    """The slide at a glance, and the level nearest ``target_mpp``; or, for a
+    backend whose nuclei are outlined on finer pixels than it segments at
+    (``finest_mpp``), a finer level that gives them, unless its tiles would
+    be more than a job may cover."""
     slide = slides.get(path)
     info = describe(slide)
     image = read_thumbnail(slide, OVERVIEW_SIZE, ctx.cancelled)
     mpp = params.slide_mpp or usable_mpp(info.mpp)
     level = choose_level(info.level_downsamples, mpp, params.target_mpp)
+    finer = finer_level(info.level_downsamples, mpp, level, finest_mpp)
+    width, height = info.level_dimensions[finer]
+    if len(TileGrid(width, height, params.tile_size, params.overlap)) <= ctx.max_tiles:
+        level = finer
     return Overview(path, info, image, mpp, level, info.level_downsamples[level])
 
 
@@ -171,47 +185,10 @@ def _region_on(overview: Overview, params: JobParams) -> tuple[Polygon | None, f
     return region, area
 
 
-@dataclass(frozen=True)
-class Ready:
-    """A segmentation job ready to run: its backend prepared, at the level read."""
-
-    overview: Overview
-    tissue: TissueAnalysis
-    prepared: Prepared
-    seconds: float  # preparing the backend (a stain reference, a model's first look)
-
-
-def prepare_backend(
-    backend: Backend,
+def segment_cells(
     overview: Overview,
     tissue: TissueAnalysis,
-    params: JobParams,
-    pool: TilePool,
-    out_dir: Path,
-    ctx: JobContext,
-) -> Ready:
-    """The backend prepared on the tissue tiles. Where it would rather have
-    finer tiles than the level read (a model outlining on finer pixels than
-    its own, or looking closer at small nuclei) and a finer level gives
-    them, the job reads that level instead: the tiles are cut again there
-    (the tissue mask kept) unless they would be more than a job may cover."""
-    started = time.perf_counter()
-    prepared = _prepare(backend, overview, tissue.tissue_tiles, pool, ctx)
-    ctx.check()
-    downsamples = overview.info.level_downsamples
-    level = finer_level(downsamples, overview.mpp, overview.level, prepared.wants_mpp)
-    if level != overview.level:
-        width, height = overview.info.level_dimensions[level]
-        if len(TileGrid(width, height, params.tile_size, params.overlap)) <= ctx.max_tiles:
-            overview = replace(overview, level=level, downsample=downsamples[level])
-            kept = ReusedTissue(tissue.mask, tissue.reused_from)
-            tissue = analyse_tissue(overview, params, out_dir, ctx, kept)
-            prepared = backend.tiles_at(prepared, overview.working_mpp)
-    return Ready(overview, tissue, prepared, time.perf_counter() - started)
-
-
-def segment_cells(
-    ready: Ready,
+    backend: Backend,
     pool: TilePool,
     out_dir: Path,
     preview: Preview,
@@ -221,8 +198,10 @@ def segment_cells(
     core owns to the result files. Each finished tile is recorded in the
     job's journal, and the tiles an earlier run of the job recorded are
     taken from there instead of being segmented again."""
-    overview, tissue, prepared = ready.overview, ready.tissue, ready.prepared
-    reference_s = ready.seconds
+    started = time.perf_counter()
+    prepared = _prepare(backend, overview, tissue.tissue_tiles, pool, ctx)
+    reference_s = time.perf_counter() - started
+    ctx.check()
     tasks = tissue.tasks(overview)
     fingerprint = _fingerprint(overview, tasks, prepared.recipe)
     journal = TileJournal(out_dir / JOURNAL, fingerprint, ctx.cancelled)
