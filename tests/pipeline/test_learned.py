@@ -283,14 +283,7 @@ def test_slide_mpp_gives_a_slide_the_pixel_size_its_metadata_lacks_or_gets_wrong
     a 40x image read as if at the model's 0.5 um/px shows it nuclei twice
     their size: ``slide_mpp`` says what the metadata does not, or corrects it."""
     slide = synthetic_he_slide(tmp_path / "40x.tiff", mpp=0.25, seed=4)
-    with openslide.OpenSlide(str(slide.path)) as opened:
-        image = np.asarray(opened.read_region((0, 0), 0, opened.dimensions))[..., :3]
-    bare = tmp_path / "no-pixel-size.tiff"
-    tifffile.imwrite(bare, image, tile=(256, 256), photometric="rgb")
-    unknown = run(pool, tmp_path / "unknown", str(bare), backend="learned")
-    assert unknown.summary["mpp_used"] is None
-    note = str(unknown.summary["mpp_note"])  # what the model took, and how to say otherwise
-    assert "no usable pixel size" in note and "taken as 0.5 um/px" in note and "slide_mpp" in note
+    bare = _without_pixel_size(slide.path, tmp_path / "no-pixel-size.tiff")
     given = run(pool, tmp_path / "given", str(bare), backend="learned", slide_mpp="0.25")
     summary = given.summary
     assert summary["mpp_used"] == pytest.approx(0.25) and summary["mpp_note"] == ""
@@ -302,6 +295,51 @@ def test_slide_mpp_gives_a_slide_the_pixel_size_its_metadata_lacks_or_gets_wrong
     wrong = run(pool, tmp_path / "wrong", str(slide.path), backend="learned", slide_mpp="0.5")
     assert wrong.summary["mpp_used"] == pytest.approx(0.5)
     assert "slide_mpp=0.5 used instead of the slide's 0.25 um/px" in str(wrong.summary["mpp_note"])
+
+
+def _without_pixel_size(slide: Path, bare: Path) -> Path:
+    """Level 0 of ``slide`` in a TIFF that gives no pixel size."""
+    with openslide.OpenSlide(str(slide)) as opened:
+        image = np.asarray(opened.read_region((0, 0), 0, opened.dimensions))[..., :3]
+    tifffile.imwrite(bare, image, tile=(256, 256), photometric="rgb")
+    return bare
+
+
+def test_a_slide_without_a_pixel_size_is_taken_as_its_nuclei_say(
+    pool: TilePool, tmp_path: Path
+) -> None:
+    """Without a pixel size a slide was taken at the model's 0.5 um/px, and a
+    40x one's nuclei reached the model at twice their size. The first look
+    now also takes the tiles at half that, and keeps what brings the
+    nuclei nearer the size the model learned: a 40x scan is taken as one,
+    a 20x one (CMU-1, real tissue) stays as it was, and the note says
+    which and how to say otherwise."""
+    slide = synthetic_he_slide(tmp_path / "40x.tiff", mpp=0.25, seed=4)
+    bare = _without_pixel_size(slide.path, tmp_path / "40x-bare.tiff")
+    unknown = run(pool, tmp_path / "unknown", str(bare), backend="learned")
+    summary = unknown.summary
+    assert summary["mpp_used"] is None  # nothing claims a pixel size the file does not give
+    details = summary["backend_details"]
+    assert isinstance(details, dict) and details["slide_mpp_from_nuclei"] == 0.25
+    assert details["tiles_resampled"] is True
+    looks = details["first_looks_um2"]
+    assert isinstance(looks, dict) and looks["0.5"] > 2 * looks["0.25"]
+    note = str(summary["mpp_note"])
+    assert "no usable pixel size" in note and "look like a 40x scan's" in note
+    assert "took it as 0.25 um/px" in note and "slide_mpp" in note
+    truth = np.array([[n.x, n.y] for n in slide.nuclei])
+    tp, fp, fn = match(centroids(unknown), truth, radius=3.0 / slide.mpp)
+    assert f1(tp, fp, fn) >= 0.9, (tp, fp, fn)
+
+    scan20x = _without_pixel_size(SLIDES / CMU, tmp_path / "20x-bare.tiff")
+    taken = run(pool, tmp_path / "20x", str(scan20x), backend="learned")
+    details = taken.summary["backend_details"]
+    assert isinstance(details, dict) and details["slide_mpp_from_nuclei"] == 0.5
+    assert details["tiles_resampled"] is False
+    assert "taken as 0.5 um/px" in str(taken.summary["mpp_note"])
+    known = run(pool, tmp_path / "20x-known", str(SLIDES / CMU), backend="learned")
+    assert "slide_mpp_from_nuclei" not in known.summary["backend_details"]  # type: ignore[operator]
+    assert taken.summary["nuclei"] == known.summary["nuclei"]
 
 
 def test_tiles_of_another_pixel_size_are_resampled_for_the_model() -> None:

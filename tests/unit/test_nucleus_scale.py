@@ -15,6 +15,7 @@ from worker_service.analysis.nucleus_scale import (
     MIN_NUCLEI,
     MOST,
     REFERENCE_AREA_UM2,
+    finer_scan,
     inner_areas,
     magnification,
 )
@@ -74,3 +75,46 @@ def test_the_look_is_never_farther_nor_beyond_twice(areas: list[float]) -> None:
         assert median < REFERENCE_AREA_UM2
         # The median comes to the reference, or as close as twice allows.
         assert math.isclose(median * factor**2, REFERENCE_AREA_UM2) or factor == MOST
+
+
+def _areas(median: float, count: int = MIN_NUCLEI) -> np.ndarray:
+    return np.full(count, median)
+
+
+@pytest.mark.parametrize(
+    ("at_default", "at_half", "finer"),
+    [
+        # First-look medians (um^2) measured on whole images taken as 0.5 and
+        # as 0.25 um/px (the model card's "Seventh round").
+        (74.2, 30.4, True),  # CPM-15 image 15, 40x
+        (47.0, 44.8, True),  # TCGA-50-5931, 40x: large nuclei, split at 0.5
+        (63.6, 21.3, True),  # TCGA-B0-5710, 40x
+        (28.8, 47.4, False),  # TCGA-G9-6363, 40x, split so much it looks 20x: missed
+        (50.0, 22.7, False),  # CPM-15 image 2, 20x, large nuclei
+        (25.5, 11.6, False),  # CMU-1, 20x
+        (13.0, 14.1, False),  # TCGA-HE-7129 shrunk to 20x: both small
+    ],
+)
+def test_a_scan_is_taken_finer_where_its_nuclei_say_so(
+    at_default: float, at_half: float, finer: bool
+) -> None:
+    assert finer_scan(_areas(at_default), _areas(at_half)) is finer
+
+
+def test_too_few_nuclei_under_either_look_keep_the_default() -> None:
+    assert finer_scan(_areas(80.0), _areas(36.0))
+    assert not finer_scan(_areas(80.0, MIN_NUCLEI - 1), _areas(36.0))
+    assert not finer_scan(_areas(80.0), _areas(36.0, MIN_NUCLEI - 1))
+    assert not finer_scan(_areas(80.0), _areas(0.0))
+
+
+@given(st.floats(1.0, 400.0, allow_nan=False), st.floats(1.0, 400.0, allow_nan=False))
+def test_never_finer_for_nuclei_the_size_learned_or_smaller(
+    at_default: float, at_half: float
+) -> None:
+    """A 20x scan of small nuclei stays a 20x scan, whatever the half look says;
+    one whose half look lands on the reference is taken finer."""
+    if at_default <= REFERENCE_AREA_UM2:
+        assert not finer_scan(_areas(at_default), _areas(at_half))
+    else:
+        assert finer_scan(_areas(at_default), _areas(REFERENCE_AREA_UM2))

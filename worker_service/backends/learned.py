@@ -337,6 +337,10 @@ class LearnedRecipe(Recipe):
         )
 
 
+def _median_um2(areas_px: npt.NDArray[np.int64], pixel_um: float) -> float | None:
+    return round(float(np.median(areas_px)) * pixel_um**2, 1) if len(areas_px) else None
+
+
 def looking_mpp(areas_px: npt.NDArray[np.integer], tile_mpp: float, model_mpp: float) -> float:
     """The pixel size the model looks at a slide at, from the pixel areas of
     the nuclei it found on tiles of ``tile_mpp`` looking at ``model_mpp`` (its
@@ -374,20 +378,45 @@ class LearnedBackend(Backend):
             tile_mpp=slide.working_mpp or 0.0,
         )
         areas = slide.sample_areas(own, SIZE_SAMPLE_TILES)
-        looking = looking_mpp(areas, slide.pixel_um, LEARNED_MPP)
+        pixel_um = slide.pixel_um
+        scan: dict[str, object] = {}
+        if slide.working_mpp is None:
+            own, areas, pixel_um, scan = self._scan_from_nuclei(slide, own, areas)
+        looking = looking_mpp(areas, pixel_um, LEARNED_MPP)
         recipe = dataclasses.replace(own, model_mpp=looking)
         details: dict[str, object] = {
             "model": "nuclei_unet",
             "model_mpp": looking,
             # The first look's median nucleus (um^2), which chose model_mpp.
-            "sample_nucleus_um2": (
-                round(float(np.median(areas)) * slide.pixel_um**2, 1) if len(areas) else None
-            ),
+            "sample_nucleus_um2": _median_um2(areas, pixel_um),
+            **scan,
             **ran,
-            "tiles_resampled": model_zoom(slide.working_mpp or LEARNED_MPP, looking) != 1.0,
+            "tiles_resampled": model_zoom(recipe.tile_mpp or LEARNED_MPP, looking) != 1.0,
             "batch_size": batching["tiles_per_pass"],
         }
         return Prepared(recipe, details)
+
+    @staticmethod
+    def _scan_from_nuclei(
+        slide: JobSlide, own: LearnedRecipe, areas: npt.NDArray[np.int64]
+    ) -> tuple[LearnedRecipe, npt.NDArray[np.int64], float, dict[str, object]]:
+        """A slide with no pixel size was taken at the default 0.5 um/px: a
+        40x scan's nuclei then reach the model at twice their size, and it
+        splits them. A second first look, taking its tiles at half that,
+        says which it is (``nucleus_scale.finer_scan``); the summary gives
+        both looks and the pixel size the model took."""
+        half = slide.pixel_um / 2
+        finer = dataclasses.replace(own, tile_mpp=half)
+        finer_areas = slide.sample_areas(finer, SIZE_SAMPLE_TILES)
+        looks = {
+            f"{slide.pixel_um:g}": _median_um2(areas, slide.pixel_um),
+            f"{half:g}": _median_um2(finer_areas, half),
+        }
+        if nucleus_scale.finer_scan(areas * slide.pixel_um**2, finer_areas * half**2):
+            own, areas, pixel_um = finer, finer_areas, half
+        else:
+            pixel_um = slide.pixel_um
+        return own, areas, pixel_um, {"slide_mpp_from_nuclei": pixel_um, "first_looks_um2": looks}
 
     def preferred_here(self, settings: ModelSettings) -> bool:
         """Wherever it can run, CPUs included: it finds nuclei the classical

@@ -202,15 +202,8 @@ def _mm2(area_px: float, mpp: float | None) -> float | None:
 
 def _mpp_note(spec: JobSpec, params: JobParams, overview: Overview, cells: Cells | None) -> str:
     """Why the pixel size used is not the one asked for, when it is not."""
-    notes = (
-        []
-        if overview.mpp
-        else [
-            "slide has no usable pixel size metadata: level 0 read and taken as"
-            f" {DEFAULT_MPP:g} um/px; if it is another, give it as slide_mpp"
-            " (0.25 for a 40x scan)"
-        ]
-    )
+    details = cells.backend_details if cells else {}
+    notes = [] if overview.mpp else [_unknown_pixel_size_note(details)]
     own = usable_mpp(overview.info.mpp)
     if params.slide_mpp and own and own != params.slide_mpp:
         notes.append(f"slide_mpp={params.slide_mpp:g} used instead of the slide's {own:g} um/px")
@@ -222,7 +215,6 @@ def _mpp_note(spec: JobSpec, params: JobParams, overview: Overview, cells: Cells
                 f"target_mpp={asked} not used: the {params.backend} backend segments at"
                 f" {model_mpp} um/px, the pixel size its model was trained at"
             )
-    details = cells.backend_details if cells else {}
     if "model_mpp" in details and details["model_mpp"] != registry.get(params.backend).mpp:
         notes.append(
             f"the {params.backend} model looked at the slide at {details['model_mpp']} um/px,"
@@ -230,6 +222,29 @@ def _mpp_note(spec: JobSpec, params: JobParams, overview: Overview, cells: Cells
             f" {details.get('sample_nucleus_um2')} um^2)"
         )
     return "; ".join(notes)
+
+
+def _unknown_pixel_size_note(details: dict[str, object]) -> str:
+    """What a slide without a pixel size was taken as, and how to say otherwise."""
+    taken = details.get("slide_mpp_from_nuclei")
+    if isinstance(taken, float) and taken < DEFAULT_MPP:
+        looks = details.get("first_looks_um2")
+        medians = (
+            ", ".join(f"{median} um^2 taken as {mpp} um/px" for mpp, median in looks.items())
+            if isinstance(looks, dict)
+            else ""
+        )
+        return (
+            "slide has no usable pixel size metadata: level 0 read; its nuclei look like a"
+            f" 40x scan's (first looks: median {medians}), so the model took it as"
+            f" {taken:g} um/px (measurements stay in pixels); if it is another,"
+            " give it as slide_mpp"
+        )
+    return (
+        "slide has no usable pixel size metadata: level 0 read and taken as"
+        f" {DEFAULT_MPP:g} um/px; if it is another, give it as slide_mpp"
+        " (0.25 for a 40x scan)"
+    )
 
 
 def run_tissue_job(
