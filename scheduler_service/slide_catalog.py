@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
 from scheduler_service import page_tokens
+from wsi_runtime.pixel_size import usable_mpp
 
 # What OpenSlide 4 reads, by suffix (Aperio, DICOM, Hamamatsu, Leica, MIRAX,
 # Philips, Sakura, Trestle, Ventana, Zeiss, generic tiled TIFF).
@@ -115,7 +116,9 @@ def _describe(name: str, path: str, size: int, mtime_ns: int) -> SlideInfo:
         with openslide.OpenSlide(path) as slide:
             props = slide.properties
             try:
-                mpp = float(props.get(openslide.PROPERTY_NAME_MPP_X, 0) or 0)
+                # 0, as for none, where it is no microscope's (a 72 dpi screen
+                # resolution): what a job will take it as.
+                mpp = usable_mpp(float(props.get(openslide.PROPERTY_NAME_MPP_X, 0) or 0)) or 0.0
             except ValueError:
                 mpp = 0.0
             width, height = slide.dimensions

@@ -66,6 +66,9 @@ def test_slides_are_described_and_broken_ones_say_why(tmp_path: Path) -> None:
     cmu = describe(CMU, SLIDES / CMU)
     assert (cmu.width, cmu.height, cmu.vendor) == (2220, 2967, "aperio")
     assert 0.4 < cmu.mpp < 0.6 and cmu.size_bytes == (SLIDES / CMU).stat().st_size
+    # Its TIFF gives only a 72 dpi screen resolution (352.8 um/px): listed as
+    # none, as a job takes it.
+    assert describe("boxes.tiff", SLIDES / "boxes.tiff").mpp == 0.0
     shutil.copy(SLIDES / "unopenable.tiff", tmp_path / "broken.tiff")
     broken = describe("lab/broken.tiff", tmp_path / "broken.tiff")
     assert broken.error.startswith("cannot be read") and str(tmp_path) not in broken.error

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker_service.analysis.tiling import choose_level, finer_level, tile_grid, usable_mpp
+from worker_service.analysis.tiling import choose_level, finer_level, tile_grid
+from wsi_runtime.pixel_size import usable_mpp
 from wsi_runtime.synthetic_slides import seam_positions
 
 

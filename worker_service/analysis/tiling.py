@@ -103,17 +103,6 @@ def tile_grid(width: int, height: int, tile_size: int = 512, overlap: int = 64) 
     return list(TileGrid(width, height, tile_size, overlap))
 
 
-PLAUSIBLE_MPP = (0.01, 100.0)
-"""Microscope pixel sizes in um/px. A TIFF that only carries a screen
-resolution (72 dpi is 352.8 um/px) has no real pixel size."""
-
-
-def usable_mpp(mpp: float | None) -> float | None:
-    if mpp is None or not PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]:
-        return None
-    return mpp
-
-
 def choose_level(
     level_downsamples: Sequence[float], base_mpp: float | None, target_mpp: float
 ) -> int:

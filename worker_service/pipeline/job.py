@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker_service.analysis.tiling import usable_mpp
 from worker_service.analysis.tissue import TissueMask
 from worker_service.analysis.tissue_codec import ReusedTissue
 from worker_service.backends import registry
@@ -34,6 +33,7 @@ from wsi_protocol import result_files as names
 from wsi_protocol.job_types import JobType
 from wsi_runtime import job_params
 from wsi_runtime.job_params import JobParams
+from wsi_runtime.pixel_size import usable_mpp
 
 
 @dataclass(frozen=True)

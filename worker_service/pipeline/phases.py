@@ -23,7 +23,6 @@ from worker_service.analysis.tiling import (
     TileGrid,
     choose_level,
     finer_level,
-    usable_mpp,
 )
 from worker_service.analysis.tissue import (
     TissueMask,
@@ -44,6 +43,7 @@ from worker_service.storage.slides import SlideCache, SlideInfo, describe, read_
 from worker_service.storage.tile_journal import TileJournal, TileResult
 from wsi_protocol import result_files as names
 from wsi_runtime.job_params import JobParams
+from wsi_runtime.pixel_size import usable_mpp
 from wsi_runtime.version import VERSION
 
 OVERVIEW_SIZE = 1024  # longest side of the image tissue is found on (and the preview)
