@@ -225,24 +225,27 @@ def _mpp_note(spec: JobSpec, params: JobParams, overview: Overview, cells: Cells
 
 
 def _unknown_pixel_size_note(details: dict[str, object]) -> str:
-    """What a slide without a pixel size was taken as, and how to say otherwise."""
+    """What a slide without a pixel size was taken as, why, and how to say
+    otherwise. The learned backend's two first looks (``first_looks_um2``)
+    say which scan its nuclei look like; other backends take the default."""
     taken = details.get("slide_mpp_from_nuclei")
+    looks = details.get("first_looks_um2")
+    medians = (
+        ", ".join(f"{median} um^2 taken as {mpp} um/px" for mpp, median in looks.items())
+        if isinstance(looks, dict)
+        else ""
+    )
     if isinstance(taken, float) and taken < DEFAULT_MPP:
-        looks = details.get("first_looks_um2")
-        medians = (
-            ", ".join(f"{median} um^2 taken as {mpp} um/px" for mpp, median in looks.items())
-            if isinstance(looks, dict)
-            else ""
-        )
         return (
             "slide has no usable pixel size metadata: level 0 read; its nuclei look like a"
             f" 40x scan's (first looks: median {medians}), so the model took it as"
             f" {taken:g} um/px (measurements stay in pixels); if it is another,"
             " give it as slide_mpp"
         )
+    why = f", as its nuclei say (first looks: median {medians})" if medians else ""
     return (
         "slide has no usable pixel size metadata: level 0 read and taken as"
-        f" {DEFAULT_MPP:g} um/px; if it is another, give it as slide_mpp"
+        f" {DEFAULT_MPP:g} um/px{why}; if it is another, give it as slide_mpp"
         " (0.25 for a 40x scan)"
     )
 
