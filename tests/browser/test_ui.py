@@ -35,6 +35,8 @@ def test_create_watch_to_100_percent_and_open_the_result(
     row = page.locator("#job-rows tbody tr").first
     row.locator("[name=key]").fill("cells")
     row.locator("[name=wsi_path]").fill(CMU)
+    row.locator("[name=backend]").select_option("learned")
+    row.locator("[name=target_mpp]").fill("1.0")  # which the model, at its own 0.5, does not use
     page.click("#submit-workflow")
     workflow = page.locator(".workflow").first
     workflow.wait_for()
@@ -49,6 +51,12 @@ def test_create_watch_to_100_percent_and_open_the_result(
     wait_until(page, "document.querySelector('#result-preview').naturalWidth > 0")
     nuclei = int(page.locator("[data-fact=nuclei]").inner_text())
     assert nuclei > 1000
+    # What ran, and why the pixel size asked for was not used (the summary's mpp_note).
+    assert re.fullmatch(
+        r"learned \(onnx-\w+, cpu\)", page.locator("[data-fact=backend]").inner_text()
+    )
+    note = page.locator("[data-fact='pixel size note']").inner_text()
+    assert "target_mpp=1 not used" in note, note
     # Rounded as people read it ("2.0 s", not "1.9983 s").
     assert re.fullmatch(
         r"\d+\.\d s|\d+ s|\d+ min( \d+ s)?", page.locator("[data-fact=time]").inner_text()

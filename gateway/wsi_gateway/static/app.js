@@ -425,6 +425,14 @@ function clearResult() {
   revokeBlobs();
 }
 
+// The backend and what ran it: "learned (onnx-int8, cpu)".
+function backendRan(summary) {
+  if (!summary.backend) return "–";
+  const details = summary.backend_details || {};
+  const ran = [details.engine, details.device].filter((v) => typeof v === "string" && v);
+  return ran.length ? `${summary.backend} (${ran.join(", ")})` : summary.backend;
+}
+
 async function showResult(job) {
   clearResult();
   const dialog = $("#result-dialog");
@@ -435,9 +443,11 @@ async function showResult(job) {
     "tissue share": summary.tissue_fraction !== undefined ? `${Math.round(summary.tissue_fraction * 100)} %` : "–",
     "tiles processed / skipped": `${summary.tiles_processed ?? 0} / ${summary.tiles_skipped ?? 0}`,
     "pixel size used": summary.mpp_used ? `${summary.mpp_used} µm/px (level ${summary.level})` : `level ${summary.level ?? 0}`,
-    "backend": summary.backend || "–",
+    "backend": backendRan(summary),
     "time": summary.timings?.total_s ? humanDuration(summary.timings.total_s) : "–",
   };
+  // Why the pixel size is not the one asked for, or what a slide without one was taken as.
+  if (summary.mpp_note) facts["pixel size note"] = summary.mpp_note;
   $("#result-summary").replaceChildren(...Object.entries(facts).flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-fact": k }, v)]));
   const links = $("#result-links");
   for (const name of Object.keys(job.result?.files || {}).sort()) {
