@@ -29,16 +29,20 @@ class JobFacts:
     backend: str  # the backend that segmented ("" for none)
     nuclei: int | None  # None: not a finished segmentation
     seconds: float | None  # from its start to its end, once it ended
+    # Why the pixel size used is not the one asked for, or what a slide
+    # without one was taken as (the summary's mpp_note; "" for none).
+    note: str = ""
 
 
 def job_facts(job: pb.Job) -> JobFacts:
     """What a job's summary and times say (the summary's JSON read once)."""
     summary = summary_of(job)
-    backend, nuclei = summary.get("backend"), summary.get("nuclei")
+    backend, nuclei, note = summary.get("backend"), summary.get("nuclei"), summary.get("mpp_note")
     return JobFacts(
         backend=backend if isinstance(backend, str) else "",
         nuclei=nuclei if isinstance(nuclei, int) else None,
         seconds=job_seconds(job),
+        note=note if isinstance(note, str) else "",
     )
 
 

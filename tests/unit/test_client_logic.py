@@ -264,7 +264,7 @@ def test_durations_as_people_read_them(seconds: float, written: str) -> None:
 
 
 def test_a_workflow_digest_has_what_people_compare() -> None:
-    from wsi_client.digest import digest, human_age
+    from wsi_client.digest import digest, human_age, job_facts
 
     def job(slide: str, start: int, end: int, summary: str = "") -> pb.Job:
         made = pb.Job(wsi_path=f"/data/{slide}")
@@ -291,6 +291,11 @@ def test_a_workflow_digest_has_what_people_compare() -> None:
         4137,
     )
     assert seen.seconds == 75 and seen.age_s == 200 and human_age(seen.age_s) == "3 min ago"
+    noted = job("c.tiff", 1000, 1001, '{"nuclei": 9, "mpp_note": "target_mpp=1 not used"}')
+    assert job_facts(noted).note == "target_mpp=1 not used" and job_facts(wf.jobs[1]).note == ""
+    from wsi_client.cli.render import job_summary  # the line `wsi watch` ends with
+
+    assert job_summary(noted).endswith("9 nuclei, note: target_mpp=1 not used")
     running = pb.Workflow(jobs=[job("a.svs", 1000, 0)])
     assert digest(running, now_s=1001).seconds is None and digest(running, 1001).nuclei is None
     assert [human_age(s) for s in (1, 30, 7200, 3 * 86400)] == [

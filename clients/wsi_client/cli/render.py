@@ -81,7 +81,7 @@ def jobs_table(jobs: Iterable[pb.Job]) -> Table:
             f"{facts.nuclei:,}" if facts.nuclei is not None else "-",
             human_duration(facts.seconds) if facts.seconds is not None else "-",
             str(j.attempt),
-            escape(j.pending_reason if state == "PENDING" else j.error),
+            escape(j.pending_reason if state == "PENDING" else j.error or facts.note),
         )
     return table
 
@@ -143,6 +143,8 @@ def job_summary(j: pb.Job) -> str:
         parts.append(escape(facts.backend))
     if j.error:
         parts.append(escape(j.error))
+    elif facts.note:
+        parts.append(f"note: {escape(facts.note)}")
     return ", ".join(parts)
 
 
