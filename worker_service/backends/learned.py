@@ -412,11 +412,10 @@ class LearnedBackend(Backend):
             f"{slide.pixel_um:g}": _median_um2(areas, slide.pixel_um),
             f"{half:g}": _median_um2(finer_areas, half),
         }
+        scan = {"first_looks_um2": looks}
         if nucleus_scale.finer_scan(areas * slide.pixel_um**2, finer_areas * half**2):
-            own, areas, pixel_um = finer, finer_areas, half
-        else:
-            pixel_um = slide.pixel_um
-        return own, areas, pixel_um, {"slide_mpp_from_nuclei": pixel_um, "first_looks_um2": looks}
+            return finer, finer_areas, half, {"slide_mpp_from_nuclei": half, **scan}
+        return own, areas, slide.pixel_um, {"slide_mpp_from_nuclei": slide.pixel_um, **scan}
 
     def preferred_here(self, settings: ModelSettings) -> bool:
         """Wherever it can run, CPUs included: it finds nuclei the classical
