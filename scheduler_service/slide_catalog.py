@@ -18,10 +18,11 @@ from scheduler_service import page_tokens
 from wsi_runtime.pixel_size import usable_mpp
 
 # What OpenSlide 4 reads, by suffix (Aperio, DICOM, Hamamatsu, Leica, MIRAX,
-# Philips, Sakura, Trestle, Ventana, Zeiss, generic tiled TIFF).
+# Philips, Sakura, Trestle, Ventana, Zeiss, generic tiled TIFF), and the plain
+# images read whole (wsi_runtime.plain_images: JPEG, PNG, TIFF in strips).
 SLIDE_SUFFIXES = frozenset(
     {".svs", ".tif", ".tiff", ".dcm", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide"}
-    | {".bif", ".czi"}
+    | {".bif", ".czi", ".jpg", ".jpeg", ".png"}
 )
 MAX_LISTED = 100_000  # names gathered per call at most (a root is a folder of slides, not a disk)
 log = logging.getLogger("wsi.slides")
@@ -112,8 +113,10 @@ def _describe(name: str, path: str, size: int, mtime_ns: int) -> SlideInfo:
     """Cached by size and modification time: a replaced file is read again."""
     import openslide  # deferred: only listing needs it here
 
+    from wsi_runtime.plain_images import PlainImageError, open_slide_or_image
+
     try:
-        with openslide.OpenSlide(path) as slide:
+        with open_slide_or_image(path, name) as slide:
             props = slide.properties
             try:
                 # 0, as for none, where it is no microscope's (a 72 dpi screen
@@ -124,7 +127,7 @@ def _describe(name: str, path: str, size: int, mtime_ns: int) -> SlideInfo:
             width, height = slide.dimensions
             vendor = props.get(openslide.PROPERTY_NAME_VENDOR) or ""
             return SlideInfo(name, size, width, height, mpp, vendor)
-    except (openslide.OpenSlideError, OSError) as exc:
+    except (openslide.OpenSlideError, OSError, PlainImageError) as exc:
         message = str(exc).replace(path, name) or type(exc).__name__
         return SlideInfo(name, size, error=f"cannot be read: {message}")
 

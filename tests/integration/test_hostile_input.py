@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from PIL import Image
 
 from tests.harness import SLIDES, Cluster, cluster, user
 from tests.integration.support import LONG, Watcher, create, follow, get, job_transitions, spec
@@ -27,6 +28,7 @@ def slide_root(tmp_path: Path) -> Path:
     (root / "folder.svs").mkdir()
     os.mkfifo(root / "pipe.svs")
     (root / "notes.svs").write_text("these are not pixels\n" * 50)
+    Image.new("I;16", (64, 64)).save(root / "labels.png")  # a label map, not a stain
     (root / "inside.svs").symlink_to(SLIDES / "small.svs")  # a link that stays inside: fine
     return root
 
@@ -150,6 +152,12 @@ def cases(c: Cluster, theirs: pb.Workflow) -> list[tuple[str, Callable[[], objec
             make(spec("a", slide="notes.svs")),
             Code.INVALID_ARGUMENT,
             "is not a slide format OpenSlide reads",
+        ),
+        (
+            "a label map as a slide",
+            make(spec("a", slide="labels.png")),
+            Code.INVALID_ARGUMENT,
+            "is a PNG image of mode I;16 (not 8-bit colour",
         ),
         (
             "a missing slide",

@@ -8,7 +8,9 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from scheduler_service.slide_catalog import (
     InvalidSlideToken,
@@ -72,6 +74,29 @@ def test_slides_are_described_and_broken_ones_say_why(tmp_path: Path) -> None:
     shutil.copy(SLIDES / "unopenable.tiff", tmp_path / "broken.tiff")
     broken = describe("lab/broken.tiff", tmp_path / "broken.tiff")
     assert broken.error.startswith("cannot be read") and str(tmp_path) not in broken.error
+
+
+def test_plain_images_are_listed_with_the_pixel_size_their_resolution_gives(
+    tmp_path: Path,
+) -> None:
+    """A crop as a lab or a benchmark hands it round: a JPEG or PNG next to
+    its label map (16-bit, listed with why no job can take it)."""
+    rgb = np.full((30, 50, 3), 200, np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "crop.png", dpi=(101_600, 101_600))
+    Image.fromarray(rgb).save(tmp_path / "crop.jpg")
+    Image.new("I;16", (50, 30)).save(tmp_path / "crop_labels.png")
+    assert [name for name, _ in slide_names([tmp_path])] == [
+        "crop.jpg",
+        "crop.png",
+        "crop_labels.png",
+    ]
+    png = describe("crop.png", tmp_path / "crop.png")
+    assert (png.width, png.height, png.vendor) == (50, 30, "plain-png")
+    assert png.mpp == pytest.approx(0.25)
+    jpeg = describe("crop.jpg", tmp_path / "crop.jpg")
+    assert (jpeg.vendor, jpeg.mpp, jpeg.error) == ("plain-jpeg", 0.0, "")
+    labels = describe("crop_labels.png", tmp_path / "crop_labels.png")
+    assert "mode I;16" in labels.error and str(tmp_path) not in labels.error
 
 
 def test_the_names_nearest_a_slide_not_found() -> None:

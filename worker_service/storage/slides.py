@@ -18,6 +18,7 @@ import openslide
 from PIL import Image
 
 from worker_service.errors import JobCancelled, SlideError, SlideOutsideRoots
+from wsi_runtime.plain_images import PlainImageError, open_slide_or_image
 from wsi_runtime.slide_paths import SlidePathError, resolve_slide, shown_path
 
 log = logging.getLogger("wsi.worker.slides")
@@ -42,13 +43,15 @@ class SlideInfo:
     mpp: float | None
 
 
-def open_slide(path: str, shown: str = "") -> openslide.OpenSlide:
+def open_slide(path: str, shown: str = "") -> openslide.AbstractSlide:
     """``shown``: the slide as the user named it, for messages (never a server path)."""
     shown = shown or Path(path).name
     try:
-        return openslide.OpenSlide(path)
+        return open_slide_or_image(path, shown)
     except openslide.OpenSlideUnsupportedFormatError as exc:
         raise SlideError(f"unsupported slide format: {shown!r}") from exc
+    except PlainImageError as exc:
+        raise SlideError(str(exc)) from exc
     except (openslide.OpenSlideError, OSError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) else str(exc).replace(path, shown)
         raise SlideError(f"cannot open slide {shown!r}: {detail}") from exc
@@ -106,13 +109,13 @@ class SlideCache:
         only when there is something to say, never per tile)."""
         return shown_path(path, self.roots) if self.roots else Path(path).name
 
-    def get(self, path: str) -> openslide.OpenSlide:
+    def get(self, path: str) -> openslide.AbstractSlide:
         try:
             stat = os.stat(path)
         except OSError as exc:
             raise SlideError(f"cannot open slide {self._shown(path)!r}: {exc.strerror}") from exc
         key = (path, stat.st_size, stat.st_mtime_ns)
-        handles: OrderedDict[tuple[str, int, int], openslide.OpenSlide] = (
+        handles: OrderedDict[tuple[str, int, int], openslide.AbstractSlide] = (
             getattr(self._local, "handles", None) or OrderedDict()
         )
         self._local.handles = handles
@@ -127,7 +130,7 @@ class SlideCache:
         return slide
 
 
-def describe(slide: openslide.OpenSlide) -> SlideInfo:
+def describe(slide: openslide.AbstractSlide) -> SlideInfo:
     props = slide.properties
     mpp: float | None = None
     try:
@@ -149,7 +152,7 @@ def describe(slide: openslide.OpenSlide) -> SlideInfo:
 
 
 def read_thumbnail(
-    slide: openslide.OpenSlide,
+    slide: openslide.AbstractSlide,
     max_side: int,
     cancelled: Callable[[], bool] = lambda: False,
     max_source_pixels: int = THUMBNAIL_SOURCE_MAX_PIXELS,
@@ -192,7 +195,7 @@ def read_thumbnail(
     return np.asarray(thumbnail)
 
 
-def _strip_rows(slide: openslide.OpenSlide, level: int, level_w: int) -> int:
+def _strip_rows(slide: openslide.AbstractSlide, level: int, level_w: int) -> int:
     """Rows per strip: whole rows of the level's tiles where they fit in
     STRIP_MAX_PIXELS (each tile is then decoded once), else STRIP_PIXELS worth."""
     rows = max(1, STRIP_PIXELS // level_w)

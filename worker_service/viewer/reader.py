@@ -35,7 +35,7 @@ class ViewerReader:
     async def _in_thread(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
-    def _slide(self, wsi_path: str) -> openslide.OpenSlide:
+    def _slide(self, wsi_path: str) -> openslide.AbstractSlide:
         return self._slides.get(str(resolve_slide(wsi_path, self.slide_roots)))
 
     async def describe(self, wsi_path: str) -> slide_tiles.DeepZoomShape:

@@ -27,11 +27,11 @@ class DeepZoomShape:
     levels: tuple[tuple[int, int, int, int], ...]  # width, height, columns, rows
 
 
-def _generator(slide: openslide.OpenSlide) -> DeepZoomGenerator:
+def _generator(slide: openslide.AbstractSlide) -> DeepZoomGenerator:
     return DeepZoomGenerator(slide, tile_size=TILE_SIZE, overlap=OVERLAP, limit_bounds=True)
 
 
-def shape(slide: openslide.OpenSlide) -> DeepZoomShape:
+def shape(slide: openslide.AbstractSlide) -> DeepZoomShape:
     generator = _generator(slide)
     width, height = generator.level_dimensions[-1]
     props = slide.properties
@@ -49,7 +49,7 @@ def shape(slide: openslide.OpenSlide) -> DeepZoomShape:
     )
 
 
-def tile_jpeg(slide: openslide.OpenSlide, level: int, col: int, row: int) -> bytes:
+def tile_jpeg(slide: openslide.AbstractSlide, level: int, col: int, row: int) -> bytes:
     generator = _generator(slide)
     if not 0 <= level < generator.level_count:
         raise NoSuchTile(f"no level {level}: the slide has levels 0 to {generator.level_count - 1}")

@@ -1,0 +1,149 @@
+"""Plain images (JPEG, PNG, TIFF in strips) as one-level slides.
+
+OpenSlide reads tiled, pyramidal files only; an image cut from a scan (an
+annotated crop, a benchmark's field of view) is usually a plain JPEG, PNG or
+strip TIFF. Such a file is read whole with Pillow and served through
+openslide-python's ``ImageSlide``, so the rest of the worker sees a slide
+like any other. Whole means in memory, once per process that reads it: the
+size is capped, and larger images must be converted to a pyramid."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import openslide
+from PIL import Image, UnidentifiedImageError
+
+from wsi_runtime.pixel_size import usable_mpp
+
+PLAIN_FORMATS = {"JPEG": "plain-jpeg", "PNG": "plain-png", "TIFF": "plain-tiff"}
+"""Pillow's format name -> the vendor a plain image is listed with."""
+
+MAX_PLAIN_PIXELS = 64 * 2**20
+"""A plain image is decoded whole (3 bytes a pixel, in each process that reads
+it): 64 MP (8192 x 8192) is about 200 MB."""
+
+COLOUR_MODES = frozenset({"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "CMYK", "YCbCr"})
+"""Modes an H&E image comes in; 16-bit and float images are label maps or
+measurements, not stained tissue."""
+
+CONVERT_HINT = (
+    "convert it to a tiled pyramidal TIFF (for example: vips tiffsave IN OUT.tiff --tile --pyramid)"
+)
+
+
+class PlainImageError(ValueError):
+    """A file that is an image but not one this service reads whole."""
+
+
+def plain_image_vendor(
+    path: str | Path, shown: str, max_pixels: int = MAX_PLAIN_PIXELS
+) -> str | None:
+    """The vendor ("plain-jpeg", ...) of a plain image at ``path``, from its
+    header alone; None where the file is no image Pillow knows. Raises
+    PlainImageError, with what to do, for one that cannot be read whole."""
+    image = _header(path, shown)
+    if image is None:
+        return None
+    with image:
+        return _checked(image, shown, max_pixels)
+
+
+def _header(path: str | Path, shown: str) -> Image.Image | None:
+    """The image at ``path`` opened (its header read, no pixels), or None."""
+    try:
+        return Image.open(path)
+    except UnidentifiedImageError:
+        return None
+    except Image.DecompressionBombError:
+        raise PlainImageError(
+            f"{shown!r} is a plain image too large to read whole: {CONVERT_HINT}"
+        ) from None
+    except OSError as exc:
+        raise PlainImageError(f"{shown!r} cannot be read: {exc.strerror or exc}") from None
+
+
+def _checked(image: Image.Image, shown: str, max_pixels: int) -> str | None:
+    vendor = PLAIN_FORMATS.get(image.format or "")
+    if vendor is None:
+        return None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise PlainImageError(
+            f"{shown!r} is a plain {image.format} image of {width} x {height} px; one is read"
+            f" whole, at most {max_pixels / 1e6:,.0f} MP: {CONVERT_HINT}"
+        )
+    if image.mode not in COLOUR_MODES:
+        raise PlainImageError(
+            f"{shown!r} is a {image.format} image of mode {image.mode} (not 8-bit colour: a"
+            " label map or a measurement?); a slide is a stained RGB image"
+        )
+    return vendor
+
+
+def mpp_from_dpi(info: Mapping[Any, Any]) -> float | None:
+    """The pixel size a plain image's resolution gives (Pillow turns TIFF's
+    centimetres and PNG's metres into dpi), where it is a microscope's."""
+    dpi: Any = info.get("dpi")
+    try:
+        dots = float(dpi[0] if isinstance(dpi, tuple) else dpi)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return usable_mpp(25_400 / dots) if dots > 0 else None
+
+
+class PlainImageSlide(openslide.ImageSlide):
+    """An ImageSlide that says what it is and, where its file gives one, its
+    pixel size, as OpenSlide's properties do for a slide."""
+
+    def __init__(self, image: Image.Image, vendor: str, mpp: float | None) -> None:
+        super().__init__(image)
+        props = {openslide.PROPERTY_NAME_VENDOR: vendor}
+        if mpp is not None:
+            props[openslide.PROPERTY_NAME_MPP_X] = props[openslide.PROPERTY_NAME_MPP_Y] = repr(mpp)
+        self._plain_properties = props
+
+    @property
+    def properties(self) -> Mapping[str, str]:
+        return self._plain_properties
+
+    def close(self) -> None:
+        image = self._file_arg
+        super().close()
+        if isinstance(image, Image.Image):
+            image.close()
+
+
+def open_plain_image(
+    path: str | Path, shown: str, max_pixels: int = MAX_PLAIN_PIXELS
+) -> PlainImageSlide | None:
+    """``path`` decoded whole as a one-level slide, or None where it is no
+    plain image (not an image at all, or a format OpenSlide should read)."""
+    image = _header(path, shown)
+    if image is None:
+        return None
+    with image:
+        vendor = _checked(image, shown, max_pixels)
+        if vendor is None:
+            return None
+        mpp = mpp_from_dpi(image.info)
+        try:
+            rgb = image.convert("RGB")
+        except OSError as exc:
+            raise PlainImageError(f"{shown!r} cannot be decoded: {exc}") from None
+    return PlainImageSlide(rgb, vendor, mpp)
+
+
+def open_slide_or_image(path: str | Path, shown: str) -> openslide.AbstractSlide:
+    """``path`` as OpenSlide reads it, else as a plain image. Raises
+    OpenSlideUnsupportedFormatError where it is neither, PlainImageError for
+    an image that cannot be read whole."""
+    try:
+        return openslide.OpenSlide(str(path))
+    except openslide.OpenSlideUnsupportedFormatError:
+        plain = open_plain_image(path, shown)
+        if plain is None:
+            raise
+        return plain
