@@ -19,6 +19,7 @@ import numpy.typing as npt
 import tifffile
 
 RGB = npt.NDArray[np.uint8]
+Labels = npt.NDArray[np.int32]
 BACKGROUND = (243, 243, 245)
 EOSIN = (232, 158, 190)
 HAEMATOXYLIN = (72, 42, 122)
@@ -82,6 +83,18 @@ def render_he(
         image[rows, cols][mask] = shade
     image += rng.normal(0, 3, image.shape).astype(np.float32)
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def render_labels(width: int, height: int, nuclei: Sequence[SyntheticNucleus]) -> Labels:
+    """The nuclei's instance labels (1, 2, ... in order), the pixels
+    ``render_he`` paints each one on: the truth a segmentation is scored by."""
+    labels = np.zeros((height, width), np.int32)
+    for number, nucleus in enumerate(nuclei, start=1):
+        rows, cols, mask = _ellipse_mask(
+            (height, width), nucleus.x, nucleus.y, nucleus.rx, nucleus.ry, nucleus.angle
+        )
+        labels[rows, cols][mask] = number
+    return labels
 
 
 def seam_positions(length: int, tile_size: int, overlap: int) -> list[int]:

@@ -89,12 +89,12 @@ def main() -> None:
             entry["outside"] = scored(outside)
             entry["outside"]["magnifications"] = by_magnification(entry["outside"], outside)
         report[name] = entry
-        print(_line(name, entry), flush=True)
+        print(summary_line(name, entry), flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def _line(name: str, entry: dict[str, Any]) -> str:
+def summary_line(name: str, entry: dict[str, Any]) -> str:
     held = entry["held_out"]
     text = f"{name}: held-out F1 {held['f1']} AJI {held['aji']}"
     for folder, means in held["folders"].items():

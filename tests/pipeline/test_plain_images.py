@@ -25,13 +25,13 @@ def _level0(slide: SyntheticSlide) -> Image.Image:
 def test_a_png_with_its_pixel_size_gives_the_nuclei_of_the_slide_it_was_cut_from(
     pool: TilePool, synthetic: SyntheticSlide, learned_whole: JobOutcome, tmp_path: Path
 ) -> None:
-    """Lossless pixels and the resolution the PNG carries: the default job
+    """Lossless pixels and the resolution the PNG carries: a learned job
     finds what it finds in the tiled TIFF of the same pixels, in microns
     (within a few nuclei at the tissue's edge: the TIFF's overview comes from
     its pyramid, the PNG's from its one level)."""
     png = tmp_path / "crop.png"
     _level0(synthetic).save(png, dpi=(25_400 / synthetic.mpp,) * 2)
-    outcome = run(pool, tmp_path / "png", str(png))
+    outcome = run(pool, tmp_path / "png", str(png), backend="learned")
     assert outcome.summary["mpp_used"] == pytest.approx(synthetic.mpp, rel=1e-3)
     nuclei, whole = outcome.summary["nuclei"], learned_whole.summary["nuclei"]
     assert isinstance(nuclei, int) and isinstance(whole, int) and abs(nuclei - whole) <= 10
@@ -46,8 +46,10 @@ def test_a_jpeg_without_a_pixel_size_is_segmented_and_says_so(
 ) -> None:
     jpeg = tmp_path / "crop.jpg"
     _level0(synthetic).save(jpeg, quality=90)
-    outcome = run(pool, tmp_path / "jpeg", str(jpeg))
+    outcome = run(pool, tmp_path / "jpeg", str(jpeg), backend="learned")
     assert outcome.summary["mpp_used"] is None
+    details = outcome.summary["backend_details"]
+    assert isinstance(details, dict) and details["slide_mpp_from_nuclei"] == 0.5
     assert "no usable pixel size" in str(outcome.summary["mpp_note"])
     tp, fp, fn = match(
         centroids(outcome), np.array([[n.x, n.y] for n in synthetic.nuclei]), 3.0 / synthetic.mpp
