@@ -23,7 +23,7 @@ BACKENDS = ("classical", "learned", "instanseg")
 BACKEND_HELP = {
     "learned": "the project's nucleus model (the default wherever it can run, CPUs included):"
     " finds more nuclei and outlines them better (held-out AJI 0.55 against classical's 0.25);"
-    " a job takes 1.2-1.4x the classical one's time on a CPU (0.9-1.7x on a 40x scan, which"
+    " a job takes 1.1-1.3x the classical one's time on a CPU (0.9-1.7x on a 40x scan, which"
     " it reads at its own pixels; more where it looks closer at small nuclei)",
     "classical": "colour deconvolution and watershed, no model: the fast, lower-quality option",
     "instanseg": "InstanSeg (needs PyTorch and its model file on the worker)",
