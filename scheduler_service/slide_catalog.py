@@ -113,10 +113,10 @@ def _describe(name: str, path: str, size: int, mtime_ns: int) -> SlideInfo:
     """Cached by size and modification time: a replaced file is read again."""
     import openslide  # deferred: only listing needs it here
 
-    from wsi_runtime.plain_images import PlainImageError, open_slide_or_image
+    from wsi_runtime.plain_images import PlainImageError, read_header
 
     try:
-        with open_slide_or_image(path, name) as slide:
+        with openslide.OpenSlide(path) as slide:
             props = slide.properties
             try:
                 # 0, as for none, where it is no microscope's (a 72 dpi screen
@@ -127,9 +127,22 @@ def _describe(name: str, path: str, size: int, mtime_ns: int) -> SlideInfo:
             width, height = slide.dimensions
             vendor = props.get(openslide.PROPERTY_NAME_VENDOR) or ""
             return SlideInfo(name, size, width, height, mpp, vendor)
-    except (openslide.OpenSlideError, OSError, PlainImageError) as exc:
-        message = str(exc).replace(path, name) or type(exc).__name__
-        return SlideInfo(name, size, error=f"cannot be read: {message}")
+    except openslide.OpenSlideUnsupportedFormatError as exc:
+        unsupported: Exception = exc
+    except (openslide.OpenSlideError, OSError) as exc:
+        return _unreadable(name, path, size, exc)
+    try:  # a plain image: described from its header, not decoded
+        plain = read_header(path, name)
+    except PlainImageError as exc:
+        return _unreadable(name, path, size, exc)
+    if plain is None:
+        return _unreadable(name, path, size, unsupported)
+    return SlideInfo(name, size, plain.width, plain.height, plain.mpp or 0.0, plain.vendor)
+
+
+def _unreadable(name: str, path: str, size: int, exc: Exception) -> SlideInfo:
+    message = str(exc).replace(path, name) or type(exc).__name__
+    return SlideInfo(name, size, error=f"cannot be read: {message}")
 
 
 def nearest_names(wanted: str, names: Sequence[str], count: int = 3) -> list[str]:

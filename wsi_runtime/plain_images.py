@@ -10,6 +10,7 @@ size is capped, and larger images must be converted to a pyramid."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +39,29 @@ class PlainImageError(ValueError):
     """A file that is an image but not one this service reads whole."""
 
 
-def plain_image_vendor(
+@dataclass(frozen=True)
+class PlainImageHeader:
+    vendor: str  # plain-jpeg, plain-png, plain-tiff
+    width: int
+    height: int
+    mpp: float | None  # from its resolution, where that is a microscope's
+
+
+def read_header(
     path: str | Path, shown: str, max_pixels: int = MAX_PLAIN_PIXELS
-) -> str | None:
-    """The vendor ("plain-jpeg", ...) of a plain image at ``path``, from its
-    header alone; None where the file is no image Pillow knows. Raises
-    PlainImageError, with what to do, for one that cannot be read whole."""
+) -> PlainImageHeader | None:
+    """What a plain image at ``path`` is, from its header alone (no pixels
+    decoded: a listing of many stays fast); None where the file is no image
+    Pillow knows. Raises PlainImageError, with what to do, for one that
+    cannot be read whole."""
     image = _header(path, shown)
     if image is None:
         return None
     with image:
-        return _checked(image, shown, max_pixels)
+        vendor = _checked(image, shown, max_pixels)
+        if vendor is None:
+            return None
+        return PlainImageHeader(vendor, *image.size, mpp_from_dpi(image.info))
 
 
 def _header(path: str | Path, shown: str) -> Image.Image | None:

@@ -75,7 +75,7 @@ def check_slide_format(path: Path, shown_as: str) -> str:
     whose pixels turn out to be broken still fails later, in its job."""
     import openslide  # deferred: only the scheduler's create path needs it
 
-    from wsi_runtime.plain_images import PlainImageError, plain_image_vendor
+    from wsi_runtime.plain_images import PlainImageError, read_header
 
     try:
         vendor = openslide.OpenSlide.detect_format(str(path))
@@ -83,9 +83,10 @@ def check_slide_format(path: Path, shown_as: str) -> str:
         raise SlidePathError(f"slide {shown_as!r} cannot be read: {exc}") from None
     if vendor is None:
         try:
-            vendor = plain_image_vendor(path, shown_as)
+            plain = read_header(path, shown_as)
         except PlainImageError as exc:
             raise SlidePathError(str(exc)) from None
+        vendor = plain.vendor if plain else None
     if vendor is None:
         raise SlidePathError(
             f"{shown_as!r} is not a slide format OpenSlide reads (Aperio .svs, tiled TIFF,"
