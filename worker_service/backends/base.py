@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -100,9 +100,35 @@ class JobSlide:
 
 
 @dataclass(frozen=True)
+class SizeLook:
+    """The pixel size a model looks at a slide at, chosen from a first look
+    at its nuclei: what the summary's ``mpp_note`` explains to the user."""
+
+    model_mpp: float  # the pixel size the model looked at
+    trained_mpp: float  # the one it was trained at
+    sample_nucleus_um2: float | None  # the first look's median nucleus
+    # A slide without a pixel size: the one its nuclei said (taken as), and
+    # each first look's median nucleus (um^2) by the pixel size it assumed.
+    slide_mpp_from_nuclei: float | None = None
+    first_looks_um2: dict[str, float | None] = field(default_factory=dict)
+
+    def details(self) -> dict[str, object]:
+        """As the summary's ``backend_details`` give it."""
+        shown: dict[str, object] = {
+            "model_mpp": self.model_mpp,
+            "sample_nucleus_um2": self.sample_nucleus_um2,
+        }
+        if self.slide_mpp_from_nuclei is not None:
+            shown["slide_mpp_from_nuclei"] = self.slide_mpp_from_nuclei
+            shown["first_looks_um2"] = dict(self.first_looks_um2)
+        return shown
+
+
+@dataclass(frozen=True)
 class Prepared:
     recipe: Recipe
     details: dict[str, object]  # the summary's backend_details
+    look: SizeLook | None = None  # a model's choice of pixel size, where it made one
 
 
 class Backend(ABC):

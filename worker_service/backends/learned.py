@@ -29,6 +29,7 @@ from worker_service.backends.base import (
     ModelSettings,
     Prepared,
     Recipe,
+    SizeLook,
     model_batching,
 )
 from worker_service.errors import BackendUnavailable
@@ -379,32 +380,36 @@ class LearnedBackend(Backend):
         )
         areas = slide.sample_areas(own, SIZE_SAMPLE_TILES)
         pixel_um = slide.pixel_um
-        scan: dict[str, object] = {}
+        looks: dict[str, float | None] = {}
         if slide.working_mpp is None:
-            own, areas, pixel_um, scan = self._scan_from_nuclei(slide, own, areas)
+            own, areas, pixel_um, looks = self._scan_from_nuclei(slide, own, areas)
         looking = looking_mpp(areas, pixel_um, LEARNED_MPP)
         recipe = dataclasses.replace(own, model_mpp=looking)
+        look = SizeLook(
+            model_mpp=looking,
+            trained_mpp=LEARNED_MPP,
+            sample_nucleus_um2=_median_um2(areas, pixel_um),
+            slide_mpp_from_nuclei=pixel_um if slide.working_mpp is None else None,
+            first_looks_um2=looks,
+        )
         details: dict[str, object] = {
             "model": "nuclei_unet",
-            "model_mpp": looking,
-            # The first look's median nucleus (um^2), which chose model_mpp.
-            "sample_nucleus_um2": _median_um2(areas, pixel_um),
-            **scan,
+            **look.details(),
             **ran,
             "tiles_resampled": model_zoom(recipe.tile_mpp or LEARNED_MPP, looking) != 1.0,
             "batch_size": batching["tiles_per_pass"],
         }
-        return Prepared(recipe, details)
+        return Prepared(recipe, details, look)
 
     @staticmethod
     def _scan_from_nuclei(
         slide: JobSlide, own: LearnedRecipe, areas: npt.NDArray[np.int64]
-    ) -> tuple[LearnedRecipe, npt.NDArray[np.int64], float, dict[str, object]]:
+    ) -> tuple[LearnedRecipe, npt.NDArray[np.int64], float, dict[str, float | None]]:
         """A slide with no pixel size was taken at the default 0.5 um/px: a
         40x scan's nuclei then reach the model at twice their size, and it
         splits them. A second first look, taking its tiles at half that,
-        says which it is (``nucleus_scale.finer_scan``); the summary gives
-        both looks and the pixel size the model took."""
+        says which it is (``nucleus_scale.finer_scan``): the recipe, the
+        areas and the pixel size it takes, and both looks' medians."""
         half = slide.pixel_um / 2
         finer = dataclasses.replace(own, tile_mpp=half)
         finer_areas = slide.sample_areas(finer, SIZE_SAMPLE_TILES)
@@ -412,10 +417,9 @@ class LearnedBackend(Backend):
             f"{slide.pixel_um:g}": _median_um2(areas, slide.pixel_um),
             f"{half:g}": _median_um2(finer_areas, half),
         }
-        scan = {"first_looks_um2": looks}
         if nucleus_scale.finer_scan(areas * slide.pixel_um**2, finer_areas * half**2):
-            return finer, finer_areas, half, {"slide_mpp_from_nuclei": half, **scan}
-        return own, areas, slide.pixel_um, {"slide_mpp_from_nuclei": slide.pixel_um, **scan}
+            return finer, finer_areas, half, looks
+        return own, areas, slide.pixel_um, looks
 
     def preferred_here(self, settings: ModelSettings) -> bool:
         """Wherever it can run, CPUs included: it finds nuclei the classical

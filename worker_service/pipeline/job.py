@@ -14,6 +14,7 @@ from pathlib import Path
 from worker_service.analysis.tissue import TissueMask
 from worker_service.analysis.tissue_codec import ReusedTissue
 from worker_service.backends import registry
+from worker_service.backends.base import SizeLook
 from worker_service.pipeline import pool_process
 from worker_service.pipeline.context import DEFAULT_MAX_TILES, JobContext
 from worker_service.pipeline.phases import (
@@ -202,8 +203,8 @@ def _mm2(area_px: float, mpp: float | None) -> float | None:
 
 def _mpp_note(spec: JobSpec, params: JobParams, overview: Overview, cells: Cells | None) -> str:
     """Why the pixel size used is not the one asked for, when it is not."""
-    details = cells.backend_details if cells else {}
-    notes = [] if overview.mpp else [_unknown_pixel_size_note(details)]
+    look = cells.look if cells else None
+    notes = [] if overview.mpp else [_unknown_pixel_size_note(look)]
     own = usable_mpp(overview.info.mpp)
     if params.slide_mpp and own and own != params.slide_mpp:
         notes.append(f"slide_mpp={params.slide_mpp:g} used instead of the slide's {own:g} um/px")
@@ -215,27 +216,23 @@ def _mpp_note(spec: JobSpec, params: JobParams, overview: Overview, cells: Cells
                 f"target_mpp={asked} not used: the {params.backend} backend segments at"
                 f" {model_mpp} um/px, the pixel size its model was trained at"
             )
-    if "model_mpp" in details and details["model_mpp"] != registry.get(params.backend).mpp:
+    if look is not None and look.model_mpp != look.trained_mpp:
         notes.append(
-            f"the {params.backend} model looked at the slide at {details['model_mpp']} um/px,"
+            f"the {params.backend} model looked at the slide at {look.model_mpp} um/px,"
             f" closer than its own: its nuclei are small (first look: median"
-            f" {details.get('sample_nucleus_um2')} um^2)"
+            f" {look.sample_nucleus_um2} um^2)"
         )
     return "; ".join(notes)
 
 
-def _unknown_pixel_size_note(details: dict[str, object]) -> str:
+def _unknown_pixel_size_note(look: SizeLook | None) -> str:
     """What a slide without a pixel size was taken as, why, and how to say
-    otherwise. The learned backend's two first looks (``first_looks_um2``)
-    say which scan its nuclei look like; other backends take the default."""
-    taken = details.get("slide_mpp_from_nuclei")
-    looks = details.get("first_looks_um2")
-    medians = (
-        ", ".join(f"{median} um^2 taken as {mpp} um/px" for mpp, median in looks.items())
-        if isinstance(looks, dict)
-        else ""
-    )
-    if isinstance(taken, float) and taken < DEFAULT_MPP:
+    otherwise. The learned backend's two first looks say which scan its
+    nuclei look like; other backends take the default."""
+    taken = look.slide_mpp_from_nuclei if look else None
+    looks = look.first_looks_um2 if look else {}
+    medians = ", ".join(f"{median} um^2 taken as {mpp} um/px" for mpp, median in looks.items())
+    if taken is not None and taken < DEFAULT_MPP:
         return (
             "slide has no usable pixel size metadata: level 0 read; its nuclei look like a"
             f" 40x scan's (first looks: median {medians}), so the model took it as"

@@ -31,7 +31,7 @@ from worker_service.analysis.tissue import (
     tissue_polygons,
 )
 from worker_service.analysis.tissue_codec import ReusedTissue
-from worker_service.backends.base import Backend, JobSlide, Prepared, Recipe
+from worker_service.backends.base import Backend, JobSlide, Prepared, Recipe, SizeLook
 from worker_service.errors import JobFailed, RegionOutsideSlide
 from worker_service.pipeline import tile_work
 from worker_service.pipeline.context import JobContext
@@ -97,6 +97,7 @@ class Cells:
     tiles_processed: int
     cells_file: str
     backend_details: dict[str, object] = field(default_factory=dict)
+    look: SizeLook | None = None  # the model's choice of pixel size, where it made one
     reference_s: float = 0.0  # preparing the backend (a stain reference, a model's first look)
     measures: dict[str, dict[str, float]] = field(default_factory=dict)  # MeasureStats.summary
     table_file: str = ""  # nuclei.parquet
@@ -227,6 +228,7 @@ def segment_cells(
         tiles_processed=tiles_done,
         cells_file=str(sink.cells.path),
         backend_details=prepared.details,
+        look=prepared.look,
         reference_s=reference_s,
         measures=sink.stats.summary(),
         table_file=str(table_file),
