@@ -58,16 +58,23 @@ def finer_scan(
 ) -> bool:
     """For a slide whose file gives no pixel size: whether it is better taken
     at half the pixel size assumed (a 40x scan, not a 20x one), from the
-    nuclei a first look finds under each. Half it is where, at the size
-    assumed, they look larger than ``REFERENCE_AREA_UM2`` and, at half of it,
-    their median comes nearer to it. A model shown nuclei at twice the size
-    it learned splits them, so the larger median alone does not tell: on
-    MoNuSeg's and CPM-15's images the two ranges overlap (the model card's
-    "Seventh round"); nearer to the reference, on both sides, does."""
+    nuclei a first look finds under each. Half it is where, at half, their
+    median is still at least ``REFERENCE_AREA_UM2`` (the model then sees
+    nuclei of at least the size it learned; a 20x scan's nuclei taken so
+    measure about a quarter of their area, so this needs nuclei of some 140
+    um^2 there, which the model, too, segments better at half their size);
+    or where, at the size assumed, they look larger than the reference and,
+    at half of it, their median comes nearer to it. A model shown nuclei at
+    twice the size it learned splits them, so the larger median alone does
+    not tell: on MoNuSeg's and CPM-15's images the two ranges overlap, and a
+    40x scan of large nuclei (TCGA-G9-6363) is split into pieces smaller
+    than the reference (the model card's "Seventh round")."""
     if min(len(areas_um2), len(areas_um2_at_half)) < MIN_NUCLEI:
         return False
     median = float(np.median(areas_um2))
     median_at_half = float(np.median(areas_um2_at_half))
+    if median_at_half >= REFERENCE_AREA_UM2:
+        return True
     if median <= REFERENCE_AREA_UM2 or median_at_half <= 0:
         return False
     distance = abs(math.log(median / REFERENCE_AREA_UM2))
