@@ -22,9 +22,9 @@ from wsi_runtime.pixel_size import usable_mpp
 PLAIN_FORMATS = {"JPEG": "plain-jpeg", "PNG": "plain-png", "TIFF": "plain-tiff"}
 """Pillow's format name -> the vendor a plain image is listed with."""
 
-MAX_PLAIN_PIXELS = 64 * 2**20
+MAX_PLAIN_PIXELS = 64_000_000
 """A plain image is decoded whole (3 bytes a pixel, in each process that reads
-it): 64 MP (8192 x 8192) is about 200 MB."""
+it): 64 MP (8000 x 8000) is about 190 MB."""
 
 COLOUR_MODES = frozenset({"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "CMYK", "YCbCr"})
 """Modes an H&E image comes in; 16-bit and float images are label maps or
@@ -107,6 +107,15 @@ def mpp_from_dpi(info: Mapping[Any, Any]) -> float | None:
     return usable_mpp(25_400 / dots) if dots > 0 else None
 
 
+def _over_white(image: Image.Image) -> Image.Image:
+    """RGB, any transparent part white, as OpenSlide gives the area outside a
+    scan (dropping the alpha would leave it black, which looks like tissue)."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        white = Image.new("RGBA", image.size, "white")
+        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
 class PlainImageSlide(openslide.ImageSlide):
     """An ImageSlide that says what it is and, where its file gives one, its
     pixel size, as OpenSlide's properties do for a slide."""
@@ -143,7 +152,7 @@ def open_plain_image(
             return None
         mpp = mpp_from_dpi(image.info)
         try:
-            rgb = image.convert("RGB")
+            rgb = _over_white(image)
         except OSError as exc:
             raise PlainImageError(f"{shown!r} cannot be decoded: {exc}") from None
     return PlainImageSlide(rgb, vendor, mpp)

@@ -106,3 +106,15 @@ def test_a_truncated_image_is_refused_when_it_is_decoded(tmp_path: Path) -> None
         PlainImageError, match=r"'cut.jpg' cannot be decoded: image file is truncated"
     ):
         open_slide_or_image(cut, "cut.jpg")
+
+
+def test_a_transparent_part_is_white_as_outside_a_scan(tmp_path: Path) -> None:
+    rgba = np.zeros((40, 60, 4), np.uint8)
+    rgba[..., :3] = RGB
+    rgba[:, 30:, 3] = 255  # the left half transparent
+    path = tmp_path / "cut-out.png"
+    Image.fromarray(rgba).save(path)
+    with open_slide_or_image(path, "cut-out.png") as slide:
+        region = np.asarray(slide.read_region((0, 0), 0, (60, 40)))
+    assert (region[:, :30, :3] == 255).all()
+    assert np.array_equal(region[:, 30:, :3], RGB[:, 30:])
