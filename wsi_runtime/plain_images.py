@@ -9,6 +9,9 @@ size is capped, and larger images must be converted to a pyramid."""
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,11 +134,23 @@ class PlainImageSlide(openslide.ImageSlide):
     def properties(self) -> Mapping[str, str]:
         return self._plain_properties
 
-    def close(self) -> None:
-        image = self._file_arg
-        super().close()
-        if isinstance(image, Image.Image):
-            image.close()
+
+@dataclass(frozen=True)
+class _Decoded:
+    image: Image.Image  # RGB, shared by every slide made of it: never closed by one
+    vendor: str
+    mpp: float | None
+
+
+# The images decoded last in this process, by path, size and modification
+# time. A worker opens a slide once per thread, and a job's tiles go round
+# its pool's threads: without this, each thread would decode the whole image
+# again (a 59 MP JPEG: 0.46 s each; a job of it took 17.4 s instead of 6.1 s
+# for the same pixels as a tiled TIFF). One is kept (up to 190 MB); slides
+# still open keep theirs.
+DECODED_KEPT = 1
+_decoded: OrderedDict[tuple[str, int, int, int], _Decoded] = OrderedDict()
+_decoded_lock = threading.Lock()
 
 
 def open_plain_image(
@@ -143,6 +158,25 @@ def open_plain_image(
 ) -> PlainImageSlide | None:
     """``path`` decoded whole as a one-level slide, or None where it is no
     plain image (not an image at all, or a format OpenSlide should read)."""
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise PlainImageError(f"{shown!r} cannot be read: {exc.strerror}") from None
+    key = (str(path), stat.st_size, stat.st_mtime_ns, max_pixels)
+    with _decoded_lock:
+        decoded = _decoded.get(key)
+    if decoded is None:
+        decoded = _decode(path, shown, max_pixels)
+        if decoded is None:
+            return None
+        with _decoded_lock:
+            _decoded[key] = decoded
+            while len(_decoded) > DECODED_KEPT:
+                _decoded.popitem(last=False)
+    return PlainImageSlide(decoded.image, decoded.vendor, decoded.mpp)
+
+
+def _decode(path: str | Path, shown: str, max_pixels: int) -> _Decoded | None:
     image = _header(path, shown)
     if image is None:
         return None
@@ -155,7 +189,7 @@ def open_plain_image(
             rgb = _over_white(image)
         except OSError as exc:
             raise PlainImageError(f"{shown!r} cannot be decoded: {exc}") from None
-    return PlainImageSlide(rgb, vendor, mpp)
+    return _Decoded(rgb, vendor, mpp)
 
 
 def open_slide_or_image(path: str | Path, shown: str) -> openslide.AbstractSlide:

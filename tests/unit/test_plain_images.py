@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +119,23 @@ def test_a_transparent_part_is_white_as_outside_a_scan(tmp_path: Path) -> None:
         region = np.asarray(slide.read_region((0, 0), 0, (60, 40)))
     assert (region[:, :30, :3] == 255).all()
     assert np.array_equal(region[:, 30:, :3], RGB[:, 30:])
+
+
+def test_a_replaced_image_is_read_afresh(tmp_path: Path) -> None:
+    """Decoded images are kept for the next open (every pool thread opens the
+    slide), by path, size and modification time: a file written again under
+    the same name is decoded again."""
+    path = tmp_path / "crop.png"
+    Image.fromarray(RGB).save(path)
+    first = open_slide_or_image(path, "crop.png")
+    again = open_slide_or_image(path, "crop.png")
+    assert np.array_equal(np.asarray(again.read_region((0, 0), 0, (60, 40)))[..., :3], RGB)
+    first.close()  # one closed slide leaves the image others share whole
+    assert np.array_equal(np.asarray(again.read_region((0, 0), 0, (60, 40)))[..., :3], RGB)
+    Image.fromarray(255 - RGB[:, :50]).save(path)
+    os.utime(path, ns=(1, 1))  # a new modification time even on a coarse clock
+    with open_slide_or_image(path, "crop.png") as replaced:
+        assert replaced.dimensions == (50, 40)
+        region = np.asarray(replaced.read_region((0, 0), 0, (50, 40)))[..., :3]
+        assert np.array_equal(region, 255 - RGB[:, :50])
+    again.close()
