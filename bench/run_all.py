@@ -19,6 +19,7 @@ def main() -> None:
         ["bench.pipeline_scaling"],
         ["bench.pipeline_ab", "--baseline", "c584a48"],  # before the segmenter of issue #14
         ["bench.backend_throughput"],
+        ["bench.model_runtimes"],
     ):
         print(f"\n## python -m {' '.join(command)}", flush=True)
         subprocess.run([sys.executable, "-m", *command], check=True)
