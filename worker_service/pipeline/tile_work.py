@@ -6,10 +6,11 @@ small and picklable."""
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,16 +93,32 @@ def segment_tiles(tasks: Sequence[TileTask], recipe: Recipe, stop_token: int) ->
             segmenter, recipe.backend, batches[0], [read_tile(t) for t in batches[0]], started
         )
     results: list[TileResult] = []
-    reader = ThreadPoolExecutor(1, thread_name_prefix="tile-reader")
+    pending = [_tile_reader().submit(_read_all, batch) for batch in batches]
     try:
-        pending = [reader.submit(_read_all, batch) for batch in batches]
         for batch, decoded in zip(batches, pending, strict=True):
             _stop_if_cancelled(stop_token)
             started = time.perf_counter()
             results += _segmented(segmenter, recipe.backend, batch, decoded.result(), started)
     finally:
-        reader.shutdown(wait=True, cancel_futures=True)  # no reads left for a stopped task
+        for future in pending:  # no reads left for a stopped task
+            future.cancel()
+        wait(pending)
     return results
+
+
+_reader: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _tile_reader() -> ThreadPoolExecutor:
+    """This process's reader thread, kept across tasks: a thread opens each
+    slide once (``SlideCache`` is per thread), and a new reader per task
+    opened the job's slide again for every few tiles (1-5 ms an OpenSlide
+    open). Made anew in a forked child, which has the variable but not the
+    thread."""
+    global _reader
+    if _reader is None or _reader[0] != os.getpid():
+        _reader = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="tile-reader"))
+    return _reader[1]
 
 
 def _stop_if_cancelled(stop_token: int) -> None:
