@@ -20,3 +20,6 @@ if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/nvidia-smi.txt"
 fi
 "$python" -m bench.gpu_check --json "$out/gpu_check.json" "$@" 2>&1 | tee "$out/gpu_check.log"
+# The machine's CPU too: its instruction sets (VNNI, AMX) and the 8-bit
+# network's speed per core there (docs/benchmarks.md, "On an AVX-512 VNNI CPU").
+"$python" -m bench.model_runtimes > "$out/model_runtimes.json" 2>&1 || echo "bench.model_runtimes failed: $out/model_runtimes.json"
