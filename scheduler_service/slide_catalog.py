@@ -113,8 +113,6 @@ def _describe(name: str, path: str, size: int, mtime_ns: int) -> SlideInfo:
     """Cached by size and modification time: a replaced file is read again."""
     import openslide  # deferred: only listing needs it here
 
-    from wsi_runtime.plain_images import PlainImageError, read_header
-
     try:
         with openslide.OpenSlide(path) as slide:
             props = slide.properties
@@ -128,15 +126,21 @@ def _describe(name: str, path: str, size: int, mtime_ns: int) -> SlideInfo:
             vendor = props.get(openslide.PROPERTY_NAME_VENDOR) or ""
             return SlideInfo(name, size, width, height, mpp, vendor)
     except openslide.OpenSlideUnsupportedFormatError as exc:
-        unsupported: Exception = exc
+        return _plain_image(name, path, size) or _unreadable(name, path, size, exc)
     except (openslide.OpenSlideError, OSError) as exc:
         return _unreadable(name, path, size, exc)
-    try:  # a plain image: described from its header, not decoded
+
+
+def _plain_image(name: str, path: str, size: int) -> SlideInfo | None:
+    """A plain image described from its header (not decoded), or None."""
+    from wsi_runtime.plain_images import PlainImageError, read_header
+
+    try:
         plain = read_header(path, name)
     except PlainImageError as exc:
         return _unreadable(name, path, size, exc)
     if plain is None:
-        return _unreadable(name, path, size, unsupported)
+        return None
     return SlideInfo(name, size, plain.width, plain.height, plain.mpp or 0.0, plain.vendor)
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,31 +58,38 @@ def read_header(
     decoded: a listing of many stays fast); None where the file is no image
     Pillow knows. Raises PlainImageError, with what to do, for one that
     cannot be read whole."""
-    image = _header(path, shown)
-    if image is None:
-        return None
-    with image:
-        vendor = _checked(image, shown, max_pixels)
-        if vendor is None:
-            return None
-        return PlainImageHeader(vendor, *image.size, mpp_from_dpi(image.info))
+    with _opened(path, shown, max_pixels) as found:
+        return found[1] if found else None
 
 
-def _header(path: str | Path, shown: str) -> Image.Image | None:
-    """The image at ``path`` opened (its header read, no pixels), or None."""
+@contextmanager
+def _opened(
+    path: str | Path, shown: str, max_pixels: int
+) -> Iterator[tuple[Image.Image, PlainImageHeader] | None]:
+    """The plain image at ``path`` opened (its header read, no pixels) with
+    what it is, or None where it is no image Pillow knows or a format that
+    is not a plain image's."""
     try:
-        return Image.open(path)
+        image = Image.open(path)
     except UnidentifiedImageError:
-        return None
+        yield None
+        return
     except Image.DecompressionBombError:
         raise PlainImageError(
             f"{shown!r} is a plain image too large to read whole: {CONVERT_HINT}"
         ) from None
     except OSError as exc:
         raise PlainImageError(f"{shown!r} cannot be read: {exc.strerror or exc}") from None
+    with image:
+        vendor = _checked(image, shown, max_pixels)
+        size = image.size
+        yield (image, PlainImageHeader(vendor, *size, mpp_from_dpi(image.info))) if vendor else None
 
 
 def _checked(image: Image.Image, shown: str, max_pixels: int) -> str | None:
+    """The vendor of a plain image that can be read whole; None for a format
+    that is not a plain image's. Raises PlainImageError for one too large, or
+    not a stained colour image."""
     vendor = PLAIN_FORMATS.get(image.format or "")
     if vendor is None:
         return None
@@ -123,11 +131,12 @@ class PlainImageSlide(openslide.ImageSlide):
     """An ImageSlide that says what it is and, where its file gives one, its
     pixel size, as OpenSlide's properties do for a slide."""
 
-    def __init__(self, image: Image.Image, vendor: str, mpp: float | None) -> None:
+    def __init__(self, image: Image.Image, header: PlainImageHeader) -> None:
         super().__init__(image)
-        props = {openslide.PROPERTY_NAME_VENDOR: vendor}
-        if mpp is not None:
-            props[openslide.PROPERTY_NAME_MPP_X] = props[openslide.PROPERTY_NAME_MPP_Y] = repr(mpp)
+        props = {openslide.PROPERTY_NAME_VENDOR: header.vendor}
+        if header.mpp is not None:
+            mpp = repr(header.mpp)
+            props[openslide.PROPERTY_NAME_MPP_X] = props[openslide.PROPERTY_NAME_MPP_Y] = mpp
         self._plain_properties = props
 
     @property
@@ -135,21 +144,16 @@ class PlainImageSlide(openslide.ImageSlide):
         return self._plain_properties
 
 
-@dataclass(frozen=True)
-class _Decoded:
-    image: Image.Image  # RGB, shared by every slide made of it: never closed by one
-    vendor: str
-    mpp: float | None
-
-
-# The images decoded last in this process, by path, size and modification
-# time. A worker opens a slide once per thread, and a job's tiles go round
-# its pool's threads: without this, each thread would decode the whole image
-# again (a 59 MP JPEG: 0.46 s each; a job of it took 17.4 s instead of 6.1 s
-# for the same pixels as a tiled TIFF). One is kept (up to 190 MB); slides
-# still open keep theirs.
+# The image decoded last in this process (RGB, shared by every slide opened
+# on it, never closed by one), by path, size and modification time, with what
+# it is. A worker opens a slide once per thread (a pool process: its own
+# thread and its tile reader's), so without this each would hold a copy (up
+# to 190 MB) and decode it again: a learned job of a 59 MP JPEG took 5.7 s
+# against 5.1 s with it (2 pool processes). Slides still open keep theirs.
 DECODED_KEPT = 1
-_decoded: OrderedDict[tuple[str, int, int, int], _Decoded] = OrderedDict()
+_decoded: OrderedDict[tuple[str, int, int, int], tuple[Image.Image, PlainImageHeader]] = (
+    OrderedDict()
+)
 _decoded_lock = threading.Lock()
 
 
@@ -173,23 +177,20 @@ def open_plain_image(
             _decoded[key] = decoded
             while len(_decoded) > DECODED_KEPT:
                 _decoded.popitem(last=False)
-    return PlainImageSlide(decoded.image, decoded.vendor, decoded.mpp)
+    return PlainImageSlide(*decoded)
 
 
-def _decode(path: str | Path, shown: str, max_pixels: int) -> _Decoded | None:
-    image = _header(path, shown)
-    if image is None:
-        return None
-    with image:
-        vendor = _checked(image, shown, max_pixels)
-        if vendor is None:
+def _decode(
+    path: str | Path, shown: str, max_pixels: int
+) -> tuple[Image.Image, PlainImageHeader] | None:
+    with _opened(path, shown, max_pixels) as found:
+        if found is None:
             return None
-        mpp = mpp_from_dpi(image.info)
+        image, header = found
         try:
-            rgb = _over_white(image)
+            return _over_white(image), header
         except OSError as exc:
             raise PlainImageError(f"{shown!r} cannot be decoded: {exc}") from None
-    return _Decoded(rgb, vendor, mpp)
 
 
 def open_slide_or_image(path: str | Path, shown: str) -> openslide.AbstractSlide:
