@@ -43,21 +43,26 @@ SUBPIXEL_BITS = 4  # cv2.fillPoly's fixed point: outlines reach 0.4 px past pixe
 def labels_from_cells(cells_geojson: str | Path, shape: tuple[int, int]) -> npt.NDArray[np.int32]:
     """Instance labels of a job's nuclei, each outline filled as nucleus-scoring
     code usually fills one (OpenCV's ``fillPoly``; the worker's outlines give
-    back their nuclei's own pixels that way, ``analysis.shapes``). A pixel two
-    outlines cover keeps the first."""
+    back their nuclei's own pixels that way, ``analysis.shapes``). A pixel
+    two outlines cover (nuclei of neighbouring tiles) keeps the one whose
+    centroid comes first, top to bottom: the file's order is the order its
+    tiles finished in, which varies from run to run, and so would the score."""
     labels = np.zeros(shape, np.int32)
-    features = json.loads(Path(cells_geojson).read_text())["features"]
+    features = sorted(
+        json.loads(Path(cells_geojson).read_text())["features"],
+        key=lambda f: (
+            f["properties"]["measurements"]["Centroid Y px"],
+            f["properties"]["measurements"]["Centroid X px"],
+        ),
+    )
     scale = 1 << SUBPIXEL_BITS
-    for number, feature in enumerate(features, start=1):
-        geometry = feature["geometry"]
+    for number in range(len(features), 0, -1):  # last to first: the first filled last wins
+        geometry = features[number - 1]["geometry"]
         polygons = (
             [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
         )
-        mask = np.zeros(shape, np.uint8)
-        for rings in polygons:
-            outer = np.rint(np.asarray(rings[0], np.float64) * scale).astype(np.int32)
-            cv2.fillPoly(mask, [outer], 1, lineType=cv2.LINE_8, shift=SUBPIXEL_BITS)
-        labels[(mask > 0) & (labels == 0)] = number
+        outers = [np.rint(np.asarray(rings[0]) * scale).astype(np.int32) for rings in polygons]
+        cv2.fillPoly(labels, outers, number, lineType=cv2.LINE_8, shift=SUBPIXEL_BITS)
     return labels
 
 

@@ -1,15 +1,18 @@
-"""The validation's whole-job scores (``wsi_training.through_jobs``): an
+"""The validation's whole-job scores (``bench.through_jobs``): an
 annotated image run as a job and its outlines filled back score as the
 model's own labels do, so the table's job rows measure the job, not the
 way back from its files."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 
-from bench.through_jobs import job_scores
+from bench.through_jobs import job_scores, labels_from_cells
 from worker_service.backends.learned import INT8_FILE, OnnxEngine
 from worker_service.pipeline.tile_pool import TilePool
 from wsi_runtime.synthetic_slides import generate_nuclei, render_he, render_labels
@@ -51,3 +54,29 @@ def test_a_file_without_a_pixel_size_and_another_backend(
     assert guessed["f1"] >= 0.95, guessed  # its nuclei say 40x
     classical = job_scores([annotated], pool, {"backend": "classical"})
     assert classical["backend"] == "classical" and classical["f1"] >= 0.9, classical
+
+
+def test_overlapping_outlines_are_filled_the_same_whatever_the_files_order(
+    tmp_path: Path,
+) -> None:
+    """cells.geojson lists nuclei as their tiles finished, which varies from
+    run to run; two outlines that share pixels (nuclei of neighbouring tiles)
+    must give the same labels either way: the shared ones to the nucleus
+    whose centroid comes first."""
+
+    def nucleus(x0: float, y0: float) -> dict[str, object]:
+        ring = [[x0, y0], [x0 + 6, y0], [x0 + 6, y0 + 6], [x0, y0 + 6], [x0, y0]]
+        centre = {"Centroid X px": x0 + 3, "Centroid Y px": y0 + 3}
+        return {
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": {"measurements": centre},
+        }
+
+    upper, lower = nucleus(2, 2), nucleus(4, 5)  # overlapping in x 4-8, y 5-8
+    filled = []
+    for order in ([upper, lower], [lower, upper]):
+        path = tmp_path / "cells.geojson"
+        path.write_text(json.dumps({"type": "FeatureCollection", "features": order}))
+        filled.append(labels_from_cells(path, (16, 16)))
+    assert np.array_equal(filled[0], filled[1])
+    assert filled[0][6, 6] == 1 and filled[0][10, 9] == 2  # shared -> the upper one

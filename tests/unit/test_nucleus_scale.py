@@ -122,7 +122,6 @@ def test_finer_only_where_it_brings_the_nuclei_nearer_the_size_learned(
     elif at_default <= REFERENCE_AREA_UM2:
         assert not finer
     else:
-        nearer = abs(math.log(at_half / REFERENCE_AREA_UM2)) < abs(
-            math.log(at_default / REFERENCE_AREA_UM2)
-        )
-        assert finer is nearer
+        # under the reference at half, over it as assumed: nearer by ratio
+        # where the reference is below their geometric mean
+        assert finer is (at_half * at_default > REFERENCE_AREA_UM2**2)

@@ -86,13 +86,21 @@ class OnnxEngine:
 
     def logits(self, batch: RGB) -> npt.NDArray[np.float32]:
         blocks = pixel_blocks(batch, self.space_to_depth)
+        return pixels_from_blocks(self.block_logits(self.feed(blocks)), self.space_to_depth)
+
+    def feed(self, blocks: npt.NDArray[np.uint8]) -> npt.NDArray[Any]:
+        """What the graph takes for these pixel blocks: centred floats, or
+        for the 8-bit graph their quantised bytes."""
         if self._table is None:
-            feed: npt.NDArray[Any] = centred(blocks)
-        else:
-            rows = blocks.reshape(-1, blocks.shape[-2] * blocks.shape[-1])
-            feed = cv2.LUT(rows, self._table).reshape(blocks.shape)
-        (block_logits,) = self._session.run(None, {"rgb": feed})
-        return pixels_from_blocks(block_logits, self.space_to_depth)
+            return centred(blocks)
+        rows = blocks.reshape(-1, blocks.shape[-2] * blocks.shape[-1])
+        quantised_blocks: npt.NDArray[np.uint8] = cv2.LUT(rows, self._table).reshape(blocks.shape)
+        return quantised_blocks
+
+    def block_logits(self, feed: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        """The network alone, on a ``feed``."""
+        (out,) = self._session.run(None, {"rgb": feed})
+        return out  # type: ignore[no-any-return]
 
 
 # Metadata of the 8-bit graph: the quantisation of its (centred) input.
